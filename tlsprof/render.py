@@ -1,0 +1,265 @@
+"""Text rendering of a report (any valid `tlsprof.report/1` dict) with rich.
+
+Reads only the report; strings from the report are never parsed as rich markup. Colour only on a
+terminal; laid out for 80 columns.
+"""
+import sys
+
+from rich import box
+from rich.console import Console
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from tlsprof.causes import CAUSES, label
+
+TOP_CONTEXTS = 10
+TOP_CONNECTIONS = 10
+TOP_SITES = 15
+MAX_WIDTH = 100
+
+
+def human_bytes(n) -> str:
+    """1023 B, 1.5 KiB, 12.3 MiB, 1.0 GiB (one decimal above 1 KiB)."""
+    if n is None:
+        return "-"
+    n = float(n)
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    if n < 1024:
+        return f"{sign}{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n /= 1024
+        if n < 1024 or unit == "PiB":
+            return f"{sign}{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _pct(part, whole) -> str:
+    if not whole:
+        return "-"
+    return f"{100.0 * part / whole:.1f}%"
+
+
+def _age(seconds) -> str:
+    if seconds is None:
+        return "?"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _plural(n, word) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _cell(value) -> Text:
+    return Text("-" if value is None else str(value))
+
+
+def _top_cause(by_cause: dict) -> str:
+    best, most = None, 0
+    for cause in CAUSES:
+        if by_cause.get(cause, 0) > most:
+            best, most = cause, by_cause[cause]
+    return label(best) if best else "-"
+
+
+def _short_file(path) -> str:
+    if not path:
+        return "?"
+    while path.startswith("../"):
+        path = path[3:]
+    if len(path) > 36:
+        path = "…" + path[-35:]
+    return path
+
+
+def _table(title: str, *columns) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
+                  pad_edge=False, expand=False, show_edge=False)
+    for name, justify in columns:
+        table.add_column(name, justify=justify, overflow="fold")
+    return table
+
+
+def _snapshot_line(report: dict) -> str:
+    peak = report.get("peak")
+    if not isinstance(peak, dict):
+        return "Single snapshot"
+    n = peak.get("snapshots")
+    of = f" of {n}" if isinstance(n, int) else ""
+    if peak.get("chosen") == "peak":
+        at = peak.get("live_bytes_at_peak")
+        at = f" ({human_bytes(at)} live)" if at is not None else ""
+        return f"Peak snapshot{of}{at}"
+    return f"Last snapshot{of}"
+
+
+def render_text(report: dict, file=None, width=None) -> None:
+    """Print the report for a person: headline, causes, contexts, connections, sites, findings.
+
+    Colour only when `file` is a terminal; `width` defaults to the terminal's (80 otherwise), at
+    most 100.
+    """
+    file = sys.stdout if file is None else file
+    console = Console(file=file, width=width, highlight=False, emoji=False, markup=False)
+    if width is None and console.width > MAX_WIDTH:
+        console.width = MAX_WIDTH
+    out = console.print
+
+    target = report["target"]
+    tool = report["tool"]
+    per = report["per_connection"]
+    totals = report["totals"]
+    n = per["connections"]
+
+    if report.get("partial"):
+        out(Text("PARTIAL REPORT: collection did not finish; figures cover only what was seen.",
+                 style="bold red"))
+    command = " ".join(target.get("command") or []) or "?"
+    out(Text(f"{tool['name']} {tool['version']} · pid {target['pid']} ({target['mode']}) · {command}",
+             overflow="ellipsis", no_wrap=True))
+    openssl = target.get("openssl") or "OpenSSL version unknown"
+    rss = target.get("rss_bytes")
+    rss_text = f" · RSS {human_bytes(rss)}" if rss is not None else ""
+    out(Text(f"{openssl}{rss_text}", style="dim"))
+    out(Text(f"{_snapshot_line(report)} · captured {report['captured_at']}", style="dim"))
+    out()
+
+    first = f"{_plural(n, 'connection')} · {human_bytes(per['bytes'])} per connection"
+    parts = (f"(own {human_bytes(per['own_bytes'])} + context share "
+             f"{human_bytes(per['context_share_bytes'])})")
+    if len(first) + 1 + len(parts) <= console.width:
+        out(Text(f"{first} {parts}", style="bold"))
+    else:
+        out(Text(first, style="bold"))
+        out(Text(f"  {parts}", style="bold"))
+    live = f"OpenSSL heap live: {human_bytes(totals['live_bytes'])} in {totals['live_blocks']} blocks"
+    if totals.get("requested_bytes") is not None:
+        live += f" ({human_bytes(totals['requested_bytes'])} requested)"
+    if totals.get("untracked_bytes"):
+        live += f"; {human_bytes(totals['untracked_bytes'])} untracked"
+    out(Text(live))
+    process = report.get("process")
+    if isinstance(process, dict) and process.get("live_bytes"):
+        out(Text(f"Owned by no context or connection: {human_bytes(process['live_bytes'])}"))
+    out()
+
+    _render_causes(out, per, totals)
+    _render_contexts(out, report.get("contexts", []))
+    _render_connections(out, report.get("connections", []))
+    _render_sites(out, report.get("sites", []))
+    _render_findings(out, report.get("findings", []))
+    notes = report.get("notes") or []
+    if notes:
+        out(Text("Notes", style="bold"))
+        for note in notes:
+            out(Text(f"- {note}"))
+
+
+def _render_causes(out, per: dict, totals: dict) -> None:
+    by_cause = per.get("by_cause", {})
+    total_by_cause = totals.get("by_cause", {})
+    whole = sum(by_cause.values())
+    causes = [c for c in CAUSES if by_cause.get(c) or total_by_cause.get(c)]
+    causes.sort(key=lambda c: (-by_cause.get(c, 0), -total_by_cause.get(c, 0), CAUSES.index(c)))
+    table = _table("Bytes per connection by cause", ("Cause", "left"), ("Per connection", "right"),
+                   ("Share", "right"), ("All live", "right"))
+    for cause in causes:
+        mine = by_cause.get(cause, 0)
+        table.add_row(label(cause), human_bytes(mine), _pct(mine, whole),
+                      human_bytes(total_by_cause.get(cause, 0)))
+    if not causes:
+        table.add_row("(no OpenSSL bytes live)", "", "", "")
+    table.add_row(Text("total", style="bold"), human_bytes(per["bytes"]), _pct(whole, whole),
+                  human_bytes(totals["live_bytes"]))
+    out(table)
+    out()
+
+
+def _render_contexts(out, contexts: list) -> None:
+    if not contexts:
+        return
+    ranked = sorted(contexts, key=lambda c: -c["live_bytes"])[:TOP_CONTEXTS]
+    title = f"Top contexts ({len(ranked)} of {len(contexts)})"
+    table = _table(title, ("Context", "left"), ("Conns", "right"), ("Live", "right"),
+                   ("CA store", "right"), ("Largest cause", "left"))
+    for ctx in ranked:
+        ca = ctx.get("ca_store_bytes", ctx["by_cause"].get("ca_store", 0))
+        name = str(ctx["id"])
+        if ctx.get("alive") is False:
+            name += " (freed)"
+        table.add_row(_cell(name), str(ctx["connections"]), human_bytes(ctx["live_bytes"]),
+                      human_bytes(ca), _top_cause(ctx["by_cause"]))
+    out(table)
+    out()
+
+
+def _render_connections(out, connections: list) -> None:
+    if not connections:
+        return
+    ranked = sorted(connections, key=lambda c: -c["live_bytes"])[:TOP_CONNECTIONS]
+    title = f"Top connections by own bytes ({len(ranked)} of {len(connections)})"
+    table = _table(title, ("Conn", "left"), ("Ctx", "left"), ("Peer", "left"), ("State", "left"),
+                   ("Age", "right"), ("Own", "right"), ("Largest cause", "left"))
+    for conn in ranked:
+        name = str(conn["id"])
+        if conn.get("since_attach") is False:
+            name += "*"
+        peer = conn.get("peer") or (f"fd {conn['fd']}" if conn.get("fd") is not None else "-")
+        table.add_row(_cell(name), _cell(conn.get("context")), _cell(peer), conn["state"],
+                      _age(conn.get("age_s")), human_bytes(conn["live_bytes"]),
+                      _top_cause(conn["by_cause"]))
+    out(table)
+    if any(c.get("since_attach") is False for c in ranked):
+        out(Text("* opened before attach: its earlier allocations are not counted", style="dim"))
+    out()
+
+
+def _render_sites(out, sites: list) -> None:
+    if not sites:
+        return
+    ranked = sorted(sites, key=lambda s: -s["live_bytes"])[:TOP_SITES]
+    table = _table(f"Top allocation sites ({len(ranked)} of {len(sites)})", ("Site", "left"),
+                   ("Cause", "left"), ("Live", "right"), ("Blocks", "right"))
+    for site in ranked:
+        where = _short_file(site.get("file"))
+        if site.get("line") is not None:
+            where += f":{site['line']}"
+        table.add_row(_cell(where), label(site["cause"]), human_bytes(site["live_bytes"]),
+                      str(site["live_blocks"]))
+    out(table)
+    out()
+
+
+_SEVERITY_STYLE = {"critical": "bold red", "warning": "bold yellow", "info": "bold cyan"}
+
+
+def _render_findings(out, findings: list) -> None:
+    if not findings:
+        out(Text("No findings."))
+        out()
+        return
+    out(Text(f"Findings ({len(findings)})", style="bold"))
+    for f in findings:
+        head = Text(f"[{f['severity']}] ", style=_SEVERITY_STYLE.get(f["severity"], "bold"))
+        head.append(f"{f['title']} ({f['id']})", style="bold")
+        out(head)
+        extras = []
+        if f.get("bytes_per_connection") is not None:
+            extras.append(f"{human_bytes(f['bytes_per_connection'])} per connection")
+        if f.get("saving_bytes"):
+            extras.append(f"saving {human_bytes(f['saving_bytes'])}")
+        if extras:
+            out(Padding(Text(" · ".join(extras)), (0, 0, 0, 2)))
+        if f.get("detail"):
+            out(Padding(Text(f["detail"]), (0, 0, 0, 2)))
+        if f.get("fix"):
+            out(Padding(Text("Fix: " + f["fix"]), (0, 0, 0, 2)))
+        out()

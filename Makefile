@@ -1,0 +1,31 @@
+# Two entry points for a newcomer on a fresh Debian machine: `make demo` and `make test`.
+# Each sets up what it needs: Debian packages (when missing), a virtualenv, the package itself.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+DEB_PACKAGES = gcc make gdb openssl nginx-light zlib1g-dev perl tmux
+
+.PHONY: demo test bench deps venv clean
+
+deps:
+	@bash scripts/install-deps.sh $(DEB_PACKAGES)
+
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard hooks/*.c hooks/*.h)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+demo: deps venv
+	$(VENV)/bin/tlsprof demo
+
+test: deps venv
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: deps venv
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info tlsprof/_shim*.so

@@ -1,0 +1,54 @@
+/* Where a byte's cause is decided: from the scope the thread was in (what OpenSSL was asked to do)
+ * and the source file OpenSSL names for the allocation (which subsystem holds it). Runs once per new
+ * call site, never per allocation. */
+#include <string.h>
+
+#include "shim.h"
+
+const char *const cause_names[N_CAUSES] = {
+    "ca_store", "own_certificate", "peer_certificate", "record_buffers", "compression",
+    "handshake", "session", "cipher_state", "bio", "other",
+};
+
+static int has(const char *file, const char *part) { return strstr(file, part) != NULL; }
+
+static int is_certificate_code(const char *f)
+{
+    return has(f, "/x509/") || has(f, "/asn1/") || has(f, "/x509v3/") || has(f, "/pem/") ||
+           has(f, "/stack/") || has(f, "/objects/");
+}
+
+static int is_cipher_code(const char *f)
+{
+    return has(f, "/evp/") || has(f, "/modes/") || has(f, "/aes/") || has(f, "/chacha/") ||
+           has(f, "/poly1305/") || has(f, "/hmac/") || has(f, "/providers/implementations/ciphers") ||
+           has(f, "/providers/implementations/digests") || has(f, "/providers/implementations/macs") ||
+           has(f, "/providers/implementations/kdfs") || has(f, "/providers/implementations/rands") ||
+           has(f, "t1_enc.c") || has(f, "tls13_enc.c") || has(f, "/rand/");
+}
+
+uint8_t classify_cause(const char *file, uint8_t scope)
+{
+    if (scope == SC_CA) return C_CA_STORE;
+    if (scope == SC_OWN_CERT) return C_OWN_CERT;
+    if (!file) return C_OTHER;
+    if (has(file, "/comp/") || has(file, "c_zlib")) return C_COMPRESSION;
+    if (has(file, "ssl/record/")) return C_RECORD_BUFFERS;
+    if (has(file, "ssl_sess.c")) return C_SESSION;
+    if (has(file, "/bio/")) return C_BIO;
+    switch (scope) {
+    case SC_HANDSHAKE:
+    case SC_IO:
+    case SC_SHUTDOWN:
+        if (has(file, "/buffer/")) return C_BIO;
+        if (is_cipher_code(file)) return C_CIPHER_STATE;
+        if (is_certificate_code(file)) return C_PEER_CERT;
+        return C_HANDSHAKE;
+    case SC_SSL_NEW:
+    case SC_SSL_CTRL:
+        if (has(file, "/buffer/")) return C_BIO;
+        return C_OTHER;
+    default:
+        return C_OTHER;
+    }
+}

@@ -1,0 +1,297 @@
+/* The channel: one thread blocked in accept() on <dir>/<pid>.sock (no polling: an unwatched target
+ * pays no CPU). Each connection sends one command line and gets one text answer, then is closed.
+ * Only the same uid (or root) is served; answers carry sizes, sites, addresses and counts only,
+ * never payload or key material. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+static int listen_fd = -1;
+static pthread_t listener;
+static int listener_running;
+static char sock_path[108];
+static char sock_dir[96];
+static pid_t sock_pid;
+
+int tlsprof_stop_from_channel(void);
+const char *tlsprof_openssl_version(void);
+
+uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- a growing text buffer (libc malloc: never OpenSSL's) ---- */
+struct buf {
+    char *p;
+    size_t len, cap;
+    int failed;
+};
+
+static void put(struct buf *b, const char *fmt, ...)
+{
+    if (b->failed) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->failed = 1;
+            return;
+        }
+        if (b->p && b->len + (size_t)n < b->cap) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t ncap = b->cap ? b->cap * 2 : 65536;
+        while (ncap < b->len + (size_t)n + 1) ncap *= 2;
+        char *np = realloc(b->p, ncap);
+        if (!np) {
+            b->failed = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = ncap;
+    }
+}
+
+static void format_peer(int fd, char *out, size_t n)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    snprintf(out, n, "-");
+    if (fd < 0 || getpeername(fd, (struct sockaddr *)&ss, &len) != 0) return;
+    char host[INET6_ADDRSTRLEN];
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof host)) snprintf(out, n, "%s:%u", host, ntohs(a->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host)) snprintf(out, n, "[%s]:%u", host, ntohs(a->sin6_port));
+    }
+}
+
+static void put_owner(struct buf *b, uint32_t idx, uint64_t now)
+{
+    struct owner *o = owner_at(idx);
+    uint32_t flags = __atomic_load_n(&o->flags, __ATOMIC_ACQUIRE);
+    if (!(flags & OWNER_F_IN_USE)) return;
+    int alive = __atomic_load_n(&o->alive, __ATOMIC_ACQUIRE);
+    if (idx && !alive && __atomic_load_n(&o->total_blocks, __ATOMIC_ACQUIRE) <= 0) return;
+    char peer[80] = "-";
+    if (o->kind == OWNER_SSL && alive) format_peer(o->fd, peer, sizeof peer);
+    uint64_t ctx_serial = o->ctx ? owner_at(o->ctx)->serial : 0;
+    put(b, "O %u %llu %u %lx %llu %u %d %d %u %llu %llx %d %s", idx, (unsigned long long)o->serial, o->kind,
+        (unsigned long)o->ptr, (unsigned long long)ctx_serial, o->state, o->fd, alive, o->pre_attach,
+        (unsigned long long)(o->created_ns && now > o->created_ns ? now - o->created_ns : 0),
+        (unsigned long long)o->mode, (flags & OWNER_F_MODE_KNOWN) ? 1 : 0, peer);
+    for (int c = 0; c < N_CAUSES; c++) {
+        int64_t blocks = __atomic_load_n(&o->c[c].blocks, __ATOMIC_RELAXED);
+        int64_t bytes = __atomic_load_n(&o->c[c].bytes, __ATOMIC_RELAXED);
+        if (!blocks && !bytes) continue;
+        put(b, " %d:%lld:%lld:%lld", c, (long long)bytes,
+            (long long)__atomic_load_n(&o->c[c].requested, __ATOMIC_RELAXED), (long long)blocks);
+    }
+    put(b, "\n");
+}
+
+static void put_header(struct buf *b)
+{
+    const char *v = tlsprof_openssl_version();
+    put(b, "tlsprof-snapshot 1\npid %d\nmono_ns %llu\nopenssl %s\n", (int)getpid(),
+        (unsigned long long)now_ns(), v ? v : "-");
+    put(b, "stat untracked_bytes %lld\nstat untracked_blocks %lld\n",
+        (long long)__atomic_load_n(&untracked_bytes, __ATOMIC_RELAXED),
+        (long long)__atomic_load_n(&untracked_blocks, __ATOMIC_RELAXED));
+    size_t table = blocks_memory() + (size_t)owner_count_slots() * sizeof(struct owner) +
+                   (size_t)MAX_SITES * (sizeof(struct site) * 2);
+    put(b, "stat tracker_bytes %zu\nstat blocks %zu\nstat slots_patched %d\nstat slots_foreign %d\n", table,
+        blocks_count(), interpose_slots(), interpose_foreign());
+}
+
+static void snapshot(struct buf *b)
+{
+    owners_sweep();
+    put_header(b);
+    uint64_t now = now_ns();
+    uint32_t n = owner_count_slots();
+    for (uint32_t i = 0; i < n; i++) put_owner(b, i, now);
+    uint32_t ns = sites_used();
+    for (uint32_t i = 0; i < ns; i++) {
+        struct site *s = site_at((uint16_t)i);
+        int64_t blocks = __atomic_load_n(&s->blocks, __ATOMIC_RELAXED);
+        if (blocks <= 0) continue;
+        put(b, "S %u %u %u %d %lld %lld %lld %s\n", i, s->cause, s->scope, s->line,
+            (long long)__atomic_load_n(&s->bytes, __ATOMIC_RELAXED),
+            (long long)__atomic_load_n(&s->requested, __ATOMIC_RELAXED), (long long)blocks,
+            s->name ? s->name : "?");
+    }
+    put(b, "END\n");
+}
+
+static void send_all(int fd, const char *p, size_t len)
+{
+    while (len) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return; /* peer gone or too slow (SO_SNDTIMEO): drop it, never stall */
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+static int peer_allowed(int fd)
+{
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return 0;
+    return cred.uid == geteuid() || cred.uid == 0;
+}
+
+/* Returns 1 when the listener must stop. */
+static int serve(int fd)
+{
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (!peer_allowed(fd)) return 0;
+    char cmd[64];
+    size_t got = 0;
+    while (got < sizeof cmd - 1) {
+        ssize_t n = recv(fd, cmd + got, sizeof cmd - 1 - got, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += (size_t)n;
+        if (memchr(cmd, '\n', got)) break;
+    }
+    cmd[got] = 0;
+    char *nl = strchr(cmd, '\n');
+    if (!nl) return 0; /* no complete command: ignore the peer */
+    *nl = 0;
+    struct buf b = {0};
+    int stop = 0;
+    if (!strcmp(cmd, "PING")) {
+        put(&b, "PONG %d\n", (int)getpid());
+    } else if (!strcmp(cmd, "SNAPSHOT")) {
+        snapshot(&b);
+    } else if (!strcmp(cmd, "DETACH")) {
+        tlsprof_stop_from_channel();
+        put(&b, "OK\n");
+        stop = 1;
+    } else {
+        put(&b, "ERR unknown command\n");
+    }
+    if (!b.failed && b.p) send_all(fd, b.p, b.len);
+    else if (b.failed) send_all(fd, "ERR out of memory\n", 18);
+    free(b.p);
+    return stop;
+}
+
+static void *listen_loop(void *arg)
+{
+    int lfd = (int)(intptr_t)arg;
+    for (;;) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            break; /* closed or shut down by channel_stop */
+        }
+        int stop = serve(fd);
+        close(fd);
+        if (stop) break;
+    }
+    return NULL;
+}
+
+int channel_start(const char *dir)
+{
+    if (!dir || strlen(dir) + 24 > sizeof sock_path) return -1;
+    struct stat st;
+    /* the directory must be private: ours and nobody else's */
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || (st.st_mode & 077) || st.st_uid != geteuid()) return -2;
+    snprintf(sock_dir, sizeof sock_dir, "%s", dir);
+    snprintf(sock_path, sizeof sock_path, "%s/%d.sock", dir, (int)getpid());
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -3;
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock_path);
+    unlink(sock_path);
+    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) != 0 || chmod(sock_path, 0600) != 0 || listen(fd, 16) != 0) {
+        close(fd);
+        unlink(sock_path);
+        return -4;
+    }
+    /* the listener must not take the target's signals */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    int rc = pthread_create(&listener, &attr, listen_loop, (void *)(intptr_t)fd);
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        close(fd);
+        unlink(sock_path);
+        return -5;
+    }
+    listen_fd = fd;
+    sock_pid = getpid();
+    listener_running = 1;
+    return 0;
+}
+
+/* From any thread but the listener: wake accept(), wait for it, remove the socket. */
+void channel_stop(void)
+{
+    if (!listener_running) return;
+    listener_running = 0;
+    shutdown(listen_fd, SHUT_RDWR);
+    if (!pthread_equal(listener, pthread_self())) pthread_join(listener, NULL);
+    else pthread_detach(listener);
+    close(listen_fd);
+    listen_fd = -1;
+    if (sock_pid == getpid()) unlink(sock_path);
+}
+
+/* The listener ends itself after DETACH: only tidy up. */
+void channel_release_from_listener(void)
+{
+    listener_running = 0;
+    pthread_detach(listener);
+    close(listen_fd);
+    listen_fd = -1;
+    if (sock_pid == getpid()) unlink(sock_path);
+}
+
+/* In a forked child the listener thread does not exist; the socket file is the parent's. */
+void channel_after_fork_child(void)
+{
+    if (!listener_running) return;
+    listener_running = 0;
+    close(listen_fd);
+    listen_fd = -1;
+    channel_start(sock_dir);
+}
+
+__attribute__((destructor)) static void channel_cleanup(void)
+{
+    if (listener_running && sock_pid == getpid()) unlink(sock_path);
+}

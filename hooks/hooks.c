@@ -1,0 +1,544 @@
+/* The hook functions. Allocator hooks count only the outermost call of a thread (CRYPTO_zalloc calls
+ * CRYPTO_malloc through the PLT, CRYPTO_clear_free calls CRYPTO_free...), so each block is seen once.
+ * Entry-point hooks push a scope (owner + what is being done) on a thread-local stack; allocations
+ * take their owner and cause from the top of it. Frees of blocks we never saw pass straight through. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <malloc.h>
+#include <string.h>
+
+#include "shim.h"
+
+#define GLIBC_HEADER 8 /* per-block header glibc keeps before every chunk */
+#define MAX_DEPTH 32
+#define SSL_CTRL_MODE 33
+#define SSL_CTRL_CLEAR_MODE 78
+
+volatile int tlsprof_active;
+int64_t untracked_bytes, untracked_blocks;
+
+struct scope {
+    uint32_t owner;
+    uint8_t kind;
+};
+
+struct tstate {
+    int in_alloc;
+    int depth;
+    struct scope stack[MAX_DEPTH];
+};
+
+static __thread struct tstate tls;
+
+/* ---- real functions, resolved by interpose.c from the defining object ---- */
+#define REAL(ret, name, params) static ret(*real_##name) params
+REAL(void *, CRYPTO_malloc, (size_t, const char *, int));
+REAL(void *, CRYPTO_zalloc, (size_t, const char *, int));
+REAL(void *, CRYPTO_realloc, (void *, size_t, const char *, int));
+REAL(void *, CRYPTO_clear_realloc, (void *, size_t, size_t, const char *, int));
+REAL(void, CRYPTO_free, (void *, const char *, int));
+REAL(void, CRYPTO_clear_free, (void *, size_t, const char *, int));
+REAL(void *, dlopen, (const char *, int));
+REAL(void *, SSL_CTX_new, (const void *));
+REAL(void *, SSL_CTX_new_ex, (void *, const char *, const void *));
+REAL(void, SSL_CTX_free, (void *));
+REAL(long, SSL_CTX_ctrl, (void *, int, long, void *));
+REAL(void *, SSL_new, (void *));
+REAL(void, SSL_free, (void *));
+REAL(int, SSL_clear, (void *));
+REAL(int, SSL_do_handshake, (void *));
+REAL(int, SSL_accept, (void *));
+REAL(int, SSL_connect, (void *));
+REAL(int, SSL_read, (void *, void *, int));
+REAL(int, SSL_peek, (void *, void *, int));
+REAL(int, SSL_write, (void *, const void *, int));
+REAL(int, SSL_read_ex, (void *, void *, size_t, size_t *));
+REAL(int, SSL_peek_ex, (void *, void *, size_t, size_t *));
+REAL(int, SSL_write_ex, (void *, const void *, size_t, size_t *));
+REAL(int, SSL_shutdown, (void *));
+REAL(long, SSL_ctrl, (void *, int, long, void *));
+REAL(int, SSL_set_fd, (void *, int));
+REAL(int, SSL_set_rfd, (void *, int));
+REAL(int, SSL_set_wfd, (void *, int));
+REAL(void, SSL_set_bio, (void *, void *, void *));
+REAL(void *, SSL_set_SSL_CTX, (void *, void *));
+REAL(int, SSL_set_session, (void *, void *));
+REAL(void *, SSL_get_SSL_CTX, (const void *));
+/* trust store */
+REAL(int, SSL_CTX_load_verify_locations, (void *, const char *, const char *));
+REAL(int, SSL_CTX_load_verify_file, (void *, const char *));
+REAL(int, SSL_CTX_load_verify_dir, (void *, const char *));
+REAL(int, SSL_CTX_load_verify_store, (void *, const char *));
+REAL(int, SSL_CTX_set_default_verify_paths, (void *));
+REAL(int, SSL_CTX_set_default_verify_file, (void *));
+REAL(int, SSL_CTX_set_default_verify_dir, (void *));
+REAL(int, SSL_CTX_set_default_verify_store, (void *));
+REAL(int, X509_STORE_add_cert, (void *, void *));
+REAL(int, X509_STORE_add_crl, (void *, void *));
+REAL(int, X509_STORE_load_file, (void *, const char *));
+REAL(int, X509_STORE_load_path, (void *, const char *));
+REAL(int, X509_STORE_load_store, (void *, const char *));
+REAL(int, X509_STORE_load_locations, (void *, const char *, const char *));
+REAL(int, X509_STORE_set_default_paths, (void *));
+/* own certificate and key */
+REAL(int, SSL_CTX_use_certificate, (void *, void *));
+REAL(int, SSL_CTX_use_certificate_file, (void *, const char *, int));
+REAL(int, SSL_CTX_use_certificate_chain_file, (void *, const char *));
+REAL(int, SSL_CTX_use_PrivateKey, (void *, void *));
+REAL(int, SSL_CTX_use_PrivateKey_file, (void *, const char *, int));
+REAL(int, SSL_CTX_check_private_key, (const void *));
+REAL(int, SSL_CTX_use_cert_and_key, (void *, void *, void *, void *, int));
+
+/* ---- scope stack ---- */
+static inline void push(uint32_t owner, uint8_t kind)
+{
+    struct tstate *t = &tls;
+    if (t->depth < MAX_DEPTH) t->stack[t->depth] = (struct scope){owner, kind};
+    t->depth++;
+}
+
+static inline void pop(void) { tls.depth--; }
+
+static inline struct scope current(void)
+{
+    struct tstate *t = &tls;
+    if (t->depth <= 0) return (struct scope){0, SC_NONE};
+    int top = t->depth <= MAX_DEPTH ? t->depth - 1 : MAX_DEPTH - 1;
+    return t->stack[top];
+}
+
+/* Scopes nested in a scope of another owner (X509_STORE_load_file inside a context's trust-store
+ * load) keep the outer owner. */
+static inline uint32_t inherited_owner(void) { return current().owner; }
+
+/* ---- accounting ---- */
+static inline void count(uint32_t owner, uint16_t site, int64_t bytes, int64_t req, int64_t blocks)
+{
+    struct owner *o = owner_at(owner);
+    struct site *s = site_at(site);
+    struct cause_counters *c = &o->c[s->cause];
+    __atomic_add_fetch(&c->bytes, bytes, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&c->requested, req, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&c->blocks, blocks, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&o->total_blocks, blocks, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&s->bytes, bytes, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&s->requested, req, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&s->blocks, blocks, __ATOMIC_RELAXED);
+}
+
+static void untrack(const struct block *b, size_t usable);
+
+static void track_as(void *p, size_t n, uint32_t owner, uint16_t site)
+{
+    size_t usable = malloc_usable_size(p);
+    size_t slack = usable >= n ? usable - n : 0;
+    if (slack > 0xffff) slack = 0xffff;
+    struct block stale;
+    int r = blocks_insert((uintptr_t)p, owner, site, (uint16_t)slack, &stale);
+    /* a stale entry: that block was freed behind our back (by a caller that bypassed the hooks) */
+    if (r == 1) untrack(&stale, usable);
+    if (r < 0) {
+        __atomic_add_fetch(&untracked_bytes, (int64_t)(usable + GLIBC_HEADER), __ATOMIC_RELAXED);
+        __atomic_add_fetch(&untracked_blocks, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    count(owner, site, (int64_t)(usable + GLIBC_HEADER), (int64_t)(usable - slack), 1);
+}
+
+static inline void track(void *p, size_t n, const char *file, int line)
+{
+    struct scope s = current();
+    track_as(p, n, s.owner, site_intern(file, line, s.kind));
+}
+
+static void untrack(const struct block *b, size_t usable)
+{
+    count(b->owner, b->site, -(int64_t)(usable + GLIBC_HEADER), -(int64_t)(usable - b->slack), -1);
+}
+
+/* Before the block goes back to the allocator (another thread may get the address at once). */
+static inline void forget(void *p)
+{
+    struct block b;
+    if (!blocks_remove((uintptr_t)p, &b)) return;
+    untrack(&b, malloc_usable_size(p));
+    if (b.key & BLOCK_F_OBJECT) {
+        /* the SSL/SSL_CTX struct itself: the object is really gone (refcounts reached zero) */
+        struct owner *o = owner_at(b.owner);
+        objects_unbind((uintptr_t)p, b.owner);
+        if (o->ptr == (uintptr_t)p) owner_mark_dead(b.owner);
+    }
+}
+
+/* ---- allocator hooks ---- */
+static void *hook_CRYPTO_malloc(size_t n, const char *file, int line)
+{
+    struct tstate *t = &tls;
+    if (t->in_alloc || !tlsprof_active) return real_CRYPTO_malloc(n, file, line);
+    t->in_alloc = 1;
+    void *p = real_CRYPTO_malloc(n, file, line);
+    if (p) track(p, n, file, line);
+    t->in_alloc = 0;
+    return p;
+}
+
+static void *hook_CRYPTO_zalloc(size_t n, const char *file, int line)
+{
+    struct tstate *t = &tls;
+    if (t->in_alloc || !tlsprof_active) return real_CRYPTO_zalloc(n, file, line);
+    t->in_alloc = 1;
+    void *p = real_CRYPTO_zalloc(n, file, line);
+    if (p) track(p, n, file, line);
+    t->in_alloc = 0;
+    return p;
+}
+
+static void hook_CRYPTO_free(void *p, const char *file, int line)
+{
+    struct tstate *t = &tls;
+    if (p && !t->in_alloc && tlsprof_active) {
+        t->in_alloc = 1;
+        forget(p);
+        real_CRYPTO_free(p, file, line);
+        t->in_alloc = 0;
+        return;
+    }
+    real_CRYPTO_free(p, file, line);
+}
+
+static void hook_CRYPTO_clear_free(void *p, size_t num, const char *file, int line)
+{
+    struct tstate *t = &tls;
+    if (p && !t->in_alloc && tlsprof_active) {
+        t->in_alloc = 1;
+        forget(p);
+        real_CRYPTO_clear_free(p, num, file, line);
+        t->in_alloc = 0;
+        return;
+    }
+    real_CRYPTO_clear_free(p, num, file, line);
+}
+
+/* A grown block keeps its owner and site: it is the same object getting bigger. */
+static void *realloc_common(void *old, size_t n, const char *file, int line, int clear, size_t old_num)
+{
+    struct block b;
+    int had = 0;
+    size_t old_usable = 0;
+    if (old && blocks_remove((uintptr_t)old, &b)) {
+        had = 1;
+        old_usable = malloc_usable_size(old);
+        untrack(&b, old_usable);
+    }
+    void *p = clear ? real_CRYPTO_clear_realloc(old, old_num, n, file, line)
+                    : real_CRYPTO_realloc(old, n, file, line);
+    if (!p) {
+        if (had && n) { /* failed: the old block is still there */
+            struct block stale;
+            blocks_insert((uintptr_t)old, b.owner, b.site, b.slack, &stale);
+            count(b.owner, b.site, (int64_t)(old_usable + GLIBC_HEADER), (int64_t)(old_usable - b.slack), 1);
+        }
+        return p;
+    }
+    if (had) {
+        track_as(p, n, b.owner, b.site);
+    } else {
+        track(p, n, file, line);
+    }
+    return p;
+}
+
+static void *hook_CRYPTO_realloc(void *old, size_t n, const char *file, int line)
+{
+    struct tstate *t = &tls;
+    if (t->in_alloc || !tlsprof_active) return real_CRYPTO_realloc(old, n, file, line);
+    t->in_alloc = 1;
+    void *p = realloc_common(old, n, file, line, 0, 0);
+    t->in_alloc = 0;
+    return p;
+}
+
+static void *hook_CRYPTO_clear_realloc(void *old, size_t old_num, size_t n, const char *file, int line)
+{
+    struct tstate *t = &tls;
+    if (t->in_alloc || !tlsprof_active) return real_CRYPTO_clear_realloc(old, old_num, n, file, line);
+    t->in_alloc = 1;
+    void *p = realloc_common(old, n, file, line, 1, old_num);
+    t->in_alloc = 0;
+    return p;
+}
+
+/* ---- owners of objects created before we were attached ---- */
+static uint32_t ctx_owner(void *ctx)
+{
+    if (!ctx) return 0;
+    uint32_t o = objects_find((uintptr_t)ctx);
+    if (!o && tlsprof_active) {
+        o = owner_new(OWNER_CTX, (uintptr_t)ctx, 0, 1);
+        if (o) objects_bind((uintptr_t)ctx, o);
+    }
+    return o;
+}
+
+static uint32_t ssl_owner(void *ssl)
+{
+    if (!ssl) return 0;
+    uint32_t o = objects_find((uintptr_t)ssl);
+    if (!o && tlsprof_active) {
+        if (!real_SSL_get_SSL_CTX) hooks_resolve_helpers();
+        uint32_t ctx = real_SSL_get_SSL_CTX ? ctx_owner(real_SSL_get_SSL_CTX(ssl)) : 0;
+        o = owner_new(OWNER_SSL, (uintptr_t)ssl, ctx, 1);
+        if (o) objects_bind((uintptr_t)ssl, o);
+    }
+    return o;
+}
+
+void hooks_resolve_helpers(void);
+
+static inline void set_state(uint32_t owner, uint8_t state)
+{
+    if (owner) __atomic_store_n(&owner_at(owner)->state, state, __ATOMIC_RELAXED);
+}
+
+/* ---- contexts ---- */
+static void *new_ctx_common(void *a, const char *b, const void *c, int ex)
+{
+    if (!tlsprof_active || current().kind == SC_CTX_NEW) /* SSL_CTX_new calls SSL_CTX_new_ex */
+        return ex ? real_SSL_CTX_new_ex(a, b, c) : real_SSL_CTX_new(c);
+    uint32_t o = owner_new(OWNER_CTX, 0, 0, 0);
+    push(o, SC_CTX_NEW);
+    void *ctx = ex ? real_SSL_CTX_new_ex(a, b, c) : real_SSL_CTX_new(c);
+    pop();
+    if (!o) return ctx;
+    if (!ctx) {
+        owner_mark_dead(o);
+        return ctx;
+    }
+    owner_at(o)->ptr = (uintptr_t)ctx;
+    objects_bind((uintptr_t)ctx, o);
+    blocks_mark_object((uintptr_t)ctx);
+    return ctx;
+}
+
+static void *hook_SSL_CTX_new(const void *meth) { return new_ctx_common(NULL, NULL, meth, 0); }
+static void *hook_SSL_CTX_new_ex(void *libctx, const char *propq, const void *meth)
+{
+    return new_ctx_common(libctx, propq, meth, 1);
+}
+
+static void hook_SSL_CTX_free(void *ctx)
+{
+    if (!ctx || !tlsprof_active) return real_SSL_CTX_free(ctx);
+    uint32_t o = objects_find((uintptr_t)ctx);
+    push(o, SC_CTX);
+    real_SSL_CTX_free(ctx);
+    pop();
+}
+
+static void note_mode(uint32_t owner, int cmd, long larg)
+{
+    if (!owner || (cmd != SSL_CTRL_MODE && cmd != SSL_CTRL_CLEAR_MODE)) return;
+    struct owner *o = owner_at(owner);
+    if (cmd == SSL_CTRL_MODE) o->mode |= (uint64_t)larg;
+    else o->mode &= ~(uint64_t)larg;
+    o->flags |= OWNER_F_MODE_KNOWN;
+}
+
+static long hook_SSL_CTX_ctrl(void *ctx, int cmd, long larg, void *parg)
+{
+    if (!tlsprof_active) return real_SSL_CTX_ctrl(ctx, cmd, larg, parg);
+    uint32_t o = ctx_owner(ctx);
+    push(o, SC_CTX);
+    long r = real_SSL_CTX_ctrl(ctx, cmd, larg, parg);
+    pop();
+    note_mode(o, cmd, larg);
+    return r;
+}
+
+#define CTX_SCOPED(name, kind, params, args)                      \
+    static int hook_##name params                                 \
+    {                                                             \
+        if (!tlsprof_active) return real_##name args;             \
+        push(ctx_owner(ctx), kind);                               \
+        int r = real_##name args;                                 \
+        pop();                                                    \
+        return r;                                                 \
+    }
+
+CTX_SCOPED(SSL_CTX_load_verify_locations, SC_CA, (void *ctx, const char *f, const char *d), (ctx, f, d))
+CTX_SCOPED(SSL_CTX_load_verify_file, SC_CA, (void *ctx, const char *f), (ctx, f))
+CTX_SCOPED(SSL_CTX_load_verify_dir, SC_CA, (void *ctx, const char *d), (ctx, d))
+CTX_SCOPED(SSL_CTX_load_verify_store, SC_CA, (void *ctx, const char *s), (ctx, s))
+CTX_SCOPED(SSL_CTX_set_default_verify_paths, SC_CA, (void *ctx), (ctx))
+CTX_SCOPED(SSL_CTX_set_default_verify_file, SC_CA, (void *ctx), (ctx))
+CTX_SCOPED(SSL_CTX_set_default_verify_dir, SC_CA, (void *ctx), (ctx))
+CTX_SCOPED(SSL_CTX_set_default_verify_store, SC_CA, (void *ctx), (ctx))
+CTX_SCOPED(SSL_CTX_use_certificate, SC_OWN_CERT, (void *ctx, void *x), (ctx, x))
+CTX_SCOPED(SSL_CTX_use_certificate_file, SC_OWN_CERT, (void *ctx, const char *f, int t), (ctx, f, t))
+CTX_SCOPED(SSL_CTX_use_certificate_chain_file, SC_OWN_CERT, (void *ctx, const char *f), (ctx, f))
+CTX_SCOPED(SSL_CTX_use_PrivateKey, SC_OWN_CERT, (void *ctx, void *k), (ctx, k))
+CTX_SCOPED(SSL_CTX_use_PrivateKey_file, SC_OWN_CERT, (void *ctx, const char *f, int t), (ctx, f, t))
+CTX_SCOPED(SSL_CTX_use_cert_and_key, SC_OWN_CERT, (void *ctx, void *x, void *k, void *c, int o), (ctx, x, k, c, o))
+
+static int hook_SSL_CTX_check_private_key(const void *ctx)
+{
+    if (!tlsprof_active) return real_SSL_CTX_check_private_key(ctx);
+    push(ctx_owner((void *)ctx), SC_OWN_CERT);
+    int r = real_SSL_CTX_check_private_key(ctx);
+    pop();
+    return r;
+}
+
+/* X509_STORE calls made outside a context's scope still build a trust store. */
+#define STORE_SCOPED(name, params, args)                          \
+    static int hook_##name params                                 \
+    {                                                             \
+        if (!tlsprof_active) return real_##name args;             \
+        push(inherited_owner(), SC_CA);                           \
+        int r = real_##name args;                                 \
+        pop();                                                    \
+        return r;                                                 \
+    }
+
+STORE_SCOPED(X509_STORE_add_cert, (void *st, void *x), (st, x))
+STORE_SCOPED(X509_STORE_add_crl, (void *st, void *x), (st, x))
+STORE_SCOPED(X509_STORE_load_file, (void *st, const char *f), (st, f))
+STORE_SCOPED(X509_STORE_load_path, (void *st, const char *p), (st, p))
+STORE_SCOPED(X509_STORE_load_store, (void *st, const char *u), (st, u))
+STORE_SCOPED(X509_STORE_load_locations, (void *st, const char *f, const char *d), (st, f, d))
+STORE_SCOPED(X509_STORE_set_default_paths, (void *st), (st))
+
+/* ---- connections ---- */
+static void *hook_SSL_new(void *ctx)
+{
+    if (!tlsprof_active) return real_SSL_new(ctx);
+    uint32_t c = ctx_owner(ctx);
+    uint32_t o = owner_new(OWNER_SSL, 0, c, 0);
+    push(o, SC_SSL_NEW);
+    void *ssl = real_SSL_new(ctx);
+    pop();
+    if (!o) return ssl;
+    if (!ssl) {
+        owner_mark_dead(o);
+        return ssl;
+    }
+    owner_at(o)->ptr = (uintptr_t)ssl;
+    objects_bind((uintptr_t)ssl, o);
+    blocks_mark_object((uintptr_t)ssl);
+    return ssl;
+}
+
+static void hook_SSL_free(void *ssl)
+{
+    if (!ssl || !tlsprof_active) return real_SSL_free(ssl);
+    uint32_t o = objects_find((uintptr_t)ssl);
+    int pre_attach = o && owner_at(o)->pre_attach;
+    push(o, SC_SSL_FREE);
+    real_SSL_free(ssl);
+    pop();
+    if (pre_attach) { /* its struct was allocated before us: we cannot see it freed */
+        objects_unbind((uintptr_t)ssl, o);
+        owner_mark_dead(o);
+    }
+}
+
+#define SSL_SCOPED(ret, name, kind, params, args, after)          \
+    static ret hook_##name params                                 \
+    {                                                             \
+        if (!tlsprof_active) return real_##name args;             \
+        uint32_t o = ssl_owner(ssl);                              \
+        push(o, kind);                                            \
+        ret r = real_##name args;                                 \
+        pop();                                                    \
+        after;                                                    \
+        return r;                                                 \
+    }
+
+#define ESTABLISHED_IF(cond) if (cond) set_state(o, STATE_ESTABLISHED)
+#define NOTHING (void)o
+
+SSL_SCOPED(int, SSL_do_handshake, SC_HANDSHAKE, (void *ssl), (ssl), ESTABLISHED_IF(r == 1))
+SSL_SCOPED(int, SSL_accept, SC_HANDSHAKE, (void *ssl), (ssl), ESTABLISHED_IF(r == 1))
+SSL_SCOPED(int, SSL_connect, SC_HANDSHAKE, (void *ssl), (ssl), ESTABLISHED_IF(r == 1))
+SSL_SCOPED(int, SSL_read, SC_IO, (void *ssl, void *b, int n), (ssl, b, n), ESTABLISHED_IF(r > 0))
+SSL_SCOPED(int, SSL_peek, SC_IO, (void *ssl, void *b, int n), (ssl, b, n), ESTABLISHED_IF(r > 0))
+SSL_SCOPED(int, SSL_write, SC_IO, (void *ssl, const void *b, int n), (ssl, b, n), ESTABLISHED_IF(r > 0))
+SSL_SCOPED(int, SSL_read_ex, SC_IO, (void *ssl, void *b, size_t n, size_t *g), (ssl, b, n, g), ESTABLISHED_IF(r == 1))
+SSL_SCOPED(int, SSL_peek_ex, SC_IO, (void *ssl, void *b, size_t n, size_t *g), (ssl, b, n, g), ESTABLISHED_IF(r == 1))
+SSL_SCOPED(int, SSL_write_ex, SC_IO, (void *ssl, const void *b, size_t n, size_t *g), (ssl, b, n, g), ESTABLISHED_IF(r == 1))
+SSL_SCOPED(int, SSL_shutdown, SC_SHUTDOWN, (void *ssl), (ssl), set_state(o, STATE_SHUTDOWN))
+SSL_SCOPED(int, SSL_clear, SC_SSL_CTRL, (void *ssl), (ssl), set_state(o, STATE_HANDSHAKE))
+SSL_SCOPED(long, SSL_ctrl, SC_SSL_CTRL, (void *ssl, int cmd, long l, void *p), (ssl, cmd, l, p), note_mode(o, cmd, l))
+SSL_SCOPED(int, SSL_set_session, SC_HANDSHAKE, (void *ssl, void *s), (ssl, s), NOTHING)
+
+static inline void note_fd(uint32_t o, int fd)
+{
+    if (o) owner_at(o)->fd = fd;
+}
+
+SSL_SCOPED(int, SSL_set_fd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), note_fd(o, fd))
+SSL_SCOPED(int, SSL_set_rfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), note_fd(o, fd))
+SSL_SCOPED(int, SSL_set_wfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), NOTHING)
+
+static void hook_SSL_set_bio(void *ssl, void *rbio, void *wbio)
+{
+    if (!tlsprof_active) return real_SSL_set_bio(ssl, rbio, wbio);
+    push(ssl_owner(ssl), SC_SSL_CTRL);
+    real_SSL_set_bio(ssl, rbio, wbio);
+    pop();
+}
+
+static void *hook_SSL_set_SSL_CTX(void *ssl, void *ctx)
+{
+    if (!tlsprof_active) return real_SSL_set_SSL_CTX(ssl, ctx);
+    uint32_t o = ssl_owner(ssl);
+    push(o, SC_SSL_CTRL);
+    void *r = real_SSL_set_SSL_CTX(ssl, ctx);
+    pop();
+    if (r && o) owner_at(o)->ctx = ctx_owner(ctx);
+    return r;
+}
+
+/* ---- libraries loaded later (Python's _ssl pulls in libssl with RTLD_LOCAL) ---- */
+static void *hook_dlopen(const char *file, int flags)
+{
+    void *h = real_dlopen(file, flags);
+    if (h && tlsprof_active) interpose_refresh();
+    return h;
+}
+
+/* ---- the table interpose.c patches from ---- */
+#define HOOK(name) {#name, (void *)hook_##name, (void **)&real_##name, 1}
+struct hook_def hook_defs[] = {
+    HOOK(CRYPTO_malloc), HOOK(CRYPTO_zalloc), HOOK(CRYPTO_realloc), HOOK(CRYPTO_clear_realloc),
+    HOOK(CRYPTO_free), HOOK(CRYPTO_clear_free),
+    {"dlopen", (void *)hook_dlopen, (void **)&real_dlopen, 0},
+    HOOK(SSL_CTX_new), HOOK(SSL_CTX_new_ex), HOOK(SSL_CTX_free), HOOK(SSL_CTX_ctrl),
+    HOOK(SSL_new), HOOK(SSL_free), HOOK(SSL_clear), HOOK(SSL_do_handshake), HOOK(SSL_accept),
+    HOOK(SSL_connect), HOOK(SSL_read), HOOK(SSL_peek), HOOK(SSL_write), HOOK(SSL_read_ex),
+    HOOK(SSL_peek_ex), HOOK(SSL_write_ex), HOOK(SSL_shutdown), HOOK(SSL_ctrl), HOOK(SSL_set_fd),
+    HOOK(SSL_set_rfd), HOOK(SSL_set_wfd), HOOK(SSL_set_bio), HOOK(SSL_set_SSL_CTX),
+    HOOK(SSL_set_session),
+    HOOK(SSL_CTX_load_verify_locations), HOOK(SSL_CTX_load_verify_file), HOOK(SSL_CTX_load_verify_dir),
+    HOOK(SSL_CTX_load_verify_store), HOOK(SSL_CTX_set_default_verify_paths),
+    HOOK(SSL_CTX_set_default_verify_file), HOOK(SSL_CTX_set_default_verify_dir),
+    HOOK(SSL_CTX_set_default_verify_store), HOOK(X509_STORE_add_cert), HOOK(X509_STORE_add_crl),
+    HOOK(X509_STORE_load_file), HOOK(X509_STORE_load_path), HOOK(X509_STORE_load_store),
+    HOOK(X509_STORE_load_locations), HOOK(X509_STORE_set_default_paths),
+    HOOK(SSL_CTX_use_certificate), HOOK(SSL_CTX_use_certificate_file),
+    HOOK(SSL_CTX_use_certificate_chain_file), HOOK(SSL_CTX_use_PrivateKey),
+    HOOK(SSL_CTX_use_PrivateKey_file), HOOK(SSL_CTX_check_private_key), HOOK(SSL_CTX_use_cert_and_key),
+};
+const int n_hook_defs = sizeof hook_defs / sizeof hook_defs[0];
+
+/* SSL_get_SSL_CTX is called, never hooked: resolve it on demand. */
+void hooks_resolve_helpers(void)
+{
+    if (!real_SSL_get_SSL_CTX) real_SSL_get_SSL_CTX = interpose_lookup("SSL_get_SSL_CTX");
+}
+
+void hooks_reset(void)
+{
+    __atomic_store_n(&untracked_bytes, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&untracked_blocks, 0, __ATOMIC_RELAXED);
+}

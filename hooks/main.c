@@ -1,0 +1,108 @@
+/* Entry points: the preload constructor (`tlsprof run`), tlsprof_start/tlsprof_stop (called by the
+ * constructor, by an injector after dlopen, and by DETACH on the channel), and fork safety. */
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+
+#include "shim.h"
+
+static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
+static int atfork_registered;
+static const char *(*real_OpenSSL_version)(int);
+
+void channel_release_from_listener(void);
+
+const char *tlsprof_openssl_version(void)
+{
+    if (!real_OpenSSL_version) real_OpenSSL_version = (const char *(*)(int))interpose_lookup("OpenSSL_version");
+    return real_OpenSSL_version ? real_OpenSSL_version(0) : NULL;
+}
+
+static void before_fork(void)
+{
+    interpose_lock();
+    sites_lock();
+    owners_lock_all();
+    blocks_lock_all();
+}
+
+static void after_fork_parent(void)
+{
+    blocks_unlock_all();
+    owners_unlock_all();
+    sites_unlock();
+    interpose_unlock();
+}
+
+/* The child inherits the parent's blocks, which are now also its own: it keeps counting them, and
+ * serves its own channel (<dir>/<child pid>.sock). */
+static void after_fork_child(void)
+{
+    blocks_unlock_all();
+    owners_unlock_all();
+    sites_unlock();
+    interpose_unlock();
+    pthread_mutex_init(&start_lock, NULL);
+    if (tlsprof_active) channel_after_fork_child();
+}
+
+EXPORT int tlsprof_start(const char *channel_dir)
+{
+    pthread_mutex_lock(&start_lock);
+    if (tlsprof_active) {
+        pthread_mutex_unlock(&start_lock);
+        return 1;
+    }
+    if (!atfork_registered) {
+        pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+        atfork_registered = 1;
+    }
+    /* counts from an earlier attach are stale: their frees were not seen */
+    blocks_reset();
+    owners_and_objects_reset();
+    sites_reset_counters();
+    hooks_reset();
+    int rc = channel_start(channel_dir);
+    if (rc < 0) {
+        pthread_mutex_unlock(&start_lock);
+        return rc;
+    }
+    tlsprof_active = 1;
+    interpose_install();
+    pthread_mutex_unlock(&start_lock);
+    return 0;
+}
+
+static int stop_locked(int from_listener)
+{
+    if (!tlsprof_active) return 0;
+    interpose_remove();
+    tlsprof_active = 0;
+    if (from_listener) channel_release_from_listener();
+    else channel_stop();
+    return 0;
+}
+
+EXPORT int tlsprof_stop(void)
+{
+    pthread_mutex_lock(&start_lock);
+    int r = stop_locked(0);
+    pthread_mutex_unlock(&start_lock);
+    return r;
+}
+
+int tlsprof_stop_from_channel(void)
+{
+    pthread_mutex_lock(&start_lock);
+    int r = stop_locked(1);
+    pthread_mutex_unlock(&start_lock);
+    return r;
+}
+
+EXPORT int tlsprof_is_active(void) { return tlsprof_active; }
+
+__attribute__((constructor)) static void preload_start(void)
+{
+    const char *dir = getenv("TLSPROF_DIR");
+    if (dir && *dir) tlsprof_start(dir);
+}

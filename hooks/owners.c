@@ -1,0 +1,214 @@
+/* Owners: the process (index 0), every SSL_CTX and every SSL, each with live counters by cause.
+ * Stored in fixed chunks that never move, so hooks update counters with relaxed atomics and the
+ * snapshot thread reads them without locks. A dead owner's slot is recycled once its last block is
+ * freed; the object map (SSL or SSL_CTX pointer -> owner) is a small locked open-addressing table. */
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+
+#include "shim.h"
+
+#define CHUNK 256
+#define N_CHUNKS (MAX_OWNERS / CHUNK)
+
+static struct owner *chunks[N_CHUNKS];
+static uint32_t n_slots_used = 1; /* slot 0 is the process */
+static uint32_t *free_list;
+static uint32_t n_free, cap_free;
+static uint64_t next_serial = 1;
+static pthread_mutex_t owners_mutex = PTHREAD_MUTEX_INITIALIZER;
+static struct owner process_owner = {.kind = OWNER_PROCESS, .alive = 1, .flags = OWNER_F_IN_USE};
+
+struct owner *owner_at(uint32_t idx)
+{
+    if (idx == 0) return &process_owner;
+    struct owner *c = __atomic_load_n(&chunks[idx / CHUNK], __ATOMIC_ACQUIRE);
+    return c ? &c[idx % CHUNK] : &process_owner;
+}
+
+uint32_t owner_count_slots(void) { return __atomic_load_n(&n_slots_used, __ATOMIC_ACQUIRE); }
+
+/* Dead owners with no live block left go back to the free list. Called with owners_mutex held. */
+static void sweep_locked(void)
+{
+    for (uint32_t i = 1; i < n_slots_used; i++) {
+        struct owner *o = owner_at(i);
+        if (!(o->flags & OWNER_F_IN_USE) || o->alive) continue;
+        if (__atomic_load_n(&o->total_blocks, __ATOMIC_ACQUIRE) != 0) continue;
+        if (n_free == cap_free) {
+            uint32_t cap = cap_free ? cap_free * 2 : 1024;
+            uint32_t *n = realloc(free_list, cap * sizeof *n);
+            if (!n) return;
+            free_list = n;
+            cap_free = cap;
+        }
+        o->flags = 0;
+        free_list[n_free++] = i;
+    }
+}
+
+void owners_sweep(void)
+{
+    pthread_mutex_lock(&owners_mutex);
+    sweep_locked();
+    pthread_mutex_unlock(&owners_mutex);
+}
+
+uint32_t owner_new(uint8_t kind, uintptr_t ptr, uint32_t ctx, int pre_attach)
+{
+    pthread_mutex_lock(&owners_mutex);
+    if (!n_free && n_slots_used % CHUNK == 0) sweep_locked(); /* reuse before growing */
+    uint32_t idx = 0;
+    if (n_free) {
+        idx = free_list[--n_free];
+    } else if (n_slots_used < MAX_OWNERS) {
+        uint32_t c = n_slots_used / CHUNK;
+        if (!chunks[c]) {
+            struct owner *mem = calloc(CHUNK, sizeof *mem);
+            if (mem) __atomic_store_n(&chunks[c], mem, __ATOMIC_RELEASE);
+        }
+        if (chunks[c]) idx = n_slots_used++;
+    }
+    if (idx) {
+        struct owner *o = owner_at(idx);
+        memset(o, 0, sizeof *o);
+        o->serial = next_serial++;
+        o->kind = kind;
+        o->ptr = ptr;
+        o->ctx = ctx;
+        o->fd = -1;
+        o->alive = 1;
+        o->pre_attach = (uint8_t)pre_attach;
+        o->created_ns = now_ns();
+        __atomic_store_n(&o->flags, OWNER_F_IN_USE, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&owners_mutex);
+    return idx; /* 0: no room; the bytes go to the process */
+}
+
+void owner_mark_dead(uint32_t idx)
+{
+    if (!idx) return;
+    struct owner *o = owner_at(idx);
+    o->dead_ns = now_ns();
+    __atomic_store_n(&o->alive, 0, __ATOMIC_RELEASE);
+}
+
+static void owners_reset(void)
+{
+    pthread_mutex_lock(&owners_mutex);
+    for (uint32_t i = 1; i < n_slots_used; i++) memset(owner_at(i), 0, sizeof(struct owner));
+    n_slots_used = 1;
+    n_free = 0;
+    memset(process_owner.c, 0, sizeof process_owner.c);
+    process_owner.total_blocks = 0;
+    pthread_mutex_unlock(&owners_mutex);
+}
+
+/* ---- object pointer -> owner ---- */
+struct obj_slot {
+    uintptr_t ptr;
+    uint32_t owner;
+};
+static struct obj_slot *objs;
+static size_t objs_cap, objs_count;
+static pthread_mutex_t objs_mutex = PTHREAD_MUTEX_INITIALIZER;
+
+static inline size_t obj_hash(uintptr_t p) { return (size_t)(((p >> 4) * 0x9E3779B97F4A7C15ull) >> 20); }
+
+static size_t obj_probe(uintptr_t ptr)
+{
+    size_t mask = objs_cap - 1, i = obj_hash(ptr) & mask;
+    while (objs[i].ptr && objs[i].ptr != ptr) i = (i + 1) & mask;
+    return i;
+}
+
+uint32_t objects_find(uintptr_t ptr)
+{
+    uint32_t r = 0;
+    pthread_mutex_lock(&objs_mutex);
+    if (objs_cap) {
+        size_t i = obj_probe(ptr);
+        r = objs[i].ptr ? objs[i].owner : 0;
+    }
+    pthread_mutex_unlock(&objs_mutex);
+    return r;
+}
+
+void objects_bind(uintptr_t ptr, uint32_t owner)
+{
+    pthread_mutex_lock(&objs_mutex);
+    if ((objs_count + 1) * 2 > objs_cap) {
+        size_t ncap = objs_cap ? objs_cap * 2 : 1024;
+        struct obj_slot *n = calloc(ncap, sizeof *n);
+        if (!n) goto out;
+        struct obj_slot *old = objs;
+        size_t ocap = objs_cap;
+        objs = n;
+        objs_cap = ncap;
+        for (size_t i = 0; i < ocap; i++)
+            if (old[i].ptr) objs[obj_probe(old[i].ptr)] = old[i];
+        free(old);
+    }
+    size_t i = obj_probe(ptr);
+    if (!objs[i].ptr) objs_count++;
+    objs[i] = (struct obj_slot){ptr, owner};
+out:
+    pthread_mutex_unlock(&objs_mutex);
+}
+
+void objects_unbind(uintptr_t ptr, uint32_t owner)
+{
+    pthread_mutex_lock(&objs_mutex);
+    if (objs_cap) {
+        size_t mask = objs_cap - 1, i = obj_probe(ptr);
+        if (objs[i].ptr && objs[i].owner == owner) {
+            size_t hole = i, j = i;
+            for (;;) {
+                j = (j + 1) & mask;
+                if (!objs[j].ptr) break;
+                size_t home = obj_hash(objs[j].ptr) & mask;
+                if (((j - home) & mask) >= ((j - hole) & mask)) {
+                    objs[hole] = objs[j];
+                    hole = j;
+                }
+            }
+            objs[hole].ptr = 0;
+            objs_count--;
+        }
+    }
+    pthread_mutex_unlock(&objs_mutex);
+}
+
+static void objects_reset(void)
+{
+    pthread_mutex_lock(&objs_mutex);
+    free(objs);
+    objs = NULL;
+    objs_cap = objs_count = 0;
+    pthread_mutex_unlock(&objs_mutex);
+}
+
+void owners_lock_all(void)
+{
+    pthread_mutex_lock(&owners_mutex);
+    pthread_mutex_lock(&objs_mutex);
+}
+
+void owners_unlock_all(void)
+{
+    pthread_mutex_unlock(&objs_mutex);
+    pthread_mutex_unlock(&owners_mutex);
+}
+
+void owners_reinit_locks(void)
+{
+    pthread_mutex_init(&owners_mutex, NULL);
+    pthread_mutex_init(&objs_mutex, NULL);
+}
+
+void owners_and_objects_reset(void)
+{
+    owners_reset();
+    objects_reset();
+}

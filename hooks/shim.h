@@ -1,0 +1,137 @@
+/* tlsprof shim: shared declarations. The shim lives inside the profiled process: it must never
+ * crash it, never re-enter itself, and never call into libpython or link against libssl. */
+#pragma once
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define EXPORT __attribute__((visibility("default")))
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* Fixed cause vocabulary; the order is the wire order (see tlsprof/causes.py). */
+enum cause {
+    C_CA_STORE, C_OWN_CERT, C_PEER_CERT, C_RECORD_BUFFERS, C_COMPRESSION,
+    C_HANDSHAKE, C_SESSION, C_CIPHER_STATE, C_BIO, C_OTHER, N_CAUSES
+};
+
+/* What the thread is doing inside OpenSSL when it allocates: decides the cause with the call site. */
+enum scope_kind {
+    SC_NONE, SC_CTX_NEW, SC_CTX, SC_CA, SC_OWN_CERT, SC_SSL_NEW, SC_HANDSHAKE, SC_IO,
+    SC_SHUTDOWN, SC_SSL_CTRL, SC_SSL_FREE, N_SCOPES
+};
+
+enum owner_kind { OWNER_PROCESS = 0, OWNER_CTX = 1, OWNER_SSL = 2 };
+enum conn_state { STATE_HANDSHAKE = 0, STATE_ESTABLISHED = 1, STATE_SHUTDOWN = 2 };
+
+/* ---- causes.c ---- */
+uint8_t classify_cause(const char *file, uint8_t scope);
+extern const char *const cause_names[N_CAUSES];
+
+/* ---- owners.c: contexts and connections, indexed by a small integer ---- */
+struct cause_counters {
+    int64_t bytes;      /* heap footprint: usable size + allocator header */
+    int64_t requested;  /* what OpenSSL asked for */
+    int64_t blocks;
+};
+
+struct owner {
+    uint64_t serial;        /* unique for the process lifetime; the id in reports */
+    uintptr_t ptr;          /* SSL* or SSL_CTX* */
+    uint32_t ctx;           /* for a connection: owner index of its context (0 = unknown) */
+    uint8_t kind, state, alive, pre_attach;
+    int32_t fd;
+    uint32_t flags;         /* OWNER_F_* */
+    uint64_t mode;          /* SSL_MODE_* bits seen set through *_ctrl */
+    uint64_t created_ns, dead_ns;
+    int64_t total_blocks;   /* atomic: recycling waits for zero */
+    struct cause_counters c[N_CAUSES]; /* atomics */
+};
+#define OWNER_F_IN_USE 1u
+#define OWNER_F_MODE_KNOWN 2u
+#define MAX_OWNERS (1u << 20)
+
+void owners_and_objects_reset(void);
+uint32_t owner_new(uint8_t kind, uintptr_t ptr, uint32_t ctx, int pre_attach);
+struct owner *owner_at(uint32_t idx);
+uint32_t owner_count_slots(void);
+void owner_mark_dead(uint32_t idx);
+void owners_sweep(void);
+void owners_lock_all(void);
+void owners_unlock_all(void);
+void owners_reinit_locks(void);
+
+/* object pointer (SSL, SSL_CTX) -> owner index */
+uint32_t objects_find(uintptr_t ptr);
+void objects_bind(uintptr_t ptr, uint32_t owner);
+void objects_unbind(uintptr_t ptr, uint32_t owner);
+
+/* ---- table.c: live blocks, sharded open addressing ---- */
+struct block {
+    uintptr_t key;      /* pointer | BLOCK_F_OBJECT */
+    uint32_t owner;
+    uint16_t site;
+    uint16_t slack;     /* usable - requested (always < 64 KiB on glibc) */
+};
+#define BLOCK_F_OBJECT ((uintptr_t)1) /* the block is the SSL/SSL_CTX struct itself */
+int blocks_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, struct block *replaced);
+int blocks_remove(uintptr_t ptr, struct block *out);
+int blocks_mark_object(uintptr_t ptr);
+void blocks_reset(void);
+size_t blocks_memory(void);
+size_t blocks_count(void);
+void blocks_lock_all(void);
+void blocks_unlock_all(void);
+void blocks_reinit_locks(void);
+typedef void (*block_visit_fn)(const struct block *, void *);
+void blocks_visit_owner(uint32_t owner, block_visit_fn fn, void *arg);
+
+/* ---- sites.c: (file, line, scope) -> small id, with live counters ---- */
+struct site {
+    const char *file;   /* OpenSSL's pointer: the identity */
+    char *name;         /* our copy: safe to read even if the library went away */
+    int32_t line;
+    uint8_t scope, cause;
+    volatile uint8_t used;
+    int64_t bytes, requested, blocks; /* atomics */
+};
+#define MAX_SITES 16384
+uint16_t site_intern(const char *file, int line, uint8_t scope);
+struct site *site_at(uint16_t id);
+uint32_t sites_used(void);
+void sites_reset_counters(void);
+void sites_lock(void);
+void sites_unlock(void);
+void sites_reinit_lock(void);
+
+/* ---- interpose.c: GOT/relocation patching, one engine for preload and attach ---- */
+struct hook_def {
+    const char *name;
+    void *hook;
+    void **real;
+    int patch_definer;  /* also patch references inside the object that defines it */
+};
+extern struct hook_def hook_defs[];
+extern const int n_hook_defs;
+int interpose_install(void);   /* patch every loaded object; returns slots patched */
+int interpose_refresh(void);   /* after dlopen: patch objects not seen yet */
+int interpose_remove(void);    /* restore every slot; returns slots restored */
+void *interpose_lookup(const char *name); /* definition in the loaded objects, or NULL */
+int interpose_slots(void);
+int interpose_foreign(void);
+void interpose_lock(void);
+void interpose_unlock(void);
+void interpose_reinit_lock(void);
+
+/* ---- hooks.c ---- */
+extern volatile int tlsprof_active;
+extern int64_t untracked_bytes, untracked_blocks; /* atomics: table could not grow */
+void hooks_reset(void);
+void hooks_resolve_helpers(void);
+
+/* ---- channel.c ---- */
+int channel_start(const char *dir);
+void channel_stop(void);
+void channel_after_fork_child(void);
+
+uint64_t now_ns(void);

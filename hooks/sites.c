@@ -1,0 +1,93 @@
+/* Call sites: the (file, line) OpenSSL passes to its allocator, plus the scope the thread was in,
+ * interned into a 16-bit id. The cause of a site is decided once, when it is first seen. Lookups
+ * are lock-free (entries are published with a release store and never move); inserts take a lock. */
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+
+#include "shim.h"
+
+#define SITE_MASK (MAX_SITES - 1)
+
+static struct site sites[MAX_SITES]; /* id 0 = overflow: the table is full */
+static uint32_t n_sites = 1;
+static pthread_mutex_t sites_mutex = PTHREAD_MUTEX_INITIALIZER;
+static uint16_t slot_to_id[MAX_SITES];
+
+static inline uint32_t site_hash(const char *file, int line, uint8_t scope)
+{
+    uint64_t h = ((uint64_t)(uintptr_t)file * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)line << 8 | scope);
+    h *= 0xff51afd7ed558ccdull;
+    return (uint32_t)(h >> 40) & SITE_MASK;
+}
+
+/* slots[] is the hash index: slot -> site id; ids are dense for cheap snapshots */
+static struct {
+    const char *file;
+    int32_t line;
+    uint8_t scope;
+    volatile uint8_t used;
+} index_[MAX_SITES];
+
+uint16_t site_intern(const char *file, int line, uint8_t scope)
+{
+    uint32_t i = site_hash(file, line, scope);
+    for (uint32_t n = 0; n < MAX_SITES; n++, i = (i + 1) & SITE_MASK) {
+        if (!__atomic_load_n(&index_[i].used, __ATOMIC_ACQUIRE)) break;
+        if (index_[i].file == file && index_[i].line == line && index_[i].scope == scope) return slot_to_id[i];
+    }
+    pthread_mutex_lock(&sites_mutex);
+    i = site_hash(file, line, scope);
+    uint16_t id = 0;
+    for (uint32_t n = 0; n < MAX_SITES; n++, i = (i + 1) & SITE_MASK) {
+        if (!index_[i].used) {
+            /* keep the index at most half full, and id 0 reserved */
+            if (n_sites >= MAX_SITES / 2) break;
+            id = (uint16_t)n_sites++;
+            struct site *s = &sites[id];
+            s->file = file;
+            s->name = file ? strndup(file, 200) : NULL;
+            s->line = line;
+            s->scope = scope;
+            s->cause = classify_cause(file, scope);
+            __atomic_store_n(&s->used, 1, __ATOMIC_RELEASE);
+            index_[i].file = file;
+            index_[i].line = line;
+            index_[i].scope = scope;
+            slot_to_id[i] = id;
+            __atomic_store_n(&index_[i].used, 1, __ATOMIC_RELEASE);
+            break;
+        }
+        if (index_[i].file == file && index_[i].line == line && index_[i].scope == scope) {
+            id = slot_to_id[i];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&sites_mutex);
+    return id;
+}
+
+struct site *site_at(uint16_t id)
+{
+    if (id == 0 && !sites[0].used) {
+        sites[0].cause = C_OTHER;
+        sites[0].name = NULL;
+        sites[0].used = 1;
+    }
+    return &sites[id];
+}
+
+uint32_t sites_used(void) { return __atomic_load_n(&n_sites, __ATOMIC_ACQUIRE); }
+
+void sites_reset_counters(void)
+{
+    for (uint32_t i = 0; i < MAX_SITES; i++) {
+        __atomic_store_n(&sites[i].bytes, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&sites[i].requested, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&sites[i].blocks, 0, __ATOMIC_RELAXED);
+    }
+}
+
+void sites_lock(void) { pthread_mutex_lock(&sites_mutex); }
+void sites_unlock(void) { pthread_mutex_unlock(&sites_mutex); }
+void sites_reinit_lock(void) { pthread_mutex_init(&sites_mutex, NULL); }

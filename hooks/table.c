@@ -1,0 +1,181 @@
+/* Live OpenSSL blocks: pointer -> (owner, site, slack), 16 bytes a slot. Sharded by pointer hash so
+ * threads rarely share a lock; open addressing with linear probing and backward-shift deletion (no
+ * tombstones, so churn never degrades probes). Shard arrays are allocated on first use: a process
+ * that never touches OpenSSL pays nothing. When a shard cannot grow, the insert fails and the caller
+ * counts the block as untracked instead of failing the target's allocation. */
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+
+#include "shim.h"
+
+#define N_SHARDS 64
+#define MIN_CAP 256
+
+struct shard {
+    pthread_mutex_t lock;
+    struct block *slots;
+    size_t cap, count;
+} __attribute__((aligned(64)));
+
+static struct shard shards[N_SHARDS];
+static int shards_ready;
+
+static inline uint64_t hash_ptr(uintptr_t p)
+{
+    uint64_t h = (uint64_t)(p >> 4) * 0x9E3779B97F4A7C15ull;
+    return h ^ (h >> 29);
+}
+
+static inline struct shard *shard_for(uint64_t h) { return &shards[h >> 58]; }
+
+__attribute__((constructor)) static void shards_init(void)
+{
+    if (shards_ready) return;
+    for (int i = 0; i < N_SHARDS; i++) pthread_mutex_init(&shards[i].lock, NULL);
+    shards_ready = 1;
+}
+
+static int grow(struct shard *s)
+{
+    size_t ncap = s->cap ? s->cap * 2 : MIN_CAP;
+    struct block *n = calloc(ncap, sizeof *n);
+    if (!n) return -1;
+    for (size_t i = 0; i < s->cap; i++) {
+        if (!s->slots[i].key) continue;
+        size_t j = hash_ptr(s->slots[i].key & ~BLOCK_F_OBJECT) & (ncap - 1);
+        while (n[j].key) j = (j + 1) & (ncap - 1);
+        n[j] = s->slots[i];
+    }
+    free(s->slots);
+    s->slots = n;
+    s->cap = ncap;
+    return 0;
+}
+
+/* Index of ptr's slot, or of the empty slot that ends its probe run. */
+static inline size_t probe(const struct shard *s, uintptr_t ptr, uint64_t h)
+{
+    size_t mask = s->cap - 1, i = h & mask;
+    while (s->slots[i].key && (s->slots[i].key & ~BLOCK_F_OBJECT) != ptr) i = (i + 1) & mask;
+    return i;
+}
+
+int blocks_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, struct block *replaced)
+{
+    uint64_t h = hash_ptr(ptr);
+    struct shard *s = shard_for(h);
+    pthread_mutex_lock(&s->lock);
+    if ((s->count + 1) * 4 > s->cap * 3 && grow(s) != 0) {
+        pthread_mutex_unlock(&s->lock);
+        return -1;
+    }
+    size_t i = probe(s, ptr, h);
+    int was = s->slots[i].key != 0;
+    if (was) *replaced = s->slots[i];
+    else s->count++;
+    s->slots[i] = (struct block){ptr, owner, site, slack};
+    pthread_mutex_unlock(&s->lock);
+    return was;
+}
+
+int blocks_remove(uintptr_t ptr, struct block *out)
+{
+    uint64_t h = hash_ptr(ptr);
+    struct shard *s = shard_for(h);
+    pthread_mutex_lock(&s->lock);
+    if (!s->cap) {
+        pthread_mutex_unlock(&s->lock);
+        return 0;
+    }
+    size_t mask = s->cap - 1, i = probe(s, ptr, h);
+    if (!s->slots[i].key) {
+        pthread_mutex_unlock(&s->lock);
+        return 0;
+    }
+    *out = s->slots[i];
+    /* backward-shift: pull later members of the run into the hole */
+    size_t hole = i, j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (!s->slots[j].key) break;
+        size_t home = hash_ptr(s->slots[j].key & ~BLOCK_F_OBJECT) & mask;
+        if (((j - home) & mask) >= ((j - hole) & mask)) {
+            s->slots[hole] = s->slots[j];
+            hole = j;
+        }
+    }
+    s->slots[hole].key = 0;
+    s->count--;
+    pthread_mutex_unlock(&s->lock);
+    return 1;
+}
+
+int blocks_mark_object(uintptr_t ptr)
+{
+    uint64_t h = hash_ptr(ptr);
+    struct shard *s = shard_for(h);
+    int found = 0;
+    pthread_mutex_lock(&s->lock);
+    if (s->cap) {
+        size_t i = probe(s, ptr, h);
+        if (s->slots[i].key) {
+            s->slots[i].key |= BLOCK_F_OBJECT;
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return found;
+}
+
+void blocks_reset(void)
+{
+    for (int k = 0; k < N_SHARDS; k++) {
+        struct shard *s = &shards[k];
+        pthread_mutex_lock(&s->lock);
+        free(s->slots);
+        s->slots = NULL;
+        s->cap = s->count = 0;
+        pthread_mutex_unlock(&s->lock);
+    }
+}
+
+size_t blocks_memory(void)
+{
+    size_t m = sizeof shards;
+    for (int k = 0; k < N_SHARDS; k++) m += __atomic_load_n(&shards[k].cap, __ATOMIC_RELAXED) * sizeof(struct block);
+    return m;
+}
+
+size_t blocks_count(void)
+{
+    size_t n = 0;
+    for (int k = 0; k < N_SHARDS; k++) n += __atomic_load_n(&shards[k].count, __ATOMIC_RELAXED);
+    return n;
+}
+
+void blocks_visit_owner(uint32_t owner, block_visit_fn fn, void *arg)
+{
+    for (int k = 0; k < N_SHARDS; k++) {
+        struct shard *s = &shards[k];
+        pthread_mutex_lock(&s->lock);
+        for (size_t i = 0; i < s->cap; i++)
+            if (s->slots[i].key && s->slots[i].owner == owner) fn(&s->slots[i], arg);
+        pthread_mutex_unlock(&s->lock);
+    }
+}
+
+void blocks_lock_all(void)
+{
+    for (int k = 0; k < N_SHARDS; k++) pthread_mutex_lock(&shards[k].lock);
+}
+
+void blocks_unlock_all(void)
+{
+    for (int k = N_SHARDS - 1; k >= 0; k--) pthread_mutex_unlock(&shards[k].lock);
+}
+
+void blocks_reinit_locks(void)
+{
+    for (int k = 0; k < N_SHARDS; k++) pthread_mutex_init(&shards[k].lock, NULL);
+}

@@ -1,0 +1,3 @@
+from tlsprof.cli import main
+
+raise SystemExit(main())

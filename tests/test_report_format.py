@@ -1,6 +1,5 @@
 """The report contract (tlsprof.report/1) and everything that reads it: load, validate, render,
 `tlsprof report`. Reports here are built by hand only as reader input; nothing is measured."""
-import copy
 import io
 import json
 import os
@@ -480,3 +479,21 @@ def test_structure_checker_agrees_with_jsonschema(doc):
     except BadReport:
         ours = False
     assert ours == expected
+
+
+def test_text_marks_pre_attach_connections_and_freed_contexts():
+    doc = bad_report()
+    doc["target"]["mode"] = "attach"
+    doc["connections"][0].update(since_attach=False, age_s=None, peer=None, fd=9)
+    doc["contexts"][0]["alive"] = False
+    doc["contexts"][1]["by_cause"]["ca_store"] = 3.0  # 3.0 is an integer in JSON Schema
+    validate_report(doc)
+    text = _render(doc)
+    assert "1*" in text and "opened before attach" in text
+    assert "fd 9" in text
+    assert "1 (freed)" in text
+
+
+def test_one_connection_is_singular():
+    text = _render(build_report([(CA_STORE, 1, 0)]))
+    assert "1 connection · " in text

@@ -77,6 +77,17 @@ def _where(path: str) -> str:
     return path or "the document"
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_$-]{1,40}$")
+
+
+def _join(path: str, key) -> str:
+    """Extend a dotted path; odd keys (control characters, long, empty) are quoted, ASCII only."""
+    key = str(key)
+    if not _PLAIN_KEY.match(key):
+        return f"{path}[{_short(key).encode('ascii', 'backslashreplace').decode()}]"
+    return f"{path}.{key}" if path else key
+
+
 class _Checker:
     def __init__(self, root: dict):
         self.root = root
@@ -120,20 +131,19 @@ class _Checker:
                 self.check(item, schema["items"], f"{path}[{i}]")
 
     def check_object(self, value: dict, schema: dict, path: str) -> None:
-        prefix = f"{path}." if path else ""
         for key in schema.get("required", ()):
             if key not in value:
                 raise BadReport(f"{_where(path)}: missing key {key!r}")
         props = schema.get("properties", {})
         for key, sub in props.items():
             if key in value:
-                self.check(value[key], sub, prefix + key)
+                self.check(value[key], sub, _join(path, key))
         names = schema.get("propertyNames")
         extra = schema.get("additionalProperties", True)
         for key in value:
             if names is not None:
                 try:
-                    self.check(key, names, prefix + key)
+                    self.check(key, names, _join(path, key))
                 except BadReport:
                     raise BadReport(f"{_where(path)}: unknown key {_short(key)}") from None
             if key in props:
@@ -141,7 +151,7 @@ class _Checker:
             if extra is False:
                 raise BadReport(f"{_where(path)}: unexpected key {_short(key)}")
             if isinstance(extra, dict):
-                self.check(value[key], extra, prefix + key)
+                self.check(value[key], extra, _join(path, key))
 
 
 _HANDLED = {"$ref", "type", "const", "enum", "minimum", "minLength", "pattern", "items", "required",
@@ -179,7 +189,7 @@ def _check_numbers(doc) -> None:
     while stack:
         value, path = stack.pop()
         if isinstance(value, dict):
-            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in value.items())
+            stack.extend((v, _join(path, k)) for k, v in value.items())
         elif isinstance(value, list):
             stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
         elif isinstance(value, float) and not math.isfinite(value):

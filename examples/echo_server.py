@@ -13,6 +13,7 @@ Prints "listening HOST PORT" once listening; SIGTERM/SIGINT close it and exit 0.
 import argparse
 import asyncio
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -110,6 +111,8 @@ def main():
     p.add_argument("--threaded", action="store_true", help="thread per connection, ssl.SSLSocket")
     p.add_argument("--ready-file", help='write "PORT\\n" here once listening')
     args = p.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one fd per connection
 
     with tempfile.TemporaryDirectory(prefix="tlsprof-certs-") as tmp:
         certfile, keyfile = ensure_cert(args.certdir or tmp)

@@ -35,19 +35,15 @@ uint8_t classify_cause(const char *file, uint8_t scope)
     if (has(file, "/comp/") || has(file, "c_zlib")) return C_COMPRESSION;
     if (has(file, "ssl/record/")) return C_RECORD_BUFFERS;
     if (has(file, "ssl_sess.c")) return C_SESSION;
-    if (has(file, "/bio/")) return C_BIO;
+    /* BIO structs and their BUF_MEM buffers (Python's MemoryBIO, asyncio's transport) */
+    if (has(file, "/bio/") || has(file, "/buffer/")) return C_BIO;
     switch (scope) {
     case SC_HANDSHAKE:
     case SC_IO:
     case SC_SHUTDOWN:
-        if (has(file, "/buffer/")) return C_BIO;
         if (is_cipher_code(file)) return C_CIPHER_STATE;
         if (is_certificate_code(file)) return C_PEER_CERT;
         return C_HANDSHAKE;
-    case SC_SSL_NEW:
-    case SC_SSL_CTRL:
-        if (has(file, "/buffer/")) return C_BIO;
-        return C_OTHER;
     default:
         return C_OTHER;
     }

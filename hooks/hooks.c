@@ -269,10 +269,23 @@ static void *hook_CRYPTO_clear_realloc(void *old, size_t old_num, size_t n, cons
 }
 
 /* ---- owners of objects created before we were attached ---- */
+/* An object used inside its own constructor (SSL_new calls SSL_clear, SSL_CTX_new calls
+ * SSL_CTX_ctrl) is not bound yet: it is the owner being created. */
+static uint32_t adopt(void *ptr, uint8_t creating_kind)
+{
+    struct scope s = current();
+    if (s.kind != creating_kind || !s.owner) return 0;
+    struct owner *o = owner_at(s.owner);
+    if (o->ptr && o->ptr != (uintptr_t)ptr) return 0;
+    o->ptr = (uintptr_t)ptr;
+    return s.owner;
+}
+
 static uint32_t ctx_owner(void *ctx)
 {
     if (!ctx) return 0;
     uint32_t o = objects_find((uintptr_t)ctx);
+    if (!o) o = adopt(ctx, SC_CTX_NEW);
     if (!o && tlsprof_active) {
         o = owner_new(OWNER_CTX, (uintptr_t)ctx, 0, 1);
         if (o) objects_bind((uintptr_t)ctx, o);
@@ -284,6 +297,7 @@ static uint32_t ssl_owner(void *ssl)
 {
     if (!ssl) return 0;
     uint32_t o = objects_find((uintptr_t)ssl);
+    if (!o) o = adopt(ssl, SC_SSL_NEW);
     if (!o && tlsprof_active) {
         if (!real_SSL_get_SSL_CTX) hooks_resolve_helpers();
         uint32_t ctx = real_SSL_get_SSL_CTX ? ctx_owner(real_SSL_get_SSL_CTX(ssl)) : 0;

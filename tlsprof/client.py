@@ -1,0 +1,169 @@
+"""Talks to the shim inside a target over its Unix socket and parses what it answers.
+
+The wire format is the shim's text snapshot (hooks/channel.c): a header, one `O` line per owner
+(process, context, connection) with counters by cause, one `S` line per live call site, `END`.
+"""
+import socket
+from dataclasses import dataclass, field
+
+from tlsprof.causes import CAUSES
+from tlsprof.errors import ChannelError
+
+KIND_NAMES = {0: "process", 1: "context", 2: "connection"}
+STATE_NAMES = {0: "handshake", 1: "established", 2: "shutdown"}
+SCOPE_NAMES = ("none", "ctx_new", "ctx", "ca_store", "own_cert", "ssl_new", "handshake", "io",
+               "shutdown", "ssl_ctrl", "ssl_free")
+SSL_MODE_RELEASE_BUFFERS = 0x10
+
+
+@dataclass
+class Counters:
+    bytes: int = 0
+    requested: int = 0
+    blocks: int = 0
+
+
+@dataclass
+class Owner:
+    index: int
+    serial: int
+    kind: str
+    ptr: int
+    ctx_serial: int
+    state: str
+    fd: int
+    alive: bool
+    pre_attach: bool
+    age_s: float
+    mode: int
+    mode_known: bool
+    peer: str
+    by_cause: dict = field(default_factory=dict)  # cause -> Counters
+
+    @property
+    def live_bytes(self):
+        return sum(c.bytes for c in self.by_cause.values())
+
+    @property
+    def requested_bytes(self):
+        return sum(c.requested for c in self.by_cause.values())
+
+    @property
+    def live_blocks(self):
+        return sum(c.blocks for c in self.by_cause.values())
+
+
+@dataclass
+class Site:
+    file: str
+    line: int
+    cause: str
+    scope: str
+    bytes: int
+    requested: int
+    blocks: int
+
+
+@dataclass
+class Snapshot:
+    pid: int
+    mono_ns: int
+    openssl: str
+    stats: dict
+    owners: list
+    sites: list
+    taken_at: float = 0.0  # wall clock, set by the caller
+    rss_bytes: int = 0
+
+    @property
+    def live_bytes(self):
+        return sum(o.live_bytes for o in self.owners)
+
+    @property
+    def connections(self):
+        return [o for o in self.owners if o.kind == "connection" and o.alive]
+
+
+def ask(path: str, command: str, timeout: float = 5.0) -> str:
+    """Send one command line, read the whole answer."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(command.encode() + b"\n")
+            chunks = []
+            while True:
+                data = s.recv(1 << 20)
+                if not data:
+                    break
+                chunks.append(data)
+    except (OSError, socket.timeout) as exc:
+        raise ChannelError(f"cannot reach the tlsprof shim at {path}: {exc.strerror or exc}") from None
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _cause_name(index: int) -> str:
+    return CAUSES[index] if 0 <= index < len(CAUSES) else "other"
+
+
+def parse_snapshot(text: str) -> Snapshot:
+    lines = text.split("\n")
+    if not lines or lines[0] != "tlsprof-snapshot 1":
+        raise ChannelError("the shim answered something that is not a snapshot")
+    if "END" not in lines:
+        raise ChannelError("the shim's snapshot was cut short")
+    pid = mono = 0
+    openssl = None
+    stats, owners, sites = {}, [], []
+    try:
+        for line in lines[1:]:
+            if line == "END":
+                break
+            tag, _, rest = line.partition(" ")
+            if tag == "pid":
+                pid = int(rest)
+            elif tag == "mono_ns":
+                mono = int(rest)
+            elif tag == "openssl":
+                openssl = None if rest == "-" else rest
+            elif tag == "stat":
+                k, v = rest.split()
+                stats[k] = int(v)
+            elif tag == "O":
+                owners.append(_parse_owner(rest.split(" ")))
+            elif tag == "S":
+                f = rest.split(" ", 7)
+                sites.append(Site(file=f[7], line=int(f[3]), cause=_cause_name(int(f[1])),
+                                  scope=SCOPE_NAMES[int(f[2])] if int(f[2]) < len(SCOPE_NAMES) else "none",
+                                  bytes=int(f[4]), requested=int(f[5]), blocks=int(f[6])))
+    except (ValueError, IndexError) as exc:
+        raise ChannelError(f"unreadable snapshot line: {exc}") from None
+    return Snapshot(pid=pid, mono_ns=mono, openssl=openssl, stats=stats, owners=owners, sites=sites)
+
+
+def _parse_owner(f) -> Owner:
+    by_cause = {}
+    for item in f[13:]:
+        c, b, r, n = item.split(":")
+        by_cause[_cause_name(int(c))] = Counters(int(b), int(r), int(n))
+    return Owner(index=int(f[0]), serial=int(f[1]), kind=KIND_NAMES.get(int(f[2]), "process"),
+                 ptr=int(f[3], 16), ctx_serial=int(f[4]), state=STATE_NAMES.get(int(f[5]), "handshake"),
+                 fd=int(f[6]), alive=f[7] == "1", pre_attach=f[8] == "1", age_s=int(f[9]) / 1e9,
+                 mode=int(f[10], 16), mode_known=f[11] == "1", peer=None if f[12] == "-" else f[12],
+                 by_cause=by_cause)
+
+
+def snapshot(path: str, timeout: float = 5.0) -> Snapshot:
+    return parse_snapshot(ask(path, "SNAPSHOT", timeout))
+
+
+def ping(path: str, timeout: float = 2.0) -> int:
+    answer = ask(path, "PING", timeout).split()
+    if len(answer) != 2 or answer[0] != "PONG":
+        raise ChannelError("the shim did not answer PING")
+    return int(answer[1])
+
+
+def detach(path: str, timeout: float = 5.0) -> None:
+    if ask(path, "DETACH", timeout).strip() != "OK":
+        raise ChannelError("the shim did not confirm DETACH")

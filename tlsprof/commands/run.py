@@ -1,0 +1,111 @@
+"""`tlsprof run [-o FILE] [--interval S] [--at peak|last] -- CMD [ARGS...]`
+
+Starts CMD with the shim preloaded; stdin/stdout/stderr pass through, the exit status is CMD's.
+Ctrl-C at a terminal reaches CMD directly (same process group); SIGTERM/SIGHUP/SIGQUIT sent to
+tlsprof, and SIGINT when not at a terminal, are forwarded to CMD. Processes CMD starts inherit the
+shim and are tracked with their own channel; the report follows the process of the tree that uses
+OpenSSL (CMD itself when it does) and lists the others under `processes`.
+"""
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from tlsprof import launch, report_io
+from tlsprof.errors import UsageError
+from tlsprof.render import render_text
+from tlsprof.session import Session
+
+
+def prepare_parser(p):
+    p.add_argument("-o", "--output", metavar="FILE", help="write the JSON report here (default: text report on stderr)")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between snapshots (default 1)")
+    p.add_argument("--at", choices=("peak", "last"), default="peak",
+                   help="which snapshot the report describes (default: peak, the most live OpenSSL bytes)")
+    p.add_argument("--format", choices=("text", "json"), default=None,
+                   help="format of the report without -o (default text)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+
+
+def _command(args):
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError("no command given: use `tlsprof run -- CMD [ARGS...]`")
+    if not (0.05 <= args.interval <= 3600):
+        raise UsageError("--interval must be between 0.05 and 3600 seconds")
+    return cmd
+
+
+def _exit_status(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def run(args) -> int:
+    cmd = _command(args)
+    channel_dir = launch.private_dir()
+    try:
+        proc = launch.spawn(cmd, channel_dir)
+        session = Session(channel_dir, proc.pid, cmd, mode="run")
+        returncode = _collect(proc, session, args.interval)
+        partial = returncode == -signal.SIGKILL
+        notes = []
+        if partial:
+            notes.append("the target was killed with SIGKILL: this is the last snapshot taken before")
+        report = session.report(at=args.at, partial=partial, notes=notes)
+        if report is None:
+            print(f"tlsprof: no snapshot was taken: {cmd[0]} exited after "
+                  f"{time.time() - session.started:.1f}s before its first snapshot (or never loaded the shim)",
+                  file=sys.stderr)
+        else:
+            _emit(report, args)
+        return _exit_status(returncode)
+    finally:
+        shutil.rmtree(channel_dir, ignore_errors=True)
+
+
+def _emit(report, args):
+    if args.output:
+        report_io.save_report(report, args.output)
+        print(f"tlsprof: report written to {args.output}", file=sys.stderr)
+    elif args.format == "json":
+        sys.stderr.write(report_io.dumps(report) + "\n")
+    else:
+        render_text(report, file=sys.stderr)
+
+
+def _collect(proc: subprocess.Popen, session: Session, interval: float) -> int:
+    def forward(signum, frame):
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    def on_sigint(signum, frame):
+        if not (sys.stdin and sys.stdin.isatty()):
+            forward(signum, frame)  # a terminal's Ctrl-C reached the target already
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        next_at = time.monotonic()
+        first = True
+        while True:
+            try:
+                return proc.wait(timeout=max(0.0, next_at - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            snap = session.poll()
+            # until the shim answers the first time, look again soon
+            if snap is None and first:
+                next_at = time.monotonic() + min(0.1, interval)
+            else:
+                first = False
+                next_at = time.monotonic() + interval
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

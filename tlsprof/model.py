@@ -1,0 +1,175 @@
+"""Turns a shim snapshot into a report (schema tlsprof.report/1, docs/report-format.md).
+
+A connection's memory = its own live bytes + its share of its context's live bytes (the context's
+bytes divided by the live connections that share it). Both parts are reported.
+"""
+import datetime
+from collections import defaultdict
+
+from tlsprof import __version__
+from tlsprof.causes import CAUSES
+from tlsprof.client import SSL_MODE_RELEASE_BUFFERS, Snapshot
+from tlsprof.findings import compute_findings
+
+SCHEMA = "tlsprof.report/1"
+
+
+def ctx_id(serial):
+    return f"ctx-{serial}" if serial else None
+
+
+def conn_id(serial):
+    return f"conn-{serial}"
+
+
+def _bytes_by_cause(owner) -> dict:
+    return {c: owner.by_cause[c].bytes for c in CAUSES if c in owner.by_cause and owner.by_cause[c].bytes}
+
+
+def _sum_into(total: dict, by_cause: dict, scale=1.0):
+    for c, v in by_cause.items():
+        total[c] = total.get(c, 0) + v * scale
+
+
+def _ordered(by_cause: dict, as_int=True) -> dict:
+    out = {}
+    for c in CAUSES:
+        v = by_cause.get(c, 0)
+        if v:
+            out[c] = int(round(v)) if as_int else round(v, 1)
+    return out
+
+
+def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak", snapshots=1,
+                 peak_live_bytes=None, history=None, notes=None, processes=None) -> dict:
+    owners = snap.owners
+    contexts = [o for o in owners if o.kind == "context"]
+    conns = [o for o in owners if o.kind == "connection" and o.alive]
+    by_serial = {o.serial: o for o in contexts}
+    sharing = defaultdict(int)
+    for c in conns:
+        sharing[c.ctx_serial] += 1
+
+    report_contexts = []
+    for ctx in sorted(contexts, key=lambda o: -o.live_bytes):
+        entry = {
+            "id": ctx_id(ctx.serial),
+            "connections": sharing.get(ctx.serial, 0),
+            "live_bytes": ctx.live_bytes,
+            "requested_bytes": ctx.requested_bytes,
+            "live_blocks": ctx.live_blocks,
+            "by_cause": _bytes_by_cause(ctx),
+            "ca_store_bytes": ctx.by_cause["ca_store"].bytes if "ca_store" in ctx.by_cause else 0,
+            "alive": ctx.alive,
+            "since_attach": ctx.pre_attach,
+            "release_buffers": bool(ctx.mode & SSL_MODE_RELEASE_BUFFERS) if ctx.mode_known else None,
+            "age_s": round(ctx.age_s, 3),
+        }
+        report_contexts.append(entry)
+
+    report_conns = []
+    per_own, per_share, per_req = 0.0, 0.0, 0.0
+    per_cause = {}
+    for c in sorted(conns, key=lambda o: -o.live_bytes):
+        ctx = by_serial.get(c.ctx_serial)
+        share_by_cause = {}
+        share = 0.0
+        if ctx is not None and sharing.get(c.ctx_serial):
+            n = sharing[c.ctx_serial]
+            share = ctx.live_bytes / n
+            share_by_cause = {k: v / n for k, v in _bytes_by_cause(ctx).items()}
+        own = _bytes_by_cause(c)
+        per_own += c.live_bytes
+        per_share += share
+        per_req += c.requested_bytes
+        _sum_into(per_cause, own)
+        _sum_into(per_cause, share_by_cause)
+        report_conns.append({
+            "id": conn_id(c.serial),
+            "context": ctx_id(c.ctx_serial),
+            "fd": c.fd if c.fd >= 0 else None,
+            "peer": c.peer,
+            "state": c.state,
+            "age_s": round(c.age_s, 3),
+            "live_bytes": c.live_bytes,
+            "requested_bytes": c.requested_bytes,
+            "live_blocks": c.live_blocks,
+            "context_share_bytes": int(round(share)),
+            "by_cause": own,
+            "since_attach": c.pre_attach,
+            "alive": True,
+        })
+    n = len(conns)
+    per_connection = {
+        "connections": n,
+        "own_bytes": int(round(per_own / n)) if n else 0,
+        "context_share_bytes": int(round(per_share / n)) if n else 0,
+        "bytes": int(round((per_own + per_share) / n)) if n else 0,
+        "requested_bytes": int(round(per_req / n)) if n else 0,
+        "by_cause": _ordered({k: v / n for k, v in per_cause.items()}) if n else {},
+    }
+
+    totals_cause, total_req, total_blocks = {}, 0, 0
+    process_cause = {}
+    for o in owners:
+        _sum_into(totals_cause, _bytes_by_cause(o))
+        total_req += o.requested_bytes
+        total_blocks += o.live_blocks
+        if o.kind == "process" or (o.kind == "connection" and not o.alive):
+            _sum_into(process_cause, _bytes_by_cause(o))
+    dead_conns = [o for o in owners if o.kind == "connection" and not o.alive]
+
+    merged = {}
+    for s in snap.sites:
+        key = (s.file, s.line, s.cause)
+        m = merged.setdefault(key, {"file": s.file, "line": s.line, "cause": s.cause, "live_bytes": 0,
+                                    "requested_bytes": 0, "live_blocks": 0})
+        m["live_bytes"] += s.bytes
+        m["requested_bytes"] += s.requested
+        m["live_blocks"] += s.blocks
+    sites = sorted(merged.values(), key=lambda m: (-m["live_bytes"], m["file"], m["line"]))
+
+    all_notes = list(notes or [])
+    if dead_conns:
+        all_notes.append(f"{len(dead_conns)} freed connections still own "
+                         f"{sum(o.live_bytes for o in dead_conns)} bytes (counted under `process`)")
+    if any(o.pre_attach for o in owners if o.kind != "process"):
+        all_notes.append("objects marked since_attach existed before tlsprof attached: their bytes are "
+                         "only those allocated since attach")
+
+    report = {
+        "schema": SCHEMA,
+        "tool": {"name": "tlsprof", "version": __version__},
+        "partial": bool(partial),
+        "captured_at": datetime.datetime.fromtimestamp(snap.taken_at or 0, datetime.timezone.utc)
+        .isoformat(timespec="seconds"),
+        "target": {
+            "pid": snap.pid,
+            "command": list(command),
+            "mode": mode,
+            "openssl": snap.openssl,
+            "rss_bytes": snap.rss_bytes,
+        },
+        "totals": {
+            "live_bytes": int(sum(totals_cause.values())),
+            "requested_bytes": total_req,
+            "live_blocks": total_blocks,
+            "by_cause": _ordered(totals_cause),
+            "untracked_bytes": snap.stats.get("untracked_bytes", 0),
+        },
+        "per_connection": per_connection,
+        "contexts": report_contexts,
+        "connections": report_conns,
+        "sites": sites,
+        "process": {"live_bytes": int(sum(process_cause.values())), "by_cause": _ordered(process_cause)},
+        "peak": {"chosen": chosen, "snapshots": snapshots,
+                 "live_bytes_at_peak": peak_live_bytes if peak_live_bytes is not None else snap.live_bytes},
+        "tracker": {k: snap.stats[k] for k in ("tracker_bytes", "blocks", "slots_patched", "slots_foreign")
+                    if k in snap.stats},
+        "history": list(history or []),
+        "notes": all_notes,
+    }
+    if processes:
+        report["processes"] = processes
+    report["findings"] = compute_findings(report)
+    return report

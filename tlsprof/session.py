@@ -1,0 +1,96 @@
+"""Collects snapshots from the shim(s) in a channel directory for as long as a session lasts, keeps
+the peak (most live OpenSSL bytes, as memray reports the high-water mark) and the last one, and a
+short history for charts and growth findings."""
+import glob
+import os
+import time
+
+import psutil
+
+from tlsprof import client
+from tlsprof.errors import ChannelError
+from tlsprof.model import build_report
+
+HISTORY_MAX = 720
+
+
+class Session:
+    def __init__(self, channel_dir: str, main_pid: int, command, mode: str):
+        self.channel_dir = channel_dir
+        self.main_pid = main_pid
+        self.command = list(command)
+        self.mode = mode
+        self.focus_pid = main_pid
+        self.started = time.time()
+        self.peak = None
+        self.last = None
+        self.count = 0
+        self.history = []
+        self.others = {}  # pid -> live bytes of other tracked processes (children)
+        self.on_snapshot = []  # callbacks(snapshot), e.g. the live view or the metrics endpoint
+
+    def sockets(self):
+        out = {}
+        for path in glob.glob(os.path.join(self.channel_dir, "*.sock")):
+            try:
+                out[int(os.path.basename(path)[:-5])] = path
+            except ValueError:
+                pass
+        return out
+
+    def poll(self):
+        """Take one snapshot of the process of interest. Returns it, or None when none answered."""
+        socks = self.sockets()
+        snaps = {}
+        for pid, path in socks.items():
+            if pid != self.focus_pid and self.focus_pid in socks and self.count % 10:
+                continue  # look at the other processes now and then only
+            try:
+                snaps[pid] = client.snapshot(path)
+            except ChannelError:
+                continue
+        if not snaps:
+            return None
+        # follow the process that really uses OpenSSL (e.g. `sh -c "python server.py"`)
+        if self.focus_pid not in snaps or (snaps[self.focus_pid].live_bytes == 0 and
+                                           any(s.live_bytes for s in snaps.values())):
+            candidates = sorted(snaps.values(), key=lambda s: -s.live_bytes)
+            if self.focus_pid not in snaps or candidates[0].live_bytes > 0:
+                self.focus_pid = candidates[0].pid
+        for pid, s in snaps.items():
+            if pid != self.focus_pid:
+                self.others[pid] = s.live_bytes
+        snap = snaps[self.focus_pid]
+        snap.taken_at = time.time()
+        try:
+            snap.rss_bytes = psutil.Process(snap.pid).memory_info().rss
+        except psutil.Error:
+            snap.rss_bytes = 0
+        self.count += 1
+        self.last = snap
+        if self.peak is None or snap.live_bytes >= self.peak.live_bytes:
+            self.peak = snap
+        self.history.append({"t": round(snap.taken_at - self.started, 3), "live_bytes": snap.live_bytes,
+                             "connections": len(snap.connections)})
+        if len(self.history) > HISTORY_MAX:
+            self.history = self.history[::2]
+        for callback in self.on_snapshot:
+            callback(snap)
+        return snap
+
+    def report(self, at="peak", partial=False, notes=()):
+        chosen = self.peak if at == "peak" else self.last
+        if chosen is None:
+            return None
+        notes = list(notes)
+        if at == "peak" and self.last is not None and chosen is not self.last:
+            notes.append(f"the report shows the peak snapshot; the last one had "
+                         f"{self.last.live_bytes} live OpenSSL bytes and {len(self.last.connections)} connections")
+        processes = None
+        others = {pid: b for pid, b in self.others.items() if b > 0}
+        if others:
+            processes = [{"pid": pid, "live_bytes": b} for pid, b in sorted(others.items())]
+            notes.append(f"{len(others)} other tracked process(es) in this session: see `processes`")
+        return build_report(chosen, command=self.command, mode=self.mode, partial=partial, chosen=at,
+                            snapshots=self.count, peak_live_bytes=self.peak.live_bytes if self.peak else None,
+                            history=self.history, notes=notes, processes=processes)

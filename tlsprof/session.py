@@ -78,6 +78,14 @@ class Session:
             callback(snap)
         return snap
 
+    def latest_report(self):
+        """The report of the newest snapshot (what the live view and the metrics endpoint show)."""
+        if self.last is None:
+            return None
+        if getattr(self, "_latest", (None, None))[0] is not self.last:
+            self._latest = (self.last, self.report(at="last"))
+        return self._latest[1]
+
     def report(self, at="peak", partial=False, notes=()):
         chosen = self.peak if at == "peak" else self.last
         if chosen is None:

@@ -27,6 +27,9 @@ def prepare_parser(p):
                    help="which snapshot the report describes (default: peak, the most live OpenSSL bytes)")
     p.add_argument("--format", choices=("text", "json"), default=None,
                    help="format of the report without -o (default text)")
+    p.add_argument("--live", action="store_true", help="open the interactive live view (needs a terminal)")
+    p.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus/OpenMetrics gauges while profiling (e.g. 127.0.0.1:9464)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
 
@@ -51,7 +54,19 @@ def run(args) -> int:
     try:
         proc = launch.spawn(cmd, channel_dir)
         session = Session(channel_dir, proc.pid, cmd, mode="run")
-        returncode = _collect(proc, session, args.interval)
+        metrics = None
+        if args.metrics:
+            from tlsprof.metrics import start_metrics_server
+            metrics = start_metrics_server(session, args.metrics)
+        try:
+            if args.live and sys.stdout.isatty():
+                from tlsprof.live import run_live
+                returncode = run_live(session, proc, args)
+            else:
+                returncode = _collect(proc, session, args.interval)
+        finally:
+            if metrics is not None:
+                metrics.stop()
         partial = returncode == -signal.SIGKILL
         notes = []
         if partial:

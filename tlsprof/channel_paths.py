@@ -1,0 +1,66 @@
+"""Where the shim in a target process serves its Unix socket: `/tmp/tlsprof-<uid>/<pid>.sock`.
+
+The directory is private to the target's uid (mode 0700, owned by that uid). It is created when
+absent (by root on behalf of another user: then chowned to that user, so the target can bind its
+socket in it) and refused when it exists with another owner, group/other permission bits, or is
+not a real directory: anyone who could write there could impersonate the shim.
+"""
+import os
+import pwd
+import stat
+
+from tlsprof.errors import UnsafeChannelDir
+
+BASE = "/tmp"
+
+
+def channel_dir_path(uid: int) -> str:
+    """The path of the channel directory for `uid`, without creating or checking it."""
+    return os.path.join(BASE, f"tlsprof-{int(uid)}")
+
+
+def _check(path: str, uid: int) -> None:
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeChannelDir(f"{path} exists but is not a directory; remove it and retry")
+    if st.st_uid != uid:
+        raise UnsafeChannelDir(
+            f"{path} is owned by uid {st.st_uid}, not {uid}; remove it and retry")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise UnsafeChannelDir(
+            f"{path} has mode {stat.S_IMODE(st.st_mode):04o}, open to other users; "
+            f"run `chmod 700 {path}` or remove it")
+
+
+def channel_dir_for(uid: int) -> str:
+    """Return the private channel directory of `uid`, creating it (0700, owned by uid) if absent.
+
+    Raises UnsafeChannelDir when the path exists but is not a directory owned by uid with
+    no group/other permission bits.
+    """
+    uid = int(uid)
+    path = channel_dir_path(uid)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask; make it exact
+        if os.geteuid() != uid:
+            try:
+                gid = pwd.getpwuid(uid).pw_gid
+            except KeyError:
+                gid = -1
+            try:
+                os.chown(path, uid, gid)
+            except PermissionError:
+                os.rmdir(path)
+                raise UnsafeChannelDir(
+                    f"cannot create {path} for uid {uid}: only that user or root can") from None
+    _check(path, uid)
+    return path
+
+
+def socket_path(directory: str, pid: int) -> str:
+    """The socket the shim in process `pid` serves inside `directory`."""
+    return os.path.join(directory, f"{int(pid)}.sock")

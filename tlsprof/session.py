@@ -15,12 +15,14 @@ HISTORY_MAX = 720
 
 
 class Session:
-    def __init__(self, channel_dir: str, main_pid: int, command, mode: str):
+    def __init__(self, channel_dir: str, main_pid: int, command, mode: str, follow_children=True):
         self.channel_dir = channel_dir
         self.main_pid = main_pid
         self.command = list(command)
         self.mode = mode
         self.focus_pid = main_pid
+        # attach: the channel directory is shared with other attached processes; look at ours only
+        self.follow_children = follow_children
         self.started = time.time()
         self.peak = None
         self.last = None
@@ -41,6 +43,8 @@ class Session:
     def poll(self):
         """Take one snapshot of the process of interest. Returns it, or None when none answered."""
         socks = self.sockets()
+        if not self.follow_children:
+            socks = {pid: path for pid, path in socks.items() if pid == self.main_pid}
         snaps = {}
         for pid, path in socks.items():
             if pid != self.focus_pid and self.focus_pid in socks and self.count % 10:

@@ -12,6 +12,7 @@ COMMANDS = {
     "attach": ("attach", "profile a running process, then detach"),
     "detach": ("detach", "remove tlsprof's hooks from a process whose tlsprof session died"),
     "report": ("report", "render a saved report"),
+    "diff": ("diff", "compare two reports: what grew, by cause and per connection"),
     "demo": ("demo", "profile the built-in echo server: shared context vs a context per connection"),
 }
 

@@ -20,11 +20,11 @@ def preload_env(channel_dir: str, base=None) -> dict:
     return env
 
 
-def spawn(cmd, channel_dir: str) -> subprocess.Popen:
+def spawn(cmd, channel_dir: str, **popen_kwargs) -> subprocess.Popen:
     if not cmd:
         raise LaunchError("no command given: use `tlsprof run -- CMD [ARGS...]`")
     try:
-        return subprocess.Popen(cmd, env=preload_env(channel_dir))
+        return subprocess.Popen(cmd, env=preload_env(channel_dir), **popen_kwargs)
     except FileNotFoundError:
         raise LaunchError(f"cannot run {cmd[0]!r}: no such file or command") from None
     except PermissionError:

@@ -94,13 +94,20 @@ static void put_owner(struct buf *b, uint32_t idx, uint64_t now)
     if (!(flags & OWNER_F_IN_USE)) return;
     int alive = __atomic_load_n(&o->alive, __ATOMIC_ACQUIRE);
     if (idx && !alive && __atomic_load_n(&o->total_blocks, __ATOMIC_ACQUIRE) <= 0) return;
+    /* hooks update these fields while we read them: relaxed atomic loads, never torn */
+#define RD(f) __atomic_load_n(&o->f, __ATOMIC_RELAXED)
+    uint8_t kind = RD(kind);
+    int32_t fd = RD(fd);
+    uint32_t ctx = RD(ctx);
+    uint64_t created = RD(created_ns);
     char peer[80] = "-";
-    if (o->kind == OWNER_SSL && alive) format_peer(o->fd, peer, sizeof peer);
-    uint64_t ctx_serial = o->ctx ? owner_at(o->ctx)->serial : 0;
-    put(b, "O %u %llu %u %lx %llu %u %d %d %u %llu %llx %d %s", idx, (unsigned long long)o->serial, o->kind,
-        (unsigned long)o->ptr, (unsigned long long)ctx_serial, o->state, o->fd, alive, o->pre_attach,
-        (unsigned long long)(o->created_ns && now > o->created_ns ? now - o->created_ns : 0),
-        (unsigned long long)o->mode, (flags & OWNER_F_MODE_KNOWN) ? 1 : 0, peer);
+    if (kind == OWNER_SSL && alive) format_peer(fd, peer, sizeof peer);
+    uint64_t ctx_serial = ctx ? __atomic_load_n(&owner_at(ctx)->serial, __ATOMIC_RELAXED) : 0;
+    put(b, "O %u %llu %u %lx %llu %u %d %d %u %llu %llx %d %s", idx, (unsigned long long)RD(serial), kind,
+        (unsigned long)RD(ptr), (unsigned long long)ctx_serial, RD(state), fd, alive, RD(pre_attach),
+        (unsigned long long)(created && now > created ? now - created : 0),
+        (unsigned long long)RD(mode), (flags & OWNER_F_MODE_KNOWN) ? 1 : 0, peer);
+#undef RD
     for (int c = 0; c < N_CAUSES; c++) {
         int64_t blocks = __atomic_load_n(&o->c[c].blocks, __ATOMIC_RELAXED);
         int64_t bytes = __atomic_load_n(&o->c[c].bytes, __ATOMIC_RELAXED);
@@ -135,6 +142,7 @@ static void snapshot(struct buf *b)
     uint32_t ns = sites_used();
     for (uint32_t i = 0; i < ns; i++) {
         struct site *s = site_at((uint16_t)i);
+        if (!__atomic_load_n(&s->used, __ATOMIC_ACQUIRE)) continue;
         int64_t blocks = __atomic_load_n(&s->blocks, __ATOMIC_RELAXED);
         if (blocks <= 0) continue;
         put(b, "S %u %u %u %d %lld %lld %lld %s\n", i, s->cause, s->scope, s->line,

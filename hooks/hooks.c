@@ -166,7 +166,7 @@ static inline void forget(void *p)
         /* the SSL/SSL_CTX struct itself: the object is really gone (refcounts reached zero) */
         struct owner *o = owner_at(b.owner);
         objects_unbind((uintptr_t)p, b.owner);
-        if (o->ptr == (uintptr_t)p) owner_mark_dead(b.owner);
+        if (__atomic_load_n(&o->ptr, __ATOMIC_RELAXED) == (uintptr_t)p) owner_mark_dead(b.owner);
     }
 }
 
@@ -276,8 +276,9 @@ static uint32_t adopt(void *ptr, uint8_t creating_kind)
     struct scope s = current();
     if (s.kind != creating_kind || !s.owner) return 0;
     struct owner *o = owner_at(s.owner);
-    if (o->ptr && o->ptr != (uintptr_t)ptr) return 0;
-    o->ptr = (uintptr_t)ptr;
+    uintptr_t cur = __atomic_load_n(&o->ptr, __ATOMIC_RELAXED);
+    if (cur && cur != (uintptr_t)ptr) return 0;
+    __atomic_store_n(&o->ptr, (uintptr_t)ptr, __ATOMIC_RELAXED);
     return s.owner;
 }
 
@@ -328,7 +329,7 @@ static void *new_ctx_common(void *a, const char *b, const void *c, int ex)
         owner_mark_dead(o);
         return ctx;
     }
-    owner_at(o)->ptr = (uintptr_t)ctx;
+    __atomic_store_n(&owner_at(o)->ptr, (uintptr_t)ctx, __ATOMIC_RELAXED);
     objects_bind((uintptr_t)ctx, o);
     blocks_mark_object((uintptr_t)ctx);
     return ctx;
@@ -353,9 +354,9 @@ static void note_mode(uint32_t owner, int cmd, long larg)
 {
     if (!owner || (cmd != SSL_CTRL_MODE && cmd != SSL_CTRL_CLEAR_MODE)) return;
     struct owner *o = owner_at(owner);
-    if (cmd == SSL_CTRL_MODE) o->mode |= (uint64_t)larg;
-    else o->mode &= ~(uint64_t)larg;
-    o->flags |= OWNER_F_MODE_KNOWN;
+    if (cmd == SSL_CTRL_MODE) __atomic_or_fetch(&o->mode, (uint64_t)larg, __ATOMIC_RELAXED);
+    else __atomic_and_fetch(&o->mode, ~(uint64_t)larg, __ATOMIC_RELAXED);
+    __atomic_or_fetch(&o->flags, OWNER_F_MODE_KNOWN, __ATOMIC_RELAXED);
 }
 
 static long hook_SSL_CTX_ctrl(void *ctx, int cmd, long larg, void *parg)
@@ -436,7 +437,7 @@ static void *hook_SSL_new(void *ctx)
         owner_mark_dead(o);
         return ssl;
     }
-    owner_at(o)->ptr = (uintptr_t)ssl;
+    __atomic_store_n(&owner_at(o)->ptr, (uintptr_t)ssl, __ATOMIC_RELAXED);
     objects_bind((uintptr_t)ssl, o);
     blocks_mark_object((uintptr_t)ssl);
     return ssl;
@@ -446,7 +447,7 @@ static void hook_SSL_free(void *ssl)
 {
     if (!ssl || !tlsprof_active) return real_SSL_free(ssl);
     uint32_t o = objects_find((uintptr_t)ssl);
-    int pre_attach = o && owner_at(o)->pre_attach;
+    int pre_attach = o && __atomic_load_n(&owner_at(o)->pre_attach, __ATOMIC_RELAXED);
     push(o, SC_SSL_FREE);
     real_SSL_free(ssl);
     pop();
@@ -487,7 +488,7 @@ SSL_SCOPED(int, SSL_set_session, SC_HANDSHAKE, (void *ssl, void *s), (ssl, s), N
 
 static inline void note_fd(uint32_t o, int fd)
 {
-    if (o) owner_at(o)->fd = fd;
+    if (o) __atomic_store_n(&owner_at(o)->fd, fd, __ATOMIC_RELAXED);
 }
 
 SSL_SCOPED(int, SSL_set_fd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), note_fd(o, fd))
@@ -509,7 +510,7 @@ static void *hook_SSL_set_SSL_CTX(void *ssl, void *ctx)
     push(o, SC_SSL_CTRL);
     void *r = real_SSL_set_SSL_CTX(ssl, ctx);
     pop();
-    if (r && o) owner_at(o)->ctx = ctx_owner(ctx);
+    if (r && o) __atomic_store_n(&owner_at(o)->ctx, ctx_owner(ctx), __ATOMIC_RELAXED);
     return r;
 }
 

@@ -33,7 +33,8 @@ static void sweep_locked(void)
 {
     for (uint32_t i = 1; i < n_slots_used; i++) {
         struct owner *o = owner_at(i);
-        if (!(o->flags & OWNER_F_IN_USE) || o->alive) continue;
+        if (!(__atomic_load_n(&o->flags, __ATOMIC_ACQUIRE) & OWNER_F_IN_USE) || __atomic_load_n(&o->alive, __ATOMIC_ACQUIRE))
+            continue;
         if (__atomic_load_n(&o->total_blocks, __ATOMIC_ACQUIRE) != 0) continue;
         if (n_free == cap_free) {
             uint32_t cap = cap_free ? cap_free * 2 : 1024;
@@ -42,7 +43,7 @@ static void sweep_locked(void)
             free_list = n;
             cap_free = cap;
         }
-        o->flags = 0;
+        __atomic_store_n(&o->flags, 0, __ATOMIC_RELEASE);
         free_list[n_free++] = i;
     }
 }
@@ -67,19 +68,34 @@ uint32_t owner_new(uint8_t kind, uintptr_t ptr, uint32_t ctx, int pre_attach)
             struct owner *mem = calloc(CHUNK, sizeof *mem);
             if (mem) __atomic_store_n(&chunks[c], mem, __ATOMIC_RELEASE);
         }
-        if (chunks[c]) idx = n_slots_used++;
+        if (chunks[c]) {
+            idx = n_slots_used;
+            __atomic_store_n(&n_slots_used, idx + 1, __ATOMIC_RELEASE);
+        }
     }
     if (idx) {
+        /* The snapshot thread may still be reading this (recycled) slot: field by field, with
+         * relaxed atomic stores, never a memset (a torn line is harmless, a data race is not). */
         struct owner *o = owner_at(idx);
-        memset(o, 0, sizeof *o);
-        o->serial = next_serial++;
-        o->kind = kind;
-        o->ptr = ptr;
-        o->ctx = ctx;
-        o->fd = -1;
-        o->alive = 1;
-        o->pre_attach = (uint8_t)pre_attach;
-        o->created_ns = now_ns();
+#define WR(f, v) __atomic_store_n(&o->f, (v), __ATOMIC_RELAXED)
+        WR(serial, next_serial++);
+        WR(kind, kind);
+        WR(ptr, ptr);
+        WR(ctx, ctx);
+        WR(state, STATE_HANDSHAKE);
+        WR(fd, -1);
+        WR(mode, 0);
+        WR(dead_ns, 0);
+        WR(alive, 1);
+        WR(pre_attach, (uint8_t)pre_attach);
+        WR(created_ns, now_ns());
+        WR(total_blocks, 0);
+        for (int k = 0; k < N_CAUSES; k++) {
+            WR(c[k].bytes, 0);
+            WR(c[k].requested, 0);
+            WR(c[k].blocks, 0);
+        }
+#undef WR
         __atomic_store_n(&o->flags, OWNER_F_IN_USE, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&owners_mutex);
@@ -90,7 +106,7 @@ void owner_mark_dead(uint32_t idx)
 {
     if (!idx) return;
     struct owner *o = owner_at(idx);
-    o->dead_ns = now_ns();
+    __atomic_store_n(&o->dead_ns, now_ns(), __ATOMIC_RELAXED);
     __atomic_store_n(&o->alive, 0, __ATOMIC_RELEASE);
 }
 

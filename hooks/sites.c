@@ -9,7 +9,8 @@
 
 #define SITE_MASK (MAX_SITES - 1)
 
-static struct site sites[MAX_SITES]; /* id 0 = overflow: the table is full */
+/* id 0 = overflow: the table is full */
+static struct site sites[MAX_SITES] = {[0] = {.cause = C_OTHER, .used = 1}};
 static uint32_t n_sites = 1;
 static pthread_mutex_t sites_mutex = PTHREAD_MUTEX_INITIALIZER;
 static uint16_t slot_to_id[MAX_SITES];
@@ -43,7 +44,7 @@ uint16_t site_intern(const char *file, int line, uint8_t scope)
         if (!index_[i].used) {
             /* keep the index at most half full, and id 0 reserved */
             if (n_sites >= MAX_SITES / 2) break;
-            id = (uint16_t)n_sites++;
+            id = (uint16_t)n_sites;
             struct site *s = &sites[id];
             s->file = file;
             s->name = file ? strndup(file, 200) : NULL;
@@ -51,6 +52,8 @@ uint16_t site_intern(const char *file, int line, uint8_t scope)
             s->scope = scope;
             s->cause = classify_cause(file, scope);
             __atomic_store_n(&s->used, 1, __ATOMIC_RELEASE);
+            /* published only once filled: the snapshot thread reads ids below n_sites unlocked */
+            __atomic_store_n(&n_sites, (uint32_t)id + 1, __ATOMIC_RELEASE);
             index_[i].file = file;
             index_[i].line = line;
             index_[i].scope = scope;
@@ -67,15 +70,7 @@ uint16_t site_intern(const char *file, int line, uint8_t scope)
     return id;
 }
 
-struct site *site_at(uint16_t id)
-{
-    if (id == 0 && !sites[0].used) {
-        sites[0].cause = C_OTHER;
-        sites[0].name = NULL;
-        sites[0].used = 1;
-    }
-    return &sites[id];
-}
+struct site *site_at(uint16_t id) { return &sites[id]; }
 
 uint32_t sites_used(void) { return __atomic_load_n(&n_sites, __ATOMIC_ACQUIRE); }
 

@@ -20,6 +20,10 @@ struct shard {
 
 static struct shard shards[N_SHARDS];
 static int shards_ready;
+/* TLSPROF_MAX_BLOCKS caps the live blocks tracked (0 = no cap): bounds the shim's own memory and
+ * lets tests prove the degraded mode. Past the cap inserts fail like a failed grow. */
+static size_t max_blocks;
+static size_t total_blocks; /* atomic */
 
 static inline uint64_t hash_ptr(uintptr_t p)
 {
@@ -33,6 +37,8 @@ __attribute__((constructor)) static void shards_init(void)
 {
     if (shards_ready) return;
     for (int i = 0; i < N_SHARDS; i++) pthread_mutex_init(&shards[i].lock, NULL);
+    const char *cap = getenv("TLSPROF_MAX_BLOCKS");
+    if (cap && *cap) max_blocks = strtoull(cap, NULL, 10);
     shards_ready = 1;
 }
 
@@ -49,7 +55,7 @@ static int grow(struct shard *s)
     }
     free(s->slots);
     s->slots = n;
-    s->cap = ncap;
+    __atomic_store_n(&s->cap, ncap, __ATOMIC_RELAXED); /* blocks_memory reads it unlocked */
     return 0;
 }
 
@@ -72,8 +78,15 @@ int blocks_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, 
     }
     size_t i = probe(s, ptr, h);
     int was = s->slots[i].key != 0;
+    if (!was && max_blocks && __atomic_load_n(&total_blocks, __ATOMIC_RELAXED) >= max_blocks) {
+        pthread_mutex_unlock(&s->lock);
+        return -1;
+    }
     if (was) *replaced = s->slots[i];
-    else s->count++;
+    else {
+        s->count++;
+        __atomic_add_fetch(&total_blocks, 1, __ATOMIC_RELAXED);
+    }
     s->slots[i] = (struct block){ptr, owner, site, slack};
     pthread_mutex_unlock(&s->lock);
     return was;
@@ -107,6 +120,7 @@ int blocks_remove(uintptr_t ptr, struct block *out)
     }
     s->slots[hole].key = 0;
     s->count--;
+    __atomic_sub_fetch(&total_blocks, 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&s->lock);
     return 1;
 }
@@ -135,7 +149,9 @@ void blocks_reset(void)
         pthread_mutex_lock(&s->lock);
         free(s->slots);
         s->slots = NULL;
-        s->cap = s->count = 0;
+        __atomic_sub_fetch(&total_blocks, s->count, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->cap, 0, __ATOMIC_RELAXED);
+        s->count = 0;
         pthread_mutex_unlock(&s->lock);
     }
 }
@@ -147,12 +163,7 @@ size_t blocks_memory(void)
     return m;
 }
 
-size_t blocks_count(void)
-{
-    size_t n = 0;
-    for (int k = 0; k < N_SHARDS; k++) n += __atomic_load_n(&shards[k].count, __ATOMIC_RELAXED);
-    return n;
-}
+size_t blocks_count(void) { return __atomic_load_n(&total_blocks, __ATOMIC_RELAXED); }
 
 void blocks_visit_owner(uint32_t owner, block_visit_fn fn, void *arg)
 {

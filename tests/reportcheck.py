@@ -1,0 +1,26 @@
+"""Validation every test applies to the reports real runs produce."""
+import json
+import os
+
+import jsonschema
+
+from tlsprof.schema import validate_report
+
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "tlsprof", "schema", "report.schema.json")
+
+
+def check_report(report: dict) -> dict:
+    validate_report(report)
+    with open(SCHEMA_PATH) as f:
+        jsonschema.Draft202012Validator(json.load(f)).validate(report)
+    # the aggregates must add up: owners (totals) and call sites are counted independently in the shim
+    assert report["totals"]["live_bytes"] == sum(s["live_bytes"] for s in report["sites"])
+    assert report["totals"]["live_blocks"] == sum(s["live_blocks"] for s in report["sites"])
+    assert report["totals"]["live_bytes"] == sum(report["totals"]["by_cause"].values())
+    return report
+
+
+def load_checked(path: str) -> dict:
+    with open(path) as f:
+        return check_report(json.load(f))

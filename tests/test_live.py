@@ -237,11 +237,12 @@ def test_target_exit_is_shown_and_the_last_data_kept(server, spawn, tmp_path):
             await _until(pilot, lambda: _conn_count(app) == 4, "4 connections")
             await pilot.press("s")  # save a report snapshot now, to -o
             await _until(pilot, lambda: app.saved, "the saved report")
-            os.kill(server.proc.pid, signal.SIGTERM)
+            # SIGKILL: no graceful close, so the last snapshot still has the 4 connections
+            os.kill(server.proc.pid, signal.SIGKILL)
             await _until(pilot, lambda: app.exited, "the exit to be noticed")
             await pilot.pause(0.2)
             head = _text(app.query_one("#head"))
-            assert "TARGET EXITED (status 0)" in head
+            assert "TARGET EXITED (signal 9)" in head
             assert "4 connections" in head  # the last data stays
             await pilot.press("2")
             assert app.query_one("#conn-table", PagedTable).row_count == 4

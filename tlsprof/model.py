@@ -10,6 +10,7 @@ from tlsprof import __version__
 from tlsprof.causes import CAUSES
 from tlsprof.client import SSL_MODE_RELEASE_BUFFERS, Snapshot
 from tlsprof.findings import compute_findings
+from tlsprof.linkage import join as join_python
 
 SCHEMA = "tlsprof.report/1"
 
@@ -98,6 +99,9 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
             "by_cause": own,
             "since_attach": c.pre_attach,
             "alive": True,
+            # from the shim's F line: is the fd still open, and which file (inode) it is now
+            "fd_open": bool(c.facts["fd_open"]) if "fd_open" in c.facts else None,
+            "fd_inode": c.facts.get("fd_ino"),
         })
     n = len(conns)
     per_connection = {
@@ -171,5 +175,7 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
     }
     if processes:
         report["processes"] = processes
+    if getattr(snap, "python", None) is not None:  # the in-target Python agent's answer (tlsprof/linkage.py)
+        join_python(report, snap.python, snap)
     report["findings"] = compute_findings(report)
     return report

@@ -140,6 +140,9 @@ def render_text(report: dict, file=None, width=None) -> None:
     else:
         out(Text(first, style="bold"))
         out(Text(f"  {parts}", style="bold"))
+    if per.get("python_bytes") is not None:  # joined by the in-target Python agent (tlsprof/linkage.py)
+        out(Text(f"  + Python side {human_bytes(per['python_bytes'])} = {human_bytes(per.get('total_bytes'))} "
+                 f"per connection (native + Python)", style="bold"))
     live = f"OpenSSL heap live: {human_bytes(totals['live_bytes'])} in {totals['live_blocks']} blocks"
     if totals.get("requested_bytes") is not None:
         live += f" ({human_bytes(totals['requested_bytes'])} requested)"
@@ -155,6 +158,7 @@ def render_text(report: dict, file=None, width=None) -> None:
     _render_contexts(out, report.get("contexts", []))
     _render_connections(out, report.get("connections", []))
     _render_sites(out, report.get("sites", []))
+    _render_python(out, report)
     _render_findings(out, report.get("findings", []))
     notes = report.get("notes") or []
     if notes:
@@ -235,6 +239,35 @@ def _render_sites(out, sites: list) -> None:
         table.add_row(_cell(where), label(site["cause"]), human_bytes(site["live_bytes"]),
                       str(site["live_blocks"]))
     out(table)
+    out()
+
+
+def _render_python(out, report: dict) -> None:
+    """Who created the top objects and, for leaks, what holds them (from the Python agent)."""
+    info = report.get("python")
+    if not isinstance(info, dict):
+        return
+    from tlsprof.linkage import frame_text, user_frame
+    out(Text("Python objects", style="bold"))
+    if info.get("message"):
+        out(Padding(Text(str(info["message"])), (0, 0, 0, 2)))
+    items = [e for e in report.get("contexts", [])[:3] + report.get("connections", [])[:3]
+             if isinstance(e.get("python"), dict)]
+    items += [e for e in report.get("contexts", []) + report.get("connections", [])
+              if isinstance(e.get("python"), dict) and e["python"].get("leak") and e not in items][:5]
+    for e in items:
+        py = e["python"]
+        line = f"{e['id']}: {py.get('type') or '(no Python object)'}, {human_bytes(py.get('python_bytes'))} Python"
+        if py.get("leak"):
+            line += f" · LEAK: {py['leak']}"
+        out(Padding(Text(line), (0, 0, 0, 2)))
+        frame = user_frame(py.get("created_by"))
+        if frame:
+            out(Padding(Text("created at " + frame_text(frame)), (0, 0, 0, 4)))
+        elif py.get("created_by_source"):
+            out(Padding(Text(f"created at {py['created_by_source']}", style="dim"), (0, 0, 0, 4)))
+        if py.get("referrers"):
+            out(Padding(Text("held by " + " <- ".join(py["referrers"])), (0, 0, 0, 4)))
     out()
 
 

@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-from tlsprof import client
+from tlsprof import client, linkage
 from tlsprof.errors import ChannelError
 from tlsprof.model import build_report
 
@@ -65,6 +65,7 @@ class Session:
             if pid != self.focus_pid:
                 self.others[pid] = s.live_bytes
         snap = snaps[self.focus_pid]
+        snap.python = linkage.fetch(self.channel_dir, snap.pid)  # None unless a Python agent runs there
         snap.taken_at = time.time()
         try:
             snap.rss_bytes = psutil.Process(snap.pid).memory_info().rss

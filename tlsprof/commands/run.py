@@ -30,6 +30,9 @@ def prepare_parser(p):
     p.add_argument("--live", action="store_true", help="open the interactive live view (needs a terminal)")
     p.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus/OpenMetrics gauges while profiling (e.g. 127.0.0.1:9464)")
+    p.add_argument("--tracemalloc", action="store_true",
+                   help="Python targets: register OpenSSL blocks with tracemalloc (domain 0x7715) so "
+                        "tracemalloc snapshots in the target show them (docs/python-linkage.md)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
 
@@ -52,7 +55,7 @@ def run(args) -> int:
     cmd = _command(args)
     channel_dir = launch.private_dir()
     try:
-        proc = launch.spawn(cmd, channel_dir)
+        proc = launch.spawn(cmd, channel_dir, tracemalloc=getattr(args, "tracemalloc", False))
         session = Session(channel_dir, proc.pid, cmd, mode="run")
         metrics = None
         if args.metrics:

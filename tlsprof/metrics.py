@@ -1,0 +1,189 @@
+"""Prometheus/OpenMetrics export of a report: the live endpoint (`--metrics ADDR:PORT`) and the text
+exposition for node_exporter's textfile collector (`tlsprof report FILE --format prometheus`).
+
+Both read only a report dict (tlsprof.report/1): the endpoint asks the session for the report of its
+newest snapshot at scrape time and never talks to the target itself (the session polls it). The
+metric names, labels and meanings are listed in docs/exports.md.
+"""
+import datetime
+import ipaddress
+import threading
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.registry import CollectorRegistry
+
+from tlsprof.causes import CAUSES
+from tlsprof.errors import UsageError
+
+DEFAULT_ADDR = "127.0.0.1"
+PREFIX = "tlsprof_"
+
+
+def _g(name, doc, labels):
+    return GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+
+
+def _timestamp(captured_at):
+    try:
+        return datetime.datetime.fromisoformat(captured_at).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def report_metrics(report, pid=None):
+    """The gauge families describing `report` (None: no snapshot yet, only tlsprof_snapshots 0)."""
+    if report is None:
+        snaps = _g("snapshots", "Snapshots taken of the target so far.", ["pid"])
+        snaps.add_metric([str(pid or "")], 0)
+        return [snaps]
+    target = report.get("target") or {}
+    p = str(target.get("pid", pid or ""))
+    totals = report.get("totals") or {}
+    per = report.get("per_connection") or {}
+    out = []
+
+    live = _g("live_bytes", "Live OpenSSL heap bytes in the target by cause (footprint: usable size + "
+              "chunk header).", ["pid", "cause"])
+    by_cause = totals.get("by_cause") or {}
+    for c in CAUSES:
+        live.add_metric([p, c], by_cause.get(c, 0))
+    out.append(live)
+
+    conn = _g("connection_bytes", "Mean OpenSSL bytes per live connection by cause, its share of its "
+              "context included.", ["pid", "cause"])
+    per_cause = per.get("by_cause") or {}
+    for c in CAUSES:
+        conn.add_metric([p, c], per_cause.get(c, 0))
+    out.append(conn)
+
+    for name, key, doc in (
+            ("connection_own_bytes", "own_bytes", "Mean bytes a live connection owns itself (no context share)."),
+            ("connection_context_share_bytes", "context_share_bytes",
+             "Mean share of its context's bytes per live connection.")):
+        g = _g(name, doc, ["pid"])
+        g.add_metric([p], per.get(key, 0) or 0)
+        out.append(g)
+
+    g = _g("connections", "Live TLS connections (SSL objects) in the target.", ["pid"])
+    g.add_metric([p], len(report.get("connections") or []))
+    out.append(g)
+
+    g = _g("contexts", "Live TLS contexts (SSL_CTX objects) in the target.", ["pid"])
+    g.add_metric([p], sum(1 for c in report.get("contexts") or [] if c.get("alive", True) is not False))
+    out.append(g)
+
+    g = _g("finding_active", "1 for each finding the newest snapshot shows (by finding id).",
+           ["pid", "finding", "severity"])
+    for f in report.get("findings") or []:
+        g.add_metric([p, str(f.get("id")), str(f.get("severity"))], 1)
+    out.append(g)
+
+    g = _g("untracked_bytes", "Live OpenSSL bytes whose owner or cause could not be tracked.", ["pid"])
+    g.add_metric([p], totals.get("untracked_bytes", 0) or 0)
+    out.append(g)
+
+    if target.get("rss_bytes") is not None:
+        g = _g("target_rss_bytes", "Resident set size of the target process.", ["pid"])
+        g.add_metric([p], target["rss_bytes"])
+        out.append(g)
+
+    peak = report.get("peak") or {}
+    g = _g("snapshots", "Snapshots taken of the target so far.", ["pid"])
+    g.add_metric([p], peak.get("snapshots", 1))
+    out.append(g)
+
+    ts = _timestamp(report.get("captured_at"))
+    if ts is not None:
+        g = _g("snapshot_timestamp_seconds", "Unix time the reported snapshot was taken.", ["pid"])
+        g.add_metric([p], ts)
+        out.append(g)
+    return out
+
+
+class ReportCollector:
+    """A prometheus-client collector over a function returning the current report (or None)."""
+
+    def __init__(self, get_report, pid=None):
+        self._get_report = get_report
+        self._pid = pid
+        self._last_good = None
+
+    def collect(self):
+        try:
+            report = self._get_report()
+        except RuntimeError:  # a report built while the poller mutated the session: show the last one
+            report = self._last_good
+        if report is not None:
+            self._last_good = report
+        return report_metrics(report, self._pid)
+
+    def describe(self):
+        return []  # families are known only at scrape time
+
+
+def exposition(report) -> str:
+    """The Prometheus text exposition (format 0.0.4) of a report, for the textfile collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ReportCollector(lambda: report))
+    return generate_latest(registry).decode("utf-8")
+
+
+def parse_address(text):
+    """'ADDR:PORT', '[v6]:PORT', ':PORT' or 'PORT' -> (addr, port); default address 127.0.0.1."""
+    bad = f"--metrics: expected ADDR:PORT (e.g. 127.0.0.1:9464), got {text!r}"
+    text = (text or "").strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise UsageError(bad)
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+        if ":" in host:
+            raise UsageError(bad + " (put an IPv6 address in brackets: [::1]:9464)")
+    else:
+        host, port = "", text
+    host = host or DEFAULT_ADDR
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(bad)
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise UsageError(bad + " (ADDR must be an IP address or localhost)") from None
+    return host, int(port)
+
+
+class MetricsServer:
+    """The running endpoint: .address, .port, .url; stop() shuts it down and frees the port."""
+
+    def __init__(self, httpd, thread):
+        self._httpd = httpd
+        self._thread = thread
+        self.address, self.port = httpd.server_address[:2]
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        self.url = f"http://{host}:{self.port}/metrics"
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def stop(self):
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5.0)
+
+
+def start_metrics_server(session, address) -> MetricsServer:
+    """Serve the gauges of `session.latest_report()` on http://ADDR:PORT/ (any path) in a daemon
+    thread. OpenMetrics when the scraper asks for it (Accept header), else Prometheus text."""
+    host, port = parse_address(address)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ReportCollector(session.latest_report, pid=getattr(session, "main_pid", None)))
+    try:
+        httpd, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise UsageError(f"--metrics: cannot listen on {address}: {exc.strerror or exc}") from None
+    return MetricsServer(httpd, thread)

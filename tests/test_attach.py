@@ -84,8 +84,8 @@ def test_attach_lists_old_and_new_connections_then_detaches_cleanly(spawn, tmp_p
     assert report["target"]["pid"] == server.pid
     conns = report["connections"]
     assert len(conns) >= 200, len(conns)
-    old = [c for c in conns if c["since_attach"]]
-    new = [c for c in conns if not c["since_attach"]]
+    old = [c for c in conns if c["predates_attach"] and not c["since_attach"]]
+    new = [c for c in conns if c["since_attach"] and not c["predates_attach"]]
     assert len(old) >= 100 and len(new) >= 100
     for c in new:  # measured from their first byte
         assert c["live_bytes"] > 0 and c["by_cause"]
@@ -115,7 +115,7 @@ def test_attach_to_threaded_server_reports_fd_and_peer(spawn, tmp_path):
     finally:
         for s in socks:
             s.close()
-    peers = {c["peer"] for c in report["connections"] if not c["since_attach"]}
+    peers = {c["peer"] for c in report["connections"] if c["since_attach"]}
     assert local <= peers
 
 

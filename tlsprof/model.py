@@ -62,7 +62,8 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
             "by_cause": _bytes_by_cause(ctx),
             "ca_store_bytes": ctx.by_cause["ca_store"].bytes if "ca_store" in ctx.by_cause else 0,
             "alive": ctx.alive,
-            "since_attach": ctx.pre_attach,
+            "since_attach": not ctx.pre_attach,
+            "predates_attach": ctx.pre_attach,
             "release_buffers": bool(ctx.mode & SSL_MODE_RELEASE_BUFFERS) if ctx.mode_known else None,
             "age_s": round(ctx.age_s, 3),
         }
@@ -97,7 +98,8 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
             "live_blocks": c.live_blocks,
             "context_share_bytes": int(round(share)),
             "by_cause": own,
-            "since_attach": c.pre_attach,
+            "since_attach": not c.pre_attach,
+            "predates_attach": c.pre_attach,
             "alive": True,
             # from the shim's F line: is the fd still open, and which file (inode) it is now
             "fd_open": bool(c.facts["fd_open"]) if "fd_open" in c.facts else None,
@@ -138,7 +140,7 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
         all_notes.append(f"{len(dead_conns)} freed connections still own "
                          f"{sum(o.live_bytes for o in dead_conns)} bytes (counted under `process`)")
     if any(o.pre_attach for o in owners if o.kind != "process"):
-        all_notes.append("objects marked since_attach existed before tlsprof attached: their bytes are "
+        all_notes.append("objects marked predates_attach existed before tlsprof attached: their bytes are "
                          "only those allocated since attach")
 
     report = {

@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-DEB_PACKAGES = gcc make gdb openssl nginx-light zlib1g-dev perl tmux
+DEB_PACKAGES = gcc make gdb openssl nginx-light zlib1g-dev perl tmux chromium
 
 .PHONY: demo test bench deps venv clean
 

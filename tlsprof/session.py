@@ -3,6 +3,7 @@ the peak (most live OpenSSL bytes, as memray reports the high-water mark) and th
 short history for charts and growth findings."""
 import glob
 import os
+import threading
 import time
 
 import psutil
@@ -30,6 +31,8 @@ class Session:
         self.history = []
         self.others = {}  # pid -> live bytes of other tracked processes (children)
         self.on_snapshot = []  # callbacks(snapshot), e.g. the live view or the metrics endpoint
+        # poll() runs on one thread while the live view and the metrics endpoint read reports on others
+        self._lock = threading.RLock()
 
     def sockets(self):
         out = {}
@@ -42,6 +45,10 @@ class Session:
 
     def poll(self):
         """Take one snapshot of the process of interest. Returns it, or None when none answered."""
+        with self._lock:
+            return self._poll()
+
+    def _poll(self):
         socks = self.sockets()
         if not self.follow_children:
             socks = {pid: path for pid, path in socks.items() if pid == self.main_pid}
@@ -85,13 +92,21 @@ class Session:
 
     def latest_report(self):
         """The report of the newest snapshot (what the live view and the metrics endpoint show)."""
+        with self._lock:
+            return self._latest_report()
+
+    def _latest_report(self):
         if self.last is None:
             return None
         if getattr(self, "_latest", (None, None))[0] is not self.last:
-            self._latest = (self.last, self.report(at="last"))
+            self._latest = (self.last, self._report("last", False, ()))
         return self._latest[1]
 
     def report(self, at="peak", partial=False, notes=()):
+        with self._lock:
+            return self._report(at, partial, notes)
+
+    def _report(self, at, partial, notes):
         chosen = self.peak if at == "peak" else self.last
         if chosen is None:
             return None

@@ -48,6 +48,9 @@ def run(args) -> int:
         raise UsageError("--duration must be positive")
     if not (0.05 <= args.interval <= 3600):
         raise UsageError("--interval must be between 0.05 and 3600 seconds")
+    if args.metrics:  # a bad address is refused before anything touches the target
+        from tlsprof.metrics import parse_address
+        parse_address(args.metrics)
     info = inject.preflight(args.pid)
     for warning in info.warnings:
         print(f"tlsprof: note: {warning}", file=sys.stderr)

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from tlsprof import launch, report_io
@@ -54,15 +55,28 @@ def _exit_status(returncode: int) -> int:
 def run(args) -> int:
     cmd = _command(args)
     channel_dir = launch.private_dir()
+    live = args.live and sys.stdout.isatty()
+    log = None
     try:
-        proc = launch.spawn(cmd, channel_dir, tracemalloc=getattr(args, "tracemalloc", False))
-        session = Session(channel_dir, proc.pid, cmd, mode="run")
+        session = Session(channel_dir, None, cmd, mode="run")
         metrics = None
-        if args.metrics:
+        if args.metrics:  # bind before starting the target: a bad address must not orphan it
             from tlsprof.metrics import start_metrics_server
             metrics = start_metrics_server(session, args.metrics)
+        popen_kwargs = {}
+        if live:  # the target's output would write over the view: keep it in a file
+            log = tempfile.NamedTemporaryFile(prefix="tlsprof-target-", suffix=".log", delete=False)
+            popen_kwargs = {"stdout": log, "stderr": log}
         try:
-            if args.live and sys.stdout.isatty():
+            proc = launch.spawn(cmd, channel_dir, tracemalloc=getattr(args, "tracemalloc", False),
+                                **popen_kwargs)
+        except BaseException:
+            if metrics is not None:
+                metrics.stop()
+            raise
+        session.main_pid = session.focus_pid = proc.pid
+        try:
+            if live:
                 from tlsprof.live import run_live
                 returncode = run_live(session, proc, args)
             else:
@@ -84,6 +98,9 @@ def run(args) -> int:
         return _exit_status(returncode)
     finally:
         shutil.rmtree(channel_dir, ignore_errors=True)
+        if log is not None:
+            log.close()
+            print(f"tlsprof: the target's output is in {log.name}", file=sys.stderr)
 
 
 def _emit(report, args):

@@ -495,12 +495,34 @@ SSL_SCOPED(int, SSL_set_fd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), note_fd
 SSL_SCOPED(int, SSL_set_rfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), note_fd(o, fd))
 SSL_SCOPED(int, SSL_set_wfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), NOTHING)
 
+/* A socket BIO (openssl s_server, many C servers) carries the connection's fd: learn it here, on
+ * the caller's thread, through two getters. Other BIO types are never asked anything. */
+#define BIO_TYPE_SOCKET 0x0505
+#define BIO_C_GET_FD 105
+static int (*real_BIO_method_type)(const void *);
+static long (*real_BIO_ctrl)(void *, int, long, void *);
+
+static int socket_bio_fd(void *bio)
+{
+    if (!bio) return -1;
+    int (*type)(const void *) = __atomic_load_n(&real_BIO_method_type, __ATOMIC_ACQUIRE);
+    long (*ctrl)(void *, int, long, void *) = __atomic_load_n(&real_BIO_ctrl, __ATOMIC_ACQUIRE);
+    if (!type) __atomic_store_n(&real_BIO_method_type, type = interpose_lookup("BIO_method_type"), __ATOMIC_RELEASE);
+    if (!ctrl) __atomic_store_n(&real_BIO_ctrl, ctrl = interpose_lookup("BIO_ctrl"), __ATOMIC_RELEASE);
+    if (!type || !ctrl || type(bio) != BIO_TYPE_SOCKET) return -1;
+    int fd = -1;
+    return ctrl(bio, BIO_C_GET_FD, 0, &fd) >= 0 ? fd : -1;
+}
+
 static void hook_SSL_set_bio(void *ssl, void *rbio, void *wbio)
 {
     if (!tlsprof_active) return real_SSL_set_bio(ssl, rbio, wbio);
-    push(ssl_owner(ssl), SC_SSL_CTRL);
+    uint32_t o = ssl_owner(ssl);
+    push(o, SC_SSL_CTRL);
     real_SSL_set_bio(ssl, rbio, wbio);
     pop();
+    int fd = socket_bio_fd(rbio);
+    if (fd >= 0) note_fd(o, fd);
 }
 
 static void *hook_SSL_set_SSL_CTX(void *ssl, void *ctx)

@@ -48,6 +48,8 @@ static pthread_mutex_t pend_lock = PTHREAD_MUTEX_INITIALIZER;
 static int64_t pend_count, pend_dropped, tracked_calls;
 static __thread int my_pending;       /* how many of the table's entries are this thread's */
 static __thread int my_tid;
+static __thread uintptr_t *my_list;   /* this thread's parked pointers (some may be freed since) */
+static __thread size_t my_len, my_cap;
 
 static int tid(void)
 {
@@ -67,8 +69,20 @@ static void pending_add(uintptr_t p, size_t size)
     }
     size_t i = slot_of(p);
     while (pend[i].ptr > 1 && pend[i].ptr != p) i = (i + 1) & (PENDING_CAP - 1);
+    if (my_len == my_cap) {
+        size_t cap = my_cap ? my_cap * 2 : 1024;
+        uintptr_t *grown = realloc(my_list, cap * sizeof *grown);
+        if (!grown) {
+            pend_dropped++;
+            pthread_mutex_unlock(&pend_lock);
+            return;
+        }
+        my_list = grown;
+        my_cap = cap;
+    }
     if (pend[i].ptr != p) pend_count++;
     pend[i] = (struct pending){p, size, tid()};
+    my_list[my_len++] = p;
     my_pending++;
     pthread_mutex_unlock(&pend_lock);
 }
@@ -96,18 +110,25 @@ static int pending_remove(uintptr_t p)
 /* Register this thread's parked blocks; the caller holds the GIL. Returns how many. */
 EXPORT int tlsprof_pytrace_flush(void)
 {
-    if (!tm_active || !my_pending || !pend) return 0;
+    if (!tm_active || !my_len || !pend) return 0;
     int me = tid(), done = 0;
     pthread_mutex_lock(&pend_lock);
-    for (size_t i = 0; i < PENDING_CAP && my_pending > 0; i++) {
-        if (pend[i].ptr > 1 && pend[i].tid == me) {
-            py_track(tm_domain, pend[i].ptr, pend[i].size);
-            pend[i].ptr = 1;
-            pend_count--;
-            my_pending--;
-            done++;
+    for (size_t k = 0; k < my_len; k++) {
+        uintptr_t p = my_list[k];
+        size_t i = slot_of(p);
+        for (size_t n = 0; n < PENDING_CAP && pend[i].ptr; n++, i = (i + 1) & (PENDING_CAP - 1)) {
+            if (pend[i].ptr == p) {
+                if (pend[i].tid == me) {
+                    py_track(tm_domain, p, pend[i].size);
+                    pend[i].ptr = 1;
+                    pend_count--;
+                    done++;
+                }
+                break;
+            }
         }
     }
+    my_len = 0;
     my_pending = 0;
     pthread_mutex_unlock(&pend_lock);
     __atomic_add_fetch(&tracked_calls, done, __ATOMIC_RELAXED);
@@ -118,7 +139,7 @@ static void tm_track(void *p)
 {
     size_t size = malloc_usable_size(p) + TM_HEADER;
     if (py_gil_check()) {
-        if (UNLIKELY(my_pending)) tlsprof_pytrace_flush();
+        if (UNLIKELY(my_len)) tlsprof_pytrace_flush();
         py_track(tm_domain, (uintptr_t)p, size);
         __atomic_add_fetch(&tracked_calls, 1, __ATOMIC_RELAXED);
     } else {

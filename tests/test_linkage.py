@@ -167,14 +167,16 @@ def test_leaked_ssl_objects_are_reported_with_the_holding_chain(tmp_path):
     script = tmp_path / "leaky.py"
     script.write_text(LEAKY)
     server = start_echo_server()
-    out, wrapper = _wrapper(tmp_path)
+    out, wrapper = _wrapper(tmp_path, "r.json", "--at", "last")
     proc = Proc([*wrapper, sys.executable, str(script), str(server.port)], script=str(script))
     try:
         deadline = time.monotonic() + 60
         while "leaked" not in proc.stdout():
             assert proc.alive() and time.monotonic() < deadline, proc.describe()
             time.sleep(0.1)
-        time.sleep(4.0)  # the full (reachability) agent snapshot is asked less often than the cheap one
+        # the full (reachability) agent snapshot is asked less often than the cheap one: give the
+        # session time for one after the leaks exist (bounded)
+        time.sleep(6.0)
     finally:
         proc.stop_target()
         server.stop()

@@ -38,6 +38,10 @@ uint8_t classify_cause(const char *file, uint8_t scope)
     /* BIO structs and their BUF_MEM buffers (Python's MemoryBIO, asyncio's transport) */
     if (has(file, "/bio/") || has(file, "/buffer/")) return C_BIO;
     switch (scope) {
+    case SC_STATIC:
+        if (is_cipher_code(file)) return C_CIPHER_STATE;
+        if (has(file, "ssl/statem/")) return C_HANDSHAKE;
+        return C_OTHER; /* certificates: a CA store and a peer's chain look alike without a scope */
     case SC_HANDSHAKE:
     case SC_IO:
     case SC_SHUTDOWN:

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -118,6 +119,28 @@ static void put_owner(struct buf *b, uint32_t idx, uint64_t now)
     put(b, "\n");
 }
 
+/* `F <owner idx> key=value ...`: facts about an owner read at snapshot time, from the kernel only
+ * (never from OpenSSL's structures: the channel thread cannot pin an object another thread may be
+ * freeing). For a live connection with a socket fd: fd_open=0|1 (fcntl F_GETFD), and when open
+ * fd_ino=<inode> and fd_sock=0|1, so the reader can tell an fd that was closed or reused by a
+ * different file from one that still belongs to the connection. Readers ignore unknown keys. */
+static void put_facts(struct buf *b, uint32_t idx)
+{
+    struct owner *o = owner_at(idx);
+    uint32_t flags = __atomic_load_n(&o->flags, __ATOMIC_ACQUIRE);
+    if (!(flags & OWNER_F_IN_USE) || o->kind != OWNER_SSL || !__atomic_load_n(&o->alive, __ATOMIC_ACQUIRE)) return;
+    int fd = __atomic_load_n(&o->fd, __ATOMIC_RELAXED);
+    if (fd < 0) return;
+    if (fcntl(fd, F_GETFD) < 0) {
+        put(b, "F %u fd_open=0\n", idx);
+        return;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) return;
+    put(b, "F %u fd_open=1 fd_ino=%llu fd_sock=%d\n", idx, (unsigned long long)st.st_ino,
+        S_ISSOCK(st.st_mode) ? 1 : 0);
+}
+
 static void put_header(struct buf *b)
 {
     const char *v = tlsprof_openssl_version();
@@ -139,16 +162,22 @@ static void snapshot(struct buf *b)
     uint64_t now = now_ns();
     uint32_t n = owner_count_slots();
     for (uint32_t i = 0; i < n; i++) put_owner(b, i, now);
+    for (uint32_t i = 0; i < n; i++) put_facts(b, i);
     uint32_t ns = sites_used();
     for (uint32_t i = 0; i < ns; i++) {
         struct site *s = site_at((uint16_t)i);
         if (!__atomic_load_n(&s->used, __ATOMIC_ACQUIRE)) continue;
         int64_t blocks = __atomic_load_n(&s->blocks, __ATOMIC_RELAXED);
         if (blocks <= 0) continue;
-        put(b, "S %u %u %u %d %lld %lld %lld %s\n", i, s->cause, s->scope, s->line,
+        put(b, "S %u %u %u %d %lld %lld %lld %s %s\n", i, s->cause, s->scope, s->line,
             (long long)__atomic_load_n(&s->bytes, __ATOMIC_RELAXED),
             (long long)__atomic_load_n(&s->requested, __ATOMIC_RELAXED), (long long)blocks,
-            s->name ? s->name : "?");
+            s->library ? s->library : "-", s->name ? s->name : "?");
+    }
+    for (int i = 0; i < static_copies_count(); i++) {
+        const char *kind, *status, *path;
+        static_copy_describe(i, &kind, &status, &path);
+        put(b, "C %s %s %s\n", kind, status, path);
     }
     put(b, "END\n");
 }

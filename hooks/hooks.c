@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <malloc.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "shim.h"
@@ -151,6 +152,12 @@ static inline void track(void *p, size_t n, const char *file, int line)
     track_as(p, n, s.owner, site_intern(file, line, s.kind));
 }
 
+static inline void track_static(void *p, size_t n, const char *file, int line)
+{
+    struct scope s = current();
+    track_as(p, n, s.owner, site_intern(file, line, s.kind == SC_NONE ? SC_STATIC : s.kind));
+}
+
 static void untrack(const struct block *b, size_t usable)
 {
     count(b->owner, b->site, -(int64_t)(usable + GLIBC_HEADER), -(int64_t)(usable - b->slack), -1);
@@ -219,8 +226,11 @@ static void hook_CRYPTO_clear_free(void *p, size_t num, const char *file, int li
     real_CRYPTO_clear_free(p, num, file, line);
 }
 
+enum realloc_via { VIA_CRYPTO_REALLOC, VIA_CRYPTO_CLEAR_REALLOC, VIA_LIBC };
+
 /* A grown block keeps its owner and site: it is the same object getting bigger. */
-static void *realloc_common(void *old, size_t n, const char *file, int line, int clear, size_t old_num)
+static void *realloc_common(void *old, size_t n, const char *file, int line, enum realloc_via via,
+                            size_t old_num)
 {
     struct block b;
     int had = 0;
@@ -230,8 +240,9 @@ static void *realloc_common(void *old, size_t n, const char *file, int line, int
         old_usable = malloc_usable_size(old);
         untrack(&b, old_usable);
     }
-    void *p = clear ? real_CRYPTO_clear_realloc(old, old_num, n, file, line)
-                    : real_CRYPTO_realloc(old, n, file, line);
+    void *p = via == VIA_LIBC                 ? realloc(old, n)
+              : via == VIA_CRYPTO_CLEAR_REALLOC ? real_CRYPTO_clear_realloc(old, old_num, n, file, line)
+                                                : real_CRYPTO_realloc(old, n, file, line);
     if (!p) {
         if (had && n) { /* failed: the old block is still there */
             struct block stale;
@@ -240,11 +251,9 @@ static void *realloc_common(void *old, size_t n, const char *file, int line, int
         }
         return p;
     }
-    if (had) {
-        track_as(p, n, b.owner, b.site);
-    } else {
-        track(p, n, file, line);
-    }
+    if (had) track_as(p, n, b.owner, b.site);
+    else if (via == VIA_LIBC) track_static(p, n, file, line);
+    else track(p, n, file, line);
     return p;
 }
 
@@ -253,7 +262,7 @@ static void *hook_CRYPTO_realloc(void *old, size_t n, const char *file, int line
     struct tstate *t = &tls;
     if (t->in_alloc || !tlsprof_active) return real_CRYPTO_realloc(old, n, file, line);
     t->in_alloc = 1;
-    void *p = realloc_common(old, n, file, line, 0, 0);
+    void *p = realloc_common(old, n, file, line, VIA_CRYPTO_REALLOC, 0);
     t->in_alloc = 0;
     return p;
 }
@@ -263,9 +272,35 @@ static void *hook_CRYPTO_clear_realloc(void *old, size_t old_num, size_t n, cons
     struct tstate *t = &tls;
     if (t->in_alloc || !tlsprof_active) return real_CRYPTO_clear_realloc(old, old_num, n, file, line);
     t->in_alloc = 1;
-    void *p = realloc_common(old, n, file, line, 1, old_num);
+    void *p = realloc_common(old, n, file, line, VIA_CRYPTO_CLEAR_REALLOC, old_num);
     t->in_alloc = 0;
     return p;
+}
+
+/* ---- memory functions given to statically linked copies (static_copies.c) ----
+ * Such a copy calls these from its CRYPTO_malloc/realloc/free, once per block: no nesting to guard. */
+void *tracked_libc_malloc(size_t n, const char *file, int line)
+{
+    void *p = malloc(n);
+    if (p && tlsprof_active) track_static(p, n, file, line);
+    return p;
+}
+
+void *tracked_libc_realloc(void *old, size_t n, const char *file, int line)
+{
+    if (!tlsprof_active) return realloc(old, n);
+    if (old && n == 0) { /* OpenSSL's contract for realloc(p, 0): free it */
+        forget(old);
+        free(old);
+        return NULL;
+    }
+    return realloc_common(old, n, file, line, VIA_LIBC, 0);
+}
+
+void tracked_libc_free(void *p, const char *file, int line)
+{
+    if (p && tlsprof_active) forget(p);
+    free(p);
 }
 
 /* ---- owners of objects created before we were attached ---- */
@@ -540,7 +575,10 @@ static void *hook_SSL_set_SSL_CTX(void *ssl, void *ctx)
 static void *hook_dlopen(const char *file, int flags)
 {
     void *h = real_dlopen(file, flags);
-    if (h && tlsprof_active) interpose_refresh();
+    if (h && tlsprof_active) {
+        interpose_refresh();
+        static_copies_scan(0);
+    }
     return h;
 }
 

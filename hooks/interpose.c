@@ -240,6 +240,9 @@ static int patch_relocs(const struct object *o, const ElfW(Rela) *r, size_t size
         const struct object *definer = NULL;
         lookup_collected(d->name, &definer);
         if (definer == o && !d->patch_definer) continue;
+        /* an allocator defined by a statically linked copy (node) is handled through that copy's
+         * CRYPTO_set_mem_functions (static_copies.c), never by patching */
+        if (!strncmp(d->name, "CRYPTO_", 7) && definer && !strstr(definer->name, "libcrypto")) continue;
         uintptr_t *slot = (uintptr_t *)(o->base + r->r_offset);
         uintptr_t cur = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
         if (cur == (uintptr_t)d->hook) continue; /* already ours */

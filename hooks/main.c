@@ -8,6 +8,9 @@
 
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 static int atfork_registered;
+static int started_by_preload;
+
+int tlsprof_preloaded(void) { return started_by_preload; }
 static const char *(*real_OpenSSL_version)(int);
 
 void channel_release_from_listener(void);
@@ -70,6 +73,7 @@ EXPORT int tlsprof_start(const char *channel_dir)
     tlsprof_active = 1;
     interpose_install();
     pthread_mutex_unlock(&start_lock);
+    static_copies_scan(1);
     return 0;
 }
 
@@ -104,5 +108,8 @@ EXPORT int tlsprof_is_active(void) { return tlsprof_active; }
 __attribute__((constructor)) static void preload_start(void)
 {
     const char *dir = getenv("TLSPROF_DIR");
-    if (dir && *dir) tlsprof_start(dir);
+    if (dir && *dir) {
+        started_by_preload = 1;
+        tlsprof_start(dir);
+    }
 }

@@ -18,7 +18,9 @@ enum cause {
 /* What the thread is doing inside OpenSSL when it allocates: decides the cause with the call site. */
 enum scope_kind {
     SC_NONE, SC_CTX_NEW, SC_CTX, SC_CA, SC_OWN_CERT, SC_SSL_NEW, SC_HANDSHAKE, SC_IO,
-    SC_SHUTDOWN, SC_SSL_CTRL, SC_SSL_FREE, N_SCOPES
+    SC_SHUTDOWN, SC_SSL_CTRL, SC_SSL_FREE,
+    SC_STATIC, /* a statically linked copy: no entry point is seen, the source file alone decides */
+    N_SCOPES
 };
 
 enum owner_kind { OWNER_PROCESS = 0, OWNER_CTX = 1, OWNER_SSL = 2 };
@@ -93,6 +95,7 @@ struct site {
     int32_t line;
     uint8_t scope, cause;
     volatile uint8_t used;
+    const char *library; /* basename of the object holding `file`: which OpenSSL copy */
     int64_t bytes, requested, blocks; /* atomics */
 };
 #define MAX_SITES 16384
@@ -128,6 +131,12 @@ extern volatile int tlsprof_active;
 extern int64_t untracked_bytes, untracked_blocks; /* atomics: table could not grow */
 void hooks_reset(void);
 void hooks_resolve_helpers(void);
+
+/* ---- static_copies.c: OpenSSL linked into another object (node, cryptography's _rust.abi3.so) ---- */
+void static_copies_scan(int at_start);
+int static_copies_count(void);
+void static_copy_describe(int i, const char **kind, const char **status, const char **path);
+int tlsprof_preloaded(void); /* started by the preload constructor, before main() */
 
 /* ---- channel.c ---- */
 int channel_start(const char *dir);

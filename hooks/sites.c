@@ -2,6 +2,7 @@
  * interned into a 16-bit id. The cause of a site is decided once, when it is first seen. Lookups
  * are lock-free (entries are published with a release store and never move); inserts take a lock. */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,6 +38,14 @@ uint16_t site_intern(const char *file, int line, uint8_t scope)
         if (!__atomic_load_n(&index_[i].used, __ATOMIC_ACQUIRE)) break;
         if (index_[i].file == file && index_[i].line == line && index_[i].scope == scope) return slot_to_id[i];
     }
+    /* which object holds the file name says which OpenSSL copy allocated (asked before taking our
+     * lock: dladdr takes the loader's) */
+    const char *library = NULL;
+    Dl_info info;
+    if (file && dladdr(file, &info) && info.dli_fname) {
+        const char *slash = strrchr(info.dli_fname, '/');
+        library = slash ? slash + 1 : info.dli_fname;
+    }
     pthread_mutex_lock(&sites_mutex);
     i = site_hash(file, line, scope);
     uint16_t id = 0;
@@ -51,6 +60,7 @@ uint16_t site_intern(const char *file, int line, uint8_t scope)
             s->line = line;
             s->scope = scope;
             s->cause = classify_cause(file, scope);
+            s->library = library && *library ? strndup(library, 64) : NULL;
             __atomic_store_n(&s->used, 1, __ATOMIC_RELEASE);
             /* published only once filled: the snapshot thread reads ids below n_sites unlocked */
             __atomic_store_n(&n_sites, (uint32_t)id + 1, __ATOMIC_RELEASE);

@@ -1,7 +1,8 @@
 """Talks to the shim inside a target over its Unix socket and parses what it answers.
 
 The wire format is the shim's text snapshot (hooks/channel.c): a header, one `O` line per owner
-(process, context, connection) with counters by cause, one `S` line per live call site, `END`.
+(process, context, connection) with counters by cause, one `F` line of kernel facts per live connection with an fd (fd_open, fd_ino, fd_sock), one `S`
+line per live call site, `END`.
 """
 import socket
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from tlsprof.errors import ChannelError
 KIND_NAMES = {0: "process", 1: "context", 2: "connection"}
 STATE_NAMES = {0: "handshake", 1: "established", 2: "shutdown"}
 SCOPE_NAMES = ("none", "ctx_new", "ctx", "ca_store", "own_cert", "ssl_new", "handshake", "io",
-               "shutdown", "ssl_ctrl", "ssl_free")
+               "shutdown", "ssl_ctrl", "ssl_free", "static")
 SSL_MODE_RELEASE_BUFFERS = 0x10
 
 
@@ -39,6 +40,7 @@ class Owner:
     mode_known: bool
     peer: str
     by_cause: dict = field(default_factory=dict)  # cause -> Counters
+    facts: dict = field(default_factory=dict)  # from `F` lines: key -> int (e.g. fd_open, fd_ino)
 
     @property
     def live_bytes(self):
@@ -62,6 +64,7 @@ class Site:
     bytes: int
     requested: int
     blocks: int
+    library: str = None
 
 
 @dataclass
@@ -72,6 +75,7 @@ class Snapshot:
     stats: dict
     owners: list
     sites: list
+    copies: list = field(default_factory=list)  # statically linked OpenSSL copies found
     taken_at: float = 0.0  # wall clock, set by the caller
     rss_bytes: int = 0
 
@@ -114,7 +118,8 @@ def parse_snapshot(text: str) -> Snapshot:
         raise ChannelError("the shim's snapshot was cut short")
     pid = mono = 0
     openssl = None
-    stats, owners, sites = {}, [], []
+    stats, owners, sites, copies = {}, [], [], []
+    by_index = {}
     try:
         for line in lines[1:]:
             if line == "END":
@@ -130,15 +135,38 @@ def parse_snapshot(text: str) -> Snapshot:
                 k, v = rest.split()
                 stats[k] = int(v)
             elif tag == "O":
-                owners.append(_parse_owner(rest.split(" ")))
+                owner = _parse_owner(rest.split(" "))
+                owners.append(owner)
+                by_index[owner.index] = owner
+            elif tag == "F":
+                _parse_facts(by_index, rest.split(" "))
             elif tag == "S":
-                f = rest.split(" ", 7)
-                sites.append(Site(file=f[7], line=int(f[3]), cause=_cause_name(int(f[1])),
+                f = rest.split(" ", 8)
+                sites.append(Site(file=f[8], line=int(f[3]), cause=_cause_name(int(f[1])),
                                   scope=SCOPE_NAMES[int(f[2])] if int(f[2]) < len(SCOPE_NAMES) else "none",
-                                  bytes=int(f[4]), requested=int(f[5]), blocks=int(f[6])))
+                                  bytes=int(f[4]), requested=int(f[5]), blocks=int(f[6]),
+                                  library=None if f[7] == "-" else f[7]))
+            elif tag == "C":
+                kind, status, path = rest.split(" ", 2)
+                copies.append({"path": path, "kind": kind, "tracking": status})
     except (ValueError, IndexError) as exc:
         raise ChannelError(f"unreadable snapshot line: {exc}") from None
-    return Snapshot(pid=pid, mono_ns=mono, openssl=openssl, stats=stats, owners=owners, sites=sites)
+    return Snapshot(pid=pid, mono_ns=mono, openssl=openssl, stats=stats, owners=owners, sites=sites,
+                    copies=copies)
+
+
+def _parse_facts(by_index, f) -> None:
+    """`F <owner idx> key=value ...` (after the O lines): attach integer facts to that owner."""
+    owner = by_index.get(int(f[0]))
+    if owner is None:
+        return
+    for item in f[1:]:
+        key, sep, value = item.partition("=")
+        if sep:
+            try:
+                owner.facts[key] = int(value)
+            except ValueError:
+                owner.facts[key] = value
 
 
 def _parse_owner(f) -> Owner:

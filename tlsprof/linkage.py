@@ -183,9 +183,31 @@ def join(report: dict, agent: dict, snap) -> dict:
     leaks = [c for c in report.get("connections", []) + report.get("contexts", [])
              if isinstance(c.get("python"), dict) and c["python"].get("leak")]
     info["leaks"] = len(leaks)
+    _count_static_copy_connections(report, by_ptr, shim_ptrs)
     if info["message"] is None and not layout_ok:
         info["message"] = (agent.get("layout") or {}).get("message")
     return report
+
+
+def _count_static_copy_connections(report, by_ptr, shim_ptrs):
+    """A statically linked OpenSSL (pip's cryptography under pyOpenSSL) is tracked process-wide only:
+    its connections are counted from their Python objects, and its bytes per connection are given as
+    an estimate (the copy's live bytes over that count), labelled as one."""
+    static = [c for c in report.get("openssl_copies") or []
+              if c.get("kind") != "shared" and c.get("tracking") == "mem-functions"]
+    conns = [o for k, o in by_ptr.items() if k[0] == "connection" and k not in shim_ptrs]
+    if not static or not conns:
+        return
+    copy = max(static, key=lambda c: c.get("live_bytes", 0))
+    copy["connections"] = len(conns)
+    copy["peers"] = sorted({o.get("peer") for o in conns if o.get("peer")})[:1000]
+    copy["estimated_bytes_per_connection"] = {
+        "bytes": int(copy.get("live_bytes", 0) / len(conns)),
+        "by_cause": {c: int(v / len(conns)) for c, v in (copy.get("by_cause") or {}).items()},
+        "estimate": True,
+        "basis": f"all {copy.get('live_bytes', 0)} live bytes of this copy divided by its {len(conns)} "
+                 "connections counted from their Python objects; not measured per connection",
+    }
 
 
 def _serial(ident, prefix):

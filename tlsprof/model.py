@@ -4,6 +4,7 @@ A connection's memory = its own live bytes + its share of its context's live byt
 bytes divided by the live connections that share it). Both parts are reported.
 """
 import datetime
+import os
 from collections import defaultdict
 
 from tlsprof import __version__
@@ -38,6 +39,26 @@ def _ordered(by_cause: dict, as_int=True) -> dict:
         v = by_cause.get(c, 0)
         if v:
             out[c] = int(round(v)) if as_int else round(v, 1)
+    return out
+
+
+def openssl_copies(snap: Snapshot) -> list:
+    """Every OpenSSL the target has, and how each is seen: shared libcrypto through its hooked entry
+    points (per connection), static copies through their memory functions (process-wide) or not."""
+    out = []
+    shared = sorted({s.library for s in snap.sites if s.library and s.library.startswith("libcrypto")})
+    for lib in shared:
+        out.append({"path": lib, "kind": "shared", "tracking": "hooks", "per_connection": True})
+    for c in snap.copies:
+        out.append({"path": c["path"], "kind": c["kind"], "tracking": c["tracking"], "per_connection": False})
+    for copy in out:  # each copy's own bytes, from the call sites it allocated at
+        lib = os.path.basename(copy["path"])
+        mine = [s for s in snap.sites if s.library == lib]
+        copy["live_bytes"] = sum(s.bytes for s in mine)
+        by_cause = {}
+        for s in mine:
+            by_cause[s.cause] = by_cause.get(s.cause, 0) + s.bytes
+        copy["by_cause"] = _ordered(by_cause)
     return out
 
 
@@ -127,8 +148,9 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
 
     merged = {}
     for s in snap.sites:
-        key = (s.file, s.line, s.cause)
-        m = merged.setdefault(key, {"file": s.file, "line": s.line, "cause": s.cause, "live_bytes": 0,
+        key = (s.file, s.line, s.cause, s.library)
+        m = merged.setdefault(key, {"file": s.file, "line": s.line, "cause": s.cause, "library": s.library,
+                                    "live_bytes": 0,
                                     "requested_bytes": 0, "live_blocks": 0})
         m["live_bytes"] += s.bytes
         m["requested_bytes"] += s.requested
@@ -136,6 +158,15 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
     sites = sorted(merged.values(), key=lambda m: (-m["live_bytes"], m["file"], m["line"]))
 
     all_notes = list(notes or [])
+    copies = openssl_copies(snap)
+    for c in copies:
+        if c["tracking"] == "mem-functions":
+            all_notes.append(f"statically linked OpenSSL in {c['path']}: its allocations are tracked (call sites "
+                             "and causes); its connections cannot be told apart, so its bytes are process-wide")
+        elif c["kind"] != "shared":
+            all_notes.append(f"statically linked OpenSSL in {c['path']} is NOT tracked ({c['tracking']}): "
+                             "it must be given tlsprof's allocator before its first allocation, i.e. under "
+                             "`tlsprof run`; its memory is missing from this report")
     if dead_conns:
         all_notes.append(f"{len(dead_conns)} freed connections still own "
                          f"{sum(o.live_bytes for o in dead_conns)} bytes (counted under `process`)")
@@ -173,6 +204,7 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
         "tracker": {k: snap.stats[k] for k in ("tracker_bytes", "blocks", "slots_patched", "slots_foreign")
                     if k in snap.stats},
         "history": list(history or []),
+        "openssl_copies": copies,
         "notes": all_notes,
     }
     if processes:

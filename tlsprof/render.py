@@ -3,6 +3,7 @@
 Reads only the report; strings from the report are never parsed as rich markup. Colour only on a
 terminal; laid out for 80 columns.
 """
+import os
 import sys
 
 from rich import box
@@ -154,6 +155,7 @@ def render_text(report: dict, file=None, width=None) -> None:
         out(Text(f"Owned by no context or connection: {human_bytes(process['live_bytes'])}"))
     out()
 
+    _render_copies(out, report.get("openssl_copies") or [])
     _render_causes(out, per, totals)
     _render_contexts(out, report.get("contexts", []))
     _render_connections(out, report.get("connections", []))
@@ -165,6 +167,24 @@ def render_text(report: dict, file=None, width=None) -> None:
         out(Text("Notes", style="bold"))
         for note in notes:
             out(Text(f"- {note}"))
+
+
+def _render_copies(out, copies: list) -> None:
+    """Which OpenSSL copies the target has and how each is seen (only worth a word when static)."""
+    if not any(c.get("kind") != "shared" for c in copies):
+        return
+    out(Text("OpenSSL copies", style="bold"))
+    how = {"hooks": "hooked entry points: per connection", "mem-functions": "its allocator: process-wide",
+           "too-late": "NOT tracked (already in use when found)", "not-tracked": "NOT tracked (found at attach)"}
+    for c in copies:
+        line = (f"- {os.path.basename(c['path'])} ({c['kind']}): {how.get(c['tracking'], c['tracking'])}, "
+                f"{human_bytes(c.get('live_bytes', 0))} live")
+        est = c.get("estimated_bytes_per_connection")
+        if est:
+            line += (f"; {c.get('connections')} connections (Python objects), "
+                     f"≈ {human_bytes(est['bytes'])} each (estimate)")
+        out(Text(line))
+    out()
 
 
 def _render_causes(out, per: dict, totals: dict) -> None:

@@ -1,0 +1,178 @@
+/* OpenSSL copies linked into another ELF object: node exports its copy's symbols; pip's
+ * `cryptography` wheel keeps them local (in .symtab only). Symbol interposition and GOT patching see
+ * neither, because such a copy calls its allocator directly. What works is the copy's own
+ * CRYPTO_set_mem_functions, before its first allocation: `run` calls it from the preload constructor
+ * (for the executable) and from the dlopen hook (for libraries loaded later). After that point (attach)
+ * OpenSSL refuses, and the copy is reported as not tracked. */
+#define _GNU_SOURCE
+#include <elf.h>
+#include <fcntl.h>
+#include <link.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+#define MAX_COPIES 16
+#define MAX_SEEN 2048
+
+struct copy {
+    uintptr_t base;
+    char path[256];
+    uint8_t kind;   /* COPY_* */
+    uint8_t status; /* STATUS_* */
+};
+
+static const char *const kind_names[] = {"static-exported", "static-symtab"};
+static const char *const status_names[] = {"mem-functions", "too-late", "not-tracked"};
+enum { COPY_EXPORTED, COPY_SYMTAB };
+enum { STATUS_TRACKED, STATUS_TOO_LATE, STATUS_NOT_TRACKED };
+
+static struct copy copies[MAX_COPIES];
+static int n_copies;
+static uintptr_t seen[MAX_SEEN];
+static int n_seen;
+static pthread_mutex_t copies_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void *tracked_libc_malloc(size_t n, const char *file, int line);
+void *tracked_libc_realloc(void *p, size_t n, const char *file, int line);
+void tracked_libc_free(void *p, const char *file, int line);
+
+/* Objects that are never a static copy: skip reading their files. */
+static int uninteresting(const char *path)
+{
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    static const char *const skip[] = {"libc.so", "libm.so", "ld-linux", "libpthread", "libdl.so", "librt.so",
+                                       "libcrypto.so", "libssl.so", "libz.so", "libgcc_s", "libstdc++",
+                                       "libffi", "libexpat", "liblzma", "libbz2", "libuuid", "libtinfo",
+                                       "libncurses", "libreadline", "libsqlite3", "libutil.so", "_shim"};
+    for (size_t i = 0; i < sizeof skip / sizeof skip[0]; i++)
+        if (strstr(b, skip[i])) return 1;
+    return 0;
+}
+
+/* The address of a defined function `name` in the ELF file at path (in .dynsym when exported_only,
+ * else in .symtab), relocated by base; 0 if absent. Reads the file: .symtab is not mapped. */
+static uintptr_t file_defines(const char *path, uintptr_t base, const char *name, int exported_only)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    struct stat st;
+    uintptr_t found = 0;
+    if (fstat(fd, &st) != 0 || st.st_size < (off_t)sizeof(ElfW(Ehdr))) {
+        close(fd);
+        return 0;
+    }
+    size_t size = (size_t)st.st_size;
+    const unsigned char *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) return 0;
+    const ElfW(Ehdr) *eh = (const ElfW(Ehdr) *)m;
+    if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64 ||
+        eh->e_shoff == 0 || eh->e_shoff + (size_t)eh->e_shnum * sizeof(ElfW(Shdr)) > size)
+        goto out;
+    const ElfW(Shdr) *sh = (const ElfW(Shdr) *)(m + eh->e_shoff);
+    for (int i = 0; i < eh->e_shnum && !found; i++) {
+        unsigned want = exported_only ? SHT_DYNSYM : SHT_SYMTAB;
+        if (sh[i].sh_type != want || sh[i].sh_link >= eh->e_shnum) continue;
+        const ElfW(Shdr) *strs = &sh[sh[i].sh_link];
+        if (sh[i].sh_offset + sh[i].sh_size > size || strs->sh_offset + strs->sh_size > size) continue;
+        const ElfW(Sym) *syms = (const ElfW(Sym) *)(m + sh[i].sh_offset);
+        const char *names = (const char *)(m + strs->sh_offset);
+        size_t count = sh[i].sh_size / sizeof(ElfW(Sym));
+        for (size_t k = 0; k < count; k++) {
+            if (syms[k].st_name >= strs->sh_size || syms[k].st_shndx == SHN_UNDEF || !syms[k].st_value) continue;
+            if (ELF64_ST_TYPE(syms[k].st_info) != STT_FUNC) continue;
+            if (strncmp(names + syms[k].st_name, name, strs->sh_size - syms[k].st_name) == 0) {
+                found = base + syms[k].st_value;
+                break;
+            }
+        }
+    }
+out:
+    munmap((void *)m, size);
+    return found;
+}
+
+struct candidate {
+    uintptr_t base;
+    char path[256];
+};
+
+static int collect(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    struct candidate *list = data;
+    int *n = (int *)&list[MAX_SEEN];
+    if (*n >= MAX_SEEN) return 1;
+    const char *name = info->dlpi_name;
+    if (name && strstr(name, "linux-vdso")) return 0;
+    list[*n].base = info->dlpi_addr;
+    if (!name || !*name) {
+        ssize_t len = readlink("/proc/self/exe", list[*n].path, sizeof list[*n].path - 1);
+        list[*n].path[len > 0 ? len : 0] = 0;
+    } else {
+        strncpy(list[*n].path, name, sizeof list[*n].path - 1);
+        list[*n].path[sizeof list[*n].path - 1] = 0;
+    }
+    (*n)++;
+    return 0;
+}
+
+static void consider(const struct candidate *c, int at_start)
+{
+    int kind = COPY_EXPORTED;
+    uintptr_t setter = file_defines(c->path, c->base, "CRYPTO_set_mem_functions", 1);
+    if (!setter) {
+        kind = COPY_SYMTAB;
+        setter = file_defines(c->path, c->base, "CRYPTO_set_mem_functions", 0);
+    }
+    if (!setter || n_copies >= MAX_COPIES) return;
+    struct copy *cp = &copies[n_copies];
+    cp->base = c->base;
+    strncpy(cp->path, c->path, sizeof cp->path - 1);
+    cp->kind = (uint8_t)kind;
+    int (*set)(void *, void *, void *) = (int (*)(void *, void *, void *))setter;
+    /* an executable's copy is still unused in the preload constructor; a library's right after its
+     * dlopen; anything found when attaching has long been in use */
+    if (at_start && !tlsprof_preloaded()) cp->status = STATUS_NOT_TRACKED;
+    else if (set((void *)tracked_libc_malloc, (void *)tracked_libc_realloc, (void *)tracked_libc_free))
+        cp->status = STATUS_TRACKED;
+    else
+        cp->status = STATUS_TOO_LATE;
+    __atomic_store_n(&n_copies, n_copies + 1, __ATOMIC_RELEASE);
+}
+
+/* Look at objects not seen before. Called at start and after every dlopen, never with a lock of
+ * the loader or of ours held (it opens files and may call into the copy). */
+void static_copies_scan(int at_start)
+{
+    struct candidate *list = calloc(MAX_SEEN + 1, sizeof *list);
+    if (!list) return;
+    dl_iterate_phdr(collect, list);
+    int n = *(int *)&list[MAX_SEEN];
+    pthread_mutex_lock(&copies_lock);
+    for (int i = 0; i < n; i++) {
+        int known = 0;
+        for (int j = 0; j < n_seen && !known; j++) known = seen[j] == list[i].base;
+        if (known) continue;
+        if (n_seen < MAX_SEEN) seen[n_seen++] = list[i].base;
+        if (!list[i].path[0] || uninteresting(list[i].path)) continue;
+        consider(&list[i], at_start);
+    }
+    pthread_mutex_unlock(&copies_lock);
+    free(list);
+}
+
+int static_copies_count(void) { return __atomic_load_n(&n_copies, __ATOMIC_ACQUIRE); }
+
+void static_copy_describe(int i, const char **kind, const char **status, const char **path)
+{
+    *kind = kind_names[copies[i].kind];
+    *status = status_names[copies[i].status];
+    *path = copies[i].path;
+}

@@ -325,7 +325,11 @@ void channel_after_fork_child(void)
     listener_running = 0;
     close(listen_fd);
     listen_fd = -1;
-    channel_start(sock_dir);
+    /* channel_start copies its argument into sock_dir: never pass sock_dir itself (an overlapping
+     * snprintf emptied it, and the child bound "/<pid>.sock" outside the private directory) */
+    char dir[sizeof sock_dir];
+    memcpy(dir, sock_dir, sizeof dir);
+    channel_start(dir);
 }
 
 __attribute__((destructor)) static void channel_cleanup(void)

@@ -74,12 +74,14 @@ EXPORT int tlsprof_start(const char *channel_dir)
     interpose_install();
     pthread_mutex_unlock(&start_lock);
     static_copies_scan(1);
+    pyagent_start(channel_dir);
     return 0;
 }
 
 static int stop_locked(int from_listener)
 {
     if (!tlsprof_active) return 0;
+    pyagent_stop();
     interpose_remove();
     tlsprof_active = 0;
     if (from_listener) channel_release_from_listener();

@@ -138,6 +138,10 @@ int static_copies_count(void);
 void static_copy_describe(int i, const char **kind, const char **status, const char **path);
 int tlsprof_preloaded(void); /* started by the preload constructor, before main() */
 
+/* ---- pyagent.c: the Python agent after an attach ---- */
+void pyagent_start(const char *channel_dir);
+void pyagent_stop(void);
+
 /* ---- channel.c ---- */
 int channel_start(const char *dir);
 void channel_stop(void);

@@ -95,6 +95,26 @@ def test_attach_lists_old_and_new_connections_then_detaches_cleanly(spawn, tmp_p
     assert server.proc.poll() is None
 
 
+def test_attach_to_python_starts_the_agent_and_detach_removes_it(spawn, tmp_path):
+    server = spawn.server()
+    spawn.clients(server.port, 10, interval=1)
+    session = Attached(server.pid, tmp_path / "py.json", 5)
+    spawn.clients(server.port, 10, interval=1)
+    report = session.finish()
+    agent_sock = socket_path(channel_dir_for(os.getuid()), server.pid)[:-len(".sock")] + ".py.sock"
+    assert not os.path.exists(agent_sock)  # the agent went away with the hooks
+    assert report["python"]["join"] == "on"
+    joined = [c for c in report["connections"] if c.get("python")]
+    assert len(joined) >= 20
+    for c in joined:
+        assert c["python"]["type"] == "ssl.SSLObject" and c["python"]["python_bytes"] >= 256 * 1024
+        if c["predates_attach"]:
+            assert not c["python"]["created_by"]  # made before attach: never guessed
+        else:
+            assert c["python"]["created_by"]
+    assert handshakes_ok(server.port, 20) == 0
+
+
 def test_attach_to_context_per_connection_server_finds_ca_store(spawn, tmp_path):
     server = spawn.server("--ctx-per-conn")
     session = Attached(server.pid, tmp_path / "ctx.json", 6)

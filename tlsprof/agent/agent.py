@@ -65,6 +65,9 @@ def _install_capture():
     import ssl
     if getattr(ssl, "_tlsprof_patched", False):
         return
+    # what we replace, as it was in each class's __dict__, so that stop() can put it back
+    _state["patched"] = [(ssl.SSLContext, "__new__", ssl.SSLContext.__dict__.get("__new__"))] + [
+        (k, "_create", k.__dict__.get("_create")) for k in (ssl.SSLSocket, ssl.SSLObject)]
     orig_new = ssl.SSLContext.__new__
 
     def __new__(cls, *args, **kwargs):
@@ -649,6 +652,31 @@ def _after_fork():
         _state["thread"] = None
         if _state["dir"]:
             _listen(_state["dir"])
+    except Exception:
+        pass
+
+
+def _uninstall_capture():
+    import ssl
+    for klass, name, original in _state.pop("patched", None) or []:
+        if original is None:
+            delattr(klass, name)
+        else:
+            setattr(klass, name, original)
+    ssl._tlsprof_patched = False
+    _state["capture"] = False
+
+
+def stop():
+    """Undo start() (tlsprof detach): close the socket, restore the ssl classes. Never raises."""
+    try:
+        sock, directory = _state.get("sock"), _state.get("dir")
+        _state.update(sock=None, thread=None)
+        if sock is not None:
+            sock.close()  # the serving thread's accept() fails and it ends
+        if directory:
+            _cleanup(socket_path(directory), os.getpid())
+        _uninstall_capture()
     except Exception:
         pass
 

@@ -22,15 +22,16 @@ def _wait_file(path, proc, timeout=60):
     while time.monotonic() < deadline:
         if os.path.exists(path) and os.path.getsize(path):
             return open(path).read().strip()
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
+        assert proc.poll() is None, "exited early"
         time.sleep(0.1)
     raise AssertionError(f"{path} not written")
 
 
 def _profile(cmd, ready, report, n, tmp_path):
     """Run cmd under `tlsprof run --at last`, open n client connections, SIGKILL the target, load."""
+    errors = open(tmp_path / "tlsprof.err", "w+")
     tool = subprocess.Popen([*TLSPROF, "run", "-o", str(report), "--interval", "0.3", "--at", "last", "--", *cmd],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=errors, text=True)
     clients = None
     try:
         port = int(_wait_file(ready, tool))
@@ -46,7 +47,10 @@ def _profile(cmd, ready, report, n, tmp_path):
         if tool.poll() is None:
             tool.kill()
             tool.wait()
-    return load_checked(report)
+    errors.seek(0)
+    report = load_checked(report)
+    report["_stderr"] = errors.read()
+    return report
 
 
 def _copy(report, kind):
@@ -69,6 +73,9 @@ def test_twisted_from_pip_static_cryptography_openssl(tmp_path, cert_dir):
     sites = [s for s in report["sites"] if s["library"] == "_rust.abi3.so"]
     assert sites and sum(s["live_bytes"] for s in sites) == copy["live_bytes"]
     assert any("process-wide" in n for n in report["notes"])
+    # said at start, too: which copies are tracked and how
+    assert "_rust.abi3.so (static-symtab): tracked through its own allocator" in report["_stderr"]
+    assert "libcrypto.so.3 (shared): tracked per connection" in report["_stderr"]
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/python3") or subprocess.run(

@@ -75,6 +75,8 @@ def run(args) -> int:
                 metrics.stop()
             raise
         session.main_pid = session.focus_pid = proc.pid
+        if not live:
+            announce_copies(session)
         try:
             if live:
                 from tlsprof.live import run_live
@@ -111,6 +113,28 @@ def _emit(report, args):
         sys.stderr.write(report_io.dumps(report) + "\n")
     else:
         render_text(report, file=sys.stderr)
+
+
+HOW_TRACKED = {
+    "hooks": "tracked per connection (hooked entry points)",
+    "mem-functions": "tracked through its own allocator: call sites and causes, process-wide",
+    "too-late": "NOT tracked: it had allocated before tlsprof could give it an allocator",
+    "not-tracked": "NOT tracked",
+}
+
+
+def announce_copies(session: Session, file=sys.stderr):
+    """One line per OpenSSL copy, the first time a snapshot shows it: what is seen, and how."""
+    seen = set()
+
+    def on_snapshot(snap):
+        from tlsprof.model import openssl_copies
+        for copy in openssl_copies(snap):
+            if copy["path"] not in seen:
+                seen.add(copy["path"])
+                print(f"tlsprof: OpenSSL in {copy['path']} ({copy['kind']}): "
+                      f"{HOW_TRACKED.get(copy['tracking'], copy['tracking'])}", file=file)
+    session.on_snapshot.append(on_snapshot)
 
 
 def _collect(proc: subprocess.Popen, session: Session, interval: float) -> int:

@@ -124,3 +124,404 @@ def ca_store_per_connection(report: dict):
             "context_ids": [ctx.get("id") for ctx in heavy[:20]],
         },
     }
+
+
+# --- shared helpers for the per-connection findings -------------------------------------------
+
+def _live_connections(report: dict) -> list:
+    return [c for c in report.get("connections", []) if c.get("alive", True)]
+
+
+def _cause(entry: dict, cause: str) -> float:
+    return (entry.get("by_cause") or {}).get(cause, 0) or 0
+
+
+def _contexts_by_id(report: dict) -> dict:
+    return {ctx.get("id"): ctx for ctx in report.get("contexts", [])}
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+# --- compression-enabled ----------------------------------------------------------------------
+# TLS compression keeps a zlib deflate and inflate state per connection (~0.5 MiB measured here).
+# Trips when at least COMP_MIN_CONNECTIONS live connections each hold more than COMP_MIN_BYTES of
+# `compression` bytes. Debian's OpenSSL has no zlib and OpenSSL >= 1.1 sets SSL_OP_NO_COMPRESSION
+# by default, so a healthy server never holds any.
+COMP_MIN_CONNECTIONS = 1
+COMP_MIN_BYTES = 4 * KiB
+
+COMPRESSION_FIX = (
+    "Turn TLS compression off; it is also the CRIME attack (CVE-2012-4929), which recovers "
+    "cookies and tokens from compressed TLS records. "
+    "Python ssl: ctx.options |= ssl.OP_NO_COMPRESSION (the default; remove the code that clears it). "
+    "pyOpenSSL: ctx.set_options(OpenSSL.SSL.OP_NO_COMPRESSION). "
+    "nginx: compression is always disabled by nginx; check for a patched build or a module that "
+    "clears SSL_OP_NO_COMPRESSION. "
+    "C API: SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION) (and do not call SSL_CTX_clear_options "
+    "with it), or build OpenSSL without zlib."
+)
+
+
+@finding("compression-enabled")
+def compression_enabled(report: dict):
+    conns = [c for c in _live_connections(report) if _cause(c, "compression") > COMP_MIN_BYTES]
+    if len(conns) < COMP_MIN_CONNECTIONS:
+        return None
+    total = sum(_cause(c, "compression") for c in conns)
+    per_connection = total / len(conns)
+    all_conns = len(_live_connections(report))
+    critical = len(conns) >= 10 or total >= 8 * MiB
+    return {
+        "id": "compression-enabled",
+        "severity": "critical" if critical else "warning",
+        "title": "Connections negotiated TLS compression (zlib state per connection; CRIME)",
+        "detail": (
+            f"{len(conns)} of {all_conns} live connections negotiated TLS compression: each holds "
+            f"{human(per_connection)} of zlib compression state ({human(total)} in all). "
+            f"Disabling compression would free {human(total)} now and remove the CRIME exposure."
+        ),
+        "bytes_per_connection": per_connection,
+        "saving_bytes": int(total),
+        "fix": COMPRESSION_FIX,
+        "evidence": {
+            "connections": len(conns),
+            "live_connections": all_conns,
+            "compression_bytes_mean": per_connection,
+            "compression_bytes_total": int(total),
+            "connection_ids": [c.get("id") for c in conns[:20]],
+        },
+    }
+
+
+# --- idle-record-buffers ----------------------------------------------------------------------
+# Without SSL_MODE_RELEASE_BUFFERS every connection keeps its ~16.7 KiB read and ~16.7 KiB write
+# record buffers for its whole life, idle or not; with it, buffers exist only while data is in
+# flight (or while a thread is blocked inside SSL_read, as in a thread-per-connection server: that
+# read buffer is the price of blocking I/O, not something the mode can free). So only connections
+# whose context does not have the mode on count. Trips when at least RB_MIN_CONNECTIONS
+# established connections without compression (compression keeps its own decompression buffer;
+# see compression-enabled) on such contexts each hold at least RB_MIN_BYTES of record buffers, and
+# they are at least RB_MIN_SHARE of the established connections. Python's ssl and nginx set the
+# mode, so they never trip it.
+RB_MIN_CONNECTIONS = 10
+RB_MIN_BYTES = 8 * KiB
+RB_MIN_SHARE = 0.5
+
+RECORD_BUFFERS_FIX = (
+    "Set SSL_MODE_RELEASE_BUFFERS so idle connections give their record buffers back. "
+    "C API: SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS) once on the context (or SSL_set_mode "
+    "per connection). pyOpenSSL: ctx.set_mode(OpenSSL.SSL.MODE_RELEASE_BUFFERS). "
+    "Python ssl and nginx set it already: if you see this on them, something cleared it "
+    "(SSL_CTX_clear_mode). The cost is a malloc/free pair per record burst."
+)
+
+
+def _release_buffers_state(ctx: dict, mode) -> str:
+    """"on", "off" or "unknown" for a context entry of the report."""
+    rb = ctx.get("release_buffers")
+    if rb is True:
+        return "on"
+    if rb is False:
+        return "off"
+    # no mode call seen: under `run` the shim saw every call from SSL_CTX_new on, so the context
+    # has OpenSSL's default (off); after `attach` the mode may have been set before we came
+    return "off" if mode == "run" else "unknown"
+
+
+@finding("idle-record-buffers")
+def idle_record_buffers(report: dict):
+    contexts = _contexts_by_id(report)
+    established = [c for c in _live_connections(report) if c.get("state") == "established"]
+    holders, states = [], {}
+    for c in established:
+        if _cause(c, "record_buffers") < RB_MIN_BYTES or _cause(c, "compression") > COMP_MIN_BYTES:
+            continue
+        state = _release_buffers_state(contexts.get(c.get("context")) or {},
+                                       report.get("target", {}).get("mode"))
+        if state == "on":
+            continue
+        holders.append(c)
+        states[state] = states.get(state, 0) + 1
+    if len(holders) < RB_MIN_CONNECTIONS or len(holders) < RB_MIN_SHARE * len(established):
+        return None
+    total = sum(_cause(c, "record_buffers") for c in holders)
+    per_connection = total / len(holders)
+    said = "; ".join(f"SSL_MODE_RELEASE_BUFFERS is {label} for {n} of them"
+                     for state, label in (("off", "off (no SSL_CTX_set_mode call seen)"),
+                                          ("unknown", "unknown (set before tlsprof attached)"))
+                     if (n := states.get(state)))
+    return {
+        "id": "idle-record-buffers",
+        "severity": "warning" if total >= 4 * MiB else "info",
+        "title": "Idle connections keep their TLS record buffers (no SSL_MODE_RELEASE_BUFFERS)",
+        "detail": (
+            f"{len(holders)} of {len(established)} established connections each hold "
+            f"{human(per_connection)} of record read/write buffers ({human(total)} in all); {said}. "
+            f"With SSL_MODE_RELEASE_BUFFERS on, idle connections would free about {human(total)} "
+            f"({human(per_connection)} per connection)."
+        ),
+        "bytes_per_connection": per_connection,
+        "saving_bytes": int(total),
+        "fix": RECORD_BUFFERS_FIX,
+        "evidence": {
+            "connections": len(holders),
+            "established": len(established),
+            "record_buffers_bytes_total": int(total),
+            "release_buffers_off": states.get("off", 0),
+            "release_buffers_unknown": states.get("unknown", 0),
+        },
+    }
+
+
+# --- leaked-connections -----------------------------------------------------------------------
+# An SSL object with no owner left: its socket fd is closed (fd_open false, from the shim's
+# F line: fcntl(F_GETFD) fails), or its fd number now belongs to a newer connection (two live
+# connections claim one fd: all but the youngest are stale), or the Python agent found its Python
+# object unreachable or gone (connections[].python.leak). Trips at LEAK_MIN_CONNECTIONS such
+# connections; a healthy server frees an SSL right after closing its socket, so at most a
+# connection or two sit in that window at a snapshot.
+LEAK_MIN_CONNECTIONS = 5
+
+LEAKED_CONNECTIONS_FIX = (
+    "Free each connection when its socket closes. "
+    "C API: call SSL_free(ssl) on every path that close()s the fd (errors, timeouts, peer close), "
+    "or let the SSL own the socket with BIO_NOCLOSE off and free it. "
+    "Python ssl: close the SSLSocket/transport (`with` block or writer.close()) and drop every "
+    "reference to it (lists, dicts, callbacks, exceptions kept in tracebacks). "
+    "pyOpenSSL: call conn.shutdown() and drop the Connection object after sock.close()."
+)
+
+
+def _leaked_connections(report: dict) -> dict:
+    """conn id -> reason, for connections alive in OpenSSL that nothing owns any more."""
+    conns = _live_connections(report)
+    leaked = {}
+    by_fd = {}
+    for c in conns:
+        py = c.get("python")
+        if isinstance(py, dict) and py.get("leak") in ("unreachable", "fd_closed"):
+            leaked[c.get("id")] = f"python:{py['leak']}"
+            continue
+        if c.get("fd") is None:
+            continue
+        if c.get("fd_open") is False:
+            leaked[c.get("id")] = "fd_closed"
+        elif c.get("fd_open") is True:
+            by_fd.setdefault(c["fd"], []).append(c)
+    for fd, group in by_fd.items():
+        if len(group) < 2:
+            continue
+        # the youngest connection on this fd number owns it now; the older ones lost their socket
+        group = sorted(group, key=lambda c: (c.get("age_s") is None, c.get("age_s") or 0))
+        for c in group[1:]:
+            leaked.setdefault(c.get("id"), "fd_reused")
+    return leaked
+
+
+@finding("leaked-connections")
+def leaked_connections(report: dict):
+    leaked = _leaked_connections(report)
+    if len(leaked) < LEAK_MIN_CONNECTIONS:
+        return None
+    conns = [c for c in _live_connections(report) if c.get("id") in leaked]
+    own = sum(c.get("live_bytes", 0) for c in conns)
+    per_connection = own / len(conns)
+    reasons = {}
+    for reason in leaked.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    words = {"fd_closed": "socket fd already closed", "fd_reused": "fd number reused by a newer connection",
+             "python:unreachable": "Python object unreachable", "python:fd_closed": "Python socket closed"}
+    why = ", ".join(f"{n} {words.get(r, r)}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return {
+        "id": "leaked-connections",
+        "severity": "critical" if len(conns) >= 100 or own >= 8 * MiB else "warning",
+        "title": "SSL connections alive with no owner (leaked)",
+        "detail": (
+            f"{_count(len(conns), 'connection')} are alive in OpenSSL but nothing uses them any more "
+            f"({why}); each holds {human(per_connection)} of its own ({human(own)} in all), and they "
+            f"keep their contexts alive. Freeing them would save {human(own)}."
+        ),
+        "bytes_per_connection": per_connection,
+        "saving_bytes": int(own),
+        "fix": LEAKED_CONNECTIONS_FIX,
+        "evidence": {
+            "connections": len(conns),
+            "reasons": reasons,
+            "live_connections": len(_live_connections(report)),
+            "connection_ids": [c.get("id") for c in conns[:20]],
+        },
+    }
+
+
+# --- leaked-contexts --------------------------------------------------------------------------
+# Contexts alive that serve no connection: a context is meant to be shared, so a process needs a
+# handful at most (one per configuration: server, client, per SNI name). Trips when at least
+# LEAK_MIN_CONTEXTS live contexts serve no live connection and hold more than
+# LEAK_MIN_CONTEXT_BYTES each, and they are the majority of all live contexts, or when the Python
+# agent reports context objects unreachable. The seed server holds one context.
+LEAK_MIN_CONTEXTS = 10
+LEAK_MIN_CONTEXT_BYTES = 16 * KiB
+
+LEAKED_CONTEXTS_FIX = (
+    "Create contexts once and free the ones you stop using. "
+    "C API: SSL_CTX_free(ctx) when it is no longer needed (SSL_new takes its own reference, so "
+    "freeing it after the last SSL_new is safe), better: one SSL_CTX for the process. "
+    "Python ssl: build one SSLContext at start-up and reuse it; do not keep per-request contexts "
+    "in caches, lists or closures. pyOpenSSL: reuse one OpenSSL.SSL.Context."
+)
+
+
+@finding("leaked-contexts")
+def leaked_contexts(report: dict):
+    live = [ctx for ctx in report.get("contexts", []) if ctx.get("alive", True)]
+    idle = [ctx for ctx in live if ctx.get("connections", 0) == 0
+            and ctx.get("live_bytes", 0) > LEAK_MIN_CONTEXT_BYTES]
+    py_leaked = [ctx for ctx in live if isinstance(ctx.get("python"), dict)
+                 and ctx["python"].get("leak") in ("unreachable",)]
+    if len(idle) < LEAK_MIN_CONTEXTS or len(idle) * 2 <= len(live):
+        idle = []
+    suspects = {id(c): c for c in idle + py_leaked}.values()
+    suspects = list(suspects)
+    if len(suspects) < (1 if py_leaked else LEAK_MIN_CONTEXTS):
+        return None
+    sizes = [ctx.get("live_bytes", 0) for ctx in suspects]
+    total = sum(sizes)
+    n_conns = report.get("per_connection", {}).get("connections", 0)
+    return {
+        "id": "leaked-contexts",
+        "severity": "critical" if total >= 64 * MiB else "warning",
+        "title": "SSL contexts alive that serve no connection (leaked)",
+        "detail": (
+            f"{len(suspects)} of {len(live)} live contexts serve no connection "
+            f"({n_conns} connections are live in all) yet hold {human(total / len(suspects))} each "
+            f"({human(total)} in all, {human(sum(_ca_store_bytes(c) for c in suspects))} of it CA "
+            f"stores). Freeing them would save {human(total)}."
+        ),
+        "bytes_per_connection": None,
+        "saving_bytes": int(total),
+        "fix": LEAKED_CONTEXTS_FIX,
+        "evidence": {
+            "contexts": len(suspects),
+            "live_contexts": len(live),
+            "bytes_total": int(total),
+            "python_unreachable": len(py_leaked),
+            "context_ids": [ctx.get("id") for ctx in suspects[:20]],
+        },
+    }
+
+
+# --- session-cache-growth ---------------------------------------------------------------------
+# Sessions that outlive their connections (the server's session cache, or tickets/sessions a
+# client keeps) are owned by no live connection: the report counts them under `process` (the
+# freed connection that allocated them) and under contexts. Trips when those retained session
+# bytes exceed SC_MIN_BYTES and are more than SC_MIN_RATIO times the session bytes of the live
+# connections (the cache holds sessions of connections long gone), and, when the history carries
+# `session_bytes` points, they grew by at least SC_MIN_GROWTH over it. OpenSSL's default server
+# cache holds up to 20,480 sessions: bounded in count, but ~20 MB at ~1 KiB each and never shrunk
+# before their timeout. TLS 1.3 (stateless tickets) servers, like the seed server, keep none.
+SC_MIN_BYTES = 256 * KiB
+SC_MIN_RATIO = 2.0
+SC_MIN_GROWTH = 0.25
+
+SESSION_CACHE_FIX = (
+    "Bound the session cache or use stateless tickets. "
+    "C API: SSL_CTX_sess_set_cache_size(ctx, N) (default 20480), SSL_CTX_set_timeout(ctx, secs), "
+    "SSL_CTX_flush_sessions(ctx, time(NULL)) on a timer, or keep tickets on (do not set "
+    "SSL_OP_NO_TICKET) so the server keeps no state; SSL_CTX_set_session_cache_mode(ctx, "
+    "SSL_SESS_CACHE_OFF) if resumption is not needed. "
+    "nginx: ssl_session_cache shared:SSL:10m; ssl_session_timeout 1h; (never `builtin` without a "
+    "size). pyOpenSSL: ctx.set_session_cache_mode(OpenSSL.SSL.SESS_CACHE_OFF) or ctx.set_timeout(). "
+    "Python ssl (client): keep at most one SSLSession per server, not one per connection."
+)
+
+
+def _retained_session_bytes(report: dict) -> float:
+    retained = (report.get("process") or {}).get("by_cause", {}).get("session", 0) or 0
+    retained += sum(_cause(ctx, "session") for ctx in report.get("contexts", []))
+    return retained
+
+
+@finding("session-cache-growth")
+def session_cache_growth(report: dict):
+    retained = _retained_session_bytes(report)
+    live = sum(_cause(c, "session") for c in _live_connections(report))
+    if retained <= SC_MIN_BYTES or retained <= SC_MIN_RATIO * live:
+        return None
+    points = [p["session_bytes"] for p in report.get("history", [])
+              if isinstance(p, dict) and isinstance(p.get("session_bytes"), (int, float))]
+    growth = None
+    if len(points) >= 2:
+        first = max(min(points[:max(1, len(points) // 4)]), 1)
+        growth = (points[-1] - first) / first
+        if growth < SC_MIN_GROWTH:
+            return None
+    n = len(_live_connections(report))
+    grew = f"; it grew {growth * 100:.0f}% over the session" if growth is not None else ""
+    return {
+        "id": "session-cache-growth",
+        "severity": "critical" if retained >= 64 * MiB else "warning",
+        "title": "Sessions pile up after their connections are gone",
+        "detail": (
+            f"{human(retained)} of TLS sessions outlive their connections (session cache or kept "
+            f"tickets), against {human(live)} held by the {n} live connections{grew}. The cache grows "
+            f"with every full handshake until its size limit or timeout."
+        ),
+        "bytes_per_connection": None,
+        "saving_bytes": int(retained),
+        "fix": SESSION_CACHE_FIX,
+        "evidence": {
+            "retained_session_bytes": int(retained),
+            "live_connection_session_bytes": int(live),
+            "history_points": len(points),
+            "growth": growth,
+        },
+    }
+
+
+# --- handshake-state-retained ---------------------------------------------------------------
+# Handshake-time state (key shares, transcript, peer extension lists) should be gone once a
+# connection is established: OpenSSL keeps well under 1 KiB of it per connection (measured here:
+# ~0.3 KiB in Python, ~0.9 KiB in a C server). Trips when at least HS_MIN_CONNECTIONS established
+# connections each still hold HS_MIN_BYTES of `handshake` bytes and they are at least
+# HS_MIN_SHARE of the established ones (the first connection of a process may carry one-off
+# lazy initialisation; the share rule ignores it).
+HS_MIN_CONNECTIONS = 10
+HS_MIN_BYTES = 8 * KiB
+HS_MIN_SHARE = 0.5
+
+HANDSHAKE_FIX = (
+    "Let the handshake state go once the handshake is done. "
+    "C API: do not keep SSL objects in the handshake by calling SSL_clear/SSL_set_accept_state "
+    "again, free SSL_SESSION/X509 references taken during callbacks (SSL_get1_session, "
+    "SSL_get1_peer_certificate need a matching free), and avoid keeping the transcript for "
+    "post-handshake authentication (SSL_VERIFY_POST_HANDSHAKE) unless you use it. "
+    "Python ssl: set ctx.post_handshake_auth only if the server asks for it. "
+    "nginx: upgrade; this is an OpenSSL or module bug worth reporting with this report."
+)
+
+
+@finding("handshake-state-retained")
+def handshake_state_retained(report: dict):
+    established = [c for c in _live_connections(report) if c.get("state") == "established"]
+    holders = [c for c in established if _cause(c, "handshake") >= HS_MIN_BYTES]
+    if len(holders) < HS_MIN_CONNECTIONS or len(holders) < HS_MIN_SHARE * len(established):
+        return None
+    total = sum(_cause(c, "handshake") for c in holders)
+    per_connection = total / len(holders)
+    return {
+        "id": "handshake-state-retained",
+        "severity": "warning" if total >= 4 * MiB else "info",
+        "title": "Established connections still hold handshake state",
+        "detail": (
+            f"{len(holders)} of {len(established)} established connections still hold "
+            f"{human(per_connection)} each of handshake-time state ({human(total)} in all); "
+            f"a finished handshake normally leaves under 1 KiB."
+        ),
+        "bytes_per_connection": per_connection,
+        "saving_bytes": int(total),
+        "fix": HANDSHAKE_FIX,
+        "evidence": {"connections": len(holders), "established": len(established),
+                     "handshake_bytes_total": int(total)},
+    }

@@ -1,0 +1,322 @@
+"""Findings on real targets: each finding is tripped by a real fixture under `tlsprof run`, and none
+trips on the healthy seed server (asyncio or threaded, one shared context).
+
+Non-Python findings use a small C server over the system OpenSSL (compiled here from
+C_FIXTURE_SOURCE with gcc) whose flags make one known-bad pattern each: no RELEASE_BUFFERS (the C
+default), SSL objects leaked when their socket closes, a context per connection never freed, a
+TLS 1.2 session cache filling with every full handshake.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tlsenv import Proc, start_clients
+from tlsprof.schema import validate_report
+
+TLSPROF = [sys.executable, "-m", "tlsprof"]
+KiB = 1024
+SETTLE = 1.5  # seconds after the clients are up: several snapshots at --interval 0.3
+
+C_FIXTURE_SOURCE = r'''/* A small C TLS echo server over OpenSSL, for tests of findings on a non-Python target.
+ *   tls_fixture_server READY_FILE CERT KEY [--release-buffers] [--leak-closed] [--ctx-per-conn]
+ *                      [--tls12] [--no-tickets]
+ * Listens on 127.0.0.1:0, writes the port to READY_FILE, says "welcome!\n" and echoes.
+ * --leak-closed: on peer close, close(fd) but never SSL_free (a leaked SSL*).
+ * --ctx-per-conn: a new SSL_CTX (with the system CA file) per connection, never freed.
+ * --tls12 --no-tickets: TLS 1.2, stateful sessions kept in the server's session cache. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#define MAXC 4096
+static volatile sig_atomic_t stop;
+static void on_term(int s) { (void)s; stop = 1; }
+static int release_buffers, leak_closed, ctx_per_conn, tls12, no_tickets;
+static const char *cert, *key;
+
+static SSL_CTX *make_ctx(void)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx || SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+        ERR_print_errors_fp(stderr);
+        exit(3);
+    }
+    if (ctx_per_conn) SSL_CTX_load_verify_locations(ctx, "/etc/ssl/certs/ca-certificates.crt", NULL);
+    if (release_buffers) SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    if (tls12) SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
+    if (no_tickets) SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF); /* clients that just close stay resumable */
+    static const unsigned char sid[] = "tlsprof-fixture";
+    SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
+    return ctx;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 4) return 2;
+    cert = argv[2];
+    key = argv[3];
+    for (int i = 4; i < argc; i++) {
+        if (!strcmp(argv[i], "--release-buffers")) release_buffers = 1;
+        else if (!strcmp(argv[i], "--leak-closed")) leak_closed = 1;
+        else if (!strcmp(argv[i], "--ctx-per-conn")) ctx_per_conn = 1;
+        else if (!strcmp(argv[i], "--tls12")) tls12 = 1;
+        else if (!strcmp(argv[i], "--no-tickets")) no_tickets = 1;
+        else return 2;
+    }
+    signal(SIGTERM, on_term);
+    signal(SIGINT, on_term);
+    signal(SIGPIPE, SIG_IGN);
+    SSL_CTX *shared = ctx_per_conn ? NULL : make_ctx();
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    if (bind(lfd, (struct sockaddr *)&a, sizeof a) || listen(lfd, 1024) ||
+        getsockname(lfd, (struct sockaddr *)&a, &alen)) return 4;
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", argv[1]);
+    FILE *f = fopen(tmp, "w");
+    fprintf(f, "%d\n", ntohs(a.sin_port));
+    fclose(f);
+    rename(tmp, argv[1]);
+    static struct pollfd pfd[MAXC + 1];
+    static SSL *ssl[MAXC + 1];
+    int n = 1;
+    pfd[0].fd = lfd;
+    pfd[0].events = POLLIN;
+    while (!stop) {
+        if (poll(pfd, n, 500) < 0) continue;
+        if ((pfd[0].revents & POLLIN) && n <= MAXC) {
+            int fd = accept(lfd, NULL, NULL);
+            if (fd >= 0) {
+                struct timeval tv = {10, 0};
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+                SSL *s = SSL_new(ctx_per_conn ? make_ctx() : shared);
+                SSL_set_fd(s, fd);
+                if (SSL_accept(s) == 1 && SSL_write(s, "welcome!\n", 9) == 9) {
+                    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); /* poll decides from here */
+                    pfd[n].fd = fd;
+                    pfd[n].events = POLLIN;
+                    ssl[n++] = s;
+                } else {
+                    SSL_free(s);
+                    close(fd);
+                }
+            }
+        }
+        for (int i = 1; i < n; i++) {
+            if (!pfd[i].revents) continue;
+            char buf[16384];
+            int r = SSL_read(ssl[i], buf, sizeof buf);
+            if (r > 0) {
+                SSL_write(ssl[i], buf, r);
+                continue;
+            }
+            int err = SSL_get_error(ssl[i], r);
+            if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) continue;
+            if (!leak_closed) {
+                SSL_shutdown(ssl[i]); /* a clean close keeps the session resumable (cached) */
+                SSL_free(ssl[i]);
+            }
+            close(pfd[i].fd);
+            pfd[i] = pfd[n - 1];
+            ssl[i] = ssl[n - 1];
+            n--;
+            i--;
+        }
+    }
+    return 0;
+}
+'''
+
+
+@pytest.fixture(scope="session")
+def c_server(tmp_path_factory):
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the C fixture server")
+    d = tmp_path_factory.mktemp("cserver")
+    src, exe = d / "tls_fixture_server.c", d / "tls_fixture_server"
+    src.write_text(C_FIXTURE_SOURCE)
+    proc = subprocess.run(["gcc", "-O1", "-o", str(exe), str(src), "-lssl", "-lcrypto"],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        pytest.fail(f"cannot build the C fixture (libssl-dev missing?):\n{proc.stderr[-2000:]}")
+    return str(exe)
+
+
+class Profiled:
+    """A target under `tlsprof run -o REPORT --at AT --interval 0.3`, started through tlsenv."""
+
+    def __init__(self, tmp_path, argv, at="last"):
+        self.report_path = str(tmp_path / "report.json")
+        self.proc = Proc([*TLSPROF, "run", "-o", self.report_path, "--at", at, "--interval", "0.3",
+                          "--", *argv], script=argv[1] if len(argv) > 1 else None)
+        self.port = int(self.proc.wait_ready(60))
+
+    def report(self):
+        """Stop the target (SIGTERM to tlsprof, forwarded), read and validate the report."""
+        self.proc.stop()
+        with open(self.report_path) as f:
+            report = json.load(f)
+        validate_report(report)
+        return report
+
+
+def c_target(c_server, cert_pair, *flags):
+    return [c_server, "{ready}", cert_pair[0], cert_pair[1], *flags]
+
+
+def clients_round(port, n, stay):
+    """n echo clients; stay=False: they connect, say hello, and close after ~1 s."""
+    clients = start_clients(port, n, interval=1.0, duration=0 if stay else 1.0)
+    if not stay:
+        clients.proc.wait(60)
+    return clients
+
+
+def ids(report):
+    return [f["id"] for f in report["findings"]]
+
+
+def only(report, finding_id):
+    found = [f for f in report["findings"] if f["id"] == finding_id]
+    assert found, f"{finding_id} not in {ids(report)}"
+    return found[0]
+
+
+# --- the healthy seed server -------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", [[], ["--threaded"]], ids=["asyncio", "threaded"])
+def test_healthy_seed_server_has_no_finding(tmp_path, cert_dir, mode):
+    from tlsenv import ECHO_SERVER
+    target = Profiled(tmp_path, [sys.executable, ECHO_SERVER, "--host", "127.0.0.1", "--port", "0",
+                                 "--ready-file", "{ready}", "--certdir", cert_dir, *mode], at="peak")
+    try:
+        clients_round(target.port, 60, stay=False)       # some come and go
+        clients = clients_round(target.port, 60, stay=True)
+        time.sleep(SETTLE)
+        clients.stop()
+        time.sleep(SETTLE)
+    finally:
+        report = target.report()
+    assert report["per_connection"]["connections"] >= 20  # the peak: mid-traffic, not idle
+    assert report["findings"] == [], [(f["id"], f["detail"]) for f in report["findings"]]
+
+
+# --- idle-record-buffers -----------------------------------------------------------------------
+
+def test_idle_record_buffers_on_c_server_without_release_buffers(tmp_path, c_server, cert_pair):
+    target = Profiled(tmp_path, c_target(c_server, cert_pair))
+    try:
+        clients = clients_round(target.port, 30, stay=True)
+        time.sleep(SETTLE)
+    finally:
+        report = target.report()
+        clients.stop()
+    f = only(report, "idle-record-buffers")
+    assert f["evidence"]["connections"] == 30
+    assert f["evidence"]["release_buffers_off"] == 30      # no SSL_CTX_set_mode call seen
+    assert 30 * KiB < f["bytes_per_connection"] < 40 * KiB  # ~16.7 KiB read + ~16.7 KiB write
+    assert f["saving_bytes"] >= 30 * 30 * KiB
+    assert "SSL_MODE_RELEASE_BUFFERS" in f["fix"] and "SSL_CTX_set_mode" in f["fix"]
+    assert "leaked-connections" not in ids(report)
+
+
+def test_release_buffers_clears_idle_record_buffers(tmp_path, c_server, cert_pair):
+    target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers"))
+    try:
+        clients = clients_round(target.port, 30, stay=True)
+        time.sleep(SETTLE)
+    finally:
+        report = target.report()
+        clients.stop()
+    assert [c["release_buffers"] for c in report["contexts"]] == [True]
+    assert report["findings"] == [], ids(report)
+
+
+# --- leaked-connections (native facts: fd closed or reused) ------------------------------------
+
+def test_leaked_connections_when_ssl_outlives_its_socket(tmp_path, c_server, cert_pair):
+    target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers", "--leak-closed"))
+    try:
+        clients_round(target.port, 20, stay=False)        # 20 SSL* leaked, their fds closed
+        time.sleep(SETTLE)
+        clients = clients_round(target.port, 10, stay=True)  # reuse 10 of those fd numbers
+        time.sleep(SETTLE)
+    finally:
+        report = target.report()
+        clients.stop()
+    f = only(report, "leaked-connections")
+    assert f["evidence"]["connections"] == 20
+    assert f["evidence"]["reasons"] == {"fd_closed": 10, "fd_reused": 10}
+    stale = [c for c in report["connections"] if c["id"] in f["evidence"]["connection_ids"]]
+    assert all(c["fd_open"] is False or c["fd_inode"] is not None for c in stale)
+    assert f["bytes_per_connection"] > 4 * KiB
+    assert "SSL_free" in f["fix"]
+
+
+def test_no_leaked_connections_when_the_c_server_frees_them(tmp_path, c_server, cert_pair):
+    target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers"))
+    try:
+        clients_round(target.port, 20, stay=False)
+        time.sleep(SETTLE)
+        clients = clients_round(target.port, 10, stay=True)
+        time.sleep(SETTLE)
+    finally:
+        report = target.report()
+        clients.stop()
+    assert report["per_connection"]["connections"] == 10
+    assert all(c["fd_open"] is True for c in report["connections"])
+    assert report["findings"] == [], ids(report)
+
+
+# --- leaked-contexts ---------------------------------------------------------------------------
+
+def test_leaked_contexts_when_each_connection_leaves_its_context(tmp_path, c_server, cert_pair):
+    target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers", "--ctx-per-conn"))
+    try:
+        clients_round(target.port, 15, stay=False)
+        time.sleep(SETTLE)
+    finally:
+        report = target.report()
+    f = only(report, "leaked-contexts")
+    assert f["evidence"]["contexts"] >= 15
+    assert f["saving_bytes"] >= 15 * 700 * KiB             # each loaded the system CA file
+    assert f["bytes_per_connection"] is None
+    assert "SSL_CTX_free" in f["fix"]
+    assert "ca-store-per-connection" not in ids(report)   # they serve no connection any more
+
+
+# --- session-cache-growth ----------------------------------------------------------------------
+
+def test_session_cache_growth_on_tls12_server_cache(tmp_path, c_server, cert_pair):
+    target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers", "--tls12",
+                                         "--no-tickets"))
+    try:
+        for _ in range(4):
+            clients_round(target.port, 100, stay=False)
+        time.sleep(SETTLE)
+    finally:
+        report = target.report()
+    f = only(report, "session-cache-growth")
+    assert f["evidence"]["retained_session_bytes"] >= 380 * 900   # ~944 B per cached session
+    assert f["evidence"]["live_connection_session_bytes"] == 0
+    assert "SSL_CTX_sess_set_cache_size" in f["fix"] and "ssl_session_cache" in f["fix"]

@@ -224,13 +224,15 @@ def test_healthy_seed_server_has_no_finding(tmp_path, cert_dir, mode):
 # --- idle-record-buffers -----------------------------------------------------------------------
 
 def test_idle_record_buffers_on_c_server_without_release_buffers(tmp_path, c_server, cert_pair):
+    clients = None
     target = Profiled(tmp_path, c_target(c_server, cert_pair))
     try:
         clients = clients_round(target.port, 30, stay=True)
         time.sleep(SETTLE)
     finally:
         report = target.report()
-        clients.stop()
+        if clients is not None:
+            clients.stop()
     f = only(report, "idle-record-buffers")
     assert f["evidence"]["connections"] == 30
     assert f["evidence"]["release_buffers_off"] == 30      # no SSL_CTX_set_mode call seen
@@ -241,13 +243,15 @@ def test_idle_record_buffers_on_c_server_without_release_buffers(tmp_path, c_ser
 
 
 def test_release_buffers_clears_idle_record_buffers(tmp_path, c_server, cert_pair):
+    clients = None
     target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers"))
     try:
         clients = clients_round(target.port, 30, stay=True)
         time.sleep(SETTLE)
     finally:
         report = target.report()
-        clients.stop()
+        if clients is not None:
+            clients.stop()
     assert [c["release_buffers"] for c in report["contexts"]] == [True]
     assert report["findings"] == [], ids(report)
 
@@ -255,6 +259,7 @@ def test_release_buffers_clears_idle_record_buffers(tmp_path, c_server, cert_pai
 # --- leaked-connections (native facts: fd closed or reused) ------------------------------------
 
 def test_leaked_connections_when_ssl_outlives_its_socket(tmp_path, c_server, cert_pair):
+    clients = None
     target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers", "--leak-closed"))
     try:
         clients_round(target.port, 20, stay=False)        # 20 SSL* leaked, their fds closed
@@ -263,7 +268,8 @@ def test_leaked_connections_when_ssl_outlives_its_socket(tmp_path, c_server, cer
         time.sleep(SETTLE)
     finally:
         report = target.report()
-        clients.stop()
+        if clients is not None:
+            clients.stop()
     f = only(report, "leaked-connections")
     assert f["evidence"]["connections"] == 20
     assert f["evidence"]["reasons"] == {"fd_closed": 10, "fd_reused": 10}
@@ -274,6 +280,7 @@ def test_leaked_connections_when_ssl_outlives_its_socket(tmp_path, c_server, cer
 
 
 def test_no_leaked_connections_when_the_c_server_frees_them(tmp_path, c_server, cert_pair):
+    clients = None
     target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers"))
     try:
         clients_round(target.port, 20, stay=False)
@@ -282,7 +289,8 @@ def test_no_leaked_connections_when_the_c_server_frees_them(tmp_path, c_server, 
         time.sleep(SETTLE)
     finally:
         report = target.report()
-        clients.stop()
+        if clients is not None:
+            clients.stop()
     assert report["per_connection"]["connections"] == 10
     assert all(c["fd_open"] is True for c in report["connections"])
     assert report["findings"] == [], ids(report)
@@ -291,6 +299,7 @@ def test_no_leaked_connections_when_the_c_server_frees_them(tmp_path, c_server, 
 # --- leaked-contexts ---------------------------------------------------------------------------
 
 def test_leaked_contexts_when_each_connection_leaves_its_context(tmp_path, c_server, cert_pair):
+    clients = None
     target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers", "--ctx-per-conn"))
     try:
         clients_round(target.port, 15, stay=False)
@@ -308,6 +317,7 @@ def test_leaked_contexts_when_each_connection_leaves_its_context(tmp_path, c_ser
 # --- session-cache-growth ----------------------------------------------------------------------
 
 def test_session_cache_growth_on_tls12_server_cache(tmp_path, c_server, cert_pair):
+    clients = None
     target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers", "--tls12",
                                          "--no-tickets"))
     try:
@@ -320,3 +330,55 @@ def test_session_cache_growth_on_tls12_server_cache(tmp_path, c_server, cert_pai
     assert f["evidence"]["retained_session_bytes"] >= 380 * 900   # ~944 B per cached session
     assert f["evidence"]["live_connection_session_bytes"] == 0
     assert "SSL_CTX_sess_set_cache_size" in f["fix"] and "ssl_session_cache" in f["fix"]
+
+
+# --- handshake-state-retained ------------------------------------------------------------------
+
+STALLING_CLIENT = r"""
+import socket, ssl, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+held = []
+for _ in range(n):  # send a ClientHello, then never answer the server's flight
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(out.read())
+    held.append((s, obj))
+print("stalled", n, flush=True)
+time.sleep(120)
+"""
+
+
+def test_handshake_state_retained_by_stalled_handshakes_on_seed_server(tmp_path, cert_dir):
+    from tlsenv import ECHO_SERVER
+    from tlsprof.findings import HS_STUCK_S
+    target = Profiled(tmp_path, [sys.executable, ECHO_SERVER, "--host", "127.0.0.1", "--port", "0",
+                                 "--ready-file", "{ready}", "--certdir", cert_dir])
+    staller = clients = None
+    try:
+        clients = clients_round(target.port, 20, stay=True)  # normal traffic beside them
+        staller = Proc([sys.executable, "-c", STALLING_CLIENT, str(target.port), "15"])
+        deadline = time.monotonic() + 60
+        while "stalled 15" not in staller.stdout():
+            assert staller.alive() and time.monotonic() < deadline, staller.describe()
+            time.sleep(0.05)
+        time.sleep(HS_STUCK_S + 1.5)
+    finally:
+        report = target.report()
+        if staller is not None:
+            staller.stop()
+        if clients is not None:
+            clients.stop()
+    f = only(report, "handshake-state-retained")
+    assert f["evidence"]["stuck_in_handshake"] == 15
+    assert f["evidence"]["established_holding"] == 0
+    assert f["bytes_per_connection"] > 8 * KiB
+    assert "ssl_handshake_timeout" in f["fix"]
+    assert [x for x in ids(report) if x != "handshake-state-retained"] == []

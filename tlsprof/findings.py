@@ -200,7 +200,9 @@ def compression_enabled(report: dict):
 # record buffers for its whole life, idle or not; with it, buffers exist only while data is in
 # flight (or while a thread is blocked inside SSL_read, as in a thread-per-connection server: that
 # read buffer is the price of blocking I/O, not something the mode can free). So only connections
-# whose context does not have the mode on count. Trips when at least RB_MIN_CONNECTIONS
+# whose context is known to have the mode off count (under `run`, no mode call seen since
+# SSL_CTX_new means OpenSSL's default, off; after `attach`, or in a report without
+# `release_buffers`, the mode is unknown and those connections are only mentioned). Trips when at least RB_MIN_CONNECTIONS
 # established connections without compression (compression keeps its own decompression buffer;
 # see compression-enabled) on such contexts each hold at least RB_MIN_BYTES of record buffers, and
 # they are at least RB_MIN_SHARE of the established connections. Python's ssl and nginx set the
@@ -220,7 +222,9 @@ RECORD_BUFFERS_FIX = (
 
 def _release_buffers_state(ctx: dict, mode) -> str:
     """"on", "off" or "unknown" for a context entry of the report."""
-    rb = ctx.get("release_buffers")
+    if "release_buffers" not in ctx:
+        return "unknown"  # a report from a collector that does not record SSL_MODE_* calls
+    rb = ctx["release_buffers"]
     if rb is True:
         return "on"
     if rb is False:
@@ -240,18 +244,18 @@ def idle_record_buffers(report: dict):
             continue
         state = _release_buffers_state(contexts.get(c.get("context")) or {},
                                        report.get("target", {}).get("mode"))
-        if state == "on":
-            continue
-        holders.append(c)
         states[state] = states.get(state, 0) + 1
+        if state != "off":
+            continue  # on: nothing the mode can free; unknown: never claim a fix we cannot see
+        holders.append(c)
     if len(holders) < RB_MIN_CONNECTIONS or len(holders) < RB_MIN_SHARE * len(established):
         return None
     total = sum(_cause(c, "record_buffers") for c in holders)
     per_connection = total / len(holders)
-    said = "; ".join(f"SSL_MODE_RELEASE_BUFFERS is {label} for {n} of them"
-                     for state, label in (("off", "off (no SSL_CTX_set_mode call seen)"),
-                                          ("unknown", "unknown (set before tlsprof attached)"))
-                     if (n := states.get(state)))
+    said = "SSL_MODE_RELEASE_BUFFERS is off on their contexts (no SSL_CTX_set_mode call seen)"
+    if states.get("unknown"):
+        said += (f"; {states['unknown']} more hold buffers on contexts whose mode is unknown "
+                 f"(set before tlsprof attached)")
     return {
         "id": "idle-record-buffers",
         "severity": "warning" if total >= 4 * MiB else "info",
@@ -360,9 +364,10 @@ def leaked_connections(report: dict):
 # handful at most (one per configuration: server, client, per SNI name). Trips when at least
 # LEAK_MIN_CONTEXTS live contexts serve no live connection and hold more than
 # LEAK_MIN_CONTEXT_BYTES each, and they are the majority of all live contexts, or when the Python
-# agent reports context objects unreachable. The seed server holds one context.
+# agent reports at least LEAK_MIN_PY_CONTEXTS context objects unreachable. The seed server holds one context.
 LEAK_MIN_CONTEXTS = 10
 LEAK_MIN_CONTEXT_BYTES = 16 * KiB
+LEAK_MIN_PY_CONTEXTS = 3  # contexts the Python agent proved unreachable (a GC cycle may hold one)
 
 LEAKED_CONTEXTS_FIX = (
     "Create contexts once and free the ones you stop using. "
@@ -384,7 +389,7 @@ def leaked_contexts(report: dict):
         idle = []
     suspects = {id(c): c for c in idle + py_leaked}.values()
     suspects = list(suspects)
-    if len(suspects) < (1 if py_leaked else LEAK_MIN_CONTEXTS):
+    if len(suspects) < (LEAK_MIN_PY_CONTEXTS if py_leaked else LEAK_MIN_CONTEXTS):
         return None
     sizes = [ctx.get("live_bytes", 0) for ctx in suspects]
     total = sum(sizes)

@@ -386,3 +386,60 @@ def test_handshake_state_retained_by_stalled_handshakes_on_seed_server(tmp_path,
     assert f["bytes_per_connection"] > 8 * KiB
     assert "ssl_handshake_timeout" in f["fix"]
     assert [x for x in ids(report) if x != "handshake-state-retained"] == []
+
+
+# --- thresholds, on hand-built reports (the edges the real fixtures do not probe) ------------
+
+def _conn(i, ctx=1, state="established", age=5.0, fd=None, **by_cause):
+    by_cause = {k: v for k, v in by_cause.items() if v}
+    return {"id": f"conn-{i}", "context": ctx, "fd": fd, "peer": None, "state": state, "age_s": age,
+            "live_bytes": sum(by_cause.values()), "by_cause": by_cause, "alive": True}
+
+
+def _report(conns, contexts=None, mode="run", process=None):
+    contexts = contexts if contexts is not None else [
+        {"id": 1, "connections": len(conns), "live_bytes": 1000, "by_cause": {"other": 1000},
+         "release_buffers": None}]
+    return {"target": {"mode": mode}, "contexts": contexts, "connections": conns,
+            "per_connection": {"connections": len(conns)}, "process": process or {"by_cause": {}},
+            "history": []}
+
+
+def _ids(report):
+    from tlsprof.findings import compute_findings
+    return [f["id"] for f in compute_findings(report)]
+
+
+def test_threshold_edges():
+    from tlsprof import findings as F
+    rb = F.RB_MIN_BYTES
+    assert "idle-record-buffers" in _ids(_report([_conn(i, record_buffers=rb) for i in range(10)]))
+    assert "idle-record-buffers" not in _ids(_report([_conn(i, record_buffers=rb) for i in range(9)]))
+    assert "idle-record-buffers" not in _ids(_report([_conn(i, record_buffers=rb - 1) for i in range(50)]))
+    # mode unknown after attach: not claimed
+    assert "idle-record-buffers" not in _ids(_report([_conn(i, record_buffers=rb) for i in range(50)],
+                                                     mode="attach"))
+    assert "compression-enabled" in _ids(_report([_conn(1, compression=F.COMP_MIN_BYTES + 1)]))
+    assert "compression-enabled" not in _ids(_report([_conn(1, compression=F.COMP_MIN_BYTES)]))
+    closed = [dict(_conn(i, fd=10 + i, other=5000), fd_open=False) for i in range(F.LEAK_MIN_CONNECTIONS)]
+    assert "leaked-connections" in _ids(_report(closed))
+    assert "leaked-connections" not in _ids(_report(closed[:-1]))
+    # one fd number claimed by two live connections: the older one is stale
+    reused = [dict(_conn(i, fd=7, age=100.0 - i, other=5000), fd_open=True, fd_inode=i) for i in range(6)]
+    assert "leaked-connections" in _ids(_report(reused))
+    idle_ctx = [{"id": i, "connections": 0, "live_bytes": F.LEAK_MIN_CONTEXT_BYTES + 1,
+                 "by_cause": {"other": F.LEAK_MIN_CONTEXT_BYTES + 1}} for i in range(10)]
+    assert "leaked-contexts" in _ids(_report([], contexts=idle_ctx))
+    assert "leaked-contexts" not in _ids(_report([], contexts=idle_ctx[:9]))
+    kept = {"by_cause": {"session": F.SC_MIN_BYTES + 1}}
+    assert "session-cache-growth" in _ids(_report([], process=kept))
+    assert "session-cache-growth" not in _ids(_report([], process={"by_cause": {"session": F.SC_MIN_BYTES}}))
+    live_sessions = [_conn(i, session=F.SC_MIN_BYTES) for i in range(1)]
+    assert "session-cache-growth" not in _ids(_report(live_sessions, process=kept))
+    stuck = [_conn(i, state="handshake", age=F.HS_STUCK_S, bio=30000) for i in range(F.HS_MIN_STUCK)]
+    assert "handshake-state-retained" in _ids(_report(stuck))
+    young = [_conn(i, state="handshake", age=F.HS_STUCK_S - 1, bio=30000) for i in range(50)]
+    assert "handshake-state-retained" not in _ids(_report(young))
+    held = [_conn(i, handshake=F.HS_MIN_BYTES) for i in range(10)]
+    assert "handshake-state-retained" in _ids(_report(held))
+    assert "handshake-state-retained" not in _ids(_report(held + [_conn(100 + i) for i in range(11)]))

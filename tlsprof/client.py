@@ -88,22 +88,28 @@ class Snapshot:
         return [o for o in self.owners if o.kind == "connection" and o.alive]
 
 
+def request(path: str, command: str, timeout: float = 5.0) -> bytes:
+    """Send one command line to a Unix socket (the shim's or the Python agent's), read the whole
+    answer. Raises OSError (socket.timeout included)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(command.encode() + b"\n")
+        chunks = []
+        while True:
+            data = s.recv(1 << 20)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks)
+
+
 def ask(path: str, command: str, timeout: float = 5.0) -> str:
-    """Send one command line, read the whole answer."""
+    """Ask the shim: one command line, the whole answer as text."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(path)
-            s.sendall(command.encode() + b"\n")
-            chunks = []
-            while True:
-                data = s.recv(1 << 20)
-                if not data:
-                    break
-                chunks.append(data)
+        return request(path, command, timeout).decode("utf-8", "replace")
     except (OSError, socket.timeout) as exc:
         raise ChannelError(f"cannot reach the tlsprof shim at {path}: {exc.strerror or exc}") from None
-    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def _cause_name(index: int) -> str:

@@ -19,6 +19,7 @@ import os
 import socket
 import time
 
+from tlsprof import client
 from tlsprof.findings import finding, human
 
 AGENT_SUFFIX = ".py.sock"
@@ -34,20 +35,11 @@ def agent_socket(channel_dir: str, pid: int) -> str:
 
 def ask(path: str, request: str = "SNAPSHOT", timeout: float = 10.0) -> dict:
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(path)
-            s.sendall(request.encode() + b"\n")
-            chunks = []
-            while True:
-                data = s.recv(1 << 20)
-                if not data:
-                    break
-                chunks.append(data)
+        answer = client.request(path, request, timeout)
     except (OSError, socket.timeout) as exc:
         raise AgentError(f"the Python agent at {path} did not answer: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        doc = json.loads(b"".join(chunks))
+        doc = json.loads(answer)
     except ValueError:
         raise AgentError("the Python agent answered something that is not JSON") from None
     if not isinstance(doc, dict):

@@ -35,7 +35,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
 
 from tlsprof.causes import CAUSES, label
-from tlsprof.render import human_bytes
+from tlsprof.render import human_age, human_bytes
 
 PAGE_SIZE = 200           # rows a table holds at once: the rest is paged ([ and ])
 TREND_WINDOW_S = 30.0     # the per-connection trend compares with the value this long ago
@@ -112,19 +112,6 @@ def _serial(ident):
     return (0, int(tail), s) if tail.isdigit() else (1, 0, s)
 
 
-def _age(seconds) -> str:
-    if seconds is None:
-        return "?"
-    seconds = float(seconds)
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
 _STATE_SHORT = {"established": "estab", "handshake": "hshake", "shutdown": "shut"}
 
 
@@ -147,7 +134,7 @@ class ConnRow:
     def cells(self):
         star = "*" if self.age is None else ""
         return (Text(f"{self.id}{star}"), Text(self.peer or "-"), "-" if self.fd is None else str(self.fd),
-                _STATE_SHORT.get(self.state, self.state), _age(self.age),
+                _STATE_SHORT.get(self.state, self.state), human_age(self.age),
                 Text(human_bytes(self.bytes), justify="right"), label(self.top) if self.top else "-")
 
 
@@ -497,7 +484,7 @@ class ConnectionScreen(Screen):
 def render_connection_head(conn: dict, closed: bool) -> Text:
     t = Text(f"{conn['id']}", style="bold")
     t.append(f" · peer {conn.get('peer') or '-'} · fd {conn.get('fd') if conn.get('fd') is not None else '-'}"
-             f" · {conn.get('state')} · age {_age(conn.get('age_s'))}")
+             f" · {conn.get('state')} · age {human_age(conn.get('age_s'))}")
     if closed:
         t.append("\nclosed: gone from the newest snapshot; this is its last data", style="bold yellow")
     return t
@@ -938,7 +925,7 @@ def run_live(session, target, args, *, is_alive=None, mode=None):
         for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             previous[s] = signal.signal(s, forward)
     try:
-        result = app.run()
+        app.run()
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

@@ -42,7 +42,7 @@ def _pct(part, whole) -> str:
     return f"{100.0 * part / whole:.1f}%"
 
 
-def _age(seconds) -> str:
+def human_age(seconds) -> str:
     if seconds is None:
         return "?"
     seconds = float(seconds)
@@ -238,7 +238,7 @@ def _render_connections(out, connections: list) -> None:
             name += "*"
         peer = conn.get("peer") or (f"fd {conn['fd']}" if conn.get("fd") is not None else "-")
         table.add_row(_cell(name), _cell(conn.get("context")), _cell(peer), conn["state"],
-                      _age(conn.get("age_s")), human_bytes(conn["live_bytes"]),
+                      human_age(conn.get("age_s")), human_bytes(conn["live_bytes"]),
                       _top_cause(conn["by_cause"]))
     out(table)
     if any(c.get("since_attach") is False for c in ranked):

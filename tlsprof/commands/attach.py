@@ -12,10 +12,10 @@ import time
 
 import psutil
 
-from tlsprof import client, inject, report_io
+from tlsprof import client, inject
 from tlsprof.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import ChannelError, TlsprofError, UsageError
-from tlsprof.render import render_text
+from tlsprof.commands.run import emit_report
 from tlsprof.session import Session
 from tlsprof.shim import shim_path
 
@@ -84,13 +84,7 @@ def run(args) -> int:
     report = session.report(at=args.at, partial=target_died, notes=notes)
     if report is None:
         raise ChannelError(f"pid {args.pid} gave no snapshot before the session ended")
-    if args.output:
-        report_io.save_report(report, args.output)
-        print(f"tlsprof: report written to {args.output}", file=sys.stderr)
-    elif args.format == "json":
-        sys.stdout.write(report_io.dumps(report) + "\n")
-    else:
-        render_text(report, file=sys.stderr)
+    emit_report(report, args, stream=sys.stdout if args.format == "json" else sys.stderr)
     return 0
 
 

@@ -7,7 +7,6 @@ shim and are tracked with their own channel; the report follows the process of t
 OpenSSL (CMD itself when it does) and lists the others under `processes`.
 """
 import argparse
-import os
 import shutil
 import signal
 import subprocess
@@ -96,7 +95,7 @@ def run(args) -> int:
                   f"{time.time() - session.started:.1f}s before its first snapshot (or never loaded the shim)",
                   file=sys.stderr)
         else:
-            _emit(report, args)
+            emit_report(report, args)
         return _exit_status(returncode)
     finally:
         shutil.rmtree(channel_dir, ignore_errors=True)
@@ -105,14 +104,17 @@ def run(args) -> int:
             print(f"tlsprof: the target's output is in {log.name}", file=sys.stderr)
 
 
-def _emit(report, args):
+def emit_report(report, args, stream=None):
+    """Write the report to -o FILE, or show it: JSON with --format json, else the text report.
+    `run` shows it on stderr (stdout belongs to the target); `attach` may pass stdout."""
+    stream = stream or sys.stderr
     if args.output:
         report_io.save_report(report, args.output)
         print(f"tlsprof: report written to {args.output}", file=sys.stderr)
     elif args.format == "json":
-        sys.stderr.write(report_io.dumps(report) + "\n")
+        stream.write(report_io.dumps(report) + "\n")
     else:
-        render_text(report, file=sys.stderr)
+        render_text(report, file=stream)
 
 
 HOW_TRACKED = {

@@ -90,6 +90,10 @@ def test_attach_lists_old_and_new_connections_then_detaches_cleanly(spawn, tmp_p
     for c in new:  # measured from their first byte
         assert c["live_bytes"] > 0 and c["by_cause"]
     assert any("before tlsprof attached" in n for n in report["notes"])
+    summary = report["attach"]
+    assert summary["connections_before_attach"] == len(old)
+    est = summary["estimate_for_older"]
+    assert est["estimate"] is True and est["sample"] == len(new) and est["bytes_per_connection"] > 0
     # detached: the server serves 200 more handshakes correctly
     assert handshakes_ok(server.port, 200) == 0
     assert server.proc.poll() is None

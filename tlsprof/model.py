@@ -62,6 +62,27 @@ def openssl_copies(snap: Snapshot) -> list:
     return out
 
 
+ESTIMATE_MIN_SAMPLE = 5
+
+
+def _attach_summary(conns) -> dict:
+    """Connections that predate the attach are counted and listed, never measured: their earlier
+    allocations are unknown. Where enough connections were measured from their first byte, their mean
+    is offered for the older ones, labelled as an estimate with the sample it came from."""
+    old = [c for c in conns if c["predates_attach"]]
+    new = [c for c in conns if not c["predates_attach"]]
+    summary = {"connections_before_attach": len(old), "connections_since_attach": len(new),
+               "estimate_for_older": None}
+    if old and len(new) >= ESTIMATE_MIN_SAMPLE:
+        mean = sum(c["live_bytes"] for c in new) / len(new)
+        summary["estimate_for_older"] = {
+            "bytes_per_connection": int(round(mean)), "estimate": True, "sample": len(new),
+            "basis": f"mean own bytes of the {len(new)} connections opened after attach, measured from "
+                     f"their first allocation; applied to the {len(old)} older ones, not measured",
+        }
+    return summary
+
+
 def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak", snapshots=1,
                  peak_live_bytes=None, history=None, notes=None, processes=None) -> dict:
     owners = snap.owners
@@ -209,6 +230,8 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
     }
     if processes:
         report["processes"] = processes
+    if mode == "attach":
+        report["attach"] = _attach_summary(report_conns)
     if getattr(snap, "python", None) is not None:  # the in-target Python agent's answer (tlsprof/linkage.py)
         join_python(report, snap.python, snap)
     report["findings"] = compute_findings(report)

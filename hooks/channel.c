@@ -128,7 +128,9 @@ static void put_facts(struct buf *b, uint32_t idx)
 {
     struct owner *o = owner_at(idx);
     uint32_t flags = __atomic_load_n(&o->flags, __ATOMIC_ACQUIRE);
-    if (!(flags & OWNER_F_IN_USE) || o->kind != OWNER_SSL || !__atomic_load_n(&o->alive, __ATOMIC_ACQUIRE)) return;
+    if (!(flags & OWNER_F_IN_USE) || __atomic_load_n(&o->kind, __ATOMIC_RELAXED) != OWNER_SSL ||
+        !__atomic_load_n(&o->alive, __ATOMIC_ACQUIRE))
+        return;
     int fd = __atomic_load_n(&o->fd, __ATOMIC_RELAXED);
     if (fd < 0) return;
     if (fcntl(fd, F_GETFD) < 0) {

@@ -94,7 +94,7 @@ def machine():
         pass
     head = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip()
-    return {"git_head": head, "shim_sha256": shim, "cpu": cpu, "cores": os.cpu_count(), "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    return {"loadavg_at_save": [round(x, 2) for x in os.getloadavg()], "git_head": head, "shim_sha256": shim, "cpu": cpu, "cores": os.cpu_count(), "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "os": osrel, "kernel": platform.release(), "python": platform.python_version(),
             "openssl": ssl.OPENSSL_VERSION}
 

@@ -10,7 +10,7 @@ import tlsenv
 MODES = ("bare", "tlsprof", "memray", "heaptrack")
 
 
-def start(mode, *server_args, workdir=None, env=None):
+def start(mode, *server_args, workdir=None, env=None, wrapper=()):
     """Echo server in `mode`; returns a tlsenv.ServerProc with .port and .out (profiler output)."""
     workdir = workdir or tempfile.mkdtemp(prefix="tlsprof-bench-")
     certdir = tlsenv.default_certdir()
@@ -18,7 +18,7 @@ def start(mode, *server_args, workdir=None, env=None):
             *server_args]
     out = None
     if mode == "bare":
-        argv = [sys.executable, tlsenv.ECHO_SERVER, *args]
+        argv = [*wrapper, sys.executable, tlsenv.ECHO_SERVER, *args]
     elif mode == "tlsprof":
         out = os.path.join(workdir, "tlsprof.json")
         argv = [_common.tlsprof_bin(), "run", "-o", out, "--", sys.executable, tlsenv.ECHO_SERVER, *args]

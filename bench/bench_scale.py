@@ -69,12 +69,24 @@ def scale_figures(pid, channel_dir):
     report, build_t = timed(lambda: build_report(snap, command=["echo_server"], mode="run"), 3)
     text, json_t = timed(lambda: report_io.dumps(report), 3)
     _, render_t = timed(lambda: render_text(report, file=io.StringIO()), 3)
+    raw, ask_t = timed(lambda: client.ask(sock, "SNAPSHOT", 30), 3)  # the shim's side + transfer
+    _, parse_t = timed(lambda: client.parse_snapshot(raw), 3)       # parsing in Python
     session = Session(channel_dir, pid, ["echo_server"], mode="run")
+    _, poll_t = timed(session.poll, 3)
+    _, latest_t = timed(lambda: session.report(at="last"), 2)
 
     def refresh():
         session.poll()
         return session.latest_report()
-    _, refresh_t = timed(refresh, 3)
+    _, refresh_t = timed(refresh, 2)
+    import cProfile
+    import pstats
+    prof = cProfile.Profile()
+    prof.runcall(session.report, at="last")
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(14)
+    print("  cProfile of Session.report(at='last') (the live view's per-refresh report):")
+    print("\n".join("    " + ln for ln in buf.getvalue().splitlines() if ln.strip())[-2600:], flush=True)
     return snap, {
         "connections": len(snap.connections),
         "owners": len(snap.owners),
@@ -87,6 +99,11 @@ def scale_figures(pid, channel_dir):
         "render_text_s": _common.summary(render_t),
         "report_total_s": _common.median(build_t) + _common.median(json_t),
         "refresh_s": _common.summary(refresh_t),
+        "shim_answer_s": _common.summary(ask_t),
+        "parse_s": _common.summary(parse_t),
+        "session_poll_s": _common.summary(poll_t),
+        "session_report_s": _common.summary(latest_t),
+        "report_profile": buf.getvalue()[-4000:],
     }
 
 
@@ -128,7 +145,10 @@ def one(mode, n, idle_s, concurrency):
                   f"({figs['snapshot_text_bytes'] / 2**20:.1f} MiB of text), build_report "
                   f"{figs['build_report_s']['median'] * 1000:.0f} ms, JSON {figs['json_dumps_s']['median'] * 1000:.0f} ms, "
                   f"text {figs['render_text_s']['median'] * 1000:.0f} ms, poll+report "
-                  f"{figs['refresh_s']['median'] * 1000:.0f} ms", flush=True)
+                  f"{figs['refresh_s']['median'] * 1000:.0f} ms; split: shim answer "
+                  f"{figs['shim_answer_s']['median'] * 1000:.0f} ms + parse {figs['parse_s']['median'] * 1000:.0f} ms; "
+                  f"Session.poll {figs['session_poll_s']['median'] * 1000:.0f} ms + Session.report "
+                  f"{figs['session_report_s']['median'] * 1000:.0f} ms", flush=True)
         return res
     finally:
         if clients:

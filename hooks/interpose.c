@@ -28,6 +28,7 @@ struct object {
     const ElfW(Rela) *rela, *jmprel;
     size_t rela_size, jmprel_size;
     int is_self;
+    int symbolic; /* linked -Bsymbolic: its own calls never go through a slot we could patch */
     char name[256];
 };
 
@@ -88,6 +89,8 @@ static int collect_one(struct dl_phdr_info *info, size_t size, void *data)
         case DT_JMPREL: o->jmprel = (const ElfW(Rela) *)adjust(o->base, v); break;
         case DT_PLTRELSZ: o->jmprel_size = dyn->d_un.d_val; break;
         case DT_PLTREL: pltrel_is_rela = dyn->d_un.d_val == DT_RELA; break;
+        case DT_SYMBOLIC: o->symbolic = 1; break;
+        case DT_FLAGS: o->symbolic |= (dyn->d_un.d_val & DF_SYMBOLIC) != 0; break;
         }
     }
     if (!pltrel_is_rela) o->jmprel = NULL;
@@ -242,7 +245,8 @@ static int patch_relocs(const struct object *o, const ElfW(Rela) *r, size_t size
         if (definer == o && !d->patch_definer) continue;
         /* an allocator defined by a statically linked copy (node) is handled through that copy's
          * CRYPTO_set_mem_functions (static_copies.c), never by patching */
-        if (!strncmp(d->name, "CRYPTO_", 7) && definer && !strstr(definer->name, "libcrypto")) continue;
+        if (!strncmp(d->name, "CRYPTO_", 7) && definer && (!strstr(definer->name, "libcrypto") || definer->symbolic))
+            continue; /* -Bsymbolic libcrypto (upstream's default build): likewise, see static_copies.c */
         uintptr_t *slot = (uintptr_t *)(o->base + r->r_offset);
         uintptr_t cur = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
         if (cur == (uintptr_t)d->hook) continue; /* already ours */

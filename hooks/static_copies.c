@@ -26,9 +26,9 @@ struct copy {
     uint8_t status; /* STATUS_* */
 };
 
-static const char *const kind_names[] = {"static-exported", "static-symtab"};
+static const char *const kind_names[] = {"static-exported", "static-symtab", "shared-symbolic"};
 static const char *const status_names[] = {"mem-functions", "too-late", "not-tracked"};
-enum { COPY_EXPORTED, COPY_SYMTAB };
+enum { COPY_EXPORTED, COPY_SYMTAB, COPY_SYMBOLIC };
 enum { STATUS_TRACKED, STATUS_TOO_LATE, STATUS_NOT_TRACKED };
 
 static struct copy copies[MAX_COPIES];
@@ -47,7 +47,7 @@ static int uninteresting(const char *path)
     const char *b = strrchr(path, '/');
     b = b ? b + 1 : path;
     static const char *const skip[] = {"libc.so", "libm.so", "ld-linux", "libpthread", "libdl.so", "librt.so",
-                                       "libcrypto.so", "libssl.so", "libz.so", "libgcc_s", "libstdc++",
+                                       "libssl.so", "libz.so", "libgcc_s", "libstdc++",
                                        "libffi", "libexpat", "liblzma", "libbz2", "libuuid", "libtinfo",
                                        "libncurses", "libreadline", "libsqlite3", "libutil.so", "_shim"};
     for (size_t i = 0; i < sizeof skip / sizeof skip[0]; i++)
@@ -123,11 +123,49 @@ static int collect(struct dl_phdr_info *info, size_t size, void *data)
     return 0;
 }
 
+/* DT_SYMBOLIC, or DF_SYMBOLIC in DT_FLAGS, in the object's (mapped) dynamic section. */
+static int binds_symbolically(const struct dl_phdr_info *unused, uintptr_t base, const char *path)
+{
+    (void)unused;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    struct stat st;
+    int symbolic = 0;
+    if (fstat(fd, &st) == 0 && st.st_size >= (off_t)sizeof(ElfW(Ehdr))) {
+        size_t size = (size_t)st.st_size;
+        const unsigned char *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m != MAP_FAILED) {
+            const ElfW(Ehdr) *eh = (const ElfW(Ehdr) *)m;
+            if (!memcmp(eh->e_ident, ELFMAG, SELFMAG) && eh->e_phoff + (size_t)eh->e_phnum * sizeof(ElfW(Phdr)) <= size) {
+                const ElfW(Phdr) *ph = (const ElfW(Phdr) *)(m + eh->e_phoff);
+                for (int i = 0; i < eh->e_phnum; i++) {
+                    if (ph[i].p_type != PT_DYNAMIC || ph[i].p_offset + ph[i].p_filesz > size) continue;
+                    for (const ElfW(Dyn) *d = (const ElfW(Dyn) *)(m + ph[i].p_offset);
+                         (const unsigned char *)(d + 1) <= m + ph[i].p_offset + ph[i].p_filesz && d->d_tag != DT_NULL; d++)
+                        if (d->d_tag == DT_SYMBOLIC || (d->d_tag == DT_FLAGS && (d->d_un.d_val & DF_SYMBOLIC)))
+                            symbolic = 1;
+                }
+            }
+            munmap((void *)m, size);
+        }
+    }
+    close(fd);
+    (void)base;
+    return symbolic;
+}
+
 static void consider(const struct candidate *c, int at_start)
 {
     int kind = COPY_EXPORTED;
+    const char *b = strrchr(c->path, '/');
+    if (strstr(b ? b + 1 : c->path, "libcrypto.so")) {
+        /* a shared libcrypto is hooked through its relocation slots, unless it binds its own calls
+         * at link time (-Bsymbolic): then, like a static copy, through its memory functions */
+        if (!binds_symbolically(NULL, c->base, c->path)) return;
+        kind = COPY_SYMBOLIC;
+    }
     uintptr_t setter = file_defines(c->path, c->base, "CRYPTO_set_mem_functions", 1);
-    if (!setter) {
+    if (!setter && kind != COPY_SYMBOLIC) {
         kind = COPY_SYMTAB;
         setter = file_defines(c->path, c->base, "CRYPTO_set_mem_functions", 0);
     }

@@ -46,11 +46,15 @@ def openssl_copies(snap: Snapshot) -> list:
     """Every OpenSSL the target has, and how each is seen: shared libcrypto through its hooked entry
     points (per connection), static copies through their memory functions (process-wide) or not."""
     out = []
-    shared = sorted({s.library for s in snap.sites if s.library and s.library.startswith("libcrypto")})
+    via_memory_functions = {os.path.basename(c["path"]) for c in snap.copies}
+    shared = sorted({s.library for s in snap.sites
+                     if s.library and s.library.startswith("libcrypto") and s.library not in via_memory_functions})
     for lib in shared:
         out.append({"path": lib, "kind": "shared", "tracking": "hooks", "per_connection": True})
     for c in snap.copies:
-        out.append({"path": c["path"], "kind": c["kind"], "tracking": c["tracking"], "per_connection": False})
+        # a shared libcrypto linked -Bsymbolic still has hooked entry points (libssl, the app): per connection
+        out.append({"path": c["path"], "kind": c["kind"], "tracking": c["tracking"],
+                    "per_connection": c["kind"] == "shared-symbolic" and c["tracking"] == "mem-functions"})
     for copy in out:  # each copy's own bytes, from the call sites it allocated at
         lib = os.path.basename(copy["path"])
         mine = [s for s in snap.sites if s.library == lib]
@@ -181,6 +185,8 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
     all_notes = list(notes or [])
     copies = openssl_copies(snap)
     for c in copies:
+        if c["kind"] in ("shared", "shared-symbolic") and c["per_connection"]:
+            continue
         if c["tracking"] == "mem-functions":
             all_notes.append(f"statically linked OpenSSL in {c['path']}: its allocations are tracked (call sites "
                              "and causes); its connections cannot be told apart, so its bytes are process-wide")

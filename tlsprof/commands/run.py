@@ -134,8 +134,10 @@ def announce_copies(session: Session, file=sys.stderr):
         for copy in openssl_copies(snap):
             if copy["path"] not in seen:
                 seen.add(copy["path"])
-                print(f"tlsprof: OpenSSL in {copy['path']} ({copy['kind']}): "
-                      f"{HOW_TRACKED.get(copy['tracking'], copy['tracking'])}", file=file)
+                how = HOW_TRACKED.get(copy["tracking"], copy["tracking"])
+                if copy["kind"] == "shared-symbolic" and copy["per_connection"]:
+                    how = "linked -Bsymbolic: tracked through its own allocator, per connection"
+                print(f"tlsprof: OpenSSL in {copy['path']} ({copy['kind']}): {how}", file=file)
     session.on_snapshot.append(on_snapshot)
 
 

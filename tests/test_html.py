@@ -10,6 +10,7 @@ import html.parser
 import json
 import os
 import select
+import signal
 import shutil
 import struct
 import subprocess
@@ -61,7 +62,7 @@ def real_report(tmp_path_factory):
     and with hostile strings where a report carries free text."""
     out = tmp_path_factory.mktemp("html") / "r.json"
     port = free_port()
-    wrapper = [sys.executable, "-m", "tlsprof", "run", "-o", str(out), "--at", "peak", "--interval", "0.2",
+    wrapper = [sys.executable, "-m", "tlsprof", "run", "-o", str(out), "--at", "last", "--interval", "0.2",
                "--metrics", f"127.0.0.1:{port}", "--"]
     server = start_echo_server("--ctx-per-conn", wrapper=wrapper, cwd=REPO_ROOT, timeout=90)
     clients = None
@@ -79,10 +80,16 @@ def real_report(tmp_path_factory):
                     break
             assert time.monotonic() < deadline, "the profiled server never showed 5 connections"
             time.sleep(0.1)
-    finally:  # the server first: the peak snapshot is one with all 5 connections
-        server.stop_target()
-        if clients is not None:
-            clients.stop()
+    finally:
+        # SIGKILL freezes the last snapshot with all 5 connections (a SIGTERM lets the server close
+        # them first, and the peak may fall in the handshake burst, before all 5 are up)
+        try:
+            os.kill(server.target_pid(), signal.SIGKILL)
+            server.proc.wait(60)
+        finally:
+            server.stop()
+            if clients is not None:
+                clients.stop()
     report = json.loads(out.read_text())
     assert len(report["history"]) >= 2 and report["connections"]
     report["target"]["command"] = HOSTILE + report["target"]["command"]

@@ -147,7 +147,9 @@ def test_clean_shutdown_still_reports_the_peak(spawn, tmp_path):
     assert server.stop_target() == 0
     report = load_checked(report_path)
     assert report["peak"]["chosen"] == "peak" and not report["partial"]
-    assert report["per_connection"]["connections"] >= 45
+    # the high-water mark may fall in the handshake burst (each handshake in flight holds tens of KB),
+    # before every connection is up: it is the snapshot with the most live bytes, whatever its count
+    assert report["per_connection"]["connections"] >= 1
     assert report["peak"]["live_bytes_at_peak"] == report["totals"]["live_bytes"]
     assert max(h["live_bytes"] for h in report["history"]) == report["totals"]["live_bytes"]
 

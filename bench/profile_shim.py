@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 
-import _common
 import _servers
 import hsload
 

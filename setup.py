@@ -21,7 +21,9 @@ shim = Extension(
     libraries=["dl", "pthread"],
     extra_compile_args=["-std=gnu11", "-O2", "-fvisibility=hidden", "-Wall", "-Wextra",
                         "-Wno-unused-parameter", "-fno-omit-frame-pointer"],
-    extra_link_args=["-Wl,-z,nodelete"],
+    # nodelete: hooks may still be running when someone dlcloses us; no-undefined: a missing
+    # symbol must fail the build, not the target at its first allocation
+    extra_link_args=["-Wl,-z,nodelete", "-Wl,--no-undefined"],
 )
 
 setup(ext_modules=[shim], cmdclass={"build_ext": BuildShim})

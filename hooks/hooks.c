@@ -246,8 +246,12 @@ static void *realloc_common(void *old, size_t n, const char *file, int line, enu
     if (!p) {
         if (had && n) { /* failed: the old block is still there */
             struct block stale;
-            blocks_insert((uintptr_t)old, b.owner, b.site, b.slack, &stale);
-            count(b.owner, b.site, (int64_t)(old_usable + GLIBC_HEADER), (int64_t)(old_usable - b.slack), 1);
+            if (blocks_insert((uintptr_t)old, b.owner, b.site, b.slack, &stale) >= 0)
+                count(b.owner, b.site, (int64_t)(old_usable + GLIBC_HEADER), (int64_t)(old_usable - b.slack), 1);
+            else {
+                __atomic_add_fetch(&untracked_bytes, (int64_t)(old_usable + GLIBC_HEADER), __ATOMIC_RELAXED);
+                __atomic_add_fetch(&untracked_blocks, 1, __ATOMIC_RELAXED);
+            }
         }
         return p;
     }

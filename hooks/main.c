@@ -23,6 +23,7 @@ const char *tlsprof_openssl_version(void)
 
 static void before_fork(void)
 {
+    pytrace_lock();
     interpose_lock();
     sites_lock();
     owners_lock_all();
@@ -35,6 +36,7 @@ static void after_fork_parent(void)
     owners_unlock_all();
     sites_unlock();
     interpose_unlock();
+    pytrace_unlock();
 }
 
 /* The child inherits the parent's blocks, which are now also its own: it keeps counting them, and
@@ -45,6 +47,7 @@ static void after_fork_child(void)
     owners_unlock_all();
     sites_unlock();
     interpose_unlock();
+    pytrace_unlock();
     pthread_mutex_init(&start_lock, NULL);
     if (tlsprof_active) channel_after_fork_child();
 }

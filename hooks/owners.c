@@ -8,23 +8,15 @@
 
 #include "shim.h"
 
-#define CHUNK 256
-#define N_CHUNKS (MAX_OWNERS / CHUNK)
+#define CHUNK OWNER_CHUNK
 
-static struct owner *chunks[N_CHUNKS];
+struct owner *owner_chunks[OWNER_CHUNKS]; /* chunks never move once published */
 static uint32_t n_slots_used = 1; /* slot 0 is the process */
 static uint32_t *free_list;
 static uint32_t n_free, cap_free;
 static uint64_t next_serial = 1;
 static pthread_mutex_t owners_mutex = PTHREAD_MUTEX_INITIALIZER;
-static struct owner process_owner = {.kind = OWNER_PROCESS, .alive = 1, .flags = OWNER_F_IN_USE};
-
-struct owner *owner_at(uint32_t idx)
-{
-    if (idx == 0) return &process_owner;
-    struct owner *c = __atomic_load_n(&chunks[idx / CHUNK], __ATOMIC_ACQUIRE);
-    return c ? &c[idx % CHUNK] : &process_owner;
-}
+struct owner process_owner = {.kind = OWNER_PROCESS, .alive = 1, .flags = OWNER_F_IN_USE};
 
 uint32_t owner_count_slots(void) { return __atomic_load_n(&n_slots_used, __ATOMIC_ACQUIRE); }
 
@@ -64,11 +56,11 @@ uint32_t owner_new(uint8_t kind, uintptr_t ptr, uint32_t ctx, int pre_attach)
         idx = free_list[--n_free];
     } else if (n_slots_used < MAX_OWNERS) {
         uint32_t c = n_slots_used / CHUNK;
-        if (!chunks[c]) {
+        if (!owner_chunks[c]) {
             struct owner *mem = calloc(CHUNK, sizeof *mem);
-            if (mem) __atomic_store_n(&chunks[c], mem, __ATOMIC_RELEASE);
+            if (mem) __atomic_store_n(&owner_chunks[c], mem, __ATOMIC_RELEASE);
         }
-        if (chunks[c]) {
+        if (owner_chunks[c]) {
             idx = n_slots_used;
             __atomic_store_n(&n_slots_used, idx + 1, __ATOMIC_RELEASE);
         }

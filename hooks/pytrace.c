@@ -211,3 +211,7 @@ EXPORT int tlsprof_pytrace_stats(int64_t *out3)
     out3[2] = pend_dropped;
     return tm_active;
 }
+
+/* fork: taken before, released after in both processes (main.c), so no child inherits it held */
+void pytrace_lock(void) { pthread_mutex_lock(&pend_lock); }
+void pytrace_unlock(void) { pthread_mutex_unlock(&pend_lock); }

@@ -55,7 +55,18 @@ struct owner {
 
 void owners_and_objects_reset(void);
 uint32_t owner_new(uint8_t kind, uintptr_t ptr, uint32_t ctx, int pre_attach);
-struct owner *owner_at(uint32_t idx);
+#define OWNER_CHUNK 256
+#define OWNER_CHUNKS (MAX_OWNERS / OWNER_CHUNK)
+extern struct owner *owner_chunks[OWNER_CHUNKS];
+extern struct owner process_owner;
+
+/* Every allocation looks its owner up: inline, one load of a chunk that never moves. */
+static inline struct owner *owner_at(uint32_t idx)
+{
+    if (idx == 0) return &process_owner;
+    struct owner *c = __atomic_load_n(&owner_chunks[idx / OWNER_CHUNK], __ATOMIC_ACQUIRE);
+    return c ? &c[idx % OWNER_CHUNK] : &process_owner;
+}
 uint32_t owner_count_slots(void);
 void owner_mark_dead(uint32_t idx);
 void owners_sweep(void);
@@ -100,7 +111,8 @@ struct site {
 };
 #define MAX_SITES 16384
 uint16_t site_intern(const char *file, int line, uint8_t scope);
-struct site *site_at(uint16_t id);
+extern struct site site_table[MAX_SITES];
+static inline struct site *site_at(uint16_t id) { return &site_table[id]; }
 uint32_t sites_used(void);
 void sites_reset_counters(void);
 void sites_lock(void);
@@ -137,6 +149,10 @@ void static_copies_scan(int at_start);
 int static_copies_count(void);
 void static_copy_describe(int i, const char **kind, const char **status, const char **path);
 int tlsprof_preloaded(void); /* started by the preload constructor, before main() */
+
+/* ---- pytrace.c: --tracemalloc ---- */
+void pytrace_lock(void);
+void pytrace_unlock(void);
 
 /* ---- pyagent.c: the Python agent after an attach ---- */
 void pyagent_start(const char *channel_dir);

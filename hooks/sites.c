@@ -11,7 +11,7 @@
 #define SITE_MASK (MAX_SITES - 1)
 
 /* id 0 = overflow: the table is full */
-static struct site sites[MAX_SITES] = {[0] = {.cause = C_OTHER, .used = 1}};
+struct site site_table[MAX_SITES] = {[0] = {.cause = C_OTHER, .used = 1}};
 static uint32_t n_sites = 1;
 static pthread_mutex_t sites_mutex = PTHREAD_MUTEX_INITIALIZER;
 static uint16_t slot_to_id[MAX_SITES];
@@ -54,7 +54,7 @@ uint16_t site_intern(const char *file, int line, uint8_t scope)
             /* keep the index at most half full, and id 0 reserved */
             if (n_sites >= MAX_SITES / 2) break;
             id = (uint16_t)n_sites;
-            struct site *s = &sites[id];
+            struct site *s = &site_table[id];
             s->file = file;
             s->name = file ? strndup(file, 200) : NULL;
             s->line = line;
@@ -80,16 +80,14 @@ uint16_t site_intern(const char *file, int line, uint8_t scope)
     return id;
 }
 
-struct site *site_at(uint16_t id) { return &sites[id]; }
-
 uint32_t sites_used(void) { return __atomic_load_n(&n_sites, __ATOMIC_ACQUIRE); }
 
 void sites_reset_counters(void)
 {
     for (uint32_t i = 0; i < MAX_SITES; i++) {
-        __atomic_store_n(&sites[i].bytes, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&sites[i].requested, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&sites[i].blocks, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&site_table[i].bytes, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&site_table[i].requested, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&site_table[i].blocks, 0, __ATOMIC_RELAXED);
     }
 }
 

@@ -4,6 +4,7 @@
  * that never touches OpenSSL pays nothing. When a shard cannot grow, the insert fails and the caller
  * counts the block as untracked instead of failing the target's allocation. */
 #define _GNU_SOURCE
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,8 +13,22 @@
 #define N_SHARDS 64
 #define MIN_CAP 256
 
+/* A test-and-test-and-set spinlock: a shard is held for one probe (a grow is the rare long case),
+ * and a mutex's call and futex bookkeeping cost more than the work it guards. */
+static inline void spin_lock(int *l)
+{
+    for (unsigned spins = 0; __atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE);) {
+        while (__atomic_load_n(l, __ATOMIC_RELAXED)) {
+            if (++spins < 64) __builtin_ia32_pause();
+            else sched_yield(); /* the holder was preempted: let it run */
+        }
+    }
+}
+
+static inline void spin_unlock(int *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+
 struct shard {
-    pthread_mutex_t lock;
+    int lock;
     struct block *slots;
     size_t cap, count;
 } __attribute__((aligned(64)));
@@ -36,7 +51,6 @@ static inline struct shard *shard_for(uint64_t h) { return &shards[h >> 58]; }
 __attribute__((constructor)) static void shards_init(void)
 {
     if (shards_ready) return;
-    for (int i = 0; i < N_SHARDS; i++) pthread_mutex_init(&shards[i].lock, NULL);
     const char *cap = getenv("TLSPROF_MAX_BLOCKS");
     if (cap && *cap) max_blocks = strtoull(cap, NULL, 10);
     shards_ready = 1;
@@ -71,24 +85,24 @@ int blocks_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, 
 {
     uint64_t h = hash_ptr(ptr);
     struct shard *s = shard_for(h);
-    pthread_mutex_lock(&s->lock);
+    spin_lock(&s->lock);
     if ((s->count + 1) * 4 > s->cap * 3 && grow(s) != 0) {
-        pthread_mutex_unlock(&s->lock);
+        spin_unlock(&s->lock);
         return -1;
     }
     size_t i = probe(s, ptr, h);
     int was = s->slots[i].key != 0;
     if (!was && max_blocks && __atomic_load_n(&total_blocks, __ATOMIC_RELAXED) >= max_blocks) {
-        pthread_mutex_unlock(&s->lock);
+        spin_unlock(&s->lock);
         return -1;
     }
     if (was) *replaced = s->slots[i];
     else {
         s->count++;
-        __atomic_add_fetch(&total_blocks, 1, __ATOMIC_RELAXED);
+        if (max_blocks) __atomic_add_fetch(&total_blocks, 1, __ATOMIC_RELAXED); /* only for the cap */
     }
     s->slots[i] = (struct block){ptr, owner, site, slack};
-    pthread_mutex_unlock(&s->lock);
+    spin_unlock(&s->lock);
     return was;
 }
 
@@ -96,14 +110,14 @@ int blocks_remove(uintptr_t ptr, struct block *out)
 {
     uint64_t h = hash_ptr(ptr);
     struct shard *s = shard_for(h);
-    pthread_mutex_lock(&s->lock);
+    spin_lock(&s->lock);
     if (!s->cap) {
-        pthread_mutex_unlock(&s->lock);
+        spin_unlock(&s->lock);
         return 0;
     }
     size_t mask = s->cap - 1, i = probe(s, ptr, h);
     if (!s->slots[i].key) {
-        pthread_mutex_unlock(&s->lock);
+        spin_unlock(&s->lock);
         return 0;
     }
     *out = s->slots[i];
@@ -120,8 +134,8 @@ int blocks_remove(uintptr_t ptr, struct block *out)
     }
     s->slots[hole].key = 0;
     s->count--;
-    __atomic_sub_fetch(&total_blocks, 1, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&s->lock);
+    if (max_blocks) __atomic_sub_fetch(&total_blocks, 1, __ATOMIC_RELAXED);
+    spin_unlock(&s->lock);
     return 1;
 }
 
@@ -130,7 +144,7 @@ int blocks_mark_object(uintptr_t ptr)
     uint64_t h = hash_ptr(ptr);
     struct shard *s = shard_for(h);
     int found = 0;
-    pthread_mutex_lock(&s->lock);
+    spin_lock(&s->lock);
     if (s->cap) {
         size_t i = probe(s, ptr, h);
         if (s->slots[i].key) {
@@ -138,7 +152,7 @@ int blocks_mark_object(uintptr_t ptr)
             found = 1;
         }
     }
-    pthread_mutex_unlock(&s->lock);
+    spin_unlock(&s->lock);
     return found;
 }
 
@@ -146,13 +160,13 @@ void blocks_reset(void)
 {
     for (int k = 0; k < N_SHARDS; k++) {
         struct shard *s = &shards[k];
-        pthread_mutex_lock(&s->lock);
+        spin_lock(&s->lock);
         free(s->slots);
         s->slots = NULL;
         __atomic_sub_fetch(&total_blocks, s->count, __ATOMIC_RELAXED);
         __atomic_store_n(&s->cap, 0, __ATOMIC_RELAXED);
         s->count = 0;
-        pthread_mutex_unlock(&s->lock);
+        spin_unlock(&s->lock);
     }
 }
 
@@ -163,30 +177,40 @@ size_t blocks_memory(void)
     return m;
 }
 
-size_t blocks_count(void) { return __atomic_load_n(&total_blocks, __ATOMIC_RELAXED); }
+/* Snapshot time only: sums the shards under their locks (no global counter on the hot path). */
+size_t blocks_count(void)
+{
+    size_t n = 0;
+    for (int k = 0; k < N_SHARDS; k++) {
+        spin_lock(&shards[k].lock);
+        n += shards[k].count;
+        spin_unlock(&shards[k].lock);
+    }
+    return n;
+}
 
 void blocks_visit_owner(uint32_t owner, block_visit_fn fn, void *arg)
 {
     for (int k = 0; k < N_SHARDS; k++) {
         struct shard *s = &shards[k];
-        pthread_mutex_lock(&s->lock);
+        spin_lock(&s->lock);
         for (size_t i = 0; i < s->cap; i++)
             if (s->slots[i].key && s->slots[i].owner == owner) fn(&s->slots[i], arg);
-        pthread_mutex_unlock(&s->lock);
+        spin_unlock(&s->lock);
     }
 }
 
 void blocks_lock_all(void)
 {
-    for (int k = 0; k < N_SHARDS; k++) pthread_mutex_lock(&shards[k].lock);
+    for (int k = 0; k < N_SHARDS; k++) spin_lock(&shards[k].lock);
 }
 
 void blocks_unlock_all(void)
 {
-    for (int k = N_SHARDS - 1; k >= 0; k--) pthread_mutex_unlock(&shards[k].lock);
+    for (int k = N_SHARDS - 1; k >= 0; k--) spin_unlock(&shards[k].lock);
 }
 
 void blocks_reinit_locks(void)
 {
-    for (int k = 0; k < N_SHARDS; k++) pthread_mutex_init(&shards[k].lock, NULL);
+    for (int k = 0; k < N_SHARDS; k++) __atomic_store_n(&shards[k].lock, 0, __ATOMIC_RELEASE);
 }

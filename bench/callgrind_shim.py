@@ -35,7 +35,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=200)
     p.add_argument("--threaded", action="store_true")
-    p.add_argument("--variants", default="full,spin,lto,spinlto,batch,notable")
+    p.add_argument("--variants", default="full,lto,batch,notable")
     p.add_argument("--top", type=int, default=20)
     a = p.parse_args(argv)
     if not shutil.which("valgrind"):

@@ -4,6 +4,7 @@ The wire format is the shim's text snapshot (hooks/channel.c): a header, one `O`
 (process, context, connection) with counters by cause, one `F` line of kernel facts per live connection with an fd (fd_open, fd_ino, fd_sock), one `S`
 line per live call site, `END`.
 """
+import gc
 import socket
 from dataclasses import dataclass, field
 
@@ -17,14 +18,14 @@ SCOPE_NAMES = ("none", "ctx_new", "ctx", "ca_store", "own_cert", "ssl_new", "han
 SSL_MODE_RELEASE_BUFFERS = 0x10
 
 
-@dataclass
+@dataclass(slots=True)
 class Counters:
     bytes: int = 0
     requested: int = 0
     blocks: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Owner:
     index: int
     serial: int
@@ -40,19 +41,11 @@ class Owner:
     mode_known: bool
     peer: str
     by_cause: dict = field(default_factory=dict)  # cause -> Counters
-    facts: dict = field(default_factory=dict)  # from `F` lines: key -> int (e.g. fd_open, fd_ino)
-
-    @property
-    def live_bytes(self):
-        return sum(c.bytes for c in self.by_cause.values())
-
-    @property
-    def requested_bytes(self):
-        return sum(c.requested for c in self.by_cause.values())
-
-    @property
-    def live_blocks(self):
-        return sum(c.blocks for c in self.by_cause.values())
+    # sums over by_cause, computed once when parsed (a 10k-connection snapshot reads them often)
+    live_bytes: int = 0
+    requested_bytes: int = 0
+    live_blocks: int = 0
+    facts: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -77,11 +70,14 @@ class Snapshot:
     sites: list
     copies: list = field(default_factory=list)  # statically linked OpenSSL copies found
     taken_at: float = 0.0  # wall clock, set by the caller
+    _live_bytes: int = None  # cached sum (snapshots are never changed once parsed)
     rss_bytes: int = 0
 
     @property
     def live_bytes(self):
-        return sum(o.live_bytes for o in self.owners)
+        if self._live_bytes is None:
+            self._live_bytes = sum(o.live_bytes for o in self.owners)
+        return self._live_bytes
 
     @property
     def connections(self):
@@ -117,6 +113,18 @@ def _cause_name(index: int) -> str:
 
 
 def parse_snapshot(text: str) -> Snapshot:
+    # tens of thousands of small objects, no cycles among them: the cyclic GC would only rescan
+    # them again and again while they are made
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse_snapshot(text)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _parse_snapshot(text: str) -> Snapshot:
     lines = text.split("\n")
     if not lines or lines[0] != "tlsprof-snapshot 1":
         raise ChannelError("the shim answered something that is not a snapshot")
@@ -177,14 +185,18 @@ def _parse_facts(by_index, f) -> None:
 
 def _parse_owner(f) -> Owner:
     by_cause = {}
+    live = requested = blocks = 0
     for item in f[13:]:
         c, b, r, n = item.split(":")
-        by_cause[_cause_name(int(c))] = Counters(int(b), int(r), int(n))
-    return Owner(index=int(f[0]), serial=int(f[1]), kind=KIND_NAMES.get(int(f[2]), "process"),
-                 ptr=int(f[3], 16), ctx_serial=int(f[4]), state=STATE_NAMES.get(int(f[5]), "handshake"),
-                 fd=int(f[6]), alive=f[7] == "1", pre_attach=f[8] == "1", age_s=int(f[9]) / 1e9,
-                 mode=int(f[10], 16), mode_known=f[11] == "1", peer=None if f[12] == "-" else f[12],
-                 by_cause=by_cause)
+        b, r, n = int(b), int(r), int(n)
+        by_cause[_cause_name(int(c))] = Counters(b, r, n)
+        live += b
+        requested += r
+        blocks += n
+    return Owner(int(f[0]), int(f[1]), KIND_NAMES.get(int(f[2]), "process"), int(f[3], 16), int(f[4]),
+                 STATE_NAMES.get(int(f[5]), "handshake"), int(f[6]), f[7] == "1", f[8] == "1",
+                 int(f[9]) / 1e9, int(f[10], 16), f[11] == "1", None if f[12] == "-" else f[12],
+                 by_cause, live, requested, blocks)
 
 
 def snapshot(path: str, timeout: float = 5.0) -> Snapshot:

@@ -184,6 +184,51 @@ static void snapshot(struct buf *b)
     put(b, "END\n");
 }
 
+/* Drill-down: one owner's live blocks per call site, counted from the block table on demand. Block
+ * sizes are not kept per block (16-byte slots), and reading a block's memory from this thread is not
+ * safe, so the answer is counts; the front end labels any byte figure built from them an estimate. */
+struct owner_sites {
+    uint32_t *blocks; /* by site id */
+};
+
+static void count_owner_block(const struct block *b, void *arg)
+{
+    struct owner_sites *o = arg;
+    o->blocks[b->site]++;
+}
+
+static void owner_sites(struct buf *b, const char *arg)
+{
+    char *end;
+    unsigned long serial = strtoul(arg, &end, 10);
+    if (end == arg) {
+        put(b, "ERR usage: OWNER <serial>\n");
+        return;
+    }
+    uint32_t n = owner_count_slots(), idx = UINT32_MAX;
+    for (uint32_t i = 0; i < n && idx == UINT32_MAX; i++) {
+        struct owner *o = owner_at(i);
+        if ((__atomic_load_n(&o->flags, __ATOMIC_ACQUIRE) & OWNER_F_IN_USE) &&
+            __atomic_load_n(&o->serial, __ATOMIC_RELAXED) == serial)
+            idx = i;
+    }
+    if (idx == UINT32_MAX) {
+        put(b, "ERR no such owner\n");
+        return;
+    }
+    struct owner_sites acc = {calloc(MAX_SITES, sizeof(uint32_t))};
+    if (!acc.blocks) {
+        b->failed = 1;
+        return;
+    }
+    blocks_visit_owner(idx, count_owner_block, &acc);
+    put(b, "tlsprof-owner 1\n");
+    for (uint32_t i = 0; i < MAX_SITES; i++)
+        if (acc.blocks[i]) put(b, "W %u %u\n", i, acc.blocks[i]);
+    put(b, "END\n");
+    free(acc.blocks);
+}
+
 static void send_all(int fd, const char *p, size_t len)
 {
     while (len) {
@@ -227,6 +272,8 @@ static int serve(int fd)
     int stop = 0;
     if (!strcmp(cmd, "PING")) {
         put(&b, "PONG %d\n", (int)getpid());
+    } else if (!strncmp(cmd, "OWNER ", 6)) {
+        owner_sites(&b, cmd + 6);
     } else if (!strcmp(cmd, "SNAPSHOT")) {
         snapshot(&b);
     } else if (!strcmp(cmd, "DETACH")) {

@@ -167,9 +167,15 @@ def test_sorting_filtering_and_drill_down(server, spawn):
             await pilot.press("enter")
             await pilot.pause(0.2)
             assert isinstance(app.screen, ConnectionScreen) and app.screen.conn_id == chosen
+            for _ in range(50):  # the connection's own call sites arrive from the shim off the UI thread
+                if app.screen.sites is not None:
+                    break
+                await pilot.pause(0.1)
             text = _text(app.screen.query_one("#detail"))
             assert "own" in text and "context share" in text and "cipher state" in text
-            assert "shared by 8 connection(s)" in text and "process-wide" in text
+            assert "shared by 8 connection(s)" in text
+            assert "Call sites of this connection" in text and "≈" in text
+            assert app.screen.sites and all(site["blocks"] > 0 for site in app.screen.sites)
             head = _text(app.screen.query_one("#detail-head"))
             assert chosen in head and "127.0.0.1:" in head
             await pilot.press("escape")

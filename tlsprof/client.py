@@ -58,6 +58,7 @@ class Site:
     requested: int
     blocks: int
     library: str = None
+    id: int = None
 
 
 @dataclass
@@ -159,7 +160,7 @@ def _parse_snapshot(text: str) -> Snapshot:
                 sites.append(Site(file=f[8], line=int(f[3]), cause=_cause_name(int(f[1])),
                                   scope=SCOPE_NAMES[int(f[2])] if int(f[2]) < len(SCOPE_NAMES) else "none",
                                   bytes=int(f[4]), requested=int(f[5]), blocks=int(f[6]),
-                                  library=None if f[7] == "-" else f[7]))
+                                  library=None if f[7] == "-" else f[7], id=int(f[0])))
             elif tag == "C":
                 kind, status, path = rest.split(" ", 2)
                 copies.append({"path": path, "kind": kind, "tracking": status})
@@ -197,6 +198,26 @@ def _parse_owner(f) -> Owner:
                  STATE_NAMES.get(int(f[5]), "handshake"), int(f[6]), f[7] == "1", f[8] == "1",
                  int(f[9]) / 1e9, int(f[10], 16), f[11] == "1", None if f[12] == "-" else f[12],
                  by_cause, live, requested, blocks)
+
+
+def owner_sites(path: str, serial: int, snap: Snapshot, timeout: float = 5.0) -> list:
+    """Call sites of one context's or connection's live blocks (drill-down). Block counts are exact;
+    `approx_bytes` is each count times that site's mean block size in `snap` (the shim keeps no size
+    per block), so it is an estimate and says so."""
+    text = ask(path, f"OWNER {int(serial)}", timeout)
+    lines = text.split("\n")
+    if not lines or lines[0] != "tlsprof-owner 1" or "END" not in lines:
+        raise ChannelError(text.strip().splitlines()[0] if text.strip() else "no answer to OWNER")
+    by_id = {site.id: site for site in snap.sites}
+    out = []
+    for line in lines[1:lines.index("END")]:
+        _, site_id, blocks = line.split()
+        site, blocks = by_id.get(int(site_id)), int(blocks)
+        mean = site.bytes / site.blocks if site and site.blocks else 0
+        out.append({"file": site.file if site else None, "line": site.line if site else None,
+                    "cause": site.cause if site else "other", "library": site.library if site else None,
+                    "blocks": blocks, "approx_bytes": int(round(blocks * mean)), "estimate": True})
+    return sorted(out, key=lambda s: -s["approx_bytes"])
 
 
 def snapshot(path: str, timeout: float = 5.0) -> Snapshot:

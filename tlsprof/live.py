@@ -34,6 +34,7 @@ from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
 
+from tlsprof import client
 from tlsprof.causes import CAUSES, label
 from tlsprof.render import human_age, human_bytes
 
@@ -453,6 +454,7 @@ class ConnectionScreen(Screen):
         self.last_conn = None
         self.closed = False
         self.data = data
+        self.sites = None  # this connection's call sites, asked of the shim off the UI thread
 
     def compose(self) -> ComposeResult:
         yield Static(id="detail-head")
@@ -461,6 +463,22 @@ class ConnectionScreen(Screen):
         yield Footer()
 
     def on_mount(self):
+        self.show(self.data)
+        self.run_worker(self._fetch_sites, thread=True, exclusive=True)
+
+    def _fetch_sites(self):
+        """One OWNER request to the shim: this connection's live blocks per call site."""
+        try:
+            session = self.app.session
+            snap = session.last
+            serial = int(str(self.conn_id).rsplit("-", 1)[-1])
+            sites = client.owner_sites(os.path.join(session.channel_dir, f"{snap.pid}.sock"), serial, snap)
+        except Exception:  # the target went away, or no snapshot yet: keep the process-wide view
+            return
+        self.app.call_from_thread(self._got_sites, sites)
+
+    def _got_sites(self, sites):
+        self.sites = sites
         self.show(self.data)
 
     def show(self, data: ViewData):
@@ -478,7 +496,14 @@ class ConnectionScreen(Screen):
             body.update("")
             return
         head.update(render_connection_head(conn, self.closed))
-        body.update(render_connection_detail(conn, data))
+        body.update(render_connection_detail(conn, data, self.sites))
+
+
+def _where(site: dict) -> str:
+    f = site.get("file") or "?"
+    while f.startswith("../"):
+        f = f[3:]
+    return f + (f":{site['line']}" if site.get("line") is not None else "")
 
 
 def render_connection_head(conn: dict, closed: bool) -> Text:
@@ -490,7 +515,7 @@ def render_connection_head(conn: dict, closed: bool) -> Text:
     return t
 
 
-def render_connection_detail(conn: dict, data: ViewData):
+def render_connection_detail(conn: dict, data: ViewData, own_sites=None):
     parts = []
     own = conn.get("live_bytes", 0)
     share = conn.get("context_share_bytes", 0) or 0
@@ -523,20 +548,26 @@ def render_connection_detail(conn: dict, data: ViewData):
     parts.append(table)
     parts.append(Text(""))
     held = set(causes)
-    sites = [s for s in data.report.get("sites", []) if s.get("cause") in held][:TOP_SITES]
-    st = Table(title="Top call sites of these causes (process-wide: the shim keeps sites per "
-                     "cause, not per connection)", title_justify="left", title_style="bold",
-               box=None, pad_edge=False)
-    for name, justify in (("Site", "left"), ("Cause", "left"), ("Live", "right")):
-        st.add_column(name, justify=justify)
-    for s in sites:
-        f = s.get("file") or "?"
-        while f.startswith("../"):
-            f = f[3:]
-        where = f + (f":{s['line']}" if s.get("line") is not None else "")
-        st.add_row(Text(where), label(s.get("cause")), human_bytes(s.get("live_bytes", 0)))
-    if not sites:
-        st.add_row("(none)", "", "")
+    if own_sites is not None:
+        st = Table(title="Call sites of this connection's own blocks (counts exact; bytes ≈ count × "
+                         "the site's mean block size)", title_justify="left", title_style="bold",
+                   box=None, pad_edge=False)
+        for name, justify in (("Site", "left"), ("Cause", "left"), ("Blocks", "right"), ("≈ Bytes", "right")):
+            st.add_column(name, justify=justify)
+        for s in own_sites[:TOP_SITES]:
+            st.add_row(Text(_where(s)), label(s.get("cause")), str(s["blocks"]), "≈ " + human_bytes(s["approx_bytes"]))
+        if not own_sites:
+            st.add_row("(no live blocks of its own)", "", "", "")
+    else:
+        sites = [s for s in data.report.get("sites", []) if s.get("cause") in held][:TOP_SITES]
+        st = Table(title="Top call sites of these causes (process-wide)", title_justify="left",
+                   title_style="bold", box=None, pad_edge=False)
+        for name, justify in (("Site", "left"), ("Cause", "left"), ("Live", "right")):
+            st.add_column(name, justify=justify)
+        for s in sites:
+            st.add_row(Text(_where(s)), label(s.get("cause")), human_bytes(s.get("live_bytes", 0)))
+        if not sites:
+            st.add_row("(none)", "", "")
     parts.append(st)
     py = conn.get("python")
     if isinstance(py, dict):

@@ -934,6 +934,7 @@ def run_live(session, target, args, *, is_alive=None, mode=None):
     ours to know). The caller writes the report (and detaches, when attached) after this returns.
     Without a terminal on stdout, it collects without a view (the caller prints the text report).
     """
+    session.agent_async = True  # a refresh never waits for the Python agent's scan
     if target is None:
         target = session.main_pid
     tgt = Target(target, is_alive)

@@ -33,6 +33,10 @@ class Session:
         self.on_snapshot = []  # callbacks(snapshot), e.g. the live view or the metrics endpoint
         # poll() runs on one thread while the live view and the metrics endpoint read reports on others
         self._lock = threading.RLock()
+        self.agent_async = False
+        self._agent_lock = threading.Lock()
+        self._agent_thread = None
+        self._agent_docs = {}
 
     def sockets(self):
         out = {}
@@ -72,7 +76,7 @@ class Session:
             if pid != self.focus_pid:
                 self.others[pid] = s.live_bytes
         snap = snaps[self.focus_pid]
-        snap.python = linkage.fetch(self.channel_dir, snap.pid)  # None unless a Python agent runs there
+        snap.python = self._agent_answer(snap.pid)  # None unless a Python agent runs there
         snap.taken_at = time.time()
         try:
             snap.rss_bytes = psutil.Process(snap.pid).memory_info().rss
@@ -89,6 +93,25 @@ class Session:
         for callback in self.on_snapshot:
             callback(snap)
         return snap
+
+    def _agent_answer(self, pid):
+        """The Python agent's view of `pid`. A full agent snapshot of a large process takes seconds
+        (it walks every gc object under the GIL): with `agent_async` (the live view) the newest
+        answer in hand is used and the next is fetched in the background, so a refresh never waits
+        for it; otherwise (reports) the join uses an answer fetched now."""
+        if not self.agent_async:
+            return linkage.fetch(self.channel_dir, pid)
+        with self._agent_lock:
+            if self._agent_thread is None or not self._agent_thread.is_alive():
+                self._agent_thread = threading.Thread(target=self._fetch_agent, args=(pid,),
+                                                      name="tlsprof-agent-fetch", daemon=True)
+                self._agent_thread.start()
+            return self._agent_docs.get(pid)
+
+    def _fetch_agent(self, pid):
+        doc = linkage.fetch(self.channel_dir, pid)
+        with self._agent_lock:
+            self._agent_docs[pid] = doc
 
     def latest_report(self):
         """The report of the newest snapshot (what the live view and the metrics endpoint show)."""

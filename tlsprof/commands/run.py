@@ -142,26 +142,43 @@ def announce_copies(session: Session, file=sys.stderr):
 
 
 def _collect(proc: subprocess.Popen, session: Session, interval: float) -> int:
-    def forward(signum, frame):
-        try:
-            proc.send_signal(signum)
-        except ProcessLookupError:
-            pass
+    """Snapshot every `interval` s until the target exits. A stop signal sent to tlsprof is
+    forwarded after one last snapshot, and no snapshot is taken after it: the target's own teardown
+    (closing every connection) never becomes the report's `last` snapshot."""
+    pending = []  # signals to forward, in order
+    stopping = []
+
+    def on_signal(signum, frame):
+        pending.append(signum)
 
     def on_sigint(signum, frame):
-        if not (sys.stdin and sys.stdin.isatty()):
-            forward(signum, frame)  # a terminal's Ctrl-C reached the target already
+        if sys.stdin and sys.stdin.isatty():
+            stopping.append(signum)  # a terminal's Ctrl-C reached the target already: stop looking
+        else:
+            pending.append(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
     previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_sigint)
     try:
         next_at = time.monotonic()
         first = True
         while True:
-            try:
-                return proc.wait(timeout=max(0.0, next_at - time.monotonic()))
+            try:  # short waits: a signal to forward is acted on within 50 ms
+                return proc.wait(timeout=min(0.05, max(0.0, next_at - time.monotonic())))
             except subprocess.TimeoutExpired:
                 pass
+            if pending:
+                if not stopping:
+                    session.poll()  # the last view of the target before it is asked to stop
+                    stopping.append(pending[0])
+                while pending:
+                    try:
+                        proc.send_signal(pending.pop(0))
+                    except ProcessLookupError:
+                        pass
+                continue
+            if stopping or time.monotonic() < next_at:
+                continue
             snap = session.poll()
             # until the shim answers the first time, look again soon
             if snap is None and first:

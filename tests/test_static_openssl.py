@@ -89,6 +89,9 @@ def test_twisted_from_debian_uses_the_system_libssl(tmp_path, cert_dir):
     assert report["per_connection"]["connections"] == 100  # measured per connection, through the hooks
     assert report["per_connection"]["by_cause"].get("record_buffers", 0) > 16_000
     assert all(c["state"] == "established" for c in report["connections"])
+    # the Python agent joins pyOpenSSL's objects to the SSL* the shim tracks (issue: Python linkage)
+    assert report["python"]["join"] == "on"
+    assert all((c.get("python") or {}).get("type") == "OpenSSL.SSL.Connection" for c in report["connections"])
 
 
 def _node_is_static():

@@ -86,8 +86,9 @@ class Session:
         self.last = snap
         if self.peak is None or snap.live_bytes >= self.peak.live_bytes:
             self.peak = snap
+        session_bytes = sum(o.by_cause["session"].bytes for o in snap.owners if "session" in o.by_cause)
         self.history.append({"t": round(snap.taken_at - self.started, 3), "live_bytes": snap.live_bytes,
-                             "connections": len(snap.connections)})
+                             "connections": len(snap.connections), "session_bytes": session_bytes})
         if len(self.history) > HISTORY_MAX:
             self.history = self.history[::2]
         for callback in self.on_snapshot:

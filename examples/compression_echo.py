@@ -29,6 +29,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from certs import ensure_cert  # noqa: E402
+from echo_server import announce  # noqa: E402  (the ready line and file of every example)
 
 WELCOME = b"welcome!\n"
 PING = b"compress me, compress me, compress me\n"
@@ -59,14 +60,6 @@ async def wait_for_signal():
 
 
 # --- server ---------------------------------------------------------------------------------------
-
-def announce(host, port, ready_file):
-    print(f"listening {host} {port}", flush=True)
-    if ready_file:  # written whole, then renamed: a reader never sees a partial file
-        tmp = f"{ready_file}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{port}\n")
-        os.replace(tmp, ready_file)
 
 
 async def serve(args):

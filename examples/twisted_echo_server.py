@@ -13,6 +13,7 @@ from twisted.internet import protocol, reactor, ssl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from certs import ensure_cert  # noqa: E402
+from echo_server import announce  # noqa: E402
 
 
 class Echo(protocol.Protocol):
@@ -48,11 +49,7 @@ def main():
     factory = protocol.Factory.forProtocol(Echo)
     contexts = ContextPerConnection(cert, key) if args.ctx_per_conn else ssl.DefaultOpenSSLContextFactory(key, cert)
     port = reactor.listenSSL(args.port, factory, contexts, interface="127.0.0.1").getHost().port
-    if args.ready_file:
-        with open(args.ready_file + ".tmp", "w") as f:
-            f.write(f"{port}\n")
-        os.replace(args.ready_file + ".tmp", args.ready_file)
-    print(f"listening 127.0.0.1 {port}", flush=True)
+    announce("127.0.0.1", port, args.ready_file)
     reactor.run()
 
 

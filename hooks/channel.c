@@ -152,7 +152,8 @@ static void put_header(struct buf *b)
         (long long)__atomic_load_n(&untracked_bytes, __ATOMIC_RELAXED),
         (long long)__atomic_load_n(&untracked_blocks, __ATOMIC_RELAXED));
     size_t table = blocks_memory() + (size_t)owner_count_slots() * sizeof(struct owner) +
-                   (size_t)MAX_SITES * (sizeof(struct site) * 2);
+                   (size_t)sites_used() * (sizeof(struct site) + sizeof(site_counts[0])) +
+                   (size_t)MAX_SITES * 16 /* the site index */;
     put(b, "stat tracker_bytes %zu\nstat blocks %zu\nstat slots_patched %d\nstat slots_foreign %d\n", table,
         blocks_count(), interpose_slots(), interpose_foreign());
 }
@@ -169,11 +170,11 @@ static void snapshot(struct buf *b)
     for (uint32_t i = 0; i < ns; i++) {
         struct site *s = site_at((uint16_t)i);
         if (!__atomic_load_n(&s->used, __ATOMIC_ACQUIRE)) continue;
-        int64_t blocks = __atomic_load_n(&s->blocks, __ATOMIC_RELAXED);
+        int64_t bytes, requested, blocks;
+        site_totals((uint16_t)i, &bytes, &requested, &blocks);
         if (blocks <= 0) continue;
         put(b, "S %u %u %u %d %lld %lld %lld %s %s\n", i, s->cause, s->scope, s->line,
-            (long long)__atomic_load_n(&s->bytes, __ATOMIC_RELAXED),
-            (long long)__atomic_load_n(&s->requested, __ATOMIC_RELAXED), (long long)blocks,
+            (long long)bytes, (long long)requested, (long long)blocks,
             s->library ? s->library : "-", s->name ? s->name : "?");
     }
     for (int i = 0; i < static_copies_count(); i++) {

@@ -26,6 +26,7 @@ struct scope {
 struct tstate {
     int in_alloc;
     int depth;
+    int stripe; /* 1 + this thread's site-counter stripe; 0 until first needed */
     struct scope stack[MAX_DEPTH];
 };
 
@@ -113,6 +114,15 @@ static inline struct scope current(void)
 static inline uint32_t inherited_owner(void) { return current().owner; }
 
 /* ---- accounting ---- */
+static int next_stripe;
+
+static inline int thread_stripe(void)
+{
+    struct tstate *t = &tls;
+    if (UNLIKELY(!t->stripe)) t->stripe = 1 + __atomic_fetch_add(&next_stripe, 1, __ATOMIC_RELAXED) % SITE_STRIPES;
+    return t->stripe - 1;
+}
+
 static inline void count(uint32_t owner, uint16_t site, int64_t bytes, int64_t req, int64_t blocks)
 {
     struct owner *o = owner_at(owner);
@@ -122,9 +132,10 @@ static inline void count(uint32_t owner, uint16_t site, int64_t bytes, int64_t r
     __atomic_add_fetch(&c->requested, req, __ATOMIC_RELAXED);
     __atomic_add_fetch(&c->blocks, blocks, __ATOMIC_RELAXED);
     __atomic_add_fetch(&o->total_blocks, blocks, __ATOMIC_RELEASE);
-    __atomic_add_fetch(&s->bytes, bytes, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&s->requested, req, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&s->blocks, blocks, __ATOMIC_RELAXED);
+    struct site_counts *sc = &site_counts[site][thread_stripe()];
+    __atomic_add_fetch(&sc->bytes, bytes, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&sc->requested, req, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&sc->blocks, blocks, __ATOMIC_RELAXED);
 }
 
 static void untrack(const struct block *b, size_t usable);

@@ -107,12 +107,21 @@ struct site {
     uint8_t scope, cause;
     volatile uint8_t used;
     const char *library; /* basename of the object holding `file`: which OpenSSL copy */
-    int64_t bytes, requested, blocks; /* atomics */
 };
 #define MAX_SITES 16384
 uint16_t site_intern(const char *file, int line, uint8_t scope);
 extern struct site site_table[MAX_SITES];
 static inline struct site *site_at(uint16_t id) { return &site_table[id]; }
+
+/* A site's live counters, striped: threads on different cores allocating at the same call site
+ * (every handshake does) would otherwise fight over one cache line. Each thread adds to its own
+ * stripe; a snapshot sums them. Only the pages of sites in use are ever touched. */
+#define SITE_STRIPES 8
+struct site_counts {
+    int64_t bytes, requested, blocks; /* atomics */
+} __attribute__((aligned(64)));
+extern struct site_counts site_counts[MAX_SITES][SITE_STRIPES];
+void site_totals(uint16_t id, int64_t *bytes, int64_t *requested, int64_t *blocks);
 uint32_t sites_used(void);
 void sites_reset_counters(void);
 void sites_lock(void);

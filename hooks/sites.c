@@ -11,6 +11,21 @@
 #define SITE_MASK (MAX_SITES - 1)
 
 /* id 0 = overflow: the table is full */
+struct site_counts site_counts[MAX_SITES][SITE_STRIPES];
+
+void site_totals(uint16_t id, int64_t *bytes, int64_t *requested, int64_t *blocks)
+{
+    int64_t b = 0, r = 0, n = 0;
+    for (int k = 0; k < SITE_STRIPES; k++) {
+        b += __atomic_load_n(&site_counts[id][k].bytes, __ATOMIC_RELAXED);
+        r += __atomic_load_n(&site_counts[id][k].requested, __ATOMIC_RELAXED);
+        n += __atomic_load_n(&site_counts[id][k].blocks, __ATOMIC_RELAXED);
+    }
+    *bytes = b;
+    *requested = r;
+    *blocks = n;
+}
+
 struct site site_table[MAX_SITES] = {[0] = {.cause = C_OTHER, .used = 1}};
 static uint32_t n_sites = 1;
 static pthread_mutex_t sites_mutex = PTHREAD_MUTEX_INITIALIZER;
@@ -85,9 +100,14 @@ uint32_t sites_used(void) { return __atomic_load_n(&n_sites, __ATOMIC_ACQUIRE); 
 void sites_reset_counters(void)
 {
     for (uint32_t i = 0; i < MAX_SITES; i++) {
-        __atomic_store_n(&site_table[i].bytes, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&site_table[i].requested, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&site_table[i].blocks, 0, __ATOMIC_RELAXED);
+        for (int k = 0; k < SITE_STRIPES; k++) {
+            if (!__atomic_load_n(&site_counts[i][k].blocks, __ATOMIC_RELAXED) &&
+                !__atomic_load_n(&site_counts[i][k].bytes, __ATOMIC_RELAXED))
+                continue; /* never touched: leave its page alone */
+            __atomic_store_n(&site_counts[i][k].bytes, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&site_counts[i][k].requested, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&site_counts[i][k].blocks, 0, __ATOMIC_RELAXED);
+        }
     }
 }
 

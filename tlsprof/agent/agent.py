@@ -159,6 +159,19 @@ def _sslobj_ptrs(c_obj):
     return _read_ptr(base + 24), _read_ptr(base + 32)
 
 
+def _checked_ptrs(c_obj):
+    """(SSL* address, its context object) read from an _ssl._SSLSocket, or (0, None) when the layout
+    does not check out: the context pointer read at the assumed offset must be that object's id."""
+    ssl_ptr, ctx_id = _sslobj_ptrs(c_obj)
+    try:
+        ctx_obj = c_obj.context
+    except Exception:
+        return 0, None
+    if ctx_obj is None or ctx_id != id(ctx_obj) or not ssl_ptr:
+        return 0, None
+    return ssl_ptr, ctx_obj
+
+
 def _ctx_ptr(ctx):
     return _read_ptr(id(ctx) + 16)
 
@@ -451,12 +464,8 @@ def snapshot(want_leaks=True):
             if c is None or type(c) is not c_sock_type:
                 continue  # closed or not yet wrapped: no SSL* behind it
             owned_c[id(c)] = w
-            ssl_ptr, ctx_id = _sslobj_ptrs(c)
-            try:
-                ctx_obj = c.context
-            except Exception:
-                ctx_obj = None
-            if ctx_obj is None or ctx_id != id(ctx_obj) or not ssl_ptr:
+            ssl_ptr, ctx_obj = _checked_ptrs(c)
+            if not ssl_ptr:
                 bad_layout += 1
                 continue
             e = {"kind": "connection", "ptr": ssl_ptr, "context_ptr": _ctx_ptr(ctx_obj), "type": _type_name(w),
@@ -486,12 +495,8 @@ def snapshot(want_leaks=True):
         for c in c_socks:  # an _SSLSocket whose wrapper is gone (dropped, or a third-party owner)
             if id(c) in owned_c:
                 continue
-            ssl_ptr, ctx_id = _sslobj_ptrs(c)
-            try:
-                ctx_obj = c.context
-            except Exception:
-                ctx_obj = None
-            if ctx_obj is None or ctx_id != id(ctx_obj) or not ssl_ptr:
+            ssl_ptr, ctx_obj = _checked_ptrs(c)
+            if not ssl_ptr:
                 bad_layout += 1
                 continue
             try:

@@ -78,6 +78,7 @@ class Session:
         snap = snaps[self.focus_pid]
         snap.python = self._agent_answer(snap.pid)  # None unless a Python agent runs there
         snap.taken_at = time.time()
+        snap.mono_taken = time.monotonic()  # against the agent answer's own time (linkage.join)
         try:
             snap.rss_bytes = psutil.Process(snap.pid).memory_info().rss
         except psutil.Error:

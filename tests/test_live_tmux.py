@@ -119,3 +119,32 @@ def test_live_view_in_tmux_shows_200_connections_and_cause_bars(tmux, tmp_path, 
     assert status.read_text().strip() == "0"
     doc = json.loads(report.read_text())
     assert doc["schema"] == "tlsprof.report/1" and doc["per_connection"]["connections"] > 0
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="attach needs gdb")
+def test_attach_live_in_tmux_q_detaches_and_the_target_runs_on(tmux, tmp_path, spawn):
+    from tlsenv import tls_connect
+    from tlsprof import client
+    from tlsprof.channel_paths import channel_dir_for, socket_path
+    server = spawn.server()
+    spawn.clients(server.port, 20, interval=1.0)
+    report, status = tmp_path / "attach.json", tmp_path / "status"
+    command = (f"cd {shlex.quote(REPO_ROOT)} && {shlex.quote(sys.executable)} -m tlsprof attach {server.pid} "
+               f"--live --interval 0.5 -o {shlex.quote(str(report))}; echo $? > {shlex.quote(str(status))}")
+    tmux.start(command)
+    tmux.wait_screen(lambda s: "20 connections" in s and "attach" in s, "the attached live view")
+    sock = socket_path(channel_dir_for(os.getuid()), server.pid)
+    assert client.ping(sock) == server.pid  # hooks in while the view is open
+    tmux.keys("q")
+    deadline = time.monotonic() + 60
+    while not (status.exists() and status.read_text().strip()):
+        assert time.monotonic() < deadline, f"tlsprof did not exit; screen:\n{tmux.screen()}"
+        time.sleep(0.2)
+    assert status.read_text().strip() == "0"
+    doc = json.loads(report.read_text())
+    assert doc["target"]["mode"] == "attach" and doc["per_connection"]["connections"] >= 20
+    assert not os.path.exists(sock)  # q detached: the shim's socket is gone
+    with tls_connect(server.port) as s:  # and the server serves on
+        s.sendall(b"ping\n")
+        assert s.recv(16) == b"ping\n"
+    assert server.proc.poll() is None

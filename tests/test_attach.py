@@ -312,3 +312,28 @@ def test_target_exiting_while_attached_gives_partial_report(spawn, tmp_path):
     report = load_checked(tmp_path / "dies.json")
     assert report["partial"] is True
     assert report["per_connection"]["connections"] >= 1
+
+
+def test_attach_serves_metrics_while_attached(spawn, tmp_path):
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    server = spawn.server()
+    spawn.clients(server.port, 10, interval=1)
+    port = free_port()
+    session = Attached(server.pid, tmp_path / "m.json", 4, "--metrics", f"127.0.0.1:{port}")
+    values = {}
+    deadline = time.monotonic() + 30
+    while values.get("tlsprof_connections", 0) < 10:
+        assert time.monotonic() < deadline, values
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        except OSError:
+            time.sleep(0.2)
+            continue
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.labels.get("pid") == str(server.pid) and not sample.labels.get("cause"):
+                    values[sample.name] = sample.value
+        time.sleep(0.2)
+    report = session.finish()
+    assert values["tlsprof_connections"] >= 10 and report["per_connection"]["connections"] >= 10

@@ -47,6 +47,7 @@ static int n_scanned;
 static struct patched_slot *slots;
 static int n_slots, cap_slots;
 static int n_foreign; /* slots bound to another copy of the symbol: left alone */
+static uintptr_t self_base; /* our own mapping: never patched */
 
 static uintptr_t adjust(uintptr_t base, uintptr_t v) { return v < base ? v + base : v; }
 
@@ -95,15 +96,25 @@ static int collect_one(struct dl_phdr_info *info, size_t size, void *data)
     }
     if (!pltrel_is_rela) o->jmprel = NULL;
     if (!o->symtab || !o->strtab) return 0;
-    Dl_info self;
-    o->is_self = dladdr((void *)collect_one, &self) && (uintptr_t)self.dli_fbase == o->lo;
+    o->is_self = o->lo == self_base;
     strncpy(o->name, info->dlpi_name ? info->dlpi_name : "", sizeof o->name - 1);
     n_objects++;
     return 0;
 }
 
+/* Where this library is mapped. Asked with dladdr here, never inside a dl_iterate_phdr callback:
+ * that callback runs under the loader's write lock and dladdr takes its main lock, the order a
+ * concurrent dlopen takes them in reverse (seen here: a snapshot deadlocked Python's import of _lzma). */
+static void find_self(void)
+{
+    if (self_base) return;
+    Dl_info self;
+    if (dladdr((void *)find_self, &self)) self_base = (uintptr_t)self.dli_fbase;
+}
+
 static void collect_objects(void)
 {
+    find_self();
     n_objects = 0;
     dl_iterate_phdr(collect_one, NULL);
 }

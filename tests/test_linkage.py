@@ -65,8 +65,8 @@ def test_asyncio_server_every_connection_has_python_object_peer_and_read_buffer(
     try:
         _wait_for_agent_view(server, lambda d: sum(o["kind"] == "connection" for o in d["objects"]) >= 8)
     finally:
+        server.stop()  # SIGTERM to tlsprof: its last look asks the agent afresh, then the target gets the signal
         clients.stop()
-        server.stop_target()
     report = _load(out)
     conns = report["connections"]
     assert len(conns) >= 8
@@ -96,9 +96,9 @@ def test_threaded_server_fd_and_peer_match_the_client_side(tmp_path):
         client_ends = {"%s:%d" % s.getsockname()[:2] for s in socks}
         _wait_for_agent_view(server, lambda d: {o.get("peer") for o in d["objects"]} >= client_ends)
     finally:
+        server.stop()  # SIGTERM to tlsprof: its last look asks the agent afresh, then the target gets the signal
         for s in socks:
             s.close()
-        server.stop_target()
     report = _load(out)
     by_peer = {c["python"]["peer"]: c for c in report["connections"] if c.get("python")}
     for end in client_ends:
@@ -115,7 +115,7 @@ def test_context_per_request_client_contexts_name_the_creating_line(tmp_path):
     try:
         _wait_for_agent_view(client, lambda d: sum(o["kind"] == "context" for o in d["objects"]) >= 4)
     finally:
-        client.stop_target()
+        client.stop()  # SIGTERM to tlsprof: its last look asks the agent afresh, then the target gets the signal
         server.stop()
     report = _load(out)
     line = _line_of(CA_PER_REQUEST_CLIENT, "ctx = ssl.create_default_context()")
@@ -174,11 +174,8 @@ def test_leaked_ssl_objects_are_reported_with_the_holding_chain(tmp_path):
         while "leaked" not in proc.stdout():
             assert proc.alive() and time.monotonic() < deadline, proc.describe()
             time.sleep(0.1)
-        # the full (reachability) agent snapshot is asked less often than the cheap one: give the
-        # session time for one after the leaks exist (bounded)
-        time.sleep(6.0)
     finally:
-        proc.stop_target()
+        proc.stop()  # SIGTERM to tlsprof: its last look asks the agent afresh, then the target gets the signal
         server.stop()
     report = _load(out)
     items = report["connections"] + report["contexts"]

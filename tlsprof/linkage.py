@@ -72,18 +72,21 @@ def _ask_throttled(channel_dir, pid, path, request, timeout):
     return doc, True
 
 
-def fetch(channel_dir: str, pid: int, timeout: float = 10.0):
+def fetch(channel_dir: str, pid: int, timeout: float = 10.0, fresh: bool = False):
     """The agent's snapshot for `pid`, or None when that process runs no agent.
 
     An agent snapshot holds the target's GIL while it runs, so requests are throttled: when the last
     one took T s the previous answer is reused for the next T/DUTY s. Objects and pointers come from
     the cheap request (`SNAPSHOT noleaks`); reachability and referrer chains (a walk over every gc
-    object) from the full one, which is asked less often and merged in by pointer."""
+    object) from the full one, which is asked less often and merged in by pointer. `fresh` (the
+    session's last look before it ends) asks the full request now whatever the throttle says."""
     path = agent_socket(channel_dir, pid)
     if not os.path.exists(path):
         return None
-    full, fresh = _ask_throttled(channel_dir, pid, path, "SNAPSHOT", timeout)
-    if fresh or full is None:
+    if fresh:
+        _recent.pop((channel_dir, pid, "SNAPSHOT"), None)
+    full, was_fresh = _ask_throttled(channel_dir, pid, path, "SNAPSHOT", timeout)
+    if was_fresh or full is None:
         return full
     fast, _ = _ask_throttled(channel_dir, pid, path, "SNAPSHOT noleaks", timeout)
     if fast is None:

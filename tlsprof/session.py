@@ -47,12 +47,13 @@ class Session:
                 pass
         return out
 
-    def poll(self):
-        """Take one snapshot of the process of interest. Returns it, or None when none answered."""
+    def poll(self, fresh_agent=False):
+        """Take one snapshot of the process of interest. Returns it, or None when none answered.
+        `fresh_agent`: the session's last look: the Python agent is asked now, not throttled."""
         with self._lock:
-            return self._poll()
+            return self._poll(fresh_agent)
 
-    def _poll(self):
+    def _poll(self, fresh_agent=False):
         socks = self.sockets()
         if not self.follow_children:
             socks = {pid: path for pid, path in socks.items() if pid == self.main_pid}
@@ -76,7 +77,7 @@ class Session:
             if pid != self.focus_pid:
                 self.others[pid] = s.live_bytes
         snap = snaps[self.focus_pid]
-        snap.python = self._agent_answer(snap.pid)  # None unless a Python agent runs there
+        snap.python = self._agent_answer(snap.pid, fresh_agent)  # None unless a Python agent runs there
         snap.taken_at = time.time()
         snap.mono_taken = time.monotonic()  # against the agent answer's own time (linkage.join)
         try:
@@ -87,6 +88,8 @@ class Session:
         self.last = snap
         if self.peak is None or snap.live_bytes >= self.peak.live_bytes:
             self.peak = snap
+        else:
+            _carry_python(self.peak, snap)
         session_bytes = sum(o.by_cause["session"].bytes for o in snap.owners if "session" in o.by_cause)
         self.history.append({"t": round(snap.taken_at - self.started, 3), "live_bytes": snap.live_bytes,
                              "connections": len(snap.connections), "session_bytes": session_bytes})
@@ -96,13 +99,13 @@ class Session:
             callback(snap)
         return snap
 
-    def _agent_answer(self, pid):
+    def _agent_answer(self, pid, fresh=False):
         """The Python agent's view of `pid`. A full agent snapshot of a large process takes seconds
         (it walks every gc object under the GIL): with `agent_async` (the live view) the newest
         answer in hand is used and the next is fetched in the background, so a refresh never waits
         for it; otherwise (reports) the join uses an answer fetched now."""
-        if not self.agent_async:
-            return linkage.fetch(self.channel_dir, pid)
+        if not self.agent_async or fresh:
+            return linkage.fetch(self.channel_dir, pid, fresh=fresh)
         with self._agent_lock:
             if self._agent_thread is None or not self._agent_thread.is_alive():
                 self._agent_thread = threading.Thread(target=self._fetch_agent, args=(pid,),
@@ -147,3 +150,26 @@ class Session:
         return build_report(chosen, command=self.command, mode=self.mode, partial=partial, chosen=at,
                             snapshots=self.count, peak_live_bytes=self.peak.live_bytes if self.peak else None,
                             history=self.history, notes=notes, processes=processes)
+
+
+def _carry_python(older, newer):
+    """The agent's answer is throttled, so the peak snapshot may carry one older than some of its
+    objects. A newer answer describes those objects too when the shim shows the same owner (serial
+    and pointer) alive in both snapshots: its Python objects join the peak's answer. The older answer
+    keeps its own time, so nothing is called orphaned on the strength of the newer one."""
+    old_doc, new_doc = getattr(older, "python", None), getattr(newer, "python", None)
+    if not isinstance(old_doc, dict) or not isinstance(new_doc, dict) or old_doc is new_doc:
+        return
+    if old_doc.get("error") or new_doc.get("error"):
+        return
+    alive_now = {(o.serial, o.ptr) for o in newer.owners if o.alive}
+    shared = {("connection" if o.kind == "connection" else "context", o.ptr)
+              for o in older.owners if o.alive and (o.serial, o.ptr) in alive_now}
+    known = {(o.get("kind"), o.get("ptr")) for o in old_doc.get("objects") or [] if isinstance(o, dict)}
+    extra = [o for o in new_doc.get("objects") or [] if isinstance(o, dict)
+             and (o.get("kind"), o.get("ptr")) in shared and (o.get("kind"), o.get("ptr")) not in known]
+    if extra:
+        merged = dict(old_doc)
+        merged["objects"] = list(old_doc.get("objects") or []) + extra
+        older.python = merged
+

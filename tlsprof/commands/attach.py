@@ -127,7 +127,7 @@ def _collect(session: Session, args):
             deadline = time.monotonic() + wait
             while not stop and time.monotonic() < deadline:
                 time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-        session.poll()  # the state when the session ended (the target still runs: it is not torn down)
+        session.poll(fresh_agent=True)  # the state when the session ended (the target still runs: it is not torn down)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

@@ -55,8 +55,8 @@ def _profile(label, server_args, n, workdir, err):
                                    "-n", str(n), "--interval", "2", "--ready-file", cready],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _wait_file(cready, client, 120, "client")
-        for _ in range(3):  # a few snapshots with every connection established
-            session.poll()
+        for i in range(3):  # a few snapshots with every connection established
+            session.poll(fresh_agent=i == 2)
             time.sleep(0.5)
         return session.report(at="last")
     finally:

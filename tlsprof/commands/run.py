@@ -169,7 +169,7 @@ def _collect(proc: subprocess.Popen, session: Session, interval: float) -> int:
                 pass
             if pending:
                 if not stopping:
-                    session.poll()  # the last view of the target before it is asked to stop
+                    session.poll(fresh_agent=True)  # the last view of the target before it is asked to stop
                     stopping.append(pending[0])
                 while pending:
                     try:

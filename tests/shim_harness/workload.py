@@ -19,6 +19,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 
 PAYLOAD = b"x" * 3000
 
@@ -149,6 +150,7 @@ def main():
         except Exception as exc:
             errors.append(f"thread {n}: {exc!r}")
 
+    tasks_before = len(os.listdir("/proc/self/task"))
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.threads)]
     for t in threads:
         t.start()
@@ -165,6 +167,12 @@ def main():
             t.join(0.2)
     for t in threads:
         t.join()
+    # join() returns when a thread's Python part ends; OpenSSL frees its per-thread state in the
+    # OS thread's key destructors after that: a snapshot taken meanwhile sums a moving heap
+    for _ in range(100):
+        if len(os.listdir("/proc/self/task")) <= tasks_before:
+            break
+        time.sleep(0.05)
     del sctx, cctx
     gc.collect()
     final = ask(sock, "SNAPSHOT") if os.path.exists(sock) else ""

@@ -22,6 +22,7 @@ cctx.verify_mode = ssl.CERT_NONE
 listener = socket.create_server(("127.0.0.1", 0))
 port = listener.getsockname()[1]
 errors = []
+servers = []  # server-side threads: all done before the final snapshot (counts summed mid-free skew)
 
 
 def serve_one(conn):
@@ -39,7 +40,9 @@ def accept_loop():
             conn, _ = listener.accept()
         except OSError:
             return
-        threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+        server = threading.Thread(target=serve_one, args=(conn,), daemon=True)
+        servers.append(server)
+        server.start()
 
 
 def one_connection():
@@ -78,7 +81,9 @@ while any(t.is_alive() for t in ts):
     time.sleep(0.05)
 for t in ts:
     t.join()
-time.sleep(0.5)  # server threads finish closing
+for t in list(servers):
+    t.join(30)  # bounded: a stuck server thread shows up as a count mismatch, not a hang
+time.sleep(0.2)
 end = live()
 print(json.dumps({
     "errors": errors[:5], "base": base.live_bytes, "end": end.live_bytes,

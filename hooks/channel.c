@@ -119,11 +119,13 @@ static void put_owner(struct buf *b, uint32_t idx, uint64_t now)
     put(b, "\n");
 }
 
-/* `F <owner idx> key=value ...`: facts about an owner read at snapshot time, from the kernel only
- * (never from OpenSSL's structures: the channel thread cannot pin an object another thread may be
- * freeing). For a live connection with a socket fd: fd_open=0|1 (fcntl F_GETFD), and when open
- * fd_ino=<inode> and fd_sock=0|1, so the reader can tell an fd that was closed or reused by a
- * different file from one that still belongs to the connection. Readers ignore unknown keys. */
+/* `F <owner idx> key=value ...`: facts about a live connection read at snapshot time, from the
+ * shim's own counters and the kernel (never from OpenSSL's structures: the channel thread cannot
+ * pin an object another thread may be freeing). io=<SSL_read/write/peek calls that moved data>, so
+ * the reader can tell traffic and idleness apart. With a socket fd: fd_open=0|1 (fcntl F_GETFD),
+ * and when open fd_ino=<inode> and fd_sock=0|1, so the reader can tell an fd that was closed or
+ * reused by a different file from one that still belongs to the connection. Readers ignore
+ * unknown keys. */
 static void put_facts(struct buf *b, uint32_t idx)
 {
     struct owner *o = owner_at(idx);
@@ -131,16 +133,16 @@ static void put_facts(struct buf *b, uint32_t idx)
     if (!(flags & OWNER_F_IN_USE) || __atomic_load_n(&o->kind, __ATOMIC_RELAXED) != OWNER_SSL ||
         !__atomic_load_n(&o->alive, __ATOMIC_ACQUIRE))
         return;
+    put(b, "F %u io=%llu", idx, (unsigned long long)__atomic_load_n(&o->io_calls, __ATOMIC_RELAXED));
     int fd = __atomic_load_n(&o->fd, __ATOMIC_RELAXED);
-    if (fd < 0) return;
-    if (fcntl(fd, F_GETFD) < 0) {
-        put(b, "F %u fd_open=0\n", idx);
-        return;
+    if (fd >= 0) {
+        struct stat st;
+        if (fcntl(fd, F_GETFD) < 0)
+            put(b, " fd_open=0");
+        else if (fstat(fd, &st) == 0)
+            put(b, " fd_open=1 fd_ino=%llu fd_sock=%d", (unsigned long long)st.st_ino, S_ISSOCK(st.st_mode) ? 1 : 0);
     }
-    struct stat st;
-    if (fstat(fd, &st) != 0) return;
-    put(b, "F %u fd_open=1 fd_ino=%llu fd_sock=%d\n", idx, (unsigned long long)st.st_ino,
-        S_ISSOCK(st.st_mode) ? 1 : 0);
+    put(b, "\n");
 }
 
 static void put_header(struct buf *b)
@@ -148,9 +150,10 @@ static void put_header(struct buf *b)
     const char *v = tlsprof_openssl_version();
     put(b, "tlsprof-snapshot 1\npid %d\nmono_ns %llu\nopenssl %s\n", (int)getpid(),
         (unsigned long long)now_ns(), v ? v : "-");
-    put(b, "stat untracked_bytes %lld\nstat untracked_blocks %lld\n",
+    put(b, "stat untracked_bytes %lld\nstat untracked_blocks %lld\nstat io_calls_of_dead %llu\n",
         (long long)__atomic_load_n(&untracked_bytes, __ATOMIC_RELAXED),
-        (long long)__atomic_load_n(&untracked_blocks, __ATOMIC_RELAXED));
+        (long long)__atomic_load_n(&untracked_blocks, __ATOMIC_RELAXED),
+        (unsigned long long)__atomic_load_n(&io_calls_of_dead, __ATOMIC_RELAXED));
     size_t table = blocks_memory() + (size_t)owner_count_slots() * sizeof(struct owner) +
                    (size_t)sites_used() * (sizeof(struct site) + sizeof(site_counts[0])) +
                    (size_t)MAX_SITES * 16 /* the site index */;

@@ -520,17 +520,23 @@ static void hook_SSL_free(void *ssl)
     }
 
 #define ESTABLISHED_IF(cond) if (cond) set_state(o, STATE_ESTABLISHED)
+/* a per-connection counter: one thread drives a connection at a time, so its line stays local */
+#define MOVED_DATA_IF(cond)                                                              \
+    if (cond) {                                                                          \
+        set_state(o, STATE_ESTABLISHED);                                                 \
+        if (o) __atomic_add_fetch(&owner_at(o)->io_calls, 1, __ATOMIC_RELAXED);          \
+    }
 #define NOTHING (void)o
 
 SSL_SCOPED(int, SSL_do_handshake, SC_HANDSHAKE, (void *ssl), (ssl), ESTABLISHED_IF(r == 1))
 SSL_SCOPED(int, SSL_accept, SC_HANDSHAKE, (void *ssl), (ssl), ESTABLISHED_IF(r == 1))
 SSL_SCOPED(int, SSL_connect, SC_HANDSHAKE, (void *ssl), (ssl), ESTABLISHED_IF(r == 1))
-SSL_SCOPED(int, SSL_read, SC_IO, (void *ssl, void *b, int n), (ssl, b, n), ESTABLISHED_IF(r > 0))
-SSL_SCOPED(int, SSL_peek, SC_IO, (void *ssl, void *b, int n), (ssl, b, n), ESTABLISHED_IF(r > 0))
-SSL_SCOPED(int, SSL_write, SC_IO, (void *ssl, const void *b, int n), (ssl, b, n), ESTABLISHED_IF(r > 0))
-SSL_SCOPED(int, SSL_read_ex, SC_IO, (void *ssl, void *b, size_t n, size_t *g), (ssl, b, n, g), ESTABLISHED_IF(r == 1))
-SSL_SCOPED(int, SSL_peek_ex, SC_IO, (void *ssl, void *b, size_t n, size_t *g), (ssl, b, n, g), ESTABLISHED_IF(r == 1))
-SSL_SCOPED(int, SSL_write_ex, SC_IO, (void *ssl, const void *b, size_t n, size_t *g), (ssl, b, n, g), ESTABLISHED_IF(r == 1))
+SSL_SCOPED(int, SSL_read, SC_IO, (void *ssl, void *b, int n), (ssl, b, n), MOVED_DATA_IF(r > 0))
+SSL_SCOPED(int, SSL_peek, SC_IO, (void *ssl, void *b, int n), (ssl, b, n), MOVED_DATA_IF(r > 0))
+SSL_SCOPED(int, SSL_write, SC_IO, (void *ssl, const void *b, int n), (ssl, b, n), MOVED_DATA_IF(r > 0))
+SSL_SCOPED(int, SSL_read_ex, SC_IO, (void *ssl, void *b, size_t n, size_t *g), (ssl, b, n, g), MOVED_DATA_IF(r == 1))
+SSL_SCOPED(int, SSL_peek_ex, SC_IO, (void *ssl, void *b, size_t n, size_t *g), (ssl, b, n, g), MOVED_DATA_IF(r == 1))
+SSL_SCOPED(int, SSL_write_ex, SC_IO, (void *ssl, const void *b, size_t n, size_t *g), (ssl, b, n, g), MOVED_DATA_IF(r == 1))
 SSL_SCOPED(int, SSL_shutdown, SC_SHUTDOWN, (void *ssl), (ssl), set_state(o, STATE_SHUTDOWN))
 SSL_SCOPED(int, SSL_clear, SC_SSL_CTRL, (void *ssl), (ssl), set_state(o, STATE_HANDSHAKE))
 SSL_SCOPED(long, SSL_ctrl, SC_SSL_CTRL, (void *ssl, int cmd, long l, void *p), (ssl, cmd, l, p), note_mode(o, cmd, l))

@@ -8,6 +8,8 @@
 
 #include "shim.h"
 
+uint64_t io_calls_of_dead;
+
 #define CHUNK OWNER_CHUNK
 
 struct owner *owner_chunks[OWNER_CHUNKS]; /* chunks never move once published */
@@ -77,6 +79,7 @@ uint32_t owner_new(uint8_t kind, uintptr_t ptr, uint32_t ctx, int pre_attach)
         WR(state, STATE_HANDSHAKE);
         WR(fd, -1);
         WR(mode, 0);
+        WR(io_calls, 0);
         WR(dead_ns, 0);
         WR(alive, 1);
         WR(pre_attach, (uint8_t)pre_attach);
@@ -99,7 +102,8 @@ void owner_mark_dead(uint32_t idx)
     if (!idx) return;
     struct owner *o = owner_at(idx);
     __atomic_store_n(&o->dead_ns, now_ns(), __ATOMIC_RELAXED);
-    __atomic_store_n(&o->alive, 0, __ATOMIC_RELEASE);
+    if (__atomic_exchange_n(&o->alive, 0, __ATOMIC_ACQ_REL)) /* its traffic stays in the process total */
+        __atomic_add_fetch(&io_calls_of_dead, __atomic_load_n(&o->io_calls, __ATOMIC_RELAXED), __ATOMIC_RELAXED);
 }
 
 static void owners_reset(void)
@@ -110,6 +114,7 @@ static void owners_reset(void)
     n_free = 0;
     memset(process_owner.c, 0, sizeof process_owner.c);
     process_owner.total_blocks = 0;
+    __atomic_store_n(&io_calls_of_dead, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&owners_mutex);
 }
 

@@ -45,6 +45,7 @@ struct owner {
     int32_t fd;
     uint32_t flags;         /* OWNER_F_* */
     uint64_t mode;          /* SSL_MODE_* bits seen set through *_ctrl */
+    uint64_t io_calls;      /* atomic: SSL_read/write/peek calls that moved data (traffic, idleness) */
     uint64_t created_ns, dead_ns;
     int64_t total_blocks;   /* atomic: recycling waits for zero */
     struct cause_counters c[N_CAUSES]; /* atomics */
@@ -69,6 +70,7 @@ static inline struct owner *owner_at(uint32_t idx)
 }
 uint32_t owner_count_slots(void);
 void owner_mark_dead(uint32_t idx);
+extern uint64_t io_calls_of_dead; /* atomic: io_calls of connections already freed */
 void owners_sweep(void);
 void owners_lock_all(void);
 void owners_unlock_all(void);

@@ -23,10 +23,11 @@ KiB = 1024
 SETTLE = 1.5  # seconds after the clients are up: several snapshots at --interval 0.3
 
 C_FIXTURE_SOURCE = r'''/* A small C TLS echo server over OpenSSL, for tests of findings on a non-Python target.
- *   tls_fixture_server READY_FILE CERT KEY [--release-buffers] [--leak-closed] [--ctx-per-conn]
+ *   tls_fixture_server READY_FILE CERT KEY [--release-buffers] [--leak-closed] [--keep-closed] [--ctx-per-conn]
  *                      [--tls12] [--no-tickets]
  * Listens on 127.0.0.1:0, writes the port to READY_FILE, says "welcome!\n" and echoes.
  * --leak-closed: on peer close, close(fd) but never SSL_free (a leaked SSL*).
+ * --keep-closed: on peer close, keep the SSL and its fd, just stop reading (silent, piling up).
  * --ctx-per-conn: a new SSL_CTX (with the system CA file) per connection, never freed.
  * --tls12 --no-tickets: TLS 1.2, stateful sessions kept in the server's session cache. */
 #include <errno.h>
@@ -47,7 +48,7 @@ C_FIXTURE_SOURCE = r'''/* A small C TLS echo server over OpenSSL, for tests of f
 #define MAXC 4096
 static volatile sig_atomic_t stop;
 static void on_term(int s) { (void)s; stop = 1; }
-static int release_buffers, leak_closed, ctx_per_conn, tls12, no_tickets;
+static int release_buffers, leak_closed, keep_closed, ctx_per_conn, tls12, no_tickets;
 static const char *cert, *key;
 
 static SSL_CTX *make_ctx(void)
@@ -76,6 +77,7 @@ int main(int argc, char **argv)
     for (int i = 4; i < argc; i++) {
         if (!strcmp(argv[i], "--release-buffers")) release_buffers = 1;
         else if (!strcmp(argv[i], "--leak-closed")) leak_closed = 1;
+        else if (!strcmp(argv[i], "--keep-closed")) keep_closed = 1;
         else if (!strcmp(argv[i], "--ctx-per-conn")) ctx_per_conn = 1;
         else if (!strcmp(argv[i], "--tls12")) tls12 = 1;
         else if (!strcmp(argv[i], "--no-tickets")) no_tickets = 1;
@@ -132,11 +134,11 @@ int main(int argc, char **argv)
             }
             int err = SSL_get_error(ssl[i], r);
             if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) continue;
-            if (!leak_closed) {
+            if (!leak_closed && !keep_closed) {
                 SSL_shutdown(ssl[i]); /* a clean close keeps the session resumable (cached) */
                 SSL_free(ssl[i]);
             }
-            close(pfd[i].fd);
+            if (!keep_closed) close(pfd[i].fd);
             pfd[i] = pfd[n - 1];
             ssl[i] = ssl[n - 1];
             n--;
@@ -300,6 +302,68 @@ def test_no_leaked_connections_when_the_c_server_frees_them(tmp_path, c_server, 
     assert report["findings"] == [], ids(report)
 
 
+# --- leaked-connections (native facts: count growing while traffic is flat) ----------------------
+
+def _churn(port, seconds, every=0.1):
+    """One short connection every `every` s for `seconds` s (bounded): connect, read the welcome,
+    echo a line, close. -> connections made."""
+    import socket
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    made, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        began = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as tls:
+                got = b""
+                while len(got) < len(b"welcome!\n"):
+                    chunk = tls.recv(64)
+                    assert chunk, "server closed before the welcome"
+                    got += chunk
+                tls.sendall(b"hello\n")
+                assert tls.recv(64)
+        made += 1
+        time.sleep(max(0.0, every - (time.monotonic() - began)))
+    return made
+
+
+def test_silent_connections_piling_up_under_flat_traffic_are_leaked(tmp_path, c_server, cert_pair):
+    """Two C servers under the same steady churn: one keeps every connection after the peer's close
+    (fd open, never read again), one frees them. Only the first trips, from the count trend."""
+    import threading
+    from tlsprof import findings as F
+    for d in ("keep", "free"):
+        (tmp_path / d).mkdir()
+    keeper = Profiled(tmp_path / "keep", c_target(c_server, cert_pair, "--release-buffers", "--keep-closed"))
+    healthy = Profiled(tmp_path / "free", c_target(c_server, cert_pair, "--release-buffers"))
+    seconds = F.TREND_MIN_SPAN_S + 3
+    made = {}
+    threads = [threading.Thread(target=lambda t=t: made.__setitem__(t, _churn(t.port, seconds)))
+               for t in (keeper, healthy)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(seconds + 60)
+    finally:
+        kept_report, healthy_report = keeper.report(), healthy.report()
+    assert made.get(keeper, 0) >= 60 and made.get(healthy, 0) >= 60, made
+    f = only(kept_report, "leaked-connections")
+    assert set(f["evidence"]["reasons"]) == {"silent_while_count_grows"}, f["evidence"]
+    trend = f["evidence"]["count_trend"]
+    assert trend and trend["mean_connections"][2] - trend["mean_connections"][0] >= 20, trend
+    silent = [c for c in kept_report["connections"] if (c["idle_s"] or 0) >= F.TREND_SILENT_S]
+    assert f["evidence"]["connections"] == len(silent) >= 20
+    assert all(c["fd_open"] is True for c in silent)  # the fd rules cannot see these
+    assert kept_report["history"][-1]["io_calls"] >= 3 * made[keeper] * 0.9  # welcome, hello, echo
+    assert "idle timeout" in f["fix"]
+    assert healthy_report["per_connection"]["connections"] <= 3
+    assert healthy_report["history"][-1]["io_calls"] >= 3 * made[healthy] * 0.9
+    assert "leaked-connections" not in ids(healthy_report), ids(healthy_report)
+
+
 # --- leaked-contexts ---------------------------------------------------------------------------
 
 def test_leaked_contexts_when_each_connection_leaves_its_context(tmp_path, c_server, cert_pair):
@@ -427,6 +491,23 @@ def test_threshold_edges():
     # one fd number claimed by two live connections: the older one is stale
     reused = [dict(_conn(i, fd=7, age=100.0 - i, other=5000), fd_open=True, fd_inode=i) for i in range(6)]
     assert "leaked-connections" in _ids(_report(reused))
+    # the count trend: silent connections pile up while traffic is flat; a busy ramp-up is not a leak
+    silent = [dict(_conn(i, other=5000), idle_s=F.TREND_SILENT_S) for i in range(F.LEAK_MIN_CONNECTIONS)]
+
+    def history(counts, io_rate):
+        io, out = 0, []
+        for k, n in enumerate(counts):
+            out.append({"t": k * 3.0, "live_bytes": 0, "connections": n, "io_calls": io})
+            io += int(io_rate(n) * 3.0)
+        return out
+    rising = list(range(10))  # 27 s of history, +9 connections
+    assert "leaked-connections" in _ids(dict(_report(silent), history=history(rising, lambda n: 30)))
+    assert "leaked-connections" not in _ids(dict(_report(silent[:-1]), history=history(rising, lambda n: 30)))
+    assert "leaked-connections" not in _ids(dict(_report(silent), history=history(rising, lambda n: 30 * (n + 1))))
+    assert "leaked-connections" not in _ids(dict(_report(silent), history=history([5] * 10, lambda n: 30)))
+    assert "leaked-connections" not in _ids(dict(_report(silent), history=history(rising[:6], lambda n: 30)))
+    fresh = [dict(c, idle_s=F.TREND_SILENT_S - 1) for c in silent]
+    assert "leaked-connections" not in _ids(dict(_report(fresh), history=history(rising, lambda n: 30)))
     idle_ctx = [{"id": i, "connections": 0, "live_bytes": F.LEAK_MIN_CONTEXT_BYTES + 1,
                  "by_cause": {"other": F.LEAK_MIN_CONTEXT_BYTES + 1}} for i in range(10)]
     assert "leaked-contexts" in _ids(_report([], contexts=idle_ctx))

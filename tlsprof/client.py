@@ -73,6 +73,16 @@ class Snapshot:
     taken_at: float = 0.0  # wall clock, set by the caller
     _live_bytes: int = None  # cached sum (snapshots are never changed once parsed)
     rss_bytes: int = 0
+    idle_s: dict = field(default_factory=dict)  # connection serial -> s since it was seen moving data (session)
+
+    @property
+    def io_calls(self):
+        """SSL_read/write/peek calls that moved data since the shim started, live and freed
+        connections together (None from a shim that does not count them)."""
+        dead = self.stats.get("io_calls_of_dead")
+        if dead is None:
+            return None
+        return dead + sum(o.facts.get("io", 0) for o in self.owners if o.kind == "connection" and o.alive)
 
     @property
     def live_bytes(self):

@@ -191,6 +191,7 @@ def compression_enabled(report: dict):
             "compression_bytes_mean": per_connection,
             "compression_bytes_total": int(total),
             "connection_ids": [c.get("id") for c in conns[:20]],
+            "count_trend": _count_trend(report),
         },
     }
 
@@ -283,10 +284,50 @@ def idle_record_buffers(report: dict):
 # An SSL object with no owner left: its socket fd is closed (fd_open false, from the shim's
 # F line: fcntl(F_GETFD) fails), or its fd number now belongs to a newer connection (two live
 # connections claim one fd: all but the youngest are stale), or the Python agent found its Python
-# object unreachable or gone (connections[].python.leak). Trips at LEAK_MIN_CONNECTIONS such
-# connections; a healthy server frees an SSL right after closing its socket, so at most a
-# connection or two sit in that window at a snapshot.
+# object unreachable or gone (connections[].python.leak), or the count of live connections kept
+# growing while traffic held steady and the connections that pile up move no data (below).
+# Trips at LEAK_MIN_CONNECTIONS such connections; a healthy server frees an SSL right after
+# closing its socket, so at most a connection or two sit in that window at a snapshot.
 LEAK_MIN_CONNECTIONS = 5
+
+# "Count growing while traffic is flat", from the session's history (native facts only: live
+# connections and the shim's count of SSL_read/write calls that moved data). The history is cut in
+# three equal spans of time: the mean live count must rise from each span to the next by
+# LEAK_MIN_CONNECTIONS in all, while the traffic rate of the busiest span is at most
+# TREND_FLAT_RATIO times the quietest's (a ramp-up of busy connections raises traffic with the
+# count; a leak does not). The connections called leaked are those that moved no data for
+# TREND_SILENT_S or more. A healthy server under steady load keeps a flat count.
+TREND_MIN_SPAN_S = 20.0
+TREND_MIN_POINTS = 8
+TREND_FLAT_RATIO = 2.0
+TREND_SILENT_S = 10.0
+
+
+def _count_trend(report: dict):
+    """Evidence that live connections grew while traffic was flat, or None."""
+    points = [p for p in report.get("history") or [] if isinstance(p, dict)
+              and isinstance(p.get("t"), (int, float)) and isinstance(p.get("connections"), int)
+              and isinstance(p.get("io_calls"), int)]
+    if len(points) < TREND_MIN_POINTS:
+        return None
+    start, span = points[0]["t"], points[-1]["t"] - points[0]["t"]
+    if span < TREND_MIN_SPAN_S:
+        return None
+    thirds = [[p for p in points if start + k * span / 3 <= p["t"] <= start + (k + 1) * span / 3]
+              for k in range(3)]
+    if any(len(third) < 2 for third in thirds):
+        return None
+    counts = [sum(p["connections"] for p in third) / len(third) for third in thirds]
+    rates = []
+    for third in thirds:
+        dt = third[-1]["t"] - third[0]["t"]
+        rates.append((third[-1]["io_calls"] - third[0]["io_calls"]) / dt if dt > 0 else 0.0)
+    growing = counts[0] < counts[1] < counts[2] and counts[2] - counts[0] >= LEAK_MIN_CONNECTIONS
+    flat = min(rates) > 0 and max(rates) <= TREND_FLAT_RATIO * min(rates)
+    if not (growing and flat):
+        return None
+    return {"span_s": round(span, 1), "mean_connections": [round(c, 1) for c in counts],
+            "io_calls_per_s": [round(r, 1) for r in rates]}
 
 LEAKED_CONNECTIONS_FIX = (
     "Free each connection when its socket closes. "
@@ -294,7 +335,10 @@ LEAKED_CONNECTIONS_FIX = (
     "or let the SSL own the socket with BIO_NOCLOSE off and free it. "
     "Python ssl: close the SSLSocket/transport (`with` block or writer.close()) and drop every "
     "reference to it (lists, dicts, callbacks, exceptions kept in tracebacks). "
-    "pyOpenSSL: call conn.shutdown() and drop the Connection object after sock.close()."
+    "pyOpenSSL: call conn.shutdown() and drop the Connection object after sock.close(). "
+    "Connections that pile up silent (no data moved): notice the peer's close (a read returning 0 / "
+    "EOF) and free on it, and give every connection an idle timeout (nginx keepalive_timeout, "
+    "client_body_timeout; asyncio: a timer that calls transport.close())."
 )
 
 
@@ -321,6 +365,10 @@ def _leaked_connections(report: dict) -> dict:
         group = sorted(group, key=lambda c: (c.get("age_s") is None, c.get("age_s") or 0))
         for c in group[1:]:
             leaked.setdefault(c.get("id"), "fd_reused")
+    if _count_trend(report) is not None:
+        for c in conns:
+            if (c.get("idle_s") or 0) >= TREND_SILENT_S:
+                leaked.setdefault(c.get("id"), "silent_while_count_grows")
     return leaked
 
 
@@ -336,7 +384,9 @@ def leaked_connections(report: dict):
     for reason in leaked.values():
         reasons[reason] = reasons.get(reason, 0) + 1
     words = {"fd_closed": "socket fd already closed", "fd_reused": "fd number reused by a newer connection",
-             "python:unreachable": "Python object unreachable", "python:fd_closed": "Python socket closed"}
+             "python:unreachable": "Python object unreachable", "python:fd_closed": "Python socket closed",
+             "silent_while_count_grows": f"no data moved for {TREND_SILENT_S:.0f} s or more while the "
+                                         f"connection count kept growing and traffic stayed flat"}
     why = ", ".join(f"{n} {words.get(r, r)}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
     return {
         "id": "leaked-connections",
@@ -355,6 +405,7 @@ def leaked_connections(report: dict):
             "reasons": reasons,
             "live_connections": len(_live_connections(report)),
             "connection_ids": [c.get("id") for c in conns[:20]],
+            "count_trend": _count_trend(report),
         },
     }
 

@@ -139,6 +139,8 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
             "peer": c.peer,
             "state": c.state,
             "age_s": round(c.age_s, 3),
+            # seconds since the session saw it move data (SSL_read/write); None without a session
+            "idle_s": getattr(snap, "idle_s", {}).get(c.serial),
             "live_bytes": c.live_bytes,
             "requested_bytes": c.requested_bytes,
             "live_blocks": c.live_blocks,

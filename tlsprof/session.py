@@ -37,6 +37,7 @@ class Session:
         self._agent_lock = threading.Lock()
         self._agent_thread = None
         self._agent_docs = {}
+        self._io_seen = {}  # pid -> {connection serial: (io calls, monotonic time they last changed)}
 
     def sockets(self):
         out = {}
@@ -84,6 +85,7 @@ class Session:
             snap.rss_bytes = psutil.Process(snap.pid).memory_info().rss
         except psutil.Error:
             snap.rss_bytes = 0
+        self._note_idleness(snap)
         self.count += 1
         self.last = snap
         if self.peak is None or snap.live_bytes >= self.peak.live_bytes:
@@ -91,13 +93,37 @@ class Session:
         else:
             _carry_python(self.peak, snap)
         session_bytes = sum(o.by_cause["session"].bytes for o in snap.owners if "session" in o.by_cause)
-        self.history.append({"t": round(snap.taken_at - self.started, 3), "live_bytes": snap.live_bytes,
-                             "connections": len(snap.connections), "session_bytes": session_bytes})
+        point = {"t": round(snap.taken_at - self.started, 3), "live_bytes": snap.live_bytes,
+                 "connections": len(snap.connections), "session_bytes": session_bytes}
+        if snap.io_calls is not None:
+            point["io_calls"] = snap.io_calls  # cumulative: points may be thinned out
+        self.history.append(point)
         if len(self.history) > HISTORY_MAX:
             self.history = self.history[::2]
         for callback in self.on_snapshot:
             callback(snap)
         return snap
+
+    def _note_idleness(self, snap):
+        """idle_s per live connection: how long since this session saw its I/O counter move (a
+        lower bound for connections first seen with traffic; since creation when they never had any)."""
+        now = snap.mono_taken
+        seen = self._io_seen.get(snap.pid, {})
+        kept = {}
+        for o in snap.owners:
+            io = o.facts.get("io")
+            if o.kind != "connection" or not o.alive or io is None:
+                continue
+            before = seen.get(o.serial)
+            if before is not None and before[0] == io:
+                changed = before[1]
+            elif before is None and io == 0:
+                changed = now - o.age_s
+            else:
+                changed = now
+            kept[o.serial] = (io, changed)
+            snap.idle_s[o.serial] = round(max(0.0, now - changed), 3)
+        self._io_seen[snap.pid] = kept
 
     def _agent_answer(self, pid, fresh=False):
         """The Python agent's view of `pid`. A full agent snapshot of a large process takes seconds

@@ -175,3 +175,25 @@ def _pings(tracked):
         return tracked.ask("PING", timeout=2).startswith("PONG")
     except Exception:
         return False
+
+
+def test_sockets_of_processes_gone_are_removed_and_live_ones_kept(tmp_path):
+    """A target that ended with _exit() or a signal leaves its socket behind; the next attach's
+    channel-directory check removes it, never a live process's socket nor a file that is not one."""
+    import subprocess
+    from tlsprof.channel_paths import remove_stale_sockets
+    gone = subprocess.Popen(["true"])
+    gone.wait(10)
+    d = tmp_path / "chan"
+    d.mkdir(mode=0o700)
+    socks = []
+    for name in (f"{gone.pid}.sock", f"{gone.pid}.py.sock", f"{os.getpid()}.sock"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(d / name))
+        socks.append(s)
+    (d / "999999999.sock").write_text("not a socket")
+    removed = remove_stale_sockets(str(d))
+    for s in socks:
+        s.close()
+    assert sorted(os.path.basename(p) for p in removed) == sorted([f"{gone.pid}.py.sock", f"{gone.pid}.sock"])
+    assert sorted(os.listdir(d)) == sorted([f"{os.getpid()}.sock", "999999999.sock"])

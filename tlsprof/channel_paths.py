@@ -58,7 +58,37 @@ def channel_dir_for(uid: int) -> str:
                 raise UnsafeChannelDir(
                     f"cannot create {path} for uid {uid}: only that user or root can") from None
     _check(path, uid)
+    remove_stale_sockets(path)
     return path
+
+
+def remove_stale_sockets(directory: str) -> list:
+    """Remove the sockets of processes that no longer exist (`<pid>.sock`, `<pid>.py.sock`): a
+    target that ended with _exit() or a signal never unlinked its own. -> the paths removed."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        head = name.split(".", 1)[0]
+        if not head.isdigit() or not name.endswith(".sock"):
+            continue
+        try:
+            os.kill(int(head), 0)
+            continue  # alive (ours or, with EPERM below, someone else's)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        full = os.path.join(directory, name)
+        try:
+            if stat.S_ISSOCK(os.lstat(full).st_mode):
+                os.unlink(full)
+                removed.append(full)
+        except OSError:
+            pass
+    return removed
 
 
 def socket_path(directory: str, pid: int) -> str:

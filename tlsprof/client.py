@@ -1,12 +1,14 @@
 """Talks to the shim inside a target over its Unix socket and parses what it answers.
 
 The wire format is the shim's text snapshot (hooks/channel.c): a header, one `O` line per owner
-(process, context, connection) with counters by cause, one `F` line of kernel facts per live connection with an fd (fd_open, fd_ino, fd_sock), one `S`
-line per live call site, `END`.
+(process, context, connection) with counters by cause, one `F` line of facts per live connection
+(io: its calls that moved data; with an fd: fd_open, fd_ino, fd_sock), one `S` line per live call
+site, `END`.
 """
 import gc
 import socket
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from tlsprof.causes import CAUSES
 from tlsprof.errors import ChannelError
@@ -18,11 +20,23 @@ SCOPE_NAMES = ("none", "ctx_new", "ctx", "ca_store", "own_cert", "ssl_new", "han
 SSL_MODE_RELEASE_BUFFERS = 0x10
 
 
-@dataclass(slots=True)
-class Counters:
-    bytes: int = 0
-    requested: int = 0
-    blocks: int = 0
+class Counters(tuple):
+    """(bytes, requested, blocks) of one cause. A tuple, so that the parser builds tens of
+    thousands of them with one C call each; read by name."""
+    __slots__ = ()
+
+    def __new__(cls, bytes=0, requested=0, blocks=0):
+        return tuple.__new__(cls, (bytes, requested, blocks))
+
+    bytes = property(itemgetter(0))
+    requested = property(itemgetter(1))
+    blocks = property(itemgetter(2))
+
+    def __repr__(self):
+        return f"Counters(bytes={self[0]}, requested={self[1]}, blocks={self[2]})"
+
+
+_new_tuple = tuple.__new__
 
 
 @dataclass(slots=True)
@@ -185,13 +199,17 @@ def _parse_facts(by_index, f) -> None:
     owner = by_index.get(int(f[0]))
     if owner is None:
         return
+    facts = owner.facts
     for item in f[1:]:
         key, sep, value = item.partition("=")
         if sep:
-            try:
-                owner.facts[key] = int(value)
-            except ValueError:
-                owner.facts[key] = value
+            facts[key] = int(value) if value.isdigit() else value
+
+
+# the shim's numbers as it writes them -> names (a dict lookup per token instead of int() + index)
+_CAUSE_TOKENS = {str(i): name for i, name in enumerate(CAUSES)}
+_KIND_TOKENS = {str(k): v for k, v in KIND_NAMES.items()}
+_STATE_TOKENS = {str(k): v for k, v in STATE_NAMES.items()}
 
 
 def _parse_owner(f) -> Owner:
@@ -200,12 +218,12 @@ def _parse_owner(f) -> Owner:
     for item in f[13:]:
         c, b, r, n = item.split(":")
         b, r, n = int(b), int(r), int(n)
-        by_cause[_cause_name(int(c))] = Counters(b, r, n)
+        by_cause[_CAUSE_TOKENS.get(c, "other")] = _new_tuple(Counters, (b, r, n))
         live += b
         requested += r
         blocks += n
-    return Owner(int(f[0]), int(f[1]), KIND_NAMES.get(int(f[2]), "process"), int(f[3], 16), int(f[4]),
-                 STATE_NAMES.get(int(f[5]), "handshake"), int(f[6]), f[7] == "1", f[8] == "1",
+    return Owner(int(f[0]), int(f[1]), _KIND_TOKENS.get(f[2], "process"), int(f[3], 16), int(f[4]),
+                 _STATE_TOKENS.get(f[5], "handshake"), int(f[6]), f[7] == "1", f[8] == "1",
                  int(f[9]) / 1e9, int(f[10], 16), f[11] == "1", None if f[12] == "-" else f[12],
                  by_cause, live, requested, blocks)
 

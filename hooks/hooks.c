@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +28,7 @@ struct tstate {
     int in_alloc;
     int depth;
     int stripe; /* 1 + this thread's site-counter stripe; 0 until first needed */
+    int stripe_own; /* the stripe is this thread's alone: plain adds, no locked instructions */
     struct scope stack[MAX_DEPTH];
 };
 
@@ -114,14 +116,55 @@ static inline struct scope current(void)
 static inline uint32_t inherited_owner(void) { return current().owner; }
 
 /* ---- accounting ---- */
-static int next_stripe;
+/* Site counters: the first SITE_STRIPES - 1 threads (at a time) each own a stripe and add to it
+ * with plain loads and stores, no locked instructions (most of a single-threaded server's counting
+ * cost); every other thread shares the last stripe with atomic adds. A thread gives its stripe back
+ * when it exits (a key destructor), and counts on the shared stripe from then on (OpenSSL frees
+ * its per-thread state in destructors that may run after ours). */
+#define SHARED_STRIPE (SITE_STRIPES - 1)
+static uint32_t stripes_owned; /* atomic bitmask */
+static pthread_key_t stripe_key;
+static pthread_once_t stripe_key_once = PTHREAD_ONCE_INIT;
+static int stripe_key_ok;
 
-static inline int thread_stripe(void)
+static void stripe_release(void *unused)
 {
     struct tstate *t = &tls;
-    if (UNLIKELY(!t->stripe)) t->stripe = 1 + __atomic_fetch_add(&next_stripe, 1, __ATOMIC_RELAXED) % SITE_STRIPES;
-    return t->stripe - 1;
+    if (t->stripe_own) __atomic_and_fetch(&stripes_owned, ~(1u << (t->stripe - 1)), __ATOMIC_RELEASE);
+    t->stripe_own = 0;
+    t->stripe = 1 + SHARED_STRIPE;
 }
+
+static void stripe_key_create(void) { stripe_key_ok = pthread_key_create(&stripe_key, stripe_release) == 0; }
+
+static void stripe_claim(struct tstate *t)
+{
+    t->stripe = 1 + SHARED_STRIPE;
+    pthread_once(&stripe_key_once, stripe_key_create);
+    if (!stripe_key_ok) return;
+    uint32_t seen = __atomic_load_n(&stripes_owned, __ATOMIC_RELAXED);
+    for (int k = 0; k < SHARED_STRIPE; k++) {
+        if (seen & (1u << k)) continue;
+        if (!(__atomic_fetch_or(&stripes_owned, 1u << k, __ATOMIC_ACQUIRE) & (1u << k))) {
+            if (pthread_setspecific(stripe_key, (void *)1) != 0) { /* no release at exit: do not own */
+                __atomic_and_fetch(&stripes_owned, ~(1u << k), __ATOMIC_RELEASE);
+                return;
+            }
+            t->stripe = 1 + k;
+            t->stripe_own = 1;
+            return;
+        }
+    }
+}
+
+/* fork: only the calling thread lives on in the child; the other threads' stripes are free again */
+void stripes_after_fork_child(void)
+{
+    struct tstate *t = &tls;
+    __atomic_store_n(&stripes_owned, t->stripe_own ? 1u << (t->stripe - 1) : 0, __ATOMIC_RELAXED);
+}
+
+#define ADD_OWNED(field, v) __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (v), __ATOMIC_RELAXED)
 
 static inline void count(uint32_t owner, uint16_t site, int64_t bytes, int64_t req, int64_t blocks)
 {
@@ -132,10 +175,18 @@ static inline void count(uint32_t owner, uint16_t site, int64_t bytes, int64_t r
     __atomic_add_fetch(&c->requested, req, __ATOMIC_RELAXED);
     __atomic_add_fetch(&c->blocks, blocks, __ATOMIC_RELAXED);
     __atomic_add_fetch(&o->total_blocks, blocks, __ATOMIC_RELEASE);
-    struct site_counts *sc = &site_counts[site][thread_stripe()];
-    __atomic_add_fetch(&sc->bytes, bytes, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&sc->requested, req, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&sc->blocks, blocks, __ATOMIC_RELAXED);
+    struct tstate *t = &tls;
+    if (UNLIKELY(!t->stripe)) stripe_claim(t);
+    struct site_counts *sc = &site_counts[site][t->stripe - 1];
+    if (t->stripe_own) {
+        ADD_OWNED(sc->bytes, bytes);
+        ADD_OWNED(sc->requested, req);
+        ADD_OWNED(sc->blocks, blocks);
+    } else {
+        __atomic_add_fetch(&sc->bytes, bytes, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&sc->requested, req, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&sc->blocks, blocks, __ATOMIC_RELAXED);
+    }
 }
 
 static void untrack(const struct block *b, size_t usable);

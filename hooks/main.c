@@ -48,6 +48,7 @@ static void after_fork_child(void)
     sites_unlock();
     interpose_unlock();
     pytrace_unlock();
+    stripes_after_fork_child();
     pthread_mutex_init(&start_lock, NULL);
     if (tlsprof_active) channel_after_fork_child();
 }

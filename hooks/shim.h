@@ -117,12 +117,14 @@ static inline struct site *site_at(uint16_t id) { return &site_table[id]; }
 
 /* A site's live counters, striped: threads on different cores allocating at the same call site
  * (every handshake does) would otherwise fight over one cache line. Each thread adds to its own
- * stripe; a snapshot sums them. Only the pages of sites in use are ever touched. */
+ * stripe (hooks.c: owned stripes take plain adds); a snapshot sums them. Only the pages of sites
+ * in use are ever touched. */
 #define SITE_STRIPES 8
 struct site_counts {
     int64_t bytes, requested, blocks; /* atomics */
 } __attribute__((aligned(64)));
 extern struct site_counts site_counts[MAX_SITES][SITE_STRIPES];
+void stripes_after_fork_child(void);
 void site_totals(uint16_t id, int64_t *bytes, int64_t *requested, int64_t *blocks);
 uint32_t sites_used(void);
 void sites_reset_counters(void);

@@ -1,0 +1,109 @@
+"""A/B of two shim builds on the allocator-heavy path: in-process memory-BIO handshakes (client and
+server in one thread, every OpenSSL allocation of both sides tracked), CPU time per handshake pair.
+
+    python bench/shim_ab.py --a OLD.so --b NEW.so [--rounds 14] [-n 300]
+
+Bare, A and B run in turn in fresh processes, the order rotated each round; the figure to trust is
+the median of the per-round paired ratios (this VM's speed swings by 2x between minutes, and a
+pair of runs a second apart shares the swing). Keep a copy of the installed shim
+(tlsprof/_shim*.so) before rebuilding to compare a change with what it replaces.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import _common
+
+LOOP = r'''
+import ssl, sys, time
+crt, key, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+sctx.load_cert_chain(crt, key)
+cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+cctx.check_hostname = False
+cctx.verify_mode = ssl.CERT_NONE
+
+def pump(src, dst):
+    data = src.read()
+    if data:
+        dst.write(data)
+
+def handshake():
+    ci, co, si, so = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    c, s = cctx.wrap_bio(ci, co), sctx.wrap_bio(si, so, server_side=True)
+    c_done = s_done = False
+    for _ in range(20):
+        if not c_done:
+            try:
+                c.do_handshake(); c_done = True
+            except ssl.SSLWantReadError:
+                pass
+        pump(co, si)
+        if not s_done:
+            try:
+                s.do_handshake(); s_done = True
+            except ssl.SSLWantReadError:
+                pass
+        pump(so, ci)
+        if c_done and s_done:
+            break
+    c.write(b"x" * 100)
+    pump(co, si)
+    assert s.read(100) == b"x" * 100
+
+for _ in range(50):
+    handshake()
+t0 = time.process_time()
+for _ in range(n):
+    handshake()
+print((time.process_time() - t0) / n * 1e6)
+'''
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--a", required=True, help="shim A (.so)")
+    p.add_argument("--b", required=True, help="shim B (.so)")
+    p.add_argument("--rounds", type=int, default=14)
+    p.add_argument("-n", type=int, default=300, help="handshake pairs per run")
+    a = p.parse_args(argv)
+    sys.path.insert(0, os.path.join(_common.REPO_ROOT, "examples"))
+    import certs
+    work = tempfile.mkdtemp(prefix="tlsprof-ab-")
+    crt, key = certs.ensure_cert(work)
+    chan = os.path.join(work, "chan")
+    os.mkdir(chan, 0o700)
+    libs = {"bare": None, "A": os.path.abspath(a.a), "B": os.path.abspath(a.b)}
+    runs = []
+    for r in range(a.rounds):
+        row = {}
+        for mode in _common.rotate(list(libs), r):
+            env = dict(os.environ)
+            if libs[mode]:
+                env.update(LD_PRELOAD=libs[mode], TLSPROF_DIR=chan)
+            out = subprocess.run([sys.executable, "-c", LOOP, crt, key, str(a.n)], env=env,
+                                 capture_output=True, text=True, timeout=600)
+            if out.returncode != 0:
+                print(f"[shim_ab] {mode} failed: {out.stderr.strip()[-300:]}", file=sys.stderr)
+                return 1
+            row[mode] = float(out.stdout.split()[-1])
+        runs.append(row)
+        print(f"  round {r + 1:2d}  bare {row['bare']:7.0f}  A {row['A']:7.0f}  B {row['B']:7.0f}  us CPU/pair",
+              flush=True)
+    med = {m: statistics.median(r[m] for r in runs) for m in libs}
+    paired = {"A/bare": statistics.median(r["bare"] / r["A"] for r in runs),
+              "B/bare": statistics.median(r["bare"] / r["B"] for r in runs),
+              "B vs A": statistics.median(r["A"] / r["B"] for r in runs)}
+    print(f"\n[shim_ab] CPU per handshake pair, median: bare {med['bare']:.0f} us, A {med['A']:.0f} us, "
+          f"B {med['B']:.0f} us")
+    print(f"[shim_ab] per-round paired medians: bare/A {paired['A/bare']:.3f}x, bare/B {paired['B/bare']:.3f}x, "
+          f"A/B {paired['B vs A']:.3f}x (> 1: B is cheaper)")
+    _common.save("shim_ab", {"params": vars(a), "median_us": med, "paired": paired, "rounds": runs})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

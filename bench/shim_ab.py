@@ -2,6 +2,10 @@
 server in one thread, every OpenSSL allocation of both sides tracked), CPU time per handshake pair.
 
     python bench/shim_ab.py --a OLD.so --b NEW.so [--rounds 14] [-n 300]
+    python bench/shim_ab.py --a OLD.so --b NEW.so --server asyncio|threaded [--rounds 10] [-n 1500]
+
+With --server: the seed echo server started with each shim preloaded (no Python agent), loaded
+with `hsload` handshakes; the figure is the server's CPU per handshake.
 
 Bare, A and B run in turn in fresh processes, the order rotated each round; the figure to trust is
 the median of the per-round paired ratios (this VM's speed swings by 2x between minutes, and a
@@ -63,13 +67,31 @@ print((time.process_time() - t0) / n * 1e6)
 '''
 
 
+def _server_cpu(lib, chan, threaded, n):
+    """CPU ms per handshake of the echo server with `lib` preloaded (None: bare)."""
+    import _servers
+    import hsload
+    env = {"LD_PRELOAD": lib, "TLSPROF_DIR": chan} if lib else None
+    server = _servers.start("bare", *(["--threaded"] if threaded else []), env=env)
+    try:
+        pid = server.target_pid()
+        hsload.run(server.port, 100, 10)
+        c0 = _common.cpu_seconds(pid)
+        res = hsload.run(server.port, n, 10)
+        return 1000 * (_common.cpu_seconds(pid) - c0) / max(1, res["handshakes"])
+    finally:
+        _servers.stop(server)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--a", required=True, help="shim A (.so)")
     p.add_argument("--b", required=True, help="shim B (.so)")
     p.add_argument("--rounds", type=int, default=14)
-    p.add_argument("-n", type=int, default=300, help="handshake pairs per run")
+    p.add_argument("-n", type=int, default=None, help="handshake pairs per run (300; --server: 1500 handshakes)")
+    p.add_argument("--server", choices=("asyncio", "threaded"), help="measure the echo server instead")
     a = p.parse_args(argv)
+    a.n = a.n or (1500 if a.server else 300)
     sys.path.insert(0, os.path.join(_common.REPO_ROOT, "examples"))
     import certs
     work = tempfile.mkdtemp(prefix="tlsprof-ab-")
@@ -78,9 +100,13 @@ def main(argv=None):
     os.mkdir(chan, 0o700)
     libs = {"bare": None, "A": os.path.abspath(a.a), "B": os.path.abspath(a.b)}
     runs = []
+    unit = "handshake" if a.server else "pair"
     for r in range(a.rounds):
         row = {}
         for mode in _common.rotate(list(libs), r):
+            if a.server:
+                row[mode] = 1000 * _server_cpu(libs[mode], chan, a.server == "threaded", a.n)
+                continue
             env = dict(os.environ)
             if libs[mode]:
                 env.update(LD_PRELOAD=libs[mode], TLSPROF_DIR=chan)
@@ -91,17 +117,17 @@ def main(argv=None):
                 return 1
             row[mode] = float(out.stdout.split()[-1])
         runs.append(row)
-        print(f"  round {r + 1:2d}  bare {row['bare']:7.0f}  A {row['A']:7.0f}  B {row['B']:7.0f}  us CPU/pair",
+        print(f"  round {r + 1:2d}  bare {row['bare']:7.0f}  A {row['A']:7.0f}  B {row['B']:7.0f}  us CPU/{unit}",
               flush=True)
     med = {m: statistics.median(r[m] for r in runs) for m in libs}
     paired = {"A/bare": statistics.median(r["bare"] / r["A"] for r in runs),
               "B/bare": statistics.median(r["bare"] / r["B"] for r in runs),
               "B vs A": statistics.median(r["A"] / r["B"] for r in runs)}
-    print(f"\n[shim_ab] CPU per handshake pair, median: bare {med['bare']:.0f} us, A {med['A']:.0f} us, "
+    print(f"\n[shim_ab] CPU per {unit}, median: bare {med['bare']:.0f} us, A {med['A']:.0f} us, "
           f"B {med['B']:.0f} us")
     print(f"[shim_ab] per-round paired medians: bare/A {paired['A/bare']:.3f}x, bare/B {paired['B/bare']:.3f}x, "
           f"A/B {paired['B vs A']:.3f}x (> 1: B is cheaper)")
-    _common.save("shim_ab", {"params": vars(a), "median_us": med, "paired": paired, "rounds": runs})
+    _common.save(f"shim_ab_{a.server}" if a.server else "shim_ab", {"params": vars(a), "median_us": med, "paired": paired, "rounds": runs})
     return 0
 
 

@@ -28,7 +28,9 @@ def _wait_file(path, proc, timeout=60):
 
 
 def _profile(cmd, ready, report, n, tmp_path):
-    """Run cmd under `tlsprof run --at last`, open n client connections, SIGKILL the target, load."""
+    """Run cmd under `tlsprof run --at last`, open n client connections, stop it the way a user
+    does (SIGTERM to tlsprof: one last look, the Python agent asked afresh, then the signal goes to
+    the target; SIGKILL to the target if it does not exit), load the report."""
     errors = open(tmp_path / "tlsprof.err", "w+")
     tool = subprocess.Popen([*TLSPROF, "run", "-o", str(report), "--interval", "0.3", "--at", "last", "--", *cmd],
                             stdout=subprocess.DEVNULL, stderr=errors, text=True)
@@ -39,8 +41,12 @@ def _profile(cmd, ready, report, n, tmp_path):
         time.sleep(2.0)
         import psutil
         target = psutil.Process(tool.pid).children()[0]
-        target.send_signal(signal.SIGKILL)
-        tool.wait(60)
+        tool.send_signal(signal.SIGTERM)
+        try:
+            tool.wait(30)
+        except subprocess.TimeoutExpired:
+            target.send_signal(signal.SIGKILL)
+            tool.wait(60)
     finally:
         if clients:
             clients.stop()

@@ -401,6 +401,25 @@ def _chains(targets, objects, unreachable):
 
 # --- the snapshot -------------------------------------------------------------------------------
 
+_malloc_trim = []
+
+
+def _give_heap_back():
+    """A full snapshot's walk over every gc object builds large lists and dicts; freed, glibc keeps
+    their pages (its mmap threshold rises after the first large free), and each attach would leave
+    the target's RSS a step higher. Give the free pages back (glibc's malloc_trim, called without
+    the GIL; absent elsewhere: nothing done)."""
+    if not _malloc_trim:
+        try:
+            fn = ctypes.CDLL(None).malloc_trim
+            fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+        except (OSError, AttributeError):
+            fn = None
+        _malloc_trim.append(fn)
+    if _malloc_trim[0] is not None:
+        _malloc_trim[0](0)
+
+
 def snapshot(want_leaks=True):
     started = time.monotonic()
     notes = []
@@ -614,6 +633,8 @@ def _serve(listener):
             else:
                 answer = {"error": f"unknown request {cmd!r}"}
             conn.sendall(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
+            if cmd == "SNAPSHOT" and "noleaks" not in words:
+                _give_heap_back()
         except Exception:
             pass
         finally:

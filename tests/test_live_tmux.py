@@ -82,6 +82,15 @@ def tmux(tmp_path):
     yield t
     t.close()
 
+def _exit_status(tmux, status, timeout=60.0):
+    """The status the shell wrote after tlsprof exited (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while not (status.exists() and status.read_text().strip()):
+        assert time.monotonic() < deadline, f"tlsprof did not exit; screen:\n{tmux.screen()}"
+        time.sleep(0.2)
+    return status.read_text().strip()
+
+
 
 def test_live_view_in_tmux_shows_200_connections_and_cause_bars(tmux, tmp_path, cert_dir, spawn):
     ready, log, report = tmp_path / "ready", tmp_path / "server.log", tmp_path / "report.json"
@@ -112,11 +121,7 @@ def test_live_view_in_tmux_shows_200_connections_and_cause_bars(tmux, tmp_path, 
     tmux.keys("q")
     tmux.wait_screen(lambda s: "still running" in s, "the quit dialog")
     tmux.keys("t")  # terminate the target; tlsprof writes the report and exits with its status
-    deadline = time.monotonic() + 60
-    while not (status.exists() and status.read_text().strip()):
-        assert time.monotonic() < deadline, f"tlsprof did not exit; screen:\n{tmux.screen()}"
-        time.sleep(0.2)
-    assert status.read_text().strip() == "0"
+    assert _exit_status(tmux, status) == "0"
     doc = json.loads(report.read_text())
     assert doc["schema"] == "tlsprof.report/1" and doc["per_connection"]["connections"] > 0
 
@@ -136,11 +141,7 @@ def test_attach_live_in_tmux_q_detaches_and_the_target_runs_on(tmux, tmp_path, s
     sock = socket_path(channel_dir_for(os.getuid()), server.pid)
     assert client.ping(sock) == server.pid  # hooks in while the view is open
     tmux.keys("q")
-    deadline = time.monotonic() + 60
-    while not (status.exists() and status.read_text().strip()):
-        assert time.monotonic() < deadline, f"tlsprof did not exit; screen:\n{tmux.screen()}"
-        time.sleep(0.2)
-    assert status.read_text().strip() == "0"
+    assert _exit_status(tmux, status) == "0"
     doc = json.loads(report.read_text())
     assert doc["target"]["mode"] == "attach" and doc["per_connection"]["connections"] >= 20
     assert not os.path.exists(sock)  # q detached: the shim's socket is gone

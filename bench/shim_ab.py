@@ -38,21 +38,16 @@ def pump(src, dst):
 def handshake():
     ci, co, si, so = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
     c, s = cctx.wrap_bio(ci, co), sctx.wrap_bio(si, so, server_side=True)
-    c_done = s_done = False
+    pending = [(c, co, si), (s, so, ci)]  # (side, its outgoing BIO, the peer's incoming BIO)
     for _ in range(20):
-        if not c_done:
+        for side, out, peer_in in list(pending):
             try:
-                c.do_handshake(); c_done = True
+                side.do_handshake()
+                pending.remove((side, out, peer_in))
             except ssl.SSLWantReadError:
                 pass
-        pump(co, si)
-        if not s_done:
-            try:
-                s.do_handshake(); s_done = True
-            except ssl.SSLWantReadError:
-                pass
-        pump(so, ci)
-        if c_done and s_done:
+            pump(out, peer_in)
+        if not pending:
             break
     c.write(b"x" * 100)
     pump(co, si)

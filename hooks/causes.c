@@ -7,7 +7,13 @@
 
 const char *const cause_names[N_CAUSES] = {
     "ca_store", "own_certificate", "peer_certificate", "record_buffers", "compression",
-    "handshake", "session", "cipher_state", "bio", "other",
+    "handshake", "session", "cipher_state", "bio", "connection", "context", "thread_state",
+    "library", "other",
+};
+
+const char *const scope_names[N_SCOPES] = {
+    "none", "ctx_new", "ctx", "ca_store", "own_cert", "ssl_new", "handshake", "io", "shutdown",
+    "ssl_ctrl", "ssl_free", "static", "library", "thread",
 };
 
 static int has(const char *file, const char *part) { return strstr(file, part) != NULL; }
@@ -23,15 +29,38 @@ static int is_cipher_code(const char *f)
     return has(f, "/evp/") || has(f, "/modes/") || has(f, "/aes/") || has(f, "/chacha/") ||
            has(f, "/poly1305/") || has(f, "/hmac/") || has(f, "/providers/implementations/ciphers") ||
            has(f, "/providers/implementations/digests") || has(f, "/providers/implementations/macs") ||
-           has(f, "/providers/implementations/kdfs") || has(f, "/providers/implementations/rands") ||
-           has(f, "t1_enc.c") || has(f, "tls13_enc.c") || has(f, "/rand/");
+           has(f, "/providers/implementations/kdfs") || has(f, "t1_enc.c") || has(f, "tls13_enc.c");
+}
+
+/* OpenSSL's one-time state: configuration, providers, the name map and method stores that fetches
+ * fill, object names, error strings. Built on first use and kept for the life of the process. */
+static int is_library_code(const char *f)
+{
+    return has(f, "crypto/core_") || has(f, "/property/") || has(f, "crypto/provider") ||
+           has(f, "crypto/context.c") || has(f, "crypto/init.c") || has(f, "/conf/") ||
+           has(f, "/dso/") || has(f, "/engine/") || has(f, "o_names.c") || has(f, "obj_dat.c") ||
+           has(f, "_meth.c") || has(f, "evp_fetch.c") || has(f, "crypto/ex_data.c") ||
+           has(f, "providers/defltprov.c") || has(f, "providers/baseprov.c") ||
+           has(f, "providers/nullprov.c") || has(f, "providers/common/") || has(f, "ssl/ssl_init.c");
+}
+
+/* Per-thread state: error queues, thread-exit handlers and the per-thread random generators
+ * (OpenSSL 3 keeps a public and a private DRBG per thread). */
+static int is_thread_code(const char *f)
+{
+    return has(f, "crypto/err/") || has(f, "initthread.c") || has(f, "/rand/") ||
+           has(f, "/providers/implementations/rands");
 }
 
 uint8_t classify_cause(const char *file, uint8_t scope)
 {
+    if (scope == SC_LIBRARY) return C_LIBRARY;
+    if (file && is_library_code(file)) return C_LIBRARY;
+    if (scope == SC_THREAD) return C_THREAD_STATE;
     if (scope == SC_CA) return C_CA_STORE;
     if (scope == SC_OWN_CERT) return C_OWN_CERT;
     if (!file) return C_OTHER;
+    if (is_thread_code(file)) return C_THREAD_STATE;
     if (has(file, "/comp/") || has(file, "c_zlib")) return C_COMPRESSION;
     if (has(file, "ssl/record/")) return C_RECORD_BUFFERS;
     if (has(file, "ssl_sess.c")) return C_SESSION;
@@ -48,6 +77,15 @@ uint8_t classify_cause(const char *file, uint8_t scope)
         if (is_cipher_code(file)) return C_CIPHER_STATE;
         if (is_certificate_code(file)) return C_PEER_CERT;
         return C_HANDSHAKE;
+    case SC_SSL_NEW: /* the SSL object and what SSL_new copies into it from its context */
+    case SC_SSL_CTRL:
+    case SC_SSL_FREE:
+        if (is_cipher_code(file)) return C_CIPHER_STATE;
+        return C_CONNECTION;
+    case SC_CTX_NEW: /* the SSL_CTX object and its settings */
+    case SC_CTX:
+        if (is_cipher_code(file)) return C_CIPHER_STATE;
+        return C_CONTEXT;
     default:
         return C_OTHER;
     }

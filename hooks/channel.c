@@ -150,6 +150,12 @@ static void put_header(struct buf *b)
     const char *v = tlsprof_openssl_version();
     put(b, "tlsprof-snapshot 1\npid %d\nmono_ns %llu\nopenssl %s\n", (int)getpid(),
         (unsigned long long)now_ns(), v ? v : "-");
+    /* the numbers in O and S lines index these lists: the reader needs no copy of the enums */
+    put(b, "vocab causes");
+    for (int c = 0; c < N_CAUSES; c++) put(b, " %s", cause_names[c]);
+    put(b, "\nvocab scopes");
+    for (int k = 0; k < N_SCOPES; k++) put(b, " %s", scope_names[k]);
+    put(b, "\n");
     put(b, "stat untracked_bytes %lld\nstat untracked_blocks %lld\nstat io_calls_of_dead %llu\n",
         (long long)__atomic_load_n(&untracked_bytes, __ATOMIC_RELAXED),
         (long long)__atomic_load_n(&untracked_blocks, __ATOMIC_RELAXED),

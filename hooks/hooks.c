@@ -92,6 +92,31 @@ REAL(int, SSL_CTX_use_PrivateKey, (void *, void *));
 REAL(int, SSL_CTX_use_PrivateKey_file, (void *, const char *, int));
 REAL(int, SSL_CTX_check_private_key, (const void *));
 REAL(int, SSL_CTX_use_cert_and_key, (void *, void *, void *, void *, int));
+/* one-time library state */
+REAL(int, OPENSSL_init_crypto, (uint64_t, const void *));
+REAL(int, OPENSSL_init_ssl, (uint64_t, const void *));
+REAL(void *, EVP_CIPHER_fetch, (void *, const char *, const char *));
+REAL(void *, EVP_MD_fetch, (void *, const char *, const char *));
+REAL(void *, EVP_KDF_fetch, (void *, const char *, const char *));
+REAL(void *, EVP_MAC_fetch, (void *, const char *, const char *));
+REAL(void *, EVP_KEYEXCH_fetch, (void *, const char *, const char *));
+REAL(void *, EVP_KEYMGMT_fetch, (void *, const char *, const char *));
+REAL(void *, EVP_SIGNATURE_fetch, (void *, const char *, const char *));
+REAL(void *, EVP_KEM_fetch, (void *, const char *, const char *));
+REAL(void *, EVP_ASYM_CIPHER_fetch, (void *, const char *, const char *));
+REAL(void *, EVP_RAND_fetch, (void *, const char *, const char *));
+REAL(void *, OSSL_DECODER_fetch, (void *, const char *, const char *));
+REAL(void *, OSSL_ENCODER_fetch, (void *, const char *, const char *));
+REAL(void *, OSSL_STORE_LOADER_fetch, (void *, const char *, const char *));
+REAL(const void *, EVP_get_cipherbyname, (const char *));
+REAL(const void *, EVP_get_digestbyname, (const char *));
+REAL(void *, OSSL_PROVIDER_load, (void *, const char *));
+REAL(int, RAND_bytes, (unsigned char *, int));
+REAL(int, RAND_priv_bytes, (unsigned char *, int));
+REAL(int, RAND_bytes_ex, (void *, unsigned char *, size_t, unsigned int));
+REAL(int, RAND_priv_bytes_ex, (void *, unsigned char *, size_t, unsigned int));
+REAL(int, RAND_status, (void));
+REAL(void *, OSSL_PROVIDER_try_load, (void *, const char *, int));
 
 /* ---- scope stack ---- */
 static inline void push(uint32_t owner, uint8_t kind)
@@ -193,6 +218,7 @@ static void untrack(const struct block *b, size_t usable);
 
 static void track_as(void *p, size_t n, uint32_t owner, uint16_t site)
 {
+    if (cause_is_process_wide(site_at(site)->cause)) owner = 0;
     size_t usable = malloc_usable_size(p);
     size_t slack = usable >= n ? usable - n : 0;
     if (slack > 0xffff) slack = 0xffff;
@@ -643,6 +669,50 @@ static void *hook_SSL_set_SSL_CTX(void *ssl, void *ctx)
     return r;
 }
 
+/* ---- OpenSSL filling its one-time state: initialisation, providers, method fetches ----
+ * What a fetch allocates the first time (the method, its name map and store entries) is cached for
+ * the process and handed to every later caller: charging it to the context or connection that
+ * happened to ask first made that one an outlier. (Not OSSL_PROVIDER_do_all: its callbacks fill
+ * per-context lists, such as a context's TLS groups.) */
+#define PROCESS_SCOPED(kind, ret, name, params, args)             \
+    static ret hook_##name params                                 \
+    {                                                             \
+        if (!tlsprof_active) return real_##name args;             \
+        push(0, kind);                                            \
+        ret r = real_##name args;                                 \
+        pop();                                                    \
+        return r;                                                 \
+    }
+#define LIBRARY_SCOPED(ret, name, params, args) PROCESS_SCOPED(SC_LIBRARY, ret, name, params, args)
+
+LIBRARY_SCOPED(int, OPENSSL_init_crypto, (uint64_t opts, const void *settings), (opts, settings))
+LIBRARY_SCOPED(int, OPENSSL_init_ssl, (uint64_t opts, const void *settings), (opts, settings))
+LIBRARY_SCOPED(void *, EVP_CIPHER_fetch, (void *l, const char *a, const char *p), (l, a, p))
+LIBRARY_SCOPED(void *, EVP_MD_fetch, (void *l, const char *a, const char *p), (l, a, p))
+LIBRARY_SCOPED(void *, EVP_KDF_fetch, (void *l, const char *a, const char *p), (l, a, p))
+LIBRARY_SCOPED(void *, EVP_MAC_fetch, (void *l, const char *a, const char *p), (l, a, p))
+LIBRARY_SCOPED(void *, EVP_KEYEXCH_fetch, (void *l, const char *a, const char *p), (l, a, p))
+LIBRARY_SCOPED(void *, EVP_KEYMGMT_fetch, (void *l, const char *a, const char *p), (l, a, p))
+LIBRARY_SCOPED(void *, EVP_SIGNATURE_fetch, (void *l, const char *a, const char *p), (l, a, p))
+LIBRARY_SCOPED(void *, EVP_KEM_fetch, (void *l, const char *a, const char *p), (l, a, p))
+LIBRARY_SCOPED(void *, EVP_ASYM_CIPHER_fetch, (void *l, const char *a, const char *p), (l, a, p))
+LIBRARY_SCOPED(void *, EVP_RAND_fetch, (void *l, const char *a, const char *p), (l, a, p))
+LIBRARY_SCOPED(void *, OSSL_DECODER_fetch, (void *l, const char *a, const char *p), (l, a, p))
+LIBRARY_SCOPED(void *, OSSL_ENCODER_fetch, (void *l, const char *a, const char *p), (l, a, p))
+LIBRARY_SCOPED(void *, OSSL_STORE_LOADER_fetch, (void *l, const char *a, const char *p), (l, a, p))
+LIBRARY_SCOPED(const void *, EVP_get_cipherbyname, (const char *n), (n))
+LIBRARY_SCOPED(const void *, EVP_get_digestbyname, (const char *n), (n))
+LIBRARY_SCOPED(void *, OSSL_PROVIDER_load, (void *l, const char *n), (l, n))
+LIBRARY_SCOPED(void *, OSSL_PROVIDER_try_load, (void *l, const char *n, int retain), (l, n, retain))
+
+/* Random bytes allocate only when a thread's first call creates its DRBGs (the primary one and the
+ * thread's public and private ones): per-thread state, whichever context or connection asked. */
+PROCESS_SCOPED(SC_THREAD, int, RAND_bytes, (unsigned char *b, int n), (b, n))
+PROCESS_SCOPED(SC_THREAD, int, RAND_priv_bytes, (unsigned char *b, int n), (b, n))
+PROCESS_SCOPED(SC_THREAD, int, RAND_bytes_ex, (void *l, unsigned char *b, size_t n, unsigned int s), (l, b, n, s))
+PROCESS_SCOPED(SC_THREAD, int, RAND_priv_bytes_ex, (void *l, unsigned char *b, size_t n, unsigned int s), (l, b, n, s))
+PROCESS_SCOPED(SC_THREAD, int, RAND_status, (void), ())
+
 /* ---- libraries loaded later (Python's _ssl pulls in libssl with RTLD_LOCAL) ---- */
 static void *hook_dlopen(const char *file, int flags)
 {
@@ -675,6 +745,13 @@ struct hook_def hook_defs[] = {
     HOOK(SSL_CTX_use_certificate), HOOK(SSL_CTX_use_certificate_file),
     HOOK(SSL_CTX_use_certificate_chain_file), HOOK(SSL_CTX_use_PrivateKey),
     HOOK(SSL_CTX_use_PrivateKey_file), HOOK(SSL_CTX_check_private_key), HOOK(SSL_CTX_use_cert_and_key),
+    HOOK(OPENSSL_init_crypto), HOOK(OPENSSL_init_ssl), HOOK(EVP_CIPHER_fetch), HOOK(EVP_MD_fetch),
+    HOOK(EVP_KDF_fetch), HOOK(EVP_MAC_fetch), HOOK(EVP_KEYEXCH_fetch), HOOK(EVP_KEYMGMT_fetch),
+    HOOK(EVP_SIGNATURE_fetch), HOOK(EVP_KEM_fetch), HOOK(EVP_ASYM_CIPHER_fetch), HOOK(EVP_RAND_fetch),
+    HOOK(OSSL_DECODER_fetch), HOOK(OSSL_ENCODER_fetch), HOOK(OSSL_STORE_LOADER_fetch),
+    HOOK(EVP_get_cipherbyname), HOOK(EVP_get_digestbyname),
+    HOOK(OSSL_PROVIDER_load), HOOK(OSSL_PROVIDER_try_load), HOOK(RAND_bytes), HOOK(RAND_priv_bytes),
+    HOOK(RAND_bytes_ex), HOOK(RAND_priv_bytes_ex), HOOK(RAND_status),
 };
 const int n_hook_defs = sizeof hook_defs / sizeof hook_defs[0];
 

@@ -231,7 +231,9 @@ static int remember(uintptr_t *slot, uintptr_t orig, uintptr_t written, uintptr_
 static int hook_index(const char *name)
 {
     /* cheap filter first: every hooked name starts with one of these letters */
-    if (name[0] != 'C' && name[0] != 'S' && name[0] != 'X' && name[0] != 'd') return -1;
+    if (name[0] != 'C' && name[0] != 'S' && name[0] != 'X' && name[0] != 'd' && name[0] != 'E' &&
+        name[0] != 'O' && name[0] != 'R')
+        return -1;
     for (int i = 0; i < n_hook_defs; i++)
         if (strcmp(hook_defs[i].name, name) == 0) return i;
     return -1;

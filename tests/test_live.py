@@ -259,7 +259,7 @@ def test_target_exit_is_shown_and_the_last_data_kept(server, spawn, tmp_path):
         return app.return_value
     assert _run(scenario()) == "exited"
     saved = json.loads(out.read_text())
-    assert saved["schema"] == "tlsprof.report/1" and saved["per_connection"]["connections"] == 4
+    assert saved["schema"] == "tlsprof.report/2" and saved["per_connection"]["connections"] == 4
 
 
 def test_run_live_without_a_terminal_collects_and_returns_the_exit_status(server, spawn, capsys):

@@ -123,7 +123,7 @@ def test_live_view_in_tmux_shows_200_connections_and_cause_bars(tmux, tmp_path, 
     tmux.keys("t")  # terminate the target; tlsprof writes the report and exits with its status
     assert _exit_status(tmux, status) == "0"
     doc = json.loads(report.read_text())
-    assert doc["schema"] == "tlsprof.report/1" and doc["per_connection"]["connections"] > 0
+    assert doc["schema"] == "tlsprof.report/2" and doc["per_connection"]["connections"] > 0
 
 
 @pytest.mark.skipif(shutil.which("gdb") is None, reason="attach needs gdb")

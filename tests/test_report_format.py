@@ -126,7 +126,7 @@ def run_cli(*args):
 
 def test_cause_vocabulary_is_the_schema_enum_and_has_labels():
     assert list(CAUSES) == load_schema()["$defs"]["cause"]["enum"]
-    assert len(set(CAUSES)) == len(CAUSES) == 10
+    assert len(set(CAUSES)) == len(CAUSES) == 14
     assert all(LABELS[c] and DESCRIPTIONS[c] for c in CAUSES)
 
 
@@ -184,7 +184,7 @@ def test_validate_report_and_jsonschema_both_reject(case):
 @pytest.mark.parametrize("doc, words", [
     ([1, 2], "top level is a list"),
     ({"tool": {}}, "no 'schema' key"),
-    ({"schema": "tlsprof.report/2"}, "not supported"),
+    ({"schema": "tlsprof.report/3"}, "not supported"),
     ({"schema": "memray/1"}, "not a tlsprof report"),
 ])
 def test_foreign_documents_are_named_as_such(doc, words):
@@ -329,7 +329,7 @@ CORRUPT = {
     "truncated": lambda: _valid_bytes()[: len(_valid_bytes()) // 2],
     "binary garbage": lambda: bytes(range(256)) * 4,
     "wrong schema": lambda: json.dumps({**bad_report(), "schema": "heaptrack/3"}).encode(),
-    "newer schema": lambda: json.dumps({**bad_report(), "schema": "tlsprof.report/2"}).encode(),
+    "newer schema": lambda: json.dumps({**bad_report(), "schema": "tlsprof.report/3"}).encode(),
     "missing keys": lambda: json.dumps({k: v for k, v in bad_report().items()
                                         if k not in ("totals", "sites")}).encode(),
     "negative bytes": lambda: _valid_bytes().replace(b'"live_bytes": ', b'"live_bytes": -', 1),
@@ -375,7 +375,7 @@ def test_specific_messages():
     with pytest.raises(BadReport, match="empty file"):
         parse_report(b"", "f.json")
     with pytest.raises(BadReport, match="not supported"):
-        parse_report(json.dumps({**bad_report(), "schema": "tlsprof.report/2"}).encode(), "f.json")
+        parse_report(json.dumps({**bad_report(), "schema": "tlsprof.report/3"}).encode(), "f.json")
     with pytest.raises(BadReport, match=r"totals\.live_bytes: must be >= 0"):
         doc = bad_report()
         doc["totals"]["live_bytes"] = -1

@@ -1,4 +1,5 @@
-"""The cause vocabulary: why a live OpenSSL byte exists. Fixed by schema `tlsprof.report/1`.
+"""The cause vocabulary: why a live OpenSSL byte exists. Fixed by schema `tlsprof.report/2`
+(`/1` had no connection, context, thread_state or library: those bytes were `other`).
 
 Every `by_cause` map in a report uses only these ids; renderers show them in this order with
 these labels. Adding an id is a schema change (it changes what `other` means).
@@ -15,8 +16,15 @@ CAUSES = (
     "session",
     "cipher_state",
     "bio",
+    "connection",
+    "context",
+    "thread_state",
+    "library",
     "other",
 )
+
+# Causes whose bytes the shim charges to the process, never to a context or connection.
+PROCESS_WIDE = ("thread_state", "library")
 
 LABELS = {
     "ca_store": "CA store",
@@ -28,6 +36,10 @@ LABELS = {
     "session": "sessions",
     "cipher_state": "cipher state",
     "bio": "BIOs",
+    "connection": "SSL object",
+    "context": "SSL_CTX object",
+    "thread_state": "per-thread state",
+    "library": "OpenSSL library",
     "other": "other",
 }
 
@@ -41,6 +53,12 @@ DESCRIPTIONS = {
     "session": "sessions, the session cache and session tickets",
     "cipher_state": "symmetric cipher and MAC contexts of the record layer",
     "bio": "BIO objects and their buffers",
+    "connection": "the SSL object itself and what SSL_new copies into it from its context (settings, "
+                  "certificate slots, verify parameters)",
+    "context": "the SSL_CTX object itself and its settings (cipher lists, certificate slots, callbacks)",
+    "thread_state": "per-thread state: error queues and per-thread random generators (process-wide)",
+    "library": "OpenSSL's one-time state: configuration, providers, method caches, object names, error "
+               "strings (process-wide, never charged to a context or connection)",
     "other": "OpenSSL allocations no other cause claims",
 }
 

@@ -16,7 +16,7 @@ from tlsprof.errors import ChannelError
 KIND_NAMES = {0: "process", 1: "context", 2: "connection"}
 STATE_NAMES = {0: "handshake", 1: "established", 2: "shutdown"}
 SCOPE_NAMES = ("none", "ctx_new", "ctx", "ca_store", "own_cert", "ssl_new", "handshake", "io",
-               "shutdown", "ssl_ctrl", "ssl_free", "static")
+               "shutdown", "ssl_ctrl", "ssl_free", "static", "library", "thread")
 SSL_MODE_RELEASE_BUFFERS = 0x10
 
 
@@ -133,10 +133,6 @@ def ask(path: str, command: str, timeout: float = 5.0) -> str:
         raise ChannelError(f"cannot reach the tlsprof shim at {path}: {exc.strerror or exc}") from None
 
 
-def _cause_name(index: int) -> str:
-    return CAUSES[index] if 0 <= index < len(CAUSES) else "other"
-
-
 def parse_snapshot(text: str) -> Snapshot:
     # tens of thousands of small objects, no cycles among them: the cyclic GC would only rescan
     # them again and again while they are made
@@ -159,12 +155,19 @@ def _parse_snapshot(text: str) -> Snapshot:
     openssl = None
     stats, owners, sites, copies = {}, [], [], []
     by_index = {}
+    causes, scopes = _CAUSE_TOKENS, _SCOPE_TOKENS  # a shim that states its vocabulary is read by it
     try:
         for line in lines[1:]:
             if line == "END":
                 break
             tag, _, rest = line.partition(" ")
-            if tag == "pid":
+            if tag == "vocab":
+                what, _, names = rest.partition(" ")
+                if what == "causes":
+                    causes = _tokens(names.split(), CAUSES, "other")
+                elif what == "scopes":
+                    scopes = _tokens(names.split(), SCOPE_NAMES, "none")
+            elif tag == "pid":
                 pid = int(rest)
             elif tag == "mono_ns":
                 mono = int(rest)
@@ -174,15 +177,15 @@ def _parse_snapshot(text: str) -> Snapshot:
                 k, v = rest.split()
                 stats[k] = int(v)
             elif tag == "O":
-                owner = _parse_owner(rest.split(" "))
+                owner = _parse_owner(rest.split(" "), causes)
                 owners.append(owner)
                 by_index[owner.index] = owner
             elif tag == "F":
                 _parse_facts(by_index, rest.split(" "))
             elif tag == "S":
                 f = rest.split(" ", 8)
-                sites.append(Site(file=f[8], line=int(f[3]), cause=_cause_name(int(f[1])),
-                                  scope=SCOPE_NAMES[int(f[2])] if int(f[2]) < len(SCOPE_NAMES) else "none",
+                sites.append(Site(file=f[8], line=int(f[3]), cause=causes.get(f[1], "other"),
+                                  scope=scopes.get(f[2], "none"),
                                   bytes=int(f[4]), requested=int(f[5]), blocks=int(f[6]),
                                   library=None if f[7] == "-" else f[7], id=int(f[0])))
             elif tag == "C":
@@ -208,17 +211,27 @@ def _parse_facts(by_index, f) -> None:
 
 # the shim's numbers as it writes them -> names (a dict lookup per token instead of int() + index)
 _CAUSE_TOKENS = {str(i): name for i, name in enumerate(CAUSES)}
+_SCOPE_TOKENS = {str(i): name for i, name in enumerate(SCOPE_NAMES)}
+
+
+def _tokens(stated: list, known: tuple, unknown: str) -> dict:
+    """The shim's `vocab` line -> token map; a name this front end does not know reads as `unknown`."""
+    return {str(i): name if name in known else unknown for i, name in enumerate(stated)}
 _KIND_TOKENS = {str(k): v for k, v in KIND_NAMES.items()}
 _STATE_TOKENS = {str(k): v for k, v in STATE_NAMES.items()}
 
 
-def _parse_owner(f) -> Owner:
+def _parse_owner(f, causes=_CAUSE_TOKENS) -> Owner:
     by_cause = {}
     live = requested = blocks = 0
     for item in f[13:]:
         c, b, r, n = item.split(":")
         b, r, n = int(b), int(r), int(n)
-        by_cause[_CAUSE_TOKENS.get(c, "other")] = _new_tuple(Counters, (b, r, n))
+        name = causes.get(c, "other")
+        if name in by_cause:  # two tokens read as `other` (names this front end does not know)
+            old = by_cause[name]
+            b, r, n = b + old[0], r + old[1], n + old[2]
+        by_cause[name] = _new_tuple(Counters, (b, r, n))
         live += b
         requested += r
         blocks += n

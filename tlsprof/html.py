@@ -20,6 +20,10 @@ COLOURS = {
     "session": "#b07aa1",
     "cipher_state": "#ff9da7",
     "bio": "#9c755f",
+    "connection": "#86bcb6",
+    "context": "#d4a6c8",
+    "thread_state": "#fabfd2",
+    "library": "#79706e",
     "other": "#bab0ac",
 }
 assert set(COLOURS) == set(CAUSES)

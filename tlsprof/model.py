@@ -1,4 +1,4 @@
-"""Turns a shim snapshot into a report (schema tlsprof.report/1, docs/report-format.md).
+"""Turns a shim snapshot into a report (schema tlsprof.report/2, docs/report-format.md).
 
 A connection's memory = its own live bytes + its share of its context's live bytes (the context's
 bytes divided by the live connections that share it). Both parts are reported.
@@ -13,7 +13,7 @@ from tlsprof.client import SSL_MODE_RELEASE_BUFFERS, Snapshot
 from tlsprof.findings import compute_findings
 from tlsprof.linkage import join as join_python
 
-SCHEMA = "tlsprof.report/1"
+SCHEMA = "tlsprof.report/2"
 
 
 def ctx_id(serial):

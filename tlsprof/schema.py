@@ -1,4 +1,4 @@
-"""Validation of the report contract, schema `tlsprof.report/1`.
+"""Validation of the report contract, schema `tlsprof.report/2` (and `/1`).
 
 The contract lives in `tlsprof/schema/report.schema.json` (JSON Schema 2020-12). The CLI must not
 need `jsonschema`, so this module interprets the small subset of keywords that file uses ($ref to
@@ -16,7 +16,9 @@ from datetime import datetime
 
 from tlsprof.errors import BadReport
 
-SCHEMA_ID = "tlsprof.report/1"
+SCHEMA_ID = "tlsprof.report/2"
+# /1 reports (before the connection, context, thread_state and library causes) are still read
+SCHEMA_READABLE = ("tlsprof.report/2", "tlsprof.report/1")
 SCHEMA_PREFIX = "tlsprof.report/"
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema", "report.schema.json")
 
@@ -177,7 +179,7 @@ def _check_schema_id(doc) -> None:
     if "schema" not in doc:
         raise BadReport("not a tlsprof report: no 'schema' key")
     schema = doc["schema"]
-    if schema == SCHEMA_ID:
+    if schema in SCHEMA_READABLE:
         return
     if isinstance(schema, str) and schema.startswith(SCHEMA_PREFIX):
         raise BadReport(f"report schema {_short(schema)} is not supported; this tlsprof reads {SCHEMA_ID}")
@@ -211,7 +213,7 @@ def _check_semantics(doc: dict) -> None:
 
 
 def validate_report(doc) -> None:
-    """Raise BadReport (one line) unless `doc` is a valid `tlsprof.report/1` document."""
+    """Raise BadReport (one line) unless `doc` is a valid `tlsprof.report/2` (or `/1`) document."""
     _check_schema_id(doc)
     _check_numbers(doc)
     check_structure(doc)

@@ -56,10 +56,15 @@ def test_other_is_at_most_a_tenth_of_a_connection(tmp_path, cert_dir, mode):
     assert per["by_cause"].get("connection", 0) > 4000, per["by_cause"]
 
 
-def test_one_time_library_memory_is_the_process_s(tmp_path, cert_dir):
+@pytest.fixture(scope="module")
+def ctx_per_conn_report(tmp_path_factory, cert_dir):
+    return _profiled_seed_server(tmp_path_factory.mktemp("cpc"), cert_dir, 30, "--ctx-per-conn")
+
+
+def test_one_time_library_memory_is_the_process_s(ctx_per_conn_report):
     """ctx-per-connection server: the first context and connection are not outliers; the library's
     one-time state (providers, method caches) and per-thread state belong to the process."""
-    report = _profiled_seed_server(tmp_path, cert_dir, 30, "--ctx-per-conn")
+    report = ctx_per_conn_report
     contexts = sorted((c for c in report["contexts"] if c["connections"]),
                       key=lambda c: int(c["id"].split("-")[1]))
     assert len(contexts) >= 28
@@ -74,6 +79,16 @@ def test_one_time_library_memory_is_the_process_s(tmp_path, cert_dir):
         assert not set(owner["by_cause"]) & set(PROCESS_WIDE), owner["by_cause"]
     assert report["process"]["by_cause"].get("library", 0) > 100_000, report["process"]
     assert _other_share(report) <= OTHER_GOAL, report["per_connection"]["by_cause"]
+
+
+def test_ca_store_finding_names_the_line_that_builds_the_context(ctx_per_conn_report):
+    found = [f for f in ctx_per_conn_report["findings"] if f["id"] == "ca-store-per-connection"]
+    assert found, ctx_per_conn_report["findings"]
+    where = found[0]["created_at"]
+    assert os.path.basename(where["file"]) == "echo_server.py" and where["function"] == "make_context"
+    assert where["caller"]["function"] == "handle" and where["api"] == "ssl"
+    assert "echo_server.py:" in found[0]["detail"] and "make_context" in found[0]["fix"]
+    assert "SSLContext once" in found[0]["fix"] and "pyOpenSSL" not in found[0]["fix"]
 
 
 def test_the_shim_states_the_vocabulary_the_front_end_reads(tmp_path):

@@ -5,6 +5,7 @@ A finding dict has the keys the schema requires (id, severity, title, detail, by
 fix) and may add `saving_bytes` and an `evidence` object. Severity is "info", "warning" or
 "critical".
 """
+from tlsprof.creation import place, place_text
 from tlsprof.errors import TlsprofError
 
 KiB = 1024
@@ -85,6 +86,40 @@ CA_STORE_FIX = (
 )
 
 
+# The fix for the API the creating line uses (tlsprof/creation.py); CA_STORE_FIX when unknown.
+CA_STORE_FIX_BY_API = {
+    "ssl": "Build the SSLContext once, at start-up, and pass that same object to every "
+           "wrap_socket(), start_tls() or asyncio server/connection; never call "
+           "ssl.create_default_context() or SSLContext() per connection or request.",
+    "urllib3/requests": "Reuse one requests.Session (or urllib3.PoolManager) for every request "
+                        "instead of requests.get()/Session() per call, or give the adapter/pool one "
+                        "shared context: urllib3.PoolManager(ssl_context=ctx) built once with "
+                        "ssl.create_default_context().",
+    "aiohttp": "Reuse one aiohttp.ClientSession for every request (each new session or TCPConnector "
+               "builds its own context), or pass one shared context: "
+               "aiohttp.TCPConnector(ssl=ctx) with ctx = ssl.create_default_context() made once.",
+    "httpx": "Reuse one httpx.Client/AsyncClient (each client builds its own context), or pass "
+             "verify=ctx with one ssl.create_default_context() made at start-up.",
+    "pyOpenSSL": "Create one OpenSSL.SSL.Context at start-up and pass it to every "
+                 "OpenSSL.SSL.Connection (Twisted: build one CertificateOptions/"
+                 "optionsForClientTLS and reuse it for every connection).",
+    "C": "Create one SSL_CTX, load the trust store into it once (SSL_CTX_set_default_verify_paths "
+         "or SSL_CTX_load_verify_locations), and call SSL_new(ctx) for each connection.",
+}
+
+
+def _placed(detail: str, fix: str, where, fixes: dict):
+    """Name the user's creating line in the detail and give the fix for the API on that line."""
+    if where is None:
+        return detail, fix
+    detail += (f" {where['objects']} of {where['of']} were created at {place_text(where)} "
+               f"({where['api']}).")
+    specific = fixes.get(where["api"])
+    if specific:
+        fix = f"At {place_text(where)}: {specific}"
+    return detail, fix
+
+
 @finding("ca-store-per-connection")
 def ca_store_per_connection(report: dict):
     heavy = [ctx for ctx in report.get("contexts", [])
@@ -103,19 +138,21 @@ def ca_store_per_connection(report: dict):
     per_connection = total / connections
     saving = total - max(stores)
     many = len(heavy) >= 10 or saving >= 8 * MiB
+    where = place(heavy)
+    detail, fix = _placed(
+        f"{len(heavy)} live contexts each hold their own CA store "
+        f"({human(mean_store)} each on average) and serve {per_context:.1f} connections each "
+        f"({connections} in all): the CA store costs {human(per_connection)} per connection. "
+        f"Sharing one context would save {human(saving)}.", CA_STORE_FIX, where, CA_STORE_FIX_BY_API)
     return {
         "id": "ca-store-per-connection",
         "severity": "critical" if many else "warning",
         "title": "Each connection builds its own CA store",
-        "detail": (
-            f"{len(heavy)} live contexts each hold their own CA store "
-            f"({human(mean_store)} each on average) and serve {per_context:.1f} connections each "
-            f"({connections} in all): the CA store costs {human(per_connection)} per connection. "
-            f"Sharing one context would save {human(saving)}."
-        ),
+        "detail": detail,
         "bytes_per_connection": per_connection,
         "saving_bytes": saving,
-        "fix": CA_STORE_FIX,
+        "fix": fix,
+        "created_at": where,
         "evidence": {
             "contexts": len(heavy),
             "connections": connections,
@@ -138,6 +175,14 @@ def _cause(entry: dict, cause: str) -> float:
 
 def _contexts_by_id(report: dict) -> dict:
     return {ctx.get("id"): ctx for ctx in report.get("contexts", [])}
+
+
+def _place_connections(report: dict, conns: list):
+    """Where the connections' contexts were created (the line whose settings decide what a
+    connection keeps), else where the connections themselves were."""
+    contexts = _contexts_by_id(report)
+    owners = [contexts[c.get("context")] for c in conns if c.get("context") in contexts]
+    return place(owners) or place(conns)
 
 
 def _count(n: int, word: str) -> str:
@@ -164,6 +209,14 @@ COMPRESSION_FIX = (
 )
 
 
+COMPRESSION_FIX_BY_API = {
+    "ssl": "keep ssl.OP_NO_COMPRESSION set on this context (it is the default: remove the "
+           "`options &= ~ssl.OP_NO_COMPRESSION` that clears it).",
+    "pyOpenSSL": "ctx.set_options(OpenSSL.SSL.OP_NO_COMPRESSION) on this context.",
+    "C": "SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION), and no SSL_CTX_clear_options with it.",
+}
+
+
 @finding("compression-enabled")
 def compression_enabled(report: dict):
     conns = [c for c in _live_connections(report) if _cause(c, "compression") > COMP_MIN_BYTES]
@@ -173,18 +226,21 @@ def compression_enabled(report: dict):
     per_connection = total / len(conns)
     all_conns = len(_live_connections(report))
     critical = len(conns) >= 10 or total >= 8 * MiB
+    where = _place_connections(report, conns)
+    detail, fix = _placed(
+        f"{len(conns)} of {all_conns} live connections negotiated TLS compression: each holds "
+        f"{human(per_connection)} of zlib compression state ({human(total)} in all). "
+        f"Disabling compression would free {human(total)} now and remove the CRIME exposure.",
+        COMPRESSION_FIX, where, COMPRESSION_FIX_BY_API)
     return {
         "id": "compression-enabled",
         "severity": "critical" if critical else "warning",
         "title": "Connections negotiated TLS compression (zlib state per connection; CRIME)",
-        "detail": (
-            f"{len(conns)} of {all_conns} live connections negotiated TLS compression: each holds "
-            f"{human(per_connection)} of zlib compression state ({human(total)} in all). "
-            f"Disabling compression would free {human(total)} now and remove the CRIME exposure."
-        ),
+        "detail": detail,
         "bytes_per_connection": per_connection,
         "saving_bytes": int(total),
-        "fix": COMPRESSION_FIX,
+        "fix": fix,
+        "created_at": where,
         "evidence": {
             "connections": len(conns),
             "live_connections": all_conns,
@@ -388,18 +444,21 @@ def leaked_connections(report: dict):
              "silent_while_count_grows": f"no data moved for {TREND_SILENT_S:.0f} s or more while the "
                                          f"connection count kept growing and traffic stayed flat"}
     why = ", ".join(f"{n} {words.get(r, r)}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    where = place(conns)
+    detail, fix = _placed(
+        f"{_count(len(conns), 'connection')} are alive in OpenSSL but nothing uses them any more "
+        f"({why}); each holds {human(per_connection)} of its own ({human(own)} in all), and they "
+        f"keep their contexts alive. Freeing them would save {human(own)}.",
+        LEAKED_CONNECTIONS_FIX, where, {})
     return {
         "id": "leaked-connections",
         "severity": "critical" if len(conns) >= 100 or own >= 8 * MiB else "warning",
         "title": "SSL connections alive with no owner (leaked)",
-        "detail": (
-            f"{_count(len(conns), 'connection')} are alive in OpenSSL but nothing uses them any more "
-            f"({why}); each holds {human(per_connection)} of its own ({human(own)} in all), and they "
-            f"keep their contexts alive. Freeing them would save {human(own)}."
-        ),
+        "detail": detail,
         "bytes_per_connection": per_connection,
         "saving_bytes": int(own),
-        "fix": LEAKED_CONNECTIONS_FIX,
+        "fix": fix,
+        "created_at": where,
         "evidence": {
             "connections": len(conns),
             "reasons": reasons,
@@ -445,19 +504,22 @@ def leaked_contexts(report: dict):
     sizes = [ctx.get("live_bytes", 0) for ctx in suspects]
     total = sum(sizes)
     n_conns = report.get("per_connection", {}).get("connections", 0)
+    where = place(suspects)
+    detail, fix = _placed(
+        f"{len(suspects)} of {len(live)} live contexts serve no connection "
+        f"({n_conns} connections are live in all) yet hold {human(total / len(suspects))} each "
+        f"({human(total)} in all, {human(sum(_ca_store_bytes(c) for c in suspects))} of it CA "
+        f"stores). Freeing them would save {human(total)}.", LEAKED_CONTEXTS_FIX, where,
+        CA_STORE_FIX_BY_API)
     return {
         "id": "leaked-contexts",
         "severity": "critical" if total >= 64 * MiB else "warning",
         "title": "SSL contexts alive that serve no connection (leaked)",
-        "detail": (
-            f"{len(suspects)} of {len(live)} live contexts serve no connection "
-            f"({n_conns} connections are live in all) yet hold {human(total / len(suspects))} each "
-            f"({human(total)} in all, {human(sum(_ca_store_bytes(c) for c in suspects))} of it CA "
-            f"stores). Freeing them would save {human(total)}."
-        ),
+        "detail": detail,
         "bytes_per_connection": None,
         "saving_bytes": int(total),
-        "fix": LEAKED_CONTEXTS_FIX,
+        "fix": fix,
+        "created_at": where,
         "evidence": {
             "contexts": len(suspects),
             "live_contexts": len(live),

@@ -20,6 +20,7 @@ import socket
 import time
 
 from tlsprof import client
+from tlsprof.creation import frame_text, user_frame
 from tlsprof.findings import finding, human
 
 AGENT_SUFFIX = ".py.sock"
@@ -223,23 +224,6 @@ def _serial(ident, prefix):
     return None
 
 
-def frame_text(frame: dict) -> str:
-    fn = frame.get("function")
-    where = f"{frame.get('file')}:{frame.get('line')}"
-    return f"{where} in {fn}" if fn else where
-
-
-def user_frame(frames):
-    """The first frame outside the standard library's ssl/asyncio/socket plumbing (the caller)."""
-    if not frames:
-        return None
-    for f in frames:
-        name = os.path.basename(str(f.get("file") or ""))
-        path = str(f.get("file") or "")
-        if name in ("ssl.py", "socket.py") or "/asyncio/" in path:
-            continue
-        return f
-    return frames[0]
 
 
 _LEAK_WORDS = {"unreachable": "kept alive only by a reference cycle (freed at the next full gc)",

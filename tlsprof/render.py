@@ -267,7 +267,7 @@ def _render_python(out, report: dict) -> None:
     info = report.get("python")
     if not isinstance(info, dict):
         return
-    from tlsprof.linkage import frame_text, user_frame
+    from tlsprof.creation import frame_text, user_frame
     out(Text("Python objects", style="bold"))
     if info.get("message"):
         out(Padding(Text(str(info["message"])), (0, 0, 0, 2)))

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -165,6 +166,11 @@ static void put_header(struct buf *b)
                    (size_t)MAX_SITES * 16 /* the site index */;
     put(b, "stat tracker_bytes %zu\nstat blocks %zu\nstat slots_patched %d\nstat slots_foreign %d\n", table,
         blocks_count(), interpose_slots(), interpose_foreign());
+    /* glibc's own view of its heap, so the front end can explain RSS: what is in use (arenas and
+     * mmapped chunks, tlsprof's table included) and what sits free inside the arenas */
+    struct mallinfo2 mi = mallinfo2();
+    put(b, "stat malloc_in_use %zu\nstat malloc_mmapped %zu\nstat malloc_free %zu\n", mi.uordblks + mi.hblkhd,
+        mi.hblkhd, mi.fordblks);
 }
 
 static void snapshot(struct buf *b)

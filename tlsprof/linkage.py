@@ -106,6 +106,8 @@ def _python_entry(obj: dict) -> dict:
         "created_by": obj.get("created_by"),
         "created_by_source": obj.get("created_by_source"),
         "python_bytes": int(obj.get("python_bytes") or 0),
+        # the largest object of that Python side and what holds it ({holder, type, bytes})
+        "largest": obj.get("python_largest") if isinstance(obj.get("python_largest"), dict) else None,
         "referrers": obj.get("referrers"),
         "leak": obj.get("leak"),
         "reachable": obj.get("reachable"),
@@ -160,7 +162,7 @@ def join(report: dict, agent: dict, snap) -> dict:
             entry["python"] = None if not (layout_ok and settled) else {
                 "type": None, "created_by": None, "created_by_source": None, "python_bytes": 0,
                 "referrers": None, "leak": "no_python_object", "reachable": None, "fd": None, "peer": None,
-                "holder": None}
+                "holder": None, "largest": None}
             continue
         py = _python_entry(obj)
         entry["python"] = py

@@ -12,6 +12,7 @@ from tlsprof.causes import CAUSES
 from tlsprof.client import SSL_MODE_RELEASE_BUFFERS, Snapshot
 from tlsprof.findings import compute_findings
 from tlsprof.linkage import join as join_python
+from tlsprof.memory import account as account_memory
 
 SCHEMA = "tlsprof.report/2"
 
@@ -242,5 +243,8 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
         report["attach"] = _attach_summary(report_conns)
     if getattr(snap, "python", None) is not None:  # the in-target Python agent's answer (tlsprof/linkage.py)
         join_python(report, snap.python, snap)
+    section = account_memory(report, getattr(snap, "process_memory", None), snap.stats)
+    if section is not None:
+        report["memory"] = section
     report["findings"] = compute_findings(report)
     return report

@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from tlsprof import client, linkage
+from tlsprof import client, linkage, memory
 from tlsprof.errors import ChannelError
 from tlsprof.model import build_report
 
@@ -85,6 +85,7 @@ class Session:
             snap.rss_bytes = psutil.Process(snap.pid).memory_info().rss
         except psutil.Error:
             snap.rss_bytes = 0
+        snap.process_memory = memory.read_process(snap.pid)  # the kernel's view, for `memory`
         self._note_idleness(snap)
         self.count += 1
         self.last = snap

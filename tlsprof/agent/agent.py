@@ -243,9 +243,12 @@ def _python_bytes(roots, exclude_ids):
     """sys.getsizeof over what each connection's Python objects hold (its buffers, BIOs, socket,
     transport, protocol...): a bounded walk over referents that stops at shared things (contexts,
     loops, servers, modules, types, functions, frames, coroutines) and at other connections. An
-    object reached from two connections counts for neither. -> {root index: bytes}"""
+    object reached from two connections counts for neither. -> ([bytes per root], [largest object
+    per root: {holder, type, bytes} or None]), the holder named as `Type.attribute` of its parent
+    (asyncio's 256 KiB read buffer is `asyncio.sslproto.SSLProtocol._ssl_buffer`)."""
     stops = _stop_types()
     owner = {}      # id -> root index, or -1 when shared
+    parent = {}     # id -> the object it was first reached from
     objs = {}
     frontier = []
     for i, r in enumerate(roots):
@@ -272,19 +275,53 @@ def _python_bytes(roots, exclude_ids):
                 if prev is None:
                     owner[rid] = i
                     objs[rid] = r
+                    parent[rid] = o
                     counts[i] += 1
                     nxt.append((r, i))
                 elif prev != i and prev != -1:
                     owner[rid] = -1
         frontier = nxt
     out = [0] * len(roots)
+    largest = [None] * len(roots)  # (bytes, id)
     for rid, i in owner.items():
         if i >= 0:
             try:
-                out[i] += sys.getsizeof(objs[rid])
+                size = sys.getsizeof(objs[rid])
             except Exception:
-                pass
-    return out
+                continue
+            out[i] += size
+            if largest[i] is None or size > largest[i][0]:
+                largest[i] = (size, rid)
+    named = []
+    for big in largest:
+        if big is None:
+            named.append(None)
+            continue
+        size, rid = big
+        obj = objs[rid]
+        holder = parent.get(rid)
+        named.append({"holder": _held_as(holder, parent.get(id(holder)), obj), "type": _type_name(obj),
+                      "bytes": size})
+    return out, named
+
+
+def _held_as(holder, holders_parent, obj):
+    """`module.Type.attribute` under which `holder` keeps `obj`. An instance's attributes live in
+    its __dict__, which the walk reaches first: then the dict's own holder names the type."""
+    if holder is None:
+        return _type_name(obj)
+    if isinstance(holder, dict):
+        key = next((k for k, v in holder.items() if v is obj), None)
+        owner = holders_parent
+        if key is not None and owner is not None and getattr(owner, "__dict__", None) is holder:
+            return f"{_type_name(owner)}.{key}"
+        return f"{_type_name(holder)}[{key!r}]" if key is not None else _type_name(holder)
+    try:
+        attrs = vars(holder)
+    except TypeError:
+        attrs = {}
+    key = next((k for k, v in attrs.items() if v is obj), None)
+    return f"{_type_name(holder)}.{key}" if key is not None else _type_name(holder)
 
 
 # --- reachability -------------------------------------------------------------------------------
@@ -554,9 +591,10 @@ def snapshot(want_leaks=True):
             doc["layout"] = {"ok": False, "message": f"{bad_layout} _ssl._SSLSocket object(s) did not match the "
                              f"CPython 3.11 layout: not joined"}
         exclude = {id(objects)} | {id(e["_obj"]) for e in ctx_entries}
-        pb = _python_bytes(roots, exclude)
-        for e, b in zip(entries, pb):
+        pb, biggest = _python_bytes(roots, exclude)
+        for e, b, big in zip(entries, pb, biggest):
             e["python_bytes"] = b
+            e["python_largest"] = big
         for e in ctx_entries:
             o = e["_obj"]
             e["python_bytes"] = sys.getsizeof(o) + (sys.getsizeof(o.__dict__) if hasattr(o, "__dict__") else 0)

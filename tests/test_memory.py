@@ -53,3 +53,16 @@ def test_account_never_explains_more_than_it_measured():
 def _own_pid():
     import os
     return os.getpid()
+
+
+def test_demo_table_carries_the_python_side_and_the_memory_parts():
+    import subprocess
+    import sys
+    env = dict(__import__("os").environ, COLUMNS="80", NO_COLOR="1")
+    out = subprocess.run([sys.executable, "-m", "tlsprof", "demo", "-n", "20"], capture_output=True,
+                         text=True, timeout=240, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    for words in ("+ Python side", "= total per connection", "asyncio buffer", "CA store",
+                  "target RSS", "OpenSSL heap", "tlsprof tracker", "code and files"):
+        assert words in text, (words, text)

@@ -90,11 +90,31 @@ def run(args) -> int:
     return 0
 
 
+MEMORY_LABELS = {"openssl_heap": "OpenSSL heap", "python_connections": "Python, connections",
+                 "tlsprof_tracker": "tlsprof tracker", "other_heap": "other heap",
+                 "malloc_free": "free heap (malloc)", "thread_stacks": "thread stacks",
+                 "other_anonymous": "other anonymous", "file_backed": "code and files"}
+
+
+def _part(memory, name):
+    return next((p["bytes"] for p in memory.get("parts") or [] if p["name"] == name), 0)
+
+
+def _largest(largest):
+    if not largest:
+        return "-"
+    if largest["name"].endswith("SSLProtocol._ssl_buffer"):
+        name = "asyncio buffer"
+    else:
+        name = LABELS.get(largest["name"], largest["name"]) if largest["side"] == "native" else largest["name"]
+    return f"{name} {human_bytes(largest['bytes'])}"
+
+
 def _print(out, reports):
     table = Table(title="OpenSSL memory per TLS connection of the seed echo server (asyncio)")
-    table.add_column("")
+    table.add_column("", no_wrap=True)
     for label, _ in MODES:
-        table.add_column(label, justify="right")
+        table.add_column(label, justify="right", no_wrap=True)
     per = [r["per_connection"] for r in reports]
     table.add_row("connections", *[str(p["connections"]) for p in per])
     table.add_row("contexts", *[str(len(r["contexts"])) for r in reports])
@@ -105,7 +125,19 @@ def _print(out, reports):
                     key=lambda c: -max(p["by_cause"].get(c, 0) for p in per))
     for c in causes:
         table.add_row(f"  {LABELS.get(c, c)}", *[human_bytes(p["by_cause"].get(c, 0)) for p in per])
+    mem = [(r.get("memory") or {}) for r in reports]
+    mem_per = [m.get("per_connection") or {} for m in mem]
+    if any(m.get("python_bytes") for m in mem_per):
+        table.add_row("[bold]+ Python side[/]",
+                      *[human_bytes(m.get("python_bytes", 0)) for m in mem_per])
+        table.add_row("[bold]= total per connection[/]", *[human_bytes(m.get("total_bytes", 0)) for m in mem_per])
+    if any(m.get("largest") for m in mem_per):
+        table.add_row("largest part", *[_largest(m.get("largest")) for m in mem_per])
     table.add_row("target RSS", *[human_bytes(r["target"]["rss_bytes"] or 0) for r in reports])
+    names = [p["name"] for p in (mem[0].get("parts") or [])]
+    for name in names:
+        table.add_row(f"  {MEMORY_LABELS.get(name, name)}",
+                      *[human_bytes(_part(m, name)) for m in mem])
     out.print(table)
     for (label, _), r in zip(MODES, reports):
         if not r["findings"]:

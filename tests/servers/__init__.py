@@ -65,8 +65,8 @@ SETTLE = 1.5    # seconds with the connections idle before measuring (and before
 @contextlib.contextmanager
 def hold_measured(running, n):
     """Hold n idle TLS connections on `running` and measure the ground truth without tlsprof:
-    yields {"held", "holders" (pid: sockets, from the kernel), "held_by_kernel", "rss_per_conn",
-    "uss_per_conn"} (memory growth of the server's processes, summed, per connection). The
+    yields {"held", "holders" (pid: sockets, from the kernel), "held_by_kernel", "root_pid" (the
+    server's top process), "pids" (its tree), "rss_per_conn", "uss_per_conn"} (memory growth of the server's processes, summed, per connection). The
     connections stay open until the `with` ends, so the caller can stop the server first."""
     kind = running.server.client
     warmup = min(WARMUP, n)
@@ -78,4 +78,5 @@ def hold_measured(running, n):
         rss1, uss1 = running.memory()
         holders = running.holders()
         yield {"held": len(held), "holders": holders, "held_by_kernel": sum(holders.values()),
+               "root_pid": running.server_root().pid, "pids": [p.pid for p in running.tree()],
                "rss_per_conn": (rss1 - rss0) / n, "uss_per_conn": (uss1 - uss0) / n}

@@ -20,13 +20,14 @@ from servers import base, clients  # noqa: F401  (re-exported)
 from servers.apache import Apache
 from servers.examples import AsyncioEcho, NodeEcho, ThreadedEcho, TwistedEcho
 from servers.haproxy import HAProxy
+from servers.mosquitto import Mosquitto
 from servers.nginx import Nginx
 from servers.postgresql import PostgreSQL
 from servers.s_server import OpenSSLSServer
 from servers.stunnel import Stunnel
 
 SERVERS = {cls.name: cls for cls in (Nginx, Apache, HAProxy, PostgreSQL, OpenSSLSServer, Stunnel,
-                                     AsyncioEcho, ThreadedEcho, TwistedEcho, NodeEcho)}
+                                     Mosquitto, AsyncioEcho, ThreadedEcho, TwistedEcho, NodeEcho)}
 
 
 # the report describes the last snapshot before the stop signal: the connections still open

@@ -4,12 +4,14 @@
 - `https`: one keep-alive `GET /` answered in full (nginx, Apache, HAProxy);
 - `echo`: the seed's protocol, `welcome!\\n` read (the repo's example servers);
 - `postgres`: SSLRequest, TLS, startup message, authentication, ReadyForQuery (PostgreSQL);
-- `tls`: the handshake and one line echoed back (openssl s_server -rev, stunnel).
+- `tls`: the handshake and one line echoed back (openssl s_server -rev, stunnel);
+- `mqtt`: an MQTT CONNECT accepted by a CONNACK (Mosquitto).
 
 All run in the calling process on a few threads; every socket has a timeout, every loop a bound.
 `hold(kind, port, n)` returns a `Held` that closes them all.
 """
 import concurrent.futures
+import os
 import socket
 import ssl
 import struct
@@ -161,7 +163,32 @@ def open_postgres(port, user="postgres", database="postgres", timeout=TIMEOUT):
         raise
 
 
-OPENERS = {"https": open_https, "echo": open_echo, "tls": open_tls_line, "postgres": open_postgres}
+_MQTT_IDS = iter(range(1, 1 << 62))
+_MQTT_IDS_LOCK = threading.Lock()
+
+
+def open_mqtt(port):
+    """TLS + an MQTT 3.1.1 CONNECT (clean session, keep-alive 0: never timed out) answered by a
+    CONNACK that accepts it."""
+    with _MQTT_IDS_LOCK:
+        client_id = f"tlsprof-{os.getpid()}-{next(_MQTT_IDS)}".encode()
+    variable = b"\x00\x04MQTT\x04\x02\x00\x00"  # protocol name, level 4, clean session, keep-alive 0
+    payload = struct.pack("!H", len(client_id)) + client_id
+    remaining = len(variable) + len(payload)  # < 128: one length byte
+    s = _tls(port)
+    try:
+        s.sendall(bytes([0x10, remaining]) + variable + payload)
+        connack = _recv_exactly(s, 4)
+        if connack[0] != 0x20 or connack[3] != 0:
+            raise ConnectionError(f"MQTT CONNACK {connack!r}")
+        return s
+    except BaseException:
+        s.close()
+        raise
+
+
+OPENERS = {"https": open_https, "echo": open_echo, "tls": open_tls_line, "postgres": open_postgres,
+           "mqtt": open_mqtt}
 
 
 def _open_retrying(opener, port):

@@ -3,6 +3,7 @@
 The parent builds the SSL_CTX; 2 child processes (25 threads each, plus the event listener that
 parks idle keep-alive connections) hold the connections."""
 import os
+import signal
 
 from servers.base import Server, copy_cert
 
@@ -52,7 +53,7 @@ class Apache(Server):
     package = "apache2"
     programs = ("/usr/sbin/apache2",)
     client = "https"
-    stop_signal = 15  # SIGTERM: stop now, children included
+    stop_signal = signal.SIGTERM  # stop now, children included
     children = 2
 
     def command(self, port):

@@ -17,7 +17,6 @@ NODE_SERVER = os.path.join(tlsenv.EXAMPLES_DIR, "node_echo_server.js")
 
 class _Example(Server):
     client = "echo"
-    stop_signal = 15
 
     def certdir(self):
         copy = os.path.join(self.workdir, "certs")

@@ -1,6 +1,7 @@
 """HAProxy (Debian 12: 2.6): one process, 2 threads, an HTTP frontend that terminates TLS on
 127.0.0.1 and forwards to a tiny keep-alive HTTP backend (tests/servers/backend.py)."""
 import os
+import signal
 
 from servers.base import Server, copy_cert
 
@@ -30,7 +31,7 @@ class HAProxy(Server):
     package = "haproxy"
     programs = ("haproxy",)
     client = "https"
-    stop_signal = 15  # SIGTERM: hard stop
+    stop_signal = signal.SIGTERM  # hard stop
     backend = "--http"
 
     def command(self, port):

@@ -26,7 +26,6 @@ class Mosquitto(Server):
     package = "mosquitto"
     programs = ("/usr/sbin/mosquitto",)
     client = "mqtt"
-    stop_signal = 15
 
     def command(self, port):
         user = "mosquitto" if _has_user("mosquitto") else None

@@ -2,6 +2,7 @@
 keep-alive. The master builds the SSL_CTX; the workers (forked) hold every connection. `reuseport`
 gives each worker its own listening socket, so the kernel spreads connections over both."""
 import os
+import signal
 
 from servers.base import Server, copy_cert
 
@@ -37,7 +38,7 @@ class Nginx(Server):
     package = "nginx-light"
     programs = ("nginx",)
     client = "https"
-    stop_signal = 15  # SIGTERM: fast shutdown of master and workers
+    stop_signal = signal.SIGTERM  # fast shutdown of master and workers
     workers = 2
 
     def command(self, port):

@@ -4,6 +4,7 @@ Unix socket in the temp dir. Each client session gets its own backend process (f
 the TLS handshake and holds the connection."""
 import glob
 import os
+import signal
 import subprocess
 
 from servers.base import Server, ServerUnavailable, copy_cert, drop_to
@@ -21,7 +22,7 @@ class PostgreSQL(Server):
     client = "postgres"
     connections = 50
     run_as = "postgres"
-    stop_signal = 2  # SIGINT: fast shutdown (SIGTERM waits for every session to end)
+    stop_signal = signal.SIGINT  # fast shutdown (SIGTERM waits for every session to end)
 
     def check_available(self):
         if _bindir() is None:

@@ -9,7 +9,6 @@ class OpenSSLSServer(Server):
     programs = ("openssl",)
     client = "tls"
     connections = 1
-    stop_signal = 15
 
     def command(self, port):
         cert, key = copy_cert(self.workdir, self.certfile, self.keyfile)

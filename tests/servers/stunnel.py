@@ -22,7 +22,6 @@ class Stunnel(Server):
     package = "stunnel4"
     programs = ("stunnel4",)
     client = "tls"
-    stop_signal = 15
     backend = "--echo"
 
     def command(self, port):

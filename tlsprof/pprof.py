@@ -21,12 +21,12 @@ Reads only a report dict (tlsprof.report/1), like every other export. What a sam
 import datetime
 import gzip
 import os
-import tempfile
 import threading
 from collections import deque
 
 from tlsprof.causes import CAUSES
 from tlsprof.errors import UsageError
+from tlsprof.report_io import write_atomically
 
 SAMPLE_TYPES = (("inuse_objects", "count"), ("inuse_space", "bytes"))
 # A cause's largest sites get a location each; the rest share one, so a profile of 10k connections
@@ -277,25 +277,8 @@ def encode(report) -> bytes:
 
 def write_profile(report, path) -> None:
     """Write the profile of a report to `path` atomically (temp file in the same directory, rename):
-    a collector watching the directory never reads half a file."""
-    data = encode(report)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tlsprof-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    a collector watching the directory never reads half a file. OSError on failure."""
+    write_atomically(path, encode(report))
 
 
 def check_directory(directory, keep):

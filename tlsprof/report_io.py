@@ -84,25 +84,30 @@ def save_report(doc, path, validate: bool = True) -> None:
         text = dumps(doc)
     except (TypeError, ValueError) as exc:
         raise TlsprofError(f"cannot write report {path}: {exc}") from None
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tlsprof-", suffix=".tmp", dir=directory)
+        write_atomically(path, text.encode("utf-8"))
     except OSError as exc:
         raise TlsprofError(f"cannot write report {path}: {exc.strerror or exc}") from None
+
+
+def write_atomically(path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same directory, fsync and rename: a reader
+    (a person, a collector watching the directory) sees the old file or the whole new one. The file
+    gets the mode the umask allows; OSError on failure, and no temp file is left behind."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tlsprof-", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException as exc:
+    except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(exc, OSError):
-            raise TlsprofError(f"cannot write report {path}: {exc.strerror or exc}") from None
         raise

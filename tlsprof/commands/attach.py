@@ -1,4 +1,5 @@
-"""`tlsprof attach PID [-o FILE] [--duration S] [--interval S] [--at peak|last] [--live] [--metrics A:P]`
+"""`tlsprof attach PID [-o FILE] [--duration S] [--interval S] [--at peak|last] [--live] [--metrics A:P]
+[--pprof DIR]`
 
 Loads the shim into a running process (tlsprof/inject.py: gdb, at a safe point), collects until the
 duration is over, Ctrl-C/SIGTERM, the live view's quit, or the target's exit, writes the report
@@ -15,7 +16,7 @@ import psutil
 from tlsprof import client, inject
 from tlsprof.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import ChannelError, TlsprofError, UsageError
-from tlsprof.commands.run import emit_report
+from tlsprof.commands.run import add_pprof_arguments, emit_report, start_pprof
 from tlsprof.session import Session
 from tlsprof.shim import shim_path
 
@@ -32,6 +33,7 @@ def prepare_parser(p):
     p.add_argument("--timeout", type=float, default=20.0, metavar="S", help="give up attaching after S seconds")
     p.add_argument("--live", action="store_true", help="open the interactive live view (needs a terminal)")
     p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus/OpenMetrics gauges while attached")
+    add_pprof_arguments(p)
 
 
 def _command_of(pid):
@@ -51,6 +53,9 @@ def run(args) -> int:
     if args.metrics:  # a bad address is refused before anything touches the target
         from tlsprof.metrics import parse_address
         parse_address(args.metrics)
+    if args.pprof:  # so is a directory that cannot be written
+        from tlsprof.pprof import check_directory
+        check_directory(args.pprof, args.pprof_keep)
     info = inject.preflight(args.pid)
     for warning in info.warnings:
         print(f"tlsprof: note: {warning}", file=sys.stderr)
@@ -60,11 +65,12 @@ def run(args) -> int:
     print(f"tlsprof: attached to pid {args.pid} in {time.monotonic() - started:.1f}s", file=sys.stderr)
     session = Session(channel_dir, args.pid, _command_of(args.pid), mode="attach", follow_children=False)
     target_died = False
-    metrics = None
+    metrics = profiles = None
     try:
         if args.metrics:
             from tlsprof.metrics import start_metrics_server
             metrics = start_metrics_server(session, args.metrics)
+        profiles = start_pprof(session, args)
         if args.live and sys.stdout.isatty():
             from tlsprof.live import run_live
             run_live(session, args.pid, args)
@@ -74,6 +80,8 @@ def run(args) -> int:
     finally:
         if metrics is not None:
             metrics.stop()
+        if profiles is not None:
+            profiles.stop()
         if not _alive(args.pid):
             target_died = True
         else:

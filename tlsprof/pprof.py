@@ -7,9 +7,10 @@ Reads only a report dict (tlsprof.report/1), like every other export. What a sam
 - One sample per (owner, cause, call site). Owners are the report's contexts, live connections and
   the process; its bytes of a cause are the owner's `by_cause`, exact. The report's call sites are
   process-wide (the shim counts per site, not per owner and site), so an owner's bytes of a cause
-  are spread over that cause's sites in proportion to the sites' bytes, in whole bytes (largest
-  remainder): each owner's samples add up to its `by_cause` exactly, so the profile's total is
-  `totals.live_bytes` and `-tagfocus cause=X` gives `totals.by_cause[X]`. Which owner a site's bytes
+  are spread over that cause's sites in proportion to the sites' bytes, in whole bytes: each
+  owner's samples add up to its `by_cause` exactly, so the profile's total is `totals.live_bytes`
+  and `-tagfocus cause=X` gives `totals.by_cause[X]`; each site's samples add up to its
+  `live_bytes` (when the snapshot's owner and site counters agree). Which owner a site's bytes
   belong to is the apportioned part; docs/exports.md says so.
 - `inuse_objects`: each site's `live_blocks`, spread over the owners in proportion to the bytes they
   got there (exact per site and in total).
@@ -50,22 +51,27 @@ def apportion(total: int, weights) -> list:
 
 
 def split(row_totals, column_totals) -> list:
-    """A table of whole bytes, cell (i, j) ~ row_i * column_j / total, whose rows add up to
-    `row_totals` exactly. When both sides have the same total (owners and sites counted in the same
-    snapshot), its columns add up to `column_totals` exactly too: each column but the largest is
-    split over the rows in proportion, and the largest takes what is left of each row, which stays
-    far above the at most one byte per column the others were rounded by."""
-    if sum(row_totals) == sum(column_totals) and len(column_totals) > 1:
-        widest = max(range(len(column_totals)), key=lambda j: column_totals[j])
-        by_column = [None if j == widest else apportion(c, row_totals) for j, c in enumerate(column_totals)]
-        cells = []
-        for i, total in enumerate(row_totals):
-            row = [0 if col is None else col[i] for col in by_column]
-            row[widest] = total - sum(row)
-            cells.append(row)
-        if all(row[widest] >= 0 for row in cells):
-            return cells
-    return [apportion(total, column_totals) for total in row_totals]
+    """A table of whole non-negative units, cell (i, j) ~ row_i * column_j / total, whose rows add up
+    to `row_totals` and whose columns add up to `column_totals` scaled to the same total (exactly
+    `column_totals` when both totals agree, as owners and sites of one snapshot do at rest).
+    Columns are filled in turn, each split over what the rows have left in proportion: a share never
+    exceeds what its row has left, so the last column takes exactly the rest of every row."""
+    total = sum(row_totals)
+    if not total:
+        return [[0] * len(column_totals) for _ in row_totals]
+    columns = apportion(total, column_totals)
+    left = list(row_totals)
+    remaining = total
+    cells = [[0] * len(columns) for _ in row_totals]
+    for j, column in enumerate(columns):
+        if not column:
+            continue
+        shares = list(left) if column == remaining else apportion(column, left)
+        for i, share in enumerate(shares):
+            cells[i][j] = share
+            left[i] -= share
+        remaining -= column
+    return cells
 
 
 def _site_name(file, line):
@@ -253,8 +259,7 @@ def build_profile(report):
         if not cols:  # bytes of a cause with no site listed: one location says so
             lid = b.location(("nosite", cause), f"no call site recorded for cause {cause}", "", 0)
             cols = [(lid, 1, 0)]
-        cells = split(
-            [int(o.by_cause[cause]) for o in rows], [w for _, w, _ in cols])
+        cells = split([int(o.by_cause[cause]) for o in rows], [w for _, w, _ in cols])
         blocks = [[0] * len(cols) for _ in rows]
         for j, (_, _, site_blocks) in enumerate(cols):
             got = [cells[i][j] for i in range(len(rows))]

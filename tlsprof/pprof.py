@@ -30,9 +30,11 @@ from tlsprof.errors import UsageError
 from tlsprof.report_io import write_atomically
 
 SAMPLE_TYPES = (("inuse_objects", "count"), ("inuse_space", "bytes"))
-# A cause's largest sites get a location each; the rest share one, so a profile of 10k connections
-# stays a few hundred thousand samples at most (each owner x cause spreads over <= this + 1 sites).
+# A cause's largest sites get a location each, the rest share one: each owner x cause spreads over
+# at most SITES_PER_CAUSE + 1 locations, fewer when there are so many owners that the profile would
+# pass SAMPLE_BUDGET samples (~10 us each to build: a 10k-connection report stays near a second).
 SITES_PER_CAUSE = 24
+SAMPLE_BUDGET = 100_000
 DEFAULT_KEEP = 10
 
 
@@ -182,8 +184,13 @@ def _owners(report, builder):
     return owners
 
 
-def _columns(report, builder):
-    """cause -> [(location id, bytes, blocks)]: its largest sites, then one for the rest."""
+def _sites_per_cause(owners) -> int:
+    rows = sum(1 for o in owners for v in o.by_cause.values() if v > 0)
+    return max(1, min(SITES_PER_CAUSE, SAMPLE_BUDGET // max(rows, 1) - 1))
+
+
+def _columns(report, builder, keep):
+    """cause -> [(location id, bytes, blocks)]: its `keep` largest sites, then one for the rest."""
     by_cause = {}
     for site in report.get("sites") or []:
         if (site.get("live_bytes") or 0) > 0:
@@ -192,7 +199,7 @@ def _columns(report, builder):
     for cause, sites in by_cause.items():
         sites.sort(key=lambda s: -s["live_bytes"])
         cols = []
-        for site in sites[:SITES_PER_CAUSE]:
+        for site in sites[:keep]:
             file, line, library = site.get("file"), site.get("line"), site.get("library")
             if file:
                 name = site.get("function") or _site_name(file, line)
@@ -200,7 +207,7 @@ def _columns(report, builder):
                 name = f"{library or 'OpenSSL'}: unknown call site"
             lid = builder.location(("site", library, file, line), name, file, line, library)
             cols.append((lid, site["live_bytes"], site.get("live_blocks") or 0))
-        rest = sites[SITES_PER_CAUSE:]
+        rest = sites[keep:]
         if rest:
             lid = builder.location(("rest", cause), f"{len(rest)} smaller call sites of cause {cause}", "", 0)
             cols.append((lid, sum(s["live_bytes"] for s in rest), sum(s.get("live_blocks") or 0 for s in rest)))
@@ -246,7 +253,7 @@ def build_profile(report):
     # mapping 1 is what pprof calls the main binary ("File:" in its headers): the profiled program
     b.mapping(os.path.basename(command[0]) if command else f"pid {target.get('pid')}")
     owners = _owners(report, b)
-    columns = _columns(report, b)
+    columns = _columns(report, b, _sites_per_cause(owners))
     from tlsprof.profile_proto import Label as label_cls
     for o in owners:  # the label messages are built once per owner and copied into its samples
         o.labels = [label_cls(key=b.s(k), str=b.s(v)) for k, v in o.labels] + \

@@ -130,6 +130,8 @@ def test_pprof_of_echo_server_sums_to_the_report(tmp_path, cert_dir, server_args
     check_sums(profile, report)
     check_connections(profile, report)
 
+    # the issue's own words: -tagfocus cause=ca_store is the report's CA-store bytes
+    assert pprof_top(profile, "-tagfocus", "cause=ca_store")[0] == report["totals"]["by_cause"]["ca_store"] > 0
     ca_sites = {site_name(s) for s in report["sites"] if s["cause"] == "ca_store" and s["file"]}
     _, _, rows = pprof_top(profile)
     if server_args:  # 20 CA stores: the heaviest location is where OpenSSL built them
@@ -242,6 +244,29 @@ def test_pprof_dir_that_cannot_be_written_refuses_before_starting(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("tlsprof: --pprof:"), proc.stderr
     assert not marker.exists()
+
+
+def test_pprof_dir_removed_mid_session_costs_one_line_not_the_report(tmp_path):
+    profiles = tmp_path / "profiles"
+    report_path = tmp_path / "r.json"
+    proc = subprocess.Popen([*TLSPROF, "run", "-o", str(report_path), "--interval", "0.1", "--pprof", str(profiles),
+                             "--", sys.executable, "-c",
+                             "import ssl, time; c = ssl.create_default_context(); time.sleep(3)"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (profiles.exists() and any(p.endswith(".pb.gz") for p in os.listdir(profiles))):
+            assert time.monotonic() < deadline and proc.poll() is None, "no profile was written"
+            time.sleep(0.05)
+        shutil.rmtree(profiles)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert len([line for line in err.splitlines() if "--pprof: cannot write" in line]) == 1, err
+    load_checked(report_path)
 
 
 @needs_pprof

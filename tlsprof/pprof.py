@@ -27,6 +27,7 @@ from collections import deque
 
 from tlsprof.causes import CAUSES
 from tlsprof.errors import UsageError
+from tlsprof.profile_proto import Label, Profile
 from tlsprof.report_io import write_atomically
 
 SAMPLE_TYPES = (("inuse_objects", "count"), ("inuse_space", "bytes"))
@@ -89,7 +90,6 @@ class _Builder:
     string 0 is "")."""
 
     def __init__(self):
-        from tlsprof.profile_proto import Profile
         self.profile = Profile()
         self._strings = {"": 0}
         self.profile.string_table.append("")
@@ -254,11 +254,10 @@ def build_profile(report):
     b.mapping(os.path.basename(command[0]) if command else f"pid {target.get('pid')}")
     owners = _owners(report, b)
     columns = _columns(report, b, _sites_per_cause(owners))
-    from tlsprof.profile_proto import Label as label_cls
     for o in owners:  # the label messages are built once per owner and copied into its samples
-        o.labels = [label_cls(key=b.s(k), str=b.s(v)) for k, v in o.labels] + \
-                   [label_cls(key=b.s(k), num=n, num_unit=b.s(u)) for k, n, u in o.num_labels]
-    cause_keys = {c: label_cls(key=b.s("cause"), str=b.s(c)) for c in CAUSES}
+        o.labels = [Label(key=b.s(k), str=b.s(v)) for k, v in o.labels] + \
+                   [Label(key=b.s(k), num=n, num_unit=b.s(u)) for k, n, u in o.num_labels]
+    cause_keys = {c: Label(key=b.s("cause"), str=b.s(c)) for c in CAUSES}
     for cause in sorted({c for o in owners for c, v in o.by_cause.items() if v > 0},
                         key=lambda c: CAUSES.index(c) if c in CAUSES else len(CAUSES)):
         rows = [o for o in owners if (o.by_cause.get(cause) or 0) > 0]
@@ -273,7 +272,7 @@ def build_profile(report):
             if site_blocks and sum(got):
                 for i, n in enumerate(apportion(site_blocks, got)):
                     blocks[i][j] = n
-        cause_label = cause_keys.get(cause) or label_cls(key=b.s("cause"), str=b.s(cause))
+        cause_label = cause_keys.get(cause) or Label(key=b.s("cause"), str=b.s(cause))
         for i, o in enumerate(rows):
             labels = [cause_label, *o.labels]
             for j, (lid, _, _) in enumerate(cols):
@@ -344,7 +343,7 @@ class ProfileDirWriter:
         """Write the profile of the session's newest report, unless it is written already."""
         try:
             report = self.session.latest_report()
-        except RuntimeError:  # built while the poller changed the session: the next one will do
+        except Exception:  # noqa: BLE001  e.g. built while the poller changed the session: the next will do
             return None
         if report is None or report is self._last_report:
             return None
@@ -355,10 +354,11 @@ class ProfileDirWriter:
         path = os.path.join(self.directory, f"tlsprof-{pid}-{stamp}-{self._seq:06d}.pb.gz")
         try:
             write_profile(report, path)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001  a profile that fails must never cost the session its report
             self.failures += 1
             if self.failures == 1 and self._err is not None:  # once: a full disk must not flood stderr
-                print(f"tlsprof: --pprof: cannot write {path}: {exc.strerror or exc}", file=self._err)
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+                print(f"tlsprof: --pprof: cannot write {path}: {why}", file=self._err)
             return None
         self.written.append(path)
         while len(self.written) > self.keep:

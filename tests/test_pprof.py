@@ -36,7 +36,8 @@ def pprof_top(path, *flags, index="inuse_space"):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     unit = "B" if index == "inuse_space" else ""
-    head = re.search(rf"Showing nodes accounting for (\d+)(?:{unit})?, [\d.]+% of (\d+)(?:{unit})? total", proc.stdout)
+    head = re.search(rf"Showing nodes accounting for (\d+)(?:{unit})?, [\d.]+% of (\d+)(?:{unit})? total",
+                     proc.stdout)
     assert head, proc.stdout[:2000]
     rows = [(int(m.group(1)), m.group(2).strip()) for m in
             re.finditer(rf"^\s*(\d+){unit}\s+[\d.]+%\s+[\d.]+%\s+\d+{unit}\s+[\d.]+%\s+(.+)$", proc.stdout, re.M)]
@@ -223,7 +224,7 @@ def test_pprof_dir_gets_a_profile_per_snapshot_and_keeps_the_newest(tmp_path, ce
         clients.stop()
     finally:
         proc.stop()
-    assert 1 <= len(during) <= 3, during
+    assert 1 <= len(during) <= 4, during  # the new one is renamed in before the oldest goes
     assert int(during[-1].split("-")[-1].split(".")[0]) >= 6, during
     after = ours()
     assert len(after) == 3 and foreign.exists()
@@ -249,8 +250,8 @@ def test_pprof_dir_that_cannot_be_written_refuses_before_starting(tmp_path):
 def test_pprof_dir_removed_mid_session_costs_one_line_not_the_report(tmp_path):
     profiles = tmp_path / "profiles"
     report_path = tmp_path / "r.json"
-    proc = subprocess.Popen([*TLSPROF, "run", "-o", str(report_path), "--interval", "0.1", "--pprof", str(profiles),
-                             "--", sys.executable, "-c",
+    proc = subprocess.Popen([*TLSPROF, "run", "-o", str(report_path), "--interval", "0.1",
+                             "--pprof", str(profiles), "--", sys.executable, "-c",
                              "import ssl, time; c = ssl.create_default_context(); time.sleep(3)"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -272,10 +273,12 @@ def test_pprof_dir_removed_mid_session_costs_one_line_not_the_report(tmp_path):
 @needs_pprof
 def test_report_format_pprof_of_a_process_without_connections(tmp_path):
     """A process that builds one default context and exits: every byte is the context's or the
-    process's; no -o is a one-line usage error."""
+    process's; no -o is a one-line usage error. The peak snapshot: the last may catch the
+    interpreter's teardown freeing the context."""
     report_path = tmp_path / "r.json"
-    proc = subprocess.run([*TLSPROF, "run", "-o", str(report_path), "--at", "last", "--interval", "0.1", "--",
-                           sys.executable, "-c", "import ssl, time; c = ssl.create_default_context(); time.sleep(1)"],
+    proc = subprocess.run([*TLSPROF, "run", "-o", str(report_path), "--interval", "0.1", "--",
+                           sys.executable, "-c",
+                           "import ssl, time; c = ssl.create_default_context(); time.sleep(1)"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = load_checked(report_path)

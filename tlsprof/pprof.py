@@ -110,7 +110,8 @@ class _Builder:
         fid = self._functions.get(key)
         if fid is None:
             fid = self._functions[key] = len(self._functions) + 1
-            self.profile.function.add(id=fid, name=self.s(name), system_name=self.s(name), filename=self.s(filename))
+            self.profile.function.add(id=fid, name=self.s(name), system_name=self.s(name),
+                                      filename=self.s(filename))
         return fid
 
     def mapping(self, library):
@@ -153,7 +154,8 @@ def _frames(obj, builder):
         file, line, function = frame.get("file"), frame.get("line"), frame.get("function") or "?"
         # pprof drops "<...>" from names as C++ template arguments: "<module>" would show as nothing
         name = str(function).replace("<", "[").replace(">", "]")
-        out.append(builder.location(("py", file, line, function), name, file, line if isinstance(line, int) else 0))
+        line = line if isinstance(line, int) else 0
+        out.append(builder.location(("py", file, line, function), name, file, line))
     return out
 
 

@@ -10,7 +10,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 PACKAGE = "perftools.profiles"
 
 _F = descriptor_pb2.FieldDescriptorProto
-_INT64, _UINT64, _STRING, _BOOL, _MESSAGE = _F.TYPE_INT64, _F.TYPE_UINT64, _F.TYPE_STRING, _F.TYPE_BOOL, _F.TYPE_MESSAGE
+_INT64, _UINT64, _STRING, _BOOL = _F.TYPE_INT64, _F.TYPE_UINT64, _F.TYPE_STRING, _F.TYPE_BOOL
+_MESSAGE = _F.TYPE_MESSAGE
 _ONE, _MANY = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
 
 # message -> [(field, number, type, label, message type)]; strings are indices into string_table

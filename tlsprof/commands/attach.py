@@ -1,5 +1,4 @@
-"""`tlsprof attach PID [-o FILE] [--duration S] [--interval S] [--at peak|last] [--live] [--metrics A:P]
-[--pprof DIR]`
+"""`tlsprof attach PID [-o FILE] [--duration S] [--interval S] [--at peak|last] [--live] [--metrics A:P]`
 
 Loads the shim into a running process (tlsprof/inject.py: gdb, at a safe point), collects until the
 duration is over, Ctrl-C/SIGTERM, the live view's quit, or the target's exit, writes the report
@@ -16,7 +15,7 @@ import psutil
 from tlsprof import client, inject
 from tlsprof.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import ChannelError, TlsprofError, UsageError
-from tlsprof.commands.run import add_pprof_arguments, emit_report, start_pprof
+from tlsprof.commands.run import emit_report
 from tlsprof.session import Session
 from tlsprof.shim import shim_path
 
@@ -33,6 +32,7 @@ def prepare_parser(p):
     p.add_argument("--timeout", type=float, default=20.0, metavar="S", help="give up attaching after S seconds")
     p.add_argument("--live", action="store_true", help="open the interactive live view (needs a terminal)")
     p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus/OpenMetrics gauges while attached")
+    from tlsprof.commands.run import add_pprof_arguments  # the same --pprof options as `run`
     add_pprof_arguments(p)
 
 
@@ -50,12 +50,12 @@ def run(args) -> int:
         raise UsageError("--duration must be positive")
     if not (0.05 <= args.interval <= 3600):
         raise UsageError("--interval must be between 0.05 and 3600 seconds")
+    if args.pprof:  # a directory that cannot be written is refused before anything touches the target
+        from tlsprof.pprof import check_directory
+        check_directory(args.pprof, args.pprof_keep)
     if args.metrics:  # a bad address is refused before anything touches the target
         from tlsprof.metrics import parse_address
         parse_address(args.metrics)
-    if args.pprof:  # so is a directory that cannot be written
-        from tlsprof.pprof import check_directory
-        check_directory(args.pprof, args.pprof_keep)
     info = inject.preflight(args.pid)
     for warning in info.warnings:
         print(f"tlsprof: note: {warning}", file=sys.stderr)
@@ -65,11 +65,13 @@ def run(args) -> int:
     print(f"tlsprof: attached to pid {args.pid} in {time.monotonic() - started:.1f}s", file=sys.stderr)
     session = Session(channel_dir, args.pid, _command_of(args.pid), mode="attach", follow_children=False)
     target_died = False
-    metrics = profiles = None
+    metrics = None
+    profiles = None
     try:
         if args.metrics:
             from tlsprof.metrics import start_metrics_server
             metrics = start_metrics_server(session, args.metrics)
+        from tlsprof.commands.run import start_pprof
         profiles = start_pprof(session, args)
         if args.live and sys.stdout.isatty():
             from tlsprof.live import run_live

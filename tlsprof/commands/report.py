@@ -1,5 +1,4 @@
-"""`tlsprof report FILE [--format text|json|prometheus|pprof] [-o OUT] [--html OUT.html]`: render a saved
-report."""
+"""`tlsprof report FILE [--format text|json|prometheus] [--html OUT.html]`: render a saved report."""
 import sys
 
 from tlsprof.errors import UsageError
@@ -10,13 +9,14 @@ from tlsprof.report_io import dumps, load_report
 def prepare_parser(parser) -> None:
     parser.add_argument("file", metavar="FILE", help="a report saved by `tlsprof run` or `tlsprof attach`")
     parser.add_argument("--format", choices=("text", "json", "prometheus", "pprof"), default=None,
-                        help="text for people (default), the validated JSON document indented, the "
-                             "Prometheus text exposition (for node_exporter's textfile collector), or a "
-                             "gzipped pprof profile.proto (needs -o; docs/exports.md)")
-    parser.add_argument("-o", "--output", metavar="OUT", help="write the rendering to OUT instead of stdout")
+                        help="text for people (default), the validated JSON document indented, or the "
+                             "Prometheus text exposition (for node_exporter's textfile collector)")
     parser.add_argument("--html", metavar="OUT.html",
                         help="write a self-contained HTML page with charts (nothing on stdout unless "
                              "--format is given too)")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="write the rendering to OUT instead of stdout; needed by --format pprof, a gzipped "
+                             "pprof profile.proto for go tool pprof, Pyroscope or Parca (docs/exports.md)")
 
 
 def run(args) -> int:

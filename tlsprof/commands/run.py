@@ -1,4 +1,4 @@
-"""`tlsprof run [-o FILE] [--interval S] [--at peak|last] [--pprof DIR] -- CMD [ARGS...]`
+"""`tlsprof run [-o FILE] [--interval S] [--at peak|last] -- CMD [ARGS...]`
 
 Starts CMD with the shim preloaded; stdin/stdout/stderr pass through, the exit status is CMD's.
 Ctrl-C at a terminal reaches CMD directly (same process group); SIGTERM/SIGHUP/SIGQUIT sent to

@@ -3,9 +3,11 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-# golang-go: `go tool pprof` reads the pprof exports back (tests/test_pprof.py)
 DEB_PACKAGES = gcc make gdb openssl nginx-light zlib1g-dev perl tmux chromium \
-               python3-twisted python3-openssl nodejs golang-go
+               python3-twisted python3-openssl nodejs
+
+# golang-go: `go tool pprof` reads the pprof exports back (tests/test_pprof.py)
+DEB_PACKAGES += golang-go
 
 .PHONY: demo test bench deps venv clean
 

@@ -72,24 +72,6 @@ def load_report(path) -> dict:
     return parse_report(data, path)
 
 
-def save_report(doc, path, validate: bool = True) -> None:
-    """Write `doc` to `path` atomically: readers see the old file or the whole new one, never half.
-
-    With validate=True (the default) an invalid document raises BadReport and nothing is written.
-    """
-    path = os.fspath(path)
-    if validate:
-        validate_report(doc)
-    try:
-        text = dumps(doc)
-    except (TypeError, ValueError) as exc:
-        raise TlsprofError(f"cannot write report {path}: {exc}") from None
-    try:
-        write_atomically(path, text.encode("utf-8"))
-    except OSError as exc:
-        raise TlsprofError(f"cannot write report {path}: {exc.strerror or exc}") from None
-
-
 def write_atomically(path, data: bytes) -> None:
     """Write `data` to `path` through a temp file in the same directory, fsync and rename: a reader
     (a person, a collector watching the directory) sees the old file or the whole new one. The file
@@ -110,4 +92,40 @@ def write_atomically(path, data: bytes) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+        raise
+
+
+def save_report(doc, path, validate: bool = True) -> None:
+    """Write `doc` to `path` atomically: readers see the old file or the whole new one, never half.
+
+    With validate=True (the default) an invalid document raises BadReport and nothing is written.
+    """
+    path = os.fspath(path)
+    if validate:
+        validate_report(doc)
+    try:
+        text = dumps(doc)
+    except (TypeError, ValueError) as exc:
+        raise TlsprofError(f"cannot write report {path}: {exc}") from None
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tlsprof-", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise TlsprofError(f"cannot write report {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise TlsprofError(f"cannot write report {path}: {exc.strerror or exc}") from None
         raise

@@ -23,6 +23,8 @@ from tlsprof.shim import shim_path
 def prepare_parser(p):
     p.add_argument("pid", type=int, help="process id of the target")
     p.add_argument("-o", "--output", metavar="FILE", help="write the JSON report here (default: text on stderr)")
+    from tlsprof.commands.run import add_pprof_arguments  # the same --pprof options as `run`
+    add_pprof_arguments(p)
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="collect for S seconds, then report and detach (default: until Ctrl-C)")
     p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between snapshots (default 1)")
@@ -32,8 +34,6 @@ def prepare_parser(p):
     p.add_argument("--timeout", type=float, default=20.0, metavar="S", help="give up attaching after S seconds")
     p.add_argument("--live", action="store_true", help="open the interactive live view (needs a terminal)")
     p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus/OpenMetrics gauges while attached")
-    from tlsprof.commands.run import add_pprof_arguments  # the same --pprof options as `run`
-    add_pprof_arguments(p)
 
 
 def _command_of(pid):
@@ -68,11 +68,11 @@ def run(args) -> int:
     metrics = None
     profiles = None
     try:
+        from tlsprof.commands.run import start_pprof
+        profiles = start_pprof(session, args)
         if args.metrics:
             from tlsprof.metrics import start_metrics_server
             metrics = start_metrics_server(session, args.metrics)
-        from tlsprof.commands.run import start_pprof
-        profiles = start_pprof(session, args)
         if args.live and sys.stdout.isatty():
             from tlsprof.live import run_live
             run_live(session, args.pid, args)

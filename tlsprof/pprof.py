@@ -135,9 +135,10 @@ class _Builder:
 
 
 class _Owner:
-    __slots__ = ("labels", "num_labels", "stack", "by_cause")
+    __slots__ = ("labels", "num_labels", "stack", "by_cause", "pid")
 
     def __init__(self, labels, by_cause, frames, num_labels=()):
+        self.pid = dict(labels).get("pid")
         self.labels = [(k, v) for k, v in labels if v is not None]
         self.num_labels = list(num_labels)
         self.by_cause = by_cause or {}
@@ -160,15 +161,19 @@ def _frames(obj, builder):
 
 
 def _owners(report, builder):
-    pid = str((report.get("target") or {}).get("pid", ""))
+    target_pid = str((report.get("target") or {}).get("pid", ""))
+
+    def pid_of(obj):  # a report of a process tree says whose each context and connection is
+        return str(obj["pid"]) if obj.get("pid") is not None else target_pid
+
     owners = []
     for ctx in report.get("contexts") or []:
-        owners.append(_Owner([("owner_kind", "context"), ("context", ctx.get("id")), ("pid", pid)],
+        owners.append(_Owner([("owner_kind", "context"), ("context", ctx.get("id")), ("pid", pid_of(ctx))],
                              ctx.get("by_cause"), _frames(ctx, builder),
                              num_labels=[("connections", int(ctx.get("connections") or 0), "connections")]))
     for conn in report.get("connections") or []:
         owners.append(_Owner([("owner_kind", "connection"), ("connection", conn.get("id")),
-                              ("context", conn.get("context")), ("peer", conn.get("peer")), ("pid", pid)],
+                              ("context", conn.get("context")), ("peer", conn.get("peer")), ("pid", pid_of(conn))],
                              conn.get("by_cause"), _frames(conn, builder)))
     process = dict((report.get("process") or {}).get("by_cause") or {})
     # bytes in the totals that no listed owner accounts for (none with today's model) stay in the
@@ -182,8 +187,33 @@ def _owners(report, builder):
     for c, v in ((report.get("totals") or {}).get("by_cause") or {}).items():
         if v > listed.get(c, 0):
             process[c] = process.get(c, 0) + v - listed.get(c, 0)
-    owners.append(_Owner([("owner_kind", "process"), ("pid", pid)], process, []))
+    owners += _process_owners(report, owners, process, target_pid)
     return owners
+
+
+def _process_owners(report, owners, process, target_pid):
+    """The `process` owner: one per process when the report has a section per process with its
+    bytes by cause (a process tree) that its own contexts and connections leave a part of, and those
+    parts add up to `process`; else one, labelled with the target's pid."""
+    sections = [p for p in report.get("processes") or []
+                if isinstance(p, dict) and p.get("pid") is not None and isinstance(p.get("by_cause"), dict)]
+    if len(sections) > 1:
+        rest = {}
+        for section in sections:
+            left = dict(section["by_cause"])
+            for o in owners:
+                if o.pid == str(section["pid"]):
+                    for c, v in o.by_cause.items():
+                        left[c] = left.get(c, 0) - v
+            rest[str(section["pid"])] = left
+        summed = {}
+        for left in rest.values():
+            for c, v in left.items():
+                summed[c] = summed.get(c, 0) + v
+        if all(v >= 0 for left in rest.values() for v in left.values()) and \
+                {c: v for c, v in summed.items() if v} == {c: v for c, v in process.items() if v}:
+            return [_Owner([("owner_kind", "process"), ("pid", pid)], left, []) for pid, left in rest.items()]
+    return [_Owner([("owner_kind", "process"), ("pid", target_pid)], process, [])]
 
 
 def _sites_per_cause(owners) -> int:

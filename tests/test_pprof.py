@@ -64,8 +64,10 @@ def export(report_path, tmp_path, name="r.pb.gz"):
 def check_sums(profile, report):
     """What every profile must say of its report, in pprof's own arithmetic."""
     totals = report["totals"]
-    shown, total, _ = pprof_top(profile)
+    shown, total, rows = pprof_top(profile)
     assert shown == total == totals["live_bytes"]
+    # a location per OpenSSL call site, named by its file:line (reports this small keep every one)
+    assert {site_name(s) for s in report["sites"] if s["file"] and s["live_bytes"]} <= {name for _, name in rows}
     shown, total, _ = pprof_top(profile, index="inuse_objects")
     assert shown == total  # each site's blocks, spread over its owners
     if sum(s["live_blocks"] for s in report["sites"]) == totals["live_blocks"]:

@@ -31,10 +31,9 @@ from tlsprof.profile_proto import Label, Profile
 from tlsprof.report_io import write_atomically
 
 SAMPLE_TYPES = (("inuse_objects", "count"), ("inuse_space", "bytes"))
-# A cause's largest sites get a location each, the rest share one: each owner x cause spreads over
-# at most SITES_PER_CAUSE + 1 locations, fewer when there are so many owners that the profile would
-# pass SAMPLE_BUDGET samples (~10 us each to build: a 10k-connection report stays near a second).
-SITES_PER_CAUSE = 24
+# Every call site gets its own location unless the owners are so many that the profile would pass
+# SAMPLE_BUDGET samples (~10 us each to build): then a cause's largest sites keep theirs and the
+# rest share one, so that a 10k-connection report stays near a second.
 SAMPLE_BUDGET = 100_000
 DEFAULT_KEEP = 10
 
@@ -217,8 +216,10 @@ def _process_owners(report, owners, process, target_pid):
 
 
 def _sites_per_cause(owners) -> int:
+    """How many sites of a cause get a location of their own: each (owner, cause) spreads over at
+    most this many + 1."""
     rows = sum(1 for o in owners for v in o.by_cause.values() if v > 0)
-    return max(1, min(SITES_PER_CAUSE, SAMPLE_BUDGET // max(rows, 1) - 1))
+    return max(1, SAMPLE_BUDGET // max(rows, 1) - 1)
 
 
 def _columns(report, builder, keep):

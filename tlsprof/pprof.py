@@ -134,7 +134,7 @@ class _Builder:
 
 
 class _Owner:
-    __slots__ = ("labels", "num_labels", "stack", "by_cause", "pid")
+    __slots__ = ("labels", "num_labels", "stack", "by_cause", "pid", "messages")
 
     def __init__(self, labels, by_cause, frames, num_labels=()):
         self.pid = dict(labels).get("pid")
@@ -142,6 +142,7 @@ class _Owner:
         self.num_labels = list(num_labels)
         self.by_cause = by_cause or {}
         self.stack = frames
+        self.messages = []  # its labels as Label messages, built once and copied into each sample
 
 
 def _frames(obj, builder):
@@ -287,9 +288,9 @@ def build_profile(report):
     b.mapping(os.path.basename(command[0]) if command else f"pid {target.get('pid')}")
     owners = _owners(report, b)
     columns = _columns(report, b, _sites_per_cause(owners))
-    for o in owners:  # the label messages are built once per owner and copied into its samples
-        o.labels = [Label(key=b.s(k), str=b.s(v)) for k, v in o.labels] + \
-                   [Label(key=b.s(k), num=n, num_unit=b.s(u)) for k, n, u in o.num_labels]
+    for o in owners:
+        o.messages = [Label(key=b.s(k), str=b.s(v)) for k, v in o.labels] + \
+                     [Label(key=b.s(k), num=n, num_unit=b.s(u)) for k, n, u in o.num_labels]
     cause_keys = {c: Label(key=b.s("cause"), str=b.s(c)) for c in CAUSES}
     for cause in sorted({c for o in owners for c, v in o.by_cause.items() if v > 0},
                         key=lambda c: CAUSES.index(c) if c in CAUSES else len(CAUSES)):
@@ -307,7 +308,7 @@ def build_profile(report):
                     blocks[i][j] = n
         cause_label = cause_keys.get(cause) or Label(key=b.s("cause"), str=b.s(cause))
         for i, o in enumerate(rows):
-            labels = [cause_label, *o.labels]
+            labels = [cause_label, *o.messages]
             for j, (lid, _, _) in enumerate(cols):
                 if cells[i][j] or blocks[i][j]:
                     prof.sample.add(location_id=[lid, *o.stack], value=[blocks[i][j], cells[i][j]], label=labels)

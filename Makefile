@@ -7,6 +7,9 @@ DEB_PACKAGES = gcc make gdb openssl nginx-light zlib1g-dev perl tmux chromium \
                python3-twisted python3-openssl nodejs \
                apache2 haproxy postgresql stunnel4 mosquitto
 
+# golang-go: `go tool pprof` reads the pprof exports back (tests/test_pprof.py)
+DEB_PACKAGES += golang-go
+
 .PHONY: demo test bench deps venv clean
 
 deps:

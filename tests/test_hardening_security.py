@@ -6,6 +6,7 @@ A known secret crosses the echo server in both directions; the client logs the s
 of them: raw channel snapshots, the JSON report, the text and JSON renderings, tlsprof's stderr.
 """
 import base64
+import gzip
 import json
 import os
 import re
@@ -66,7 +67,8 @@ def test_no_payload_key_or_session_secret_in_any_output(cert_pair, tmp_path):
     keylog = str(tmp_path / "keylog.txt")
     out = tmp_path / "report.json"
     server = start_echo_server("--threaded", certdir=cert_dir,
-                               wrapper=[*TLSPROF, "run", "-o", str(out), "--interval", "0.2", "--"])
+                               wrapper=[*TLSPROF, "run", "-o", str(out), "--interval", "0.2",
+                                        "--pprof", str(tmp_path / "profiles"), "--"])
     outputs = {}
     try:
         target = server.target_pid()
@@ -84,6 +86,12 @@ def test_no_payload_key_or_session_secret_in_any_output(cert_pair, tmp_path):
     for fmt in (["--format", "text"], ["--format", "json"], []):
         r = subprocess.run([*TLSPROF, "report", str(out), *fmt], capture_output=True, timeout=60)
         outputs[f"report {' '.join(fmt)}"] = r.stdout + r.stderr
+    pb = tmp_path / "report.pb.gz"
+    r = subprocess.run([*TLSPROF, "report", str(out), "--format", "pprof", "-o", str(pb)], capture_output=True, timeout=60)
+    outputs["report --format pprof"] = gzip.decompress(pb.read_bytes()) + r.stderr
+    assert os.listdir(tmp_path / "profiles")
+    for name in os.listdir(tmp_path / "profiles"):  # what --pprof wrote while the secrets were live
+        outputs[f"--pprof {name}"] = gzip.decompress((tmp_path / "profiles" / name).read_bytes())
     assert json.loads(outputs["report.json"])["connections"] is not None
     secrets = needles(cert_pair[1], keylog)
     assert sum(1 for l in open(keylog) if len(l.split()) == 3) >= 5  # session secrets were logged

@@ -72,6 +72,29 @@ def load_report(path) -> dict:
     return parse_report(data, path)
 
 
+def write_atomically(path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same directory, fsync and rename: a reader
+    (a person, a collector watching the directory) sees the old file or the whole new one. The file
+    gets the mode the umask allows; OSError on failure, and no temp file is left behind."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tlsprof-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def save_report(doc, path, validate: bool = True) -> None:
     """Write `doc` to `path` atomically: readers see the old file or the whole new one, never half.
 

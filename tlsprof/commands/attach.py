@@ -23,6 +23,8 @@ from tlsprof.shim import shim_path
 def prepare_parser(p):
     p.add_argument("pid", type=int, help="process id of the target")
     p.add_argument("-o", "--output", metavar="FILE", help="write the JSON report here (default: text on stderr)")
+    from tlsprof.commands.run import add_pprof_arguments  # the same --pprof options as `run`
+    add_pprof_arguments(p)
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="collect for S seconds, then report and detach (default: until Ctrl-C)")
     p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between snapshots (default 1)")
@@ -48,6 +50,9 @@ def run(args) -> int:
         raise UsageError("--duration must be positive")
     if not (0.05 <= args.interval <= 3600):
         raise UsageError("--interval must be between 0.05 and 3600 seconds")
+    if args.pprof:  # a directory that cannot be written is refused before anything touches the target
+        from tlsprof.pprof import check_directory
+        check_directory(args.pprof, args.pprof_keep)
     if args.metrics:  # a bad address is refused before anything touches the target
         from tlsprof.metrics import parse_address
         parse_address(args.metrics)
@@ -61,7 +66,10 @@ def run(args) -> int:
     session = Session(channel_dir, args.pid, _command_of(args.pid), mode="attach", follow_children=False)
     target_died = False
     metrics = None
+    profiles = None
     try:
+        from tlsprof.commands.run import start_pprof
+        profiles = start_pprof(session, args)
         if args.metrics:
             from tlsprof.metrics import start_metrics_server
             metrics = start_metrics_server(session, args.metrics)
@@ -74,6 +82,8 @@ def run(args) -> int:
     finally:
         if metrics is not None:
             metrics.stop()
+        if profiles is not None:
+            profiles.stop()
         if not _alive(args.pid):
             target_died = True
         else:

@@ -8,12 +8,15 @@ from tlsprof.report_io import dumps, load_report
 
 def prepare_parser(parser) -> None:
     parser.add_argument("file", metavar="FILE", help="a report saved by `tlsprof run` or `tlsprof attach`")
-    parser.add_argument("--format", choices=("text", "json", "prometheus"), default=None,
+    parser.add_argument("--format", choices=("text", "json", "prometheus", "pprof"), default=None,
                         help="text for people (default), the validated JSON document indented, or the "
                              "Prometheus text exposition (for node_exporter's textfile collector)")
     parser.add_argument("--html", metavar="OUT.html",
                         help="write a self-contained HTML page with charts (nothing on stdout unless "
                              "--format is given too)")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="write the rendering to OUT instead of stdout; needed by --format pprof, a gzipped "
+                             "pprof profile.proto for go tool pprof, Pyroscope or Parca (docs/exports.md)")
 
 
 def run(args) -> int:
@@ -28,6 +31,18 @@ def run(args) -> int:
         if args.format is None:
             return 0
     fmt = args.format or "text"
+    if fmt == "pprof":
+        if not args.output:
+            raise UsageError("--format pprof writes a binary file: give -o OUT.pb.gz")
+        from tlsprof.pprof import write_profile
+        try:
+            write_profile(report, args.output)
+        except OSError as exc:
+            raise UsageError(f"-o: cannot write {args.output}: {exc.strerror or exc}") from None
+        print(f"tlsprof: pprof profile written to {args.output}", file=sys.stderr)
+        return 0
+    if args.output:
+        return _write_text(report, fmt, args.output)
     if fmt == "json":
         sys.stdout.write(dumps(report))
     elif fmt == "prometheus":
@@ -36,4 +51,22 @@ def run(args) -> int:
     else:
         render_text(report, file=sys.stdout)
     sys.stdout.flush()
+    return 0
+
+
+def _write_text(report, fmt, path) -> int:
+    import io
+    from tlsprof.report_io import write_atomically
+    out = io.StringIO()
+    if fmt == "json":
+        out.write(dumps(report))
+    elif fmt == "prometheus":
+        from tlsprof.metrics import exposition
+        out.write(exposition(report))
+    else:
+        render_text(report, file=out)
+    try:
+        write_atomically(path, out.getvalue().encode("utf-8"))
+    except OSError as exc:
+        raise UsageError(f"-o: cannot write {path}: {exc.strerror or exc}") from None
     return 0

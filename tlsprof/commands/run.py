@@ -30,6 +30,7 @@ def prepare_parser(p):
     p.add_argument("--live", action="store_true", help="open the interactive live view (needs a terminal)")
     p.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus/OpenMetrics gauges while profiling (e.g. 127.0.0.1:9464)")
+    add_pprof_arguments(p)
     p.add_argument("--tracemalloc", action="store_true",
                    help="Python targets: register OpenSSL blocks with tracemalloc (domain 0x7715) so "
                         "tracemalloc snapshots in the target show them (docs/python-linkage.md)")
@@ -62,6 +63,7 @@ def run(args) -> int:
         if args.metrics:  # bind before starting the target: a bad address must not orphan it
             from tlsprof.metrics import start_metrics_server
             metrics = start_metrics_server(session, args.metrics)
+        profiles = start_pprof(session, args, metrics)
         popen_kwargs = {}
         if live:  # the target's output would write over the view: keep it in a file
             log = tempfile.NamedTemporaryFile(prefix="tlsprof-target-", suffix=".log", delete=False)
@@ -72,6 +74,8 @@ def run(args) -> int:
         except BaseException:
             if metrics is not None:
                 metrics.stop()
+            if profiles is not None:
+                profiles.stop()
             raise
         session.main_pid = session.focus_pid = proc.pid
         if not live:
@@ -85,6 +89,8 @@ def run(args) -> int:
         finally:
             if metrics is not None:
                 metrics.stop()
+            if profiles is not None:
+                profiles.stop()
         partial = returncode == -signal.SIGKILL
         notes = []
         if partial:
@@ -102,6 +108,28 @@ def run(args) -> int:
         if log is not None:
             log.close()
             print(f"tlsprof: the target's output is in {log.name}", file=sys.stderr)
+
+
+def add_pprof_arguments(p):
+    p.add_argument("--pprof", metavar="DIR",
+                   help="write a pprof heap profile (gzipped profile.proto) into DIR after every snapshot, "
+                        "for a collector to pick up (docs/exports.md)")
+    p.add_argument("--pprof-keep", type=int, default=10, metavar="N",
+                   help="with --pprof: keep the N newest profiles this session wrote (default 10)")
+
+
+def start_pprof(session, args, started=None):
+    """The --pprof writer, or None. A bad DIR is a usage error before the target is touched; what
+    was `started` already (the metrics endpoint) is stopped first."""
+    if not getattr(args, "pprof", None):
+        return None
+    from tlsprof.pprof import start_profile_writer
+    try:
+        return start_profile_writer(session, args.pprof, args.pprof_keep, err=sys.stderr)
+    except BaseException:
+        if started is not None:
+            started.stop()
+        raise
 
 
 def emit_report(report, args, stream=None):

@@ -60,6 +60,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from tlsprof import shim_copy
 from tlsprof.channel_paths import channel_dir_path, socket_path
 from tlsprof.errors import (AccessDenied, AttachError, ChannelError, NoOpenSSL, NoSuchProcess,
                             ToolMissing)
@@ -248,6 +249,8 @@ def _find_shim(maps: list, shim_path: str | None) -> str | None:
     real = os.path.realpath(shim_path) if shim_path else None
     for _perms, path in maps:
         if real and path == real:
+            return path
+        if shim_copy.is_copy(path):
             return path
         if os.path.basename(path).startswith("_shim") and \
                 os.path.basename(os.path.dirname(path)) == "tlsprof":
@@ -799,8 +802,9 @@ def inject(pid: int, shim_path: str, channel_dir: str, timeout: float = 20,
            on_stage=None, wait_ready: bool = True) -> None:
     """Load `shim_path` into `pid` at a safe point and call tlsprof_start(channel_dir).
 
-    Returns once the shim's socket answers PING (unless wait_ready is False). Raises NoSuchProcess,
-    AccessDenied, ToolMissing, AttachError or ChannelError with a one-line message. `on_stage` is
+    Returns once the shim's socket answers PING (unless wait_ready is False). A target that cannot
+    read `shim_path` gets a copy it can (tlsprof/shim_copy.py). Raises NoSuchProcess, AccessDenied,
+    ToolMissing, ShimNotLoadable, AttachError or ChannelError with a one-line message. `on_stage` is
     called with each progress stage of the gdb script ("attached", "waiting", "safe-point",
     "detached"), from a reader thread.
     """
@@ -812,10 +816,17 @@ def inject(pid: int, shim_path: str, channel_dir: str, timeout: float = 20,
         raise AttachError(f"shim library {shim_path} does not exist; reinstall tlsprof")
     gdb_path()
     start = time.monotonic()
-    params = {"mode": "start", "shim": shim_path, "channel_dir": channel_dir,
-              "rtld_now": RTLD_NOW, "rtld_noload": RTLD_NOLOAD,
-              "wait": max(1.0, timeout * 0.6 - 2)}
-    records, output = _run_gdb(pid, params, timeout, on_stage)
+    # the target opens the shim with its own credentials: give it a copy it can read if need be
+    bundle = shim_copy.for_pid(pid, shim_path)
+    try:
+        shim_copy.check_same_view(pid, channel_dir)
+        shim_path = bundle.shim
+        params = {"mode": "start", "shim": shim_path, "channel_dir": channel_dir,
+                  "rtld_now": RTLD_NOW, "rtld_noload": RTLD_NOLOAD,
+                  "wait": max(1.0, timeout * 0.6 - 2)}
+        records, output = _run_gdb(pid, params, timeout, on_stage)
+    finally:
+        bundle.release()  # once mapped by the target, the copy stays until no process maps it
     res = _result(records)
     kind = res.get("result")
     if kind == "called":

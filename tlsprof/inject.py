@@ -353,6 +353,48 @@ def _static_sentence(path: str, how: str) -> str:
             f"calls tlsprof's hooks cannot see")
 
 
+# The calls a blocked thread is most often in, when the kernel headers are not installed.
+_SYSCALLS_FALLBACK = {0: "read", 1: "write", 7: "poll", 16: "ioctl", 17: "pread64", 19: "readv",
+                      23: "select", 34: "pause", 35: "nanosleep", 42: "connect", 43: "accept",
+                      44: "sendto", 45: "recvfrom", 46: "sendmsg", 47: "recvmsg", 61: "wait4",
+                      72: "fcntl", 73: "flock", 128: "rt_sigtimedwait", 130: "rt_sigsuspend",
+                      202: "futex", 219: "restart_syscall", 230: "clock_nanosleep",
+                      232: "epoll_wait", 247: "waitid", 270: "pselect6", 271: "ppoll",
+                      281: "epoll_pwait", 288: "accept4", 299: "recvmmsg", 441: "epoll_pwait2"}
+_UNISTD = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h"
+
+
+def syscall_names() -> dict:
+    """x86-64 system call numbers -> names (from the kernel headers when installed)."""
+    names = dict(_SYSCALLS_FALLBACK)
+    try:
+        with open(_UNISTD) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[0] == "#define" and parts[1].startswith("__NR_") \
+                        and parts[2].isdigit():
+                    names[int(parts[2])] = parts[1][5:]
+    except OSError:
+        pass
+    return names
+
+
+def threads_sentence(threads: list) -> str:
+    """Where each thread of a target without a safe point is: 'thread 12 in read (via fgets: it
+    may hold a libc lock)', 'thread 13 running'."""
+    parts = []
+    for t in threads[:8]:
+        if "syscall" not in t:
+            parts.append(f"thread {t.get('tid')} {t.get('why', 'running')}")
+            continue
+        via = t.get("via")
+        call = t["syscall"] + (f" via {via}" if via and via != t["syscall"] else "")
+        parts.append(f"thread {t.get('tid')} in {call}" + (f" ({t['why']})" if t.get("why") else ""))
+    if len(threads) > 8:
+        parts.append(f"{len(threads) - 8} more")
+    return "; ".join(parts)
+
+
 def gdb_path() -> str:
     path = shutil.which("gdb")
     if not path:
@@ -366,10 +408,24 @@ _GDB_SCRIPT = r'''
 import gdb, json, os, subprocess, time
 
 P = json.loads(os.environ["TLSPROF_GDB_PARAMS"])
-SAFE_SYSCALLS = {7: "poll", 23: "select", 34: "pause", 35: "nanosleep", 43: "accept",
-                 128: "rt_sigtimedwait", 130: "rt_sigsuspend", 230: "clock_nanosleep",
-                 232: "epoll_wait", 270: "pselect6", 271: "ppoll", 281: "epoll_pwait",
-                 288: "accept4", 441: "epoll_pwait2"}
+# poll, select, pause, nanosleep, accept, rt_sigtimedwait, rt_sigsuspend, clock_nanosleep,
+# epoll_wait, pselect6, ppoll, epoll_pwait, accept4, epoll_pwait2
+WAIT_SYSCALLS = {7, 23, 34, 35, 43, 128, 130, 230, 232, 270, 271, 281, 288, 441}
+# libc entry points that block in the kernel holding no libc-internal lock (malloc's, the
+# loader's, stdio's, the atfork or setxid locks): the program called them directly.
+ENTRY_OK = set("""read readv pread pread64 preadv preadv2 write writev pwrite pwrite64 recv recvfrom
+    recvmsg recvmmsg send sendto sendmsg sendmmsg accept accept4 connect poll ppoll select pselect
+    epoll_wait epoll_pwait epoll_pwait2 nanosleep clock_nanosleep sleep usleep pause sigsuspend
+    sigwait sigwaitinfo sigtimedwait wait waitpid wait3 wait4 waitid pthread_cond_wait
+    pthread_cond_timedwait pthread_cond_clockwait pthread_mutex_lock pthread_mutex_timedlock
+    pthread_mutex_clocklock pthread_rwlock_rdlock pthread_rwlock_wrlock
+    pthread_rwlock_timedrdlock pthread_rwlock_timedwrlock pthread_rwlock_clockrdlock
+    pthread_rwlock_clockwrlock pthread_join pthread_timedjoin_np pthread_clockjoin_np
+    pthread_clockjoin_ex pthread_barrier_wait sem_wait sem_timedwait sem_clockwait
+    sem_wait_slow msgrcv msgsnd semop semtimedop mq_receive mq_timedreceive mq_send
+    mq_timedsend flock lockf fcntl ioctl syscall io_getevents""".split())
+HOLDS_LOCK_OVER_CALLBACK = {"dl_iterate_phdr", "dlopen", "dlclose", "dlsym", "dladdr", "fork",
+                            "system", "popen", "malloc", "free", "realloc", "calloc"}
 BREAK_AT = ["malloc", "calloc", "realloc", "free", "CRYPTO_malloc", "CRYPTO_zalloc", "CRYPTO_free"]
 state = {"exited": False, "stop": None}
 
@@ -420,23 +476,100 @@ def frames_ok(frame):
     return True
 
 
+def in_libc(pc):
+    lib = gdb.solib_name(pc) or ""
+    return "/libc.so" in lib or "/libc-" in lib or "/libpthread" in lib
+
+
+def plain_name(name):
+    """libc's entry point as the caller wrote it: __GI___libc_read, __read -> read;
+    ___pthread_cond_timedwait64 -> pthread_cond_timedwait; __new_sem_wait -> sem_wait."""
+    if not name:
+        return ""
+    name = name.split("@")[0]
+    changed = True
+    while changed:
+        changed = False
+        for prefix in ("__GI_", "_", "libc_", "new_", "GI_"):
+            if name.startswith(prefix):
+                name, changed = name[len(prefix):], True
+    if name.endswith("64") and name[:-2] in ENTRY_OK:
+        name = name[:-2]
+    return name
+
+
+def syscall_name(nr):
+    return P["syscalls"].get(str(nr), "syscall %d" % nr)
+
+
+def describe_thread(inf, th):
+    """(kind, facts): kind "wait" = parked in one of the classic wait syscalls, "entry" = blocked
+    in any syscall entered from a libc function that holds no libc lock while it blocks (or from
+    outside libc), "unsafe" = anything else; facts say which call and why, for the user."""
+    th.switch()
+    frame = gdb.newest_frame()
+    facts = {"tid": th.ptid[1]}
+    nr = value("$orig_rax")
+    if nr < 0 or bytes(inf.read_memory(frame.pc() - 2, 2)) != b"\x0f\x05":
+        facts["why"] = "running"
+        return "unsafe", facts
+    facts["syscall"] = syscall_name(nr)
+    if not frames_ok(frame):
+        facts["why"] = "in a signal handler or the dynamic loader"
+        return "unsafe", facts
+    if nr in WAIT_SYSCALLS:
+        return "wait", facts
+    # walk out to the first frame outside libc: the libc function the program called
+    entry, f, depth, outer = None, frame, 0, None
+    while f is not None and depth < 64:
+        if not in_libc(f.pc()):
+            outer = f
+            break
+        entry = f
+        try:
+            f = f.older()
+        except gdb.error:
+            f = None
+        depth += 1
+    if outer is None:
+        facts["why"] = "stack not unwound"
+        return "unsafe", facts
+    name = plain_name(entry.name()) if entry is not None else ""
+    facts["via"] = name or "(outside libc)"
+    if entry is not None and name not in ENTRY_OK:
+        facts["why"] = "%s may hold a libc lock" % (name or "an unnamed libc function")
+        return "unsafe", facts
+    # further out, a libc function that holds a lock across a callback (dl_iterate_phdr, ...)
+    while f is not None and depth < 64:
+        if in_libc(f.pc()) and plain_name(f.name()) in HOLDS_LOCK_OVER_CALLBACK:
+            facts["why"] = "called back from %s" % plain_name(f.name())
+            return "unsafe", facts
+        try:
+            f = f.older()
+        except gdb.error:
+            break
+        depth += 1
+    return "entry", facts
+
+
 def blocked_thread(inf):
+    """A thread to call from, or None; every thread's state is reported either way."""
     threads = sorted(inf.threads(), key=lambda t: (t.ptid[1] != inf.pid, t.ptid[1]))
+    best, seen = {}, []
     for th in threads:
         try:
-            th.switch()
-            frame = gdb.newest_frame()
-            nr = value("$orig_rax")
-            if nr not in SAFE_SYSCALLS:
-                continue
-            if bytes(inf.read_memory(frame.pc() - 2, 2)) != b"\x0f\x05":
-                continue
-            if not frames_ok(frame):
-                continue
-            emit(stage="safe-point", how="syscall", syscall=SAFE_SYSCALLS[nr], tid=th.ptid[1])
+            kind, facts = describe_thread(inf, th)
+        except (gdb.error, gdb.MemoryError) as exc:
+            kind, facts = "unsafe", {"tid": th.ptid[1], "why": str(exc).splitlines()[0][:60]}
+        seen.append(facts)
+        best.setdefault(kind, (th, facts))
+    emit(stage="threads", threads=seen)
+    for kind in ("wait", "entry"):
+        if kind in best:
+            th, facts = best[kind]
+            emit(stage="safe-point", how="syscall", syscall=facts.get("syscall"),
+                 via=facts.get("via"), tid=th.ptid[1])
             return th
-        except (gdb.error, gdb.MemoryError):
-            continue
     return None
 
 
@@ -776,6 +909,13 @@ def _ensure_running(pid: int, was_stopped: bool) -> None:
         time.sleep(0.1)
 
 
+def _threads(records: list) -> list:
+    for rec in records:
+        if rec.get("stage") == "threads":
+            return rec.get("threads") or []
+    return []
+
+
 def _result(records: list) -> dict:
     for rec in reversed(records):
         if "result" in rec:
@@ -823,7 +963,7 @@ def inject(pid: int, shim_path: str, channel_dir: str, timeout: float = 20,
         shim_path = bundle.shim
         params = {"mode": "start", "shim": shim_path, "channel_dir": channel_dir,
                   "rtld_now": RTLD_NOW, "rtld_noload": RTLD_NOLOAD,
-                  "wait": max(1.0, timeout * 0.6 - 2)}
+                  "wait": max(1.0, timeout * 0.6 - 2), "syscalls": syscall_names()}
         records, output = _run_gdb(pid, params, timeout, on_stage)
     finally:
         bundle.release()  # once mapped by the target, the copy stays until no process maps it
@@ -844,8 +984,9 @@ def inject(pid: int, shim_path: str, channel_dir: str, timeout: float = 20,
         raise AttachError(f"{shim_path} does not export {res.get('entry')}: not a tlsprof shim")
     elif kind == "no-safe-point":
         raise AttachError(
-            f"no safe point in pid {pid} within {params['wait']:.0f}s: no thread waited in "
-            f"epoll/poll/select/accept/sleep and none entered malloc; retry, or raise --timeout")
+            f"no safe point in pid {pid} within {params['wait']:.0f}s: no thread was blocked in a "
+            f"system call it can be interrupted in and none entered malloc ("
+            f"{threads_sentence(_threads(records)) or 'no thread seen'}); retry, or raise --timeout")
     elif kind == "call-failed":
         raise AttachError(f"calling into pid {pid} failed, target left as it was: "
                           f"{res.get('error')}")
@@ -905,7 +1046,7 @@ def eject(pid: int, channel_dir: str | None = None, shim_path: str | None = None
     _check_permission(pid, _status(pid))
     params = {"mode": "stop", "shim": mapped, "channel_dir": channel_dir,
               "rtld_now": RTLD_NOW, "rtld_noload": RTLD_NOLOAD,
-              "wait": max(1.0, timeout * 0.6 - 2)}
+              "wait": max(1.0, timeout * 0.6 - 2), "syscalls": syscall_names()}
     records, output = _run_gdb(pid, params, timeout)
     res = _result(records)
     kind = res.get("result")
@@ -917,7 +1058,8 @@ def eject(pid: int, channel_dir: str | None = None, shim_path: str | None = None
         raise AttachError(f"tlsprof is not loaded in pid {pid}: nothing to detach")
     if kind == "no-safe-point":
         raise AttachError(f"no safe point in pid {pid} within {params['wait']:.0f}s to call "
-                          f"tlsprof_stop; retry")
+                          f"tlsprof_stop ({threads_sentence(_threads(records)) or 'no thread seen'}); "
+                          f"retry")
     if kind in ("call-failed", "script-error", "no-entry", "gdb-timeout"):
         raise AttachError(f"could not call tlsprof_stop in pid {pid}: "
                           f"{res.get('error') or res.get('entry') or kind}")

@@ -5,12 +5,13 @@ absent (by root on behalf of another user: then chowned to that user, so the tar
 socket in it) and refused when it exists with another owner, group/other permission bits, or is
 not a real directory: anyone who could write there could impersonate the shim.
 """
+import errno
 import glob
 import os
 import pwd
 import stat
 
-from tlsprof.errors import UnsafeChannelDir
+from tlsprof.errors import ShimNotLoadable, UnsafeChannelDir
 
 BASE = "/tmp"
 
@@ -45,6 +46,9 @@ def channel_dir_for(uid: int) -> str:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
+    except OSError as exc:
+        why = f"{BASE} is read-only" if exc.errno == errno.EROFS else exc.strerror
+        raise ShimNotLoadable(f"cannot create the channel directory {path} for the target: {why}") from None
     else:
         os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask; make it exact
         if os.geteuid() != uid:

@@ -55,7 +55,6 @@ import signal
 import socket
 import struct
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -832,59 +831,57 @@ finally:
 def _run_gdb(pid: int, params: dict, timeout: float, on_stage=None) -> tuple[list, str]:
     """Run the gdb script against `pid`; return (TLSPROF-GDB records, gdb's whole output)."""
     gdb = gdb_path()
-    with tempfile.TemporaryDirectory(prefix="tlsprof-gdb-") as tmp:
-        script = os.path.join(tmp, "inject.py")
-        with open(script, "w") as f:
-            f.write(_GDB_SCRIPT)
-        env = dict(os.environ, TLSPROF_GDB_PARAMS=json.dumps(params), DEBUGINFOD_URLS="",
-                   LC_ALL="C", LANG="C")
-        cmd = [gdb, "-nx", "-nw", "-q", "-batch",
-               "-iex", "set debuginfod enabled off", "-iex", "set pagination off",
-               "-iex", "set confirm off", "-iex", "set breakpoint pending off",
-               "-iex", "set auto-load off",
-               "-p", str(pid), "-x", script]
-        was_stopped = _state(pid) in ("T", "t")
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace",
-                                env=env, start_new_session=True)
-        records, lines = [], []
+    # the script travels in the environment: nothing is written, so a read-only or full /tmp
+    # cannot stop an attach or a detach half-way
+    env = dict(os.environ, TLSPROF_GDB_PARAMS=json.dumps(params), TLSPROF_GDB_SCRIPT=_GDB_SCRIPT,
+               DEBUGINFOD_URLS="", LC_ALL="C", LANG="C")
+    cmd = [gdb, "-nx", "-nw", "-q", "-batch",
+           "-iex", "set debuginfod enabled off", "-iex", "set pagination off",
+           "-iex", "set confirm off", "-iex", "set breakpoint pending off",
+           "-iex", "set auto-load off",
+           "-p", str(pid), "-ex", "python exec(__import__('os').environ['TLSPROF_GDB_SCRIPT'])"]
+    was_stopped = _state(pid) in ("T", "t")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace",
+                            env=env, start_new_session=True)
+    records, lines = [], []
 
-        def reader():
-            for line in proc.stdout:
-                lines.append(line)
-                if line.startswith("TLSPROF-GDB "):
-                    try:
-                        rec = json.loads(line[len("TLSPROF-GDB "):])
-                    except ValueError:
-                        continue
-                    records.append(rec)
-                    if on_stage and "stage" in rec:
-                        try:
-                            on_stage(rec["stage"])
-                        except Exception:
-                            pass
-
-        t = threading.Thread(target=reader, daemon=True)
-        t.start()
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            # SIGINT first: gdb interrupts the target, our script removes its breakpoints and
-            # detaches; SIGTERM/SIGKILL may leave int3 bytes behind.
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+    def reader():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("TLSPROF-GDB "):
                 try:
-                    proc.send_signal(sig)
-                    proc.wait(timeout=5)
-                    break
-                except subprocess.TimeoutExpired:
+                    rec = json.loads(line[len("TLSPROF-GDB "):])
+                except ValueError:
                     continue
-        t.join(timeout=5)
-        _ensure_running(pid, was_stopped)
-        if timed_out:
-            records.append({"result": "gdb-timeout"})
-        return records, "".join(lines)
+                records.append(rec)
+                if on_stage and "stage" in rec:
+                    try:
+                        on_stage(rec["stage"])
+                    except Exception:
+                        pass
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        # SIGINT first: gdb interrupts the target, our script removes its breakpoints and
+        # detaches; SIGTERM/SIGKILL may leave int3 bytes behind.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            try:
+                proc.send_signal(sig)
+                proc.wait(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    t.join(timeout=5)
+    _ensure_running(pid, was_stopped)
+    if timed_out:
+        records.append({"result": "gdb-timeout"})
+    return records, "".join(lines)
 
 
 def _ensure_running(pid: int, was_stopped: bool) -> None:

@@ -489,7 +489,7 @@ def plain_name(name):
     changed = True
     while changed:
         changed = False
-        for prefix in ("__GI_", "_", "libc_", "new_", "GI_"):
+        for prefix in ("__GI_", "_", "libc_", "new_", "GI_", "IO_"):
             if name.startswith(prefix):
                 name, changed = name[len(prefix):], True
     if name.endswith("64") and name[:-2] in ENTRY_OK:
@@ -536,12 +536,12 @@ def describe_thread(inf, th):
     name = plain_name(entry.name()) if entry is not None else ""
     facts["via"] = name or "(outside libc)"
     if entry is not None and name not in ENTRY_OK:
-        facts["why"] = "%s may hold a libc lock" % (name or "an unnamed libc function")
+        facts["why"] = "may hold a libc lock"
         return "unsafe", facts
     # further out, a libc function that holds a lock across a callback (dl_iterate_phdr, ...)
     while f is not None and depth < 64:
         if in_libc(f.pc()) and plain_name(f.name()) in HOLDS_LOCK_OVER_CALLBACK:
-            facts["why"] = "called back from %s" % plain_name(f.name())
+            facts["why"] = "called back from %s, which holds a lock" % plain_name(f.name())
             return "unsafe", facts
         try:
             f = f.older()

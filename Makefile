@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 DEB_PACKAGES = gcc make gdb openssl nginx-light zlib1g-dev perl tmux chromium \
-               python3-twisted python3-openssl nodejs
+               python3-twisted python3-openssl nodejs \
+               postgresql-15 util-linux libssl-dev
 
 .PHONY: demo test bench deps venv clean
 

@@ -7,17 +7,30 @@ gdb (batch mode, system gdb, our own gdb-Python script) attaches, which stops ev
 the thread may be inside malloc holding an arena lock, or inside the dynamic loader. We call only
 from one of two kinds of stop, in this order:
 
-1. A thread parked in a blocking wait syscall: `epoll_wait/epoll_pwait(2)`, `poll/ppoll`,
-   `select/pselect6`, `accept/accept4`, `nanosleep/clock_nanosleep`, `pause`, `rt_sigsuspend`,
-   `rt_sigtimedwait` (the PC just after a `syscall` instruction, `$orig_rax` names the syscall).
-   glibc never makes these calls while holding malloc's or the loader's locks, so such a thread
-   holds no libc lock that `dlopen` or `pthread_create` need. This is how an idle server gets
-   attached at once: asyncio, nginx and node wait in epoll_wait, `openssl s_server` in
-   select/accept, a threaded Python server in poll/accept. `read`, `recv*`, `futex` and `wait4` are
-   deliberately left out (the loader reads files under its lock, futex waits happen inside locked
-   regions of libc, `system()` waits under a lock). A thread that is inside a signal handler or has
-   a frame inside ld.so is never used. gdb restores the interrupted syscall after our calls: the
-   kernel restarts it, as after any debugger stop.
+1. A thread parked in a system call (the PC just after a `syscall` instruction, `$orig_rax` names
+   the call), in this order of preference:
+   a. a classic wait: `epoll_wait/epoll_pwait(2)`, `poll/ppoll`, `select/pselect6`,
+      `accept/accept4`, `nanosleep/clock_nanosleep`, `pause`, `rt_sigsuspend`, `rt_sigtimedwait`.
+      glibc never makes these calls while holding malloc's or the loader's locks. asyncio, nginx
+      and node wait in epoll_wait, `openssl s_server` in select, a threaded Python server in
+      poll/accept.
+   b. any other call (`read`, `recv*`, `futex`, `wait4`, `sigwait`, …) when the libc function the
+      program called to get there (the outermost libc frame, found by unwinding to the first
+      frame outside libc) is one that holds no libc-internal lock while it blocks: the plain
+      syscall wrappers, `pthread_cond_wait`, `pthread_mutex_lock`, `sem_wait`, `pthread_join`,
+      `sleep`, `waitpid`, `sigwait` … (ENTRY_OK in the script), and no libc frame further out runs
+      callbacks under a lock (`dl_iterate_phdr`, `fork`, `system`, malloc). A raw `syscall`
+      instruction outside libc qualifies too. So `openssl s_server -rev` or an HTTPS client
+      waiting for its response in read(), or a Python thread waiting for the GIL, is a safe
+      point; `fgets` (stdin's lock held around read()), `system()` (waits under a lock), malloc
+      waiting for an arena lock, and anything whose stack cannot be unwound are not.
+   A thread that is inside a signal handler or has a frame inside ld.so is never used. The kernel
+   restarts the interrupted call: the script sets `$orig_rax = -1` for its own calls and puts the
+   saved `$orig_rax` and `$rax` (-ERESTARTSYS and friends) back afterwards, so on resume the kernel
+   rewinds the PC onto the `syscall` instruction as after any debugger stop (calls the kernel
+   never restarts, e.g. epoll_wait, return EINTR, which their callers handle). heaptrack calls
+   `__libc_dlopen_mode` wherever the process stopped; memray waits for an allocator or a Python
+   pending call; blocked threads are what an idle server offers, so we use them first.
 2. Otherwise (every thread busy, or waiting in one of the excluded calls) breakpoints on allocator
    entries (`malloc/calloc/realloc/free`, OpenSSL's `CRYPTO_malloc/zalloc/free`): at the first
    instruction of an allocator the thread has not taken the allocator's lock yet (memray's choice).
@@ -25,7 +38,8 @@ from one of two kinds of stop, in this order:
    `PyCallable_Check`, so a pure-Python busy loop (pymalloc rarely calls malloc) runs into a
    breakpoint with the GIL held, outside any libc lock. The wait is bounded: a timer in gdb sends the
    target one SIGURG (configured `nopass` in gdb, so the application never sees it) to end it, and
-   we report "no safe point".
+   we report "no safe point" with the call each thread is in ("thread 812 in read via fgets (may
+   hold a libc lock)").
 
 At the safe point the script deletes all breakpoints, calls `dlopen(shim, RTLD_NOW)`, resolves
 `tlsprof_start` with `dlsym` on that handle (no symbol loading of the shim needed) and calls it,
@@ -34,9 +48,7 @@ breakpoint on the executable's entry point, `continue`, restore), not with gdb's
 `call` fails on CPUs with AMX ("Couldn't write extended state status: Bad address", seen on this
 machine) and then leaves a syscall returning -516 to the target. Restoring only the general
 registers is sound at our safe points, where every vector register is caller-saved. A signal in
-the called function is reported, not delivered. A wait interrupted by the attach may return EINTR
-to the target, as with any debugger attach. heaptrack, by contrast, calls
-`__libc_dlopen_mode` wherever the process happens to stop, which is why it warns about crashes.
+the called function is reported, not delivered.
 
 Never left stopped: gdb gets a hard deadline (SIGTERM, then SIGKILL); afterwards, if the target is
 left in a stopped state it did not have before, it gets SIGCONT, and we check it is alive and

@@ -365,9 +365,11 @@ def postgres_tls(tmp_path):
         yield port, data
     finally:
         if server is not None and server.poll() is None:
-            for proc in psutil.Process(server.pid).children(recursive=True):
-                if proc.name() == "postgres" and proc.ppid() == server.pid:
-                    proc.send_signal(signal.SIGINT)  # the postmaster: fast shutdown
+            try:
+                for postmaster in psutil.Process(server.pid).children():  # runuser's child
+                    postmaster.send_signal(signal.SIGINT)  # fast shutdown
+            except psutil.Error:
+                pass
             try:
                 server.wait(30)
             except subprocess.TimeoutExpired:
@@ -462,3 +464,89 @@ def test_run_setpriv_server_from_a_private_directory_is_tracked(private_tlsprof,
     assert doc["target"]["pid"] == server.pid, err
     assert doc["per_connection"]["connections"] >= 1, err
     assert any(c["peer"].startswith("127.0.0.1:") for c in doc["connections"])
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # readable by nobody (this venv's interpreter may live in /root)
+ECHO_SERVER = os.path.join(os.path.dirname(HERE), "examples", "echo_server.py")
+
+
+def _nobody_echo_server(port):
+    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", SYSTEM_PYTHON, ECHO_SERVER,
+            "--host", "127.0.0.1", "--port", str(port), "--threaded"]
+
+
+def _welcomed(port, n):
+    socks = []
+    for _ in range(n):
+        s = _client_ctx().wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+        assert s.recv(64) == b"welcome!\n"
+        socks.append(s)
+    return socks
+
+
+def _listening(port):
+    return any(c.laddr.port == port for c in psutil.net_connections("tcp") if c.status == "LISTEN")
+
+
+@needs_root
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="needs Debian's python3")
+def test_run_python_server_as_nobody_gets_the_agent_from_the_copy(private_tlsprof, tmp_path):
+    """The agent files (sitecustomize, agent.py) come from the copy too: the Python objects of a
+    server that switched to nobody are joined to its connections."""
+    tlsprof, env, cwd = private_tlsprof
+    port = free_port()
+    report = tmp_path / "py.json"
+    run = subprocess.Popen([*tlsprof, "run", "--interval", "0.3", "-o", str(report), "--",
+                            *_nobody_echo_server(port)], env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    socks = []
+    try:
+        wait_for(lambda: _listening(port) or run.poll() is not None, 60, "the server to listen")
+        assert run.poll() is None, run.communicate()[1]
+        server = psutil.Process(run.pid).children()[0]
+        assert server.username() == "nobody" and shim_copy.is_copy(mapped_copy(server.pid))
+        socks = _welcomed(port, 5)
+        time.sleep(2.5)  # snapshots and an agent answer with the connections open
+        run.send_signal(signal.SIGTERM)
+        _out, err = run.communicate(timeout=60)
+    finally:
+        for s in socks:
+            s.close()
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    doc = load_checked(report)
+    assert doc["per_connection"]["connections"] >= 5, err
+    assert doc["python"]["join"] == "on", err
+    assert len([c for c in doc["connections"] if c.get("python")]) >= 5
+
+
+@needs_gdb
+@needs_root
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="needs Debian's python3")
+def test_attach_to_python_server_of_nobody_starts_the_agent_from_the_copy(private_tlsprof, tmp_path):
+    tlsprof, env, cwd = private_tlsprof
+    port = free_port()
+    server = subprocess.Popen(_nobody_echo_server(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              cwd="/")
+    socks = []
+    try:
+        wait_for(lambda: _listening(port) or server.poll() is not None, 60, "the server to listen")
+        assert server.poll() is None
+        attach = attach_in_background(tlsprof, env, cwd, server.pid, tmp_path / "py.json", 4)
+        assert shim_copy.is_copy(mapped_copy(server.pid))
+        socks = _welcomed(port, 5)
+        doc = finish(attach, server.pid, tmp_path / "py.json")
+        assert doc["per_connection"]["connections"] >= 5
+        assert doc["python"]["join"] == "on"
+        assert len([c for c in doc["connections"] if c.get("python")]) >= 5
+        socks += _welcomed(port, 2)  # still serving after detach
+    finally:
+        for s in socks:
+            s.close()
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -132,6 +132,8 @@ def link_switched_uid_sockets(run_dir: str, root_pid: int) -> list:
     for other in glob.glob(os.path.join(BASE, "tlsprof-[0-9]*")):
         try:
             uid = int(os.path.basename(other)[len("tlsprof-"):])
+            if uid == os.geteuid():
+                continue  # our own processes serve in run_dir itself
             _check(other, uid)
             names = os.listdir(other)
         except (ValueError, OSError, UnsafeChannelDir):

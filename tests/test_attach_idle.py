@@ -6,6 +6,7 @@ point is refused with the call each thread is in."""
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -212,6 +213,55 @@ def test_no_safe_point_names_the_call_of_each_thread(tmp_path):
         target.stdin.write("bye\n")
         target.stdin.flush()
         assert target.wait(20) == 0
+    finally:
+        if target.poll() is None:
+            target.kill()
+            target.wait()
+
+
+BLOCKED = {
+    # a lock wait: Event.wait -> sem_wait/pthread_cond_wait -> futex; SIGUSR1's handler sets it
+    "futex": ("import ssl, signal, sys, threading\n"
+              "ev = threading.Event()\n"
+              "signal.signal(signal.SIGUSR1, lambda *a: ev.set())\n"
+              "print('ready', flush=True)\n"
+              "ev.wait()\n"
+              "open(sys.argv[1], 'w').write('woken')\n"),
+    "rt_sigtimedwait": ("import ssl, signal, sys\n"
+                        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+                        "print('ready', flush=True)\n"
+                        "open(sys.argv[1], 'w').write(str(signal.sigwait({signal.SIGUSR1})))\n"),
+    "wait4": ("import os, ssl, signal, subprocess, sys\n"
+              "child = subprocess.Popen(['sleep', '30'])\n"
+              "signal.signal(signal.SIGUSR1, lambda *a: child.kill())\n"
+              "print('ready', flush=True)\n"
+              "open(sys.argv[1], 'w').write(str(child.wait()))\n"),
+}
+EXPECTED = {"futex": "woken", "rt_sigtimedwait": str(int(signal.SIGUSR1)), "wait4": str(-int(signal.SIGKILL))}
+
+
+@pytest.mark.parametrize("call", sorted(BLOCKED))
+def test_python_blocked_in_call_is_attached_at_once_and_resumes(call, tmp_path):
+    """futex (a lock), sigwait, wait4: attached without waiting for an allocator; afterwards the
+    call still completes as it would have."""
+    from tlsprof import inject
+    from tlsprof.channel_paths import channel_dir_for
+    from tlsprof.shim import shim_path
+    out = tmp_path / "out"
+    target = subprocess.Popen([sys.executable, "-c", BLOCKED[call], str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert target.stdout.readline().strip() == "ready"
+        names = inject.syscall_names()
+        wait_for(lambda: [names.get(n) for n in blocked_in(target.pid)] == [call], 10, f"a block in {call}")
+        chan = channel_dir_for(os.getuid())
+        stages = []
+        inject.inject(target.pid, shim_path(), chan, timeout=30, on_stage=stages.append)
+        assert "waiting" not in stages  # no allocator breakpoint was needed
+        assert inject.eject(target.pid, chan) in ("socket", "gdb")
+        assert target.poll() is None
+        os.kill(target.pid, signal.SIGUSR1)
+        assert target.wait(20) == 0
+        assert out.read_text() == EXPECTED[call]
     finally:
         if target.poll() is None:
             target.kill()

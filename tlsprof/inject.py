@@ -435,6 +435,7 @@ ENTRY_OK = set("""read readv pread pread64 preadv preadv2 write writev pwrite pw
     pthread_clockjoin_ex pthread_barrier_wait sem_wait sem_timedwait sem_clockwait
     sem_wait_slow msgrcv msgsnd semop semtimedop mq_receive mq_timedreceive mq_send
     mq_timedsend flock lockf fcntl ioctl syscall io_getevents""".split())
+FUTEX = 202
 HOLDS_LOCK_OVER_CALLBACK = {"dl_iterate_phdr", "dlopen", "dlclose", "dlsym", "dladdr", "fork",
                             "system", "popen", "malloc", "free", "realloc", "calloc"}
 BREAK_AT = ["malloc", "calloc", "realloc", "free", "CRYPTO_malloc", "CRYPTO_zalloc", "CRYPTO_free"]
@@ -490,6 +491,11 @@ def frames_ok(frame):
 def in_libc(pc):
     lib = gdb.solib_name(pc) or ""
     return "/libc.so" in lib or "/libc-" in lib or "/libpthread" in lib
+
+
+def in_openssl(pc):
+    lib = os.path.basename(gdb.solib_name(pc) or "")
+    return lib.startswith(("libssl.so", "libcrypto.so"))
 
 
 def plain_name(name):
@@ -550,10 +556,14 @@ def describe_thread(inf, th):
     if entry is not None and name not in ENTRY_OK:
         facts["why"] = "may hold a libc lock"
         return "unsafe", facts
-    # further out, a libc function that holds a lock across a callback (dl_iterate_phdr, ...)
+    # further out, a libc function that holds a lock across a callback (dl_iterate_phdr, ...),
+    # or OpenSSL waiting for one of its locks: it may hold another that our calls would take
     while f is not None and depth < 64:
         if in_libc(f.pc()) and plain_name(f.name()) in HOLDS_LOCK_OVER_CALLBACK:
             facts["why"] = "called back from %s, which holds a lock" % plain_name(f.name())
+            return "unsafe", facts
+        if nr == FUTEX and in_openssl(f.pc()):
+            facts["why"] = "waits for a lock inside OpenSSL"
             return "unsafe", facts
         try:
             f = f.older()

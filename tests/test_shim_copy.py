@@ -428,17 +428,25 @@ def test_attach_to_postgres_backend_from_a_private_directory(private_tlsprof, po
         psql.close()
 
 
+SWITCH_TO_NOBODY = {
+    "setpriv": ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"],  # execs the server
+    "runuser": ["runuser", "-u", "nobody", "--"],  # forks it and stays its parent (PAM session)
+}
+
+
 @needs_root
-def test_run_setpriv_server_from_a_private_directory_is_tracked(private_tlsprof, public_cert, tmp_path):
-    """`tlsprof run -- setpriv --reuid=nobody … openssl s_server`: the server (nobody) loads the
-    copy, serves its channel in nobody's private directory, and its connections are reported."""
+@pytest.mark.parametrize("switch", sorted(SWITCH_TO_NOBODY))
+def test_run_switched_user_server_from_a_private_directory_is_tracked(switch, private_tlsprof, public_cert,
+                                                                     tmp_path):
+    """`tlsprof run -- setpriv --reuid=nobody … openssl s_server` (or runuser): the server (nobody)
+    loads the copy, serves its channel in nobody's private directory, and its connection is
+    reported."""
     tlsprof, env, cwd = private_tlsprof
     cert, key = public_cert
     port = free_port()
     report = tmp_path / "run.json"
     run = subprocess.Popen([*tlsprof, "run", "--interval", "0.3", "-o", str(report), "--",
-                            "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                            "openssl", "s_server", "-rev", "-accept", f"127.0.0.1:{port}",
+                            *SWITCH_TO_NOBODY[switch], "openssl", "s_server", "-rev", "-accept", f"127.0.0.1:{port}",
                             "-cert", cert, "-key", key, "-quiet"],
                            env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
@@ -447,13 +455,15 @@ def test_run_setpriv_server_from_a_private_directory_is_tracked(private_tlsprof,
             return any(c.laddr.port == port for c in psutil.net_connections("tcp") if c.status == "LISTEN")
         wait_for(lambda: listening() or run.poll() is not None, 30, "s_server to listen")
         assert run.poll() is None, run.communicate()[1]
-        server = psutil.Process(run.pid).children()[0]
-        assert server.username() == "nobody" and server.name() == "openssl"
+        server = next(p for p in psutil.Process(run.pid).children(recursive=True) if p.name() == "openssl")
+        assert server.username() == "nobody"
         assert shim_copy.is_copy(mapped_copy(server.pid))
         with _client_ctx().wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as s:
             s.sendall(b"hello\n")
             assert s.recv(64) == b"olleh\n"
-            time.sleep(1.5)  # a few snapshots with the connection open
+            # snapshots with the connection open; the session looks at processes other than the
+            # command itself (runuser's child) every 10th snapshot only
+            time.sleep(4.5)
         run.send_signal(signal.SIGTERM)
         _out, err = run.communicate(timeout=60)
     finally:

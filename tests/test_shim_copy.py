@@ -145,6 +145,32 @@ def test_copy_mapped_by_a_process_is_kept_until_it_exits(tmp_path):
             holder.wait()
 
 
+MAKE_AND_HOLD = """
+import sys, time
+from tlsprof import shim_copy
+shim_copy.BASE = sys.argv[1]
+bundle = shim_copy.make(shim_copy.installed()[0])
+print(bundle.root, flush=True)
+time.sleep(1.0)
+bundle.release()
+"""
+
+
+def test_concurrent_sessions_share_one_bundle(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    os.chmod(base, 0o755)
+    procs = [subprocess.Popen([sys.executable, "-c", MAKE_AND_HOLD, str(base)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _out, err in outs]
+    roots = {out.strip() for out, _err in outs}
+    assert len(roots) == 1
+    lib = os.path.dirname(roots.pop())
+    assert [n for n in os.listdir(lib) if n.startswith(".")] == []  # no half-made bundle left
+    assert os.listdir(lib) == []  # the last one out removed it: nothing maps it
+
+
 def test_a_lib_dir_writable_by_others_is_refused(monkeypatch, tmp_path):
     base = tmp_path / "base"
     base.mkdir()

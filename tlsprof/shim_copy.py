@@ -288,7 +288,7 @@ def make(shim: str) -> Bundle:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise ShimNotLoadable(_cannot_make(base, exc)) from None
         fd = _hold(root)
-        if fd is not None and _verify(root, files, digest):
+        if fd is not None and _still_at(fd, root) and _verify(root, files, digest):
             bundle = Bundle(os.path.join(root, files[0][0]), os.path.join(root, "agent", "site"),
                             copied=True, root=root, _lock_fd=fd)
             atexit.register(bundle.release)
@@ -304,6 +304,16 @@ def make(shim: str) -> Bundle:
         except OSError:
             pass
     raise ShimNotLoadable(f"cannot make a trustworthy copy of the shim in {root}; remove it and retry")
+
+
+def _still_at(fd: int, root: str) -> bool:
+    """The directory we locked is still the one at `root` (a remover may have renamed it away
+    between our open and our lock)."""
+    try:
+        a, b = os.fstat(fd), os.lstat(root)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _hold(root: str) -> int | None:

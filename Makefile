@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 DEB_PACKAGES = gcc make gdb openssl nginx-light zlib1g-dev perl tmux chromium \
                python3-twisted python3-openssl nodejs \
-               postgresql-15 util-linux libssl-dev
+               postgresql-15 util-linux libssl-dev python3-requests
 
 .PHONY: demo test bench deps venv clean
 

@@ -126,8 +126,28 @@ CLIENT = textwrap.dedent("""
 """)
 
 
-def test_attach_to_https_client_blocked_in_read_and_its_response_arrives_whole(cert_pair, tmp_path):
-    """A requests-style client: one thread, blocked in SSL_read -> read() on its response."""
+REQUESTS_CLIENT = textwrap.dedent("""
+    import hashlib, sys, requests, urllib3
+    urllib3.disable_warnings()
+    body = requests.get("https://127.0.0.1:%s/slow" % sys.argv[1], verify=False, timeout=None).content
+    print(len(body), hashlib.sha256(body).hexdigest())
+""")
+SYSTEM_PYTHON = "/usr/bin/python3"  # with Debian's python3-requests
+
+
+def _has_requests():
+    return os.path.exists(SYSTEM_PYTHON) and subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import requests"], capture_output=True, timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize("client_argv", [
+    pytest.param([sys.executable, "-c", CLIENT], id="http.client"),
+    pytest.param([SYSTEM_PYTHON, "-c", REQUESTS_CLIENT], id="requests",
+                 marks=pytest.mark.skipif(not _has_requests(), reason="needs python3-requests (make test installs it)")),
+])
+def test_attach_to_https_client_blocked_in_read_and_its_response_arrives_whole(client_argv, cert_pair, tmp_path):
+    """A requests client (and http.client, underneath it): one thread, blocked in SSL_read ->
+    read() waiting for its response."""
     cert, key = cert_pair
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
@@ -150,7 +170,7 @@ def test_attach_to_https_client_blocked_in_read_and_its_response_arrives_whole(c
 
     t = threading.Thread(target=server, daemon=True)
     t.start()
-    client = subprocess.Popen([sys.executable, "-c", CLIENT, str(port)], stdout=subprocess.PIPE,
+    client = subprocess.Popen([*client_argv, str(port)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: blocked_in(client.pid) in ([READ], [RECVFROM]), 20, "the client to block in read()")

@@ -5,7 +5,8 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 DEB_PACKAGES = gcc make gdb openssl nginx-light zlib1g-dev perl tmux chromium \
                python3-twisted python3-openssl nodejs \
-               apache2 haproxy postgresql stunnel4 mosquitto
+               apache2 haproxy postgresql postgresql-15 stunnel4 mosquitto util-linux libssl-dev \
+               python3-requests
 
 # golang-go: `go tool pprof` reads the pprof exports back (tests/test_pprof.py)
 DEB_PACKAGES += golang-go

@@ -360,6 +360,8 @@ int channel_start(const char *dir)
     return 0;
 }
 
+int channel_running(void) { return listener_running; }
+
 /* From any thread but the listener: wake accept(), wait for it, remove the socket. */
 void channel_stop(void)
 {

@@ -1,14 +1,19 @@
 /* Entry points: the preload constructor (`tlsprof run`), tlsprof_start/tlsprof_stop (called by the
  * constructor, by an injector after dlopen, and by DETACH on the channel), and fork safety. */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "shim.h"
 
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 static int atfork_registered;
 static int started_by_preload;
+static char preload_dir[96];
 
 int tlsprof_preloaded(void) { return started_by_preload; }
 static const char *(*real_OpenSSL_version)(int);
@@ -111,11 +116,50 @@ int tlsprof_stop_from_channel(void)
 
 EXPORT int tlsprof_is_active(void) { return tlsprof_active; }
 
+/* TLSPROF_DIR is not ours when the command switched users before exec (setpriv, runuser): it cannot
+ * enter the launcher's private directory. It serves in its own user's private one instead, where
+ * the launcher looks for processes of its tree (channel_paths.py); channel_start refuses it unless
+ * it is a 0700 directory owned by us. */
+static int own_uid_dir(char *out, size_t n)
+{
+    const char *base = getenv("TLSPROF_UID_DIRS");
+    if (!base || *base != '/' || snprintf(out, n, "%s/tlsprof-%u", base, (unsigned)geteuid()) >= (int)n)
+        return -1;
+    if (mkdir(out, 0700) != 0 && errno != EEXIST) return -1;
+    return 0;
+}
+
+/* setxid.c: a preloaded process about to change its credentials stops the listener thread... */
+int tlsprof_channel_pause(void)
+{
+    if (!started_by_preload) return 0;
+    pthread_mutex_lock(&start_lock);
+    int paused = tlsprof_active && channel_running();
+    if (paused) channel_stop();
+    pthread_mutex_unlock(&start_lock);
+    return paused;
+}
+
+/* ...and starts it again once they changed: in TLSPROF_DIR if it is still ours, else in the new
+ * user's own directory. */
+void tlsprof_channel_resume(void)
+{
+    pthread_mutex_lock(&start_lock);
+    if (tlsprof_active && !channel_running() && channel_start(preload_dir) == -2) {
+        char own[96];
+        if (own_uid_dir(own, sizeof own) == 0) channel_start(own);
+    }
+    pthread_mutex_unlock(&start_lock);
+}
+
 __attribute__((constructor)) static void preload_start(void)
 {
     const char *dir = getenv("TLSPROF_DIR");
     if (dir && *dir) {
         started_by_preload = 1;
-        tlsprof_start(dir);
+        snprintf(preload_dir, sizeof preload_dir, "%s", dir);
+        if (tlsprof_start(dir) != -2) return;
+        char own[96];
+        if (own_uid_dir(own, sizeof own) == 0) tlsprof_start(own);
     }
 }

@@ -181,6 +181,9 @@ void pyagent_stop(void);
 /* ---- channel.c ---- */
 int channel_start(const char *dir);
 void channel_stop(void);
+int tlsprof_channel_pause(void);
+int channel_running(void);
+void tlsprof_channel_resume(void);
 void channel_after_fork_child(void);
 
 uint64_t now_ns(void);

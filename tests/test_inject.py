@@ -250,10 +250,33 @@ def test_gdb_missing_is_tool_missing(spawn, monkeypatch, tmp_path):
         inject.preflight(server.target_pid())
 
 
-def test_target_dying_at_the_safe_point_wait_is_one_line_attach_error(targets, shim, chan):
-    # Blocked in read(): not a safe syscall, so gdb waits at allocator breakpoints.
-    t = targets([sys.executable, "-c", "import ssl, sys\nsys.stdin.buffer.read()\n"],
-                stdin=subprocess.PIPE)
+STUCK_IN_FGETS = r"""
+#include <openssl/ssl.h>
+#include <stdio.h>
+int main(void)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+    char line[64];
+    fgets(line, sizeof line, stdin);   /* blocked in read() under stdin's lock: no safe point */
+    SSL_CTX_free(ctx);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def stuck_in_fgets(tmp_path_factory):
+    """A program whose only thread waits in read() inside fgets() and never calls malloc."""
+    d = tmp_path_factory.mktemp("stuck")
+    (d / "stuck.c").write_text(STUCK_IN_FGETS)
+    subprocess.run(["gcc", "-O1", "-o", str(d / "stuck"), str(d / "stuck.c"), "-lssl", "-lcrypto"],
+                   check=True, timeout=120)
+    return str(d / "stuck")
+
+
+def test_target_dying_at_the_safe_point_wait_is_one_line_attach_error(targets, shim, chan, stuck_in_fgets):
+    # Blocked in read() under fgets(): not a safe point, so gdb waits at allocator breakpoints.
+    t = targets([stuck_in_fgets], stdin=subprocess.PIPE)
     _wait_libssl(t.pid)
 
     def on_stage(stage):
@@ -264,15 +287,30 @@ def test_target_dying_at_the_safe_point_wait_is_one_line_attach_error(targets, s
     assert "\n" not in str(exc.value)
 
 
-def test_no_safe_point_within_timeout_leaves_target_running(targets, shim, chan):
-    t = targets([sys.executable, "-c", "import ssl, sys\nsys.stdin.buffer.read()\n"],
-                stdin=subprocess.PIPE)
+def test_no_safe_point_within_timeout_leaves_target_running(targets, shim, chan, stuck_in_fgets):
+    t = targets([stuck_in_fgets], stdin=subprocess.PIPE)
     _wait_libssl(t.pid)
-    with pytest.raises(AttachError, match="no safe point"):
+    with pytest.raises(AttachError, match=f"no safe point.*thread {t.pid} in read via fgets"):
         inject.inject(t.pid, shim, chan, timeout=6)
     assert t.proc.poll() is None and _state(t.pid) in "SR"
     t.proc.stdin.close()  # it reads EOF and exits normally: the read() was restarted intact
     assert t.proc.wait(timeout=10) == 0
+
+
+def test_thread_blocked_in_read_is_a_safe_point(targets, shim, chan, tmp_path):
+    """read() called directly (Python's buffered stdin) holds no libc lock: attach at once."""
+    out = tmp_path / "read.out"
+    t = targets([sys.executable, "-c", "import ssl, sys\ndata = sys.stdin.buffer.read()\n"
+                 "open(sys.argv[1], 'w').write(str(len(data)))\n", str(out)], stdin=subprocess.PIPE)
+    _wait_libssl(t.pid)
+    stages = []
+    inject.inject(t.pid, shim, chan, timeout=20, on_stage=stages.append)
+    assert "waiting" not in stages  # no allocator breakpoint was needed
+    assert inject.eject(t.pid, chan) in ("socket", "gdb")
+    t.proc.stdin.write(b"x" * 1000)
+    t.proc.stdin.close()
+    assert t.proc.wait(timeout=10) == 0
+    assert out.read_text() == "1000"  # the interrupted read() was restarted: nothing lost
 
 
 def test_channel_dir_is_private_and_refused_when_open(tmp_path, monkeypatch):

@@ -5,11 +5,13 @@ absent (by root on behalf of another user: then chowned to that user, so the tar
 socket in it) and refused when it exists with another owner, group/other permission bits, or is
 not a real directory: anyone who could write there could impersonate the shim.
 """
+import errno
+import glob
 import os
 import pwd
 import stat
 
-from tlsprof.errors import UnsafeChannelDir
+from tlsprof.errors import ShimNotLoadable, UnsafeChannelDir
 
 BASE = "/tmp"
 
@@ -44,6 +46,9 @@ def channel_dir_for(uid: int) -> str:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
+    except OSError as exc:
+        why = f"{BASE} is read-only" if exc.errno == errno.EROFS else exc.strerror
+        raise ShimNotLoadable(f"cannot create the channel directory {path} for the target: {why}") from None
     else:
         os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask; make it exact
         if os.geteuid() != uid:
@@ -94,3 +99,66 @@ def remove_stale_sockets(directory: str) -> list:
 def socket_path(directory: str, pid: int) -> str:
     """The socket the shim in process `pid` serves inside `directory`."""
     return os.path.join(directory, f"{int(pid)}.sock")
+
+
+def _ppid_and_euid(pid: int):
+    with open(f"/proc/{int(pid)}/status") as f:
+        fields = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    return int(fields["PPid"]), int(fields["Uid"].split()[1])
+
+
+def _descends_from(pid: int, ancestor: int, max_depth: int = 64) -> bool:
+    for _ in range(max_depth):
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+        try:
+            pid, _euid = _ppid_and_euid(pid)
+        except (OSError, KeyError, ValueError):
+            return False
+    return False
+
+
+def link_switched_uid_sockets(run_dir: str, root_pid: int) -> list:
+    """`tlsprof run` as root: a process of the tree that switched to another user (setpriv,
+    runuser, a server dropping privileges before exec) cannot enter the run's root-owned 0700
+    directory, so its shim and agent serve in that user's own channel directory instead (the
+    shim's and sitecustomize's fallback, TLSPROF_UID_DIRS). Link those sockets into `run_dir`,
+    where the session looks, once the directory, the socket and the process all belong to that
+    user: nothing else is trusted. A stale socket of the same pid (the process before its exec)
+    is replaced. -> the links made."""
+    made = []
+    for other in glob.glob(os.path.join(BASE, "tlsprof-[0-9]*")):
+        try:
+            uid = int(os.path.basename(other)[len("tlsprof-"):])
+            if uid == os.geteuid():
+                continue  # our own processes serve in run_dir itself
+            _check(other, uid)
+            names = os.listdir(other)
+        except (ValueError, OSError, UnsafeChannelDir):
+            continue
+        for name in names:
+            head = name.split(".", 1)[0]
+            if not head.isdigit() or name not in (f"{head}.sock", f"{head}.py.sock"):
+                continue
+            pid = int(head)
+            src = os.path.join(other, name)
+            dst = os.path.join(run_dir, name)
+            try:
+                if os.path.islink(dst) and os.readlink(dst) == src:
+                    continue
+                st = os.lstat(src)
+                if not stat.S_ISSOCK(st.st_mode) or st.st_uid != uid:
+                    continue
+                if _ppid_and_euid(pid)[1] != uid or not _descends_from(pid, root_pid):
+                    continue
+                tmp = os.path.join(run_dir, f".link-{name}")
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
+                os.symlink(src, tmp)
+                os.replace(tmp, dst)  # over the socket the process bound before its exec
+                made.append(dst)
+            except (OSError, KeyError, ValueError):
+                continue
+    return made

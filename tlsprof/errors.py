@@ -52,5 +52,11 @@ class ToolMissing(TlsprofError):
     exit_code = 8
 
 
+class ShimNotLoadable(TlsprofError):
+    """The target cannot be given a copy of the shim (or of the Python agent) it can open: another
+    mount namespace, a read-only or hostile /tmp."""
+    exit_code = 9
+
+
 class UnsafeChannelDir(ChannelError):
     """The private channel directory exists but is not owned by the expected user or is open to others."""

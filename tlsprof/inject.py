@@ -7,17 +7,30 @@ gdb (batch mode, system gdb, our own gdb-Python script) attaches, which stops ev
 the thread may be inside malloc holding an arena lock, or inside the dynamic loader. We call only
 from one of two kinds of stop, in this order:
 
-1. A thread parked in a blocking wait syscall: `epoll_wait/epoll_pwait(2)`, `poll/ppoll`,
-   `select/pselect6`, `accept/accept4`, `nanosleep/clock_nanosleep`, `pause`, `rt_sigsuspend`,
-   `rt_sigtimedwait` (the PC just after a `syscall` instruction, `$orig_rax` names the syscall).
-   glibc never makes these calls while holding malloc's or the loader's locks, so such a thread
-   holds no libc lock that `dlopen` or `pthread_create` need. This is how an idle server gets
-   attached at once: asyncio, nginx and node wait in epoll_wait, `openssl s_server` in
-   select/accept, a threaded Python server in poll/accept. `read`, `recv*`, `futex` and `wait4` are
-   deliberately left out (the loader reads files under its lock, futex waits happen inside locked
-   regions of libc, `system()` waits under a lock). A thread that is inside a signal handler or has
-   a frame inside ld.so is never used. gdb restores the interrupted syscall after our calls: the
-   kernel restarts it, as after any debugger stop.
+1. A thread parked in a system call (the PC just after a `syscall` instruction, `$orig_rax` names
+   the call), in this order of preference:
+   a. a classic wait: `epoll_wait/epoll_pwait(2)`, `poll/ppoll`, `select/pselect6`,
+      `accept/accept4`, `nanosleep/clock_nanosleep`, `pause`, `rt_sigsuspend`, `rt_sigtimedwait`.
+      glibc never makes these calls while holding malloc's or the loader's locks. asyncio, nginx
+      and node wait in epoll_wait, `openssl s_server` in select, a threaded Python server in
+      poll/accept.
+   b. any other call (`read`, `recv*`, `futex`, `wait4`, `sigwait`, …) when the libc function the
+      program called to get there (the outermost libc frame, found by unwinding to the first
+      frame outside libc) is one that holds no libc-internal lock while it blocks: the plain
+      syscall wrappers, `pthread_cond_wait`, `pthread_mutex_lock`, `sem_wait`, `pthread_join`,
+      `sleep`, `waitpid`, `sigwait` … (ENTRY_OK in the script), and no libc frame further out runs
+      callbacks under a lock (`dl_iterate_phdr`, `fork`, `system`, malloc). A raw `syscall`
+      instruction outside libc qualifies too. So `openssl s_server -rev` or an HTTPS client
+      waiting for its response in read(), or a Python thread waiting for the GIL, is a safe
+      point; `fgets` (stdin's lock held around read()), `system()` (waits under a lock), malloc
+      waiting for an arena lock, and anything whose stack cannot be unwound are not.
+   A thread that is inside a signal handler or has a frame inside ld.so is never used. The kernel
+   restarts the interrupted call: the script sets `$orig_rax = -1` for its own calls and puts the
+   saved `$orig_rax` and `$rax` (-ERESTARTSYS and friends) back afterwards, so on resume the kernel
+   rewinds the PC onto the `syscall` instruction as after any debugger stop (calls the kernel
+   never restarts, e.g. epoll_wait, return EINTR, which their callers handle). heaptrack calls
+   `__libc_dlopen_mode` wherever the process stopped; memray waits for an allocator or a Python
+   pending call; blocked threads are what an idle server offers, so we use them first.
 2. Otherwise (every thread busy, or waiting in one of the excluded calls) breakpoints on allocator
    entries (`malloc/calloc/realloc/free`, OpenSSL's `CRYPTO_malloc/zalloc/free`): at the first
    instruction of an allocator the thread has not taken the allocator's lock yet (memray's choice).
@@ -25,7 +38,8 @@ from one of two kinds of stop, in this order:
    `PyCallable_Check`, so a pure-Python busy loop (pymalloc rarely calls malloc) runs into a
    breakpoint with the GIL held, outside any libc lock. The wait is bounded: a timer in gdb sends the
    target one SIGURG (configured `nopass` in gdb, so the application never sees it) to end it, and
-   we report "no safe point".
+   we report "no safe point" with the call each thread is in ("thread 812 in read via fgets (may
+   hold a libc lock)").
 
 At the safe point the script deletes all breakpoints, calls `dlopen(shim, RTLD_NOW)`, resolves
 `tlsprof_start` with `dlsym` on that handle (no symbol loading of the shim needed) and calls it,
@@ -34,9 +48,7 @@ breakpoint on the executable's entry point, `continue`, restore), not with gdb's
 `call` fails on CPUs with AMX ("Couldn't write extended state status: Bad address", seen on this
 machine) and then leaves a syscall returning -516 to the target. Restoring only the general
 registers is sound at our safe points, where every vector register is caller-saved. A signal in
-the called function is reported, not delivered. A wait interrupted by the attach may return EINTR
-to the target, as with any debugger attach. heaptrack, by contrast, calls
-`__libc_dlopen_mode` wherever the process happens to stop, which is why it warns about crashes.
+the called function is reported, not delivered.
 
 Never left stopped: gdb gets a hard deadline (SIGTERM, then SIGKILL); afterwards, if the target is
 left in a stopped state it did not have before, it gets SIGCONT, and we check it is alive and
@@ -55,11 +67,11 @@ import signal
 import socket
 import struct
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 
+from tlsprof import shim_copy
 from tlsprof.channel_paths import channel_dir_path, socket_path
 from tlsprof.errors import (AccessDenied, AttachError, ChannelError, NoOpenSSL, NoSuchProcess,
                             ToolMissing)
@@ -249,6 +261,8 @@ def _find_shim(maps: list, shim_path: str | None) -> str | None:
     for _perms, path in maps:
         if real and path == real:
             return path
+        if shim_copy.is_copy(path):
+            return path
         if os.path.basename(path).startswith("_shim") and \
                 os.path.basename(os.path.dirname(path)) == "tlsprof":
             return path
@@ -350,6 +364,48 @@ def _static_sentence(path: str, how: str) -> str:
             f"calls tlsprof's hooks cannot see")
 
 
+# The calls a blocked thread is most often in, when the kernel headers are not installed.
+_SYSCALLS_FALLBACK = {0: "read", 1: "write", 7: "poll", 16: "ioctl", 17: "pread64", 19: "readv",
+                      23: "select", 34: "pause", 35: "nanosleep", 42: "connect", 43: "accept",
+                      44: "sendto", 45: "recvfrom", 46: "sendmsg", 47: "recvmsg", 61: "wait4",
+                      72: "fcntl", 73: "flock", 128: "rt_sigtimedwait", 130: "rt_sigsuspend",
+                      202: "futex", 219: "restart_syscall", 230: "clock_nanosleep",
+                      232: "epoll_wait", 247: "waitid", 270: "pselect6", 271: "ppoll",
+                      281: "epoll_pwait", 288: "accept4", 299: "recvmmsg", 441: "epoll_pwait2"}
+_UNISTD = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h"
+
+
+def syscall_names() -> dict:
+    """x86-64 system call numbers -> names (from the kernel headers when installed)."""
+    names = dict(_SYSCALLS_FALLBACK)
+    try:
+        with open(_UNISTD) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[0] == "#define" and parts[1].startswith("__NR_") \
+                        and parts[2].isdigit():
+                    names[int(parts[2])] = parts[1][5:]
+    except OSError:
+        pass
+    return names
+
+
+def threads_sentence(threads: list) -> str:
+    """Where each thread of a target without a safe point is: 'thread 12 in read (via fgets: it
+    may hold a libc lock)', 'thread 13 running'."""
+    parts = []
+    for t in threads[:8]:
+        if "syscall" not in t:
+            parts.append(f"thread {t.get('tid')} {t.get('why', 'running')}")
+            continue
+        via = t.get("via")
+        call = t["syscall"] + (f" via {via}" if via and via != t["syscall"] else "")
+        parts.append(f"thread {t.get('tid')} in {call}" + (f" ({t['why']})" if t.get("why") else ""))
+    if len(threads) > 8:
+        parts.append(f"{len(threads) - 8} more")
+    return "; ".join(parts)
+
+
 def gdb_path() -> str:
     path = shutil.which("gdb")
     if not path:
@@ -363,10 +419,25 @@ _GDB_SCRIPT = r'''
 import gdb, json, os, subprocess, time
 
 P = json.loads(os.environ["TLSPROF_GDB_PARAMS"])
-SAFE_SYSCALLS = {7: "poll", 23: "select", 34: "pause", 35: "nanosleep", 43: "accept",
-                 128: "rt_sigtimedwait", 130: "rt_sigsuspend", 230: "clock_nanosleep",
-                 232: "epoll_wait", 270: "pselect6", 271: "ppoll", 281: "epoll_pwait",
-                 288: "accept4", 441: "epoll_pwait2"}
+# poll, select, pause, nanosleep, accept, rt_sigtimedwait, rt_sigsuspend, clock_nanosleep,
+# epoll_wait, pselect6, ppoll, epoll_pwait, accept4, epoll_pwait2
+WAIT_SYSCALLS = {7, 23, 34, 35, 43, 128, 130, 230, 232, 270, 271, 281, 288, 441}
+# libc entry points that block in the kernel holding no libc-internal lock (malloc's, the
+# loader's, stdio's, the atfork or setxid locks): the program called them directly.
+ENTRY_OK = set("""read readv pread pread64 preadv preadv2 write writev pwrite pwrite64 recv recvfrom
+    recvmsg recvmmsg send sendto sendmsg sendmmsg accept accept4 connect poll ppoll select pselect
+    epoll_wait epoll_pwait epoll_pwait2 nanosleep clock_nanosleep sleep usleep pause sigsuspend
+    sigwait sigwaitinfo sigtimedwait wait waitpid wait3 wait4 waitid pthread_cond_wait
+    pthread_cond_timedwait pthread_cond_clockwait pthread_mutex_lock pthread_mutex_timedlock
+    pthread_mutex_clocklock pthread_rwlock_rdlock pthread_rwlock_wrlock
+    pthread_rwlock_timedrdlock pthread_rwlock_timedwrlock pthread_rwlock_clockrdlock
+    pthread_rwlock_clockwrlock pthread_join pthread_timedjoin_np pthread_clockjoin_np
+    pthread_clockjoin_ex pthread_barrier_wait sem_wait sem_timedwait sem_clockwait
+    sem_wait_slow msgrcv msgsnd semop semtimedop mq_receive mq_timedreceive mq_send
+    mq_timedsend flock lockf fcntl ioctl syscall io_getevents""".split())
+FUTEX = 202
+HOLDS_LOCK_OVER_CALLBACK = {"dl_iterate_phdr", "dlopen", "dlclose", "dlsym", "dladdr", "fork",
+                            "system", "popen", "malloc", "free", "realloc", "calloc"}
 BREAK_AT = ["malloc", "calloc", "realloc", "free", "CRYPTO_malloc", "CRYPTO_zalloc", "CRYPTO_free"]
 state = {"exited": False, "stop": None}
 
@@ -417,23 +488,109 @@ def frames_ok(frame):
     return True
 
 
+def in_libc(pc):
+    lib = gdb.solib_name(pc) or ""
+    return "/libc.so" in lib or "/libc-" in lib or "/libpthread" in lib
+
+
+def in_openssl(pc):
+    lib = os.path.basename(gdb.solib_name(pc) or "")
+    return lib.startswith(("libssl.so", "libcrypto.so"))
+
+
+def plain_name(name):
+    """libc's entry point as the caller wrote it: __GI___libc_read, __read -> read;
+    ___pthread_cond_timedwait64 -> pthread_cond_timedwait; __new_sem_wait -> sem_wait."""
+    if not name:
+        return ""
+    name = name.split("@")[0]
+    changed = True
+    while changed:
+        changed = False
+        for prefix in ("__GI_", "_", "libc_", "new_", "GI_", "IO_"):
+            if name.startswith(prefix):
+                name, changed = name[len(prefix):], True
+    if name.endswith("64") and name[:-2] in ENTRY_OK:
+        name = name[:-2]
+    return name
+
+
+def syscall_name(nr):
+    return P["syscalls"].get(str(nr), "syscall %d" % nr)
+
+
+def describe_thread(inf, th):
+    """(kind, facts): kind "wait" = parked in one of the classic wait syscalls, "entry" = blocked
+    in any syscall entered from a libc function that holds no libc lock while it blocks (or from
+    outside libc), "unsafe" = anything else; facts say which call and why, for the user."""
+    th.switch()
+    frame = gdb.newest_frame()
+    facts = {"tid": th.ptid[1]}
+    nr = value("$orig_rax")
+    if nr < 0 or bytes(inf.read_memory(frame.pc() - 2, 2)) != b"\x0f\x05":
+        facts["why"] = "running"
+        return "unsafe", facts
+    facts["syscall"] = syscall_name(nr)
+    if not frames_ok(frame):
+        facts["why"] = "in a signal handler or the dynamic loader"
+        return "unsafe", facts
+    if nr in WAIT_SYSCALLS:
+        return "wait", facts
+    # walk out to the first frame outside libc: the libc function the program called
+    entry, f, depth, outer = None, frame, 0, None
+    while f is not None and depth < 64:
+        if not in_libc(f.pc()):
+            outer = f
+            break
+        entry = f
+        try:
+            f = f.older()
+        except gdb.error:
+            f = None
+        depth += 1
+    if outer is None:
+        facts["why"] = "stack not unwound"
+        return "unsafe", facts
+    name = plain_name(entry.name()) if entry is not None else ""
+    facts["via"] = name or "(outside libc)"
+    if entry is not None and name not in ENTRY_OK:
+        facts["why"] = "may hold a libc lock"
+        return "unsafe", facts
+    # further out, a libc function that holds a lock across a callback (dl_iterate_phdr, ...),
+    # or OpenSSL waiting for one of its locks: it may hold another that our calls would take
+    while f is not None and depth < 64:
+        if in_libc(f.pc()) and plain_name(f.name()) in HOLDS_LOCK_OVER_CALLBACK:
+            facts["why"] = "called back from %s, which holds a lock" % plain_name(f.name())
+            return "unsafe", facts
+        if nr == FUTEX and in_openssl(f.pc()):
+            facts["why"] = "waits for a lock inside OpenSSL"
+            return "unsafe", facts
+        try:
+            f = f.older()
+        except gdb.error:
+            break
+        depth += 1
+    return "entry", facts
+
+
 def blocked_thread(inf):
+    """A thread to call from, or None; every thread's state is reported either way."""
     threads = sorted(inf.threads(), key=lambda t: (t.ptid[1] != inf.pid, t.ptid[1]))
+    best, seen = {}, []
     for th in threads:
         try:
-            th.switch()
-            frame = gdb.newest_frame()
-            nr = value("$orig_rax")
-            if nr not in SAFE_SYSCALLS:
-                continue
-            if bytes(inf.read_memory(frame.pc() - 2, 2)) != b"\x0f\x05":
-                continue
-            if not frames_ok(frame):
-                continue
-            emit(stage="safe-point", how="syscall", syscall=SAFE_SYSCALLS[nr], tid=th.ptid[1])
+            kind, facts = describe_thread(inf, th)
+        except (gdb.error, gdb.MemoryError) as exc:
+            kind, facts = "unsafe", {"tid": th.ptid[1], "why": str(exc).splitlines()[0][:60]}
+        seen.append(facts)
+        best.setdefault(kind, (th, facts))
+    emit(stage="threads", threads=seen)
+    for kind in ("wait", "entry"):
+        if kind in best:
+            th, facts = best[kind]
+            emit(stage="safe-point", how="syscall", syscall=facts.get("syscall"),
+                 via=facts.get("via"), tid=th.ptid[1])
             return th
-        except (gdb.error, gdb.MemoryError):
-            continue
     return None
 
 
@@ -696,59 +853,57 @@ finally:
 def _run_gdb(pid: int, params: dict, timeout: float, on_stage=None) -> tuple[list, str]:
     """Run the gdb script against `pid`; return (TLSPROF-GDB records, gdb's whole output)."""
     gdb = gdb_path()
-    with tempfile.TemporaryDirectory(prefix="tlsprof-gdb-") as tmp:
-        script = os.path.join(tmp, "inject.py")
-        with open(script, "w") as f:
-            f.write(_GDB_SCRIPT)
-        env = dict(os.environ, TLSPROF_GDB_PARAMS=json.dumps(params), DEBUGINFOD_URLS="",
-                   LC_ALL="C", LANG="C")
-        cmd = [gdb, "-nx", "-nw", "-q", "-batch",
-               "-iex", "set debuginfod enabled off", "-iex", "set pagination off",
-               "-iex", "set confirm off", "-iex", "set breakpoint pending off",
-               "-iex", "set auto-load off",
-               "-p", str(pid), "-x", script]
-        was_stopped = _state(pid) in ("T", "t")
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace",
-                                env=env, start_new_session=True)
-        records, lines = [], []
+    # the script travels in the environment: nothing is written, so a read-only or full /tmp
+    # cannot stop an attach or a detach half-way
+    env = dict(os.environ, TLSPROF_GDB_PARAMS=json.dumps(params), TLSPROF_GDB_SCRIPT=_GDB_SCRIPT,
+               DEBUGINFOD_URLS="", LC_ALL="C", LANG="C")
+    cmd = [gdb, "-nx", "-nw", "-q", "-batch",
+           "-iex", "set debuginfod enabled off", "-iex", "set pagination off",
+           "-iex", "set confirm off", "-iex", "set breakpoint pending off",
+           "-iex", "set auto-load off",
+           "-p", str(pid), "-ex", "python exec(__import__('os').environ['TLSPROF_GDB_SCRIPT'])"]
+    was_stopped = _state(pid) in ("T", "t")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace",
+                            env=env, start_new_session=True)
+    records, lines = [], []
 
-        def reader():
-            for line in proc.stdout:
-                lines.append(line)
-                if line.startswith("TLSPROF-GDB "):
-                    try:
-                        rec = json.loads(line[len("TLSPROF-GDB "):])
-                    except ValueError:
-                        continue
-                    records.append(rec)
-                    if on_stage and "stage" in rec:
-                        try:
-                            on_stage(rec["stage"])
-                        except Exception:
-                            pass
-
-        t = threading.Thread(target=reader, daemon=True)
-        t.start()
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            # SIGINT first: gdb interrupts the target, our script removes its breakpoints and
-            # detaches; SIGTERM/SIGKILL may leave int3 bytes behind.
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+    def reader():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("TLSPROF-GDB "):
                 try:
-                    proc.send_signal(sig)
-                    proc.wait(timeout=5)
-                    break
-                except subprocess.TimeoutExpired:
+                    rec = json.loads(line[len("TLSPROF-GDB "):])
+                except ValueError:
                     continue
-        t.join(timeout=5)
-        _ensure_running(pid, was_stopped)
-        if timed_out:
-            records.append({"result": "gdb-timeout"})
-        return records, "".join(lines)
+                records.append(rec)
+                if on_stage and "stage" in rec:
+                    try:
+                        on_stage(rec["stage"])
+                    except Exception:
+                        pass
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        # SIGINT first: gdb interrupts the target, our script removes its breakpoints and
+        # detaches; SIGTERM/SIGKILL may leave int3 bytes behind.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            try:
+                proc.send_signal(sig)
+                proc.wait(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    t.join(timeout=5)
+    _ensure_running(pid, was_stopped)
+    if timed_out:
+        records.append({"result": "gdb-timeout"})
+    return records, "".join(lines)
 
 
 def _ensure_running(pid: int, was_stopped: bool) -> None:
@@ -771,6 +926,13 @@ def _ensure_running(pid: int, was_stopped: bool) -> None:
             except OSError:
                 return
         time.sleep(0.1)
+
+
+def _threads(records: list) -> list:
+    for rec in records:
+        if rec.get("stage") == "threads":
+            return rec.get("threads") or []
+    return []
 
 
 def _result(records: list) -> dict:
@@ -799,8 +961,9 @@ def inject(pid: int, shim_path: str, channel_dir: str, timeout: float = 20,
            on_stage=None, wait_ready: bool = True) -> None:
     """Load `shim_path` into `pid` at a safe point and call tlsprof_start(channel_dir).
 
-    Returns once the shim's socket answers PING (unless wait_ready is False). Raises NoSuchProcess,
-    AccessDenied, ToolMissing, AttachError or ChannelError with a one-line message. `on_stage` is
+    Returns once the shim's socket answers PING (unless wait_ready is False). A target that cannot
+    read `shim_path` gets a copy it can (tlsprof/shim_copy.py). Raises NoSuchProcess, AccessDenied,
+    ToolMissing, ShimNotLoadable, AttachError or ChannelError with a one-line message. `on_stage` is
     called with each progress stage of the gdb script ("attached", "waiting", "safe-point",
     "detached"), from a reader thread.
     """
@@ -812,10 +975,17 @@ def inject(pid: int, shim_path: str, channel_dir: str, timeout: float = 20,
         raise AttachError(f"shim library {shim_path} does not exist; reinstall tlsprof")
     gdb_path()
     start = time.monotonic()
-    params = {"mode": "start", "shim": shim_path, "channel_dir": channel_dir,
-              "rtld_now": RTLD_NOW, "rtld_noload": RTLD_NOLOAD,
-              "wait": max(1.0, timeout * 0.6 - 2)}
-    records, output = _run_gdb(pid, params, timeout, on_stage)
+    # the target opens the shim with its own credentials: give it a copy it can read if need be
+    bundle = shim_copy.for_pid(pid, shim_path)
+    try:
+        shim_copy.check_same_view(pid, channel_dir)
+        shim_path = bundle.shim
+        params = {"mode": "start", "shim": shim_path, "channel_dir": channel_dir,
+                  "rtld_now": RTLD_NOW, "rtld_noload": RTLD_NOLOAD,
+                  "wait": max(1.0, timeout * 0.6 - 2), "syscalls": syscall_names()}
+        records, output = _run_gdb(pid, params, timeout, on_stage)
+    finally:
+        bundle.release()  # once mapped by the target, the copy stays until no process maps it
     res = _result(records)
     kind = res.get("result")
     if kind == "called":
@@ -833,8 +1003,9 @@ def inject(pid: int, shim_path: str, channel_dir: str, timeout: float = 20,
         raise AttachError(f"{shim_path} does not export {res.get('entry')}: not a tlsprof shim")
     elif kind == "no-safe-point":
         raise AttachError(
-            f"no safe point in pid {pid} within {params['wait']:.0f}s: no thread waited in "
-            f"epoll/poll/select/accept/sleep and none entered malloc; retry, or raise --timeout")
+            f"no safe point in pid {pid} within {params['wait']:.0f}s: no thread was blocked in a "
+            f"system call it can be interrupted in and none entered malloc ("
+            f"{threads_sentence(_threads(records)) or 'no thread seen'}); retry, or raise --timeout")
     elif kind == "call-failed":
         raise AttachError(f"calling into pid {pid} failed, target left as it was: "
                           f"{res.get('error')}")
@@ -894,7 +1065,7 @@ def eject(pid: int, channel_dir: str | None = None, shim_path: str | None = None
     _check_permission(pid, _status(pid))
     params = {"mode": "stop", "shim": mapped, "channel_dir": channel_dir,
               "rtld_now": RTLD_NOW, "rtld_noload": RTLD_NOLOAD,
-              "wait": max(1.0, timeout * 0.6 - 2)}
+              "wait": max(1.0, timeout * 0.6 - 2), "syscalls": syscall_names()}
     records, output = _run_gdb(pid, params, timeout)
     res = _result(records)
     kind = res.get("result")
@@ -906,7 +1077,8 @@ def eject(pid: int, channel_dir: str | None = None, shim_path: str | None = None
         raise AttachError(f"tlsprof is not loaded in pid {pid}: nothing to detach")
     if kind == "no-safe-point":
         raise AttachError(f"no safe point in pid {pid} within {params['wait']:.0f}s to call "
-                          f"tlsprof_stop; retry")
+                          f"tlsprof_stop ({threads_sentence(_threads(records)) or 'no thread seen'}); "
+                          f"retry")
     if kind in ("call-failed", "script-error", "no-entry", "gdb-timeout"):
         raise AttachError(f"could not call tlsprof_stop in pid {pid}: "
                           f"{res.get('error') or res.get('entry') or kind}")

@@ -90,10 +90,15 @@ def _table(title: str, *columns) -> Table:
 
 
 def _snapshot_line(report: dict) -> str:
+    from tlsprof.moments import words
     peak = report.get("peak")
     if not isinstance(peak, dict):
         return "Single snapshot"
     n = peak.get("snapshots")
+    of = f" (of {n} snapshots)" if isinstance(n, int) else ""
+    said = words(report)
+    if said:
+        return said[0].upper() + said[1:] + of
     of = f" of {n}" if isinstance(n, int) else ""
     if peak.get("chosen") == "peak":
         at = peak.get("live_bytes_at_peak")
@@ -130,10 +135,16 @@ def render_text(report: dict, file=None, width=None) -> None:
     rss = target.get("rss_bytes")
     rss_text = f" · RSS {human_bytes(rss)}" if rss is not None else ""
     out(Text(f"{openssl}{rss_text}", style="dim"))
-    out(Text(f"{_snapshot_line(report)} · captured {report['captured_at']}", style="dim"))
+    out(Text(_snapshot_line(report), style="bold"))
+    out(Text(f"captured {report['captured_at']}", style="dim"))
     out()
 
     first = f"{_plural(n, 'connection')} · {human_bytes(per['bytes'])} per connection"
+    processes = report.get("processes") or []
+    if len(processes) > 1:
+        holding = sum(1 for p in processes if p.get("connections"))
+        first = (f"{_plural(n, 'connection')} in {holding} of {len(processes)} processes · "
+                 f"{human_bytes(per['bytes'])} per connection")
     parts = (f"(own {human_bytes(per['own_bytes'])} + context share "
              f"{human_bytes(per['context_share_bytes'])})")
     if len(first) + 1 + len(parts) <= console.width:
@@ -155,6 +166,7 @@ def render_text(report: dict, file=None, width=None) -> None:
         out(Text(f"Owned by no context or connection: {human_bytes(process['live_bytes'])}"))
     out()
 
+    _render_processes(out, report.get("processes") or [])
     _render_copies(out, report.get("openssl_copies") or [])
     _render_causes(out, per, totals)
     _render_contexts(out, report.get("contexts", []))
@@ -167,6 +179,36 @@ def render_text(report: dict, file=None, width=None) -> None:
         out(Text("Notes", style="bold"))
         for note in notes:
             out(Text(f"- {note}"))
+
+
+def process_label(p: dict) -> str:
+    """'pid 1234 worker' or 'pid 1234 (nginx)'."""
+    name = p.get("role") or os.path.basename((p.get("command") or ["?"])[0].split(" ")[0])
+    return f"pid {p.get('pid')} {name}"
+
+
+def _render_processes(out, processes: list) -> None:
+    """One row per process of the tree; with connections first. A single process needs no table."""
+    if len(processes) < 2:
+        return
+    holding = [p for p in processes if p.get("connections")]
+    table = _table(f"Processes ({len(processes)}; {len(holding)} with connections)", ("Process", "left"),
+                   ("Conns", "right"), ("Per conn", "right"), ("Live", "right"), ("Largest cause", "left"),
+                   ("Command", "left"))
+    for p in sorted(processes, key=lambda p: (-(p.get("connections") or 0), p.get("pid") or 0)):
+        per = p.get("per_connection") or {}
+        table.add_row(_cell(process_label(p)), str(p.get("connections", 0)),
+                      human_bytes(per.get("bytes")) if p.get("connections") else "-",
+                      human_bytes(p.get("live_bytes", 0)), _top_cause(p.get("by_cause") or {}),
+                      Text(" ".join(p.get("command") or [])[:40], overflow="ellipsis", no_wrap=True))
+    out(table)
+    for p in sorted(holding, key=lambda p: -p["connections"]):
+        per = p.get("per_connection") or {}
+        causes = sorted(((v, c) for c, v in (per.get("by_cause") or {}).items() if v), reverse=True)[:4]
+        if causes:
+            out(Text(f"  {process_label(p)}: " + ", ".join(f"{label(c)} {human_bytes(v)}" for v, c in causes)
+                     + " per connection", style="dim"))
+    out()
 
 
 def _render_copies(out, copies: list) -> None:
@@ -303,6 +345,8 @@ def _render_findings(out, findings: list) -> None:
     for f in findings:
         head = Text(f"[{f['severity']}] ", style=_SEVERITY_STYLE.get(f["severity"], "bold"))
         head.append(f"{f['title']} ({f['id']})", style="bold")
+        if f.get("only_at") == "peak":
+            head.append(" · at the peak only", style="bold")
         out(head)
         extras = []
         if f.get("bytes_per_connection") is not None:

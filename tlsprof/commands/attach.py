@@ -16,6 +16,7 @@ from tlsprof import client, inject
 from tlsprof.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import ChannelError, TlsprofError, UsageError
 from tlsprof.commands.run import emit_report
+from tlsprof.moments import DEFAULT_MOMENT, MOMENTS
 from tlsprof.session import Session
 from tlsprof.shim import shim_path
 
@@ -26,8 +27,9 @@ def prepare_parser(p):
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="collect for S seconds, then report and detach (default: until Ctrl-C)")
     p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between snapshots (default 1)")
-    p.add_argument("--at", choices=("peak", "last"), default="peak",
-                   help="which snapshot the report describes (default: peak, the most live OpenSSL bytes)")
+    p.add_argument("--at", choices=MOMENTS, default=DEFAULT_MOMENT,
+                   help="which moment the report describes: steady (default: the latest snapshot holding the "
+                        "most connections), peak (most live OpenSSL bytes) or last; all three are kept in -o FILE")
     p.add_argument("--format", choices=("text", "json"), default=None, help="format without -o (default text)")
     p.add_argument("--timeout", type=float, default=20.0, metavar="S", help="give up attaching after S seconds")
     p.add_argument("--live", action="store_true", help="open the interactive live view (needs a terminal)")

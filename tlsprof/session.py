@@ -136,8 +136,7 @@ class Session:
                 self.parents[pid] = psutil.Process(pid).ppid()
             except psutil.Error:
                 self.parents[pid] = None
-        elif not self.commands[pid] or self.count % 10 == 0:
-            # process titles change (a PostgreSQL backend names its client once authenticated)
+        else:  # titles change (a PostgreSQL backend names its client once forked and authenticated)
             self.commands[pid] = process_tree.command_of(pid) or self.commands[pid]
         snap.command = self.commands[pid]
         snap.ppid = self.parents.get(pid)

@@ -35,6 +35,8 @@ def prepare_parser(p):
     p.add_argument("--tracemalloc", action="store_true",
                    help="Python targets: register OpenSSL blocks with tracemalloc (domain 0x7715) so "
                         "tracemalloc snapshots in the target show them (docs/python-linkage.md)")
+    p.add_argument("--user", metavar="USER",
+                   help="start CMD as USER (tlsprof runs as root; e.g. PostgreSQL refuses to run as root)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
 
@@ -70,7 +72,7 @@ def run(args) -> int:
             popen_kwargs = {"stdout": log, "stderr": log}
         try:
             proc = launch.spawn(cmd, channel_dir, tracemalloc=getattr(args, "tracemalloc", False),
-                                **popen_kwargs)
+                                user=getattr(args, "user", None), **popen_kwargs)
         except BaseException:
             if metrics is not None:
                 metrics.stop()

@@ -192,9 +192,12 @@ def test_nginx_two_workers_200_keepalive_connections(cert_pair, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     socks = []
     try:
-        wait_for(lambda: tool.poll() is None and len(_nginx_workers(tool.pid)) == 2 and listening(port), 30,
-                 "nginx under tlsprof")
-        master = tool.pid
+        def master_of():
+            return next((c.pid for c in psutil.Process(tool.pid).children()
+                         if "master process" in " ".join(c.cmdline())), None)
+        wait_for(lambda: tool.poll() is None and master_of() and len(_nginx_workers(master_of())) == 2
+                 and listening(port), 30, "nginx under tlsprof")
+        master = master_of()
         workers = sorted(w.pid for w in _nginx_workers(master))
         socks = _keepalive_connections(port, 200)
         time.sleep(1.5)  # several snapshots of the settled connections
@@ -307,3 +310,84 @@ def test_postgresql_50_tls_sessions_one_per_backend(cert_pair, tmp_path):
     assert all(p["connections"] == 1 and p["role"] == "backend" for p in holding.values())
     postmaster = [p for p in procs.values() if p["command"][:1] == [f"{PG_BIN}/postgres"]]
     assert len(postmaster) == 1 and postmaster[0]["connections"] == 0
+
+
+# --- attach to a tree -------------------------------------------------------------------------------
+
+def _start_nginx(conf, port, wrapper=()):
+    proc = subprocess.Popen([*wrapper, NGINX, "-c", str(conf), "-p", str(conf.parent)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def master():
+        me = psutil.Process(proc.pid)
+        for p in [me, *me.children()]:
+            if "master process" in " ".join(p.cmdline()):
+                return p.pid
+        return None
+    wait_for(lambda: proc.poll() is not None or (master() and len(_nginx_workers(master())) == 2
+                                                  and listening(port)), 30, "nginx")
+    assert proc.poll() is None, proc.stderr.read()
+    return proc, master()
+
+
+def _stop(proc, signum=signal.SIGQUIT):
+    if proc.poll() is None:
+        proc.send_signal(signum)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.skipif(not os.path.exists(NGINX) or not shutil.which("gdb"), reason="needs nginx and gdb")
+def test_attach_to_nginx_master_follows_its_workers(cert_pair, tmp_path):
+    cert, key = cert_pair
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=tmp_path, port=port, cert=cert, key=key))
+    nginx, master = _start_nginx(conf, port)
+    socks = []
+    out = tmp_path / "attach.json"
+    try:
+        workers = sorted(w.pid for w in _nginx_workers(master))
+        att = subprocess.Popen([*TLSPROF, "attach", str(master), "--duration", "6", "--interval", "0.3",
+                                "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: att.poll() is not None or all(
+            os.path.exists(f"/tmp/tlsprof-{psutil.Process(w).uids().effective}/{w}.sock") for w in workers),
+            90, "the workers' shims")
+        socks = _keepalive_connections(port, 40)
+        _, err = att.communicate(timeout=120)
+        assert att.returncode == 0, err
+        for pid in [master, *workers]:
+            assert f"detached from pid {pid}" in err, err
+        report = load_checked(out)
+        procs = {p["pid"]: p for p in report["processes"]}
+        assert set(procs) == {master, *workers}
+        assert procs[master]["connections"] == 0 and procs[master]["role"] == "master"
+        assert report["per_connection"]["connections"] == 40 == sum(procs[w]["connections"] for w in workers)
+        socks += _keepalive_connections(port, 5)  # still serving after detach
+    finally:
+        for s in socks:
+            s.close()
+        _stop(nginx)
+
+
+@pytest.mark.skipif(not os.path.exists(NGINX) or not shutil.which("gdb"), reason="needs nginx and gdb")
+def test_attach_to_a_process_tlsprof_run_already_tracks_says_so(cert_pair, tmp_path):
+    cert, key = cert_pair
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=tmp_path, port=port, cert=cert, key=key))
+    tool, master = _start_nginx(conf, port, wrapper=[*TLSPROF, "run", "-o", str(tmp_path / "run.json"), "--"])
+    try:
+        worker = _nginx_workers(master)[0].pid
+        att = subprocess.run([*TLSPROF, "attach", str(worker), "--duration", "1"], capture_output=True,
+                             text=True, timeout=120)
+        assert att.returncode == 7, att.stderr
+        lines = att.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in att.stderr, att.stderr
+        assert f"pid {worker} is already profiled by another tlsprof session (pid {tool.pid}:" in lines[0]
+    finally:
+        _stop(tool, signal.SIGTERM)
+    assert load_checked(tmp_path / "run.json")["per_connection"]["connections"] == 0

@@ -470,9 +470,11 @@ class ConnectionScreen(Screen):
         """One OWNER request to the shim: this connection's live blocks per call site."""
         try:
             session = self.app.session
-            snap = session.last
+            conn = self.data.conns.get(self.conn_id) or {}
+            obs = session.last
+            snap = obs.snaps.get(conn.get("pid"), obs.snaps.get(obs.pid))
             serial = int(str(self.conn_id).rsplit("-", 1)[-1])
-            sites = client.owner_sites(os.path.join(session.channel_dir, f"{snap.pid}.sock"), serial, snap)
+            sites = client.owner_sites(session.socket_of(snap.pid), serial, snap)
         except Exception:  # the target went away, or no snapshot yet: keep the process-wide view
             return
         self.app.call_from_thread(self._got_sites, sites)

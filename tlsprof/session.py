@@ -38,6 +38,9 @@ class Session:
     def __init__(self, channel_dir: str, main_pid: int, command, mode: str, follow_children=True,
                  tree_only=False):
         self.channel_dir = channel_dir
+        # attach: processes of other uids (nginx's workers) serve in their own uid's directory
+        self.channel_dirs = [channel_dir]
+        self._dir_of = {}  # pid -> the directory its socket is in
         self.main_pid = main_pid
         self.command = list(command)
         self.mode = mode
@@ -64,17 +67,26 @@ class Session:
 
     def sockets(self):
         out = {}
-        for path in glob.glob(os.path.join(self.channel_dir, "*.sock")):
-            try:
-                out[int(os.path.basename(path)[:-5])] = path
-            except ValueError:
-                pass
+        for directory in self.channel_dirs:
+            for path in glob.glob(os.path.join(directory, "*.sock")):
+                try:
+                    pid = int(os.path.basename(path)[:-5])
+                except ValueError:
+                    continue  # the Python agent's <pid>.py.sock
+                out[pid] = path
+                self._dir_of[pid] = directory
         if not self.follow_children:
             return {pid: p for pid, p in out.items() if pid == self.main_pid}
         if self.tree_only:
             tree = set(process_tree.descendants(self.main_pid))
             return {pid: p for pid, p in out.items() if pid in tree}
         return out
+
+    def dir_of(self, pid) -> str:
+        return self._dir_of.get(pid, self.channel_dir)
+
+    def socket_of(self, pid) -> str:
+        return os.path.join(self.dir_of(pid), f"{pid}.sock")
 
     def poll(self, fresh_agent=False):
         """Take one snapshot of each tracked process. Returns the newest Observation, or None when
@@ -176,7 +188,7 @@ class Session:
         answer in hand is used and the next is fetched in the background, so a refresh never waits
         for it; otherwise (reports) the join uses an answer fetched now."""
         if not self.agent_async or fresh:
-            return linkage.fetch(self.channel_dir, pid, fresh=fresh)
+            return linkage.fetch(self.dir_of(pid), pid, fresh=fresh)
         with self._agent_lock:
             thread = self._agent_threads.get(pid)
             if thread is None or not thread.is_alive():
@@ -187,7 +199,7 @@ class Session:
             return self._agent_docs.get(pid)
 
     def _fetch_agent(self, pid):
-        doc = linkage.fetch(self.channel_dir, pid)
+        doc = linkage.fetch(self.dir_of(pid), pid)
         with self._agent_lock:
             self._agent_docs[pid] = doc
 

@@ -230,7 +230,7 @@ def test_nginx_two_workers_200_keepalive_connections(cert_pair, tmp_path):
     shown = subprocess.run([*TLSPROF, "report", str(out)], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert "in 2 of 3 processes" in shown.stdout or "in 1 of 3 processes" in shown.stdout
-    assert f"pid {master} master" in shown.stdout
+    assert any(line.split()[:3] == [str(master), "master", "0"] for line in shown.stdout.splitlines()), shown.stdout
 
 
 # --- PostgreSQL: a backend process per connection -------------------------------------------------
@@ -391,3 +391,67 @@ def test_attach_to_a_process_tlsprof_run_already_tracks_says_so(cert_pair, tmp_p
     finally:
         _stop(tool, signal.SIGTERM)
     assert load_checked(tmp_path / "run.json")["per_connection"]["connections"] == 0
+
+
+# --- the live view: the tree's total, then one process at a time ----------------------------------
+
+def test_live_view_switches_between_the_tree_and_each_process(cert_pair, tmp_path):
+    import argparse
+    import asyncio
+    from tlsprof.live import LiveApp
+    from tlsprof.session import Session
+    channel = launch.private_dir()
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, PREFORK, *cert_pair, "--workers", "2", "--ready-file", str(ready)],
+                            env=launch.preload_env(channel), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    clients = []
+    try:
+        wait_for(lambda: ready.exists() and ready.read_text().strip() or proc.poll() is not None, 60,
+                 "the pre-fork server")
+        fields = ready.read_text().split()
+        port, workers = int(fields[0]), [int(f) for f in fields[1:] if f.isdigit()]
+        for _ in range(6):
+            c = tls_connect(port)
+            c.sendall(b"hi\n")
+            assert recv_exactly(c, 3) == b"hi\n"
+            clients.append(c)
+        session = Session(channel, proc.pid, ["prefork"], mode="run")
+        app = LiveApp(session, proc, argparse.Namespace(interval=0.3, output=None, at="steady"))
+
+        def head():
+            from rich.console import Console
+            console = Console(width=120, record=True, file=open(os.devnull, "w"))
+            console.print(app.query_one("#head").content)
+            return console.export_text()
+
+        async def until(pilot, pred, what):
+            deadline = time.monotonic() + 60
+            while not pred():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}: {head()}"
+                await pilot.pause(0.1)
+
+        async def scenario():
+            async with app.run_test(size=(100, 30)) as pilot:
+                await until(pilot, lambda: app.data and app.data.report["per_connection"]["connections"] == 6,
+                            "the tree's 6 connections")
+                assert "whole tree, 3 processes" in head()
+                seen = {}
+                for _ in range(3):
+                    await pilot.press("p")
+                    await until(pilot, lambda: app.data.pid_view == app.process_pid, "the switch")
+                    seen[app.process_pid] = app.data.report["per_connection"]["connections"]
+                    assert f"pid {app.process_pid}" in head()
+                assert set(seen) == {proc.pid, *workers}
+                assert seen[proc.pid] == 0 and sum(seen[w] for w in workers) == 6
+                await pilot.press("p")  # back to the tree
+                await until(pilot, lambda: app.process_pid is None and app.data.pid_view is None, "the tree again")
+                assert app.data.report["per_connection"]["connections"] == 6
+                app.exit("quit")
+        asyncio.run(scenario())
+    finally:
+        for c in clients:
+            c.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        shutil.rmtree(channel, ignore_errors=True)

@@ -192,15 +192,16 @@ def _render_processes(out, processes: list) -> None:
     if len(processes) < 2:
         return
     holding = [p for p in processes if p.get("connections")]
-    table = _table(f"Processes ({len(processes)}; {len(holding)} with connections)", ("Process", "left"),
-                   ("Conns", "right"), ("Per conn", "right"), ("Live", "right"), ("Largest cause", "left"),
-                   ("Command", "left"))
+    table = _table(f"Processes ({len(processes)}; {len(holding)} with connections)", ("PID", "right"),
+                   ("Role", "left"), ("Conns", "right"), ("Per conn", "right"), ("Live", "right"),
+                   ("Largest cause", "left"))
     for p in sorted(processes, key=lambda p: (-(p.get("connections") or 0), p.get("pid") or 0)):
         per = p.get("per_connection") or {}
-        table.add_row(_cell(process_label(p)), str(p.get("connections", 0)),
+        role = p.get("role") or os.path.basename((p.get("command") or ["?"])[0].split(" ")[0])
+        table.add_row(_cell(p.get("pid")), Text(role[:24], overflow="ellipsis", no_wrap=True),
+                      str(p.get("connections", 0)),
                       human_bytes(per.get("bytes")) if p.get("connections") else "-",
-                      human_bytes(p.get("live_bytes", 0)), _top_cause(p.get("by_cause") or {}),
-                      Text(" ".join(p.get("command") or [])[:40], overflow="ellipsis", no_wrap=True))
+                      human_bytes(p.get("live_bytes", 0)), _top_cause(p.get("by_cause") or {}))
     out(table)
     for p in sorted(holding, key=lambda p: -p["connections"]):
         per = p.get("per_connection") or {}
@@ -274,12 +275,17 @@ def _render_connections(out, connections: list) -> None:
     title = f"Top connections by own bytes ({len(ranked)} of {len(connections)})"
     table = _table(title, ("Conn", "left"), ("Ctx", "left"), ("Peer", "left"), ("State", "left"),
                    ("Age", "right"), ("Own", "right"), ("Largest cause", "left"))
+    tree = any("pid" in c for c in ranked)  # ids "PID:conn-N": the context is in the same process
     for conn in ranked:
         name = str(conn["id"])
         if conn.get("since_attach") is False:
             name += "*"
         peer = conn.get("peer") or (f"fd {conn['fd']}" if conn.get("fd") is not None else "-")
-        table.add_row(_cell(name), _cell(conn.get("context")), _cell(peer), conn["state"],
+        ctx = conn.get("context")
+        if tree and ctx is not None:
+            ctx = str(ctx).split(":", 1)[-1]
+        state = {"established": "estab"}.get(conn["state"], conn["state"]) if tree else conn["state"]
+        table.add_row(_cell(name), _cell(ctx), _cell(peer), state,
                       human_age(conn.get("age_s")), human_bytes(conn["live_bytes"]),
                       _top_cause(conn["by_cause"]))
     out(table)

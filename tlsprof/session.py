@@ -27,7 +27,15 @@ class Observation:
         self.taken_at = taken_at
         self.t = t  # seconds since the session started
         self.live_bytes = sum(s.live_bytes for s in self.snaps.values())
-        self.connections = sum(len(s.connections) for s in self.snaps.values())
+        self.connection_count = sum(len(s.connections) for s in self.snaps.values())
+
+    @property
+    def connections(self):  # as a Snapshot's: every live connection, of every process
+        return [c for s in self.snaps.values() for c in s.connections]
+
+    @property
+    def owners(self):
+        return [o for s in self.snaps.values() for o in s.owners]
 
     @property
     def pid(self):  # the process with most connections (the live view's drill-down asks its shim)
@@ -117,13 +125,13 @@ class Session:
             self.peak = obs
         else:
             _carry_python_obs(self.peak, obs)
-        if self.steady is None or obs.connections >= self.steady.connections:
+        if self.steady is None or obs.connection_count >= self.steady.connection_count:
             self.steady = obs  # ties go to the later observation
         else:
             _carry_python_obs(self.steady, obs)
         session_bytes = sum(o.by_cause["session"].bytes for s in snaps.values() for o in s.owners
                             if "session" in o.by_cause)
-        point = {"t": obs.t, "live_bytes": obs.live_bytes, "connections": obs.connections,
+        point = {"t": obs.t, "live_bytes": obs.live_bytes, "connections": obs.connection_count,
                  "session_bytes": session_bytes,
                  "handshakes": sum(1 for s in snaps.values() for o in s.connections if o.state == "handshake")}
         io = [s.io_calls for s in snaps.values()]
@@ -225,8 +233,9 @@ class Session:
                 if pid is not None and pid in obs.snaps:
                     obs = Observation({pid: obs.snaps[pid]}, obs.taken_at, obs.t)
                 body = self._body(obs, False, ())
-                self._latest = (self.last, pid, assemble({"last": body}, "last", self.history,
-                                                         {n: _summary(o) for n, o in self._chosen().items()}))
+                report = assemble({"last": body}, "last", self.history,
+                                  {n: _summary(o) for n, o in self._chosen().items()})
+                self._latest = (self.last, pid, report)
             return self._latest[2]
 
     def report(self, at="steady", partial=False, notes=()):
@@ -253,7 +262,7 @@ def _summary(obs) -> dict:
     handshakes = sum(1 for s in obs.snaps.values() for o in s.connections if o.state == "handshake")
     return {"captured_at": datetime.datetime.fromtimestamp(obs.taken_at, datetime.timezone.utc)
             .isoformat(timespec="seconds"),
-            "t": obs.t, "connections": obs.connections, "live_bytes": obs.live_bytes,
+            "t": obs.t, "connections": obs.connection_count, "live_bytes": obs.live_bytes,
             "handshakes": handshakes, "processes": len(obs.snaps)}
 
 

@@ -273,21 +273,19 @@ def _render_connections(out, connections: list) -> None:
         return
     ranked = sorted(connections, key=lambda c: -c["live_bytes"])[:TOP_CONNECTIONS]
     title = f"Top connections by own bytes ({len(ranked)} of {len(connections)})"
-    table = _table(title, ("Conn", "left"), ("Ctx", "left"), ("Peer", "left"), ("State", "left"),
-                   ("Age", "right"), ("Own", "right"), ("Largest cause", "left"))
-    tree = any("pid" in c for c in ranked)  # ids "PID:conn-N": the context is in the same process
+    tree = any("pid" in c for c in ranked)  # ids "PID:conn-N" are wide: the Ctx column goes (JSON has it)
+    columns = [("Conn", "left")] + ([] if tree else [("Ctx", "left")]) + [
+        ("Peer", "left"), ("State", "left"), ("Age", "right"), ("Own", "right"), ("Largest cause", "left")]
+    table = _table(title, *columns)
     for conn in ranked:
         name = str(conn["id"])
         if conn.get("since_attach") is False:
             name += "*"
         peer = conn.get("peer") or (f"fd {conn['fd']}" if conn.get("fd") is not None else "-")
-        ctx = conn.get("context")
-        if tree and ctx is not None:
-            ctx = str(ctx).split(":", 1)[-1]
-        state = {"established": "estab"}.get(conn["state"], conn["state"]) if tree else conn["state"]
-        table.add_row(_cell(name), _cell(ctx), _cell(peer), state,
-                      human_age(conn.get("age_s")), human_bytes(conn["live_bytes"]),
-                      _top_cause(conn["by_cause"]))
+        cells = [_cell(name)] + ([] if tree else [_cell(conn.get("context"))]) + [
+            _cell(peer), conn["state"], human_age(conn.get("age_s")), human_bytes(conn["live_bytes"]),
+            _top_cause(conn["by_cause"])]
+        table.add_row(*cells)
     out(table)
     if any(c.get("since_attach") is False for c in ranked):
         out(Text("* opened before attach: its earlier allocations are not counted", style="dim"))

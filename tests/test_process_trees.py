@@ -302,7 +302,8 @@ def test_postgresql_50_tls_sessions_one_per_backend(cert_pair, tmp_path):
     report = load_checked(out)
     procs = {p["pid"]: p for p in report["processes"]}
     per = report["per_connection"]
-    print(f"postgres: {per['connections']} connections, {per['bytes']} B each ({per['by_cause']}); "
+    print(f"postgres: {per['connections']} connections, {per['bytes']} B each (own {per['own_bytes']} + context "
+          f"share {per['context_share_bytes']}; {per['by_cause']}); "
           f"{len(procs)} processes, roles {sorted({str(p['role']) for p in procs.values()})}")
     assert per["connections"] == 50
     holding = {pid: p for pid, p in procs.items() if p["connections"]}

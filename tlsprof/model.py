@@ -274,7 +274,7 @@ def _process_entry(snap: Snapshot, body: dict, *, root_pid, pids) -> dict:
 
 
 def build_tree_report(snaps: dict, *, root_pid, command, mode, partial=False, snapshots=1,
-                      peak_live_bytes=None, notes=()) -> dict:
+                      peak_live_bytes=None, notes=(), history=None) -> dict:
     """The report of one observation of a process tree ({pid: Snapshot}). Every process that loads
     OpenSSL gets a `processes[]` entry; the headline (`per_connection`) is over every connection of
     every process, so a process without connections (nginx's master) weighs nothing in it and is
@@ -282,7 +282,7 @@ def build_tree_report(snaps: dict, *, root_pid, command, mode, partial=False, sn
     tracked = {pid: s for pid, s in snaps.items() if _has_openssl(s)} or dict(snaps)
     bodies = {pid: build_report(s, command=getattr(s, "command", None) or command, mode=mode,
                                 partial=partial, snapshots=snapshots, peak_live_bytes=peak_live_bytes,
-                                notes=notes)
+                                notes=notes, history=history)
               for pid, s in tracked.items()}
     entries = [_process_entry(tracked[pid], bodies[pid], root_pid=root_pid, pids=tracked) for pid in tracked]
     if len(bodies) == 1:
@@ -292,14 +292,15 @@ def build_tree_report(snaps: dict, *, root_pid, command, mode, partial=False, sn
         body["processes"] = entries
         return body
     return _merge(bodies, entries, root_pid=root_pid, command=command, mode=mode, partial=partial,
-                  snapshots=snapshots, peak_live_bytes=peak_live_bytes)
+                  snapshots=snapshots, peak_live_bytes=peak_live_bytes, history=history)
 
 
 def _qualified(pid, ident):
     return None if ident is None else f"{pid}:{ident}"
 
 
-def _merge(bodies: dict, entries: list, *, root_pid, command, mode, partial, snapshots, peak_live_bytes):
+def _merge(bodies: dict, entries: list, *, root_pid, command, mode, partial, snapshots, peak_live_bytes,
+           history=None):
     contexts, conns, notes_by_text = [], [], {}
     totals = {"live_bytes": 0, "requested_bytes": 0, "live_blocks": 0, "by_cause": {}, "untracked_bytes": 0}
     process = {"live_bytes": 0, "by_cause": {}}
@@ -370,7 +371,7 @@ def _merge(bodies: dict, entries: list, *, root_pid, command, mode, partial, sna
         "peak": {"chosen": "peak", "snapshots": snapshots,
                  "live_bytes_at_peak": peak_live_bytes if peak_live_bytes is not None else totals["live_bytes"]},
         "tracker": tracker,
-        "history": [],
+        "history": list(history or []),  # the tree's (findings read its trends)
         "openssl_copies": [dict(c, by_cause=_ordered(c["by_cause"])) for c in copies.values()],
         "notes": [note if len(pids) == len(bodies) else
                   f"pid{'s' if len(pids) > 1 else ''} {', '.join(map(str, pids))}: {note}"

@@ -254,7 +254,7 @@ class Session:
 
     def _body(self, obs, partial, notes):
         return build_tree_report(obs.snaps, root_pid=self.main_pid, command=self.command, mode=self.mode,
-                                 partial=partial, snapshots=self.count, notes=notes,
+                                 partial=partial, snapshots=self.count, notes=notes, history=self.history,
                                  peak_live_bytes=self.peak.live_bytes if self.peak else None)
 
 

@@ -51,6 +51,11 @@ def test_burst_then_idle_reports_the_steady_state(spawn, tmp_path):
     head = next((line for line in text.stdout.splitlines() if line.startswith("Steady state")), text.stdout)
     assert head.startswith(f"Steady state: {per['connections']} connections at "), head
     assert "; peak " in head, head
+    html = tmp_path / "burst.html"
+    done = subprocess.run([*TLSPROF, "report", str(report_path), "--html", str(html)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"Steady state: {per['connections']} connections at " in html.read_text()
 
 
 def test_report_at_rerenders_a_saved_report(spawn, tmp_path):

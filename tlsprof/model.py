@@ -287,8 +287,7 @@ def build_tree_report(snaps: dict, *, root_pid, command, mode, partial=False, sn
     entries = [_process_entry(tracked[pid], bodies[pid], root_pid=root_pid, pids=tracked) for pid in tracked]
     if len(bodies) == 1:
         (pid, body), = bodies.items()
-        body["target"]["command"] = list(command) if pid == root_pid or not body["target"]["command"] \
-            else body["target"]["command"]
+        body["target"]["command"] = list(command)  # what tlsprof started or attached, as before trees
         body["processes"] = entries
         return body
     return _merge(bodies, entries, root_pid=root_pid, command=command, mode=mode, partial=partial,

@@ -231,6 +231,12 @@ def test_nginx_two_workers_200_keepalive_connections(cert_pair, tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "in 2 of 3 processes" in shown.stdout or "in 1 of 3 processes" in shown.stdout
     assert any(line.split()[:3] == [str(master), "master", "0"] for line in shown.stdout.splitlines()), shown.stdout
+    diff = subprocess.run([*TLSPROF, "diff", str(out), str(out), "--format", "json"], capture_output=True,
+                          text=True, timeout=60)
+    assert diff.returncode == 0, diff.stderr
+    rows = json.loads(diff.stdout)["processes"]
+    assert sorted(r["role"] for r in rows) == ["master", "worker", "worker"]
+    assert all(r["pid_before"] == r["pid_after"] and r["connections"]["delta"] == 0 for r in rows)
 
 
 # --- PostgreSQL: a backend process per connection -------------------------------------------------

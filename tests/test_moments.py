@@ -124,3 +124,35 @@ def test_run_at_choice_is_the_report_moment(spawn, tmp_path, at):
     report = load_checked(report_path)
     assert report["peak"]["chosen"] == at
     assert report["totals"]["live_bytes"] == report["moments"][at]["live_bytes"]
+
+
+def test_a_finding_only_the_peak_shows_is_marked_and_saves_nothing_in_the_steady_state(spawn, tmp_path):
+    """Two real reports as the moments of one session: a steady state with one shared context, a peak
+    whose contexts each hold their own CA store (what a burst of per-request contexts looks like)."""
+    from tlsprof.moments import assemble
+    reports = {}
+    for name, args in (("steady", ()), ("peak", ("--ctx-per-conn",))):
+        path = tmp_path / f"{name}.json"
+        server = spawn.server(*args, wrapper=[*TLSPROF, "run", "-o", str(path), "--interval", "0.2", "--"])
+        spawn.clients(server.port, 12, interval=600)
+        time.sleep(0.8)
+        _stop_tlsprof(server)
+        reports[name] = load_checked(path)
+    steady, peak = reports["steady"], reports["peak"]
+    assert "ca-store-per-connection" in {f["id"] for f in peak["findings"]}
+    assert "ca-store-per-connection" not in {f["id"] for f in steady["findings"]}
+    moments = {n: r["moments"]["steady"] for n, r in reports.items()}
+    report = check_report(assemble({"steady": steady, "peak": peak, "last": steady}, "steady", [], moments))
+    marked = [f for f in report["findings"] if f["id"] == "ca-store-per-connection"]
+    assert len(marked) == 1 and marked[0]["only_at"] == "peak"
+    assert marked[0]["saving_bytes"] == 0 and marked[0]["evidence"]["peak_saving_bytes"] > 0
+    assert marked[0]["detail"].startswith("Seen only at the peak")
+    # re-chosen at the peak, the finding is the peak's own again; back at the steady state, marked once
+    at_peak = select(report, "peak")
+    assert [f for f in at_peak["findings"] if f["id"] == "ca-store-per-connection"][0].get("only_at") is None
+    back = select(at_peak, "steady")
+    assert [f.get("only_at") for f in back["findings"] if f["id"] == "ca-store-per-connection"] == ["peak"]
+    text = subprocess.run([*TLSPROF, "report", "/dev/stdin"], input=json.dumps(report), capture_output=True,
+                          text=True, timeout=60)
+    assert text.returncode == 0, text.stderr
+    assert "at the peak only" in text.stdout

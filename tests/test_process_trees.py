@@ -374,6 +374,12 @@ def test_attach_to_nginx_master_follows_its_workers(cert_pair, tmp_path):
         assert procs[master]["connections"] == 0 and procs[master]["role"] == "master"
         assert report["per_connection"]["connections"] == 40 == sum(procs[w]["connections"] for w in workers)
         socks += _keepalive_connections(port, 5)  # still serving after detach
+        alone = tmp_path / "alone.json"
+        one = subprocess.run([*TLSPROF, "attach", str(master), "--no-children", "--duration", "2", "--interval",
+                              "0.3", "-o", str(alone)], capture_output=True, text=True, timeout=120)
+        assert one.returncode == 0, one.stderr
+        assert [p["pid"] for p in load_checked(alone)["processes"]] == [master]
+        assert not any(f"pid {w}" in one.stderr for w in workers), one.stderr
     finally:
         for s in socks:
             s.close()
@@ -443,6 +449,7 @@ def test_live_view_switches_between_the_tree_and_each_process(cert_pair, tmp_pat
                 await until(pilot, lambda: app.data and app.data.report["per_connection"]["connections"] == 6,
                             "the tree's 6 connections")
                 assert "whole tree, 3 processes" in head()
+                assert "newest snapshot: 6 connections" in head() and "steady state: 6 connections at" in head()
                 seen = {}
                 for _ in range(3):
                     await pilot.press("p")

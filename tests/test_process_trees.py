@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from reportcheck import check_report, load_checked
-from tlsenv import Proc, free_port, recv_exactly, tls_connect
+from tlsenv import free_port, recv_exactly, tls_connect
 from tlsprof import client, launch
 from tlsprof.metrics import exposition
 from tlsprof.model import build_tree_report

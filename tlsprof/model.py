@@ -249,7 +249,8 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
 # --- a process tree ---------------------------------------------------------------------------------
 
 def _has_openssl(snap: Snapshot) -> bool:
-    return snap.openssl is not None or snap.live_bytes > 0 or bool(snap.owners and len(snap.owners) > 1)
+    """The shim is in every process of a `run` tree (`sh`, `runuser` …); only those with OpenSSL count."""
+    return snap.openssl is not None or snap.live_bytes > 0
 
 
 def _process_entry(snap: Snapshot, body: dict, *, root_pid, pids) -> dict:

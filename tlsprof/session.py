@@ -14,7 +14,7 @@ import psutil
 from tlsprof import client, linkage, process_tree
 from tlsprof.errors import ChannelError
 from tlsprof.model import build_tree_report
-from tlsprof.moments import MOMENTS, assemble
+from tlsprof.moments import assemble
 
 HISTORY_MAX = 720
 

@@ -60,6 +60,22 @@ def stop_tlsprof(proc, timeout=60, signum=signal.SIGTERM):
         raise
 
 
+def _kill_tree(proc):
+    """After a failure: tlsprof and every process it started (the server's tree), by pid."""
+    if proc.poll() is None:
+        try:
+            tree = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            tree = []
+        proc.kill()
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+    proc.wait(30)
+
+
 # --- the tree report from real snapshots ------------------------------------------------------
 
 def test_tree_report_from_real_snapshots_of_a_prefork_server(cert_pair, tmp_path):
@@ -205,9 +221,7 @@ def test_nginx_two_workers_200_keepalive_connections(cert_pair, tmp_path):
     finally:
         for s in socks:
             s.close()
-        if tool.poll() is None:
-            tool.kill()
-        tool.wait(30)
+        _kill_tree(tool)
     report = load_checked(out)
     procs = {p["pid"]: p for p in report["processes"]}
     per = report["per_connection"]
@@ -301,9 +315,7 @@ def test_postgresql_50_tls_sessions_one_per_backend(cert_pair, tmp_path):
         for p in sessions:
             p.kill()
             p.wait(10)
-        if tool.poll() is None:
-            tool.kill()
-        tool.wait(60)
+        _kill_tree(tool)
         shutil.rmtree(root, ignore_errors=True)
     report = load_checked(out)
     procs = {p["pid"]: p for p in report["processes"]}
@@ -343,8 +355,7 @@ def _stop(proc, signum=signal.SIGQUIT):
     try:
         proc.wait(30)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+        _kill_tree(proc)
 
 
 @pytest.mark.skipif(not os.path.exists(NGINX) or not shutil.which("gdb"), reason="needs nginx and gdb")

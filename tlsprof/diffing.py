@@ -55,10 +55,43 @@ def compare(a: dict, b: dict) -> dict:
         "connections": _row(len(_alive(a.get("connections", []))), len(_alive(b.get("connections", [])))),
         "contexts": _row(len(_alive(a.get("contexts", []))), len(_alive(b.get("contexts", [])))),
         "rss_bytes": _row(a.get("target", {}).get("rss_bytes"), b.get("target", {}).get("rss_bytes")),
+        "processes": _processes(a.get("processes") or [], b.get("processes") or []),
         "new_findings": [fb[i] for i in fb if i not in fa],
         "resolved_findings": [fa[i] for i in fa if i not in fb],
         "kept_findings": [i for i in fb if i in fa],
     }
+
+
+def _process_key(p: dict, rank: int):
+    return (p.get("role") or "process", rank)
+
+
+def _ranked(processes: list) -> dict:
+    """Processes keyed by (role, rank among that role by connections): pids differ between two
+    runs, roles do not (nginx's 'worker' #0 and #1, PostgreSQL's 'backend' #0 … #49)."""
+    out, seen = {}, {}
+    for p in sorted(processes, key=lambda p: (-(p.get("connections") or 0), p.get("pid") or 0)):
+        role = p.get("role") or "process"
+        rank = seen.get(role, 0)
+        seen[role] = rank + 1
+        out[_process_key(p, rank)] = p
+    return out
+
+
+def _processes(a: list, b: list) -> list:
+    """One row per process of either tree (matched by role and rank), when either is a tree."""
+    if len(a) < 2 and len(b) < 2:
+        return []
+    ra, rb = _ranked(a), _ranked(b)
+    rows = []
+    for key in list(ra) + [k for k in rb if k not in ra]:
+        pa, pb = ra.get(key) or {}, rb.get(key) or {}
+        rows.append({"role": key[0], "rank": key[1], "pid_before": pa.get("pid"), "pid_after": pb.get("pid"),
+                     "connections": _row(pa.get("connections"), pb.get("connections")),
+                     "live_bytes": _row(pa.get("live_bytes"), pb.get("live_bytes")),
+                     "bytes_per_connection": _row((pa.get("per_connection") or {}).get("bytes"),
+                                                  (pb.get("per_connection") or {}).get("bytes"))})
+    return rows
 
 
 def per_connection_growth_pct(d: dict):
@@ -110,6 +143,13 @@ def render_diff(d: dict, fail_pct=None) -> str:
     if d["rss_bytes"]["before"] or d["rss_bytes"]["after"]:
         out.append(_fmt_bytes_row("process RSS", d["rss_bytes"]))
     out.append("")
+    if d.get("processes"):
+        out.append("Processes (matched by role; pid before -> after)")
+        for p in d["processes"]:
+            name = f"{p['role']} {p['pid_before'] or '-'}->{p['pid_after'] or '-'}"
+            out.append(_fmt_count_row(f"{name} conns", p["connections"]))
+            out.append(_fmt_bytes_row(f"{name} live", p["live_bytes"]))
+        out.append("")
     if d["new_findings"]:
         out.append("New findings")
         for f in d["new_findings"]:

@@ -123,7 +123,21 @@ def _stacked_chart(report) -> str:
     return "".join(out) + f'<div class="legend">{legend}</div>' + more
 
 
-def _history_chart(history) -> str:
+def _moment_marks(moments, t0, span, left, pw, top, ph) -> str:
+    """A labelled vertical line at each moment the report keeps (steady state, peak, last)."""
+    out = []
+    for i, name in enumerate(("steady", "peak", "last")):
+        m = (moments or {}).get(name)
+        if not isinstance(m, dict) or not isinstance(m.get("t"), (int, float)):
+            continue
+        x = left + pw * min(max((m["t"] - t0) / span, 0), 1)
+        out.append(f'<line class="moment-{name}" x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + ph}" '
+                   f'stroke="#555" stroke-dasharray="2 2"/><text x="{x + 3:.1f}" y="{top + 12 + 12 * i}" '
+                   f'font-size="11">{_e(name)}</text>')
+    return "".join(out)
+
+
+def _history_chart(history, moments=None) -> str:
     pts = [h for h in history if isinstance(h, dict) and h.get("t") is not None]
     if len(pts) < 2:
         return '<p class="muted">This report carries no history (fewer than two snapshots).</p>'
@@ -151,6 +165,7 @@ def _history_chart(history) -> str:
         f'<text x="{left + pw + 6}" y="{top + ph}">0</text>',
         f'<text x="{left}" y="{height - 8}">{t0:.1f} s</text>',
         f'<text x="{left + pw}" y="{height - 8}" text-anchor="end">{t1:.1f} s</text>',
+        _moment_marks(moments, t0, span, left, pw, top, ph),
         "</svg>",
         f'<div class="legend"><span><i class="sw" style="background:{BYTES_COLOUR}"></i>live OpenSSL bytes '
         f'(left axis)</span><span><i class="sw" style="background:{CONNS_COLOUR}"></i>connections '
@@ -188,7 +203,8 @@ def _findings(findings) -> str:
         if f.get("saving_bytes") is not None:
             extra.append(f"fixing it frees {_e(human_bytes(f['saving_bytes']))}")
         out.append(f'<div class="finding"><div><span class="sev-{sev_cls}">{_e(sev)}</span> '
-                   f'<b>{_e(f.get("title"))}</b> <code class="muted">{_e(f.get("id"))}</code></div>'
+                   f'<b>{_e(f.get("title"))}</b> <code class="muted">{_e(f.get("id"))}</code>'
+                   f'{" <b>(at the peak only)</b>" if f.get("only_at") == "peak" else ""}</div>'
                    f'<p>{_e(f.get("detail"))}</p><p><b>Fix:</b> {_e(f.get("fix"))}</p>'
                    f'<p class="muted">{"; ".join(extra)}</p></div>')
     return "".join(out)
@@ -217,7 +233,25 @@ def render_html(report) -> str:
                            f"(own {_e(human_bytes(per.get('own_bytes')))} + context share "
                            f"{_e(human_bytes(per.get('context_share_bytes')))})"],
     ])
+    from tlsprof.moments import words
+    moment = words(report)
+    if moment:
+        summary = f'<p class="moment"><b>{_e(moment[0].upper() + moment[1:])}</b></p>' + summary
     notes = "".join(f"<li>{_e(n)}</li>" for n in report.get("notes") or [])
+    processes = report.get("processes") or []
+    proc_rows = [[_e(p.get("pid")), _e(p.get("role") or "-"), f"<code>{_e(' '.join(p.get('command') or []))}</code>",
+                  _num(p.get("connections")),
+                  _e(human_bytes((p.get("per_connection") or {}).get("bytes"))) if p.get("connections") else "-",
+                  _e(human_bytes(p.get("live_bytes"))),
+                  _causes_text((p.get("per_connection") or {}).get("by_cause") if p.get("connections")
+                               else p.get("by_cause"))]
+                 for p in sorted(processes, key=lambda p: (-(p.get("connections") or 0), p.get("pid") or 0))]
+    proc_section = "" if len(processes) < 2 else "".join([
+        f"<h2>Processes ({len(processes)}; {sum(1 for p in processes if p.get('connections'))} with connections)</h2>",
+        '<p class="muted">The headline is over every connection of every process; causes are per connection '
+        'for processes with connections, else the process\'s live bytes.</p>',
+        _table(["pid", "role", "command", "connections", "per connection", "live bytes", "causes"],
+               proc_rows, (3, 4, 5))])
 
     ctx_rows = [[_e(c.get("id")), _num(c.get("connections")), _e(human_bytes(c.get("live_bytes"))),
                  _e(human_bytes(c.get("ca_store_bytes", (c.get("by_cause") or {}).get("ca_store", 0)))),
@@ -243,11 +277,12 @@ def render_html(report) -> str:
         f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{_e(title)}</h1>", summary,
         f"<ul>{notes}</ul>" if notes else "",
+        proc_section,
         "<h2>Bytes per connection by cause</h2>",
         '<p class="muted">Each bar: a connection\'s own bytes plus its share of its context, by cause.</p>',
         _stacked_chart(report),
         "<h2>Findings</h2>", _findings(report.get("findings") or []),
-        "<h2>History</h2>", _history_chart(report.get("history") or []),
+        "<h2>History</h2>", _history_chart(report.get("history") or [], report.get("moments")),
         "<h2>By cause</h2>", _table(["cause", "total", "per connection", "what it is"], cause_rows, (1, 2)),
         f"<h2>Contexts ({len(contexts)})</h2>",
         _table(["id", "connections", "live bytes", "CA store", "largest causes", "alive"], ctx_rows, (1, 2, 3)),

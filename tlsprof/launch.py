@@ -57,9 +57,30 @@ def _bridge_switched_users(proc: subprocess.Popen, channel_dir: str) -> None:
     threading.Thread(target=loop, name="tlsprof-uid-bridge", daemon=True).start()
 
 
-def spawn(cmd, channel_dir: str, tracemalloc=False, **popen_kwargs) -> subprocess.Popen:
+def as_user(name: str, channel_dir: str) -> dict:
+    """Popen arguments that start the command as user `name` (tlsprof runs as root): services such as
+    PostgreSQL refuse root. The shim serves only from a private directory owned by its own uid, so
+    the channel directory is handed to that user; root still reaches the sockets."""
+    import pwd
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        err = LaunchError(f"--user: no such user {name!r}")
+        err.exit_code = 2
+        raise err from None
+    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+        err = LaunchError(f"--user {name}: only root can start a command as another user")
+        err.exit_code = 4
+        raise err
+    os.chown(channel_dir, entry.pw_uid, entry.pw_gid)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": os.getgrouplist(name, entry.pw_gid)}
+
+
+def spawn(cmd, channel_dir: str, tracemalloc=False, user=None, **popen_kwargs) -> subprocess.Popen:
     if not cmd:
         raise LaunchError("no command given: use `tlsprof run -- CMD [ARGS...]`")
+    if user:
+        popen_kwargs.update(as_user(user, channel_dir))
     env = preload_env(channel_dir, tracemalloc=tracemalloc)
     try:
         proc = subprocess.Popen(cmd, env=env, **popen_kwargs)

@@ -178,8 +178,9 @@ CTX_COLUMNS = [
 class ViewData:
     """A report and everything derived from it that the UI shows."""
 
-    def __init__(self, report: dict, history, taken_at: float):
+    def __init__(self, report: dict, history, taken_at: float, pid_view=None):
         self.report = report
+        self.pid_view = pid_view  # None: the whole tree; else the one process shown
         self.history = list(history or [])
         self.taken_at = taken_at
         self.conn_rows = [ConnRow(c) for c in report.get("connections", [])]
@@ -205,9 +206,10 @@ class Poller(threading.Thread):
                 return
             try:
                 snap = self.session.poll()
-                report = self.session.latest_report() if snap is not None else None
+                pid = self.app.process_pid
+                report = self.session.latest_report(pid=pid) if snap is not None else None
                 if report is not None:
-                    self.app.post_message(NewData(ViewData(report, self.session.history, time.time())))
+                    self.app.post_message(NewData(ViewData(report, self.session.history, time.time(), pid)))
                     first = False
             except Exception as exc:  # keep the view alive; show what went wrong
                 self.app.post_message(PollError(f"{type(exc).__name__}: {exc}"))
@@ -405,6 +407,8 @@ class HelpScreen(ModalScreen):
   /            filter by id, peer or cause (Enter applies; empty clears)
   [  ]         previous / next page (a table holds at most {page} rows)
   Enter        drill into the connection under the cursor; Esc goes back
+  p            switch process: the tree's total (default), then each
+               process of the tree, with connections first
   s            save a report of the newest snapshot now
   q            quit (attach: quit and detach; run: close the view, keep
                profiling or terminate the target — it asks)
@@ -470,9 +474,12 @@ class ConnectionScreen(Screen):
         """One OWNER request to the shim: this connection's live blocks per call site."""
         try:
             session = self.app.session
-            snap = session.last
+            conn = self.data.conns.get(self.conn_id) or {}
+            obs = session.last
+            pid = conn.get("pid", self.data.pid_view)
+            snap = obs.snaps.get(pid) or obs.snaps[obs.pid]
             serial = int(str(self.conn_id).rsplit("-", 1)[-1])
-            sites = client.owner_sites(os.path.join(session.channel_dir, f"{snap.pid}.sock"), serial, snap)
+            sites = client.owner_sites(session.socket_of(snap.pid), serial, snap)
         except Exception:  # the target went away, or no snapshot yet: keep the process-wide view
             return
         self.app.call_from_thread(self._got_sites, sites)
@@ -628,6 +635,7 @@ class LiveApp(App):
         Binding("3", "tab('contexts')", "contexts", show=False),
         Binding("enter", "drill", "drill in", show=True),
         Binding("slash", "filter", "filter", show=True),
+        Binding("p", "next_process", "process", show=True),
         Binding("s", "save", "save", show=True),
         Binding("q", "quit_view", "quit", show=True),
         Binding("ctrl+c", "quit_view", "quit", show=False, priority=True),
@@ -649,6 +657,8 @@ class LiveApp(App):
         self.trend = []  # (monotonic t, bytes per connection)
         self.saved = []  # paths saved with `s`
         self.poller = None
+        self.process_pid = None  # None: the whole tree; else the one process the view shows
+        self.processes = []  # the tree's processes in the newest snapshot (pid, role, connections)
 
     # layout
     def compose(self) -> ComposeResult:
@@ -684,6 +694,8 @@ class LiveApp(App):
     # data arriving from the poller
     def on_new_data(self, message: NewData):
         data = message.data
+        if data.pid_view != self.process_pid:
+            return  # built before the last process switch
         self.data = data
         self.error = None
         per = data.report["per_connection"]
@@ -766,6 +778,13 @@ class LiveApp(App):
             lines.append(Text(f"per connection {human_bytes(per['bytes'])} (own {human_bytes(per['own_bytes'])}"
                               f" + ctx share {human_bytes(per['context_share_bytes'])}){self._trend_text()}",
                               style="bold"))
+            view = self._process_view_text()
+            if view:
+                lines.append(Text(view))
+            from tlsprof.moments import words
+            said = words(r)
+            if said:
+                lines.append(Text(said.replace("showing the last snapshot", "newest snapshot", 1), style="dim"))
         if self.error and not self.exited:
             lines.append(Text(f"snapshot failed: {self.error}", style="yellow"))
         head.update(Group(*lines))
@@ -788,7 +807,37 @@ class LiveApp(App):
         self.query_one("#sparks", Static).update(sp)
         self.query_one("#findings", Static).update(render_findings(r.get("findings", [])))
 
+    def _process_view_text(self) -> str:
+        processes = self.session_processes()
+        if len(processes) < 2:
+            return ""
+        if self.process_pid is None:
+            holding = sum(1 for p in processes if p.get("connections"))
+            return f"view: whole tree, {len(processes)} processes ({holding} with connections) · p: one process"
+        p = next((p for p in processes if p.get("pid") == self.process_pid), {"pid": self.process_pid})
+        from tlsprof.render import process_label
+        return f"view: {process_label(p)} only ({p.get('connections', 0)} connections) · p: next"
+
+    def session_processes(self) -> list:
+        tree = self.session.latest_report()  # cached by the session for the newest observation
+        return list((tree or {}).get("processes") or [])
+
     # actions
+    def action_next_process(self):
+        """Tree total -> each process (with connections first) -> tree total."""
+        processes = sorted(self.session_processes(), key=lambda p: (-(p.get("connections") or 0), p.get("pid") or 0))
+        order = [None] + [p["pid"] for p in processes] if len(processes) > 1 else [None]
+        i = order.index(self.process_pid) if self.process_pid in order else 0
+        self.process_pid = order[(i + 1) % len(order)]
+        self._refresh_process_view()
+
+    @work(thread=True, exclusive=True, group="process-view")
+    def _refresh_process_view(self):
+        report = self.session.latest_report(pid=self.process_pid)
+        if report is not None:
+            self.call_from_thread(self.post_message,
+                                  NewData(ViewData(report, self.session.history, time.time(), self.process_pid)))
+
     def check_action(self, action: str, parameters) -> bool:
         if action in ("drill", "filter", "tab"):
             return len(self.screen_stack) == 1  # the main view only, not drill-down or dialogs

@@ -40,21 +40,22 @@ def report_metrics(report, pid=None):
     target = report.get("target") or {}
     p = str(target.get("pid", pid or ""))
     totals = report.get("totals") or {}
-    per = report.get("per_connection") or {}
     out = []
+    rows = _process_rows(report, p)
 
-    live = _g("live_bytes", "Live OpenSSL heap bytes in the target by cause (footprint: usable size + "
+    live = _g("live_bytes", "Live OpenSSL heap bytes in the process by cause (footprint: usable size + "
               "chunk header).", ["pid", "cause"])
-    by_cause = totals.get("by_cause") or {}
-    for c in CAUSES:
-        live.add_metric([p, c], by_cause.get(c, 0))
+    for row in rows:
+        for c in CAUSES:
+            live.add_metric([row["pid"], c], row["by_cause"].get(c, 0))
     out.append(live)
 
-    conn = _g("connection_bytes", "Mean OpenSSL bytes per live connection by cause, its share of its "
-              "context included.", ["pid", "cause"])
-    per_cause = per.get("by_cause") or {}
-    for c in CAUSES:
-        conn.add_metric([p, c], per_cause.get(c, 0))
+    conn = _g("connection_bytes", "Mean OpenSSL bytes per live connection of the process by cause, its "
+              "share of its context included.", ["pid", "cause"])
+    for row in rows:
+        per_cause = row["per"].get("by_cause") or {}
+        for c in CAUSES:
+            conn.add_metric([row["pid"], c], per_cause.get(c, 0))
     out.append(conn)
 
     for name, key, doc in (
@@ -62,16 +63,27 @@ def report_metrics(report, pid=None):
             ("connection_context_share_bytes", "context_share_bytes",
              "Mean share of its context's bytes per live connection.")):
         g = _g(name, doc, ["pid"])
-        g.add_metric([p], per.get(key, 0) or 0)
+        for row in rows:
+            g.add_metric([row["pid"]], row["per"].get(key, 0) or 0)
         out.append(g)
 
-    g = _g("connections", "Live TLS connections (SSL objects) in the target.", ["pid"])
-    g.add_metric([p], len(report.get("connections") or []))
+    g = _g("connections", "Live TLS connections (SSL objects) in the process.", ["pid"])
+    for row in rows:
+        g.add_metric([row["pid"]], row["connections"])
     out.append(g)
 
-    g = _g("contexts", "Live TLS contexts (SSL_CTX objects) in the target.", ["pid"])
-    g.add_metric([p], sum(1 for c in report.get("contexts") or [] if c.get("alive", True) is not False))
+    g = _g("contexts", "Live TLS contexts (SSL_CTX objects) in the process.", ["pid"])
+    for row in rows:
+        g.add_metric([row["pid"]], row["contexts"])
     out.append(g)
+
+    if len(rows) > 1:  # a mean is not a sum: the tree's own per-connection figure
+        per = report.get("per_connection") or {}
+        g = _g("tree_connection_bytes", "Mean OpenSSL bytes per live connection over every process of the "
+               "tree by cause (the report's headline).", ["pid", "cause"])
+        for c in CAUSES:
+            g.add_metric([p, c], (per.get("by_cause") or {}).get(c, 0))
+        out.append(g)
 
     g = _g("finding_active", "1 for each finding the newest snapshot shows (by finding id).",
            ["pid", "finding", "severity"])
@@ -83,9 +95,11 @@ def report_metrics(report, pid=None):
     g.add_metric([p], totals.get("untracked_bytes", 0) or 0)
     out.append(g)
 
-    if target.get("rss_bytes") is not None:
-        g = _g("target_rss_bytes", "Resident set size of the target process.", ["pid"])
-        g.add_metric([p], target["rss_bytes"])
+    if any(row["rss_bytes"] is not None for row in rows):
+        g = _g("target_rss_bytes", "Resident set size of the process.", ["pid"])
+        for row in rows:
+            if row["rss_bytes"] is not None:
+                g.add_metric([row["pid"]], row["rss_bytes"])
         out.append(g)
 
     peak = report.get("peak") or {}
@@ -99,6 +113,19 @@ def report_metrics(report, pid=None):
         g.add_metric([p], ts)
         out.append(g)
     return out
+
+
+def _process_rows(report, root_pid) -> list:
+    """One row per process: the report's `processes` of a tree, or the report itself (one process)."""
+    processes = report.get("processes") or []
+    if len(processes) > 1:
+        return [{"pid": str(q.get("pid")), "by_cause": q.get("by_cause") or {}, "per": q.get("per_connection") or {},
+                 "connections": q.get("connections", 0), "contexts": q.get("contexts", 0),
+                 "rss_bytes": q.get("rss_bytes")} for q in processes]
+    return [{"pid": root_pid, "by_cause": (report.get("totals") or {}).get("by_cause") or {},
+             "per": report.get("per_connection") or {}, "connections": len(report.get("connections") or []),
+             "contexts": sum(1 for c in report.get("contexts") or [] if c.get("alive", True) is not False),
+             "rss_bytes": (report.get("target") or {}).get("rss_bytes")}]
 
 
 class ReportCollector:

@@ -90,10 +90,15 @@ def _table(title: str, *columns) -> Table:
 
 
 def _snapshot_line(report: dict) -> str:
+    from tlsprof.moments import words
     peak = report.get("peak")
     if not isinstance(peak, dict):
         return "Single snapshot"
     n = peak.get("snapshots")
+    of = f" (of {n} snapshots)" if isinstance(n, int) else ""
+    said = words(report)
+    if said:
+        return said[0].upper() + said[1:] + of
     of = f" of {n}" if isinstance(n, int) else ""
     if peak.get("chosen") == "peak":
         at = peak.get("live_bytes_at_peak")
@@ -130,10 +135,16 @@ def render_text(report: dict, file=None, width=None) -> None:
     rss = target.get("rss_bytes")
     rss_text = f" · RSS {human_bytes(rss)}" if rss is not None else ""
     out(Text(f"{openssl}{rss_text}", style="dim"))
-    out(Text(f"{_snapshot_line(report)} · captured {report['captured_at']}", style="dim"))
+    out(Text(_snapshot_line(report), style="bold"))
+    out(Text(f"captured {report['captured_at']}", style="dim"))
     out()
 
     first = f"{_plural(n, 'connection')} · {human_bytes(per['bytes'])} per connection"
+    processes = report.get("processes") or []
+    if len(processes) > 1:
+        holding = sum(1 for p in processes if p.get("connections"))
+        first = (f"{_plural(n, 'connection')} in {holding} of {len(processes)} processes · "
+                 f"{human_bytes(per['bytes'])} per connection")
     parts = (f"(own {human_bytes(per['own_bytes'])} + context share "
              f"{human_bytes(per['context_share_bytes'])})")
     if len(first) + 1 + len(parts) <= console.width:
@@ -155,6 +166,7 @@ def render_text(report: dict, file=None, width=None) -> None:
         out(Text(f"Owned by no context or connection: {human_bytes(process['live_bytes'])}"))
     out()
 
+    _render_processes(out, report.get("processes") or [])
     _render_copies(out, report.get("openssl_copies") or [])
     _render_causes(out, per, totals)
     _render_contexts(out, report.get("contexts", []))
@@ -167,6 +179,37 @@ def render_text(report: dict, file=None, width=None) -> None:
         out(Text("Notes", style="bold"))
         for note in notes:
             out(Text(f"- {note}"))
+
+
+def process_label(p: dict) -> str:
+    """'pid 1234 worker' or 'pid 1234 (nginx)'."""
+    name = p.get("role") or os.path.basename((p.get("command") or ["?"])[0].split(" ")[0])
+    return f"pid {p.get('pid')} {name}"
+
+
+def _render_processes(out, processes: list) -> None:
+    """One row per process of the tree; with connections first. A single process needs no table."""
+    if len(processes) < 2:
+        return
+    holding = [p for p in processes if p.get("connections")]
+    table = _table(f"Processes ({len(processes)}; {len(holding)} with connections)", ("PID", "right"),
+                   ("Role", "left"), ("Conns", "right"), ("Per conn", "right"), ("Live", "right"),
+                   ("Largest cause", "left"))
+    for p in sorted(processes, key=lambda p: (-(p.get("connections") or 0), p.get("pid") or 0)):
+        per = p.get("per_connection") or {}
+        role = p.get("role") or os.path.basename((p.get("command") or ["?"])[0].split(" ")[0])
+        table.add_row(_cell(p.get("pid")), Text(role[:24], overflow="ellipsis", no_wrap=True),
+                      str(p.get("connections", 0)),
+                      human_bytes(per.get("bytes")) if p.get("connections") else "-",
+                      human_bytes(p.get("live_bytes", 0)), _top_cause(p.get("by_cause") or {}))
+    out(table)
+    for p in sorted(holding, key=lambda p: -p["connections"]):
+        per = p.get("per_connection") or {}
+        causes = sorted(((v, c) for c, v in (per.get("by_cause") or {}).items() if v), reverse=True)[:4]
+        if causes:
+            out(Text(f"  {process_label(p)}: " + ", ".join(f"{label(c)} {human_bytes(v)}" for v, c in causes)
+                     + " per connection", style="dim"))
+    out()
 
 
 def _render_copies(out, copies: list) -> None:
@@ -230,16 +273,19 @@ def _render_connections(out, connections: list) -> None:
         return
     ranked = sorted(connections, key=lambda c: -c["live_bytes"])[:TOP_CONNECTIONS]
     title = f"Top connections by own bytes ({len(ranked)} of {len(connections)})"
-    table = _table(title, ("Conn", "left"), ("Ctx", "left"), ("Peer", "left"), ("State", "left"),
-                   ("Age", "right"), ("Own", "right"), ("Largest cause", "left"))
+    tree = any("pid" in c for c in ranked)  # ids "PID:conn-N" are wide: the Ctx column goes (JSON has it)
+    columns = [("Conn", "left")] + ([] if tree else [("Ctx", "left")]) + [
+        ("Peer", "left"), ("State", "left"), ("Age", "right"), ("Own", "right"), ("Largest cause", "left")]
+    table = _table(title, *columns)
     for conn in ranked:
         name = str(conn["id"])
         if conn.get("since_attach") is False:
             name += "*"
         peer = conn.get("peer") or (f"fd {conn['fd']}" if conn.get("fd") is not None else "-")
-        table.add_row(_cell(name), _cell(conn.get("context")), _cell(peer), conn["state"],
-                      human_age(conn.get("age_s")), human_bytes(conn["live_bytes"]),
-                      _top_cause(conn["by_cause"]))
+        cells = [_cell(name)] + ([] if tree else [_cell(conn.get("context"))]) + [
+            _cell(peer), conn["state"], human_age(conn.get("age_s")), human_bytes(conn["live_bytes"]),
+            _top_cause(conn["by_cause"])]
+        table.add_row(*cells)
     out(table)
     if any(c.get("since_attach") is False for c in ranked):
         out(Text("* opened before attach: its earlier allocations are not counted", style="dim"))
@@ -303,6 +349,8 @@ def _render_findings(out, findings: list) -> None:
     for f in findings:
         head = Text(f"[{f['severity']}] ", style=_SEVERITY_STYLE.get(f["severity"], "bold"))
         head.append(f"{f['title']} ({f['id']})", style="bold")
+        if f.get("only_at") == "peak":
+            head.append(" · at the peak only", style="bold")
         out(head)
         extras = []
         if f.get("bytes_per_connection") is not None:

@@ -1,21 +1,26 @@
-"""`tlsprof attach PID [-o FILE] [--duration S] [--interval S] [--at peak|last] [--live] [--metrics A:P]`
+"""`tlsprof attach PID [-o FILE] [--duration S] [--interval S] [--at steady|peak|last] [--no-children]
+[--live] [--metrics A:P]`
 
-Loads the shim into a running process (tlsprof/inject.py: gdb, at a safe point), collects until the
-duration is over, Ctrl-C/SIGTERM, the live view's quit, or the target's exit, writes the report
-(`target.mode` = "attach") and detaches: every patched slot is restored and the target runs on.
+Loads the shim into a running process and each of its descendants that loads OpenSSL (nginx's
+master and its workers; `--no-children`: PID alone) (tlsprof/inject.py: gdb, at a safe point),
+collects until the duration is over, Ctrl-C/SIGTERM, the live view's quit, or the target's exit,
+writes the report (`target.mode` = "attach") and detaches each process: every patched slot is
+restored and the targets run on. Children forked while attached inherit the shim and are followed.
 Connections that predate the attach are listed as the shim sees them afterwards (`since_attach`);
 their earlier allocations are unknown and never presented as measured.
 """
+import os
 import signal
 import sys
 import time
 
 import psutil
 
-from tlsprof import client, inject
+from tlsprof import client, inject, process_tree
 from tlsprof.channel_paths import channel_dir_for, socket_path
-from tlsprof.errors import ChannelError, TlsprofError, UsageError
+from tlsprof.errors import AttachError, ChannelError, NoOpenSSL, NoSuchProcess, TlsprofError, UsageError
 from tlsprof.commands.run import emit_report
+from tlsprof.moments import DEFAULT_MOMENT, MOMENTS
 from tlsprof.session import Session
 from tlsprof.shim import shim_path
 
@@ -28,10 +33,13 @@ def prepare_parser(p):
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="collect for S seconds, then report and detach (default: until Ctrl-C)")
     p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between snapshots (default 1)")
-    p.add_argument("--at", choices=("peak", "last"), default="peak",
-                   help="which snapshot the report describes (default: peak, the most live OpenSSL bytes)")
+    p.add_argument("--at", choices=MOMENTS, default=DEFAULT_MOMENT,
+                   help="which moment the report describes: steady (default: the latest snapshot holding the "
+                        "most connections), peak (most live OpenSSL bytes) or last; all three are kept in -o FILE")
     p.add_argument("--format", choices=("text", "json"), default=None, help="format without -o (default text)")
     p.add_argument("--timeout", type=float, default=20.0, metavar="S", help="give up attaching after S seconds")
+    p.add_argument("--no-children", action="store_true",
+                   help="attach to PID alone, not to its child processes (default: the whole tree)")
     p.add_argument("--live", action="store_true", help="open the interactive live view (needs a terminal)")
     p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus/OpenMetrics gauges while attached")
 
@@ -56,14 +64,11 @@ def run(args) -> int:
     if args.metrics:  # a bad address is refused before anything touches the target
         from tlsprof.metrics import parse_address
         parse_address(args.metrics)
-    info = inject.preflight(args.pid)
-    for warning in info.warnings:
-        print(f"tlsprof: note: {warning}", file=sys.stderr)
-    channel_dir = channel_dir_for(info.uid)
-    started = time.monotonic()
-    inject.inject(args.pid, shim_path(), channel_dir, timeout=args.timeout)
-    print(f"tlsprof: attached to pid {args.pid} in {time.monotonic() - started:.1f}s", file=sys.stderr)
-    session = Session(channel_dir, args.pid, _command_of(args.pid), mode="attach", follow_children=False)
+    attached = _attach_tree(args)  # {pid: channel directory}
+    channel_dir = attached[args.pid]
+    session = Session(channel_dir, args.pid, _command_of(args.pid), mode="attach",
+                      follow_children=not args.no_children, tree_only=True)
+    session.channel_dirs = sorted(set(attached.values()), key=lambda d: d != channel_dir)
     target_died = False
     metrics = None
     profiles = None
@@ -86,8 +91,9 @@ def run(args) -> int:
             profiles.stop()
         if not _alive(args.pid):
             target_died = True
-        else:
-            _detach(args.pid, channel_dir)
+        for pid in sorted(set(attached) | set(session.sockets())):  # children forked meanwhile too
+            if _alive(pid):
+                _detach(pid, session.dir_of(pid) if pid in session.sockets() else attached.get(pid, channel_dir))
     notes = []
     if target_died:
         notes.append("the target exited while attached: this is the last snapshot taken before")
@@ -96,6 +102,76 @@ def run(args) -> int:
         raise ChannelError(f"pid {args.pid} gave no snapshot before the session ended")
     emit_report(report, args, stream=sys.stdout if args.format == "json" else sys.stderr)
     return 0
+
+
+def _attach_tree(args) -> dict:
+    """Inject into PID, then into each descendant that loads OpenSSL (unless --no-children).
+    PID's own failure ends the command; a child's is one line on stderr and the others go on."""
+    attached = {}
+    pids = [args.pid] if args.no_children else (process_tree.descendants(args.pid) or [args.pid])
+    for pid in pids:
+        try:
+            attached[pid] = _attach_one(pid, args.timeout)
+        except (NoOpenSSL, NoSuchProcess) as exc:
+            if pid == args.pid:
+                raise
+            print(f"tlsprof: note: child {pid} not attached: {exc}", file=sys.stderr)
+        except TlsprofError as exc:
+            if pid == args.pid:
+                for done, directory in attached.items():
+                    _detach(done, directory)
+                raise
+            print(f"tlsprof: note: child {pid} not attached: {exc}", file=sys.stderr)
+    return attached
+
+
+def _attach_one(pid, timeout) -> str:
+    """Inject the shim into one process; -> the channel directory it serves in."""
+    info = inject.preflight(pid)
+    tracker = _tracked_elsewhere(pid) if info.shim_mapped else None
+    if tracker is not None:
+        raise AttachError(_already_tracked(pid, tracker))
+    for warning in info.warnings:
+        print(f"tlsprof: note: {warning}", file=sys.stderr)
+    channel_dir = channel_dir_for(info.uid)
+    started = time.monotonic()
+    try:
+        inject.inject(pid, shim_path(), channel_dir, timeout=timeout)
+    except AttachError as exc:
+        if "already attached" in str(exc):  # the shim is there, started by someone else
+            raise AttachError(_already_tracked(pid, _tracked_elsewhere(pid) or "")) from None
+        raise
+    print(f"tlsprof: attached to pid {pid} in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    return channel_dir
+
+
+def _tracked_elsewhere(pid):
+    """The tlsprof session that already tracks `pid` ("pid N: tlsprof run …") when one of its
+    ancestors is a tlsprof (`run` preloads the shim, inherited by the whole tree); "" when its
+    environment names another session's channel that serves it but no such ancestor is found; None
+    when neither (nginx's workers drop the environment, hence the ancestors first)."""
+    try:
+        for parent in psutil.Process(pid).parents():
+            cmd = parent.cmdline()
+            if any(os.path.basename(part) == "tlsprof" for part in cmd[:3]):
+                return f"pid {parent.pid}: {' '.join(cmd)[:80]}"
+    except psutil.Error:
+        pass
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+    except OSError:
+        return None
+    directory = env.get(b"TLSPROF_DIR", b"").decode(errors="replace")
+    if directory and os.path.exists(os.path.join(directory, f"{pid}.sock")):
+        return ""
+    return None
+
+
+def _already_tracked(pid, tracker) -> str:
+    who = f" ({tracker})" if tracker else ""
+    return (f"pid {pid} is already profiled by another tlsprof session{who}; its report covers this "
+            f"process, so stop that session or read its report instead")
 
 
 def _alive(pid):

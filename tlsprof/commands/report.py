@@ -1,7 +1,9 @@
-"""`tlsprof report FILE [--format text|json|prometheus] [--html OUT.html]`: render a saved report."""
+"""`tlsprof report FILE [--at steady|peak|last] [--format text|json|prometheus] [--html OUT.html]`:
+render a saved report, at the moment it was saved with or at another one it keeps."""
 import sys
 
 from tlsprof.errors import UsageError
+from tlsprof.moments import MOMENTS, select
 from tlsprof.render import render_text
 from tlsprof.report_io import dumps, load_report
 
@@ -11,6 +13,9 @@ def prepare_parser(parser) -> None:
     parser.add_argument("--format", choices=("text", "json", "prometheus", "pprof"), default=None,
                         help="text for people (default), the validated JSON document indented, or the "
                              "Prometheus text exposition (for node_exporter's textfile collector)")
+    parser.add_argument("--at", choices=MOMENTS, default=None,
+                        help="re-render the report at another moment it keeps: steady, peak or last "
+                             "(default: the moment it was saved with)")
     parser.add_argument("--html", metavar="OUT.html",
                         help="write a self-contained HTML page with charts (nothing on stdout unless "
                              "--format is given too)")
@@ -21,6 +26,8 @@ def prepare_parser(parser) -> None:
 
 def run(args) -> int:
     report = load_report(args.file)
+    if args.at is not None:
+        report = select(report, args.at)
     if args.html:
         from tlsprof.html import write_html
         try:

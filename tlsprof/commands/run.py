@@ -1,10 +1,10 @@
-"""`tlsprof run [-o FILE] [--interval S] [--at peak|last] -- CMD [ARGS...]`
+"""`tlsprof run [-o FILE] [--interval S] [--at steady|peak|last] -- CMD [ARGS...]`
 
 Starts CMD with the shim preloaded; stdin/stdout/stderr pass through, the exit status is CMD's.
 Ctrl-C at a terminal reaches CMD directly (same process group); SIGTERM/SIGHUP/SIGQUIT sent to
 tlsprof, and SIGINT when not at a terminal, are forwarded to CMD. Processes CMD starts inherit the
-shim and are tracked with their own channel; the report follows the process of the tree that uses
-OpenSSL (CMD itself when it does) and lists the others under `processes`.
+shim and are tracked with their own channel; the report describes the whole tree: every process
+that loads OpenSSL has a `processes[]` entry and the headline is over all their connections.
 """
 import argparse
 import shutil
@@ -16,6 +16,7 @@ import time
 
 from tlsprof import launch, report_io
 from tlsprof.errors import UsageError
+from tlsprof.moments import DEFAULT_MOMENT, MOMENTS
 from tlsprof.render import render_text
 from tlsprof.session import Session
 
@@ -23,8 +24,9 @@ from tlsprof.session import Session
 def prepare_parser(p):
     p.add_argument("-o", "--output", metavar="FILE", help="write the JSON report here (default: text report on stderr)")
     p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between snapshots (default 1)")
-    p.add_argument("--at", choices=("peak", "last"), default="peak",
-                   help="which snapshot the report describes (default: peak, the most live OpenSSL bytes)")
+    p.add_argument("--at", choices=MOMENTS, default=DEFAULT_MOMENT,
+                   help="which moment the report describes: steady (default: the latest snapshot holding the "
+                        "most connections), peak (most live OpenSSL bytes) or last; all three are kept in -o FILE")
     p.add_argument("--format", choices=("text", "json"), default=None,
                    help="format of the report without -o (default text)")
     p.add_argument("--live", action="store_true", help="open the interactive live view (needs a terminal)")
@@ -34,6 +36,8 @@ def prepare_parser(p):
     p.add_argument("--tracemalloc", action="store_true",
                    help="Python targets: register OpenSSL blocks with tracemalloc (domain 0x7715) so "
                         "tracemalloc snapshots in the target show them (docs/python-linkage.md)")
+    p.add_argument("--user", metavar="USER",
+                   help="start CMD as USER (tlsprof runs as root; e.g. PostgreSQL refuses to run as root)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
 
@@ -70,14 +74,14 @@ def run(args) -> int:
             popen_kwargs = {"stdout": log, "stderr": log}
         try:
             proc = launch.spawn(cmd, channel_dir, tracemalloc=getattr(args, "tracemalloc", False),
-                                **popen_kwargs)
+                                user=getattr(args, "user", None), **popen_kwargs)
         except BaseException:
             if metrics is not None:
                 metrics.stop()
             if profiles is not None:
                 profiles.stop()
             raise
-        session.main_pid = session.focus_pid = proc.pid
+        session.main_pid = proc.pid
         if not live:
             announce_copies(session)
         try:

@@ -120,10 +120,12 @@ EXPORT int tlsprof_is_active(void) { return tlsprof_active; }
  * enter the launcher's private directory. It serves in its own user's private one instead, where
  * the launcher looks for processes of its tree (channel_paths.py); channel_start refuses it unless
  * it is a 0700 directory owned by us. */
+static char uid_dirs_base[64]; /* TLSPROF_UID_DIRS, read at start: nginx clears its workers' environ */
+
 static int own_uid_dir(char *out, size_t n)
 {
-    const char *base = getenv("TLSPROF_UID_DIRS");
-    if (!base || *base != '/' || snprintf(out, n, "%s/tlsprof-%u", base, (unsigned)geteuid()) >= (int)n)
+    const char *base = uid_dirs_base;
+    if (*base != '/' || snprintf(out, n, "%s/tlsprof-%u", base, (unsigned)geteuid()) >= (int)n)
         return -1;
     if (mkdir(out, 0700) != 0 && errno != EEXIST) return -1;
     return 0;
@@ -158,6 +160,8 @@ __attribute__((constructor)) static void preload_start(void)
     if (dir && *dir) {
         started_by_preload = 1;
         snprintf(preload_dir, sizeof preload_dir, "%s", dir);
+        const char *base = getenv("TLSPROF_UID_DIRS");
+        if (base) snprintf(uid_dirs_base, sizeof uid_dirs_base, "%s", base);
         if (tlsprof_start(dir) != -2) return;
         char own[96];
         if (own_uid_dir(own, sizeof own) == 0) tlsprof_start(own);

@@ -11,10 +11,9 @@ growth of the server's processes in the same run (`servers.hold_measured`).
 A third test checks where the connections are: in the process the report is about, or, for a tree,
 in the per-process sections, pid by pid as the kernel says.
 
-Known gaps are marked where they are: multi-process servers (nginx, Apache, PostgreSQL) need the
-process-tree report (issue 13 item 1; today the report is about one process); node links OpenSSL
-statically and its connections cannot be told apart (issue 15); stunnel installs its own OpenSSL
-allocator, so its bytes are undercounted (issue 13 item 2).
+Known gaps are marked where they are: node links OpenSSL statically and its connections cannot be
+told apart (issue 15); stunnel installs its own OpenSSL allocator, so its bytes are undercounted
+(issue 13 item 2).
 """
 import pytest
 
@@ -25,15 +24,11 @@ from servers.base import ServerUnavailable
 KiB = 1024
 TOLERANCE = 0.05
 
-TREE = "needs process-tree report (issue 13 item 1): today the report is about one process"
 # xfail marks by server: (reason, strict). Non-strict where other work will make the test pass.
 COUNT_GAPS = {
-    "nginx": (TREE, False),
-    "apache": (TREE, False),
-    "postgresql": (TREE, False),
     "node": ("issue 15: node's static OpenSSL is tracked process-wide; tlsprof reports 0 connections", True),
 }
-PROCESS_GAPS = {name: gap for name, gap in COUNT_GAPS.items() if gap[0] == TREE}
+PROCESS_GAPS = {}
 BYTES_GAPS = {
     **COUNT_GAPS,
     "stunnel": ("issue 13 item 2: stunnel sets its own OpenSSL allocator (CRYPTO_set_mem_functions); "

@@ -127,7 +127,14 @@ def _attach_tree(args) -> dict:
 
 def _attach_one(pid, timeout) -> str:
     """Inject the shim into one process; -> the channel directory it serves in."""
-    info = inject.preflight(pid)
+    try:
+        info = inject.preflight(pid)
+    except AttachError as exc:
+        if "already attached" in str(exc):  # its shim answers: say whose session it is, if one is
+            tracker = _tracked_elsewhere(pid)
+            if tracker is not None:
+                raise AttachError(_already_tracked(pid, tracker)) from None
+        raise
     tracker = _tracked_elsewhere(pid) if info.shim_mapped else None
     if tracker is not None:
         raise AttachError(_already_tracked(pid, tracker))

@@ -3,8 +3,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-DEB_PACKAGES = gcc make gdb openssl nginx-light zlib1g-dev perl tmux chromium \
-               python3-twisted python3-openssl nodejs
+DEB_PACKAGES = gcc make gdb openssl libssl-dev nginx-light zlib1g-dev perl tmux chromium \
+               python3-twisted python3-openssl nodejs libjemalloc2 libtcmalloc-minimal4
 
 .PHONY: demo test bench deps venv clean
 

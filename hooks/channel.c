@@ -159,6 +159,7 @@ static void put_header(struct buf *b)
                    (size_t)MAX_SITES * 16 /* the site index */;
     put(b, "stat tracker_bytes %zu\nstat blocks %zu\nstat slots_patched %d\nstat slots_foreign %d\n", table,
         blocks_count(), interpose_slots(), interpose_foreign());
+    put(b, "stat byte_measure %d\n", hooks_byte_measure());
 }
 
 static void snapshot(struct buf *b)
@@ -198,7 +199,7 @@ struct owner_sites {
 static void count_owner_block(const struct block *b, void *arg)
 {
     struct owner_sites *o = arg;
-    o->blocks[b->site]++;
+    o->blocks[block_site(b)]++;
 }
 
 static void owner_sites(struct buf *b, const char *arg)

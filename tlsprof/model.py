@@ -87,6 +87,18 @@ def _attach_summary(conns) -> dict:
     return summary
 
 
+# the shim's `stat byte_measure` codes (hooks/shim.h enum byte_measure); docs/report-format.md
+BYTE_MEASURES = ("glibc_footprint", "usable_size", "requested")
+
+
+def _tracker(stats) -> dict:
+    tracker = {k: stats[k] for k in ("tracker_bytes", "blocks", "slots_patched", "slots_foreign") if k in stats}
+    code = stats.get("byte_measure")
+    if code is not None:
+        tracker["byte_measure"] = BYTE_MEASURES[code] if 0 <= code < len(BYTE_MEASURES) else "unknown"
+    return tracker
+
+
 def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak", snapshots=1,
                  peak_live_bytes=None, history=None, notes=None, processes=None) -> dict:
     owners = snap.owners
@@ -230,8 +242,7 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
         "process": {"live_bytes": int(sum(process_cause.values())), "by_cause": _ordered(process_cause)},
         "peak": {"chosen": chosen, "snapshots": snapshots,
                  "live_bytes_at_peak": peak_live_bytes if peak_live_bytes is not None else snap.live_bytes},
-        "tracker": {k: snap.stats[k] for k in ("tracker_bytes", "blocks", "slots_patched", "slots_foreign")
-                    if k in snap.stats},
+        "tracker": _tracker(snap.stats),
         "history": list(history or []),
         "openssl_copies": copies,
         "notes": all_notes,

@@ -11,7 +11,8 @@
  * On SIGUSR1 it writes FILE (temp file + rename) with its counters; on SIGTERM/SIGINT it closes
  * every connection, writes FILE once more and exits 0.
  * `--allocator system` leaves OpenSSL's allocator alone: the counters the stats file then carries
- * are the process allocator's own (mallinfo2 for glibc, `stats.allocated` for a preloaded jemalloc). */
+ * are the process allocator's own (mallinfo2 for glibc, `stats.allocated` for a preloaded jemalloc,
+ * `generic.current_allocated_bytes` for tcmalloc). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -113,6 +114,11 @@ static void write_stats(const char *path)
         if (mallctl("stats.allocated", &allocated, &asz, NULL, 0) == 0)
             fprintf(f, "jemalloc_allocated %zu\n", allocated);
     }
+    /* tcmalloc (preloaded or linked) */
+    int (*tc_property)(const char *, size_t *) = dlsym(RTLD_DEFAULT, "MallocExtension_GetNumericProperty");
+    size_t tc_allocated = 0;
+    if (tc_property && tc_property("generic.current_allocated_bytes", &tc_allocated))
+        fprintf(f, "tcmalloc_allocated %zu\n", tc_allocated);
     fclose(f);
     rename(tmp, path);
 }

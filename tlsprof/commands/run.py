@@ -184,11 +184,14 @@ def announce_copies(session: Session, file=sys.stderr):
 FIRST_SNAPSHOT_WAIT = 2.0
 
 
-def _collect(proc: subprocess.Popen, session: Session, interval: float, stops: StopSignals) -> int:
+def _collect(proc: subprocess.Popen, session: Session, interval: float, stops: StopSignals = None) -> int:
     """Snapshot every `interval` s until the target exits. A stop signal sent to tlsprof is
     forwarded after one last snapshot, and no snapshot is taken after it: the target's own teardown
     (closing every connection) never becomes the report's `last` snapshot. A terminal's Ctrl-C has
     reached the target already: it only stops the snapshots."""
+    if stops is None:  # called on its own (the live view, once closed): hold the signals here
+        with StopSignals() as own:
+            return _collect(proc, session, interval, own)
     stopping = False
     next_at = time.monotonic()
     first = True

@@ -74,3 +74,43 @@ def test_own_allocator_blocks_are_counted_at_their_requested_size(tmp_path):
     assert per["requested_bytes"] == per["own_bytes"]
     assert report["totals"]["requested_bytes"] == report["totals"]["live_bytes"]
     assert abs(per["own_bytes"] - truth) <= 0.02 * truth, (per, truth)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/gdb"), reason="attach needs gdb")
+def test_attach_to_a_server_that_already_set_its_own_allocator(tmp_path):
+    """Attach comes long after CRYPTO_set_mem_functions: the measure is decided from what OpenSSL
+    reports (CRYPTO_get_mem_functions) at the first allocation the hooks see."""
+    import subprocess
+    import sys
+    from test_report_never_lost import StderrReader, wait_for
+    report_path = tmp_path / "attach.json"
+    server = start_own_alloc_server(allocator="own")
+    clients = tlsprof = None
+    try:
+        tlsprof = subprocess.Popen([sys.executable, "-m", "tlsprof", "attach", str(server.target_pid()),
+                                    "-o", str(report_path), "--interval", "0.3"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        err = StderrReader(tlsprof)
+        wait_for(lambda: "attached to pid" in err.text() or tlsprof.poll() is not None, 120, "the attach")
+        assert tlsprof.poll() is None, err.text(5)
+        before = server.counts()
+        clients = start_clients(server.port, CONNECTIONS, interval=60)
+        settle()
+        after = server.counts()
+        settle(1.0)
+        tlsprof.send_signal(signal.SIGTERM)
+        assert tlsprof.wait(60) == 0, err.text(5)
+        assert server.alive()
+    finally:
+        if tlsprof is not None and tlsprof.poll() is None:
+            tlsprof.kill()
+            tlsprof.wait()
+        if clients is not None:
+            clients.stop()
+        server.stop()
+    truth = (after["own_live_bytes"] - before["own_live_bytes"]) / CONNECTIONS
+    report = load_checked(report_path)
+    per = report["per_connection"]
+    assert per["connections"] == CONNECTIONS
+    assert report["tracker"]["byte_measure"] == "requested"
+    assert abs(per["own_bytes"] - truth) <= 0.25 * truth, (per, truth)

@@ -72,7 +72,9 @@ def served_connections(cert_dir, report_path, n=CONNECTIONS):
 
 
 def assert_peak_has_connections(report, n=CONNECTIONS):
-    assert report["per_connection"]["connections"] == n, report["notes"]
+    # the peak is the snapshot with the most live bytes: one taken while the last client was still
+    # in its handshake (handshake state is large) can outweigh the steady state by a connection
+    assert n - max(1, n // 50) <= report["per_connection"]["connections"] <= n, report["notes"]
     assert report["peak"]["chosen"] == "peak"
 
 
@@ -166,7 +168,8 @@ def test_group_kill_then_a_second_signal_during_the_writing(cert_dir, tmp_path):
     finally:
         clients.stop()
         server.stop()
-    assert rc in (0, 128 + signal.SIGTERM), server.describe()
+    # the target's status: forwarded SIGINTs may end it while it handles the SIGTERM
+    assert rc in (0, 128 + signal.SIGTERM, 128 + signal.SIGINT), server.describe()
     assert_peak_has_connections(load_checked(report_path))
     assert no_temp_files_left(tmp_path)
 
@@ -233,7 +236,7 @@ class StderrReader:
 
 
 @needs_gdb
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT],
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT],
                          ids=lambda s: signal.Signals(s).name)
 def test_signal_while_attached_detaches_and_reports(cert_dir, tmp_path, signum):
     """A stop signal while attached ends the session: report written, target detached, unharmed.
@@ -270,3 +273,37 @@ def test_signal_while_attached_detaches_and_reports(cert_dir, tmp_path, signum):
         if clients is not None:
             clients.stop()
         server.stop()
+
+
+STUBBORN_TARGET = """
+import signal, ssl, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a target that will not stop on SIGTERM
+ctxs = [ssl.create_default_context() for _ in range(2)]
+open(sys.argv[1], "w").write("ready")
+time.sleep(120)
+"""
+
+
+def test_supervisor_escalates_to_sigkill(tmp_path):
+    """A stubborn target ignores SIGTERM; the supervisor then SIGKILLs the whole group (systemd
+    after TimeoutStopSec). tlsprof wrote the report when it was signalled, before waiting."""
+    report_path, ready = tmp_path / "r.json", tmp_path / "ready"
+    p = subprocess.Popen([*run_wrapper(report_path), sys.executable, "-c", STUBBORN_TARGET, str(ready)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(ready.exists, 60, "the target's contexts")
+        time.sleep(0.8)  # a snapshot or two
+        os.killpg(p.pid, signal.SIGTERM)
+        wait_for(report_path.exists, 30, "the report written on the signal")
+        time.sleep(0.3)  # the target is still running, tlsprof still waits for it
+        assert p.poll() is None
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(EXIT_WAIT)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    report = load_checked(report_path)
+    assert report["partial"] is True
+    assert report["totals"]["by_cause"].get("ca_store", 0) > 1_000_000  # two system CA stores
+    assert any("before the target exited" in n for n in report["notes"]), report["notes"]

@@ -93,7 +93,8 @@ def _run(args, cmd, stops: StopSignals) -> int:
                 from tlsprof.live import run_live
                 returncode = run_live(session, proc, args)
             else:
-                returncode = _collect(proc, session, args.interval, stops)
+                returncode = _collect(proc, session, args.interval, stops,
+                                      on_stop=lambda: _write_early(session, args, cmd, proc, stops))
         finally:
             if metrics is not None:
                 metrics.stop()
@@ -118,6 +119,25 @@ def _run(args, cmd, stops: StopSignals) -> int:
         if log is not None:
             log.close()
             tell(f"tlsprof: the target's output is in {log.name}")
+
+
+def _write_early(session: Session, args, cmd, proc, stops: StopSignals):
+    """With -o: write the report as soon as tlsprof is told to stop, before waiting for the target.
+    No snapshot is taken after the signal, so this is already the final content; the report is
+    rewritten (atomically) when the target exits. A supervisor that escalates to SIGKILL (systemd
+    after TimeoutStopSec, a target that ignores SIGTERM) then still finds a report."""
+    if not args.output or proc.poll() is not None:
+        return
+    names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.received))
+    note = (f"written when tlsprof was signalled ({names}), before the target exited; tlsprof "
+            f"did not live to rewrite it after the target's exit")
+    try:
+        report = session.report(at=args.at, partial=True, notes=[note])
+        if report is None:
+            report = empty_report(proc.pid, cmd, "run", [note, "no snapshot was taken before the signal"])
+        report_io.save_report(report, args.output)
+    except TlsprofError:
+        pass  # the final write says what is wrong with the file
 
 
 def _describe_status(returncode: int) -> str:
@@ -184,14 +204,16 @@ def announce_copies(session: Session, file=sys.stderr):
 FIRST_SNAPSHOT_WAIT = 2.0
 
 
-def _collect(proc: subprocess.Popen, session: Session, interval: float, stops: StopSignals = None) -> int:
+def _collect(proc: subprocess.Popen, session: Session, interval: float, stops: StopSignals = None,
+             on_stop=None) -> int:
     """Snapshot every `interval` s until the target exits. A stop signal sent to tlsprof is
     forwarded after one last snapshot, and no snapshot is taken after it: the target's own teardown
     (closing every connection) never becomes the report's `last` snapshot. A terminal's Ctrl-C has
-    reached the target already: it only stops the snapshots."""
+    reached the target already: it only stops the snapshots. `on_stop()` runs once, after the last
+    snapshot and the forwarded signal."""
     if stops is None:  # called on its own (the live view, once closed): hold the signals here
         with StopSignals() as own:
-            return _collect(proc, session, interval, own)
+            return _collect(proc, session, interval, own, on_stop)
     stopping = False
     next_at = time.monotonic()
     first = True
@@ -201,7 +223,8 @@ def _collect(proc: subprocess.Popen, session: Session, interval: float, stops: S
         except subprocess.TimeoutExpired:
             pass
         if stops.pending:
-            if not stopping:
+            first_stop = not stopping
+            if first_stop:
                 _last_look(proc, session)
                 stopping = True
             for signum in stops.take():
@@ -209,6 +232,8 @@ def _collect(proc: subprocess.Popen, session: Session, interval: float, stops: S
                     proc.send_signal(signum)
                 except ProcessLookupError:
                     pass
+            if first_stop and on_stop is not None:
+                on_stop()
             continue
         if stops.from_terminal:
             stopping = True

@@ -220,7 +220,10 @@ static inline uint16_t size_encode(size_t n)
     if (n < 0x8000) return (uint16_t)n;
     unsigned shift = (unsigned)(64 - __builtin_clzll(n)) - 11;
     size_t m = (n + ((size_t)1 << shift) - 1) >> shift;
-    if (m > 0x7ff) m = (n + ((size_t)1 << ++shift) - 1) >> shift;
+    if (m > 0x7ff) { /* rounding up carried into a 12th bit */
+        shift++;
+        m = (n + ((size_t)1 << shift) - 1) >> shift;
+    }
     if (shift > 20) return 0xffff;
     return (uint16_t)(0x8000 | ((shift - 5) << 11) | m);
 }

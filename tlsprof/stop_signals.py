@@ -28,6 +28,7 @@ class StopSignals:
         self.hold_to_exit = hold_to_exit
         self.received = []
         self.pending = []
+        self.taken = []  # what the command acted on (a signal after the target's exit is not)
         self.from_terminal = []
         self._previous = {}
 
@@ -40,6 +41,7 @@ class StopSignals:
 
     def take(self):
         out, self.pending[:] = list(self.pending), []
+        self.taken.extend(out)
         return out
 
     @property

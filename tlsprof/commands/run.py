@@ -2,9 +2,10 @@
 
 Starts CMD with the shim preloaded; stdin/stdout/stderr pass through, the exit status is CMD's.
 Ctrl-C at a terminal reaches CMD directly (same process group); SIGTERM/SIGHUP/SIGQUIT sent to
-tlsprof, and SIGINT when not at a terminal, are forwarded to CMD. From start until the report is
-written these signals never kill tlsprof (tlsprof/stop_signals.py): the report is always written,
-also when the signal comes after CMD exited, with it, or while the report is being written. Processes CMD starts inherit the
+tlsprof, and SIGINT when not at a terminal, are forwarded to CMD. These signals never kill tlsprof
+(tlsprof/stop_signals.py): the report is always written, also when the signal comes before the
+first snapshot, after CMD exited, with it, or while the report is being written; with -o it is
+written at the first such signal already, and again when CMD exits. Processes CMD starts inherit the
 shim and are tracked with their own channel; the report follows the process of the tree that uses
 OpenSSL (CMD itself when it does) and lists the others under `processes`.
 """
@@ -102,9 +103,9 @@ def _run(args, cmd, stops: StopSignals) -> int:
         notes = []
         if partial:
             notes.append("the target was killed with SIGKILL: this is the last snapshot taken before")
-        if stops.received:
-            names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.received))
-            notes.append(f"tlsprof was signalled ({names}); the target then exited "
+        if stops.taken:
+            names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.taken))
+            notes.append(f"tlsprof passed {names} on to the target, which then exited "
                          f"({_describe_status(returncode)}); no snapshot was taken after the signal")
         report = session.report(at=args.at, partial=partial, notes=notes)
         if report is None:

@@ -307,3 +307,31 @@ def test_supervisor_escalates_to_sigkill(tmp_path):
     assert report["partial"] is True
     assert report["totals"]["by_cause"].get("ca_store", 0) > 1_000_000  # two system CA stores
     assert any("before the target exited" in n for n in report["notes"]), report["notes"]
+
+
+@needs_gdb
+def test_signal_during_the_injection(cert_dir, tmp_path):
+    """SIGTERM while gdb is still loading the shim: the injection completes, the session ends at
+    once (one snapshot), the target is detached and serves on, the report is written."""
+    report_path = tmp_path / "r.json"
+    server = start_echo_server("--threaded", certdir=cert_dir)
+    p = None
+    try:
+        p = attach(server.target_pid(), report_path)
+        err = StderrReader(p)
+        wait_for(lambda: any("gdb" in c.name() for c in psutil.Process(p.pid).children()) or p.poll() is not None,
+                 60, "tlsprof to start gdb")
+        p.send_signal(signal.SIGTERM)
+        p.wait(120)
+        assert p.returncode == 0, err.text(10)
+        assert "detached from pid" in err.text(10), err.text()
+        assert server.alive()
+        tls_connect(server.port).close()
+        report = load_checked(report_path)
+        assert report["target"]["mode"] == "attach"
+        assert any("SIGTERM" in n for n in report["notes"]), report["notes"]
+    finally:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+        server.stop()

@@ -270,7 +270,9 @@ void *tracked_libc_malloc(size_t n, const char *file, int line);
 
 /* After a block came back from libcrypto: OpenSSL refuses new memory functions after its first
  * allocation, so the answer seen once a default allocation returned stays true; a custom one seen
- * here made this very block. Called once per process (and again after CRYPTO_set_mem_functions). */
+ * here made this very block. Called on the first allocation after each tlsprof_start (hooks_reset
+ * forgets the answer), so an attach long after the target set its allocator decides right too.
+ * No hook on CRYPTO_set_mem_functions is needed: it only succeeds before that first allocation. */
 static int decide_crypto_measure(void)
 {
     void (*get)(void **, void **, void **) = __atomic_load_n(&real_CRYPTO_get_mem_functions, __ATOMIC_ACQUIRE);

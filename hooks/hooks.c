@@ -330,7 +330,8 @@ static void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measu
         size_t over = usable >= n ? usable - n : 0;
         slack = (uint16_t)(over > 0xffff ? 0xffff : over);
     }
-    struct block stale, mine = {(uintptr_t)p, owner, (uint16_t)((site & BLOCK_SITE_MASK) | (measure << BLOCK_MEASURE_SHIFT)), slack};
+    uint16_t site_and_measure = (uint16_t)((site & BLOCK_SITE_MASK) | (measure << BLOCK_MEASURE_SHIFT));
+    struct block stale, mine = {(uintptr_t)p, owner, site_and_measure, slack};
     int64_t bytes, req;
     block_sizes(&mine, p, usable, &bytes, &req);
     int r = blocks_insert((uintptr_t)p, owner, mine.site, slack, &stale);

@@ -9,7 +9,8 @@ OpenSSL asked it for. That count is the independent ground truth for tlsprof's b
     server.stop()                              # SIGTERM by pid (SIGKILL after a grace period)
 
 `allocator="system"` leaves OpenSSL's allocator alone; counts() then carries the process allocator's
-own figures (`mallinfo_uordblks` for glibc, `jemalloc_allocated` under a preloaded jemalloc, `tcmalloc_allocated` under tcmalloc).
+own figures (`mallinfo_uordblks` for glibc, `jemalloc_allocated` under a preloaded jemalloc,
+`tcmalloc_allocated` under tcmalloc).
 The binary is compiled once per source version with the system cc and OpenSSL (libssl-dev).
 """
 import hashlib

@@ -3,9 +3,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-DEB_PACKAGES = gcc make gdb openssl nginx-light zlib1g-dev perl tmux chromium \
-               python3-twisted python3-openssl nodejs \
-               apache2 haproxy postgresql postgresql-15 stunnel4 mosquitto util-linux libssl-dev \
+DEB_PACKAGES = gcc make gdb openssl libssl-dev nginx-light zlib1g-dev perl tmux chromium \
+               python3-twisted python3-openssl nodejs libjemalloc2 libtcmalloc-minimal4 \
+               apache2 haproxy postgresql postgresql-15 stunnel4 mosquitto util-linux \
                python3-requests
 
 # golang-go: `go tool pprof` reads the pprof exports back (tests/test_pprof.py)

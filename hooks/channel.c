@@ -166,6 +166,7 @@ static void put_header(struct buf *b)
                    (size_t)MAX_SITES * 16 /* the site index */;
     put(b, "stat tracker_bytes %zu\nstat blocks %zu\nstat slots_patched %d\nstat slots_foreign %d\n", table,
         blocks_count(), interpose_slots(), interpose_foreign());
+    put(b, "stat byte_measure %d\n", hooks_byte_measure());
     /* glibc's own view of its heap, so the front end can explain RSS: what is in use (arenas and
      * mmapped chunks, tlsprof's table included) and what sits free inside the arenas */
     struct mallinfo2 mi = mallinfo2();
@@ -210,7 +211,7 @@ struct owner_sites {
 static void count_owner_block(const struct block *b, void *arg)
 {
     struct owner_sites *o = arg;
-    o->blocks[b->site]++;
+    o->blocks[block_site(b)]++;
 }
 
 static void owner_sites(struct buf *b, const char *arg)

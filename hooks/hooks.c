@@ -193,6 +193,7 @@ void stripes_after_fork_child(void)
 
 static inline void count(uint32_t owner, uint16_t site, int64_t bytes, int64_t req, int64_t blocks)
 {
+    site &= BLOCK_SITE_MASK; /* a block's site id carries its measure in the top bits */
     struct owner *o = owner_at(owner);
     struct site *s = site_at(site);
     struct cause_counters *c = &o->c[s->cause];
@@ -214,41 +215,176 @@ static inline void count(uint32_t owner, uint16_t site, int64_t bytes, int64_t r
     }
 }
 
-static void untrack(const struct block *b, size_t usable);
+/* ---- byte measures ----
+ * What a block costs depends on who handed it out, and asking the wrong allocator about a pointer
+ * reads memory outside the block:
+ * - glibc's malloc: malloc_usable_size + its 8-byte chunk header (MEASURE_GLIBC, the footprint);
+ * - another malloc for the whole process (jemalloc, tcmalloc preloaded or linked) that exports its
+ *   own malloc_usable_size: the size class it rounded up to, headers are kept out of line
+ *   (MEASURE_USABLE);
+ * - an allocator the target gave OpenSSL (CRYPTO_set_mem_functions; its blocks are not malloc's
+ *   chunk starts), or a malloc without a usable-size call: only the requested size is known
+ *   (MEASURE_REQUESTED). It is kept in the block's 16-bit slack field (size_encode).
+ * Each block records the measure it was counted with (in the top bits of its site id), so its free
+ * subtracts exactly what its allocation added whatever was decided in between. */
+static int malloc_measure;         /* the process's malloc, decided when tlsprof starts */
+static int crypto_measure = -1;    /* blocks from the dynamic libcrypto; -1 = decide at the next one */
+static size_t (*usable_size_of)(void *); /* MEASURE_USABLE: the allocator's own malloc_usable_size */
+static void (*real_CRYPTO_get_mem_functions)(void **, void **, void **);
 
-static void track_as(void *p, size_t n, uint32_t owner, uint16_t site)
+int hooks_byte_measure(void)
 {
-    if (cause_is_process_wide(site_at(site)->cause)) owner = 0;
-    size_t usable = malloc_usable_size(p);
-    size_t slack = usable >= n ? usable - n : 0;
-    if (slack > 0xffff) slack = 0xffff;
-    struct block stale;
-    int r = blocks_insert((uintptr_t)p, owner, site, (uint16_t)slack, &stale);
-    /* a stale entry: that block was freed behind our back (by a caller that bypassed the hooks) */
-    if (r == 1) untrack(&stale, usable);
+    int m = __atomic_load_n(&crypto_measure, __ATOMIC_RELAXED);
+    return m < 0 ? malloc_measure : (m > malloc_measure ? m : malloc_measure);
+}
+
+/* Requested sizes in 16 bits: exact below 32 KiB (nearly every OpenSSL block), above that 11
+ * significant bits and an exponent, rounded up (at most 0.1 % high, up to 2 GiB). */
+static inline uint16_t size_encode(size_t n)
+{
+    if (n < 0x8000) return (uint16_t)n;
+    unsigned shift = (unsigned)(64 - __builtin_clzll(n)) - 11;
+    size_t m = (n + ((size_t)1 << shift) - 1) >> shift;
+    if (m > 0x7ff) { /* rounding up carried into a 12th bit */
+        shift++;
+        m = (n + ((size_t)1 << shift) - 1) >> shift;
+    }
+    if (shift > 20) return 0xffff;
+    return (uint16_t)(0x8000 | ((shift - 5) << 11) | m);
+}
+
+static inline size_t size_decode(uint16_t v)
+{
+    return v < 0x8000 ? v : (size_t)(v & 0x7ff) << (((v >> 11) & 0xf) + 5);
+}
+
+static inline size_t usable_size(void *p, int measure)
+{
+    return measure == MEASURE_GLIBC ? malloc_usable_size(p) : usable_size_of(p);
+}
+
+/* The object that defines a symbol, as the dynamic linker resolves it for everyone. */
+static const void *definer_of(void *sym)
+{
+    Dl_info info;
+    return sym && dladdr(sym, &info) ? info.dli_fbase : NULL;
+}
+
+static void decide_malloc_measure(void)
+{
+    void *libc = dlopen("libc.so.6", RTLD_NOLOAD | RTLD_LAZY);
+    void *libc_malloc = libc ? dlsym(libc, "malloc") : NULL;
+    void *process_malloc = dlsym(RTLD_DEFAULT, "malloc");
+    if (libc) dlclose(libc);
+    if (!process_malloc || process_malloc == libc_malloc) {
+        malloc_measure = MEASURE_GLIBC;
+        return;
+    }
+    /* trust a usable-size call only from the object whose malloc the process uses */
+    void *usable = dlsym(RTLD_DEFAULT, "malloc_usable_size");
+    if (usable && definer_of(usable) == definer_of(process_malloc)) {
+        usable_size_of = (size_t(*)(void *))usable;
+        malloc_measure = MEASURE_USABLE;
+    } else {
+        malloc_measure = MEASURE_REQUESTED;
+    }
+}
+
+static void *hook_CRYPTO_malloc(size_t n, const char *file, int line);
+void *tracked_libc_malloc(size_t n, const char *file, int line);
+
+/* After a block came back from libcrypto: OpenSSL refuses new memory functions after its first
+ * allocation, so the answer seen once a default allocation returned stays true; a custom one seen
+ * here made this very block. Called on the first allocation after each tlsprof_start (hooks_reset
+ * forgets the answer), so an attach long after the target set its allocator decides right too.
+ * No hook on CRYPTO_set_mem_functions is needed: it only succeeds before that first allocation. */
+static int decide_crypto_measure(void)
+{
+    void (*get)(void **, void **, void **) = __atomic_load_n(&real_CRYPTO_get_mem_functions, __ATOMIC_ACQUIRE);
+    if (!get) {
+        get = (void (*)(void **, void **, void **))interpose_lookup("CRYPTO_get_mem_functions");
+        __atomic_store_n(&real_CRYPTO_get_mem_functions, get, __ATOMIC_RELEASE);
+    }
+    int m = malloc_measure;
+    if (get) {
+        void *mf = NULL, *rf = NULL, *ff = NULL;
+        get(&mf, &rf, &ff);
+        if (mf && mf != (void *)real_CRYPTO_malloc && mf != (void *)hook_CRYPTO_malloc &&
+            mf != (void *)tracked_libc_malloc)
+            m = MEASURE_REQUESTED;
+    }
+    __atomic_store_n(&crypto_measure, m, __ATOMIC_RELAXED);
+    return m;
+}
+
+static inline int libcrypto_measure(void)
+{
+    int m = __atomic_load_n(&crypto_measure, __ATOMIC_RELAXED);
+    return LIKELY(m >= 0) ? m : decide_crypto_measure();
+}
+
+/* What the block costs (bytes) and what was asked for (req), by the measure it was counted with.
+ * `usable` is the allocator's answer for p when the caller already has it, else 0. */
+static inline void block_sizes(const struct block *b, void *p, size_t usable, int64_t *bytes, int64_t *req)
+{
+    int measure = b->site >> BLOCK_MEASURE_SHIFT;
+    if (measure == MEASURE_REQUESTED) {
+        *bytes = *req = (int64_t)size_decode(b->slack);
+        return;
+    }
+    if (!usable) usable = usable_size(p, measure);
+    *bytes = (int64_t)(usable + (measure == MEASURE_GLIBC ? GLIBC_HEADER : 0));
+    *req = (int64_t)(usable - b->slack);
+}
+
+static void untrack(const struct block *b, void *p, size_t usable)
+{
+    int64_t bytes, req;
+    block_sizes(b, p, usable, &bytes, &req);
+    count(b->owner, b->site, -bytes, -req, -1);
+}
+
+static void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
+{
+    if (cause_is_process_wide(site_at(site & BLOCK_SITE_MASK)->cause)) owner = 0;
+    size_t usable = 0;
+    uint16_t slack;
+    if (measure == MEASURE_REQUESTED) {
+        slack = size_encode(n);
+    } else {
+        usable = usable_size(p, measure);
+        size_t over = usable >= n ? usable - n : 0;
+        slack = (uint16_t)(over > 0xffff ? 0xffff : over);
+    }
+    uint16_t site_and_measure = (uint16_t)((site & BLOCK_SITE_MASK) | (measure << BLOCK_MEASURE_SHIFT));
+    struct block stale, mine = {(uintptr_t)p, owner, site_and_measure, slack};
+    int64_t bytes, req;
+    block_sizes(&mine, p, usable, &bytes, &req);
+    int r = blocks_insert((uintptr_t)p, owner, mine.site, slack, &stale);
+    /* a stale entry: that block was freed behind our back (by a caller that bypassed the hooks); its
+     * memory is gone, so a usable size is only known when it was counted like this one */
+    if (r == 1) {
+        size_t guess = (stale.site >> BLOCK_MEASURE_SHIFT) == measure && usable ? usable : n + stale.slack;
+        untrack(&stale, p, guess ? guess : 1);
+    }
     if (r < 0) {
-        __atomic_add_fetch(&untracked_bytes, (int64_t)(usable + GLIBC_HEADER), __ATOMIC_RELAXED);
+        __atomic_add_fetch(&untracked_bytes, bytes, __ATOMIC_RELAXED);
         __atomic_add_fetch(&untracked_blocks, 1, __ATOMIC_RELAXED);
         return;
     }
-    count(owner, site, (int64_t)(usable + GLIBC_HEADER), (int64_t)(usable - slack), 1);
+    count(owner, mine.site, bytes, req, 1);
 }
 
 static inline void track(void *p, size_t n, const char *file, int line)
 {
     struct scope s = current();
-    track_as(p, n, s.owner, site_intern(file, line, s.kind));
+    track_as(p, n, s.owner, site_intern(file, line, s.kind), libcrypto_measure());
 }
 
 static inline void track_static(void *p, size_t n, const char *file, int line)
 {
     struct scope s = current();
-    track_as(p, n, s.owner, site_intern(file, line, s.kind == SC_NONE ? SC_STATIC : s.kind));
-}
-
-static void untrack(const struct block *b, size_t usable)
-{
-    count(b->owner, b->site, -(int64_t)(usable + GLIBC_HEADER), -(int64_t)(usable - b->slack), -1);
+    track_as(p, n, s.owner, site_intern(file, line, s.kind == SC_NONE ? SC_STATIC : s.kind), malloc_measure);
 }
 
 /* Before the block goes back to the allocator (another thread may get the address at once). */
@@ -256,7 +392,7 @@ static inline void forget(void *p)
 {
     struct block b;
     if (!blocks_remove((uintptr_t)p, &b)) return;
-    untrack(&b, malloc_usable_size(p));
+    untrack(&b, p, 0);
     if (b.key & BLOCK_F_OBJECT) {
         /* the SSL/SSL_CTX struct itself: the object is really gone (refcounts reached zero) */
         struct owner *o = owner_at(b.owner);
@@ -322,11 +458,11 @@ static void *realloc_common(void *old, size_t n, const char *file, int line, enu
 {
     struct block b;
     int had = 0;
-    size_t old_usable = 0;
+    int64_t old_bytes = 0, old_req = 0;
     if (old && blocks_remove((uintptr_t)old, &b)) {
         had = 1;
-        old_usable = malloc_usable_size(old);
-        untrack(&b, old_usable);
+        block_sizes(&b, old, 0, &old_bytes, &old_req);
+        count(b.owner, b.site, -old_bytes, -old_req, -1);
     }
     void *p = via == VIA_LIBC                 ? realloc(old, n)
               : via == VIA_CRYPTO_CLEAR_REALLOC ? real_CRYPTO_clear_realloc(old, old_num, n, file, line)
@@ -335,15 +471,16 @@ static void *realloc_common(void *old, size_t n, const char *file, int line, enu
         if (had && n) { /* failed: the old block is still there */
             struct block stale;
             if (blocks_insert((uintptr_t)old, b.owner, b.site, b.slack, &stale) >= 0)
-                count(b.owner, b.site, (int64_t)(old_usable + GLIBC_HEADER), (int64_t)(old_usable - b.slack), 1);
+                count(b.owner, b.site, old_bytes, old_req, 1);
             else {
-                __atomic_add_fetch(&untracked_bytes, (int64_t)(old_usable + GLIBC_HEADER), __ATOMIC_RELAXED);
+                __atomic_add_fetch(&untracked_bytes, old_bytes, __ATOMIC_RELAXED);
                 __atomic_add_fetch(&untracked_blocks, 1, __ATOMIC_RELAXED);
             }
         }
         return p;
     }
-    if (had) track_as(p, n, b.owner, b.site);
+    int measure = via == VIA_LIBC ? malloc_measure : libcrypto_measure();
+    if (had) track_as(p, n, b.owner, b.site, measure);
     else if (via == VIA_LIBC) track_static(p, n, file, line);
     else track(p, n, file, line);
     return p;
@@ -763,6 +900,8 @@ void hooks_resolve_helpers(void)
 
 void hooks_reset(void)
 {
+    decide_malloc_measure();
+    __atomic_store_n(&crypto_measure, -1, __ATOMIC_RELAXED);
     __atomic_store_n(&untracked_bytes, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&untracked_blocks, 0, __ATOMIC_RELAXED);
 }

@@ -93,9 +93,15 @@ struct block {
     uintptr_t key;      /* pointer | BLOCK_F_OBJECT */
     uint32_t owner;
     uint16_t site;
-    uint16_t slack;     /* usable - requested (always < 64 KiB on glibc) */
+    uint16_t slack;     /* usable - requested (< 64 KiB on glibc); MEASURE_REQUESTED: the requested
+                           size itself, encoded (hooks.c size_encode) */
 };
 #define BLOCK_F_OBJECT ((uintptr_t)1) /* the block is the SSL/SSL_CTX struct itself */
+/* Site ids fit in 14 bits (MAX_SITES): a block's top two site bits say how it was measured. */
+enum byte_measure { MEASURE_GLIBC = 0, MEASURE_USABLE = 1, MEASURE_REQUESTED = 2 };
+#define BLOCK_MEASURE_SHIFT 14
+#define BLOCK_SITE_MASK ((uint16_t)((1u << BLOCK_MEASURE_SHIFT) - 1))
+static inline uint16_t block_site(const struct block *b) { return b->site & BLOCK_SITE_MASK; }
 int blocks_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, struct block *replaced);
 int blocks_remove(uintptr_t ptr, struct block *out);
 int blocks_mark_object(uintptr_t ptr);
@@ -117,7 +123,7 @@ struct site {
     volatile uint8_t used;
     const char *library; /* basename of the object holding `file`: which OpenSSL copy */
 };
-#define MAX_SITES 16384
+#define MAX_SITES 16384 /* ids must stay below 1 << BLOCK_MEASURE_SHIFT */
 uint16_t site_intern(const char *file, int line, uint8_t scope);
 extern struct site site_table[MAX_SITES];
 static inline struct site *site_at(uint16_t id) { return &site_table[id]; }
@@ -162,6 +168,7 @@ void interpose_reinit_lock(void);
 extern volatile int tlsprof_active;
 extern int64_t untracked_bytes, untracked_blocks; /* atomics: table could not grow */
 void hooks_reset(void);
+int hooks_byte_measure(void); /* enum byte_measure of the process's OpenSSL blocks */
 void hooks_resolve_helpers(void);
 
 /* ---- static_copies.c: OpenSSL linked into another object (node, cryptography's _rust.abi3.so) ---- */

@@ -995,16 +995,17 @@ def run_live(session, target, args, *, is_alive=None, mode=None):
 
     app = LiveApp(session, tgt, args, mode=mode)
     previous = {}
-    if tgt.owned:
-        def forward(signum, frame):
+
+    def forward(signum, frame):
+        if tgt.owned:
             try:
                 tgt.proc.send_signal(signum)
             except ProcessLookupError:
                 pass
-            if signum == signal.SIGHUP:
-                app.exit("hangup")
-        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-            previous[s] = signal.signal(s, forward)
+        if signum == signal.SIGHUP or not tgt.owned:  # attached: a stop signal ends the session
+            app.exit("hangup" if signum == signal.SIGHUP else "signal")
+    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        previous[s] = signal.signal(s, forward)
     try:
         app.run()
     finally:

@@ -88,6 +88,26 @@ def _attach_summary(conns) -> dict:
     return summary
 
 
+# the shim's `stat byte_measure` codes (hooks/shim.h enum byte_measure); docs/report-format.md
+BYTE_MEASURES = ("glibc_footprint", "usable_size", "requested")
+
+
+BYTE_MEASURE_NOTES = {
+    "usable_size": "bytes are the size classes of the process's own allocator (not glibc's malloc): no "
+                   "per-block header is added (tracker.byte_measure)",
+    "requested": "bytes are the sizes OpenSSL requested: the target gave OpenSSL its own allocator (or its "
+                 "malloc has no usable-size call), whose per-block overhead is not known (tracker.byte_measure)",
+}
+
+
+def _tracker(stats) -> dict:
+    tracker = {k: stats[k] for k in ("tracker_bytes", "blocks", "slots_patched", "slots_foreign") if k in stats}
+    code = stats.get("byte_measure")
+    if code is not None:
+        tracker["byte_measure"] = BYTE_MEASURES[code] if 0 <= code < len(BYTE_MEASURES) else "unknown"
+    return tracker
+
+
 def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak", snapshots=1,
                  peak_live_bytes=None, history=None, notes=None, processes=None) -> dict:
     owners = snap.owners
@@ -200,6 +220,9 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
     if dead_conns:
         all_notes.append(f"{len(dead_conns)} freed connections still own "
                          f"{sum(o.live_bytes for o in dead_conns)} bytes (counted under `process`)")
+    measure_note = BYTE_MEASURE_NOTES.get(_tracker(snap.stats).get("byte_measure"))
+    if measure_note:
+        all_notes.append(measure_note)
     if any(o.pre_attach for o in owners if o.kind != "process"):
         all_notes.append("objects marked predates_attach existed before tlsprof attached: their bytes are "
                          "only those allocated since attach")
@@ -231,8 +254,7 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
         "process": {"live_bytes": int(sum(process_cause.values())), "by_cause": _ordered(process_cause)},
         "peak": {"chosen": chosen, "snapshots": snapshots,
                  "live_bytes_at_peak": peak_live_bytes if peak_live_bytes is not None else snap.live_bytes},
-        "tracker": {k: snap.stats[k] for k in ("tracker_bytes", "blocks", "slots_patched", "slots_foreign")
-                    if k in snap.stats},
+        "tracker": _tracker(snap.stats),
         "history": list(history or []),
         "openssl_copies": copies,
         "notes": all_notes,

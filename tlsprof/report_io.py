@@ -1,5 +1,6 @@
 """Reading and writing report files. Whatever is wrong with a file becomes one BadReport line
-that names the file; a report is only ever written whole (temp file + rename)."""
+that names the file; a report is only ever written whole (temp file in the same directory, fsync,
+rename, fsync of the directory): a reader, or a crash at any point, sees the old file or the new one."""
 import json
 import os
 import tempfile
@@ -121,7 +122,7 @@ def save_report(doc, path, validate: bool = True) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException as exc:
+    except BaseException as exc:  # includes a KeyboardInterrupt: the temp file never stays behind
         try:
             os.unlink(tmp)
         except OSError:
@@ -129,3 +130,19 @@ def save_report(doc, path, validate: bool = True) -> None:
         if isinstance(exc, OSError):
             raise TlsprofError(f"cannot write report {path}: {exc.strerror or exc}") from None
         raise
+    _sync_directory(directory)
+
+
+def _sync_directory(directory):
+    """The rename is durable only once the directory is on disk too (a power cut right after a
+    supervisor's stop would otherwise lose the report). Best effort: not every file system can."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -3,14 +3,15 @@
 
 Loads the shim into a running process and each of its descendants that loads OpenSSL (nginx's
 master and its workers; `--no-children`: PID alone) (tlsprof/inject.py: gdb, at a safe point),
-collects until the duration is over, Ctrl-C/SIGTERM, the live view's quit, or the target's exit,
-writes the report (`target.mode` = "attach") and detaches each process: every patched slot is
-restored and the targets run on. Children forked while attached inherit the shim and are followed.
+collects until the duration is over, a stop signal (SIGINT/SIGTERM/SIGHUP/SIGQUIT), the live view's
+quit, or the target's exit, detaches each process (every patched slot is restored and the targets run
+on) and writes the report (`target.mode` = "attach"). From the start to the written report those
+signals never kill tlsprof: one arriving during the injection, the detach or the writing ends the
+session the same way. Children forked while attached inherit the shim and are followed.
 Connections that predate the attach are listed as the shim sees them afterwards (`since_attach`);
 their earlier allocations are unknown and never presented as measured.
 """
 import os
-import signal
 import sys
 import time
 
@@ -19,10 +20,11 @@ import psutil
 from tlsprof import client, inject, process_tree
 from tlsprof.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import AttachError, ChannelError, NoOpenSSL, NoSuchProcess, TlsprofError, UsageError
-from tlsprof.commands.run import emit_report
+from tlsprof.commands.run import emit_report, empty_report, poll_quietly, tell
 from tlsprof.moments import DEFAULT_MOMENT, MOMENTS
 from tlsprof.session import Session
 from tlsprof.shim import shim_path
+from tlsprof.stop_signals import StopSignals, signal_name
 
 
 def prepare_parser(p):
@@ -64,6 +66,13 @@ def run(args) -> int:
     if args.metrics:  # a bad address is refused before anything touches the target
         from tlsprof.metrics import parse_address
         parse_address(args.metrics)
+    # held until the report is written: a stop signal ends the session, but never skips the detach
+    # (the targets would keep their hooks) or the report (tlsprof/stop_signals.py)
+    with StopSignals(hold_to_exit=True) as stops:
+        return _attach(args, stops)
+
+
+def _attach(args, stops: StopSignals) -> int:
     attached = _attach_tree(args)  # {pid: channel directory}
     channel_dir = attached[args.pid]
     session = Session(channel_dir, args.pid, _command_of(args.pid), mode="attach",
@@ -78,11 +87,11 @@ def run(args) -> int:
         if args.metrics:
             from tlsprof.metrics import start_metrics_server
             metrics = start_metrics_server(session, args.metrics)
-        if args.live and sys.stdout.isatty():
+        if args.live and sys.stdout.isatty() and not stops.stopping:
             from tlsprof.live import run_live
             run_live(session, args.pid, args)
         else:
-            _collect(session, args)
+            _collect(session, args, stops)
         target_died = not _alive(args.pid)
     finally:
         if metrics is not None:
@@ -97,9 +106,16 @@ def run(args) -> int:
     notes = []
     if target_died:
         notes.append("the target exited while attached: this is the last snapshot taken before")
+    if stops.received:
+        names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.received))
+        notes.append(f"the session ended on {names} sent to tlsprof; the target was detached and runs on"
+                     if not target_died else f"tlsprof was signalled ({names})")
     report = session.report(at=args.at, partial=target_died, notes=notes)
     if report is None:
-        raise ChannelError(f"pid {args.pid} gave no snapshot before the session ended")
+        if not stops.stopping:
+            raise ChannelError(f"pid {args.pid} gave no snapshot before the session ended")
+        report = empty_report(args.pid, session.command, "attach",
+                              notes + ["no snapshot was taken: the session was stopped before the first one"])
     emit_report(report, args, stream=sys.stdout if args.format == "json" else sys.stderr)
     return 0
 
@@ -115,13 +131,13 @@ def _attach_tree(args) -> dict:
         except (NoOpenSSL, NoSuchProcess) as exc:
             if pid == args.pid:
                 raise
-            print(f"tlsprof: note: child {pid} not attached: {exc}", file=sys.stderr)
+            tell(f"tlsprof: note: child {pid} not attached: {exc}")
         except TlsprofError as exc:
             if pid == args.pid:
                 for done, directory in attached.items():
                     _detach(done, directory)
                 raise
-            print(f"tlsprof: note: child {pid} not attached: {exc}", file=sys.stderr)
+            tell(f"tlsprof: note: child {pid} not attached: {exc}")
     return attached
 
 
@@ -139,7 +155,7 @@ def _attach_one(pid, timeout) -> str:
     if tracker is not None:
         raise AttachError(_already_tracked(pid, tracker))
     for warning in info.warnings:
-        print(f"tlsprof: note: {warning}", file=sys.stderr)
+        tell(f"tlsprof: note: {warning}")
     channel_dir = channel_dir_for(info.uid)
     started = time.monotonic()
     try:
@@ -148,7 +164,7 @@ def _attach_one(pid, timeout) -> str:
         if "already attached" in str(exc):  # the shim is there, started by someone else
             raise AttachError(_already_tracked(pid, _tracked_elsewhere(pid) or "")) from None
         raise
-    print(f"tlsprof: attached to pid {pid} in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    tell(f"tlsprof: attached to pid {pid} in {time.monotonic() - started:.1f}s")
     return channel_dir
 
 
@@ -191,36 +207,27 @@ def _alive(pid):
 def _detach(pid, channel_dir):
     try:
         client.detach(socket_path(channel_dir, pid))
-        print(f"tlsprof: detached from pid {pid}", file=sys.stderr)
+        tell(f"tlsprof: detached from pid {pid}")
     except ChannelError:
         try:
             inject.eject(pid, channel_dir)
-            print(f"tlsprof: detached from pid {pid} (via gdb)", file=sys.stderr)
+            tell(f"tlsprof: detached from pid {pid} (via gdb)")
         except TlsprofError as exc:
-            print(f"tlsprof: could not detach from pid {pid}: {exc}; run `tlsprof detach {pid}`",
-                  file=sys.stderr)
+            tell(f"tlsprof: could not detach from pid {pid}: {exc}; run `tlsprof detach {pid}`")
 
 
-def _collect(session: Session, args):
-    stop = []
-
-    def on_signal(signum, frame):
-        stop.append(signum)
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        end = time.monotonic() + args.duration if args.duration else None
-        while not stop:
-            session.poll()
-            if not _alive(args.pid):
-                return
-            wait = args.interval if end is None else min(args.interval, end - time.monotonic())
-            if end is not None and wait <= 0:
-                return
-            deadline = time.monotonic() + wait
-            while not stop and time.monotonic() < deadline:
-                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-        session.poll(fresh_agent=True)  # the state when the session ended (the target still runs: it is not torn down)
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+def _collect(session: Session, args, stops: StopSignals):
+    end = time.monotonic() + args.duration if args.duration else None
+    while not stops.stopping:
+        poll_quietly(session)
+        if not _alive(args.pid):
+            return
+        wait = args.interval if end is None else min(args.interval, end - time.monotonic())
+        if end is not None and wait <= 0:
+            return
+        deadline = time.monotonic() + wait
+        while not stops.stopping and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+    # the state when the session ended (the target still runs: it is not torn down)
+    if _alive(args.pid):
+        poll_quietly(session, fresh_agent=True)

@@ -2,7 +2,10 @@
 
 Starts CMD with the shim preloaded; stdin/stdout/stderr pass through, the exit status is CMD's.
 Ctrl-C at a terminal reaches CMD directly (same process group); SIGTERM/SIGHUP/SIGQUIT sent to
-tlsprof, and SIGINT when not at a terminal, are forwarded to CMD. Processes CMD starts inherit the
+tlsprof, and SIGINT when not at a terminal, are forwarded to CMD. These signals never kill tlsprof
+(tlsprof/stop_signals.py): the report is always written, also when the signal comes before the
+first snapshot, after CMD exited, with it, or while the report is being written; with -o it is
+written at the first such signal already, and again when CMD exits. Processes CMD starts inherit the
 shim and are tracked with their own channel; the report describes the whole tree: every process
 that loads OpenSSL has a `processes[]` entry and the headline is over all their connections.
 """
@@ -15,10 +18,13 @@ import tempfile
 import time
 
 from tlsprof import launch, report_io
-from tlsprof.errors import UsageError
+from tlsprof.client import Snapshot
+from tlsprof.errors import TlsprofError, UsageError
+from tlsprof.model import build_report
 from tlsprof.moments import DEFAULT_MOMENT, MOMENTS
 from tlsprof.render import render_text
 from tlsprof.session import Session
+from tlsprof.stop_signals import StopSignals, signal_name
 
 
 def prepare_parser(p):
@@ -32,10 +38,10 @@ def prepare_parser(p):
     p.add_argument("--live", action="store_true", help="open the interactive live view (needs a terminal)")
     p.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus/OpenMetrics gauges while profiling (e.g. 127.0.0.1:9464)")
-    add_pprof_arguments(p)
     p.add_argument("--tracemalloc", action="store_true",
                    help="Python targets: register OpenSSL blocks with tracemalloc (domain 0x7715) so "
                         "tracemalloc snapshots in the target show them (docs/python-linkage.md)")
+    add_pprof_arguments(p)
     p.add_argument("--user", metavar="USER",
                    help="start CMD as USER (tlsprof runs as root; e.g. PostgreSQL refuses to run as root)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
@@ -58,6 +64,13 @@ def _exit_status(returncode: int) -> int:
 
 def run(args) -> int:
     cmd = _command(args)
+    # held until the report is written: a supervisor's SIGTERM right after (or with) the target's
+    # must not kill tlsprof between the target's exit and the report (tlsprof/stop_signals.py)
+    with StopSignals(hold_to_exit=True) as stops:
+        return _run(args, cmd, stops)
+
+
+def _run(args, cmd, stops: StopSignals) -> int:
     channel_dir = launch.private_dir()
     live = args.live and sys.stdout.isatty()
     log = None
@@ -89,7 +102,8 @@ def run(args) -> int:
                 from tlsprof.live import run_live
                 returncode = run_live(session, proc, args)
             else:
-                returncode = _collect(proc, session, args.interval)
+                returncode = _collect(proc, session, args.interval, stops,
+                                      on_stop=lambda: _write_early(session, args, cmd, proc, stops))
         finally:
             if metrics is not None:
                 metrics.stop()
@@ -99,19 +113,63 @@ def run(args) -> int:
         notes = []
         if partial:
             notes.append("the target was killed with SIGKILL: this is the last snapshot taken before")
+        if stops.taken:
+            names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.taken))
+            notes.append(f"tlsprof passed {names} on to the target, which then exited "
+                         f"({_describe_status(returncode)}); no snapshot was taken after the signal")
         report = session.report(at=args.at, partial=partial, notes=notes)
         if report is None:
-            print(f"tlsprof: no snapshot was taken: {cmd[0]} exited after "
-                  f"{time.time() - session.started:.1f}s before its first snapshot (or never loaded the shim)",
-                  file=sys.stderr)
-        else:
-            emit_report(report, args)
+            why = (f"{cmd[0]} exited after {time.time() - session.started:.1f}s before its first snapshot "
+                   f"(or never loaded the shim)")
+            tell(f"tlsprof: no snapshot was taken: {why}")
+            report = empty_report(proc.pid, cmd, "run", notes + [f"no snapshot was taken: {why}"])
+        emit_report(report, args)
         return _exit_status(returncode)
     finally:
         shutil.rmtree(channel_dir, ignore_errors=True)
         if log is not None:
             log.close()
-            print(f"tlsprof: the target's output is in {log.name}", file=sys.stderr)
+            tell(f"tlsprof: the target's output is in {log.name}")
+
+
+def _write_early(session: Session, args, cmd, proc, stops: StopSignals):
+    """With -o: write the report as soon as tlsprof is told to stop, before waiting for the target.
+    No snapshot is taken after the signal, so this is already the final content; the report is
+    rewritten (atomically) when the target exits. A supervisor that escalates to SIGKILL (systemd
+    after TimeoutStopSec, a target that ignores SIGTERM) then still finds a report."""
+    if not args.output or proc.poll() is not None:
+        return
+    names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.received))
+    note = (f"written when tlsprof was signalled ({names}), before the target exited; tlsprof "
+            f"did not live to rewrite it after the target's exit")
+    try:
+        report = session.report(at=args.at, partial=True, notes=[note])
+        if report is None:
+            report = empty_report(proc.pid, cmd, "run", [note, "no snapshot was taken before the signal"])
+        report_io.save_report(report, args.output)
+    except TlsprofError:
+        pass  # the final write says what is wrong with the file
+
+
+def _describe_status(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by {signal_name(-returncode)}"
+    return f"exit status {returncode}"
+
+
+def empty_report(pid, command, mode, notes):
+    """The report of a session that got no snapshot: valid, marked partial, saying why."""
+    snap = Snapshot(pid=pid, mono_ns=0, openssl=None, stats={}, owners=[], sites=[], taken_at=time.time())
+    return build_report(snap, command=command, mode=mode, partial=True, chosen="last", snapshots=0,
+                        notes=list(notes))
+
+
+def tell(line: str, file=None):
+    """A status line on stderr. A closed terminal (SIGHUP's usual cause) must not cost the report."""
+    try:
+        print(line, file=file or sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def add_pprof_arguments(p):
@@ -142,7 +200,7 @@ def emit_report(report, args, stream=None):
     stream = stream or sys.stderr
     if args.output:
         report_io.save_report(report, args.output)
-        print(f"tlsprof: report written to {args.output}", file=sys.stderr)
+        tell(f"tlsprof: report written to {args.output}")
     elif args.format == "json":
         stream.write(report_io.dumps(report) + "\n")
     else:
@@ -169,55 +227,73 @@ def announce_copies(session: Session, file=sys.stderr):
                 how = HOW_TRACKED.get(copy["tracking"], copy["tracking"])
                 if copy["kind"] == "shared-symbolic" and copy["per_connection"]:
                     how = "linked -Bsymbolic: tracked through its own allocator, per connection"
-                print(f"tlsprof: OpenSSL in {copy['path']} ({copy['kind']}): {how}", file=file)
+                tell(f"tlsprof: OpenSSL in {copy['path']} ({copy['kind']}): {how}", file=file)
     session.on_snapshot.append(on_snapshot)
 
 
-def _collect(proc: subprocess.Popen, session: Session, interval: float) -> int:
+# A stop signal can come before the shim's first answer (a supervisor's restart loop, a group kill
+# right after start). The shim's channel is up from its preload constructor on, milliseconds after
+# exec: a short bounded wait for it gives the report real data instead of none.
+FIRST_SNAPSHOT_WAIT = 2.0
+
+
+def _collect(proc: subprocess.Popen, session: Session, interval: float, stops: StopSignals = None,
+             on_stop=None) -> int:
     """Snapshot every `interval` s until the target exits. A stop signal sent to tlsprof is
     forwarded after one last snapshot, and no snapshot is taken after it: the target's own teardown
-    (closing every connection) never becomes the report's `last` snapshot."""
-    pending = []  # signals to forward, in order
-    stopping = []
-
-    def on_signal(signum, frame):
-        pending.append(signum)
-
-    def on_sigint(signum, frame):
-        if sys.stdin and sys.stdin.isatty():
-            stopping.append(signum)  # a terminal's Ctrl-C reached the target already: stop looking
+    (closing every connection) never becomes the report's `last` snapshot. A terminal's Ctrl-C has
+    reached the target already: it only stops the snapshots. `on_stop()` runs once, after the last
+    snapshot and the forwarded signal."""
+    if stops is None:  # called on its own (the live view, once closed): hold the signals here
+        with StopSignals() as own:
+            return _collect(proc, session, interval, own, on_stop)
+    stopping = False
+    next_at = time.monotonic()
+    first = True
+    while True:
+        try:  # short waits: a signal to forward is acted on within 50 ms
+            return proc.wait(timeout=min(0.05, max(0.0, next_at - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            pass
+        if stops.pending:
+            first_stop = not stopping
+            if first_stop:
+                _last_look(proc, session)
+                stopping = True
+            for signum in stops.take():
+                try:
+                    proc.send_signal(signum)
+                except ProcessLookupError:
+                    pass
+            if first_stop and on_stop is not None:
+                on_stop()
+            continue
+        if stops.from_terminal:
+            stopping = True
+        if stopping or time.monotonic() < next_at:
+            continue
+        snap = poll_quietly(session)
+        # until the shim answers the first time, look again soon
+        if snap is None and first:
+            next_at = time.monotonic() + min(0.1, interval)
         else:
-            pending.append(signum)
+            first = False
+            next_at = time.monotonic() + interval
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
-    previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_sigint)
+
+def poll_quietly(session: Session, fresh_agent=False):
+    """One snapshot, or None: a target going away mid-answer must not end the session unreported."""
     try:
-        next_at = time.monotonic()
-        first = True
-        while True:
-            try:  # short waits: a signal to forward is acted on within 50 ms
-                return proc.wait(timeout=min(0.05, max(0.0, next_at - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                pass
-            if pending:
-                if not stopping:
-                    session.poll(fresh_agent=True)  # the last view of the target before it is asked to stop
-                    stopping.append(pending[0])
-                while pending:
-                    try:
-                        proc.send_signal(pending.pop(0))
-                    except ProcessLookupError:
-                        pass
-                continue
-            if stopping or time.monotonic() < next_at:
-                continue
-            snap = session.poll()
-            # until the shim answers the first time, look again soon
-            if snap is None and first:
-                next_at = time.monotonic() + min(0.1, interval)
-            else:
-                first = False
-                next_at = time.monotonic() + interval
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        return session.poll(fresh_agent=fresh_agent)
+    except (TlsprofError, OSError):
+        return None
+
+
+def _last_look(proc: subprocess.Popen, session: Session):
+    """The newest view of the target before it is asked to stop (bounded)."""
+    deadline = time.monotonic() + FIRST_SNAPSHOT_WAIT
+    while session.last is None and proc.poll() is None and time.monotonic() < deadline:
+        if poll_quietly(session) is None:
+            time.sleep(0.02)
+    if proc.poll() is None:
+        poll_quietly(session, fresh_agent=True)

@@ -88,7 +88,7 @@ CA_STORE_FIX = (
 
 # The fix for the API the creating line uses (tlsprof/creation.py); CA_STORE_FIX when unknown.
 CA_STORE_FIX_BY_API = {
-    "ssl": "Build the SSLContext once, at start-up, and pass that same object to every "
+    "ssl": "Build the SSLContext once, at start-up, and reuse that same object for every "
            "wrap_socket(), start_tls() or asyncio server/connection; never call "
            "ssl.create_default_context() or SSLContext() per connection or request.",
     "urllib3/requests": "Reuse one requests.Session (or urllib3.PoolManager) for every request "

@@ -105,6 +105,25 @@ def account(report: dict, process: dict | None, stats: dict) -> dict | None:
     return section
 
 
+def merge(report: dict, sections: list) -> dict | None:
+    """The tree's `memory`: each part summed over the processes (pages they share after fork count
+    once per process, as in their RSS), per connection over every connection of the tree."""
+    sections = [m for m in sections if m]
+    if not sections:
+        return None
+    parts = {}
+    for m in sections:
+        for p in m["parts"]:
+            parts.setdefault(p["name"], dict(p, bytes=0))["bytes"] += p["bytes"]
+    out = {"rss_bytes": sum(m["rss_bytes"] for m in sections), "parts": list(parts.values()),
+           "parts_sum_bytes": sum(p["bytes"] for p in parts.values()), "processes": len(sections),
+           "note": "summed over the processes of the tree: memory they share (fork) counts once per process"}
+    per = _per_connection(report)
+    if per:
+        out["per_connection"] = per
+    return out
+
+
 def _part(name, nbytes, what, how):
     return {"name": name, "bytes": int(nbytes), "what": what, "measured": how}
 

@@ -12,7 +12,7 @@ from tlsprof.causes import CAUSES
 from tlsprof.client import SSL_MODE_RELEASE_BUFFERS, Snapshot
 from tlsprof.findings import compute_findings
 from tlsprof.linkage import join as join_python
-from tlsprof.memory import account as account_memory
+from tlsprof.memory import account as account_memory, merge as merge_memory
 
 SCHEMA = "tlsprof.report/2"
 
@@ -295,6 +295,7 @@ def _process_entry(snap: Snapshot, body: dict, *, root_pid, pids) -> dict:
         "live_bytes": body["totals"]["live_bytes"],
         "by_cause": dict(body["totals"]["by_cause"]),
         "rss_bytes": snap.rss_bytes,
+        "memory_parts": {p["name"]: p["bytes"] for p in (body.get("memory") or {}).get("parts", [])},
         "per_connection": {k: per[k] for k in ("bytes", "own_bytes", "context_share_bytes", "by_cause")},
         "openssl": snap.openssl,
     }
@@ -362,7 +363,10 @@ def _merge(bodies: dict, entries: list, *, root_pid, command, mode, partial, sna
             m["live_bytes"] += c["live_bytes"]
             _sum_into(m["by_cause"], c["by_cause"])
         for k, v in body["tracker"].items():
-            tracker[k] = tracker.get(k, 0) + v
+            if isinstance(v, str):  # byte_measure: the same in every process, or "mixed"
+                tracker[k] = v if tracker.get(k, v) == v else "mixed"
+            else:
+                tracker[k] = tracker.get(k, 0) + v
         for note in body["notes"]:
             notes_by_text.setdefault(note, []).append(pid)
         if isinstance(body.get("python"), dict):
@@ -409,6 +413,9 @@ def _merge(bodies: dict, entries: list, *, root_pid, command, mode, partial, sna
     per["bytes"] = per["own_bytes"] + per["context_share_bytes"]
     if mode == "attach":
         report["attach"] = _attach_summary(report["connections"])
+    memory = merge_memory(report, [b.get("memory") for b in bodies.values()])
+    if memory is not None:
+        report["memory"] = memory
     if python:
         python.sort(key=lambda p: -(p.get("joined_connections") or 0))
         report["python"] = python[0]

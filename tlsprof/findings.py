@@ -209,11 +209,13 @@ COMPRESSION_FIX = (
 )
 
 
+_CRIME = " Compression is also the CRIME attack (CVE-2012-4929) on cookies and tokens."
 COMPRESSION_FIX_BY_API = {
-    "ssl": "keep ssl.OP_NO_COMPRESSION set on this context (it is the default: remove the "
-           "`options &= ~ssl.OP_NO_COMPRESSION` that clears it).",
-    "pyOpenSSL": "ctx.set_options(OpenSSL.SSL.OP_NO_COMPRESSION) on this context.",
-    "C": "SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION), and no SSL_CTX_clear_options with it.",
+    "ssl": "keep ssl.OP_NO_COMPRESSION (OpenSSL's SSL_OP_NO_COMPRESSION) set on this context: it is "
+           "the default, so remove the `options &= ~ssl.OP_NO_COMPRESSION` that clears it." + _CRIME,
+    "pyOpenSSL": "ctx.set_options(OpenSSL.SSL.OP_NO_COMPRESSION) (SSL_OP_NO_COMPRESSION) on this "
+                 "context." + _CRIME,
+    "C": "SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION), and no SSL_CTX_clear_options with it." + _CRIME,
 }
 
 

@@ -102,6 +102,16 @@ static pthread_mutex_t walk_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void *lookup(const char *name) { return interpose_lookup(name); }
 
+/* The probe is made and freed through the hooks when they are installed: libssl calls some of its
+ * own entry points through the PLT (SSL_new calls SSL_clear, SSL_free calls SSL_CTX_free), and the
+ * hooks must see the whole life of the probe, or it stays behind in the report as a live owner. */
+static void *hooked(const char *name)
+{
+    for (int i = 0; i < n_hook_defs; i++)
+        if (!strcmp(hook_defs[i].name, name) && hook_defs[i].real && *hook_defs[i].real) return hook_defs[i].hook;
+    return lookup(name);
+}
+
 static int resolve_api(void)
 {
 #define L(field, name) api.field = (__typeof__(api.field))lookup(name)
@@ -109,10 +119,10 @@ static int resolve_api(void)
     L(tls12_client, "TLSv1_2_client_method");
     L(dtls_server, "DTLS_server_method");
     L(dtls12_client, "DTLSv1_2_client_method");
-    L(ctx_new, "SSL_CTX_new");
-    L(ctx_free, "SSL_CTX_free");
-    L(ssl_new, "SSL_new");
-    L(ssl_free, "SSL_free");
+    api.ctx_new = (__typeof__(api.ctx_new))hooked("SSL_CTX_new");
+    api.ctx_free = (__typeof__(api.ctx_free))hooked("SSL_CTX_free");
+    api.ssl_new = (__typeof__(api.ssl_new))hooked("SSL_new");
+    api.ssl_free = (__typeof__(api.ssl_free))hooked("SSL_free");
     L(ctx_cert_store, "SSL_CTX_get_cert_store");
     L(ctx_cert, "SSL_CTX_get0_certificate");
     L(ctx_key, "SSL_CTX_get0_privatekey");

@@ -238,11 +238,14 @@ def _render_connections(out, connections: list) -> None:
             name += "*"
         peer = conn.get("peer") or (f"fd {conn['fd']}" if conn.get("fd") is not None else "-")
         table.add_row(_cell(name), _cell(conn.get("context")), _cell(peer), conn["state"],
-                      human_age(conn.get("age_s")), human_bytes(conn["live_bytes"]),
+                      conn.get("age") or human_age(conn.get("age_s")), human_bytes(conn["live_bytes"]),
                       _top_cause(conn["by_cause"]))
     out(table)
-    if any(c.get("since_attach") is False for c in ranked):
+    if any(c.get("since_attach") is False and not c.get("walked_bytes") for c in ranked):
         out(Text("* opened before attach: its earlier allocations are not counted", style="dim"))
+    elif any(c.get("since_attach") is False for c in ranked):
+        out(Text("* opened before attach: its bytes from before were found by the heap walk (measured: walked)",
+                 style="dim"))
     out()
 
 

@@ -3,8 +3,9 @@
 Loads the shim into a running process (tlsprof/inject.py: gdb, at a safe point), collects until the
 duration is over, Ctrl-C/SIGTERM, the live view's quit, or the target's exit, writes the report
 (`target.mode` = "attach") and detaches: every patched slot is restored and the target runs on.
-Connections that predate the attach are listed as the shim sees them afterwards (`since_attach`);
-their earlier allocations are unknown and never presented as measured.
+Right after injecting, the shim walks the heap once (docs/heap-walk.md): contexts and connections
+that predate the attach carry the bytes the walk found (`measured`: walked), the rest is tracked.
+`--no-walk` skips it; then their earlier allocations are unknown and never presented as measured.
 """
 import signal
 import sys
@@ -12,7 +13,7 @@ import time
 
 import psutil
 
-from tlsprof import client, inject
+from tlsprof import client, inject, walked
 from tlsprof.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import ChannelError, TlsprofError, UsageError
 from tlsprof.commands.run import emit_report
@@ -32,6 +33,8 @@ def prepare_parser(p):
     p.add_argument("--timeout", type=float, default=20.0, metavar="S", help="give up attaching after S seconds")
     p.add_argument("--live", action="store_true", help="open the interactive live view (needs a terminal)")
     p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus/OpenMetrics gauges while attached")
+    p.add_argument("--no-walk", action="store_true",
+                   help="skip the heap walk at attach (the memory that predates the attach stays unmeasured)")
 
 
 def _command_of(pid):
@@ -58,6 +61,7 @@ def run(args) -> int:
     started = time.monotonic()
     inject.inject(args.pid, shim_path(), channel_dir, timeout=args.timeout)
     print(f"tlsprof: attached to pid {args.pid} in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    walk = None if args.no_walk else _walk(socket_path(channel_dir, args.pid))
     session = Session(channel_dir, args.pid, _command_of(args.pid), mode="attach", follow_children=False)
     target_died = False
     metrics = None
@@ -84,8 +88,20 @@ def run(args) -> int:
     report = session.report(at=args.at, partial=target_died, notes=notes)
     if report is None:
         raise ChannelError(f"pid {args.pid} gave no snapshot before the session ended")
+    if not args.no_walk:
+        walked.merge_attach(report, walk, session.peak if args.at == "peak" else session.last)
     emit_report(report, args, stream=sys.stdout if args.format == "json" else sys.stderr)
     return 0
+
+
+def _walk(sock_path):
+    """The heap walk, once, right after the inject: what predates the attach."""
+    try:
+        walk = client.walk(sock_path)
+    except ChannelError as exc:
+        walk = client.Walk(status="failed", reason=str(exc))
+    print(f"tlsprof: {walked.walk_sentence(walk)}", file=sys.stderr)
+    return walk
 
 
 def _alive(pid):

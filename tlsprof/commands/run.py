@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-from tlsprof import launch, report_io
+from tlsprof import client, launch, report_io, walked
 from tlsprof.errors import UsageError
 from tlsprof.render import render_text
 from tlsprof.session import Session
@@ -33,6 +33,9 @@ def prepare_parser(p):
     p.add_argument("--tracemalloc", action="store_true",
                    help="Python targets: register OpenSSL blocks with tracemalloc (domain 0x7715) so "
                         "tracemalloc snapshots in the target show them (docs/python-linkage.md)")
+    p.add_argument("--walk", action="store_true",
+                   help="also walk the heap at the last look (docs/heap-walk.md): each context and connection "
+                        "carries the walked bytes beside its tracked ones")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
 
@@ -81,7 +84,8 @@ def run(args) -> int:
                 from tlsprof.live import run_live
                 returncode = run_live(session, proc, args)
             else:
-                returncode = _collect(proc, session, args.interval)
+                last_look = (lambda: _walk_last_look(session)) if getattr(args, "walk", False) else None
+                returncode = _collect(proc, session, args.interval, last_look)
         finally:
             if metrics is not None:
                 metrics.stop()
@@ -90,6 +94,9 @@ def run(args) -> int:
         if partial:
             notes.append("the target was killed with SIGKILL: this is the last snapshot taken before")
         report = session.report(at=args.at, partial=partial, notes=notes)
+        if report is not None and getattr(args, "walk", False):
+            walked.annotate_run(report, getattr(session, "walk", None), getattr(session, "walk_snapshot", None)
+                                or session.last)
         if report is None:
             print(f"tlsprof: no snapshot was taken: {cmd[0]} exited after "
                   f"{time.time() - session.started:.1f}s before its first snapshot (or never loaded the shim)",
@@ -141,7 +148,20 @@ def announce_copies(session: Session, file=sys.stderr):
     session.on_snapshot.append(on_snapshot)
 
 
-def _collect(proc: subprocess.Popen, session: Session, interval: float) -> int:
+def _walk_last_look(session: Session) -> None:
+    """`--walk`: the heap walk of the process of interest, with the snapshot it is compared with."""
+    path = session.sockets().get(session.focus_pid)
+    if path is None:
+        return
+    session.walk_snapshot = session.last
+    try:
+        session.walk = client.walk(path)
+    except Exception as exc:  # noqa: BLE001 - a walk that fails must never lose the report
+        session.walk = client.Walk(status="failed", reason=str(exc))
+    print(f"tlsprof: {walked.walk_sentence(session.walk)}", file=sys.stderr)
+
+
+def _collect(proc: subprocess.Popen, session: Session, interval: float, on_last_look=None) -> int:
     """Snapshot every `interval` s until the target exits. A stop signal sent to tlsprof is
     forwarded after one last snapshot, and no snapshot is taken after it: the target's own teardown
     (closing every connection) never becomes the report's `last` snapshot."""
@@ -170,6 +190,8 @@ def _collect(proc: subprocess.Popen, session: Session, interval: float) -> int:
             if pending:
                 if not stopping:
                     session.poll(fresh_agent=True)  # the last view of the target before it is asked to stop
+                    if on_last_look is not None:
+                        on_last_look()
                     stopping.append(pending[0])
                 while pending:
                     try:

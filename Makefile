@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 DEB_PACKAGES = gcc make gdb openssl nginx-light zlib1g-dev perl tmux chromium \
-               python3-twisted python3-openssl nodejs
+               python3-twisted python3-openssl nodejs haproxy libjemalloc2
 
 .PHONY: demo test bench deps venv clean
 

@@ -15,6 +15,7 @@ from tlsprof.causes import CAUSES
 from tlsprof.findings import compute_findings
 
 BEFORE_ATTACH = "before attach"
+WALK_SITE = "(heap walk: allocated before attach)"
 
 
 def _ordered(by_cause: dict) -> dict:
@@ -205,6 +206,20 @@ def _recompute(report: dict, walk, added: int, merged_ptrs: set) -> None:
     totals["live_blocks"] = totals.get("live_blocks", 0) + library[1] + sum(
         o.blocks for o in walk.objects if o.ptr in merged_ptrs)
     totals["by_cause"] = _ordered(by_cause)
+    # the walked bytes have no call site: one pseudo-site per cause says where they were found, so
+    # that sites and totals still add up
+    site_bytes, site_blocks = {"other": library[0]}, {"other": library[1]}
+    for obj in walk.objects:
+        if obj.ptr in merged_ptrs:
+            for cause, v in obj.by_cause.items():
+                site_bytes[cause] = site_bytes.get(cause, 0) + v.bytes
+                site_blocks[cause] = site_blocks.get(cause, 0) + v.blocks
+    for cause in CAUSES:
+        if site_bytes.get(cause):
+            report.setdefault("sites", []).append({
+                "file": WALK_SITE, "line": None, "cause": cause, "live_bytes": site_bytes[cause],
+                "requested_bytes": 0, "live_blocks": site_blocks[cause], "library": None, "measured": "walked"})
+    report["sites"].sort(key=lambda m: -m["live_bytes"])
     process = report.setdefault("process", {"live_bytes": 0, "by_cause": {}})
     process["tracked_bytes"] = process.get("live_bytes", 0)
     process["walked_bytes"] = library[0]

@@ -436,8 +436,14 @@ static int collect_chunks(struct walk *w)
         const struct mapping *m = &w->maps[i];
         if (!m->r || !m->w) continue;
         if (m->heap) {
-            w->heap_bytes += m->hi - m->lo;
-            if (walk_chunks(w, m->lo, m->hi, 0) != 0) w->bad_regions++;
+            /* the brk heap may show as several adjacent VMAs (a forked nginx worker grew its own
+             * part): one arena, one chain across them */
+            uintptr_t hi = m->hi;
+            while (i + 1 < w->n_maps && w->maps[i + 1].heap && w->maps[i + 1].lo == hi && w->maps[i + 1].r &&
+                   w->maps[i + 1].w)
+                hi = w->maps[++i].hi;
+            w->heap_bytes += hi - m->lo;
+            if (walk_chunks(w, m->lo, hi, 0) != 0) w->bad_regions++;
             w->arenas++;
         } else if (m->anon) {
             if (!(m->lo & (HEAP_MAX - 1)) && walk_thread_heap(w, m)) {

@@ -28,6 +28,7 @@
  * Application data hung on an object (ex_data, a custom BIO's data) is a barrier: the search never
  * enters it, or a connection would own its server's whole connection structure. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -55,6 +56,11 @@
 #define EX_DATA_SLOTS 8         /* application ex_data slots treated as barriers */
 #define RECORD_BUFFER_MIN 16384 /* a record buffer holds a whole TLS record (16 KiB + overhead) */
 #define RECORD_BUFFER_MAX (128 * 1024)
+#define MAX_OSSL_KEYS 64
+#define MAX_THREADS 16384
+#define TCB_SEARCH 16384        /* glibc puts struct pthread at the top of a thread's stack mapping */
+#define STACK_SCAN_MAX (1u << 20)
+#define KEYS_MAX 1024           /* PTHREAD_KEYS_MAX */
 
 enum { OWN_NONE = 0, OWN_LIBRARY = 1, OWN_BARRIER = 2, OWN_FIRST_OBJECT = 3 };
 
@@ -96,7 +102,15 @@ static struct {
     int sig_index[2][SIG_WORDS];
     uintptr_t sig_value[2][SIG_WORDS];
     uintptr_t tcache_key;            /* the word glibc stores in a tcache-free chunk at mem+8 */
+    long specific_off;               /* struct pthread: specific_1stblock[0], or -1 */
+    int n_keys;
+    uint32_t keys[MAX_OSSL_KEYS];    /* pthread keys that hold OpenSSL's per-thread state */
 } learned;
+
+/* Threads blocked in a system call, read in the parent just before the clone: where each one's
+ * stack pointer is (the child has no other thread to ask). */
+static uintptr_t thread_sp[MAX_THREADS];
+static int n_thread_sp;
 
 static pthread_mutex_t walk_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -169,6 +183,60 @@ static void learn_signature(int family, const uintptr_t *a, const uintptr_t *b)
     learned.n_sig[family] = n;
 }
 
+/* Per-thread OpenSSL state (the error queue, the thread's DRBGs and their locks) hangs off
+ * pthread keys, not off any connection. Where struct pthread keeps key values is learned from this
+ * thread with a key of our own; which keys are OpenSSL's, from this thread too: the probe made it
+ * use OpenSSL, so the keys holding a value here now are OpenSSL's (this thread runs no other code
+ * that sets keys). */
+static void learn_threads(void)
+{
+    learned.specific_off = -1;
+    pthread_key_t k;
+    static char sentinel;
+    if (pthread_key_create(&k, NULL) != 0) return;
+    if (k < 32 && pthread_setspecific(k, &sentinel) == 0) {
+        const uintptr_t *self = (const uintptr_t *)pthread_self();
+        for (long i = 0; i < 4096 / 8; i++) {
+            if (self[i] == (uintptr_t)&sentinel) {
+                learned.specific_off = i * 8 - 8 - 16 * (long)k;
+                break;
+            }
+        }
+    }
+    pthread_setspecific(k, NULL);
+    pthread_key_delete(k);
+    for (uint32_t key = 0; key < KEYS_MAX && learned.n_keys < MAX_OSSL_KEYS; key++)
+        if (key != k && pthread_getspecific(key)) learned.keys[learned.n_keys++] = key;
+}
+
+/* Before the clone: each thread's stack pointer, from /proc (threads running on a CPU have none). */
+static void read_thread_sps(void)
+{
+    n_thread_sp = 0;
+    DIR *d = opendir("/proc/self/task");
+    if (!d) return;
+    pid_t me = (pid_t)syscall(SYS_gettid);
+    struct dirent *e;
+    while ((e = readdir(d)) && n_thread_sp < MAX_THREADS) {
+        int tid = atoi(e->d_name);
+        if (tid <= 0 || tid == me) continue;
+        char path[64], text[256];
+        snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t n = read(fd, text, sizeof text - 1);
+        close(fd);
+        if (n <= 0) continue;
+        text[n] = 0;
+        /* "nr arg1 ... arg6 sp pc": the second last field */
+        char *fields[10];
+        int nf = 0;
+        for (char *t = strtok(text, " \n"); t && nf < 10; t = strtok(NULL, " \n")) fields[nf++] = t;
+        if (nf == 9) thread_sp[n_thread_sp++] = (uintptr_t)strtoull(fields[7], NULL, 16);
+    }
+    closedir(d);
+}
+
 static const char *learn(void)
 {
     if (learned.ready) return NULL;
@@ -203,6 +271,7 @@ static const char *learn(void)
         free(p);
         learned.tcache_key = ((volatile uintptr_t *)p)[1];
     }
+    learn_threads();
     learned.ready = 1;
     return NULL;
 }
@@ -574,6 +643,54 @@ static void claim_stack(struct walk *w, void *sk, uint32_t owner, uint8_t cause)
     }
 }
 
+static uintptr_t read_word(const struct walk *w, uintptr_t p)
+{
+    const struct mapping *m = mapping_of(w, p);
+    return m && p + 8 <= m->hi && !(p & 7) ? word(p) : 0;
+}
+
+/* A thread's OpenSSL state (its pthread keys' values) goes to the one connection its stack points
+ * to, when the thread is blocked serving exactly one (a thread per connection), else to the
+ * process. Searched after the objects, so it takes only what no object reaches. */
+static void thread_roots(struct walk *w, const struct object *objects, size_t n_obj, int *seen, int *owned)
+{
+    if (learned.specific_off < 0 || !learned.n_keys) return;
+    for (int t = 0; t < n_thread_sp; t++) {
+        const struct mapping *m = mapping_of(w, thread_sp[t]);
+        if (!m || !m->anon || !m->w) continue;
+        uintptr_t tcb = 0;
+        uintptr_t from = m->hi - TCB_SEARCH > m->lo && m->hi > TCB_SEARCH ? m->hi - TCB_SEARCH : m->lo;
+        for (uintptr_t a = (from + 63) & ~(uintptr_t)63; a + 24 <= m->hi; a += 64)
+            if (word(a) == a && word(a + 16) == a) tcb = a; /* tcbhead_t: tcb and self point to itself */
+        if (!tcb || tcb < thread_sp[t]) continue;
+        (*seen)++;
+        long conn = -1;
+        uintptr_t end = tcb - thread_sp[t] > STACK_SCAN_MAX ? thread_sp[t] + STACK_SCAN_MAX : tcb;
+        for (uintptr_t p = thread_sp[t] & ~(uintptr_t)7; p + 8 <= end && conn != -2; p += 8) {
+            long c = chunk_at(w, word(p));
+            if (c < 0 || w->owner[c] < OWN_FIRST_OBJECT) continue;
+            uint32_t k = w->owner[c] - OWN_FIRST_OBJECT;
+            if (k >= n_obj || !objects[k].is_ssl || objects[k].chunk != (uint32_t)c) continue;
+            conn = conn == -1 || conn == (long)k ? (long)k : -2;
+        }
+        uint32_t owner = conn >= 0 ? OWN_FIRST_OBJECT + (uint32_t)conn : OWN_LIBRARY;
+        if (conn >= 0) (*owned)++;
+        uintptr_t specific = tcb + (uintptr_t)learned.specific_off;
+        for (int i = 0; i < learned.n_keys; i++) {
+            uint32_t key = learned.keys[i];
+            uintptr_t value;
+            if (key < 32) {
+                value = read_word(w, specific + 16 * key + 8);
+            } else {
+                uintptr_t second = read_word(w, specific + 16 * 32 + 8 * (key / 32));
+                value = second ? read_word(w, second + 16 * (key % 32) + 8) : 0;
+            }
+            claim(w, value, owner, C_OTHER, 1);
+        }
+        spread(w, objects);
+    }
+}
+
 static void child_walk(int fd, uint64_t fork_ns)
 {
     uint64_t t0 = now_ns();
@@ -671,6 +788,8 @@ static void child_walk(int fd, uint64_t fork_ns)
     for (size_t k = 0; k < n_obj; k++) w.queue[w.q_tail++] = objects[k].chunk;
     w.q_head = base;
     spread(&w, objects);
+    int threads_seen = 0, threads_owned = 0;
+    thread_roots(&w, objects, n_obj, &threads_seen, &threads_owned);
 
     /* the totals */
     int64_t lib_bytes = 0, lib_blocks = 0, app_bytes = 0, app_blocks = 0, rest_bytes = 0, rest_blocks = 0, in_use = 0;
@@ -723,6 +842,7 @@ static void child_walk(int fd, uint64_t fork_ns)
             if (ob->blocks[c]) out_put(&o, " %s=%lld:%lld", cause_names[c], (long long)ob->bytes[c], (long long)ob->blocks[c]);
         out_put(&o, "\n");
     }
+    out_put(&o, "stat threads %d\nstat threads_of_a_connection %d\n", threads_seen, threads_owned);
     out_put(&o, "P what=openssl_library bytes=%lld blocks=%lld\n", (long long)lib_bytes, (long long)lib_blocks);
     out_put(&o, "P what=application_data bytes=%lld blocks=%lld\n", (long long)app_bytes, (long long)app_blocks);
     out_put(&o, "P what=unreached bytes=%lld blocks=%lld\n", (long long)rest_bytes, (long long)rest_blocks);
@@ -772,6 +892,7 @@ char *heapwalk_run(int timeout_ms)
         pthread_mutex_unlock(&walk_lock);
         return unavailable(problem);
     }
+    read_thread_sps();
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) {
         pthread_mutex_unlock(&walk_lock);

@@ -11,6 +11,7 @@ table, findings and savings are computed over both kinds of bytes. Under `run --
 tracked already; the walk is kept beside it per entry (`walked`) so that the two can be compared for
 the same connection (`annotate_run`).
 """
+from tlsprof import linkage
 from tlsprof.causes import CAUSES
 from tlsprof.findings import compute_findings
 
@@ -137,8 +138,34 @@ def merge_attach(report: dict, walk, snap) -> dict:
     notes.append("connections and contexts that predate the attach carry the bytes the heap walk found "
                  "(`measured`: walked; `walked+tracked` when they also allocated since); their age is "
                  "unknown (`age`: before attach)")
+    _join_python(report, getattr(snap, "python", None))
     report["findings"] = compute_findings(report)
     return report
+
+
+def _join_python(report: dict, agent) -> None:
+    """The Python agent's objects for the walked entries, by pointer, as tlsprof/linkage.py joins
+    tracked ones: before the walk these were its `unmatched_objects`."""
+    info = report.get("python")
+    if not isinstance(agent, dict) or not isinstance(info, dict) or info.get("join") != "on":
+        return
+    by_ptr = {(o.get("kind"), o["ptr"]): o for o in agent.get("objects") or []
+              if isinstance(o, dict) and isinstance(o.get("ptr"), int)}
+    for kind, entries in (("connection", report["connections"]), ("context", report["contexts"])):
+        for entry in entries:
+            if entry.get("python") or entry.get("measured") != "walked" or not entry.get("ptr"):
+                continue
+            obj = by_ptr.get((kind, int(entry["ptr"], 16)))
+            if obj is None:
+                continue
+            entry["python"] = linkage._python_entry(obj)
+            info["joined_connections" if kind == "connection" else "joined_contexts"] += 1
+            info["unmatched_objects"] = max(0, info.get("unmatched_objects", 0) - 1)
+    conns = [c for c in report["connections"] if c.get("alive", True)]
+    total_py = sum(c["python"]["python_bytes"] for c in conns if isinstance(c.get("python"), dict))
+    per = report["per_connection"]
+    per["python_bytes"] = int(round(total_py / len(conns))) if conns else 0
+    per["total_bytes"] = per["bytes"] + per["python_bytes"]
 
 
 def _add_walked(entry: dict, obj) -> None:

@@ -229,9 +229,9 @@ static void read_thread_sps(void)
         if (n <= 0) continue;
         text[n] = 0;
         /* "nr arg1 ... arg6 sp pc": the second last field */
-        char *fields[10];
+        char *fields[10], *save = NULL;
         int nf = 0;
-        for (char *t = strtok(text, " \n"); t && nf < 10; t = strtok(NULL, " \n")) fields[nf++] = t;
+        for (char *t = strtok_r(text, " \n", &save); t && nf < 10; t = strtok_r(NULL, " \n", &save)) fields[nf++] = t;
         if (nf == 9) thread_sp[n_thread_sp++] = (uintptr_t)strtoull(fields[7], NULL, 16);
     }
     closedir(d);
@@ -261,16 +261,27 @@ static const char *learn(void)
     if (!glibc_chunks) return "OpenSSL's blocks are not glibc chunks (CRYPTO_set_mem_functions with another allocator)";
     if (learned.ctx_method_word < 0 || learned.ssl_method_word < 0)
         return "the SSL_METHOD pointer was not found in a probe SSL_CTX/SSL";
-    if (learned.ctx_chunk == learned.ssl_chunk) return "SSL_CTX and SSL have the same chunk size here";
+    if (learned.ctx_chunk + 32 >= learned.ssl_chunk && learned.ssl_chunk + 32 >= learned.ctx_chunk)
+        return "SSL_CTX and SSL have about the same chunk size here";
     learn_signature(0, api.tls_server(), api.tls12_client());
     if (api.dtls_server && api.dtls12_client) learn_signature(1, api.dtls_server(), api.dtls12_client());
     if (learned.n_sig[0] < 6) return "no SSL_METHOD signature could be learned";
-    /* a freed small chunk goes to this thread's tcache, which writes its key at mem+8 */
-    void *volatile p = malloc(40);
-    if (p) {
-        free(p);
-        learned.tcache_key = ((volatile uintptr_t *)p)[1];
+    /* A freed small chunk goes to this thread's tcache, which writes glibc's random tcache_key at
+     * mem+8. Unless that tcache bin is full: then the chunk goes to a fastbin and mem+8 keeps
+     * whatever it held (once, right after the probe, a method pointer: every context then looked
+     * free). So: three chunks of different bins must agree on a word that is no pointer we know. */
+    uintptr_t keys[3] = {0, 0, 0};
+    static const size_t sizes[3] = {200, 376, 552};
+    void *volatile blocks[3];
+    for (int i = 0; i < 3; i++) blocks[i] = malloc(sizes[i]);
+    for (int i = 0; i < 3; i++) {
+        if (!blocks[i]) continue;
+        free(blocks[i]);
+        keys[i] = ((volatile uintptr_t *)blocks[i])[1];
     }
+    Dl_info info;
+    if (keys[0] && keys[0] == keys[1] && keys[1] == keys[2] && !dladdr((void *)keys[0], &info))
+        learned.tcache_key = keys[0];
     learn_threads();
     learned.ready = 1;
     return NULL;
@@ -715,10 +726,11 @@ static void child_walk(int fd, uint64_t fork_ns)
     size_t n_obj = 0, cap_obj = 65536, n_ctx = 0, n_ssl = 0;
     for (size_t i = 0; i < w.n && objects; i++) {
         /* a chunk is the struct's size or 16 bytes more: glibc never splits off a remainder smaller
-         * than its minimum chunk (32), so a recycled chunk may carry 16 extra bytes */
+         * than its minimum chunk (32), so a recycled chunk may carry 16 extra bytes, and so may the
+         * probe's own: 16 either way */
         int is_ssl;
-        if (w.size[i] - learned.ctx_chunk <= 16) is_ssl = 0;
-        else if (w.size[i] - learned.ssl_chunk <= 16) is_ssl = 1;
+        if (w.size[i] + 16 - learned.ctx_chunk <= 32) is_ssl = 0;
+        else if (w.size[i] + 16 - learned.ssl_chunk <= 32) is_ssl = 1;
         else continue;
         uintptr_t mem = w.addr[i] + 16;
         uintptr_t m = word(mem + 8 * (uintptr_t)(is_ssl ? learned.ssl_method_word : learned.ctx_method_word));

@@ -87,6 +87,8 @@ def test_walked_bytes_per_connection_match_tracked_bytes_of_the_same_workload(sp
     report, _ = _attach_report(server.pid, tmp_path / "walk.json")
     conns = _walked(report["connections"])
     assert len(conns) >= 0.95 * N, len(conns)
+    shared = {c["context"] for c in conns}
+    assert len(shared) == 1 and None not in shared, shared  # the one context, found by the walk too
     walked = report["per_connection"]["bytes"]
     clients.stop()
     server.stop()
@@ -204,7 +206,7 @@ JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 def test_walk_says_so_in_one_line_under_another_allocator_and_tracking_goes_on(spawn, tmp_path):
     server = spawn.server(env={"LD_PRELOAD": JEMALLOC})
     spawn.clients(server.port, 20, interval=IDLE)
-    session = Attached(server.pid, tmp_path / "jemalloc.json", 3)
+    session = Attached(server.pid, tmp_path / "jemalloc.json", 10)
     spawn.clients(server.port, 20, interval=IDLE)  # opened while attached: tracked
     out, err = session.proc.communicate(timeout=120)
     assert session.proc.returncode == 0, err

@@ -213,6 +213,8 @@ def _recompute(report: dict, walk, added: int, merged_ptrs: set) -> None:
         "context_share_bytes": int(round(share_total / n)) if n else 0,
         "bytes": int(round((own_total + share_total) / n)) if n else 0,
         "by_cause": _ordered({k: v / n for k, v in per_cause.items()}) if n else {},
+        # requested sizes exist for tracked bytes only (the heap keeps no request size)
+        "requested_bytes": int(round(sum(c.get("requested_bytes") or 0 for c in conns) / n)) if n else 0,
     })
     per["measured"] = _measured_of(conns)
     if per.get("python_bytes") is not None:  # the Python agent's part (tlsprof/linkage.py) stays its own

@@ -36,6 +36,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -410,7 +411,8 @@ static int read_maps(struct walk *w)
         m.heap = plen == 6 && !memcmp(path, "[heap]", 6);
         m.openssl = (memmem(path, plen, "libssl", 6) || memmem(path, plen, "libcrypto", 9)) ? 1 : 0;
         if (*s == '\n') s++;
-        if (m.hi > m.lo) w->maps[w->n_maps++] = m;
+        /* our own buffer for this text is in the list too: it is neither the target's nor kept */
+        if (m.hi > m.lo && !(m.lo <= (uintptr_t)text && (uintptr_t)text < m.hi)) w->maps[w->n_maps++] = m;
     }
     munmap(text, cap);
     return 0;
@@ -575,6 +577,7 @@ static int is_method(const struct walk *w, uintptr_t m)
 struct object {
     uint32_t chunk;
     uint8_t is_ssl;
+    uint8_t ok;         /* 0: rejected (an SSL whose SSL_CTX is no context found) or faulted */
     int64_t bytes[N_CAUSES], blocks[N_CAUSES];
 };
 
@@ -610,22 +613,6 @@ static void spread(struct walk *w, const struct object *objects)
                               ? C_RECORD_BUFFERS : cause;
             w->queue[w->q_tail++] = (uint32_t)t;
         }
-    }
-}
-
-static void put_peer(struct out *o, int fd)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    char host[INET6_ADDRSTRLEN];
-    if (fd < 0 || getpeername(fd, (struct sockaddr *)&ss, &len) != 0) return;
-    if (ss.ss_family == AF_INET) {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-        if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof host)) out_put(o, " peer=%s:%u", host, ntohs(a->sin_port));
-    } else if (ss.ss_family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host))
-            out_put(o, " peer=[%s]:%u", host, ntohs(a->sin6_port));
     }
 }
 
@@ -702,12 +689,178 @@ static void thread_roots(struct walk *w, const struct object *objects, size_t n_
     }
 }
 
+/* ---- the fault guard: OpenSSL's getters read the objects' fields, and a chunk that only looks like
+ * an object (a freed SSL's memory reused with its old method word) could make them read a wild
+ * pointer. In the child a fault skips that object; no handler of the target runs here. ---- */
+static sigjmp_buf fault_jmp;
+static volatile sig_atomic_t in_guard;
+static int faults;
+
+static int child_out_fd = -1;
+static const char *volatile phase = "start";
+
+/* Outside the guard a fault ends the walk; it says where, on its own line (the reader takes the
+ * last status and reason: a partial answer before it is ignored). */
+static void on_fault(int sig, siginfo_t *si, void *uc)
+{
+    if (in_guard) siglongjmp(fault_jmp, 1);
+    char msg[160] = "\nstatus failed\nreason the walk faulted while ";
+    size_t n = strlen(msg), pl = strlen(phase);
+    memcpy(msg + n, phase, pl < 60 ? pl : 60);
+    n += pl < 60 ? pl : 60;
+    static const char at[] = " at 0x";
+    memcpy(msg + n, at, sizeof at - 1);
+    n += sizeof at - 1;
+    uintptr_t a = (uintptr_t)si->si_addr;
+    for (int shift = 44; shift >= 0; shift -= 4) msg[n++] = "0123456789abcdef"[(a >> shift) & 15];
+    memcpy(msg + n, "\nEND\n", 5);
+    n += 5;
+    if (write(child_out_fd, msg, n) < 0) {
+    }
+    _exit(128 + sig);
+}
+
+static void guard_faults(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, NULL);
+    sigaction(SIGBUS, &sa, NULL);
+    sigset_t faults_only;
+    sigemptyset(&faults_only);
+    sigaddset(&faults_only, SIGSEGV);
+    sigaddset(&faults_only, SIGBUS);
+    sigprocmask(SIG_UNBLOCK, &faults_only, NULL);
+}
+
+typedef void (*object_fn)(struct walk *, struct object *, size_t, void *);
+
+static void guarded(object_fn fn, struct walk *w, struct object *objects, size_t k, void *arg)
+{
+    if (sigsetjmp(fault_jmp, 1)) {
+        in_guard = 0;
+        faults++;
+        objects[k].ok = 0;
+        return;
+    }
+    in_guard = 1;
+    fn(w, objects, k, arg);
+    in_guard = 0;
+}
+
+static void *object_ptr(const struct walk *w, const struct object *o) { return (void *)(w->addr[o->chunk] + 16); }
+
+/* An SSL is one only when its SSL_CTX is a context found here (one field read). */
+static void validate(struct walk *w, struct object *objects, size_t k, void *arg)
+{
+    if (!objects[k].is_ssl || !api.ssl_ctx) return;
+    long c = chunk_at(w, (uintptr_t)api.ssl_ctx(object_ptr(w, &objects[k])));
+    uint32_t own = c >= 0 ? w->owner[c] : 0;
+    size_t i = own >= OWN_FIRST_OBJECT ? own - OWN_FIRST_OBJECT : SIZE_MAX;
+    if (i == SIZE_MAX || objects[i].is_ssl || objects[i].chunk != (uint32_t)c) objects[k].ok = 0;
+}
+
+static void barriers_of(struct walk *w, struct object *objects, size_t k, void *arg)
+{
+    void *obj = object_ptr(w, &objects[k]);
+    for (int slot = 0; slot < EX_DATA_SLOTS; slot++) {
+        if (objects[k].is_ssl && api.ssl_ex) barrier(w, api.ssl_ex(obj, slot));
+        if (!objects[k].is_ssl && api.ctx_ex) barrier(w, api.ctx_ex(obj, slot));
+    }
+}
+
+/* A getter that reads through a pointer is called only when that pointer is a chunk's start. */
+static int chunk_ptr(const struct walk *w, const void *p) { return p && chunk_at(w, (uintptr_t)p) >= 0; }
+
+static void subroots_of(struct walk *w, struct object *objects, size_t k, void *arg)
+{
+    void *obj = object_ptr(w, &objects[k]);
+    uint32_t owner = OWN_FIRST_OBJECT + (uint32_t)k;
+    if (!objects[k].is_ssl) {
+        void *store = api.ctx_cert_store ? api.ctx_cert_store(obj) : NULL;
+        claim(w, (uintptr_t)store, owner, C_CA_STORE, 1);
+        /* every certificate of the store is a sub-root of its own: a stray word elsewhere can then
+         * take at most a piece of one certificate, never a whole store */
+        void *objs = chunk_ptr(w, store) && api.store_objects ? api.store_objects(store) : NULL;
+        claim_stack(w, objs, owner, C_CA_STORE);
+        if (api.ctx_cert) claim(w, (uintptr_t)api.ctx_cert(obj), owner, C_OWN_CERT, 1);
+        if (api.ctx_key) claim(w, (uintptr_t)api.ctx_key(obj), owner, C_OWN_CERT, 1);
+    } else {
+        void *session = api.session ? api.session(obj) : NULL;
+        if (chunk_ptr(w, session)) {
+            if (api.peer_cert) claim(w, (uintptr_t)api.peer_cert(obj), owner, C_PEER_CERT, 1);
+            void *chain = api.peer_chain ? api.peer_chain(obj) : NULL;
+            claim(w, (uintptr_t)chain, owner, C_PEER_CERT, 1);
+            claim_stack(w, chain, owner, C_PEER_CERT);
+        }
+        claim(w, (uintptr_t)session, owner, C_SESSION, 1);
+        void *rbio = api.rbio ? api.rbio(obj) : NULL, *wbio = api.wbio ? api.wbio(obj) : NULL;
+        if (chunk_ptr(w, rbio)) bio_roots(w, rbio, owner);
+        if (chunk_ptr(w, wbio)) bio_roots(w, wbio, owner);
+    }
+}
+
+#define BIO_TYPE_SOCKET_ (5 | 0x0400 | 0x0100)
+
+static void put_object(struct walk *w, struct object *objects, size_t k, void *arg)
+{
+    struct out *o = arg;
+    struct object *ob = &objects[k];
+    void *obj = object_ptr(w, ob);
+    int64_t bytes = 0, blocks = 0;
+    for (int c = 0; c < N_CAUSES; c++) {
+        bytes += ob->bytes[c];
+        blocks += ob->blocks[c];
+    }
+    char line[1024];
+    size_t len = 0;
+#define ADD(...) len += (size_t)snprintf(line + len, len < sizeof line ? sizeof line - len : 0, __VA_ARGS__)
+    ADD("X kind=%s ptr=%lx bytes=%lld blocks=%lld", ob->is_ssl ? "ssl" : "ctx", (unsigned long)obj,
+        (long long)bytes, (long long)blocks);
+    if (ob->is_ssl) {
+        if (api.ssl_ctx) ADD(" ctx=%lx", (unsigned long)api.ssl_ctx(obj));
+        if (api.init_finished) ADD(" state=%s", api.init_finished(obj) ? "established" : "handshake");
+        /* SSL_get_fd calls the BIO's ctrl: only for OpenSSL's own socket BIO */
+        void *rbio = api.rbio ? api.rbio(obj) : NULL;
+        int sfd = -1;
+        if (chunk_ptr(w, rbio) && api.bio_type && api.bio_type(rbio) == BIO_TYPE_SOCKET_ && api.ssl_fd)
+            sfd = api.ssl_fd(obj);
+        if (sfd >= 0) ADD(" fd=%d", sfd);
+        if (sfd >= 0) {
+            struct sockaddr_storage ss;
+            socklen_t slen = sizeof ss;
+            char host[INET6_ADDRSTRLEN];
+            if (getpeername(sfd, (struct sockaddr *)&ss, &slen) == 0) {
+                if (ss.ss_family == AF_INET) {
+                    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+                    if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof host)) ADD(" peer=%s:%u", host, ntohs(a->sin_port));
+                } else if (ss.ss_family == AF_INET6) {
+                    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+                    if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host))
+                        ADD(" peer=[%s]:%u", host, ntohs(a->sin6_port));
+                }
+            }
+        }
+    }
+    for (int c = 0; c < N_CAUSES; c++)
+        if (ob->blocks[c]) ADD(" %s=%lld:%lld", cause_names[c], (long long)ob->bytes[c], (long long)ob->blocks[c]);
+#undef ADD
+    if (len < sizeof line) out_put(o, "%s\n", line); /* the whole line or nothing (a fault midway) */
+}
+
 static void child_walk(int fd, uint64_t fork_ns)
 {
     uint64_t t0 = now_ns();
     struct out o = {.fd = fd};
     struct walk w = {0};
+    child_out_fd = fd;
+    guard_faults();
     out_put(&o, "tlsprof-walk 1\n");
+    out_flush(&o); /* a fault's own lines follow the header */
+    phase = "reading the heap";
     if (read_maps(&w) != 0 || collect_chunks(&w) != 0) {
         out_put(&o, "status failed\nreason the walk could not map its own memory\nEND\n");
         out_flush(&o);
@@ -722,6 +875,7 @@ static void child_walk(int fd, uint64_t fork_ns)
     hi_addr = w.addr[w.n - 1] + w.size[w.n - 1];
 
     /* the objects */
+    phase = "finding the objects";
     struct object *objects = region(sizeof(struct object) * 65536);
     size_t n_obj = 0, cap_obj = 65536, n_ctx = 0, n_ssl = 0;
     for (size_t i = 0; i < w.n && objects; i++) {
@@ -744,47 +898,32 @@ static void child_walk(int fd, uint64_t fork_ns)
         }
         objects[n_obj].chunk = (uint32_t)i;
         objects[n_obj].is_ssl = (uint8_t)is_ssl;
+        objects[n_obj].ok = 1;
         w.owner[i] = OWN_FIRST_OBJECT + (uint32_t)n_obj;
         w.cause[i] = C_OTHER;
         n_obj++;
         if (is_ssl) n_ssl++;
         else n_ctx++;
     }
-    /* barriers: application data hung on the objects */
+    /* the objects are checked first, then their application data made barriers, then their
+     * sub-roots queued before them so that they claim first; each step under the fault guard */
+    phase = "checking the objects";
+    for (size_t k = 0; k < n_obj; k++) guarded(validate, &w, objects, k, NULL);
     for (size_t k = 0; k < n_obj; k++) {
-        void *obj = (void *)(w.addr[objects[k].chunk] + 16);
-        for (int slot = 0; slot < EX_DATA_SLOTS; slot++) {
-            if (objects[k].is_ssl && api.ssl_ex) barrier(&w, api.ssl_ex(obj, slot));
-            if (!objects[k].is_ssl && api.ctx_ex) barrier(&w, api.ctx_ex(obj, slot));
-        }
+        if (objects[k].ok) continue;
+        w.owner[objects[k].chunk] = OWN_NONE; /* not an object after all: an ordinary chunk */
+        if (objects[k].is_ssl) n_ssl--;
+        else n_ctx--;
     }
-    /* sub-roots, queued before the objects so that they claim first */
-    for (size_t k = 0; k < n_obj; k++) {
-        void *obj = (void *)(w.addr[objects[k].chunk] + 16);
-        uint32_t owner = OWN_FIRST_OBJECT + (uint32_t)k;
-        if (!objects[k].is_ssl) {
-            void *store = api.ctx_cert_store ? api.ctx_cert_store(obj) : NULL;
-            claim(&w, (uintptr_t)store, owner, C_CA_STORE, 1);
-            /* every certificate of the store is a sub-root of its own: a stray word elsewhere can then
-             * take at most a piece of one certificate, never a whole store */
-            void *objs = store && api.store_objects ? api.store_objects(store) : NULL;
-            claim_stack(&w, objs, owner, C_CA_STORE);
-            if (api.ctx_cert) claim(&w, (uintptr_t)api.ctx_cert(obj), owner, C_OWN_CERT, 1);
-            if (api.ctx_key) claim(&w, (uintptr_t)api.ctx_key(obj), owner, C_OWN_CERT, 1);
-        } else {
-            if (api.peer_cert) claim(&w, (uintptr_t)api.peer_cert(obj), owner, C_PEER_CERT, 1);
-            void *chain = api.peer_chain ? api.peer_chain(obj) : NULL;
-            claim(&w, (uintptr_t)chain, owner, C_PEER_CERT, 1);
-            claim_stack(&w, chain, owner, C_PEER_CERT);
-            if (api.session) claim(&w, (uintptr_t)api.session(obj), owner, C_SESSION, 1);
-            if (api.rbio) bio_roots(&w, api.rbio(obj), owner);
-            if (api.wbio) bio_roots(&w, api.wbio(obj), owner);
-        }
-    }
+    for (size_t k = 0; k < n_obj; k++)
+        if (objects[k].ok) guarded(barriers_of, &w, objects, k, NULL);
+    for (size_t k = 0; k < n_obj; k++)
+        if (objects[k].ok) guarded(subroots_of, &w, objects, k, NULL);
     size_t subroots = w.q_tail;
     /* OpenSSL's library state: reachable from its own globals, never through an object. It is
      * searched completely before the objects, with the sub-roots already claimed, queued aside. */
     size_t lib_start = w.q_tail;
+    phase = "searching from OpenSSL's globals";
     for (size_t i = 0; i < w.n_maps; i++) {
         const struct mapping *m = &w.maps[i];
         int bss = i > 0 && m->anon && w.maps[i - 1].openssl && w.maps[i - 1].w && w.maps[i - 1].hi == m->lo;
@@ -797,12 +936,16 @@ static void child_walk(int fd, uint64_t fork_ns)
      * the library search used */
     size_t base = w.q_tail;
     for (size_t k = 0; k < subroots; k++) w.queue[w.q_tail++] = w.queue[k];
-    for (size_t k = 0; k < n_obj; k++) w.queue[w.q_tail++] = objects[k].chunk;
+    for (size_t k = 0; k < n_obj; k++)
+        if (objects[k].ok) w.queue[w.q_tail++] = objects[k].chunk;
     w.q_head = base;
+    phase = "searching from the objects";
     spread(&w, objects);
+    phase = "searching from the threads";
     int threads_seen = 0, threads_owned = 0;
     thread_roots(&w, objects, n_obj, &threads_seen, &threads_owned);
 
+    phase = "writing the answer";
     /* the totals */
     int64_t lib_bytes = 0, lib_blocks = 0, app_bytes = 0, app_blocks = 0, rest_bytes = 0, rest_blocks = 0, in_use = 0;
     for (size_t i = 0; i < w.n; i++) {
@@ -831,30 +974,10 @@ static void child_walk(int fd, uint64_t fork_ns)
             (unsigned long long)w.heap_bytes, (long long)in_use, (unsigned long long)w.free_bytes,
             (unsigned long long)w.tcache_chunks, w.arenas, w.heaps, w.mmapped, w.bad_regions, n_ctx, n_ssl,
             learned.ctx_chunk, learned.ssl_chunk);
-    for (size_t k = 0; k < n_obj; k++) {
-        struct object *ob = &objects[k];
-        void *obj = (void *)(w.addr[ob->chunk] + 16);
-        int64_t bytes = 0, blocks = 0;
-        for (int c = 0; c < N_CAUSES; c++) {
-            bytes += ob->bytes[c];
-            blocks += ob->blocks[c];
-        }
-        out_put(&o, "X kind=%s ptr=%lx bytes=%lld blocks=%lld", ob->is_ssl ? "ssl" : "ctx", (unsigned long)obj,
-                (long long)bytes, (long long)blocks);
-        if (ob->is_ssl) {
-            if (api.ssl_ctx) out_put(&o, " ctx=%lx", (unsigned long)api.ssl_ctx(obj));
-            if (api.init_finished) out_put(&o, " state=%s", api.init_finished(obj) ? "established" : "handshake");
-            int sfd = api.ssl_fd ? api.ssl_fd(obj) : -1;
-            if (sfd >= 0) {
-                out_put(&o, " fd=%d", sfd);
-                put_peer(&o, sfd);
-            }
-        }
-        for (int c = 0; c < N_CAUSES; c++)
-            if (ob->blocks[c]) out_put(&o, " %s=%lld:%lld", cause_names[c], (long long)ob->bytes[c], (long long)ob->blocks[c]);
-        out_put(&o, "\n");
-    }
-    out_put(&o, "stat threads %d\nstat threads_of_a_connection %d\n", threads_seen, threads_owned);
+    for (size_t k = 0; k < n_obj; k++)
+        if (objects[k].ok) guarded(put_object, &w, objects, k, &o);
+    out_put(&o, "stat threads %d\nstat threads_of_a_connection %d\nstat faults %d\n", threads_seen, threads_owned,
+            faults);
     out_put(&o, "P what=openssl_library bytes=%lld blocks=%lld\n", (long long)lib_bytes, (long long)lib_blocks);
     out_put(&o, "P what=application_data bytes=%lld blocks=%lld\n", (long long)app_bytes, (long long)app_blocks);
     out_put(&o, "P what=unreached bytes=%lld blocks=%lld\n", (long long)rest_bytes, (long long)rest_blocks);

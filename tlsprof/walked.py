@@ -34,7 +34,8 @@ def walk_summary(walk) -> dict:
     out = {"status": walk.status, "reason": walk.reason}
     s = walk.stats
     for key in ("pause_us", "walk_ms_total", "heap_bytes", "in_use_bytes", "chunks", "arenas", "thread_heaps",
-                "mmapped_chunks", "tcache_chunks", "bad_regions", "contexts", "connections"):
+                "mmapped_chunks", "tcache_chunks", "bad_regions", "contexts", "connections", "faults", "threads",
+                "threads_of_a_connection"):
         if key in s:
             out[key] = s[key]
     if "pause_us" not in s and "fork_us" in s:

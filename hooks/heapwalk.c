@@ -608,6 +608,13 @@ static void spread(struct walk *w, const struct object *objects)
             uintptr_t v = word(p);
             long t = chunk_at(w, v);
             if (t < 0 || w->owner[t] != OWN_NONE) continue;
+            if (from_ssl && w->size[t] > RECORD_BUFFER_MAX) {
+                /* the application's buffer: SSL_write keeps the caller's pointer for a retry
+                 * (rlayer.wpend_buf), and asyncio writes from a 256 KiB bytearray. OpenSSL hangs
+                 * nothing this large off a connection's struct itself. */
+                w->owner[t] = OWN_BARRIER;
+                continue;
+            }
             w->owner[t] = owner;
             w->cause[t] = (from_ssl && w->size[t] >= RECORD_BUFFER_MIN && w->size[t] <= RECORD_BUFFER_MAX)
                               ? C_RECORD_BUFFERS : cause;

@@ -96,10 +96,16 @@ def run(args) -> int:
 
 def _walk(sock_path):
     """The heap walk, once, right after the inject: what predates the attach."""
-    try:
-        walk = client.walk(sock_path)
-    except ChannelError as exc:
-        walk = client.Walk(status="failed", reason=str(exc))
+    walk = None
+    for attempt in range(3):
+        try:
+            walk = client.walk(sock_path)
+            break
+        except ChannelError as exc:
+            # seen in rapid attach/detach cycles on Python targets: right after the inject, an answer
+            # that was not the shim's (the previous Python agent's JSON); asking again got the walk
+            walk = client.Walk(status="failed", reason=str(exc))
+            time.sleep(0.2 * (attempt + 1))
     print(f"tlsprof: {walked.walk_sentence(walk)}", file=sys.stderr)
     return walk
 

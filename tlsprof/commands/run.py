@@ -1,10 +1,12 @@
-"""`tlsprof run [-o FILE] [--interval S] [--at peak|last] -- CMD [ARGS...]`
+"""`tlsprof run [-o FILE] [--interval S] [--at peak|last] [--walk] -- CMD [ARGS...]`
 
 Starts CMD with the shim preloaded; stdin/stdout/stderr pass through, the exit status is CMD's.
 Ctrl-C at a terminal reaches CMD directly (same process group); SIGTERM/SIGHUP/SIGQUIT sent to
 tlsprof, and SIGINT when not at a terminal, are forwarded to CMD. Processes CMD starts inherit the
 shim and are tracked with their own channel; the report follows the process of the tree that uses
 OpenSSL (CMD itself when it does) and lists the others under `processes`.
+`--walk`: at the last look (a stop signal sent to tlsprof) the heap is walked too and each context
+and connection carries its walked bytes beside its tracked ones (docs/heap-walk.md).
 """
 import argparse
 import shutil

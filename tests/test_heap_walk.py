@@ -248,3 +248,29 @@ def test_fifty_attach_walk_detach_cycles_under_handshake_load(spawn, tmp_path):
     assert server.proc.poll() is None
     print(f"pauses: max {max(pauses)} us, median {statistics.median(pauses)} us; handshakes {counts}")
     assert counts["failed"] == 0 and counts["ok"] > 50, counts
+
+
+def test_old_and_new_connections_in_one_report_cost_the_same(spawn, tmp_path):
+    """The issue's mixed case: connections opened before the attach (walked) and during it
+    (tracked) of the same ctx-per-connection server must cost the same in one report."""
+    server = spawn.server("--ctx-per-conn")
+    spawn.clients(server.port, 50, interval=IDLE)
+    session = Attached(server.pid, tmp_path / "mixed.json", 8)
+    spawn.clients(server.port, 50, interval=IDLE)
+    report = session.finish(timeout=180)
+    contexts = {c["id"]: c for c in report["contexts"]}
+
+    def cost(c):
+        return c["live_bytes"] + contexts[c["context"]]["live_bytes"]
+
+    old = [c for c in report["connections"] if c.get("measured") == "walked"]
+    new = [c for c in report["connections"] if c.get("measured") == "tracked" and c["since_attach"]]
+    assert len(old) >= 48 and len(new) >= 48, (len(old), len(new))
+    assert all(c["age"] == "before attach" and c["age_s"] is None for c in old)
+    old_mean, new_mean = statistics.mean(map(cost, old)), statistics.mean(map(cost, new))
+    print(f"per connection with its context: before attach (walked) {old_mean:.0f} B, since (tracked) {new_mean:.0f} B, "
+          f"headline {report['per_connection']['bytes']} B")
+    assert abs(old_mean - new_mean) <= 0.15 * new_mean
+    assert abs(report["per_connection"]["bytes"] - new_mean) <= 0.15 * new_mean
+    finding = next(f for f in report["findings"] if f["id"] == "ca-store-per-connection")
+    assert finding["evidence"]["connections"] >= 96

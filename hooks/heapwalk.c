@@ -292,7 +292,10 @@ static const char *allocator_problem(char *why, size_t n)
 {
     void *libc = dlopen("libc.so.6", RTLD_NOLOAD | RTLD_LAZY);
     void *glibc_malloc = libc ? dlsym(libc, "malloc") : NULL;
-    void *used = dlsym(RTLD_DEFAULT, "malloc");
+    /* the first definition in load order is what calls resolve to (an LD_PRELOADed jemalloc);
+     * dlsym(RTLD_DEFAULT) is no good: a non-PIE executable (Debian's python3) that takes malloc's
+     * address makes its own PLT entry malloc's canonical address */
+    void *used = lookup("malloc");
     if (libc) dlclose(libc);
     if (glibc_malloc && used == glibc_malloc) return NULL;
     Dl_info info;

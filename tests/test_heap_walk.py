@@ -274,3 +274,34 @@ def test_old_and_new_connections_in_one_report_cost_the_same(spawn, tmp_path):
     assert abs(report["per_connection"]["bytes"] - new_mean) <= 0.15 * new_mean
     finding = next(f for f in report["findings"] if f["id"] == "ca-store-per-connection")
     assert finding["evidence"]["connections"] >= 96
+
+
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+def _debian_twisted():
+    return os.path.exists(DEBIAN_PYTHON) and subprocess.run(
+        [DEBIAN_PYTHON, "-c", "import twisted, OpenSSL"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _debian_twisted(), reason="needs Debian's python3-twisted and python3-openssl")
+@pytest.mark.parametrize("ctx_per_conn", [False, True], ids=["shared", "ctx-per-conn"])
+def test_walk_finds_twisted_connections_on_debian_pyopenssl(spawn, cert_dir, tmp_path, ctx_per_conn):
+    """Twisted over Debian's pyOpenSSL (the system libssl) under Debian's non-PIE python3."""
+    from tlsenv import ServerProc
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                          "twisted_echo_server.py")
+    args = ["--port", "0", "--ready-file", "{ready}", "--certdir", cert_dir] + (["--ctx-per-conn"] if ctx_per_conn else [])
+    server = ServerProc([DEBIAN_PYTHON, script, *args], script=script)
+    try:
+        server.port = int(server.wait_ready(60))
+        spawn.clients(server.port, N, interval=IDLE)
+        report, _ = _attach_report(server.pid, tmp_path / "twisted.json")
+        conns = _walked(report["connections"])
+        assert len(conns) >= 0.95 * N, len(conns)
+        print(f"twisted ({'ctx per connection' if ctx_per_conn else 'shared'}): {len(conns)} walked connections, "
+              f"{report['per_connection']['bytes']} B per connection")
+        has_finding = any(f["id"] == "ca-store-per-connection" for f in report["findings"])
+        assert has_finding == ctx_per_conn
+    finally:
+        server.stop()

@@ -43,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -1048,9 +1049,13 @@ char *heapwalk_run(int timeout_ms)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t target = getpid();
     uint64_t t0 = now_ns();
     long pid = syscall(SYS_clone, 0ul /* no CLONE_* flags, no exit signal */, NULL, NULL, NULL, 0ul);
     if (pid == 0) {
+        /* the child holds copies of the target's sockets: it must not outlive the target */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != target) syscall(SYS_exit_group, 0); /* it died before the line above */
         close(fds[0]);
         child_walk(fds[1], now_ns() - t0);
         syscall(SYS_exit_group, 0);

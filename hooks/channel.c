@@ -293,6 +293,15 @@ static int serve(int fd)
         owner_sites(&b, cmd + 6);
     } else if (!strcmp(cmd, "SNAPSHOT")) {
         snapshot(&b);
+    } else if (!strcmp(cmd, "WALK") || !strncmp(cmd, "WALK ", 5)) {
+        /* WALK [timeout_ms]: the heap walk runs in a child; this thread waits for it */
+        long ms = cmd[4] ? strtol(cmd + 5, NULL, 10) : 0;
+        char *text = heapwalk_run(ms > 0 && ms <= 600000 ? (int)ms : 60000);
+        if (text) put(&b, "%s", text);
+        else b.failed = 1;
+        free(text);
+        struct timeval slow = {30, 0}; /* a large answer: give the reader time */
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &slow, sizeof slow);
     } else if (!strcmp(cmd, "DETACH")) {
         tlsprof_stop_from_channel();
         put(&b, "OK\n");

@@ -185,6 +185,9 @@ void pytrace_unlock(void);
 void pyagent_start(const char *channel_dir);
 void pyagent_stop(void);
 
+/* ---- heapwalk.c: WALK, the memory that predates the hooks (docs/heap-walk.md) ---- */
+char *heapwalk_run(int timeout_ms); /* malloc'd text answer; never NULL unless out of memory */
+
 /* ---- channel.c ---- */
 int channel_start(const char *dir);
 void channel_stop(void);

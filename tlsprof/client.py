@@ -3,7 +3,9 @@
 The wire format is the shim's text snapshot (hooks/channel.c): a header, one `O` line per owner
 (process, context, connection) with counters by cause, one `F` line of facts per live connection
 (io: its calls that moved data; with an fd: fd_open, fd_ino, fd_sock), one `S` line per live call
-site, `END`.
+site, `END`. `WALK` answers the heap walk's text (hooks/heapwalk.c, docs/heap-walk.md): `status`,
+`reason`, `stat` lines, one `X key=value...` line per context or connection found in the heap, `P`
+lines for what belongs to the process, `END`.
 """
 import gc
 import socket
@@ -275,3 +277,78 @@ def ping(path: str, timeout: float = 2.0) -> int:
 def detach(path: str, timeout: float = 5.0) -> None:
     if ask(path, "DETACH", timeout).strip() != "OK":
         raise ChannelError("the shim did not confirm DETACH")
+
+
+@dataclass
+class WalkedObject:
+    """A context or connection the heap walk found, with the bytes it reaches first."""
+    kind: str                 # "context" | "connection"
+    ptr: int
+    bytes: int
+    blocks: int
+    by_cause: dict            # cause -> Counters(bytes, 0, blocks)
+    ctx_ptr: int = None       # a connection's SSL_CTX
+    state: str = None
+    fd: int = None
+    peer: str = None
+
+
+@dataclass
+class Walk:
+    status: str               # "ok" | "unavailable" | "failed"
+    reason: str = None
+    stats: dict = field(default_factory=dict)
+    objects: list = field(default_factory=list)
+    process: dict = field(default_factory=dict)  # what -> (bytes, blocks)
+
+    @property
+    def ok(self):
+        return self.status == "ok"
+
+
+_WALK_KINDS = {"ctx": "context", "ssl": "connection"}
+
+
+def parse_walk(text: str) -> Walk:
+    """The WALK answer. Unknown keys and line tags are ignored (the format grows by adding keys)."""
+    lines = text.split("\n")
+    if not lines or lines[0] != "tlsprof-walk 1":
+        first = text.strip().splitlines()[0] if text.strip() else "nothing"
+        raise ChannelError(f"the shim answered WALK with {first!r} (a shim without the heap walk?)")
+    if "END" not in lines:
+        raise ChannelError("the shim's heap walk answer was cut short")
+    walk = Walk(status="failed")
+    try:
+        for line in lines[1:lines.index("END")]:
+            tag, _, rest = line.partition(" ")
+            if tag == "status":
+                walk.status = rest.strip()
+            elif tag == "reason":
+                walk.reason = rest.strip()
+            elif tag == "stat":
+                k, v = rest.split()
+                walk.stats[k] = int(v)
+            elif tag in ("X", "P"):
+                kv = dict(item.partition("=")[::2] for item in rest.split(" ") if "=" in item)
+                if tag == "P":
+                    walk.process[kv["what"]] = (int(kv["bytes"]), int(kv["blocks"]))
+                    continue
+                by_cause = {}
+                for cause in CAUSES:
+                    if cause in kv:
+                        b, n = kv[cause].split(":")
+                        by_cause[cause] = Counters(int(b), 0, int(n))
+                walk.objects.append(WalkedObject(
+                    kind=_WALK_KINDS.get(kv.get("kind"), "other"), ptr=int(kv["ptr"], 16),
+                    bytes=int(kv["bytes"]), blocks=int(kv["blocks"]), by_cause=by_cause,
+                    ctx_ptr=int(kv["ctx"], 16) if kv.get("ctx") else None, state=kv.get("state"),
+                    fd=int(kv["fd"]) if kv.get("fd") else None, peer=kv.get("peer")))
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ChannelError(f"unreadable heap walk line: {exc}") from None
+    return walk
+
+
+def walk(path: str, timeout: float = 120.0) -> Walk:
+    """Ask the shim for a heap walk (it runs in a child of the target; the target pauses only for
+    the fork). The shim bounds the walk to `timeout` too."""
+    return parse_walk(ask(path, f"WALK {int(timeout * 1000) - 2000}", timeout))

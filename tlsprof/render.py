@@ -283,12 +283,15 @@ def _render_connections(out, connections: list) -> None:
             name += "*"
         peer = conn.get("peer") or (f"fd {conn['fd']}" if conn.get("fd") is not None else "-")
         cells = [_cell(name)] + ([] if tree else [_cell(conn.get("context"))]) + [
-            _cell(peer), conn["state"], human_age(conn.get("age_s")), human_bytes(conn["live_bytes"]),
-            _top_cause(conn["by_cause"])]
+            _cell(peer), conn["state"], conn.get("age") or human_age(conn.get("age_s")),
+            human_bytes(conn["live_bytes"]), _top_cause(conn["by_cause"])]
         table.add_row(*cells)
     out(table)
-    if any(c.get("since_attach") is False for c in ranked):
+    if any(c.get("since_attach") is False and not c.get("walked_bytes") for c in ranked):
         out(Text("* opened before attach: its earlier allocations are not counted", style="dim"))
+    elif any(c.get("since_attach") is False for c in ranked):
+        out(Text("* opened before attach: its bytes from before were found by the heap walk (measured: walked)",
+                 style="dim"))
     out()
 
 

@@ -8,8 +8,9 @@ quit, or the target's exit, detaches each process (every patched slot is restore
 on) and writes the report (`target.mode` = "attach"). From the start to the written report those
 signals never kill tlsprof: one arriving during the injection, the detach or the writing ends the
 session the same way. Children forked while attached inherit the shim and are followed.
-Connections that predate the attach are listed as the shim sees them afterwards (`since_attach`);
-their earlier allocations are unknown and never presented as measured.
+Right after injecting, the shim walks the heap once (docs/heap-walk.md): contexts and connections
+that predate the attach carry the bytes the walk found (`measured`: walked), the rest is tracked.
+`--no-walk` skips it; then their earlier allocations are unknown and never presented as measured.
 """
 import os
 import sys
@@ -17,7 +18,7 @@ import time
 
 import psutil
 
-from tlsprof import client, inject, process_tree
+from tlsprof import client, inject, process_tree, walked
 from tlsprof.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import AttachError, ChannelError, NoOpenSSL, NoSuchProcess, TlsprofError, UsageError
 from tlsprof.commands.run import emit_report, empty_report, poll_quietly, tell
@@ -44,6 +45,8 @@ def prepare_parser(p):
                    help="attach to PID alone, not to its child processes (default: the whole tree)")
     p.add_argument("--live", action="store_true", help="open the interactive live view (needs a terminal)")
     p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus/OpenMetrics gauges while attached")
+    p.add_argument("--no-walk", action="store_true",
+                   help="skip the heap walk at attach (the memory that predates the attach stays unmeasured)")
 
 
 def _command_of(pid):
@@ -75,6 +78,9 @@ def run(args) -> int:
 def _attach(args, stops: StopSignals) -> int:
     attached = _attach_tree(args)  # {pid: channel directory}
     channel_dir = attached[args.pid]
+    # the memory that predates the attach, walked once right away (per process of a tree)
+    walks = {} if args.no_walk or stops.stopping else {
+        pid: _walk(socket_path(directory, pid)) for pid, directory in attached.items()}
     session = Session(channel_dir, args.pid, _command_of(args.pid), mode="attach",
                       follow_children=not args.no_children, tree_only=True)
     session.channel_dirs = sorted(set(attached.values()), key=lambda d: d != channel_dir)
@@ -116,8 +122,42 @@ def _attach(args, stops: StopSignals) -> int:
             raise ChannelError(f"pid {args.pid} gave no snapshot before the session ended")
         report = empty_report(args.pid, session.command, "attach",
                               notes + ["no snapshot was taken: the session was stopped before the first one"])
+    elif walks:
+        _merge_walks(report, walks, getattr(session, args.at, None) or session.last)
     emit_report(report, args, stream=sys.stdout if args.format == "json" else sys.stderr)
     return 0
+
+
+def _walk(sock_path):
+    """The heap walk, once, right after the inject: what predates the attach."""
+    walk = None
+    for attempt in range(3):
+        try:
+            walk = client.walk(sock_path)
+            break
+        except ChannelError as exc:
+            # seen in rapid attach/detach cycles on Python targets: right after the inject, an answer
+            # that was not the shim's (the previous Python agent's JSON); asking again got the walk
+            walk = client.Walk(status="failed", reason=str(exc))
+            time.sleep(0.2 * (attempt + 1))
+    tell(f"tlsprof: {walked.walk_sentence(walk)}")
+    return walk
+
+
+def _merge_walks(report, walks, observation):
+    """Walked bytes into the report of one process; a tree's report keeps per-process ids (PID:conn-N)
+    the walk does not know yet, so it says so instead of merging."""
+    snaps = getattr(observation, "snaps", None) or {}
+    if len(report.get("processes") or []) > 1:
+        report.setdefault("notes", []).append(
+            f"the heap walk ran in {len(walks)} processes but is merged into single-process reports only: "
+            "attach to one process (a worker, or --no-children) to see the bytes that predate the attach")
+        return
+    pid, walk = next(iter(walks.items())) if len(walks) == 1 else (report["target"]["pid"],
+                                                                      walks.get(report["target"]["pid"]))
+    snap = snaps.get(pid) or next(iter(snaps.values()), None)
+    if snap is not None:
+        walked.merge_attach(report, walk, snap)
 
 
 def _attach_tree(args) -> dict:

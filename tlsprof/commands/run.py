@@ -1,4 +1,4 @@
-"""`tlsprof run [-o FILE] [--interval S] [--at steady|peak|last] -- CMD [ARGS...]`
+"""`tlsprof run [-o FILE] [--interval S] [--at steady|peak|last] [--walk] -- CMD [ARGS...]`
 
 Starts CMD with the shim preloaded; stdin/stdout/stderr pass through, the exit status is CMD's.
 Ctrl-C at a terminal reaches CMD directly (same process group); SIGTERM/SIGHUP/SIGQUIT sent to
@@ -8,6 +8,8 @@ first snapshot, after CMD exited, with it, or while the report is being written;
 written at the first such signal already, and again when CMD exits. Processes CMD starts inherit the
 shim and are tracked with their own channel; the report describes the whole tree: every process
 that loads OpenSSL has a `processes[]` entry and the headline is over all their connections.
+`--walk`: at the last look (a stop signal sent to tlsprof) the heap is walked too and each context
+and connection carries its walked bytes beside its tracked ones (docs/heap-walk.md).
 """
 import argparse
 import shutil
@@ -17,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from tlsprof import launch, report_io
+from tlsprof import client, launch, report_io, walked
 from tlsprof.client import Snapshot
 from tlsprof.errors import TlsprofError, UsageError
 from tlsprof.model import build_report
@@ -44,6 +46,9 @@ def prepare_parser(p):
     add_pprof_arguments(p)
     p.add_argument("--user", metavar="USER",
                    help="start CMD as USER (tlsprof runs as root; e.g. PostgreSQL refuses to run as root)")
+    p.add_argument("--walk", action="store_true",
+                   help="also walk the heap at the last look (docs/heap-walk.md): each context and connection "
+                        "carries the walked bytes beside its tracked ones")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
 
@@ -102,8 +107,10 @@ def _run(args, cmd, stops: StopSignals) -> int:
                 from tlsprof.live import run_live
                 returncode = run_live(session, proc, args)
             else:
+                last_look = (lambda: _walk_last_look(session)) if getattr(args, "walk", False) else None
                 returncode = _collect(proc, session, args.interval, stops,
-                                      on_stop=lambda: _write_early(session, args, cmd, proc, stops))
+                                      on_stop=lambda: _write_early(session, args, cmd, proc, stops),
+                                      on_last_look=last_look)
         finally:
             if metrics is not None:
                 metrics.stop()
@@ -118,6 +125,8 @@ def _run(args, cmd, stops: StopSignals) -> int:
             notes.append(f"tlsprof passed {names} on to the target, which then exited "
                          f"({_describe_status(returncode)}); no snapshot was taken after the signal")
         report = session.report(at=args.at, partial=partial, notes=notes)
+        if report is not None and getattr(args, "walk", False):
+            _annotate_walk(report, session)
         if report is None:
             why = (f"{cmd[0]} exited after {time.time() - session.started:.1f}s before its first snapshot "
                    f"(or never loaded the shim)")
@@ -237,8 +246,36 @@ def announce_copies(session: Session, file=sys.stderr):
 FIRST_SNAPSHOT_WAIT = 2.0
 
 
+def _walk_last_look(session: Session) -> None:
+    """`--walk`: the heap walk of the process holding most connections, with the snapshot it is
+    compared with."""
+    obs = session.last
+    if obs is None:
+        return
+    pid = obs.pid
+    path = session.sockets().get(pid)
+    if path is None:
+        return
+    session.walk_snapshot = obs.snaps.get(pid)
+    try:
+        session.walk = client.walk(path)
+    except Exception as exc:  # noqa: BLE001 - a walk that fails must never lose the report
+        session.walk = client.Walk(status="failed", reason=str(exc))
+    tell(f"tlsprof: {walked.walk_sentence(session.walk)}")
+
+
+def _annotate_walk(report, session):
+    snap = getattr(session, "walk_snapshot", None)
+    if len(report.get("processes") or []) > 1:
+        report.setdefault("notes", []).append(
+            "--walk: the walked bytes are set beside tracked ones in single-process reports only")
+        return
+    if snap is not None:
+        walked.annotate_run(report, getattr(session, "walk", None), snap)
+
+
 def _collect(proc: subprocess.Popen, session: Session, interval: float, stops: StopSignals = None,
-             on_stop=None) -> int:
+             on_stop=None, on_last_look=None) -> int:
     """Snapshot every `interval` s until the target exits. A stop signal sent to tlsprof is
     forwarded after one last snapshot, and no snapshot is taken after it: the target's own teardown
     (closing every connection) never becomes the report's `last` snapshot. A terminal's Ctrl-C has
@@ -246,7 +283,7 @@ def _collect(proc: subprocess.Popen, session: Session, interval: float, stops: S
     snapshot and the forwarded signal."""
     if stops is None:  # called on its own (the live view, once closed): hold the signals here
         with StopSignals() as own:
-            return _collect(proc, session, interval, own, on_stop)
+            return _collect(proc, session, interval, own, on_stop, on_last_look)
     stopping = False
     next_at = time.monotonic()
     first = True
@@ -259,6 +296,8 @@ def _collect(proc: subprocess.Popen, session: Session, interval: float, stops: S
             first_stop = not stopping
             if first_stop:
                 _last_look(proc, session)
+                if on_last_look is not None and proc.poll() is None:
+                    on_last_look()
                 stopping = True
             for signum in stops.take():
                 try:

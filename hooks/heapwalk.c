@@ -658,11 +658,14 @@ static uintptr_t read_word(const struct walk *w, uintptr_t p)
     return m && p + 8 <= m->hi && !(p & 7) ? word(p) : 0;
 }
 
-/* A thread's OpenSSL state (its pthread keys' values) goes to the one connection its stack points
- * to, when the thread is blocked serving exactly one (a thread per connection), else to the
- * process. Searched after the objects, so it takes only what no object reaches. */
+/* A thread's OpenSSL state (its pthread keys' values: the error queue, the thread's DRBGs and their
+ * locks) belongs to the process, as the tracked bytes' `thread_state` does (hooks/causes.c): it
+ * outlives any connection the thread serves. Searched after the objects, so it takes only what no
+ * object reaches. */
 static void thread_roots(struct walk *w, const struct object *objects, size_t n_obj, int *seen, int *owned)
 {
+    (void)n_obj;
+    (void)owned;
     if (learned.specific_off < 0 || !learned.n_keys) return;
     for (int t = 0; t < n_thread_sp; t++) {
         const struct mapping *m = mapping_of(w, thread_sp[t]);
@@ -673,17 +676,7 @@ static void thread_roots(struct walk *w, const struct object *objects, size_t n_
             if (word(a) == a && word(a + 16) == a) tcb = a; /* tcbhead_t: tcb and self point to itself */
         if (!tcb || tcb < thread_sp[t]) continue;
         (*seen)++;
-        long conn = -1;
-        uintptr_t end = tcb - thread_sp[t] > STACK_SCAN_MAX ? thread_sp[t] + STACK_SCAN_MAX : tcb;
-        for (uintptr_t p = thread_sp[t] & ~(uintptr_t)7; p + 8 <= end && conn != -2; p += 8) {
-            long c = chunk_at(w, word(p));
-            if (c < 0 || w->owner[c] < OWN_FIRST_OBJECT) continue;
-            uint32_t k = w->owner[c] - OWN_FIRST_OBJECT;
-            if (k >= n_obj || !objects[k].is_ssl || objects[k].chunk != (uint32_t)c) continue;
-            conn = conn == -1 || conn == (long)k ? (long)k : -2;
-        }
-        uint32_t owner = conn >= 0 ? OWN_FIRST_OBJECT + (uint32_t)conn : OWN_LIBRARY;
-        if (conn >= 0) (*owned)++;
+        uint32_t owner = OWN_LIBRARY;
         uintptr_t specific = tcb + (uintptr_t)learned.specific_off;
         for (int i = 0; i < learned.n_keys; i++) {
             uint32_t key = learned.keys[i];
@@ -694,7 +687,7 @@ static void thread_roots(struct walk *w, const struct object *objects, size_t n_
                 uintptr_t second = read_word(w, specific + 16 * 32 + 8 * (key / 32));
                 value = second ? read_word(w, second + 16 * (key % 32) + 8) : 0;
             }
-            claim(w, value, owner, C_OTHER, 1);
+            claim(w, value, owner, C_THREAD_STATE, 1);
         }
         spread(w, objects);
     }

@@ -229,7 +229,7 @@ def _recompute(report: dict, walk, added: int, merged_ptrs: set) -> None:
     for entry in list(contexts.values()) + report["connections"]:
         for k, v in (entry.get("walked_by_cause") or {}).items():
             by_cause[k] = by_cause.get(k, 0) + v
-    by_cause["other"] = by_cause.get("other", 0) + library[0]
+    by_cause["library"] = by_cause.get("library", 0) + library[0]
     totals["tracked_bytes"] = totals["live_bytes"]
     totals["walked_bytes"] = added + library[0]
     totals["live_bytes"] = totals["live_bytes"] + added + library[0]
@@ -238,7 +238,7 @@ def _recompute(report: dict, walk, added: int, merged_ptrs: set) -> None:
     totals["by_cause"] = _ordered(by_cause)
     # the walked bytes have no call site: one pseudo-site per cause says where they were found, so
     # that sites and totals still add up
-    site_bytes, site_blocks = {"other": library[0]}, {"other": library[1]}
+    site_bytes, site_blocks = {"library": library[0]}, {"library": library[1]}
     for obj in walk.objects:
         if obj.ptr in merged_ptrs:
             for cause, v in obj.by_cause.items():
@@ -255,7 +255,7 @@ def _recompute(report: dict, walk, added: int, merged_ptrs: set) -> None:
     process["walked_bytes"] = library[0]
     process["live_bytes"] = process.get("live_bytes", 0) + library[0]
     pby = dict(process.get("by_cause") or {})
-    pby["other"] = pby.get("other", 0) + library[0]
+    pby["library"] = pby.get("library", 0) + library[0]
     process["by_cause"] = _ordered(pby)
     if "attach" in report:
         old = sum(1 for c in conns if c.get("predates_attach"))

@@ -15,7 +15,7 @@ import psutil
 from tlsprof import client, inject
 from tlsprof.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import ChannelError, TlsprofError, UsageError
-from tlsprof.commands.run import emit_report
+from tlsprof.commands.run import announce_version, emit_report
 from tlsprof.session import Session
 from tlsprof.shim import shim_path
 
@@ -59,6 +59,8 @@ def run(args) -> int:
     inject.inject(args.pid, shim_path(), channel_dir, timeout=args.timeout)
     print(f"tlsprof: attached to pid {args.pid} in {time.monotonic() - started:.1f}s", file=sys.stderr)
     session = Session(channel_dir, args.pid, _command_of(args.pid), mode="attach", follow_children=False)
+    if not (args.live and sys.stdout.isatty()):
+        announce_version(session)
     target_died = False
     metrics = None
     try:

@@ -18,6 +18,7 @@ from tlsprof import launch, report_io
 from tlsprof.errors import UsageError
 from tlsprof.render import render_text
 from tlsprof.session import Session
+from tlsprof.versions import unchecked_version_note
 
 
 def prepare_parser(p):
@@ -76,6 +77,7 @@ def run(args) -> int:
         session.main_pid = session.focus_pid = proc.pid
         if not live:
             announce_copies(session)
+            announce_version(session)
         try:
             if live:
                 from tlsprof.live import run_live
@@ -138,6 +140,18 @@ def announce_copies(session: Session, file=sys.stderr):
                 if copy["kind"] == "shared-symbolic" and copy["per_connection"]:
                     how = "linked -Bsymbolic: tracked through its own allocator, per connection"
                 print(f"tlsprof: OpenSSL in {copy['path']} ({copy['kind']}): {how}", file=file)
+    session.on_snapshot.append(on_snapshot)
+
+
+def announce_version(session: Session, file=sys.stderr):
+    """One line, once, when the target's OpenSSL is not a version tlsprof was checked against."""
+    told = []
+
+    def on_snapshot(snap):
+        note = None if told else unchecked_version_note(snap.openssl)
+        if note:
+            told.append(note)
+            print(f"tlsprof: {note}", file=file)
     session.on_snapshot.append(on_snapshot)
 
 

@@ -21,9 +21,9 @@ START=$(date +%s)
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SERIES="${1:-}"
 case "$SERIES" in
-  3.5) SUITE=trixie; SONAME=3; EXTRA_TARGETS=() ;;
-  3.0) SUITE=bookworm; SONAME=3; EXTRA_TARGETS=() ;;
-  1.1.1) SUITE=bullseye; SONAME=1.1; EXTRA_TARGETS=(apps/openssl) ;;
+  3.5) SUITE=trixie; SONAME=3; EXTRA_TARGETS=(); MAPS=() ;;
+  3.0) SUITE=bookworm; SONAME=3; EXTRA_TARGETS=(); MAPS=() ;;
+  1.1.1) SUITE=bullseye; SONAME=1.1; EXTRA_TARGETS=(apps/openssl); MAPS=(libcrypto.map libssl.map) ;;
   *) echo "usage: $0 3.5|1.1.1|3.0 [CACHE_DIR]" >&2; exit 2 ;;
 esac
 CACHE_DIR="${2:-$REPO_ROOT/.cache/openssl-$SERIES}"
@@ -36,7 +36,8 @@ JOBS="${TLSPROF_BUILD_JOBS:-2}"
 
 # Debian's OPENSSLDIR, so the build finds the system CA directory (and openssl.cnf).
 CONFIGURE_ARGS=(shared no-tests --openssldir=/usr/lib/ssl --libdir=lib)
-RECIPE="recipe=1 series=$SERIES out-of-tree configure=${CONFIGURE_ARGS[*]} target=build_libs ${EXTRA_TARGETS[*]}"
+CONFIGURED="series=$SERIES out-of-tree configure=${CONFIGURE_ARGS[*]}"
+RECIPE="recipe=2 $CONFIGURED no-Bsymbolic target=build_libs ${EXTRA_TARGETS[*]}"
 
 log() { echo "build-openssl $SERIES: $*" >&2; }
 elapsed() { log "elapsed $(( $(date +%s) - START ))s"; }
@@ -105,23 +106,40 @@ EOF
   rm -f "$SRC_DIR"/openssl_*.debian.tar.* "$SRC_DIR"/openssl_*.dsc
 fi
 VERSION="$(basename "$TARBALL" | sed -E 's/^openssl_([0-9.]+[a-z]?)\.orig\.tar\..*/\1/')"
-log "source: $(basename "$TARBALL") (OpenSSL $VERSION)"
+log "source: $(basename "$TARBALL") (OpenSSL $VERSION, Debian $SUITE)"
 
 # --- configure and build, out of tree ------------------------------------------------------------
 # ../config guesses the target (1.1.1's Configure insists on one; 3.x accepts both).
 TREE="$SRC_DIR/openssl-$VERSION"
 BUILD_DIR="$TREE/build_shared"
-if [ ! -f "$BUILD_DIR/.configured" ] || [ "$(cat "$BUILD_DIR/.configured")" != "$RECIPE" ]; then
+if [ ! -f "$BUILD_DIR/.configured" ] || [ "$(cat "$BUILD_DIR/.configured")" != "$CONFIGURED" ]; then
   rm -rf "$TREE"
   mkdir -p "$BUILD_DIR"
   tar -xf "$TARBALL" -C "$TREE" --strip-components=1
   (cd "$BUILD_DIR" && ../config "${CONFIGURE_ARGS[@]}" >"$BUILD_DIR/configure.log" 2>&1) || {
     tail -n 30 "$BUILD_DIR/configure.log" >&2; exit 1; }
-  echo "$RECIPE" >"$BUILD_DIR/.configured"
+  echo "$CONFIGURED" >"$BUILD_DIR/.configured"
+fi
+# Upstream links the libraries -Bsymbolic; Debian (no-symbolic) and other distributions do not, so
+# their libcrypto calls CRYPTO_malloc through its own PLT as the system 3.0 does. Build like them
+# (tlsprof's -Bsymbolic path is covered by the zlib build). Idempotent; relinks when it changed.
+if grep -q -- '-Wl,-Bsymbolic' "$BUILD_DIR/Makefile"; then
+  sed -i -e 's/ -Wl,-Bsymbolic / /g' -e 's/ -Wl,-Bsymbolic$//' "$BUILD_DIR/Makefile"
+  rm -f "$BUILD_DIR"/lib*.so* "$BUILD_DIR/apps/openssl"
+fi
+# The version scripts first, alone: 1.1.1's Makefile can link libcrypto while -j2 still writes
+# libcrypto.map ("syntax error in VERSION script").
+: >"$BUILD_DIR/make.log"
+if [ ${#MAPS[@]} -gt 0 ]; then
+  (cd "$BUILD_DIR" && make "${MAPS[@]}" >"$BUILD_DIR/make.log" 2>&1) || {
+    tail -n 20 "$BUILD_DIR/make.log" >&2; exit 1; }
 fi
 log "make -j$JOBS build_libs ${EXTRA_TARGETS[*]} in $BUILD_DIR (nice; takes minutes)"
-(cd "$BUILD_DIR" && nice -n 10 make -j"$JOBS" build_libs "${EXTRA_TARGETS[@]}" >"$BUILD_DIR/make.log" 2>&1) || {
+(cd "$BUILD_DIR" && nice -n 10 make -j"$JOBS" build_libs "${EXTRA_TARGETS[@]}" >>"$BUILD_DIR/make.log" 2>&1) || {
   tail -n 40 "$BUILD_DIR/make.log" >&2; exit 1; }
+if LC_ALL=C readelf -d "$BUILD_DIR/libcrypto.so.$SONAME" | grep -q SYMBOLIC; then
+  log "libcrypto.so.$SONAME is still linked -Bsymbolic"; exit 1
+fi
 
 # --- install into the cache (stamp last) ---------------------------------------------------------
 rm -f "$STAMP"

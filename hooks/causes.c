@@ -18,6 +18,37 @@ const char *const scope_names[N_SCOPES] = {
 
 static int has(const char *file, const char *part) { return strstr(file, part) != NULL; }
 
+/* ---- OpenSSL's source layout by version: the shim's only version knowledge ----
+ * A cause is read from the file OpenSSL names for each allocation (Debian's out-of-tree builds pass
+ * "../ssl/ssl_lib.c"). Where the layout differs between the versions tlsprof is checked against
+ * (1.1.1w, 3.0.x, 3.5.x: docs/compatibility.md, "Versions"), each version's path is named here.
+ * Entry points need no such list: the shim resolves every hooked function by name, so one a version
+ * lacks (1.1.1 has no EVP_*_fetch, no providers, no SSL_CTX_new_ex) is simply never hooked.
+ *
+ *   record layer  1.1.1-3.1  ssl/record/{rec_layer_s3,ssl3_buffer,ssl3_record}.c
+ *                 3.2+       ssl/record/methods/ (tls_common.c holds the buffers; its method files
+ *                            are named *_meth.c but hold per-connection state, not method tables)
+ *   QUIC          3.2+       ssl/quic/: a QUIC connection's stream and packet buffers
+ *   SSL object    1.1.1-3.1  struct ssl_st; 3.2+ SSL_CONNECTION inside it: both from ssl/ssl_lib.c
+ *                            under SSL_new, i.e. `connection` by scope on every version
+ *   one-time      3.0+       providers, name map and method stores (crypto/core_*, property/ ...)
+ *                 1.1.1      no providers: object names, engines, error strings (o_names.c ...)
+ *   DRBGs         1.1.1      crypto/rand/drbg_lib.c   3.0+ providers/implementations/rands/
+ *   X25519 keys   all        crypto/ec/ecx_meth.c is the legacy key method: on 1.1.1 it makes each
+ *                            handshake's key share (3.x: providers/.../keymgmt/ecx_kmgmt.c) */
+static int is_record_layer_code(const char *f)
+{
+    return has(f, "ssl/record/") /* every version, methods/ included (3.2+) */ ||
+           has(f, "ssl/quic/quic_sstream.c") || has(f, "ssl/quic/quic_rstream.c") || /* 3.2+ */
+           has(f, "ssl/quic/quic_record_") || has(f, "ssl/quic/quic_sf_list.c");
+}
+
+/* Files named like method tables that hold per-connection data on some version. */
+static int is_method_named_data(const char *f)
+{
+    return has(f, "ssl/record/methods/") /* 3.2+ */ || has(f, "crypto/ec/ecx_meth.c") /* 1.1.1 */;
+}
+
 static int is_certificate_code(const char *f)
 {
     return has(f, "/x509/") || has(f, "/asn1/") || has(f, "/x509v3/") || has(f, "/pem/") ||
@@ -39,7 +70,7 @@ static int is_library_code(const char *f)
     return has(f, "crypto/core_") || has(f, "/property/") || has(f, "crypto/provider") ||
            has(f, "crypto/context.c") || has(f, "crypto/init.c") || has(f, "/conf/") ||
            has(f, "/dso/") || has(f, "/engine/") || has(f, "o_names.c") || has(f, "obj_dat.c") ||
-           has(f, "_meth.c") || has(f, "evp_fetch.c") || has(f, "crypto/ex_data.c") ||
+           (has(f, "_meth.c") && !is_method_named_data(f)) || has(f, "evp_fetch.c") || has(f, "crypto/ex_data.c") ||
            has(f, "providers/defltprov.c") || has(f, "providers/baseprov.c") ||
            has(f, "providers/nullprov.c") || has(f, "providers/common/") || has(f, "ssl/ssl_init.c");
 }
@@ -62,7 +93,7 @@ uint8_t classify_cause(const char *file, uint8_t scope)
     if (!file) return C_OTHER;
     if (is_thread_code(file)) return C_THREAD_STATE;
     if (has(file, "/comp/") || has(file, "c_zlib")) return C_COMPRESSION;
-    if (has(file, "ssl/record/")) return C_RECORD_BUFFERS;
+    if (is_record_layer_code(file)) return C_RECORD_BUFFERS;
     if (has(file, "ssl_sess.c")) return C_SESSION;
     /* BIO structs and their BUF_MEM buffers (Python's MemoryBIO, asyncio's transport) */
     if (has(file, "/bio/") || has(file, "/buffer/")) return C_BIO;

@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-DEB_PACKAGES = gcc make gdb openssl nginx-light zlib1g-dev perl tmux chromium \
+DEB_PACKAGES = gcc libc6-dev make gdb openssl nginx-light zlib1g-dev perl tmux chromium \
                python3-twisted python3-openssl nodejs
 
 .PHONY: demo test bench deps venv clean

@@ -201,6 +201,7 @@ def test_c_server_on_111_200_connections_and_causes(ossl111, c_server_111, cert_
         assert c["by_cause"].get("record_buffers", 0) > 0, c  # no RELEASE_BUFFERS: both held
     assert per["by_cause"].get("connection", 0) > 2000, per["by_cause"]
     assert per["by_cause"].get("cipher_state", 0) > 0, per["by_cause"]
+    assert "ca-store-per-connection" not in [f["id"] for f in report["findings"]]
     assert _other_share(report) <= OTHER_GOAL, per["by_cause"]
     assert not any("checked against" in n for n in report["notes"]), report["notes"]
     # 1.1.1 makes each handshake's X25519 key share in crypto/ec/ecx_meth.c: the connection's, not
@@ -315,3 +316,18 @@ def test_report_on_an_unchecked_version_carries_the_line_and_renders(tmp_path):
     assert not [n for n in known["notes"] if "checked against" in n]
     unknown = build_report(parse_snapshot(_snapshot_text("-")), command=["x"], mode="run")  # no OpenSSL_version
     assert not [n for n in unknown["notes"] if "checked against" in n]
+
+
+def test_run_says_it_once_on_stderr():
+    """`run` and `attach` print the line once, at the first snapshot that names the version."""
+    import io
+    import types
+
+    from tlsprof.commands.run import announce_version
+    session, err = types.SimpleNamespace(on_snapshot=[]), io.StringIO()
+    announce_version(session, file=err)
+    for text in ("-", "OpenSSL 4.0.0 7 Apr 2026", "OpenSSL 4.0.0 7 Apr 2026"):
+        for callback in session.on_snapshot:
+            callback(parse_snapshot(_snapshot_text(text)))
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tlsprof: OpenSSL 4.0.0 is not a version"), lines

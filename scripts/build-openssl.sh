@@ -91,8 +91,9 @@ EOF
     apt-get "${APT_OPTS[@]}" update -qq </dev/null >"$SRC_DIR/apt-update.log" 2>&1 || {
       tail -n 20 "$SRC_DIR/apt-update.log" >&2; exit 1; }
   fi
-  # The newest version of the series: apt-get may fetch the orig tarball and then 404 on the .dsc of
-  # the security archive and exit non-zero; the orig tarball is all the build needs.
+  # The newest version of the series whose orig tarball the mirror has (seen here: 3.5.9 listed but
+  # 404, 3.5.7 fetched). apt-get may fetch the orig tarball and then 404 on the .dsc of the security
+  # archive and exit non-zero; the orig tarball is all the build needs.
   for v in $(apt-cache "${APT_OPTS[@]}" showsrc openssl | sed -n 's/^Version: //p' |
              grep "^$SERIES" | sort -rV | uniq); do
     log "fetching the orig tarball of openssl $v"

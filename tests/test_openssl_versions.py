@@ -70,6 +70,15 @@ def _other_share(report):
     return per["by_cause"].get("other", 0) / per["bytes"]
 
 
+def _first_context_is_no_outlier(report):
+    """One-time library memory belongs to the process (issue 16): ctx-1 within 10 % of the others."""
+    contexts = sorted((c for c in report["contexts"] if c["connections"]),
+                      key=lambda c: int(c["id"].split("-")[1]))
+    rest = [c["live_bytes"] for c in contexts[1:]]
+    mean = sum(rest) / len(rest)
+    assert abs(contexts[0]["live_bytes"] - mean) <= 0.10 * mean, (contexts[0]["live_bytes"], mean)
+
+
 def _figures(label, report, independent=None):
     """The line docs/compatibility.md's "Versions" table is made of (pytest -s shows it)."""
     per = report["per_connection"]
@@ -148,6 +157,16 @@ def test_seed_server_context_per_connection_on_35(ossl35, tmp_path, cert_dir):
     finding = next(f for f in report["findings"] if f["id"] == "ca-store-per-connection")
     assert finding["created_at"]["function"] == "make_context"
     assert _other_share(report) <= OTHER_GOAL, per["by_cause"]
+    _first_context_is_no_outlier(report)
+
+
+def test_threaded_seed_server_on_35(ossl35, tmp_path, cert_dir):
+    report, _ = _seed_server_on(ossl35, tmp_path, cert_dir, N, "--threaded")
+    _figures("3.5 threaded", report)
+    per = report["per_connection"]
+    assert per["connections"] >= 0.95 * N, per
+    assert _other_share(report) <= OTHER_GOAL, per["by_cause"]
+    assert per["by_cause"].get("connection", 0) > 4000, per["by_cause"]
 
 
 # --- OpenSSL 1.1.1: a C server and `openssl s_server` built against it --------------------------
@@ -227,6 +246,7 @@ def test_c_server_on_111_context_per_connection_ca_store(ossl111, c_server_111, 
     assert abs(ca - independent) <= CA_STORE_TOLERANCE * independent, (ca, independent)
     assert "ca-store-per-connection" in [f["id"] for f in report["findings"]], report["findings"]
     assert _other_share(report) <= OTHER_GOAL, per["by_cause"]
+    _first_context_is_no_outlier(report)
 
 
 def _wait_port(port, proc, timeout=30):

@@ -25,9 +25,13 @@ static int has(const char *file, const char *part) { return strstr(file, part) !
  * Entry points need no such list: the shim resolves every hooked function by name, so one a version
  * lacks (1.1.1 has no EVP_*_fetch, no providers, no SSL_CTX_new_ex) is simply never hooked.
  *
- *   record layer  1.1.1-3.1  ssl/record/{rec_layer_s3,ssl3_buffer,ssl3_record}.c
- *                 3.2+       ssl/record/methods/ (tls_common.c holds the buffers; its method files
- *                            are named *_meth.c but hold per-connection state, not method tables)
+ *   record layer  1.1.1-3.1  ssl/record/{rec_layer_s3,ssl3_buffer,ssl3_record}.c: the buffers
+ *                 3.2+       ssl/record/methods/: tls_common.c allocates the buffers (16.7 KiB
+ *                            each way) and the layer object itself (OSSL_RECORD_LAYER, 4.4 KiB
+ *                            each way on 3.5, kept by every connection: `connection`, not a buffer
+ *                            RELEASE_BUFFERS could free); tls13_meth.c, tls1_meth.c, ssl3_meth.c
+ *                            the record protection's IVs and keys (`cipher_state`). The method
+ *                            files are named *_meth.c but hold per-connection state.
  *   QUIC          3.2+       ssl/quic/: a QUIC connection's stream and packet buffers
  *   SSL object    1.1.1-3.1  struct ssl_st; 3.2+ SSL_CONNECTION inside it: both from ssl/ssl_lib.c
  *                            under SSL_new, i.e. `connection` by scope on every version
@@ -41,6 +45,16 @@ static int is_record_layer_code(const char *f)
     return has(f, "ssl/record/") /* every version, methods/ included (3.2+) */ ||
            has(f, "ssl/quic/quic_sstream.c") || has(f, "ssl/quic/quic_rstream.c") || /* 3.2+ */
            has(f, "ssl/quic/quic_record_") || has(f, "ssl/quic/quic_sf_list.c");
+}
+
+/* 3.2+: below this first block size, a record-layer site holds the layer object, not a buffer (a
+ * buffer is a whole record: 16.7 KiB unless the peers agreed on a smaller max_fragment_length) */
+#define RECORD_BUFFER_MIN 8192
+
+static int is_record_protection_code(const char *f)
+{
+    return has(f, "ssl/record/methods/tls13_meth.c") || has(f, "ssl/record/methods/tls1_meth.c") ||
+           has(f, "ssl/record/methods/ssl3_meth.c"); /* 3.2+ */
 }
 
 /* Files named like method tables that hold per-connection data on some version. */
@@ -83,7 +97,7 @@ static int is_thread_code(const char *f)
            has(f, "/providers/implementations/rands");
 }
 
-uint8_t classify_cause(const char *file, uint8_t scope)
+uint8_t classify_cause(const char *file, uint8_t scope, size_t first_size)
 {
     if (scope == SC_LIBRARY) return C_LIBRARY;
     if (file && is_library_code(file)) return C_LIBRARY;
@@ -93,6 +107,8 @@ uint8_t classify_cause(const char *file, uint8_t scope)
     if (!file) return C_OTHER;
     if (is_thread_code(file)) return C_THREAD_STATE;
     if (has(file, "/comp/") || has(file, "c_zlib")) return C_COMPRESSION;
+    if (is_record_protection_code(file)) return C_CIPHER_STATE;
+    if (has(file, "ssl/record/methods/tls_common.c") && first_size < RECORD_BUFFER_MIN) return C_CONNECTION;
     if (is_record_layer_code(file)) return C_RECORD_BUFFERS;
     if (has(file, "ssl_sess.c")) return C_SESSION;
     /* BIO structs and their BUF_MEM buffers (Python's MemoryBIO, asyncio's transport) */

@@ -237,13 +237,13 @@ static void track_as(void *p, size_t n, uint32_t owner, uint16_t site)
 static inline void track(void *p, size_t n, const char *file, int line)
 {
     struct scope s = current();
-    track_as(p, n, s.owner, site_intern(file, line, s.kind));
+    track_as(p, n, s.owner, site_intern(file, line, s.kind, n));
 }
 
 static inline void track_static(void *p, size_t n, const char *file, int line)
 {
     struct scope s = current();
-    track_as(p, n, s.owner, site_intern(file, line, s.kind == SC_NONE ? SC_STATIC : s.kind));
+    track_as(p, n, s.owner, site_intern(file, line, s.kind == SC_NONE ? SC_STATIC : s.kind, n));
 }
 
 static void untrack(const struct block *b, size_t usable)

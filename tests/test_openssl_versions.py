@@ -134,13 +134,18 @@ def test_seed_server_shared_context_on_35(ossl35, tmp_path, cert_dir):
     assert per["connections"] >= 0.95 * N, per
     assert _other_share(report) <= OTHER_GOAL, per["by_cause"]
     assert per["by_cause"].get("connection", 0) > 4000, per["by_cause"]  # the SSL object, named
-    assert per["by_cause"].get("record_buffers", 0) > 0, per["by_cause"]  # ssl/record/methods/
+    # RELEASE_BUFFERS (Python sets it) frees both record buffers of an idle connection, as on 3.0;
+    # 3.2's record-layer objects stay, and are the connection's (not buffers the mode could free)
+    assert per["by_cause"].get("record_buffers", 0) < 1024, per["by_cause"]
     assert per["by_cause"].get("ca_store", 0) < 16 * 1024, per["by_cause"]  # one store shared by all
     assert not [f["id"] for f in report["findings"]], report["findings"]  # a healthy server, as on 3.0
     assert not any("checked against" in n for n in report["notes"]), report["notes"]  # 3.5 is known
     assert "checked against" not in stderr
     # 3.2+ record-layer files are named *_meth.c: per-connection state, never one-time library state
-    assert not [s for s in report["sites"] if "ssl/record/methods/" in s["file"] and s["cause"] != "record_buffers"]
+    layer = [s for s in report["sites"] if "ssl/record/methods/" in s["file"]]
+    assert layer and {s["cause"] for s in layer} <= {"record_buffers", "connection", "cipher_state"}, layer
+    objects = [s for s in layer if s["file"].endswith("tls_common.c") and s["cause"] == "connection"]
+    assert sum(s["live_bytes"] for s in objects) >= 0.95 * N * 2 * 4096, objects  # read + write layer
     assert "checked against" not in stderr
 
 

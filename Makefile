@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-DEB_PACKAGES = gcc make gdb openssl libssl-dev nginx-light zlib1g-dev perl tmux chromium \
+DEB_PACKAGES = gcc libc6-dev make gdb openssl libssl-dev nginx-light zlib1g-dev perl tmux chromium \
                python3-twisted python3-openssl nodejs libjemalloc2 libtcmalloc-minimal4 \
                apache2 haproxy postgresql postgresql-15 stunnel4 mosquitto util-linux \
                python3-requests

@@ -378,13 +378,13 @@ static void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measu
 static inline void track(void *p, size_t n, const char *file, int line)
 {
     struct scope s = current();
-    track_as(p, n, s.owner, site_intern(file, line, s.kind), libcrypto_measure());
+    track_as(p, n, s.owner, site_intern(file, line, s.kind, n), libcrypto_measure());
 }
 
 static inline void track_static(void *p, size_t n, const char *file, int line)
 {
     struct scope s = current();
-    track_as(p, n, s.owner, site_intern(file, line, s.kind == SC_NONE ? SC_STATIC : s.kind), malloc_measure);
+    track_as(p, n, s.owner, site_intern(file, line, s.kind == SC_NONE ? SC_STATIC : s.kind, n), malloc_measure);
 }
 
 /* Before the block goes back to the allocator (another thread may get the address at once). */

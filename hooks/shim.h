@@ -33,7 +33,8 @@ enum owner_kind { OWNER_PROCESS = 0, OWNER_CTX = 1, OWNER_SSL = 2 };
 enum conn_state { STATE_HANDSHAKE = 0, STATE_ESTABLISHED = 1, STATE_SHUTDOWN = 2 };
 
 /* ---- causes.c ---- */
-uint8_t classify_cause(const char *file, uint8_t scope);
+/* first_size: the requested size of the first block seen at the site (one site, one kind of block) */
+uint8_t classify_cause(const char *file, uint8_t scope, size_t first_size);
 extern const char *const cause_names[N_CAUSES];
 extern const char *const scope_names[N_SCOPES];
 
@@ -124,7 +125,7 @@ struct site {
     const char *library; /* basename of the object holding `file`: which OpenSSL copy */
 };
 #define MAX_SITES 16384 /* ids must stay below 1 << BLOCK_MEASURE_SHIFT */
-uint16_t site_intern(const char *file, int line, uint8_t scope);
+uint16_t site_intern(const char *file, int line, uint8_t scope, size_t size);
 extern struct site site_table[MAX_SITES];
 static inline struct site *site_at(uint16_t id) { return &site_table[id]; }
 

@@ -46,7 +46,7 @@ static struct {
     volatile uint8_t used;
 } index_[MAX_SITES];
 
-uint16_t site_intern(const char *file, int line, uint8_t scope)
+uint16_t site_intern(const char *file, int line, uint8_t scope, size_t size)
 {
     uint32_t i = site_hash(file, line, scope);
     for (uint32_t n = 0; n < MAX_SITES; n++, i = (i + 1) & SITE_MASK) {
@@ -74,7 +74,7 @@ uint16_t site_intern(const char *file, int line, uint8_t scope)
             s->name = file ? strndup(file, 200) : NULL;
             s->line = line;
             s->scope = scope;
-            s->cause = classify_cause(file, scope);
+            s->cause = classify_cause(file, scope, size);
             s->library = library && *library ? strndup(library, 64) : NULL;
             __atomic_store_n(&s->used, 1, __ATOMIC_RELEASE);
             /* published only once filled: the snapshot thread reads ids below n_sites unlocked */

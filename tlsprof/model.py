@@ -13,6 +13,7 @@ from tlsprof.client import SSL_MODE_RELEASE_BUFFERS, Snapshot
 from tlsprof.findings import compute_findings
 from tlsprof.linkage import join as join_python
 from tlsprof.memory import account as account_memory, merge as merge_memory
+from tlsprof.versions import unchecked_version_note
 
 SCHEMA = "tlsprof.report/2"
 
@@ -206,6 +207,9 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
     sites = sorted(merged.values(), key=lambda m: (-m["live_bytes"], m["file"], m["line"]))
 
     all_notes = list(notes or [])
+    version_note = unchecked_version_note(snap.openssl)
+    if version_note:
+        all_notes.append(version_note)
     copies = openssl_copies(snap)
     for c in copies:
         if c["kind"] in ("shared", "shared-symbolic") and c["per_connection"]:

@@ -21,7 +21,7 @@ import psutil
 from tlsprof import client, inject, process_tree, walked
 from tlsprof.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import AttachError, ChannelError, NoOpenSSL, NoSuchProcess, TlsprofError, UsageError
-from tlsprof.commands.run import emit_report, empty_report, poll_quietly, tell
+from tlsprof.commands.run import announce_version, emit_report, empty_report, poll_quietly, tell
 from tlsprof.moments import DEFAULT_MOMENT, MOMENTS
 from tlsprof.session import Session
 from tlsprof.shim import shim_path
@@ -84,6 +84,8 @@ def _attach(args, stops: StopSignals) -> int:
     session = Session(channel_dir, args.pid, _command_of(args.pid), mode="attach",
                       follow_children=not args.no_children, tree_only=True)
     session.channel_dirs = sorted(set(attached.values()), key=lambda d: d != channel_dir)
+    if not (args.live and sys.stdout.isatty()):
+        announce_version(session)
     target_died = False
     metrics = None
     profiles = None

@@ -27,6 +27,7 @@ from tlsprof.moments import DEFAULT_MOMENT, MOMENTS
 from tlsprof.render import render_text
 from tlsprof.session import Session
 from tlsprof.stop_signals import StopSignals, signal_name
+from tlsprof.versions import unchecked_version_note
 
 
 def prepare_parser(p):
@@ -102,6 +103,7 @@ def _run(args, cmd, stops: StopSignals) -> int:
         session.main_pid = proc.pid
         if not live:
             announce_copies(session)
+            announce_version(session)
         try:
             if live:
                 from tlsprof.live import run_live
@@ -237,6 +239,18 @@ def announce_copies(session: Session, file=sys.stderr):
                 if copy["kind"] == "shared-symbolic" and copy["per_connection"]:
                     how = "linked -Bsymbolic: tracked through its own allocator, per connection"
                 tell(f"tlsprof: OpenSSL in {copy['path']} ({copy['kind']}): {how}", file=file)
+    session.on_snapshot.append(on_snapshot)
+
+
+def announce_version(session: Session, file=sys.stderr):
+    """One line, once, when the target's OpenSSL is not a version tlsprof was checked against."""
+    told = []
+
+    def on_snapshot(snap):
+        note = None if told else unchecked_version_note(snap.openssl)
+        if note:
+            told.append(note)
+            tell(f"tlsprof: {note}", file=file)
     session.on_snapshot.append(on_snapshot)
 
 

@@ -263,7 +263,7 @@ def test_text_shows_headline_causes_contexts_sites_and_finding():
     assert "  (own 40.0 KiB + context share 843.0 KiB)\n" in narrow
     assert "CA store" in text and "record buffers" in text
     assert "Peak snapshot of 12 (4.3 MiB live)" in text
-    assert "Top contexts (5 of 5)" in text
+    assert "Top contexts (5 of 5, alike ones grouped)" in text
     assert "crypto/x509/x_name.c:100" in text
     assert "ca-store-per-connection" in text
     assert "SSL_new(ctx)" in text and "create_default_context()" in text

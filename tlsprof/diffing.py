@@ -55,6 +55,9 @@ def compare(a: dict, b: dict) -> dict:
         "connections": _row(len(_alive(a.get("connections", []))), len(_alive(b.get("connections", [])))),
         "contexts": _row(len(_alive(a.get("contexts", []))), len(_alive(b.get("contexts", [])))),
         "rss_bytes": _row(a.get("target", {}).get("rss_bytes"), b.get("target", {}).get("rss_bytes")),
+        "python_bytes": _row(pa.get("python_bytes"), pb.get("python_bytes")),
+        "total_bytes": _row(pa.get("total_bytes"), pb.get("total_bytes")),
+        "memory": _memory_parts(a.get("memory"), b.get("memory")),
         "processes": _processes(a.get("processes") or [], b.get("processes") or []),
         "new_findings": [fb[i] for i in fb if i not in fa],
         "resolved_findings": [fa[i] for i in fa if i not in fb],
@@ -122,6 +125,13 @@ def _fmt_count_row(name: str, row: dict) -> str:
             f"{_fmt_pct(row)}")
 
 
+def _memory_parts(a, b) -> dict:
+    """{part name: row} of the two reports' RSS explanations (tlsprof/memory.py), in report order."""
+    pa = {p["name"]: p["bytes"] for p in (a or {}).get("parts") or []}
+    pb = {p["name"]: p["bytes"] for p in (b or {}).get("parts") or []}
+    return {name: _row(pa.get(name, 0), pb.get(name, 0)) for name in list(pa) + [n for n in pb if n not in pa]}
+
+
 def render_diff(d: dict, fail_pct=None) -> str:
     out = [f"tlsprof diff: {d['before']['captured_at']} (pid {d['before']['pid']}) -> "
            f"{d['after']['captured_at']} (pid {d['after']['pid']})", ""]
@@ -135,6 +145,9 @@ def render_diff(d: dict, fail_pct=None) -> str:
     out.append(_fmt_bytes_row("context share", d["per_connection"]["context_share_bytes"]))
     for cause, row in d["per_connection"]["by_cause"].items():
         out.append(_fmt_bytes_row(f"  {label(cause)}", row))
+    if (d.get("python_bytes") or {}).get("before") or (d.get("python_bytes") or {}).get("after"):
+        out.append(_fmt_bytes_row("+ Python side", d["python_bytes"]))
+        out.append(_fmt_bytes_row("= total", d["total_bytes"]))
     out.append("")
     out.append("Totals (all live OpenSSL bytes)")
     out.append(_fmt_bytes_row("live bytes", d["totals"]["live_bytes"]))
@@ -142,6 +155,9 @@ def render_diff(d: dict, fail_pct=None) -> str:
         out.append(_fmt_bytes_row(f"  {label(cause)}", row))
     if d["rss_bytes"]["before"] or d["rss_bytes"]["after"]:
         out.append(_fmt_bytes_row("process RSS", d["rss_bytes"]))
+    from tlsprof.render import MEMORY_LABELS
+    for name, row in (d.get("memory") or {}).items():
+        out.append(_fmt_bytes_row(f"  {MEMORY_LABELS.get(name, name)}", row))
     out.append("")
     if d.get("processes"):
         out.append("Processes (matched by role; pid before -> after)")

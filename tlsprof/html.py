@@ -1,4 +1,4 @@
-"""A report (tlsprof.report/1) as one self-contained HTML page: `tlsprof report FILE --html OUT.html`.
+"""A report (tlsprof.report/2) as one self-contained HTML page: `tlsprof report FILE --html OUT.html`.
 
 No script and no fetch of any kind: the charts are inline SVG, the style is inline, and a
 Content-Security-Policy forbids loading anything, so the page can be mailed or attached to a ticket.
@@ -6,8 +6,9 @@ Every string taken from the report goes through `_e` (HTML-escaped, quotes inclu
 """
 import html
 
+from tlsprof import grouping
 from tlsprof.causes import CAUSES, description, label
-from tlsprof.render import human_bytes
+from tlsprof.render import MEMORY_LABELS, _top_cause, human_bytes
 
 # One colour per cause, in CAUSES order (colour-blind-friendly Tableau 10). Tests look for these.
 COLOURS = {
@@ -41,7 +42,8 @@ STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;background:#fff;max-width:1150px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:4px 0}th,td{padding:3px 8px;border-bottom:1px solid #eee;
-text-align:left;vertical-align:top}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+text-align:left;vertical-align:top;white-space:nowrap}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+td.w{white-space:normal;min-width:18em}.scroll{overflow-x:auto}
 .muted{color:#666}.sev-critical{color:#b00020;font-weight:bold}.sev-warning{color:#a15c00;
 font-weight:bold}.sev-info{color:#155}.finding{border-left:4px solid #ccc;padding:4px 12px;margin:10px 0}
 .legend span{display:inline-block;margin-right:14px}.sw{display:inline-block;width:12px;height:12px;
@@ -138,39 +140,95 @@ def _moment_marks(moments, t0, span, left, pw, top, ph) -> str:
 
 
 def _history_chart(history, moments=None) -> str:
+    """Live OpenSSL bytes over time, stacked by cause where the history has them (left axis, blue
+    labels), and the connection count as a dashed red line (right axis, red labels)."""
     pts = [h for h in history if isinstance(h, dict) and h.get("t") is not None]
     if len(pts) < 2:
         return '<p class="muted">This report carries no history (fewer than two snapshots).</p>'
-    width, height, left, right, top, bottom = 1100, 260, 90, 70, 12, 30
+    width, height, left, right, top, bottom = 1100, 260, 90, 90, 12, 30
     pw, ph = width - left - right, height - top - bottom
     t0, t1 = pts[0]["t"], pts[-1]["t"]
     span = (t1 - t0) or 1
     bmax = max(max(h.get("live_bytes", 0) for h in pts), 1)
     cmax = max(max(h.get("connections", 0) for h in pts), 1)
 
-    def line(key, vmax):
-        return " ".join(f"{left + pw * (h['t'] - t0) / span:.1f},{top + ph - ph * h.get(key, 0) / vmax:.1f}"
-                        for h in pts)
+    def x(h):
+        return left + pw * (h["t"] - t0) / span
 
+    def y(v, vmax):
+        return top + ph - ph * v / vmax
+
+    def line(key, vmax):
+        return " ".join(f"{x(h):.1f},{y(h.get(key, 0), vmax):.1f}" for h in pts)
+
+    layers = []
+    if all(isinstance(h.get("by_cause"), dict) for h in pts):
+        below = [0.0] * len(pts)
+        for cause in CAUSES:
+            values = [float(h["by_cause"].get(cause, 0)) for h in pts]
+            if not any(values):
+                continue
+            above = [b + v for b, v in zip(below, values)]
+            upper = [f"{x(h):.1f},{y(a, bmax):.1f}" for h, a in zip(pts, above)]
+            lower = [f"{x(h):.1f},{y(b, bmax):.1f}" for h, b in reversed(list(zip(pts, below)))]
+            layers.append(f'<polygon class="history-cause" data-cause="{cause}" points="{" ".join(upper + lower)}" '
+                          f'fill="{COLOURS[cause]}" fill-opacity="0.85"><title>{_e(label(cause))}</title></polygon>')
+            below = above
+        bytes_line = ""
+    else:  # a report from before histories carried causes
+        bytes_line = (f'<polyline points="{line("live_bytes", bmax)}" fill="none" stroke="{BYTES_COLOUR}" '
+                      f'stroke-width="2"/>')
+    legend = ('<div class="legend">' + (f'<span>areas: live OpenSSL bytes by cause (left axis, '
+                                          f'<b style="color:{BYTES_COLOUR}">blue</b> labels)</span>' if layers else
+                                          f'<span><i class="sw" style="background:{BYTES_COLOUR}"></i>live OpenSSL '
+                                          f'bytes (left axis)</span>')
+              + f'<span><i class="sw" style="background:{CONNS_COLOUR}"></i>connections, dashed (right axis, '
+                f'<b style="color:{CONNS_COLOUR}">red</b> labels)</span></div>')
     return "".join([
         f'<svg id="history-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'role="img" aria-label="live bytes and connections over time">',
+        f'role="img" aria-label="live bytes by cause and connections over time">',
         f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#ccc"/>',
-        f'<polyline points="{line("live_bytes", bmax)}" fill="none" stroke="{BYTES_COLOUR}" stroke-width="2"/>',
+        *layers, bytes_line,
         f'<polyline points="{line("connections", cmax)}" fill="none" stroke="{CONNS_COLOUR}" '
-        f'stroke-width="2" stroke-dasharray="6 3"/>',
+        f'stroke-width="2.5" stroke-dasharray="6 3"/>',
         f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" fill="{BYTES_COLOUR}">{_e(human_bytes(bmax))}</text>',
-        f'<text x="{left - 6}" y="{top + ph}" text-anchor="end">0</text>',
-        f'<text x="{left + pw + 6}" y="{top + 10}">{_num(cmax)} conn</text>',
-        f'<text x="{left + pw + 6}" y="{top + ph}">0</text>',
+        f'<text x="{left - 6}" y="{top + ph}" text-anchor="end" fill="{BYTES_COLOUR}">0 B</text>',
+        f'<text x="{left - 6}" y="{top + ph / 2:.0f}" text-anchor="end" fill="{BYTES_COLOUR}">bytes</text>',
+        f'<text x="{left + pw + 6}" y="{top + 10}" fill="{CONNS_COLOUR}">{_num(cmax)} conns</text>',
+        f'<text x="{left + pw + 6}" y="{top + ph}" fill="{CONNS_COLOUR}">0 conns</text>',
         f'<text x="{left}" y="{height - 8}">{t0:.1f} s</text>',
         f'<text x="{left + pw}" y="{height - 8}" text-anchor="end">{t1:.1f} s</text>',
         _moment_marks(moments, t0, span, left, pw, top, ph),
-        "</svg>",
-        f'<div class="legend"><span><i class="sw" style="background:{BYTES_COLOUR}"></i>live OpenSSL bytes '
-        f'(left axis)</span><span><i class="sw" style="background:{CONNS_COLOUR}"></i>connections '
-        f'(right axis)</span></div>',
+        "</svg>", legend,
     ])
+
+
+def _memory_section(report) -> str:
+    memory = report.get("memory")
+    if not isinstance(memory, dict) or not memory.get("parts"):
+        return ""
+    rss = memory.get("rss_bytes") or 0
+    rows = [[_e(MEMORY_LABELS.get(p["name"], p["name"])), _e(human_bytes(p["bytes"])),
+             f"{100.0 * p['bytes'] / rss:.1f}%" if rss else "-", _e(p.get("what")), _e(p.get("measured"))]
+            for p in memory["parts"]]
+    per = memory.get("per_connection") or {}
+    lines = ""
+    if per:
+        lines = (f'<p>Per connection: {_e(human_bytes(per.get("native_bytes")))} in OpenSSL + '
+                 f'{_e(human_bytes(per.get("python_bytes")))} on the Python side = '
+                 f'<b>{_e(human_bytes(per.get("total_bytes")))}</b>')
+        largest = per.get("largest")
+        if largest:
+            lines += (f'; the largest part: <b>{_e(largest.get("label") or largest.get("name"))}</b> '
+                      f'{_e(human_bytes(largest.get("bytes")))}')
+        lines += "</p>"
+        if per.get("python_parts"):
+            lines += _table(["Python object (largest per connection)", "bytes per connection"],
+                            [[f"<code>{_e(p['holder'])}</code>", _e(human_bytes(p["bytes_per_connection"]))]
+                             for p in per["python_parts"]], (1,))
+    note = f'<p class="muted">{_e(memory["note"])}</p>' if memory.get("note") else ""
+    return (f"<h2>Memory: RSS {_e(human_bytes(rss))} explained</h2>" + lines
+            + _table(["part", "bytes", "share", "what", "measured by"], rows, (1, 2)) + note)
 
 
 def _causes_text(by_cause) -> str:
@@ -231,7 +289,10 @@ def render_html(report) -> str:
         ["target RSS", _e(human_bytes(target.get("rss_bytes")))],
         ["per connection", f"{_e(human_bytes(per.get('bytes')))} over {_num(per.get('connections'))} connections "
                            f"(own {_e(human_bytes(per.get('own_bytes')))} + context share "
-                           f"{_e(human_bytes(per.get('context_share_bytes')))})"],
+                           f"{_e(human_bytes(per.get('context_share_bytes')))})"
+                           + (f" + Python side {_e(human_bytes(per.get('python_bytes')))} = "
+                              f"<b>{_e(human_bytes(per.get('total_bytes')))}</b>"
+                              if per.get("python_bytes") is not None else "")],
     ])
     from tlsprof.moments import words
     moment = words(report)
@@ -253,15 +314,23 @@ def render_html(report) -> str:
         _table(["pid", "role", "command", "connections", "per connection", "live bytes", "causes"],
                proc_rows, (3, 4, 5))])
 
-    ctx_rows = [[_e(c.get("id")), _num(c.get("connections")), _e(human_bytes(c.get("live_bytes"))),
-                 _e(human_bytes(c.get("ca_store_bytes", (c.get("by_cause") or {}).get("ca_store", 0)))),
-                 _causes_text(c.get("by_cause")), "yes" if c.get("alive", True) is not False else "freed"]
-                for c in contexts[:MAX_CONTEXTS]]
-    conn_rows = [[_e(c.get("id")), _e(c.get("context")), _e(c.get("peer") or "-"), _e(c.get("state")),
-                  _e("?" if c.get("age_s") is None else f"{c['age_s']:.1f} s"), _e(human_bytes(c.get("live_bytes"))),
-                  _e(human_bytes(c.get("context_share_bytes"))) if "context_share_bytes" in c else "-",
-                  _causes_text(c.get("by_cause"))]
-                 for c in conns[:MAX_CONNECTIONS]]
+    ctx_groups = grouping.groups(contexts, lambda c: grouping.context_key(c, _top_cause))
+    ctx_rows = [[_e(grouping.group_id(m)), _num(c.get("connections")),
+                 _e(human_bytes(grouping.mean(m, "live_bytes"))),
+                 _e(human_bytes(sum(grouping.ca_store_bytes(x) for x in m) / len(m))),
+                 _causes_text(c.get("by_cause")), _e(grouping.created_at(c) or "-"),
+                 "yes" if c.get("alive", True) is not False else "freed"]
+                for c, m in ctx_groups[:MAX_CONTEXTS]]
+    conn_groups = grouping.groups(conns, lambda c: grouping.connection_key(c, _top_cause))
+    conn_rows = []
+    for c, m in conn_groups[:MAX_CONNECTIONS]:
+        ages = [x["age_s"] for x in m if isinstance(x.get("age_s"), (int, float))]
+        age = c.get("age") or ("?" if not ages else f"{min(ages):.1f} s" if len(ages) == 1 or min(ages) == max(ages)
+                                else f"{min(ages):.1f}–{max(ages):.1f} s")
+        conn_rows.append([_e(grouping.group_id(m)), _e(grouping.contexts_text(m)), _e(grouping.peers_text(m)),
+                          _e(c.get("state")), _e(age), _e(human_bytes(grouping.mean(m, "live_bytes"))),
+                          _e(human_bytes(grouping.mean(m, "context_share_bytes"))) if "context_share_bytes" in c
+                          else "-", _causes_text(c.get("by_cause"))])
     site_rows = [[f"<code>{_e(s.get('file'))}:{_e(s.get('line'))}</code>", _e(s.get("library") or ""),
                   _e(label(s.get("cause"))), _e(human_bytes(s.get("live_bytes"))), _num(s.get("live_blocks"))]
                  for s in sites[:MAX_SITES]]
@@ -284,13 +353,15 @@ def render_html(report) -> str:
         "<h2>Findings</h2>", _findings(report.get("findings") or []),
         "<h2>History</h2>", _history_chart(report.get("history") or [], report.get("moments")),
         "<h2>By cause</h2>", _table(["cause", "total", "per connection", "what it is"], cause_rows, (1, 2)),
-        f"<h2>Contexts ({len(contexts)})</h2>",
-        _table(["id", "connections", "live bytes", "CA store", "largest causes", "alive"], ctx_rows, (1, 2, 3)),
-        _more(len(contexts), MAX_CONTEXTS, "contexts"),
-        f"<h2>Connections ({len(conns)})</h2>",
-        _table(["id", "context", "peer", "state", "age", "own bytes", "context share", "largest causes"],
-               conn_rows, (4, 5, 6)),
-        _more(len(conns), MAX_CONNECTIONS, "connections"),
+        _memory_section(report),
+        f"<h2>Contexts ({len(contexts)}, alike ones grouped)</h2>",
+        '<div class="scroll">', _table(["id", "connections", "live bytes", "CA store", "largest causes",
+                                        "created at", "alive"], ctx_rows, (1, 2, 3)), "</div>",
+        _more(len(ctx_groups), MAX_CONTEXTS, "groups of contexts"),
+        f"<h2>Connections ({len(conns)}, alike ones grouped)</h2>",
+        '<div class="scroll">', _table(["id", "context", "peer", "state", "age", "own bytes", "context share",
+                                        "largest causes"], conn_rows, (4, 5, 6)), "</div>",
+        _more(len(conn_groups), MAX_CONNECTIONS, "groups of connections"),
         f"<h2>Sites ({len(sites)})</h2>",
         _table(["site", "library", "cause", "live bytes", "blocks"], site_rows, (3, 4)),
         _more(len(sites), MAX_SITES, "sites"),

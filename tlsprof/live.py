@@ -36,7 +36,7 @@ from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, Tab
 
 from tlsprof import client
 from tlsprof.causes import CAUSES, label
-from tlsprof.render import human_age, human_bytes
+from tlsprof.render import MEMORY_LABELS, human_age, human_bytes
 
 PAGE_SIZE = 200           # rows a table holds at once: the rest is paged ([ and ])
 TREND_WINDOW_S = 30.0     # the per-connection trend compares with the value this long ago
@@ -775,9 +775,20 @@ class LiveApp(App):
             lines.append(Text(f"RSS {human_bytes(rss) if rss else '?'} · OpenSSL live "
                               f"{human_bytes(r['totals']['live_bytes'])} · {len(r['contexts'])} contexts · "
                               f"{per['connections']} connections{stale}"))
+            python = (f" + Python side {human_bytes(per['python_bytes'])} = {human_bytes(per.get('total_bytes'))}"
+                      if per.get("python_bytes") is not None else "")
             lines.append(Text(f"per connection {human_bytes(per['bytes'])} (own {human_bytes(per['own_bytes'])}"
-                              f" + ctx share {human_bytes(per['context_share_bytes'])}){self._trend_text()}",
-                              style="bold"))
+                              f" + ctx share {human_bytes(per['context_share_bytes'])}){python}"
+                              f"{self._trend_text()}", style="bold"))
+            memory = r.get("memory") or {}
+            if memory.get("parts"):  # the RSS explained (tlsprof/memory.py), largest parts first
+                parts = sorted(memory["parts"], key=lambda p: -p["bytes"])[:5]
+                largest = (memory.get("per_connection") or {}).get("largest")
+                text = "RSS = " + " + ".join(f"{MEMORY_LABELS.get(p['name'], p['name'])} {human_bytes(p['bytes'])}"
+                                             for p in parts) + " + …"
+                if largest:
+                    text += f" · largest per connection: {largest.get('label') or largest.get('name')}"
+                lines.append(Text(text, style="dim"))
             view = self._process_view_text()
             if view:
                 lines.append(Text(view))

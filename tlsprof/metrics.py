@@ -102,6 +102,31 @@ def report_metrics(report, pid=None):
                 g.add_metric([row["pid"]], row["rss_bytes"])
         out.append(g)
 
+    memory = report.get("memory") or {}
+    if memory.get("parts"):
+        g = _g("memory_bytes", "The target's RSS split into measured parts (openssl_heap, python_connections, "
+               "tlsprof_tracker, other_heap, malloc_free, thread_stacks, other_anonymous, file_backed); "
+               "summed over the processes of a tree.", ["pid", "part"])
+        for part in memory["parts"]:
+            g.add_metric([p, str(part.get("name"))], part.get("bytes", 0))
+        out.append(g)
+    per = report.get("per_connection") or {}
+    if per.get("python_bytes") is not None:
+        g = _g("connection_python_bytes", "Mean Python-side bytes per live connection (its buffers, socket, "
+               "protocol objects), from the in-target agent.", ["pid"])
+        g.add_metric([p], per.get("python_bytes") or 0)
+        out.append(g)
+        g = _g("connection_total_bytes", "Mean bytes per live connection, OpenSSL and Python sides together.",
+               ["pid"])
+        g.add_metric([p], per.get("total_bytes") or 0)
+        out.append(g)
+    largest = (memory.get("per_connection") or {}).get("largest")
+    if largest:
+        g = _g("connection_largest_part_bytes", "The largest single part of a connection's memory on either "
+               "side (e.g. asyncio's read buffer, the CA store), by side and name.", ["pid", "side", "part"])
+        g.add_metric([p, str(largest.get("side")), str(largest.get("name"))], largest.get("bytes", 0))
+        out.append(g)
+
     peak = report.get("peak") or {}
     g = _g("snapshots", "Snapshots taken of the target so far.", ["pid"])
     g.add_metric([p], peak.get("snapshots", 1))

@@ -1,4 +1,4 @@
-"""Text rendering of a report (any valid `tlsprof.report/1` dict) with rich.
+"""Text rendering of a report (any valid `tlsprof.report/2` or `/1` dict) with rich.
 
 Reads only the report; strings from the report are never parsed as rich markup. Colour only on a
 terminal; laid out for 80 columns.
@@ -12,6 +12,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from tlsprof import grouping
 from tlsprof.causes import CAUSES, label
 
 TOP_CONTEXTS = 10
@@ -82,11 +83,30 @@ def _short_file(path) -> str:
 
 
 def _table(title: str, *columns) -> Table:
+    """Cells never wrap: a folded cell split numbers and addresses over two lines (`127.0.0.1:3528`
+    then `8`). A table wider than the terminal is printed at its own width instead (wide mode)."""
     table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
                   pad_edge=False, expand=False, show_edge=False)
     for name, justify in columns:
-        table.add_column(name, justify=justify, overflow="fold")
+        table.add_column(name, justify=justify, no_wrap=True)
     return table
+
+
+def _printer(console):
+    """console.print, with tables at their natural width when the terminal is narrower."""
+    def out(*items, **kwargs):
+        if len(items) == 1 and isinstance(items[0], Table):
+            need = console.measure(items[0], options=console.options.update(width=10_000)).maximum
+            if need > console.width:
+                width = console.width
+                console.width = need
+                try:
+                    console.print(*items, **kwargs)
+                finally:
+                    console.width = width
+                return
+        console.print(*items, **kwargs)
+    return out
 
 
 def _snapshot_line(report: dict) -> str:
@@ -117,7 +137,7 @@ def render_text(report: dict, file=None, width=None) -> None:
     console = Console(file=file, width=width, highlight=False, emoji=False, markup=False)
     if width is None and console.width > MAX_WIDTH:
         console.width = MAX_WIDTH
-    out = console.print
+    out = _printer(console)
 
     target = report["target"]
     tool = report["tool"]
@@ -129,8 +149,7 @@ def render_text(report: dict, file=None, width=None) -> None:
         out(Text("PARTIAL REPORT: collection did not finish; figures cover only what was seen.",
                  style="bold red"))
     command = " ".join(target.get("command") or []) or "?"
-    out(Text(f"{tool['name']} {tool['version']} · pid {target['pid']} ({target['mode']}) · {command}",
-             overflow="ellipsis", no_wrap=True))
+    out(Text(f"{tool['name']} {tool['version']} · pid {target['pid']} ({target['mode']}) · {command}"))
     openssl = target.get("openssl") or "OpenSSL version unknown"
     rss = target.get("rss_bytes")
     rss_text = f" · RSS {human_bytes(rss)}" if rss is not None else ""
@@ -155,6 +174,10 @@ def render_text(report: dict, file=None, width=None) -> None:
     if per.get("python_bytes") is not None:  # joined by the in-target Python agent (tlsprof/linkage.py)
         out(Text(f"  + Python side {human_bytes(per['python_bytes'])} = {human_bytes(per.get('total_bytes'))} "
                  f"per connection (native + Python)", style="bold"))
+    largest = ((report.get("memory") or {}).get("per_connection") or {}).get("largest")
+    if largest and n:
+        out(Text(f"  largest part: {largest.get('label') or largest.get('name')} "
+                 f"{human_bytes(largest.get('bytes'))} per connection", style="bold"))
     live = f"OpenSSL heap live: {human_bytes(totals['live_bytes'])} in {totals['live_blocks']} blocks"
     if totals.get("requested_bytes") is not None:
         live += f" ({human_bytes(totals['requested_bytes'])} requested)"
@@ -166,6 +189,7 @@ def render_text(report: dict, file=None, width=None) -> None:
         out(Text(f"Owned by no context or connection: {human_bytes(process['live_bytes'])}"))
     out()
 
+    _render_memory(out, report.get("memory"))
     _render_processes(out, report.get("processes") or [])
     _render_copies(out, report.get("openssl_copies") or [])
     _render_causes(out, per, totals)
@@ -250,20 +274,43 @@ def _render_causes(out, per: dict, totals: dict) -> None:
     out()
 
 
+MEMORY_LABELS = {"openssl_heap": "OpenSSL heap", "python_connections": "Python, connections",
+                 "tlsprof_tracker": "tlsprof tracker", "other_heap": "other heap",
+                 "malloc_free": "free heap (malloc)", "thread_stacks": "thread stacks",
+                 "other_anonymous": "other anonymous", "file_backed": "code and files"}
+
+
+def _render_memory(out, memory) -> None:
+    """The RSS explained: each measured part and its share (tlsprof/memory.py)."""
+    if not isinstance(memory, dict) or not memory.get("parts"):
+        return
+    rss = memory.get("rss_bytes") or 0
+    table = _table(f"Memory: RSS {human_bytes(rss)} explained", ("Part", "left"), ("Bytes", "right"),
+                   ("Share", "right"), ("Measured by", "left"))
+    for part in memory["parts"]:
+        table.add_row(MEMORY_LABELS.get(part["name"], part["name"]), human_bytes(part["bytes"]),
+                      _pct(part["bytes"], rss), Text(str(part.get("measured") or ""), style="dim"))
+    out(table)
+    if memory.get("note"):
+        out(Text(f"  {memory['note']}", style="dim"))
+    out()
+
+
 def _render_contexts(out, contexts: list) -> None:
     if not contexts:
         return
-    ranked = sorted(contexts, key=lambda c: -c["live_bytes"])[:TOP_CONTEXTS]
-    title = f"Top contexts ({len(ranked)} of {len(contexts)})"
+    ranked = sorted(contexts, key=lambda c: -c["live_bytes"])
+    shown = grouping.groups(ranked, lambda c: grouping.context_key(c, _top_cause))[:TOP_CONTEXTS]
+    title = f"Top contexts ({sum(len(m) for _, m in shown)} of {len(contexts)}, alike ones grouped)"
     table = _table(title, ("Context", "left"), ("Conns", "right"), ("Live", "right"),
-                   ("CA store", "right"), ("Largest cause", "left"))
-    for ctx in ranked:
-        ca = ctx.get("ca_store_bytes", ctx["by_cause"].get("ca_store", 0))
-        name = str(ctx["id"])
+                   ("CA store", "right"), ("Largest cause", "left"), ("Created at", "left"))
+    for ctx, members in shown:
+        name = grouping.group_id(members)
         if ctx.get("alive") is False:
             name += " (freed)"
-        table.add_row(_cell(name), str(ctx["connections"]), human_bytes(ctx["live_bytes"]),
-                      human_bytes(ca), _top_cause(ctx["by_cause"]))
+        ca = sum(grouping.ca_store_bytes(m) for m in members) / len(members)
+        table.add_row(_cell(name), str(ctx["connections"]), human_bytes(grouping.mean(members, "live_bytes")),
+                      human_bytes(ca), _top_cause(ctx["by_cause"]), _cell(grouping.created_at(ctx) or "-"))
     out(table)
     out()
 
@@ -271,20 +318,28 @@ def _render_contexts(out, contexts: list) -> None:
 def _render_connections(out, connections: list) -> None:
     if not connections:
         return
-    ranked = sorted(connections, key=lambda c: -c["live_bytes"])[:TOP_CONNECTIONS]
-    title = f"Top connections by own bytes ({len(ranked)} of {len(connections)})"
+    ranked = sorted(connections, key=lambda c: -c["live_bytes"])
     tree = any("pid" in c for c in ranked)  # ids "PID:conn-N" are wide: the Ctx column goes (JSON has it)
+    shown = grouping.groups(ranked, lambda c: grouping.connection_key(c, _top_cause))[:TOP_CONNECTIONS]
+    title = (f"Top connections by own bytes ({sum(len(m) for _, m in shown)} of {len(connections)}, "
+             f"alike ones grouped)")
     columns = [("Conn", "left")] + ([] if tree else [("Ctx", "left")]) + [
         ("Peer", "left"), ("State", "left"), ("Age", "right"), ("Own", "right"), ("Largest cause", "left")]
     table = _table(title, *columns)
-    for conn in ranked:
-        name = str(conn["id"])
+    for conn, members in shown:
+        name = grouping.group_id(members)
         if conn.get("since_attach") is False:
             name += "*"
-        peer = conn.get("peer") or (f"fd {conn['fd']}" if conn.get("fd") is not None else "-")
-        cells = [_cell(name)] + ([] if tree else [_cell(conn.get("context"))]) + [
-            _cell(peer), conn["state"], conn.get("age") or human_age(conn.get("age_s")),
-            human_bytes(conn["live_bytes"]), _top_cause(conn["by_cause"])]
+        ages = [m.get("age_s") for m in members if isinstance(m.get("age_s"), (int, float))]
+        if conn.get("age"):
+            age = conn["age"]
+        elif len(members) > 1 and ages:
+            age = f"{human_age(min(ages))}–{human_age(max(ages))}"
+        else:
+            age = human_age(conn.get("age_s"))
+        cells = [_cell(name)] + ([] if tree else [_cell(grouping.contexts_text(members))]) + [
+            _cell(grouping.peers_text(members)), conn["state"], age,
+            human_bytes(grouping.mean(members, "live_bytes")), _top_cause(conn["by_cause"])]
         table.add_row(*cells)
     out(table)
     if any(c.get("since_attach") is False and not c.get("walked_bytes") for c in ranked):

@@ -137,6 +137,12 @@ class Session:
         io = [s.io_calls for s in snaps.values()]
         if io and all(v is not None for v in io):
             point["io_calls"] = sum(io)  # cumulative: points may be thinned out
+        by_cause = {}
+        for s in snaps.values():  # live bytes by cause, for the history chart stacked by cause
+            for o in s.owners:
+                for cause, counters in o.by_cause.items():
+                    by_cause[cause] = by_cause.get(cause, 0) + counters.bytes
+        point["by_cause"] = {c: v for c, v in by_cause.items() if v}
         if len(snaps) > 1:
             point["processes"] = len(snaps)
         self.history.append(point)

@@ -16,7 +16,7 @@ from rich.table import Table
 from tlsprof import launch
 from tlsprof.causes import LABELS
 from tlsprof.errors import TlsprofError
-from tlsprof.render import human_bytes
+from tlsprof.render import MEMORY_LABELS, human_bytes
 from tlsprof.session import Session
 
 EXAMPLES = os.path.dirname(os.path.abspath(__import__("tlsprof._examples", fromlist=["x"]).__file__))
@@ -90,10 +90,6 @@ def run(args) -> int:
     return 0
 
 
-MEMORY_LABELS = {"openssl_heap": "OpenSSL heap", "python_connections": "Python, connections",
-                 "tlsprof_tracker": "tlsprof tracker", "other_heap": "other heap",
-                 "malloc_free": "free heap (malloc)", "thread_stacks": "thread stacks",
-                 "other_anonymous": "other anonymous", "file_backed": "code and files"}
 
 
 def _part(memory, name):

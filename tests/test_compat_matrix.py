@@ -108,3 +108,19 @@ def test_bytes_per_connection_are_sane(request, profiled):
     assert per["own_bytes"] <= ceiling, (
         f"{name}: tlsprof {per['own_bytes'] / KiB:.1f} KiB own per connection, the server's processes "
         f"grew {truth['uss_per_conn'] / KiB:.1f} KiB USS per connection")
+
+
+# Servers whose `other` share is not yet under the goal (issue 16): measured, named, marked.
+OTHER_GAPS = {name: gap for name, gap in COUNT_GAPS.items()}
+
+
+def test_other_is_at_most_a_tenth_of_a_connection(profiled, request):
+    """Causes that name things (issue 16): `other` is at most 10 % of the bytes per connection on
+    every server of the matrix, the SSL object and the context named instead."""
+    name, report, _truth = profiled
+    _mark_known_gap(request, OTHER_GAPS, name)
+    per = report["per_connection"]
+    assert per["connections"] > 0
+    other = per["by_cause"].get("other", 0)
+    assert other <= 0.10 * per["bytes"], (
+        f"{name}: other {other / KiB:.1f} of {per['bytes'] / KiB:.1f} KiB per connection: {per['by_cause']}")

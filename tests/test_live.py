@@ -96,6 +96,10 @@ def test_tables_fill_with_the_real_connections_and_causes(server, spawn):
             await pilot.pause(0.2)
             head = _text(app.query_one("#head"))
             assert "12 connections" in head and f"pid {server.proc.pid}" in head
+            # the header carries the Python side and the RSS explained (issue: causes and accounting)
+            await _until(pilot, lambda: "RSS = " in _text(app.query_one("#head")), "the RSS parts in the header")
+            await _until(pilot, lambda: "+ Python side" in _text(app.query_one("#head")),
+                         "the Python side in the header")
             causes = _text(app.query_one("#causes"))
             # Python sets SSL_MODE_RELEASE_BUFFERS: idle connections hold no record buffers
             assert "CA store" in causes and "cipher state" in causes and "█" in causes

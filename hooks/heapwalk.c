@@ -605,8 +605,11 @@ static void spread(struct walk *w, const struct object *objects)
         uint32_t owner = w->owner[c];
         uint8_t cause = w->cause[c];
         if (cause == C_RECORD_BUFFERS) continue; /* TLS bytes, not pointers: stale words lead astray */
-        int from_ssl = owner >= OWN_FIRST_OBJECT && objects && objects[owner - OWN_FIRST_OBJECT].is_ssl &&
-                       objects[owner - OWN_FIRST_OBJECT].chunk == c;
+        int from_object = owner >= OWN_FIRST_OBJECT && objects && objects[owner - OWN_FIRST_OBJECT].chunk == c;
+        int from_ssl = from_object && objects[owner - OWN_FIRST_OBJECT].is_ssl;
+        /* the object's own struct is `connection`/`context`; what it points to is unnamed unless a
+         * sub-root named it (a guess is never presented as a measurement) */
+        uint8_t inherited = from_object ? C_OTHER : cause;
         uintptr_t p = w->addr[c] + 16, end = w->addr[c] + w->size[c];
         for (; p + 8 <= end; p += 8) {
             uintptr_t v = word(p);
@@ -621,7 +624,7 @@ static void spread(struct walk *w, const struct object *objects)
             }
             w->owner[t] = owner;
             w->cause[t] = (from_ssl && w->size[t] >= RECORD_BUFFER_MIN && w->size[t] <= RECORD_BUFFER_MAX)
-                              ? C_RECORD_BUFFERS : cause;
+                              ? C_RECORD_BUFFERS : inherited;
             w->queue[w->q_tail++] = (uint32_t)t;
         }
     }
@@ -904,7 +907,7 @@ static void child_walk(int fd, uint64_t fork_ns)
         objects[n_obj].is_ssl = (uint8_t)is_ssl;
         objects[n_obj].ok = 1;
         w.owner[i] = OWN_FIRST_OBJECT + (uint32_t)n_obj;
-        w.cause[i] = C_OTHER;
+        w.cause[i] = is_ssl ? C_CONNECTION : C_CONTEXT; /* the SSL or SSL_CTX struct itself */
         n_obj++;
         if (is_ssl) n_ssl++;
         else n_ctx++;

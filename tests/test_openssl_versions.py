@@ -360,3 +360,36 @@ def test_run_says_it_once_on_stderr():
             callback(parse_snapshot(_snapshot_text(text)))
     lines = err.getvalue().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tlsprof: OpenSSL 4.0.0 is not a version"), lines
+
+
+# --- OpenSSL 3.5 under attach: the heap walk finds what predates it ----------------------------
+
+@pytest.mark.parametrize("ctx_per_conn", [False, True], ids=["shared", "ctx-per-connection"])
+def test_attach_walks_the_seed_server_on_35(ossl35, tmp_path, cert_dir, ctx_per_conn):
+    """The seed server on 3.5 holds N idle connections before tlsprof attaches: the walk (offsets
+    learned from a probe object at run time, never hard-coded) finds them all."""
+    from test_attach import Attached
+    from tlsenv import start_echo_server
+    args = ["--ctx-per-conn"] if ctx_per_conn else []
+    independent = int(subprocess.run([sys.executable, os.path.join(WORKLOADS, "ca_store_cost.py")],
+                                     env=ossl35.env(), capture_output=True, text=True, check=True,
+                                     timeout=300).stdout) if ctx_per_conn else None
+    server = start_echo_server(*args, env=ossl35.env(), certdir=cert_dir, timeout=90)
+    clients = None
+    try:
+        clients = start_clients(server.port, N, interval=100000.0, timeout=300)
+        time.sleep(SETTLE)
+        report = Attached(server.pid, tmp_path / "attach.json", 2).finish(timeout=240)
+    finally:
+        if clients is not None:
+            clients.stop()
+        server.stop()
+    _figures(f"3.5 attach {'ctx-per-conn' if ctx_per_conn else 'shared'}", report, independent)
+    assert report["target"]["openssl"].startswith(f"OpenSSL {ossl35.version}")
+    walked = [c for c in report["connections"] if c.get("measured") in ("walked", "walked+tracked")]
+    assert len(walked) >= 0.95 * N, (len(walked), report["walk"])
+    per = report["per_connection"]
+    assert per["connections"] >= 0.95 * N, per
+    if ctx_per_conn:
+        assert abs(per["by_cause"]["ca_store"] - independent) <= CA_STORE_TOLERANCE * independent
+        assert any(f["id"] == "ca-store-per-connection" for f in report["findings"])

@@ -98,7 +98,9 @@ def test_bytes_per_connection_are_sane(request, profiled):
     assert per["connections"] > 0
     assert per["own_bytes"] >= 4 * KiB, f"{name}: {per['own_bytes']:.0f} B per connection"
     assert per["by_cause"].get("cipher_state", 0) > 0
-    if truth["held"] < 20:
+    if truth["held"] < 20 or truth["uss_per_conn"] <= 0:
+        # one connection (s_server) reuses freed heap; and a server that handed pages back while the
+        # clients connected (seen with Twisted under load) gives no growth to hold the bytes against
         return
     ceiling = 2 * max(truth["uss_per_conn"], 0) + 16 * KiB
     assert per["own_bytes"] <= ceiling, (

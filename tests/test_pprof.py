@@ -48,7 +48,8 @@ def site_name(site):
     file = site["file"]
     while file.startswith("../"):
         file = file[3:]
-    return f"{file}:{site['line']}"
+    # a site without a line (the heap walk's pseudo-site of what predates an attach) is its file alone
+    return f"{file}:{site['line']}" if site.get("line") is not None else file
 
 
 def export(report_path, tmp_path, name="r.pb.gz"):

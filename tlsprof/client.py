@@ -228,7 +228,10 @@ def _parse_owner(f, causes=_CAUSE_TOKENS) -> Owner:
     live = requested = blocks = 0
     for item in f[13:]:
         c, b, r, n = item.split(":")
-        b, r, n = int(b), int(r), int(n)
+        # a counter can dip a few bytes below zero when a block freed outside the hooks (a free racing
+        # the patching at attach) is found stale at a reused address and subtracted by estimate: a
+        # negative byte count would make the whole report invalid, so it reads as none
+        b, r, n = max(int(b), 0), max(int(r), 0), max(int(n), 0)
         name = causes.get(c, "other")
         if name in by_cause:  # two tokens read as `other` (names this front end does not know)
             old = by_cause[name]

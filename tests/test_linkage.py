@@ -218,7 +218,9 @@ def test_tracemalloc_mode_attributes_openssl_bytes_to_the_create_default_context
     script = tmp_path / "tm.py"
     script.write_text(TM_FIXTURE)
     result = tmp_path / "tm.json"
-    out, wrapper = _wrapper(tmp_path, "r.json", "--tracemalloc")
+    # the target is stopped directly and frees its contexts on the way out: the peak is the moment
+    # that holds them (the steady state, with no connection at all, is the latest snapshot)
+    out, wrapper = _wrapper(tmp_path, "r.json", "--tracemalloc", "--at", "peak")
     proc = Proc([*wrapper, sys.executable, str(script), str(result)], script=str(script))
     try:
         deadline = time.monotonic() + 120

@@ -310,7 +310,7 @@ static int decide_crypto_measure(void)
         void *mf = NULL, *rf = NULL, *ff = NULL;
         get(&mf, &rf, &ff);
         if (mf && mf != (void *)real_CRYPTO_malloc && mf != (void *)hook_CRYPTO_malloc &&
-            mf != (void *)tracked_libc_malloc)
+            mf != (void *)tracked_libc_malloc && !pytrace_allocator(mf))
             m = MEASURE_REQUESTED;
     }
     __atomic_store_n(&crypto_measure, m, __ATOMIC_RELAXED);

@@ -176,6 +176,9 @@ static void tm_free(void *p, const char *file, int line)
     free(p);
 }
 
+/* The allocator this file gives OpenSSL serves glibc's malloc chunks: footprints stay measurable. */
+int pytrace_allocator(const void *fn) { return fn == (const void *)tm_malloc; }
+
 /* 0 = installed; -1 = no CPython tracemalloc C API in this process; -2 = no libcrypto found;
  * -3 = too late: OpenSSL has allocated already (CRYPTO_set_mem_functions refused); -4 = no memory. */
 EXPORT int tlsprof_pytrace_install(unsigned int domain)

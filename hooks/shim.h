@@ -180,6 +180,7 @@ int tlsprof_preloaded(void); /* started by the preload constructor, before main(
 
 /* ---- pytrace.c: --tracemalloc ---- */
 void pytrace_lock(void);
+int pytrace_allocator(const void *fn); /* --tracemalloc's own memory functions (glibc chunks) */
 void pytrace_unlock(void);
 
 /* ---- pyagent.c: the Python agent after an attach ---- */

@@ -247,8 +247,11 @@ def test_target_in_another_mount_namespace_is_one_line_exit_9(private_tlsprof):
     """A target whose /tmp is not ours (a container, PrivateTmp=) would not find the shim at the
     path we give it: one line says so, exit code 9, the target untouched."""
     tlsprof, env, cwd = private_tlsprof
+    # the interpreter itself, not the virtualenv's link to it: a clone under /tmp (CI's) is hidden
+    # behind the fresh /tmp of the namespace
+    python = os.path.realpath(sys.executable)
     target = subprocess.Popen(["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs /tmp && exec "$@"', "sh",
-                               sys.executable, "-c", "import ssl, time; time.sleep(120)"], cwd="/")
+                               python, "-c", "import ssl, time; time.sleep(120)"], cwd="/")
     try:
         wait_for(lambda: _loads_libssl(target.pid), 20, "the target to load libssl")
         r = subprocess.run([*tlsprof, "attach", str(target.pid), "--duration", "1"],

@@ -59,9 +59,14 @@ def test_connection_count_within_5_percent(request, profiled):
     _mark_known_gap(request, COUNT_GAPS, name)
     n = SERVERS[name].connections
     assert truth["held"] == n and truth["held_by_kernel"] == n, truth  # the ground truth itself
-    seen = report["per_connection"]["connections"]
+    # connections the Python agent found unreachable are closed ones waiting for the cyclic gc
+    # (Twisted frees its warm-up connections' SSL objects only then): alive in OpenSSL, and named
+    # by the python-leak finding, but not open any more
+    garbage = sum(1 for c in report["connections"]
+                  if isinstance(c.get("python"), dict) and c["python"].get("leak") == "unreachable")
+    seen = report["per_connection"]["connections"] - garbage
     assert abs(seen - n) <= TOLERANCE * n, (
-        f"{name}: tlsprof saw {seen} connections, {n} were open "
+        f"{name}: tlsprof saw {seen} connections ({garbage} more awaiting gc), {n} were open "
         f"(held by pids {sorted(truth['holders'])}; report about pid {report['target']['pid']})")
     assert report["partial"] is False
 

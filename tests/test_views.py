@@ -72,6 +72,7 @@ def test_alike_connections_are_one_row(report_path):
     grouped = sum(int(line.split("×")[0].split()[-1]) for line in rows)
     assert grouped >= CLIENTS - 4  # a few may differ (the first handshake's one-off state)
     assert "peers" in rows[0]
+    assert "echo_server.py:" in rows[0]  # the line that created them (`180 × conn … created at X`)
 
 
 def test_text_and_html_carry_the_python_side_and_the_memory(report_path, tmp_path):

@@ -323,8 +323,10 @@ def _render_connections(out, connections: list) -> None:
     shown = grouping.groups(ranked, lambda c: grouping.connection_key(c, _top_cause))[:TOP_CONNECTIONS]
     title = (f"Top connections by own bytes ({sum(len(m) for _, m in shown)} of {len(connections)}, "
              f"alike ones grouped)")
+    created = any(grouping.created_at(c) for c in ranked)  # Python targets: the line that made them
     columns = [("Conn", "left")] + ([] if tree else [("Ctx", "left")]) + [
-        ("Peer", "left"), ("State", "left"), ("Age", "right"), ("Own", "right"), ("Largest cause", "left")]
+        ("Peer", "left"), ("State", "left"), ("Age", "right"), ("Own", "right"), ("Largest cause", "left")] + (
+        [("Created at", "left")] if created else [])
     table = _table(title, *columns)
     for conn, members in shown:
         name = grouping.group_id(members)
@@ -339,7 +341,8 @@ def _render_connections(out, connections: list) -> None:
             age = human_age(conn.get("age_s"))
         cells = [_cell(name)] + ([] if tree else [_cell(grouping.contexts_text(members))]) + [
             _cell(grouping.peers_text(members)), conn["state"], age,
-            human_bytes(grouping.mean(members, "live_bytes")), _top_cause(conn["by_cause"])]
+            human_bytes(grouping.mean(members, "live_bytes")), _top_cause(conn["by_cause"])] + (
+            [_cell(grouping.created_at(conn) or "-")] if created else [])
         table.add_row(*cells)
     out(table)
     if any(c.get("since_attach") is False and not c.get("walked_bytes") for c in ranked):

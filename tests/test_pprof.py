@@ -194,6 +194,28 @@ def test_pprof_of_nginx_worker_sums_to_the_report(cert_pair, tmp_path):
         assert pprof_top(profiles / name)[1] in seen, name
 
 
+@needs_pprof
+def test_pprof_of_an_nginx_run_sums_to_each_process(cert_pair, tmp_path):
+    """nginx under `tlsprof run` (master + 2 workers, 200 keep-alive connections): the tree's
+    profile sums to the report and `-tagfocus pid=N` to each process's live bytes."""
+    from servers import hold_measured, start
+    with start("nginx", *cert_pair, profile=True) as running:
+        with hold_measured(running, 200):
+            running.stop()
+        report = running.report()
+    report_path = tmp_path / "nginx-run.json"
+    report_path.write_text(__import__("json").dumps(report))
+    processes = report["processes"]
+    assert len(processes) >= 3 and report["per_connection"]["connections"] >= 190
+    profile = export(report_path, tmp_path)
+    shown, total, _ = pprof_top(profile)
+    assert shown == total == report["totals"]["live_bytes"]
+    for p in processes:
+        if p["live_bytes"]:
+            assert pprof_top(profile, "-tagfocus", f"pid=^{p['pid']}$")[0] == p["live_bytes"], p["pid"]
+    assert pprof_top(profile, "-tagfocus", "cause=^ca_store$")[0] == report["totals"]["by_cause"].get("ca_store", 0)
+
+
 def pprof_tags(profile, key):
     out = subprocess.run([GO, "tool", "pprof", "-tags", "-tagfocus", f"{key}=.", str(profile)],
                          capture_output=True, text=True, timeout=120).stdout

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import psutil
 import pytest
@@ -190,6 +191,35 @@ http {{
 """
 
 
+@contextmanager
+def nginx_worker(cert_pair, directory, conf=None):
+    """nginx (master + one worker) on a free 127.0.0.1 port, configured in `directory`, started and,
+    whatever happens, stopped by pid (SIGQUIT, then SIGKILL). Yields (worker pid, port, sockets):
+    the test appends the client sockets it opens, closed at the end."""
+    cert, key = cert_pair
+    port = free_port()
+    path = directory / "nginx.conf"
+    path.write_text((conf or NGINX_CONF).format(dir=directory, port=port, cert=cert, key=key))
+    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(path), "-p", str(directory)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    socks = []
+    try:
+        wait_for(lambda: psutil.Process(nginx.pid).children(), 20, "an nginx worker")
+        worker = psutil.Process(nginx.pid).children()[0].pid
+        wait_for(lambda: any(c.laddr.port == port for c in psutil.net_connections("tcp") if c.status == "LISTEN"),
+                 20, "nginx to listen")
+        yield worker, port, socks
+    finally:
+        for sock in socks:
+            sock.close()
+        nginx.send_signal(signal.SIGQUIT)
+        try:
+            nginx.wait(15)
+        except subprocess.TimeoutExpired:
+            nginx.kill()
+            nginx.wait()
+
+
 def _http_keepalive(port, n):
     import ssl
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -207,37 +237,15 @@ def _http_keepalive(port, n):
 @pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
                     reason="needs Debian's nginx (make test installs nginx-light)")
 def test_attach_to_nginx_worker(cert_pair, tmp_path):
-    cert, key = cert_pair
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=tmp_path, port=port, cert=cert, key=key))
-    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(tmp_path)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    socks = []
-    try:
-        wait_for(lambda: psutil.Process(nginx.pid).children(), 20, "an nginx worker")
-        worker = psutil.Process(nginx.pid).children()[0].pid
-        wait_for(lambda: any(c.laddr.port == port for c in psutil.net_connections("tcp") if c.status == "LISTEN"),
-                 20, "nginx to listen")
+    with nginx_worker(cert_pair, tmp_path) as (worker, port, socks):
         session = Attached(worker, tmp_path / "nginx.json", 4)
-        socks = _http_keepalive(port, 20)
+        socks += _http_keepalive(port, 20)
         report = session.finish()
         assert report["per_connection"]["connections"] >= 20
         peers = {c["peer"] for c in report["connections"]}
         assert {f"127.0.0.1:{s.getsockname()[1]}" for s in socks} <= peers
         assert all(c["fd"] is not None for c in report["connections"])
-        # still serving after detach
-        more = _http_keepalive(port, 5)
-        socks += more
-    finally:
-        for s in socks:
-            s.close()
-        nginx.send_signal(signal.SIGQUIT)
-        try:
-            nginx.wait(15)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-            nginx.wait()
+        socks += _http_keepalive(port, 5)  # still serving after detach
 
 
 def test_twenty_attach_detach_cycles_under_handshake_load(spawn, tmp_path):

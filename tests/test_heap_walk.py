@@ -8,13 +8,12 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 
 import psutil
 import pytest
 
 from reportcheck import load_checked
-from test_attach import NGINX_CONF, Attached, _http_keepalive, handshakes_ok, wait_for
+from test_attach import Attached, _http_keepalive, handshakes_ok, nginx_worker, wait_for
 from test_run import WORKLOADS, freeze, settle, tlsprof_run
 from tlsenv import free_port
 
@@ -119,19 +118,8 @@ def test_run_walk_puts_walked_bytes_beside_tracked_bytes_of_each_connection(spaw
 @pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
                     reason="needs Debian's nginx (make test installs nginx-light)")
 def test_walk_finds_the_connections_of_an_nginx_worker(cert_pair, tmp_path):
-    cert, key = cert_pair
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=tmp_path, port=port, cert=cert, key=key))
-    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(tmp_path)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    socks = []
-    try:
-        wait_for(lambda: psutil.Process(nginx.pid).children(), 20, "an nginx worker")
-        worker = psutil.Process(nginx.pid).children()[0].pid
-        wait_for(lambda: any(c.laddr.port == port for c in psutil.net_connections("tcp") if c.status == "LISTEN"),
-                 20, "nginx to listen")
-        socks = _http_keepalive(port, N)
+    with nginx_worker(cert_pair, tmp_path) as (worker, port, socks):
+        socks += _http_keepalive(port, N)
         report, _ = _attach_report(worker, tmp_path / "nginx.json")
         conns = _walked(report["connections"])
         assert len(conns) >= 0.95 * N, len(conns)
@@ -139,16 +127,7 @@ def test_walk_finds_the_connections_of_an_nginx_worker(cert_pair, tmp_path):
         mine = {f"127.0.0.1:{s.getsockname()[1]}" for s in socks}
         assert len(mine & peers) >= 0.95 * N
         print(f"nginx: {len(conns)} walked connections, {report['per_connection']['bytes']} B per connection")
-        assert _http_keepalive(port, 5)
-    finally:
-        for s in socks:
-            s.close()
-        nginx.send_signal(signal.SIGQUIT)
-        try:
-            nginx.wait(15)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-            nginx.wait()
+        socks += _http_keepalive(port, 5)  # still serving after detach
 
 
 HAPROXY_CONF = """

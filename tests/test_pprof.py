@@ -7,17 +7,15 @@ import gzip
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from reportcheck import load_checked
-from tlsenv import Proc, free_port, start_clients
+from tlsenv import Proc, start_clients
 from tlsprof.causes import CAUSES
 from tlsprof.pprof import apportion, split
 
@@ -154,32 +152,12 @@ def test_pprof_of_echo_server_sums_to_the_report(tmp_path, cert_dir, server_args
 @pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
                     reason="needs Debian's nginx (make test installs nginx-light)")
 def test_pprof_of_nginx_worker_sums_to_the_report(cert_pair, tmp_path):
-    from test_attach import NGINX_CONF, Attached, _http_keepalive, wait_for
-    cert, key = cert_pair
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=tmp_path, port=port, cert=cert, key=key))
+    from test_attach import Attached, _http_keepalive, nginx_worker
     profiles = tmp_path / "profiles"
-    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(tmp_path)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    socks = []
-    try:
-        wait_for(lambda: psutil.Process(nginx.pid).children(), 20, "an nginx worker")
-        worker = psutil.Process(nginx.pid).children()[0].pid
-        wait_for(lambda: any(c.laddr.port == port for c in psutil.net_connections("tcp") if c.status == "LISTEN"),
-                 20, "nginx to listen")
+    with nginx_worker(cert_pair, tmp_path) as (worker, port, socks):
         session = Attached(worker, tmp_path / "nginx.json", 4, "--pprof", str(profiles))
-        socks = _http_keepalive(port, 20)
+        socks += _http_keepalive(port, 20)
         report = session.finish()
-    finally:
-        for s in socks:
-            s.close()
-        nginx.send_signal(signal.SIGQUIT)
-        try:
-            nginx.wait(15)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-            nginx.wait()
     assert report["per_connection"]["connections"] >= 20
     profile = export(tmp_path / "nginx.json", tmp_path)
     check_sums(profile, report)

@@ -312,24 +312,14 @@ def _https_keepalive(port, n):
 @pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
                     reason="needs Debian's nginx (make test installs nginx-light)")
 def test_attach_to_nginx_worker_from_a_private_directory(private_tlsprof, cert_pair, tmp_path):
+    from test_attach import nginx_worker
     tlsprof, env, cwd = private_tlsprof
-    cert, key = cert_pair
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=tmp_path, port=port, cert=cert, key=key))
-    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(tmp_path)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    socks = []
-    try:
-        wait_for(lambda: psutil.Process(nginx.pid).children(), 20, "an nginx worker")
-        worker = psutil.Process(nginx.pid).children()[0].pid
+    with nginx_worker(cert_pair, tmp_path, NGINX_CONF) as (worker, port, socks):
         assert psutil.Process(worker).username() == "www-data"
-        wait_for(lambda: any(c.laddr.port == port for c in psutil.net_connections("tcp") if c.status == "LISTEN"),
-                 20, "nginx to listen")
         attach = attach_in_background(tlsprof, env, cwd, worker, tmp_path / "nginx.json", 4)
         shim = mapped_copy(worker)
         assert shim and not shim.startswith(cwd) and shim_copy.is_copy(shim), shim
-        socks = _https_keepalive(port, 20)
+        socks += _https_keepalive(port, 20)
         report = finish(attach, worker, tmp_path / "nginx.json")
         assert report["per_connection"]["connections"] >= 20
         peers = {c["peer"] for c in report["connections"]}
@@ -339,15 +329,6 @@ def test_attach_to_nginx_worker_from_a_private_directory(private_tlsprof, cert_p
         assert stat.S_IMODE(os.stat(chan).st_mode) == 0o700
         socks += _https_keepalive(port, 5)  # still serving after detach
         assert os.path.exists(shim), "the copy a live worker maps was removed"
-    finally:
-        for s in socks:
-            s.close()
-        nginx.send_signal(signal.SIGQUIT)
-        try:
-            nginx.wait(15)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-            nginx.wait()
 
 
 def _as_postgres(*argv, **kw):

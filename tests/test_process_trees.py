@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import psutil
 import pytest
 
 from reportcheck import check_report, load_checked
+from test_attach import _http_keepalive
 from tlsenv import free_port, recv_exactly, tls_connect
 from tlsprof import client, launch
 from tlsprof.metrics import exposition
@@ -157,19 +157,6 @@ http {{
 """
 
 
-def _keepalive_connections(port, n):
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    socks = []
-    for _ in range(n):
-        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
-        s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        assert b"200" in s.recv(4096)
-        socks.append(s)
-    return socks
-
-
 def _nginx_workers(master):
     return [c for c in psutil.Process(master).children() if "worker process" in " ".join(c.cmdline())]
 
@@ -181,10 +168,10 @@ def _nginx_rss_per_connection(conf, port, n):
     socks = []
     try:
         wait_for(lambda: len(_nginx_workers(nginx.pid)) == 2 and listening(port), 30, "bare nginx")
-        socks = _keepalive_connections(port, 5)  # warm the workers up
+        socks = _http_keepalive(port, 5)  # warm the workers up
         time.sleep(0.5)
         before = sum(w.memory_info().rss for w in _nginx_workers(nginx.pid))
-        socks += _keepalive_connections(port, n)
+        socks += _http_keepalive(port, n)
         time.sleep(0.5)
         after = sum(w.memory_info().rss for w in _nginx_workers(nginx.pid))
         return (after - before) / n
@@ -196,7 +183,7 @@ def _nginx_rss_per_connection(conf, port, n):
 
 
 @pytest.mark.skipif(not os.path.exists(NGINX), reason="needs Debian's nginx (make test installs nginx-light)")
-def test_nginx_two_workers_200_keepalive_connections(cert_pair, tmp_path):
+def test_nginx_two_workers_200_http_keepalive(cert_pair, tmp_path):
     cert, key = cert_pair
     port = free_port()
     conf = tmp_path / "nginx.conf"
@@ -215,7 +202,7 @@ def test_nginx_two_workers_200_keepalive_connections(cert_pair, tmp_path):
                  and listening(port), 30, "nginx under tlsprof")
         master = master_of()
         workers = sorted(w.pid for w in _nginx_workers(master))
-        socks = _keepalive_connections(port, 200)
+        socks = _http_keepalive(port, 200)
         time.sleep(1.5)  # several snapshots of the settled connections
         stop_tlsprof(tool)
     finally:
@@ -374,7 +361,7 @@ def test_attach_to_nginx_master_follows_its_workers(cert_pair, tmp_path):
         wait_for(lambda: att.poll() is not None or all(
             os.path.exists(f"/tmp/tlsprof-{psutil.Process(w).uids().effective}/{w}.sock") for w in workers),
             90, "the workers' shims")
-        socks = _keepalive_connections(port, 40)
+        socks = _http_keepalive(port, 40)
         _, err = att.communicate(timeout=120)
         assert att.returncode == 0, err
         for pid in [master, *workers]:
@@ -384,7 +371,7 @@ def test_attach_to_nginx_master_follows_its_workers(cert_pair, tmp_path):
         assert set(procs) == {master, *workers}
         assert procs[master]["connections"] == 0 and procs[master]["role"] == "master"
         assert report["per_connection"]["connections"] == 40 == sum(procs[w]["connections"] for w in workers)
-        socks += _keepalive_connections(port, 5)  # still serving after detach
+        socks += _http_keepalive(port, 5)  # still serving after detach
         alone = tmp_path / "alone.json"
         one = subprocess.run([*TLSPROF, "attach", str(master), "--no-children", "--duration", "2", "--interval",
                               "0.3", "-o", str(alone)], capture_output=True, text=True, timeout=120)

@@ -297,29 +297,19 @@ def _client_ctx():
     return ctx
 
 
-def _https_keepalive(port, n):
-    socks = []
-    for _ in range(n):
-        s = _client_ctx().wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
-        s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        assert b"200" in s.recv(4096)
-        socks.append(s)
-    return socks
-
-
 @needs_gdb
 @needs_root
 @pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
                     reason="needs Debian's nginx (make test installs nginx-light)")
 def test_attach_to_nginx_worker_from_a_private_directory(private_tlsprof, cert_pair, tmp_path):
-    from test_attach import nginx_worker
+    from test_attach import _http_keepalive, nginx_worker
     tlsprof, env, cwd = private_tlsprof
     with nginx_worker(cert_pair, tmp_path, NGINX_CONF) as (worker, port, socks):
         assert psutil.Process(worker).username() == "www-data"
         attach = attach_in_background(tlsprof, env, cwd, worker, tmp_path / "nginx.json", 4)
         shim = mapped_copy(worker)
         assert shim and not shim.startswith(cwd) and shim_copy.is_copy(shim), shim
-        socks += _https_keepalive(port, 20)
+        socks += _http_keepalive(port, 20)
         report = finish(attach, worker, tmp_path / "nginx.json")
         assert report["per_connection"]["connections"] >= 20
         peers = {c["peer"] for c in report["connections"]}
@@ -327,7 +317,7 @@ def test_attach_to_nginx_worker_from_a_private_directory(private_tlsprof, cert_p
         # the channel stayed private: www-data's 0700 directory, a 0600 socket
         chan = channel_dir_for(pwd.getpwnam("www-data").pw_uid)
         assert stat.S_IMODE(os.stat(chan).st_mode) == 0o700
-        socks += _https_keepalive(port, 5)  # still serving after detach
+        socks += _http_keepalive(port, 5)  # still serving after detach
         assert os.path.exists(shim), "the copy a live worker maps was removed"
 
 

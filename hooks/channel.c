@@ -163,10 +163,12 @@ static void put_header(struct buf *b)
         (unsigned long long)__atomic_load_n(&io_calls_of_dead, __ATOMIC_RELAXED));
     size_t table = blocks_memory() + (size_t)owner_count_slots() * sizeof(struct owner) +
                    (size_t)sites_used() * (sizeof(struct site) + sizeof(site_counts[0])) +
-                   (size_t)MAX_SITES * 16 /* the site index */;
+                   (size_t)MAX_SITES * 2 /* the site index */;
     put(b, "stat tracker_bytes %zu\nstat blocks %zu\nstat slots_patched %d\nstat slots_foreign %d\n", table,
         blocks_count(), interpose_slots(), interpose_foreign());
     put(b, "stat byte_measure %d\n", hooks_byte_measure());
+    /* the per-block part of tracker_bytes, apart from the per-owner and per-site parts (issue 18) */
+    put(b, "stat tracker_table_bytes %zu\nstat blocks_wide %zu\n", blocks_memory(), blocks_count_wide());
     /* glibc's own view of its heap, so the front end can explain RSS: what is in use (arenas and
      * mmapped chunks, tlsprof's table included) and what sits free inside the arenas */
     struct mallinfo2 mi = mallinfo2();

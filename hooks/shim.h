@@ -89,7 +89,8 @@ uint32_t objects_find(uintptr_t ptr);
 void objects_bind(uintptr_t ptr, uint32_t owner);
 void objects_unbind(uintptr_t ptr, uint32_t owner);
 
-/* ---- table.c: live blocks, sharded open addressing ---- */
+/* ---- table.c: live blocks, sharded open addressing (packed 10-byte slots; struct block is the
+ * unpacked form the interface hands out) ---- */
 struct block {
     uintptr_t key;      /* pointer | BLOCK_F_OBJECT */
     uint32_t owner;
@@ -109,6 +110,7 @@ int blocks_mark_object(uintptr_t ptr);
 void blocks_reset(void);
 size_t blocks_memory(void);
 size_t blocks_count(void);
+size_t blocks_count_wide(void); /* blocks the packed table could not hold */
 void blocks_lock_all(void);
 void blocks_unlock_all(void);
 void blocks_reinit_locks(void);

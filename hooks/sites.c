@@ -29,7 +29,6 @@ void site_totals(uint16_t id, int64_t *bytes, int64_t *requested, int64_t *block
 struct site site_table[MAX_SITES] = {[0] = {.cause = C_OTHER, .used = 1}};
 static uint32_t n_sites = 1;
 static pthread_mutex_t sites_mutex = PTHREAD_MUTEX_INITIALIZER;
-static uint16_t slot_to_id[MAX_SITES];
 
 static inline uint32_t site_hash(const char *file, int line, uint8_t scope)
 {
@@ -38,20 +37,24 @@ static inline uint32_t site_hash(const char *file, int line, uint8_t scope)
     return (uint32_t)(h >> 40) & SITE_MASK;
 }
 
-/* slots[] is the hash index: slot -> site id; ids are dense for cheap snapshots */
-static struct {
-    const char *file;
-    int32_t line;
-    uint8_t scope;
-    volatile uint8_t used;
-} index_[MAX_SITES];
+/* The hash index: slot -> site id + 1 (0 = empty), 2 bytes a slot; the key is compared in
+ * site_table, which an id's entry is filled in before the index publishes it. Ids are dense for cheap
+ * snapshots. (A 16-byte index entry holding the key cost 256 KiB, every page touched by the hash.) */
+static uint16_t index_[MAX_SITES];
+
+static inline int site_is(uint16_t id, const char *file, int line, uint8_t scope)
+{
+    const struct site *s = &site_table[id];
+    return s->file == file && s->line == line && s->scope == scope;
+}
 
 uint16_t site_intern(const char *file, int line, uint8_t scope, size_t size)
 {
     uint32_t i = site_hash(file, line, scope);
     for (uint32_t n = 0; n < MAX_SITES; n++, i = (i + 1) & SITE_MASK) {
-        if (!__atomic_load_n(&index_[i].used, __ATOMIC_ACQUIRE)) break;
-        if (index_[i].file == file && index_[i].line == line && index_[i].scope == scope) return slot_to_id[i];
+        uint16_t slot = __atomic_load_n(&index_[i], __ATOMIC_ACQUIRE);
+        if (!slot) break;
+        if (site_is(slot - 1, file, line, scope)) return slot - 1;
     }
     /* which object holds the file name says which OpenSSL copy allocated (asked before taking our
      * lock: dladdr takes the loader's) */
@@ -65,7 +68,8 @@ uint16_t site_intern(const char *file, int line, uint8_t scope, size_t size)
     i = site_hash(file, line, scope);
     uint16_t id = 0;
     for (uint32_t n = 0; n < MAX_SITES; n++, i = (i + 1) & SITE_MASK) {
-        if (!index_[i].used) {
+        uint16_t slot = index_[i];
+        if (!slot) {
             /* keep the index at most half full, and id 0 reserved */
             if (n_sites >= MAX_SITES / 2) break;
             id = (uint16_t)n_sites;
@@ -79,15 +83,11 @@ uint16_t site_intern(const char *file, int line, uint8_t scope, size_t size)
             __atomic_store_n(&s->used, 1, __ATOMIC_RELEASE);
             /* published only once filled: the snapshot thread reads ids below n_sites unlocked */
             __atomic_store_n(&n_sites, (uint32_t)id + 1, __ATOMIC_RELEASE);
-            index_[i].file = file;
-            index_[i].line = line;
-            index_[i].scope = scope;
-            slot_to_id[i] = id;
-            __atomic_store_n(&index_[i].used, 1, __ATOMIC_RELEASE);
+            __atomic_store_n(&index_[i], (uint16_t)(id + 1), __ATOMIC_RELEASE);
             break;
         }
-        if (index_[i].file == file && index_[i].line == line && index_[i].scope == scope) {
-            id = slot_to_id[i];
+        if (site_is(slot - 1, file, line, scope)) {
+            id = slot - 1;
             break;
         }
     }

@@ -1,6 +1,23 @@
-/* Live OpenSSL blocks: pointer -> (owner, site, slack), 16 bytes a slot. Sharded by pointer hash so
- * threads rarely share a lock; open addressing with linear probing and backward-shift deletion (no
- * tombstones, so churn never degrades probes). Shard arrays are allocated on first use: a process
+/* Live OpenSSL blocks: pointer -> (owner, site, measure, slack).
+ *
+ * The table is what tlsprof adds per live block, so it is packed (issue 18: a CA store alone is
+ * 11.3k blocks of ~74 B). Nearly every block goes to the packed table, 10 bytes a slot:
+ *   bits  0..36  the pointer's bits 10..46 (user space ends at 2^47; glibc aligns to 16, and the
+ *                pointer's bits 4..9 are given back by the shard it lives in, see shard_of)
+ *   bits 37..56  owner index (MAX_OWNERS = 2^20)
+ *   bits 57..69  site id (sites.c hands out fewer than 2^13 ids)
+ *   bit  70      measure: 0 glibc, 1 the process allocator's usable size
+ *   bit  71      BLOCK_F_OBJECT
+ *   bits 72..79  slack, usable - requested (glibc's normal chunks: below 24)
+ * Anything that does not fit (a pointer not 16-aligned or above 2^47, a MEASURE_REQUESTED block
+ * whose slack field is its encoded size, slack of 256 and more from an mmapped chunk) goes to the
+ * wide table, 16-byte slots, which a glibc process seldom uses.
+ *
+ * Both tables are sharded so threads rarely share a lock; open addressing with linear probing and
+ * backward-shift deletion (no tombstones, so churn never degrades probes). The packed shards fill to
+ * 85 % and grow by a quarter (capacity need not be a power of two: the home slot is a multiply-shift
+ * of the hash), so the table costs 11.8-14.7 B per live block whatever the phase of growth; the
+ * doubling 16-byte table before it cost 21-43 B. Shard arrays are allocated on first use: a process
  * that never touches OpenSSL pays nothing. When a shard cannot grow, the insert fails and the caller
  * counts the block as untracked instead of failing the target's allocation. */
 #define _GNU_SOURCE
@@ -11,7 +28,10 @@
 #include "shim.h"
 
 #define N_SHARDS 64
-#define MIN_CAP 256
+#define SHARD_BITS 6
+#define PACKED_MIN_CAP 64
+#define WIDE_N_SHARDS 8
+#define WIDE_MIN_CAP 64
 
 /* A test-and-test-and-set spinlock: a shard is held for one probe (a grow is the rare long case),
  * and a mutex's call and futex bookkeeping cost more than the work it guards. */
@@ -27,18 +47,29 @@ static inline void spin_lock(int *l)
 
 static inline void spin_unlock(int *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
 
-struct shard {
-    int lock;
-    struct block *slots;
-    size_t cap, count;
-} __attribute__((aligned(64)));
-
-static struct shard shards[N_SHARDS];
-static int shards_ready;
 /* TLSPROF_MAX_BLOCKS caps the live blocks tracked (0 = no cap): bounds the shim's own memory and
  * lets tests prove the degraded mode. Past the cap inserts fail like a failed grow. */
 static size_t max_blocks;
-static size_t total_blocks; /* atomic */
+static size_t total_blocks; /* atomic, kept only when there is a cap */
+static int tables_ready;
+
+__attribute__((constructor)) static void tables_init(void)
+{
+    if (tables_ready) return;
+    const char *cap = getenv("TLSPROF_MAX_BLOCKS");
+    if (cap && *cap) max_blocks = strtoull(cap, NULL, 10);
+    tables_ready = 1;
+}
+
+static inline int over_cap(void)
+{
+    return max_blocks && __atomic_load_n(&total_blocks, __ATOMIC_RELAXED) >= max_blocks;
+}
+
+static inline void cap_count(int delta)
+{
+    if (max_blocks) __atomic_add_fetch(&total_blocks, (size_t)(long)delta, __ATOMIC_RELAXED);
+}
 
 static inline uint64_t hash_ptr(uintptr_t p)
 {
@@ -46,19 +77,134 @@ static inline uint64_t hash_ptr(uintptr_t p)
     return h ^ (h >> 29);
 }
 
-static inline struct shard *shard_for(uint64_t h) { return &shards[h >> 58]; }
+/* ================= packed table ================= */
 
-__attribute__((constructor)) static void shards_init(void)
+struct pslot {
+    uint64_t lo;
+    uint16_t hi;
+} __attribute__((packed));
+
+#define P_ADDR_BITS 37
+#define P_ADDR_MASK ((1ull << P_ADDR_BITS) - 1)
+#define P_OWNER_SHIFT 37
+#define P_SITE_SHIFT 57 /* 13 bits: 7 in lo, 6 in hi */
+#define P_SITE_LIMIT (1u << 13)
+#define P_USER_LIMIT (1ull << 47)
+
+struct pshard {
+    int lock;
+    struct pslot *slots;
+    size_t cap, count;
+} __attribute__((aligned(64)));
+
+static struct pshard pshards[N_SHARDS];
+
+/* The shard mixes the pointer's bits 4..9 with a hash of its higher bits: threads spread over the
+ * shards whatever the block sizes, and the slot need not keep bits 4..9 (shard ^ mix(high)). */
+static inline unsigned mix_high(uint64_t high) { return (unsigned)((high * 0x9E3779B97F4A7C15ull) >> (64 - SHARD_BITS)); }
+static inline unsigned shard_of(uintptr_t p) { return (((unsigned)(p >> 4)) ^ mix_high(p >> 10)) & (N_SHARDS - 1); }
+
+static inline int packable(uintptr_t p, uint16_t site, uint16_t slack)
 {
-    if (shards_ready) return;
-    const char *cap = getenv("TLSPROF_MAX_BLOCKS");
-    if (cap && *cap) max_blocks = strtoull(cap, NULL, 10);
-    shards_ready = 1;
+    unsigned measure = site >> BLOCK_MEASURE_SHIFT;
+    return !(p & 15) && p < P_USER_LIMIT && (site & BLOCK_SITE_MASK) < P_SITE_LIMIT &&
+           measure <= MEASURE_USABLE && slack < 256;
 }
 
-static int grow(struct shard *s)
+static inline uint64_t p_high(const struct pslot *s) { return s->lo & P_ADDR_MASK; }
+static inline int p_used(const struct pslot *s) { return p_high(s) != 0; } /* pointers >= 1024 */
+
+static inline uintptr_t p_ptr(const struct pslot *s, unsigned shard)
 {
-    size_t ncap = s->cap ? s->cap * 2 : MIN_CAP;
+    uint64_t high = p_high(s);
+    return (uintptr_t)(high << 10) | (uintptr_t)(((shard ^ mix_high(high)) & (N_SHARDS - 1)) << 4);
+}
+
+static inline struct pslot p_encode(uintptr_t ptr, int object, uint32_t owner, uint16_t site, uint16_t slack)
+{
+    uint64_t id = site & BLOCK_SITE_MASK, measure = site >> BLOCK_MEASURE_SHIFT;
+    struct pslot s;
+    s.lo = ((uint64_t)ptr >> 10) | ((uint64_t)owner << P_OWNER_SHIFT) | (id << P_SITE_SHIFT);
+    s.hi = (uint16_t)((id >> 7) | (measure << 6) | ((uint64_t)(object != 0) << 7) | ((uint64_t)slack << 8));
+    return s;
+}
+
+static inline struct block p_decode(const struct pslot *s, unsigned shard)
+{
+    uint16_t id = (uint16_t)((s->lo >> P_SITE_SHIFT) | ((uint64_t)(s->hi & 0x3f) << 7));
+    uint16_t measure = (s->hi >> 6) & 1;
+    struct block b = {p_ptr(s, shard) | ((s->hi >> 7) & 1 ? BLOCK_F_OBJECT : 0),
+                      (uint32_t)((s->lo >> P_OWNER_SHIFT) & ((1u << 20) - 1)),
+                      (uint16_t)(id | (measure << BLOCK_MEASURE_SHIFT)), (uint16_t)(s->hi >> 8)};
+    return b;
+}
+
+/* home slot: a multiply-shift of the hash onto [0, cap), any cap */
+static inline size_t p_home(uint64_t h, size_t cap) { return (size_t)(((h & 0xffffffffull) * cap) >> 32); }
+
+static int p_grow(struct pshard *s, unsigned shard)
+{
+    size_t ncap = s->cap ? s->cap + s->cap / 4 : PACKED_MIN_CAP;
+    struct pslot *n = calloc(ncap, sizeof *n);
+    if (!n) return -1;
+    for (size_t i = 0; i < s->cap; i++) {
+        if (!p_used(&s->slots[i])) continue;
+        size_t j = p_home(hash_ptr(p_ptr(&s->slots[i], shard)), ncap);
+        while (p_used(&n[j])) j = j + 1 == ncap ? 0 : j + 1;
+        n[j] = s->slots[i];
+    }
+    free(s->slots);
+    s->slots = n;
+    __atomic_store_n(&s->cap, ncap, __ATOMIC_RELAXED); /* blocks_memory reads it unlocked */
+    return 0;
+}
+
+/* Index of ptr's slot, or of the empty slot that ends its probe run (cap > 0). */
+static inline size_t p_probe(const struct pshard *s, uintptr_t ptr, uint64_t h)
+{
+    uint64_t want = (uint64_t)ptr >> 10;
+    size_t i = p_home(h, s->cap);
+    for (;;) {
+        uint64_t high = p_high(&s->slots[i]);
+        if (!high || high == want) return i; /* bits 4..9 are the shard's: high alone identifies */
+        i = i + 1 == s->cap ? 0 : i + 1;
+    }
+}
+
+static void p_delete_at(struct pshard *s, unsigned shard, size_t i)
+{
+    size_t cap = s->cap, hole = i, j = i;
+    for (;;) {
+        j = j + 1 == cap ? 0 : j + 1;
+        if (!p_used(&s->slots[j])) break;
+        size_t home = p_home(hash_ptr(p_ptr(&s->slots[j], shard)), cap);
+        /* move j back into the hole unless its home lies cyclically in (hole, j] */
+        size_t d_home = j >= home ? j - home : j + cap - home, d_hole = j >= hole ? j - hole : j + cap - hole;
+        if (d_home >= d_hole) {
+            s->slots[hole] = s->slots[j];
+            hole = j;
+        }
+    }
+    memset(&s->slots[hole], 0, sizeof s->slots[hole]);
+    s->count--;
+}
+
+/* ================= wide table: the blocks the packed one cannot hold ================= */
+
+struct wshard {
+    int lock;
+    struct block *slots;
+    size_t cap, count;
+} __attribute__((aligned(64)));
+
+static struct wshard wshards[WIDE_N_SHARDS];
+static size_t wide_count; /* atomic: lets the common case skip the wide table */
+
+static inline struct wshard *w_shard_for(uint64_t h) { return &wshards[h >> 61]; }
+
+static int w_grow(struct wshard *s)
+{
+    size_t ncap = s->cap ? s->cap * 2 : WIDE_MIN_CAP;
     struct block *n = calloc(ncap, sizeof *n);
     if (!n) return -1;
     for (size_t i = 0; i < s->cap; i++) {
@@ -69,59 +215,34 @@ static int grow(struct shard *s)
     }
     free(s->slots);
     s->slots = n;
-    __atomic_store_n(&s->cap, ncap, __ATOMIC_RELAXED); /* blocks_memory reads it unlocked */
+    __atomic_store_n(&s->cap, ncap, __ATOMIC_RELAXED);
     return 0;
 }
 
-/* Index of ptr's slot, or of the empty slot that ends its probe run. */
-static inline size_t probe(const struct shard *s, uintptr_t ptr, uint64_t h)
+static inline size_t w_probe(const struct wshard *s, uintptr_t ptr, uint64_t h)
 {
     size_t mask = s->cap - 1, i = h & mask;
     while (s->slots[i].key && (s->slots[i].key & ~BLOCK_F_OBJECT) != ptr) i = (i + 1) & mask;
     return i;
 }
 
-int blocks_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, struct block *replaced)
+/* Removes ptr from the wide table; 1 and *out if it was there. */
+static int w_remove(uintptr_t ptr, struct block *out)
 {
+    if (!__atomic_load_n(&wide_count, __ATOMIC_RELAXED)) return 0;
     uint64_t h = hash_ptr(ptr);
-    struct shard *s = shard_for(h);
-    spin_lock(&s->lock);
-    if ((s->count + 1) * 4 > s->cap * 3 && grow(s) != 0) {
-        spin_unlock(&s->lock);
-        return -1;
-    }
-    size_t i = probe(s, ptr, h);
-    int was = s->slots[i].key != 0;
-    if (!was && max_blocks && __atomic_load_n(&total_blocks, __ATOMIC_RELAXED) >= max_blocks) {
-        spin_unlock(&s->lock);
-        return -1;
-    }
-    if (was) *replaced = s->slots[i];
-    else {
-        s->count++;
-        if (max_blocks) __atomic_add_fetch(&total_blocks, 1, __ATOMIC_RELAXED); /* only for the cap */
-    }
-    s->slots[i] = (struct block){ptr, owner, site, slack};
-    spin_unlock(&s->lock);
-    return was;
-}
-
-int blocks_remove(uintptr_t ptr, struct block *out)
-{
-    uint64_t h = hash_ptr(ptr);
-    struct shard *s = shard_for(h);
+    struct wshard *s = w_shard_for(h);
     spin_lock(&s->lock);
     if (!s->cap) {
         spin_unlock(&s->lock);
         return 0;
     }
-    size_t mask = s->cap - 1, i = probe(s, ptr, h);
+    size_t mask = s->cap - 1, i = w_probe(s, ptr, h);
     if (!s->slots[i].key) {
         spin_unlock(&s->lock);
         return 0;
     }
     *out = s->slots[i];
-    /* backward-shift: pull later members of the run into the hole */
     size_t hole = i, j = i;
     for (;;) {
         j = (j + 1) & mask;
@@ -134,46 +255,177 @@ int blocks_remove(uintptr_t ptr, struct block *out)
     }
     s->slots[hole].key = 0;
     s->count--;
-    if (max_blocks) __atomic_sub_fetch(&total_blocks, 1, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&wide_count, 1, __ATOMIC_RELAXED);
+    cap_count(-1);
     spin_unlock(&s->lock);
     return 1;
 }
 
-int blocks_mark_object(uintptr_t ptr)
+static int w_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, struct block *replaced)
 {
     uint64_t h = hash_ptr(ptr);
-    struct shard *s = shard_for(h);
-    int found = 0;
+    struct wshard *s = w_shard_for(h);
     spin_lock(&s->lock);
-    if (s->cap) {
-        size_t i = probe(s, ptr, h);
-        if (s->slots[i].key) {
-            s->slots[i].key |= BLOCK_F_OBJECT;
+    if ((s->count + 1) * 4 > s->cap * 3 && w_grow(s) != 0) {
+        spin_unlock(&s->lock);
+        return -1;
+    }
+    size_t i = w_probe(s, ptr, h);
+    int was = s->slots[i].key != 0;
+    if (!was && over_cap()) {
+        spin_unlock(&s->lock);
+        return -1;
+    }
+    if (was) *replaced = s->slots[i];
+    else {
+        s->count++;
+        __atomic_add_fetch(&wide_count, 1, __ATOMIC_RELAXED);
+        cap_count(1);
+    }
+    s->slots[i] = (struct block){ptr, owner, site, slack};
+    spin_unlock(&s->lock);
+    return was;
+}
+
+/* ================= the interface ================= */
+
+/* 1 and *out if ptr was in the packed table (removed). */
+static int p_remove(uintptr_t ptr, struct block *out)
+{
+    if ((ptr & 15) || ptr >= P_USER_LIMIT) return 0;
+    unsigned k = shard_of(ptr);
+    struct pshard *s = &pshards[k];
+    spin_lock(&s->lock);
+    if (!s->cap) {
+        spin_unlock(&s->lock);
+        return 0;
+    }
+    size_t i = p_probe(s, ptr, hash_ptr(ptr));
+    if (!p_used(&s->slots[i])) {
+        spin_unlock(&s->lock);
+        return 0;
+    }
+    *out = p_decode(&s->slots[i], k);
+    p_delete_at(s, k, i);
+    cap_count(-1);
+    spin_unlock(&s->lock);
+    return 1;
+}
+
+int blocks_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, struct block *replaced)
+{
+    if (!packable(ptr, site, slack)) {
+        /* a stale packed entry for this address (its block was freed behind our back) goes first */
+        struct block stale;
+        int was_packed = p_remove(ptr, &stale);
+        int r = w_insert(ptr, owner, site, slack, replaced);
+        if (r == 0 && was_packed) {
+            *replaced = stale;
+            r = 1;
+        }
+        return r;
+    }
+    struct block stale;
+    int was_wide = w_remove(ptr, &stale);
+    unsigned k = shard_of(ptr);
+    struct pshard *s = &pshards[k];
+    uint64_t h = hash_ptr(ptr);
+    spin_lock(&s->lock);
+    /* fill to 85 %, then grow by a quarter */
+    if ((s->count + 1) * 20 > s->cap * 17 && p_grow(s, k) != 0) {
+        spin_unlock(&s->lock);
+        if (was_wide) *replaced = stale;
+        return -1;
+    }
+    size_t i = p_probe(s, ptr, h);
+    int was = p_used(&s->slots[i]);
+    if (!was && over_cap()) {
+        spin_unlock(&s->lock);
+        if (was_wide) *replaced = stale;
+        return -1;
+    }
+    if (was) *replaced = p_decode(&s->slots[i], k);
+    else {
+        s->count++;
+        cap_count(1);
+    }
+    s->slots[i] = p_encode(ptr, 0, owner, site, slack);
+    spin_unlock(&s->lock);
+    if (!was && was_wide) {
+        *replaced = stale;
+        was = 1;
+    }
+    return was;
+}
+
+int blocks_remove(uintptr_t ptr, struct block *out)
+{
+    return p_remove(ptr, out) || w_remove(ptr, out);
+}
+
+int blocks_mark_object(uintptr_t ptr)
+{
+    int found = 0;
+    if (!(ptr & 15) && ptr < P_USER_LIMIT) {
+        struct pshard *s = &pshards[shard_of(ptr)];
+        spin_lock(&s->lock);
+        if (s->cap) {
+            size_t i = p_probe(s, ptr, hash_ptr(ptr));
+            if (p_used(&s->slots[i])) {
+                s->slots[i].hi |= 1u << 7;
+                found = 1;
+            }
+        }
+        spin_unlock(&s->lock);
+        if (found) return 1;
+    }
+    if (!__atomic_load_n(&wide_count, __ATOMIC_RELAXED)) return 0;
+    uint64_t h = hash_ptr(ptr);
+    struct wshard *w = w_shard_for(h);
+    spin_lock(&w->lock);
+    if (w->cap) {
+        size_t i = w_probe(w, ptr, h);
+        if (w->slots[i].key) {
+            w->slots[i].key |= BLOCK_F_OBJECT;
             found = 1;
         }
     }
-    spin_unlock(&s->lock);
+    spin_unlock(&w->lock);
     return found;
 }
 
 void blocks_reset(void)
 {
     for (int k = 0; k < N_SHARDS; k++) {
-        struct shard *s = &shards[k];
+        struct pshard *s = &pshards[k];
         spin_lock(&s->lock);
         free(s->slots);
         s->slots = NULL;
-        __atomic_sub_fetch(&total_blocks, s->count, __ATOMIC_RELAXED);
+        if (max_blocks) __atomic_sub_fetch(&total_blocks, s->count, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->cap, 0, __ATOMIC_RELAXED);
+        s->count = 0;
+        spin_unlock(&s->lock);
+    }
+    for (int k = 0; k < WIDE_N_SHARDS; k++) {
+        struct wshard *s = &wshards[k];
+        spin_lock(&s->lock);
+        free(s->slots);
+        s->slots = NULL;
+        if (max_blocks) __atomic_sub_fetch(&total_blocks, s->count, __ATOMIC_RELAXED);
+        __atomic_sub_fetch(&wide_count, s->count, __ATOMIC_RELAXED);
         __atomic_store_n(&s->cap, 0, __ATOMIC_RELAXED);
         s->count = 0;
         spin_unlock(&s->lock);
     }
 }
 
+/* What the block table holds, shard headers included (the per-block part of tracker_bytes). */
 size_t blocks_memory(void)
 {
-    size_t m = sizeof shards;
-    for (int k = 0; k < N_SHARDS; k++) m += __atomic_load_n(&shards[k].cap, __ATOMIC_RELAXED) * sizeof(struct block);
+    size_t m = sizeof pshards + sizeof wshards;
+    for (int k = 0; k < N_SHARDS; k++) m += __atomic_load_n(&pshards[k].cap, __ATOMIC_RELAXED) * sizeof(struct pslot);
+    for (int k = 0; k < WIDE_N_SHARDS; k++)
+        m += __atomic_load_n(&wshards[k].cap, __ATOMIC_RELAXED) * sizeof(struct block);
     return m;
 }
 
@@ -182,17 +434,32 @@ size_t blocks_count(void)
 {
     size_t n = 0;
     for (int k = 0; k < N_SHARDS; k++) {
-        spin_lock(&shards[k].lock);
-        n += shards[k].count;
-        spin_unlock(&shards[k].lock);
+        spin_lock(&pshards[k].lock);
+        n += pshards[k].count;
+        spin_unlock(&pshards[k].lock);
     }
-    return n;
+    return n + __atomic_load_n(&wide_count, __ATOMIC_RELAXED);
 }
+
+size_t blocks_count_wide(void) { return __atomic_load_n(&wide_count, __ATOMIC_RELAXED); }
 
 void blocks_visit_owner(uint32_t owner, block_visit_fn fn, void *arg)
 {
-    for (int k = 0; k < N_SHARDS; k++) {
-        struct shard *s = &shards[k];
+    for (unsigned k = 0; k < N_SHARDS; k++) {
+        struct pshard *s = &pshards[k];
+        spin_lock(&s->lock);
+        for (size_t i = 0; i < s->cap; i++) {
+            const struct pslot *p = &s->slots[i];
+            if (p_used(p) && ((p->lo >> P_OWNER_SHIFT) & ((1u << 20) - 1)) == owner) {
+                struct block b = p_decode(p, k);
+                fn(&b, arg);
+            }
+        }
+        spin_unlock(&s->lock);
+    }
+    if (!__atomic_load_n(&wide_count, __ATOMIC_RELAXED)) return;
+    for (int k = 0; k < WIDE_N_SHARDS; k++) {
+        struct wshard *s = &wshards[k];
         spin_lock(&s->lock);
         for (size_t i = 0; i < s->cap; i++)
             if (s->slots[i].key && s->slots[i].owner == owner) fn(&s->slots[i], arg);
@@ -202,15 +469,18 @@ void blocks_visit_owner(uint32_t owner, block_visit_fn fn, void *arg)
 
 void blocks_lock_all(void)
 {
-    for (int k = 0; k < N_SHARDS; k++) spin_lock(&shards[k].lock);
+    for (int k = 0; k < N_SHARDS; k++) spin_lock(&pshards[k].lock);
+    for (int k = 0; k < WIDE_N_SHARDS; k++) spin_lock(&wshards[k].lock);
 }
 
 void blocks_unlock_all(void)
 {
-    for (int k = N_SHARDS - 1; k >= 0; k--) spin_unlock(&shards[k].lock);
+    for (int k = WIDE_N_SHARDS - 1; k >= 0; k--) spin_unlock(&wshards[k].lock);
+    for (int k = N_SHARDS - 1; k >= 0; k--) spin_unlock(&pshards[k].lock);
 }
 
 void blocks_reinit_locks(void)
 {
-    for (int k = 0; k < N_SHARDS; k++) __atomic_store_n(&shards[k].lock, 0, __ATOMIC_RELEASE);
+    for (int k = 0; k < N_SHARDS; k++) __atomic_store_n(&pshards[k].lock, 0, __ATOMIC_RELEASE);
+    for (int k = 0; k < WIDE_N_SHARDS; k++) __atomic_store_n(&wshards[k].lock, 0, __ATOMIC_RELEASE);
 }

@@ -136,6 +136,7 @@ def one(mode, n, idle_s, concurrency):
             st = snap.stats
             res["tracker_bytes"] = st.get("tracker_bytes")
             res["blocks"] = st.get("blocks")
+            res["tracker_table_bytes"] = st.get("tracker_table_bytes")  # the per-block part
             res["tracker_bytes_per_block"] = st["tracker_bytes"] / st["blocks"] if st.get("blocks") else None
             res["live_openssl_bytes"] = snap.live_bytes
             res.update(figs)

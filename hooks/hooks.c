@@ -29,6 +29,12 @@ struct tstate {
     int depth;
     int stripe; /* 1 + this thread's site-counter stripe; 0 until first needed */
     int stripe_own; /* the stripe is this thread's alone: plain adds, no locked instructions */
+    /* the last call site interned: OpenSSL allocates from one site many times in a row (a stack
+     * being filled, a CA store's certificates), and a hit skips the shared index (issue 18) */
+    const char *site_file;
+    int site_line;
+    uint8_t site_scope;
+    uint16_t site_id;
     struct scope stack[MAX_DEPTH];
 };
 
@@ -375,16 +381,30 @@ static void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measu
     count(owner, mine.site, bytes, req, 1);
 }
 
+static inline uint16_t site_of(const char *file, int line, uint8_t scope, size_t n)
+{
+    struct tstate *t = &tls;
+    if (t->site_file == file && t->site_line == line && t->site_scope == scope && file) return t->site_id;
+    uint16_t id = site_intern(file, line, scope, n);
+    if (id) { /* 0 = the index is full: ask again next time */
+        t->site_file = file;
+        t->site_line = line;
+        t->site_scope = scope;
+        t->site_id = id;
+    }
+    return id;
+}
+
 static inline void track(void *p, size_t n, const char *file, int line)
 {
     struct scope s = current();
-    track_as(p, n, s.owner, site_intern(file, line, s.kind, n), libcrypto_measure());
+    track_as(p, n, s.owner, site_of(file, line, s.kind, n), libcrypto_measure());
 }
 
 static inline void track_static(void *p, size_t n, const char *file, int line)
 {
     struct scope s = current();
-    track_as(p, n, s.owner, site_intern(file, line, s.kind == SC_NONE ? SC_STATIC : s.kind, n), malloc_measure);
+    track_as(p, n, s.owner, site_of(file, line, s.kind == SC_NONE ? SC_STATIC : s.kind, n), malloc_measure);
 }
 
 /* Before the block goes back to the allocator (another thread may get the address at once). */

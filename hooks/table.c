@@ -30,6 +30,10 @@
 #define N_SHARDS 64
 #define SHARD_BITS 6
 #define PACKED_MIN_CAP 64
+#ifndef PACKED_LOAD_NUM /* the packed shards' highest load: 4/5 */
+#define PACKED_LOAD_NUM 4
+#define PACKED_LOAD_DEN 5
+#endif
 #define WIDE_N_SHARDS 8
 #define WIDE_MIN_CAP 64
 
@@ -139,17 +143,22 @@ static inline struct block p_decode(const struct pslot *s, unsigned shard)
     return b;
 }
 
-/* home slot: a multiply-shift of the hash onto [0, cap), any cap */
-static inline size_t p_home(uint64_t h, size_t cap) { return (size_t)(((h & 0xffffffffull) * cap) >> 32); }
+/* Home slot from the pointer's bits 10..46 alone (within a shard they identify the block), so moving
+ * a slot needs no decoding: a multiply-shift onto [0, cap), any cap. */
+static inline size_t p_home(uint64_t high, size_t cap)
+{
+    uint64_t h = high * 0xC2B2AE3D27D4EB4Full;
+    return (size_t)(((h >> 32) * cap) >> 32);
+}
 
-static int p_grow(struct pshard *s, unsigned shard)
+static int p_grow(struct pshard *s)
 {
     size_t ncap = s->cap ? s->cap + s->cap / 4 : PACKED_MIN_CAP;
     struct pslot *n = calloc(ncap, sizeof *n);
     if (!n) return -1;
     for (size_t i = 0; i < s->cap; i++) {
         if (!p_used(&s->slots[i])) continue;
-        size_t j = p_home(hash_ptr(p_ptr(&s->slots[i], shard)), ncap);
+        size_t j = p_home(p_high(&s->slots[i]), ncap);
         while (p_used(&n[j])) j = j + 1 == ncap ? 0 : j + 1;
         n[j] = s->slots[i];
     }
@@ -160,10 +169,10 @@ static int p_grow(struct pshard *s, unsigned shard)
 }
 
 /* Index of ptr's slot, or of the empty slot that ends its probe run (cap > 0). */
-static inline size_t p_probe(const struct pshard *s, uintptr_t ptr, uint64_t h)
+static inline size_t p_probe(const struct pshard *s, uintptr_t ptr)
 {
     uint64_t want = (uint64_t)ptr >> 10;
-    size_t i = p_home(h, s->cap);
+    size_t i = p_home(want, s->cap);
     for (;;) {
         uint64_t high = p_high(&s->slots[i]);
         if (!high || high == want) return i; /* bits 4..9 are the shard's: high alone identifies */
@@ -171,13 +180,13 @@ static inline size_t p_probe(const struct pshard *s, uintptr_t ptr, uint64_t h)
     }
 }
 
-static void p_delete_at(struct pshard *s, unsigned shard, size_t i)
+static void p_delete_at(struct pshard *s, size_t i)
 {
     size_t cap = s->cap, hole = i, j = i;
     for (;;) {
         j = j + 1 == cap ? 0 : j + 1;
         if (!p_used(&s->slots[j])) break;
-        size_t home = p_home(hash_ptr(p_ptr(&s->slots[j], shard)), cap);
+        size_t home = p_home(p_high(&s->slots[j]), cap);
         /* move j back into the hole unless its home lies cyclically in (hole, j] */
         size_t d_home = j >= home ? j - home : j + cap - home, d_hole = j >= hole ? j - hole : j + cap - hole;
         if (d_home >= d_hole) {
@@ -300,13 +309,13 @@ static int p_remove(uintptr_t ptr, struct block *out)
         spin_unlock(&s->lock);
         return 0;
     }
-    size_t i = p_probe(s, ptr, hash_ptr(ptr));
+    size_t i = p_probe(s, ptr);
     if (!p_used(&s->slots[i])) {
         spin_unlock(&s->lock);
         return 0;
     }
     *out = p_decode(&s->slots[i], k);
-    p_delete_at(s, k, i);
+    p_delete_at(s, i);
     cap_count(-1);
     spin_unlock(&s->lock);
     return 1;
@@ -329,15 +338,14 @@ int blocks_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, 
     int was_wide = w_remove(ptr, &stale);
     unsigned k = shard_of(ptr);
     struct pshard *s = &pshards[k];
-    uint64_t h = hash_ptr(ptr);
     spin_lock(&s->lock);
-    /* fill to 85 %, then grow by a quarter */
-    if ((s->count + 1) * 20 > s->cap * 17 && p_grow(s, k) != 0) {
+    /* fill to PACKED_LOAD, then grow by a quarter */
+    if ((s->count + 1) * PACKED_LOAD_DEN > s->cap * PACKED_LOAD_NUM && p_grow(s) != 0) {
         spin_unlock(&s->lock);
         if (was_wide) *replaced = stale;
         return -1;
     }
-    size_t i = p_probe(s, ptr, h);
+    size_t i = p_probe(s, ptr);
     int was = p_used(&s->slots[i]);
     if (!was && over_cap()) {
         spin_unlock(&s->lock);
@@ -370,7 +378,7 @@ int blocks_mark_object(uintptr_t ptr)
         struct pshard *s = &pshards[shard_of(ptr)];
         spin_lock(&s->lock);
         if (s->cap) {
-            size_t i = p_probe(s, ptr, hash_ptr(ptr));
+            size_t i = p_probe(s, ptr);
             if (p_used(&s->slots[i])) {
                 s->slots[i].hi |= 1u << 7;
                 found = 1;

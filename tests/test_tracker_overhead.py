@@ -77,7 +77,7 @@ def test_pointer_packing_round_trips():
         pytest.skip("needs a C compiler")
     src = open(f"{REPO_ROOT}/hooks/table.c").read()
     start = src.index("struct pslot {")
-    end = src.index("/* home slot:")
+    end = src.index("/* Home slot from")
     check = r"""
 #include <stdint.h>
 #include <stdio.h>

@@ -1,6 +1,7 @@
 """Issue 18: every row of the overhead goal table, measured side by side in one run.
 
     python bench/overhead_goals.py [--quick] [--only rss,ctx,handshakes,snapshot,synthetic,walk]
+                                   [--shim OTHER.so]
 
 Rows (bare = the same program without the shim; tracked = the shim preloaded with its channel,
 which is what `tlsprof run` sets up):
@@ -35,6 +36,20 @@ import _common
 import tlsenv
 
 ROWS = ("rss", "ctx", "handshakes", "snapshot", "synthetic", "walk")
+
+
+def _use_shim(path):
+    """--shim: every preloaded target of this run (not `tlsprof run` servers) gets this build
+    instead of the installed one, to compare a change with what it replaces."""
+    from tlsprof import launch
+    installed = launch.preload_env
+
+    def preload_env(channel_dir, *args, **kwargs):
+        env = installed(channel_dir, *args, **kwargs)
+        rest = env["LD_PRELOAD"].split(":")[1:]
+        env["LD_PRELOAD"] = ":".join([os.path.abspath(path), *rest])
+        return env
+    launch.preload_env = preload_env
 
 
 def _preload_env():
@@ -210,18 +225,23 @@ def row_synthetic(a, out):
     def measure(pid, sock):
         res = {"rss": tlsenv.rss_bytes(pid)}
         ends, asks, parses = [], [], []
+        snap = raw = None
         for _ in range(3):
+            snap = raw = None  # the previous round's objects would tax this round's parse
             t0 = time.perf_counter()
             snap = client.snapshot(sock, timeout=60)
             ends.append(time.perf_counter() - t0)
+        connections, tracker = len(snap.connections), _tracker_split(snap.stats)
+        for _ in range(3):
+            snap = raw = None
             t0 = time.perf_counter()
             raw = client.ask(sock, "SNAPSHOT", 60)
             asks.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            client.parse_snapshot(raw)
+            snap = client.parse_snapshot(raw)
             parses.append(time.perf_counter() - t0)
-        res.update(connections=len(snap.connections), text_bytes=len(raw), end_s=ends, ask_s=asks,
-                   parse_s=parses, tracker=_tracker_split(snap.stats))
+        res.update(connections=connections, text_bytes=len(raw), end_s=ends, ask_s=asks,
+                   parse_s=parses, tracker=tracker)
         return res
     res = _synthetic(n, measure)
     out["synthetic"] = res
@@ -229,6 +249,23 @@ def row_synthetic(a, out):
         False, f"shim answer + transfer {_common.median(res['ask_s']) * 1000:.0f} ms, parse in Python "
         f"{_common.median(res['parse_s']) * 1000:.0f} ms, {res['text_bytes'] / 2**20:.1f} MiB of text; "
         f"tracker {res['tracker'].get('per_block_total', 0):.1f} B/block", fmt="{:.3f} s")
+
+
+FORK_COST = textwrap.dedent("""
+    import os, ssl, sys, time
+    n = int(sys.argv[1])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    objs = [ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO()) for _ in range(n)]
+    costs = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        costs.append(time.perf_counter() - t0)
+        os.waitpid(pid, 0)
+    print(sorted(costs)[1])
+""")
 
 
 def row_walk(a, out):
@@ -242,11 +279,20 @@ def row_walk(a, out):
             raise RuntimeError(f"walk {w.status}: {w.reason}")
         return {"rss": rss, "stats": dict(w.stats)}
     res = _synthetic(n, measure)
+    # the fork's own cost: the same heap in a process without tlsprof, os.fork() in the parent
+    p = subprocess.run([sys.executable, "-c", FORK_COST, str(n)], capture_output=True, text=True, timeout=600)
+    res["bare_fork_s"] = float(p.stdout.split()[-1]) if p.returncode == 0 else None
     out["walk"] = res
     st = res["stats"]
     heap_gb = st.get("heap_bytes", 0) / 1e9
+    if res["bare_fork_s"]:
+        pause = st.get("pause_us", 0) / 1e6
+        add(f"heap walk, {heap_gb:.2f} GB heap: target's pause / a bare fork of the same heap",
+            pause / res["bare_fork_s"], 1.0, False,
+            f"pause {pause * 1000:.1f} ms (the shim's clone), bare os.fork() {res['bare_fork_s'] * 1000:.1f} ms "
+            f"(median of 3; the ratio swings with the VM)", fmt="{:.2f}x")
     add(f"heap walk, {heap_gb:.2f} GB heap: walk time", st.get("walk_ms_total", 0) / 1000, 10.0, False,
-        f"target paused {st.get('pause_us', 0) / 1000:.1f} ms (the fork itself; RSS {res['rss'] / 2**30:.2f} GiB)",
+        f"{st.get('chunks', '?')} chunks; RSS {res['rss'] / 2**30:.2f} GiB",
         fmt="{:.2f} s")
 
 
@@ -269,7 +315,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smaller workloads (~3 min instead of ~10)")
     p.add_argument("--only", default=",".join(ROWS))
+    p.add_argument("--shim", help="preload this shim build instead of the installed one (the "
+                   "handshakes row's `tlsprof run` servers keep the installed one)")
     a = p.parse_args(argv)
+    if a.shim:
+        _use_shim(a.shim)
     m = _common.machine()
     print(f"machine: {m['cpu']}, {m['cores']} cores, load {os.getloadavg()[0]:.2f}", flush=True)
     out, failed = {}, []
@@ -286,7 +336,7 @@ def main(argv=None):
     print("|---|---|---|---|---|")
     for r in TABLE:
         print(f"| {r['figure']} | {r['value']:.3f} | {r['goal_op']} {r['goal']} | {r['verdict']} | {r['note']} |")
-    _common.save("overhead_goals", {"params": vars(a), "table": TABLE, "raw": out})
+    _common.save("overhead_goals" + ("_shim" if a.shim else ""), {"params": vars(a), "table": TABLE, "raw": out})
     if failed:
         print(f"rows that could not run: {', '.join(failed)}")
         return 1

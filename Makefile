@@ -11,7 +11,7 @@ DEB_PACKAGES = gcc libc6-dev make gdb openssl libssl-dev nginx-light zlib1g-dev 
 # golang-go: `go tool pprof` reads the pprof exports back (tests/test_pprof.py)
 DEB_PACKAGES += golang-go
 
-.PHONY: demo test bench deps venv clean
+.PHONY: demo test bench bench-overhead deps venv clean
 
 deps:
 	@bash scripts/install-deps.sh $(DEB_PACKAGES)
@@ -32,6 +32,10 @@ test: deps venv
 
 bench: deps venv
 	$(PY) bench/run_all.py
+
+# issue 18: every row of the overhead goal table against its goal (~4 min; QUICK=1: ~1.5 min)
+bench-overhead: deps venv
+	$(PY) bench/overhead_goals.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) build *.egg-info tlsprof/_shim*.so

@@ -176,6 +176,8 @@ void hooks_resolve_helpers(void);
 void static_copies_scan(int at_start);
 int static_copies_count(void);
 void static_copy_describe(int i, const char **kind, const char **status, const char **path);
+int static_copy_resolve(int i, const char *const *names, int n, void **out);
+int static_copy_is_static(int i);
 int tlsprof_preloaded(void); /* started by the preload constructor, before main() */
 
 /* ---- pytrace.c: --tracemalloc ---- */

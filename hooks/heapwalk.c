@@ -910,8 +910,8 @@ static void put_object(struct walk *w, struct object *objects, size_t k, void *a
     char line[1024];
     size_t len = 0;
 #define ADD(...) len += (size_t)snprintf(line + len, len < sizeof line ? sizeof line - len : 0, __VA_ARGS__)
-    ADD("X kind=%s ptr=%lx bytes=%lld blocks=%lld", ob->is_ssl ? "ssl" : "ctx", (unsigned long)obj,
-        (long long)bytes, (long long)blocks);
+    ADD("X kind=%s ptr=%lx bytes=%lld blocks=%lld copy=%d", ob->is_ssl ? "ssl" : "ctx", (unsigned long)obj,
+        (long long)bytes, (long long)blocks, (int)ob->copy);
     if (ob->is_ssl) {
         if (api.ssl_ctx) ADD(" ctx=%lx", (unsigned long)api.ssl_ctx(obj));
         if (api.init_finished) ADD(" state=%s", api.init_finished(obj) ? "established" : "handshake");
@@ -941,6 +941,40 @@ static void put_object(struct walk *w, struct object *objects, size_t k, void *a
         if (ob->blocks[c]) ADD(" %s=%lld:%lld", cause_names[c], (long long)ob->bytes[c], (long long)ob->blocks[c]);
 #undef ADD
     if (len < sizeof line) out_put(o, "%s\n", line); /* the whole line or nothing (a fault midway) */
+}
+
+/* Where the walk could name no cause (`other`: reached from a struct, no getter names it) but the
+ * block was tracked (a static copy under `run` allocates through tlsprof's memory functions, so the
+ * tracker knows each block's call site but not its owner), the call site's cause names it: the
+ * owner comes from the walk, the cause from tracking. Process-wide causes (library, thread_state)
+ * are left `other`: the owner the walk found holds the block. Under the fault guard: the table is
+ * read without its locks. Returns how many chunks were named. */
+static int name_from_tracking(struct walk *w)
+{
+    static volatile int named;
+    static volatile size_t at;
+    named = 0;
+    at = 0;
+    if (sigsetjmp(fault_jmp, 1)) {
+        in_guard = 0;
+        faults++;
+        return named;
+    }
+    in_guard = 1;
+    for (; at < w->n; at++) {
+        size_t i = at;
+        if (w->owner[i] < OWN_FIRST_OBJECT || w->cause[i] != C_OTHER) continue;
+        struct block b;
+        if (!blocks_peek_unlocked(w->addr[i] + 16, &b)) continue;
+        uint16_t id = block_site(&b);
+        if (id >= MAX_SITES) continue;
+        uint8_t cause = site_at(id)->cause;
+        if (cause >= N_CAUSES || cause == C_OTHER || cause_is_process_wide(cause)) continue;
+        w->cause[i] = cause;
+        named++;
+    }
+    in_guard = 0;
+    return named;
 }
 
 static const struct copy_api *first_usable(void)
@@ -1052,6 +1086,9 @@ static void child_walk(int fd, uint64_t fork_ns)
     int threads_seen = 0, threads_owned = 0;
     thread_roots(&w, objects, n_obj, &threads_seen, &threads_owned);
 
+    phase = "naming causes from tracking";
+    int named = name_from_tracking(&w);
+
     phase = "writing the answer";
     /* the totals */
     int64_t lib_bytes = 0, lib_blocks = 0, app_bytes = 0, app_blocks = 0, rest_bytes = 0, rest_blocks = 0, in_use = 0;
@@ -1091,8 +1128,8 @@ static void child_walk(int fd, uint64_t fork_ns)
     }
     for (size_t k = 0; k < n_obj; k++)
         if (objects[k].ok) guarded(put_object, &w, objects, k, &o);
-    out_put(&o, "stat threads %d\nstat threads_of_a_connection %d\nstat faults %d\n", threads_seen, threads_owned,
-            faults);
+    out_put(&o, "stat threads %d\nstat threads_of_a_connection %d\nstat faults %d\nstat causes_from_tracking %d\n",
+            threads_seen, threads_owned, faults, named);
     out_put(&o, "P what=openssl_library bytes=%lld blocks=%lld\n", (long long)lib_bytes, (long long)lib_blocks);
     out_put(&o, "P what=application_data bytes=%lld blocks=%lld\n", (long long)app_bytes, (long long)app_blocks);
     out_put(&o, "P what=unreached bytes=%lld blocks=%lld\n", (long long)rest_bytes, (long long)rest_blocks);

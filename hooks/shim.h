@@ -106,6 +106,7 @@ static inline uint16_t block_site(const struct block *b) { return b->site & BLOC
 int blocks_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, struct block *replaced);
 int blocks_remove(uintptr_t ptr, struct block *out);
 int blocks_mark_object(uintptr_t ptr);
+int blocks_peek_unlocked(uintptr_t ptr, struct block *out); /* the walk child only */
 void blocks_reset(void);
 size_t blocks_memory(void);
 size_t blocks_count(void);

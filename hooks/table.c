@@ -214,3 +214,22 @@ void blocks_reinit_locks(void)
 {
     for (int k = 0; k < N_SHARDS; k++) __atomic_store_n(&shards[k].lock, 0, __ATOMIC_RELEASE);
 }
+
+/* The heap walk's child only (hooks/heapwalk.c): the table as it was at the fork, read without the
+ * shard's lock (the child has no other thread; a shard caught mid-change at worst misleads one
+ * lookup, under the walk's fault guard). Bounded probe. 1 and *out when ptr is tracked. */
+int blocks_peek_unlocked(uintptr_t ptr, struct block *out)
+{
+    uint64_t h = hash_ptr(ptr);
+    const struct shard *s = shard_for(h);
+    size_t cap = s->cap;
+    if (!cap || !s->slots || (cap & (cap - 1))) return 0;
+    size_t mask = cap - 1, i = h & mask;
+    for (size_t n = 0; n < cap && s->slots[i].key; n++, i = (i + 1) & mask) {
+        if ((s->slots[i].key & ~BLOCK_F_OBJECT) == ptr) {
+            *out = s->slots[i];
+            return 1;
+        }
+    }
+    return 0;
+}

@@ -294,6 +294,7 @@ class WalkedObject:
     state: str = None
     fd: int = None
     peer: str = None
+    copy: int = 0             # index in Walk.copies: which OpenSSL of the process it belongs to
 
 
 @dataclass
@@ -303,6 +304,7 @@ class Walk:
     stats: dict = field(default_factory=dict)
     objects: list = field(default_factory=list)
     process: dict = field(default_factory=dict)  # what -> (bytes, blocks)
+    copies: dict = field(default_factory=dict)   # index -> path of the object holding it ("shared": libssl)
 
     @property
     def ok(self):
@@ -331,6 +333,9 @@ def parse_walk(text: str) -> Walk:
             elif tag == "stat":
                 k, v = rest.split()
                 walk.stats[k] = int(v)
+            elif tag == "C":
+                kv = dict(item.partition("=")[::2] for item in rest.split(" ") if "=" in item)
+                walk.copies[int(kv["index"])] = rest.split(" path=", 1)[1] if " path=" in rest else "shared"
             elif tag in ("X", "P"):
                 kv = dict(item.partition("=")[::2] for item in rest.split(" ") if "=" in item)
                 if tag == "P":
@@ -345,7 +350,8 @@ def parse_walk(text: str) -> Walk:
                     kind=_WALK_KINDS.get(kv.get("kind"), "other"), ptr=int(kv["ptr"], 16),
                     bytes=int(kv["bytes"]), blocks=int(kv["blocks"]), by_cause=by_cause,
                     ctx_ptr=int(kv["ctx"], 16) if kv.get("ctx") else None, state=kv.get("state"),
-                    fd=int(kv["fd"]) if kv.get("fd") else None, peer=kv.get("peer")))
+                    fd=int(kv["fd"]) if kv.get("fd") else None, peer=kv.get("peer"),
+                    copy=int(kv.get("copy") or 0)))
     except (ValueError, KeyError, IndexError) as exc:
         raise ChannelError(f"unreadable heap walk line: {exc}") from None
     return walk

@@ -10,6 +10,11 @@ Under `attach`, the walk's objects join the report (`merge_attach`): the headlin
 table, findings and savings are computed over both kinds of bytes. Under `run --walk` every byte is
 tracked already; the walk is kept beside it per entry (`walked`) so that the two can be compared for
 the same connection (`annotate_run`).
+
+A statically linked OpenSSL (node's, pip's cryptography) under `run` is tracked through its memory
+functions, process-wide: nothing sees its entry points, so no byte has an owner. There the walk at
+the last look gives the ownership (`merge_static_run`): its contexts and connections join the report
+as walked entries, the totals and call sites stay the tracked ones (the walked bytes are among them).
 """
 from tlsprof import linkage
 from tlsprof.causes import CAUSES
@@ -74,6 +79,11 @@ def _mark_tracked(entry):
     entry.setdefault("walked_bytes", 0)
 
 
+def static_objects(walk) -> list:
+    """The walked objects of statically linked copies (not the shared libssl's)."""
+    return [o for o in walk.objects if walk.copies.get(o.copy, "shared") != "shared"]
+
+
 def merge_attach(report: dict, walk, snap) -> dict:
     """Add the walk's pre-attach contexts and connections to an attach report (in place)."""
     report["walk"] = walk_summary(walk)
@@ -83,6 +93,64 @@ def merge_attach(report: dict, walk, snap) -> dict:
     if walk is None or not walk.ok:
         notes.append(walk_sentence(walk))
         return report
+    added, merged_ptrs = _add_walked_entries(report, walk.objects, snap, BEFORE_ATTACH, predates_attach=True)
+    _recompute(report, walk, added, merged_ptrs)
+    notes[:] = [n for n in notes if not n.startswith("objects marked predates_attach")]
+    notes[:] = [n for n in notes if not n.startswith("statically linked OpenSSL in ")]
+    notes.append(walk_sentence(walk))
+    for path in sorted({walk.copies[o.copy] for o in static_objects(walk)}):
+        notes.append(f"statically linked OpenSSL in {path}: its contexts and connections were found and "
+                     f"measured by the heap walk; what it allocated after the attach is not tracked "
+                     f"(its memory functions cannot be replaced once it has allocated)")
+        _mark_copy_walked(report, path, walk)
+    notes.append("connections and contexts that predate the attach carry the bytes the heap walk found "
+                 "(`measured`: walked; `walked+tracked` when they also allocated since); their age is "
+                 "unknown (`age`: before attach)")
+    _join_python(report, getattr(snap, "python", None))
+    report["findings"] = compute_findings(report)
+    return report
+
+
+WALKED_AT_LAST_LOOK = "found by the heap walk"
+
+
+def merge_static_run(report: dict, walk, snap) -> dict:
+    """`run` of a process whose OpenSSL is a static copy with unhooked entry points: the walk at the
+    last look says which context or connection holds which bytes (in place)."""
+    report["walk"] = walk_summary(walk)
+    notes = report.setdefault("notes", [])
+    if walk is None or not walk.ok:
+        notes.append(walk_sentence(walk) + "; the static copy's bytes stay process-wide")
+        return report
+    objects = static_objects(walk)
+    added, merged_ptrs = _add_walked_entries(report, objects, snap, WALKED_AT_LAST_LOOK, predates_attach=False)
+    _recompute(report, walk, added, merged_ptrs, in_totals=True)
+    paths = sorted({walk.copies[o.copy] for o in objects})
+    notes[:] = [n for n in notes if not any(n.startswith(f"statically linked OpenSSL in {p}:") for p in paths)]
+    notes.append(walk_sentence(walk))
+    for path in paths:
+        notes.append(f"statically linked OpenSSL in {path}: its entry points are not hooked, so which context "
+                     f"or connection holds each byte came from the heap walk at the last look (`measured`: "
+                     f"walked; causes from the tracked call sites where the walk names none); totals and call "
+                     f"sites are its tracked bytes; the live view and periodic snapshots stay process-wide")
+        _mark_copy_walked(report, path, walk)
+    _join_python(report, getattr(snap, "python", None))
+    report["findings"] = compute_findings(report)
+    return report
+
+
+def _mark_copy_walked(report, path, walk):
+    for copy in report.get("openssl_copies") or []:
+        if copy.get("path") == path:
+            copy["ownership"] = "heap walk"
+            copy["per_connection"] = True
+            copy["connections"] = sum(1 for o in walk.objects if o.kind == "connection"
+                                      and walk.copies.get(o.copy) == path)
+
+
+def _add_walked_entries(report, objects, snap, age_label, predates_attach):
+    """The walked contexts and connections as report entries (joined to a tracked entry of the
+    same pointer when one predates the attach). -> (bytes added, pointers merged)."""
     tracked = _tracked_by_ptr(snap)
     serial_of = {o.ptr: o.serial for o in snap.owners if o.kind == "context" and o.alive}
     entries = _entry_ids(report)
@@ -94,7 +162,7 @@ def merge_attach(report: dict, walk, snap) -> dict:
         return entries.get(f"{prefix}{owner.serial}")
 
     # contexts first: connections name them
-    for obj in (o for o in walk.objects if o.kind == "context"):
+    for obj in (o for o in objects if o.kind == "context"):
         owner = tracked.get(("context", obj.ptr))
         if owner is not None and not owner.pre_attach:
             continue  # the pointer was freed and reused since the walk: the walked object is gone
@@ -102,17 +170,17 @@ def merge_attach(report: dict, walk, snap) -> dict:
         if entry is None:
             entry = {"id": f"ctx-w{obj.ptr:x}", "connections": 0, "live_bytes": 0, "live_blocks": 0,
                      "by_cause": {}, "ca_store_bytes": 0, "alive": True, "since_attach": False,
-                     "predates_attach": True, "release_buffers": None, "age_s": None, "age": BEFORE_ATTACH,
-                     "tracked_bytes": 0}
+                     "predates_attach": predates_attach, "release_buffers": None, "age_s": None,
+                     "age": age_label, "tracked_bytes": 0}
             report["contexts"].append(entry)
         else:
-            entry["age_s"], entry["age"] = None, BEFORE_ATTACH
+            entry["age_s"], entry["age"] = None, age_label
         _add_walked(entry, obj)
         entry["ca_store_bytes"] = entry["by_cause"].get("ca_store", 0)
         ctx_entry_of_ptr[obj.ptr] = entry
         merged_ptrs.add(obj.ptr)
         added += obj.bytes
-    for obj in (o for o in walk.objects if o.kind == "connection"):
+    for obj in (o for o in objects if o.kind == "connection"):
         owner = tracked.get(("connection", obj.ptr))
         if owner is not None and not owner.pre_attach:
             continue
@@ -123,25 +191,17 @@ def merge_attach(report: dict, walk, snap) -> dict:
                 ctx = entries.get(f"ctx-{serial_of[obj.ctx_ptr]}")
             entry = {"id": f"conn-w{obj.ptr:x}", "context": ctx["id"] if ctx else None, "fd": obj.fd,
                      "peer": obj.peer, "state": obj.state if obj.state in ("handshake", "established")
-                     else "established", "age_s": None, "age": BEFORE_ATTACH, "idle_s": None,
+                     else "established", "age_s": None, "age": age_label, "idle_s": None,
                      "live_bytes": 0, "live_blocks": 0, "context_share_bytes": 0, "by_cause": {},
-                     "since_attach": False, "predates_attach": True, "alive": True, "fd_open": None,
-                     "fd_inode": None, "tracked_bytes": 0}
+                     "since_attach": False, "predates_attach": predates_attach, "alive": True,
+                     "fd_open": None, "fd_inode": None, "tracked_bytes": 0}
             report["connections"].append(entry)
         else:
-            entry["age_s"], entry["age"] = None, BEFORE_ATTACH
+            entry["age_s"], entry["age"] = None, age_label
         _add_walked(entry, obj)
         merged_ptrs.add(obj.ptr)
         added += obj.bytes
-    _recompute(report, walk, added, merged_ptrs)
-    notes[:] = [n for n in notes if not n.startswith("objects marked predates_attach")]
-    notes.append(walk_sentence(walk))
-    notes.append("connections and contexts that predate the attach carry the bytes the heap walk found "
-                 "(`measured`: walked; `walked+tracked` when they also allocated since); their age is "
-                 "unknown (`age`: before attach)")
-    _join_python(report, getattr(snap, "python", None))
-    report["findings"] = compute_findings(report)
-    return report
+    return added, merged_ptrs
 
 
 def _join_python(report: dict, agent) -> None:
@@ -184,9 +244,10 @@ def _add_walked(entry: dict, obj) -> None:
     entry["ptr"] = f"0x{obj.ptr:x}"
 
 
-def _recompute(report: dict, walk, added: int, merged_ptrs: set) -> None:
+def _recompute(report: dict, walk, added: int, merged_ptrs: set, in_totals: bool = False) -> None:
     """Connection counts per context, context shares, the per-connection headline, totals, the
-    process part and the attach summary, over tracked and walked entries alike."""
+    process part and the attach summary, over tracked and walked entries alike. `in_totals`: the
+    walked bytes are among the tracked totals already (a static copy under `run`)."""
     contexts = {c["id"]: c for c in report["contexts"]}
     conns = [c for c in report["connections"] if c.get("alive", True)]
     counts = {}
@@ -222,6 +283,8 @@ def _recompute(report: dict, walk, added: int, merged_ptrs: set) -> None:
         per["total_bytes"] = per["bytes"] + per["python_bytes"]
     report["connections"].sort(key=lambda c: -c["live_bytes"])
     report["contexts"].sort(key=lambda c: -c["live_bytes"])
+    if in_totals:
+        return
 
     library = walk.process.get("openssl_library", (0, 0))
     totals = report["totals"]

@@ -896,6 +896,46 @@ static void subroots_of(struct walk *w, struct object *objects, size_t k, void *
 }
 
 #define BIO_TYPE_SOCKET_ (5 | 0x0400 | 0x0100)
+#define APP_SCAN_WORDS 512 /* words of an application object searched for the context it holds */
+
+/* The found context at p (a chunk start), or NULL. */
+static void *context_at(const struct walk *w, const struct object *objects, uintptr_t p)
+{
+    long c = chunk_at(w, p);
+    if (c < 0 || w->owner[c] < OWN_FIRST_OBJECT) return NULL;
+    const struct object *ob = &objects[w->owner[c] - OWN_FIRST_OBJECT];
+    return ob->chunk == (uint32_t)c && !ob->is_ssl && ob->ok ? (void *)p : NULL;
+}
+
+/* The context the application holds for a connection when it is not the SSL's own: node answers
+ * SNI by copying a SecureContext's certificate into the SSL (SSL_use_certificate) and keeps that
+ * SecureContext on its TLSWrap, the SSL's app data, so SSL_get_SSL_CTX still names the server's
+ * context. Searched: the ex_data objects, and the objects they point to, one level down; a single
+ * context other than the SSL's own is the answer, several (or none) are none. */
+static void *application_context(const struct walk *w, const struct object *objects, void *obj, void *own_ctx)
+{
+    void *found = NULL;
+    for (int slot = 0; slot < EX_DATA_SLOTS && api.ssl_ex; slot++) {
+        uintptr_t app = (uintptr_t)api.ssl_ex(obj, slot);
+        long a = app ? chunk_at(w, app) : -1;
+        if (a < 0) continue;
+        uintptr_t end = w->addr[a] + w->size[a];
+        for (uintptr_t p = app, n = 0; p + 8 <= end && n < APP_SCAN_WORDS; p += 8, n++) {
+            uintptr_t v = word(p);
+            void *ctx = context_at(w, objects, v);
+            long b = ctx ? -1 : chunk_at(w, v);
+            if (b >= 0 && w->owner[b] < OWN_FIRST_OBJECT) {
+                uintptr_t end2 = w->addr[b] + w->size[b];
+                for (uintptr_t q = v, m = 0; q + 8 <= end2 && m < 32 && !ctx; q += 8, m++)
+                    ctx = context_at(w, objects, word(q));
+            }
+            if (!ctx || ctx == own_ctx || ctx == found) continue;
+            if (found) return NULL;
+            found = ctx;
+        }
+    }
+    return found;
+}
 
 static void put_object(struct walk *w, struct object *objects, size_t k, void *arg)
 {
@@ -913,7 +953,10 @@ static void put_object(struct walk *w, struct object *objects, size_t k, void *a
     ADD("X kind=%s ptr=%lx bytes=%lld blocks=%lld copy=%d", ob->is_ssl ? "ssl" : "ctx", (unsigned long)obj,
         (long long)bytes, (long long)blocks, (int)ob->copy);
     if (ob->is_ssl) {
-        if (api.ssl_ctx) ADD(" ctx=%lx", (unsigned long)api.ssl_ctx(obj));
+        void *own_ctx = api.ssl_ctx ? api.ssl_ctx(obj) : NULL;
+        if (api.ssl_ctx) ADD(" ctx=%lx", (unsigned long)own_ctx);
+        void *app_ctx = application_context(w, objects, obj, own_ctx);
+        if (app_ctx) ADD(" app_ctx=%lx", (unsigned long)app_ctx);
         if (api.init_finished) ADD(" state=%s", api.init_finished(obj) ? "established" : "handshake");
         /* SSL_get_fd calls the BIO's ctrl: only for OpenSSL's own socket BIO */
         void *rbio = api.rbio ? api.rbio(obj) : NULL;

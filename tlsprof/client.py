@@ -295,6 +295,7 @@ class WalkedObject:
     fd: int = None
     peer: str = None
     copy: int = 0             # index in Walk.copies: which OpenSSL of the process it belongs to
+    app_ctx_ptr: int = None   # the context the application holds for it, when not ctx_ptr (node's SNI)
 
 
 @dataclass
@@ -351,7 +352,8 @@ def parse_walk(text: str) -> Walk:
                     bytes=int(kv["bytes"]), blocks=int(kv["blocks"]), by_cause=by_cause,
                     ctx_ptr=int(kv["ctx"], 16) if kv.get("ctx") else None, state=kv.get("state"),
                     fd=int(kv["fd"]) if kv.get("fd") else None, peer=kv.get("peer"),
-                    copy=int(kv.get("copy") or 0)))
+                    copy=int(kv.get("copy") or 0),
+                    app_ctx_ptr=int(kv["app_ctx"], 16) if kv.get("app_ctx") else None))
     except (ValueError, KeyError, IndexError) as exc:
         raise ChannelError(f"unreadable heap walk line: {exc}") from None
     return walk

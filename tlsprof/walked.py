@@ -186,15 +186,20 @@ def _add_walked_entries(report, objects, snap, age_label, predates_attach):
             continue
         entry = entry_for(owner, "conn-") if owner is not None else None
         if entry is None:
-            ctx = ctx_entry_of_ptr.get(obj.ctx_ptr)
-            if ctx is None and obj.ctx_ptr in serial_of:
-                ctx = entries.get(f"ctx-{serial_of[obj.ctx_ptr]}")
+            # the context the application holds for the connection when it is not the SSL's own
+            # (node copies an SNI SecureContext's certificate into the SSL and keeps the context)
+            ctx_ptr = obj.app_ctx_ptr if obj.app_ctx_ptr in ctx_entry_of_ptr else obj.ctx_ptr
+            ctx = ctx_entry_of_ptr.get(ctx_ptr)
+            if ctx is None and ctx_ptr in serial_of:
+                ctx = entries.get(f"ctx-{serial_of[ctx_ptr]}")
             entry = {"id": f"conn-w{obj.ptr:x}", "context": ctx["id"] if ctx else None, "fd": obj.fd,
                      "peer": obj.peer, "state": obj.state if obj.state in ("handshake", "established")
                      else "established", "age_s": None, "age": age_label, "idle_s": None,
                      "live_bytes": 0, "live_blocks": 0, "context_share_bytes": 0, "by_cause": {},
                      "since_attach": False, "predates_attach": predates_attach, "alive": True,
                      "fd_open": None, "fd_inode": None, "tracked_bytes": 0}
+            if ctx_ptr != obj.ctx_ptr:
+                entry["context_held_by"] = "application"
             report["connections"].append(entry)
         else:
             entry["age_s"], entry["age"] = None, age_label

@@ -128,6 +128,7 @@ def _run(args, cmd, stops: StopSignals) -> int:
             names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.taken))
             notes.append(f"tlsprof passed {names} on to the target, which then exited "
                          f"({_describe_status(returncode)}); no snapshot was taken after the signal")
+        notes += getattr(session, "stripped_notes", [])
         report = session.report(at=args.at, partial=partial, notes=notes)
         if report is not None and getattr(args, "walk", False):
             _annotate_walk(report, session)
@@ -238,7 +239,14 @@ def announce_copies(session: Session, file=sys.stderr):
 
     def on_snapshot(snap):
         from tlsprof.model import openssl_copies
-        for copy in openssl_copies(snap):
+        copies = openssl_copies(snap)
+        if not copies and snap.pid not in seen:
+            seen.add(snap.pid)
+            note = stripped_copy_note(snap.pid)
+            if note:
+                session.stripped_notes = getattr(session, "stripped_notes", []) + [note]
+                tell(f"tlsprof: {note}", file=file)
+        for copy in copies:
             if copy["path"] not in seen:
                 seen.add(copy["path"])
                 how = HOW_TRACKED.get(copy["tracking"], copy["tracking"])
@@ -246,6 +254,20 @@ def announce_copies(session: Session, file=sys.stderr):
                     how = "linked -Bsymbolic: tracked through its own allocator, per connection"
                 tell(f"tlsprof: OpenSSL in {copy['path']} ({copy['kind']}): {how}", file=file)
     session.on_snapshot.append(on_snapshot)
+
+
+def stripped_copy_note(pid) -> str | None:
+    """One sentence when the process carries OpenSSL linked statically without any symbol: nothing
+    of it can be hooked, given an allocator, or walked (tests/test_static_openssl.py)."""
+    from tlsprof import inject
+    try:
+        path = inject._stripped_openssl(pid, inject._maps(pid))
+    except TlsprofError:
+        return None
+    if not path:
+        return None
+    return (f"OpenSSL in {path} (static, no symbols): linked statically and stripped (no SSL_new or "
+            f"CRYPTO_set_mem_functions in .dynsym or .symtab): none of its memory or connections is seen")
 
 
 def announce_version(session: Session, file=sys.stderr):

@@ -40,7 +40,7 @@ def walk_summary(walk) -> dict:
     s = walk.stats
     for key in ("pause_us", "walk_ms_total", "heap_bytes", "in_use_bytes", "chunks", "arenas", "thread_heaps",
                 "mmapped_chunks", "tcache_chunks", "bad_regions", "contexts", "connections", "faults", "threads",
-                "threads_of_a_connection"):
+                "threads_of_a_connection", "causes_from_tracking"):
         if key in s:
             out[key] = s[key]
     if "pause_us" not in s and "fork_us" in s:

@@ -74,6 +74,7 @@ typedef const void *(*method_fn)(void);
  * layout. A copy's objects are called only with that copy's functions. */
 struct copy_api {
     method_fn tls_server, tls12_client, dtls_server, dtls12_client;
+    method_fn tls_client, dtls_client; /* when the above were not linked in (pip's cryptography) */
     void *(*ctx_new)(const void *);
     void (*ctx_free)(void *);
     void *(*ssl_new)(void *);
@@ -144,6 +145,7 @@ static void *hooked(const char *name)
 #define API_NAMES(X)                                                                                  \
     X(tls_server, "TLS_server_method") X(tls12_client, "TLSv1_2_client_method")                      \
     X(dtls_server, "DTLS_server_method") X(dtls12_client, "DTLSv1_2_client_method")                  \
+    X(tls_client, "TLS_client_method") X(dtls_client, "DTLS_client_method")                          \
     X(ctx_new, "SSL_CTX_new") X(ctx_free, "SSL_CTX_free") X(ssl_new, "SSL_new") X(ssl_free, "SSL_free") \
     X(ctx_cert_store, "SSL_CTX_get_cert_store") X(ctx_cert, "SSL_CTX_get0_certificate")              \
     X(ctx_key, "SSL_CTX_get0_privatekey") X(ctx_ex, "SSL_CTX_get_ex_data")                           \
@@ -156,7 +158,8 @@ static void *hooked(const char *name)
 
 static int api_complete(const struct copy_api *a)
 {
-    return a->tls_server && a->tls12_client && a->ctx_new && a->ctx_free && a->ssl_new && a->ssl_free;
+    return a->tls_server && (a->tls12_client || a->tls_client) && a->ctx_new && a->ctx_free && a->ssl_new &&
+           a->ssl_free;
 }
 
 /* The shared libssl's functions count only when they are libssl's: node exports its static copy's
@@ -168,10 +171,15 @@ static int from_shared_libssl(void *fn)
            (strstr(info.dli_fname, "libssl") || strstr(info.dli_fname, "libcrypto"));
 }
 
+/* Static copies whose probe functions (SSL_CTX_new, SSL_new, TLS_server_method...) were not found */
+static char unresolved[MAX_WALK_COPIES][256];
+static int n_unresolved;
+
 /* Every OpenSSL the walk can read: the shared libssl first, then each statically linked copy. */
 static int resolve_api(void)
 {
     n_apis = 0;
+    n_unresolved = 0;
     struct copy_api *a = &apis[0];
     memset(a, 0, sizeof *a);
 #define L(field, name) a->field = (__typeof__(a->field))lookup(name);
@@ -204,6 +212,7 @@ static int resolve_api(void)
         static_copy_describe(i, &kind, &status, &path);
         snprintf(a->path, sizeof a->path, "%s", path);
         if (api_complete(a)) n_apis++;
+        else if (n_unresolved < MAX_WALK_COPIES) snprintf(unresolved[n_unresolved++], sizeof unresolved[0], "%s", path);
     }
     return n_apis;
 }
@@ -312,8 +321,12 @@ static const char *learn_copy(void)
         return "the SSL_METHOD pointer was not found in a probe SSL_CTX/SSL";
     if (api.ctx_chunk + 32 >= api.ssl_chunk && api.ssl_chunk + 32 >= api.ctx_chunk)
         return "SSL_CTX and SSL have about the same chunk size here";
-    learn_signature(0, api.tls_server(), api.tls12_client());
-    if (api.dtls_server && api.dtls12_client) learn_signature(1, api.dtls_server(), api.dtls12_client());
+    /* a table of another version and role shares only the family's implementation; a static copy
+     * linked with --gc-sections may keep only TLS_client_method: the same role split, and the
+     * version-specific words are too few to reach a quarter of the signature */
+    learn_signature(0, api.tls_server(), api.tls12_client ? api.tls12_client() : api.tls_client());
+    method_fn dtls_other = api.dtls12_client ? api.dtls12_client : api.dtls_client;
+    if (api.dtls_server && dtls_other) learn_signature(1, api.dtls_server(), dtls_other());
     if (api.n_sig[0] < 6) return "no SSL_METHOD signature could be learned";
     return NULL;
 }
@@ -1163,7 +1176,11 @@ static void child_walk(int fd, uint64_t fork_ns)
             first_usable()->ctx_chunk, first_usable()->ssl_chunk);
     /* which OpenSSL each object is from: "shared" (libssl) or the object holding a static copy */
     for (int c = 0; c < n_apis; c++) {
-        if (!apis[c].usable) continue;
+        if (!apis[c].usable) {
+            out_put(&o, "skipped %s: %s\n", apis[c].path[0] ? apis[c].path : "shared",
+                    apis[c].problem ? apis[c].problem : "?");
+            continue;
+        }
         size_t objs = 0;
         for (size_t k = 0; k < n_obj; k++) objs += objects[k].ok && objects[k].copy == c;
         out_put(&o, "C index=%d objects=%zu ctx_chunk=%zu ssl_chunk=%zu path=%s\n", c, objs, apis[c].ctx_chunk,
@@ -1171,6 +1188,9 @@ static void child_walk(int fd, uint64_t fork_ns)
     }
     for (size_t k = 0; k < n_obj; k++)
         if (objects[k].ok) guarded(put_object, &w, objects, k, &o);
+    for (int c = 0; c < n_unresolved; c++)
+        out_put(&o, "skipped %s: its SSL_CTX_new, SSL_new or method functions were not found in its symbols\n",
+                unresolved[c]);
     out_put(&o, "stat threads %d\nstat threads_of_a_connection %d\nstat faults %d\nstat causes_from_tracking %d\n",
             threads_seen, threads_owned, faults, named);
     out_put(&o, "P what=openssl_library bytes=%lld blocks=%lld\n", (long long)lib_bytes, (long long)lib_blocks);

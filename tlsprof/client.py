@@ -190,6 +190,8 @@ def _parse_snapshot(text: str) -> Snapshot:
                                   scope=scopes.get(f[2], "none"),
                                   bytes=int(f[4]), requested=int(f[5]), blocks=int(f[6]),
                                   library=None if f[7] == "-" else f[7], id=int(f[0])))
+            elif tag == "skipped":
+                walk.skipped.append(rest.strip())
             elif tag == "C":
                 kind, status, path = rest.split(" ", 2)
                 copies.append({"path": path, "kind": kind, "tracking": status})
@@ -306,6 +308,7 @@ class Walk:
     objects: list = field(default_factory=list)
     process: dict = field(default_factory=dict)  # what -> (bytes, blocks)
     copies: dict = field(default_factory=dict)   # index -> path of the object holding it ("shared": libssl)
+    skipped: list = field(default_factory=list)  # "<path>: <why>" for each OpenSSL copy the walk could not read
 
     @property
     def ok(self):
@@ -334,6 +337,8 @@ def parse_walk(text: str) -> Walk:
             elif tag == "stat":
                 k, v = rest.split()
                 walk.stats[k] = int(v)
+            elif tag == "skipped":
+                walk.skipped.append(rest.strip())
             elif tag == "C":
                 kv = dict(item.partition("=")[::2] for item in rest.split(" ") if "=" in item)
                 walk.copies[int(kv["index"])] = rest.split(" path=", 1)[1] if " path=" in rest else "shared"

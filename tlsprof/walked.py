@@ -45,6 +45,8 @@ def walk_summary(walk) -> dict:
             out[key] = s[key]
     if "pause_us" not in s and "fork_us" in s:
         out["pause_us"] = s["fork_us"]
+    if getattr(walk, "skipped", None):
+        out["skipped_copies"] = list(walk.skipped)
     for what, (b, n) in walk.process.items():
         out[f"{what}_bytes"] = b
         out[f"{what}_blocks"] = n
@@ -60,9 +62,10 @@ def walk_sentence(walk) -> str:
                 f"tracking since the attach sees")
     s = walk.stats
     pause = s.get("pause_us", s.get("fork_us", 0)) / 1000
+    skipped = "".join(f"; not walked: {why}" for why in getattr(walk, "skipped", []))
     return (f"heap walk: {s.get('contexts', 0)} contexts and {s.get('connections', 0)} connections found in "
             f"{s.get('heap_bytes', 0) / 2**20:.0f} MiB of heap; target paused {pause:.1f} ms, walk took "
-            f"{s.get('walk_ms_total', 0)} ms in a child process")
+            f"{s.get('walk_ms_total', 0)} ms in a child process{skipped}")
 
 
 def _tracked_by_ptr(snap) -> dict:

@@ -134,6 +134,12 @@ def _run(args, cmd, stops: StopSignals) -> int:
             _annotate_walk(report, session)
         if report is not None and getattr(session, "walk_static", False):
             _merge_static_walk(report, session)
+        elif report is not None and session.last is not None and any(
+                static_unhooked(snap) for snap in session.last.snaps.values()):
+            report.setdefault("notes", []).append(
+                "no heap walk: the target stopped before tlsprof's last look (a terminal's Ctrl-C reaches it "
+                "at once), so its static OpenSSL's bytes stay process-wide; stop with SIGTERM to tlsprof "
+                "for per-connection figures")
         if report is None:
             why = (f"{cmd[0]} exited after {time.time() - session.started:.1f}s before its first snapshot "
                    f"(or never loaded the shim)")

@@ -2,13 +2,15 @@
 
     python3 examples/echo_client.py --port PORT [--host 127.0.0.1] [-n 100] [--interval 5]
         [--duration 0] [--concurrency 20] [--ready-file PATH] [--ctx-per-conn] [--cafile CERT]
-        [--read-buffer BYTES]
+        [--read-buffer BYTES] [--server-name NAME] [--plain]
 
 Shared mode (default): one client SSLContext without the system CA store (verifies the server
 against --cafile if given, else CERT_NONE). --ctx-per-conn: a fresh ssl.create_default_context()
 per connection (loads the system CA store each time). Prints "connected N" (and writes "N\\n" to
 --ready-file) once all N connections have read b"welcome!\\n". Exits 0 after --duration seconds
 (0 = run until SIGTERM/SIGINT); exits 1 if a connection cannot be established.
+--server-name: the SNI name to send (none by default: an IP address is never sent as SNI; node's
+SNICallback runs only when one is). --plain: plain TCP, no TLS (the twin of a --plain server).
 """
 import argparse
 import asyncio
@@ -55,7 +57,7 @@ def write_ready(path, n):
 class Client:
     def __init__(self, args):
         self.args = args
-        self.shared = None if args.ctx_per_conn else client_context(args)
+        self.shared = None if args.ctx_per_conn or args.plain else client_context(args)
         self.handshakes = asyncio.Semaphore(args.concurrency)
         self.up = 0
         self.all_up = asyncio.Event()
@@ -68,9 +70,10 @@ class Client:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 async with self.handshakes:
-                    ctx = self.shared or client_context(args)
+                    ctx = None if args.plain else self.shared or client_context(args)
+                    extra = {"server_hostname": args.server_name} if ctx and args.server_name else {}
                     reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection(args.host, args.port, ssl=ctx), CONNECT_TIMEOUT)
+                        asyncio.open_connection(args.host, args.port, ssl=ctx, **extra), CONNECT_TIMEOUT)
                     try:
                         welcome = await asyncio.wait_for(
                             reader.readexactly(len(WELCOME)), CONNECT_TIMEOUT)
@@ -153,6 +156,8 @@ def main():
     p.add_argument("--cafile", help="verify the server against this cert (else CERT_NONE)")
     p.add_argument("--read-buffer", type=int, default=0,
                    help="shrink asyncio's 256 KiB per-connection TLS read buffer (client only)")
+    p.add_argument("--server-name", help="send this SNI name (node's SNICallback needs one)")
+    p.add_argument("--plain", action="store_true", help="plain TCP, no TLS")
     args = p.parse_args()
     raise_nofile_limit()
     if args.read_buffer:

@@ -68,8 +68,13 @@ enum { OWN_NONE = 0, OWN_LIBRARY = 1, OWN_BARRIER = 2, OWN_FIRST_OBJECT = 3 };
 
 /* ---- the OpenSSL functions the walk uses, from the defining object ---- */
 typedef const void *(*method_fn)(void);
-static struct {
+#define MAX_WALK_COPIES 8
+/* One set per OpenSSL of the process: the shared libssl (through the hooks) and every statically
+ * linked copy (node's executable, pip's cryptography), each with its own getters, probe and learned
+ * layout. A copy's objects are called only with that copy's functions. */
+struct copy_api {
     method_fn tls_server, tls12_client, dtls_server, dtls12_client;
+    method_fn tls_client, dtls_client; /* when the above were not linked in (pip's cryptography) */
     void *(*ctx_new)(const void *);
     void (*ctx_free)(void *);
     void *(*ssl_new)(void *);
@@ -93,16 +98,24 @@ static struct {
     void *(*object_x509)(const void *);
     int (*bio_type)(const void *);
     void *(*bio_data)(void *);
-} api;
-
-/* ---- what the probe taught us (once per process) ---- */
-static struct {
-    int ready;
+    /* learned from this copy's probe */
     size_t ctx_chunk, ssl_chunk;     /* chunk size of each struct */
     int ctx_method_word, ssl_method_word;
     int n_sig[2];
     int sig_index[2][SIG_WORDS];
     uintptr_t sig_value[2][SIG_WORDS];
+    int usable;                      /* probe learned; 0: skipped (its problem in `problem`) */
+    const char *problem;
+    char path[256];                  /* "" for the shared libssl; else the object holding the copy */
+};
+static struct copy_api apis[MAX_WALK_COPIES];
+static int n_apis;
+static struct copy_api *cur_api = &apis[0];
+#define api (*cur_api)
+
+/* ---- what the probe taught us (once per process) ---- */
+static struct {
+    int ready;
     uintptr_t tcache_key;            /* the word glibc stores in a tcache-free chunk at mem+8 */
     long specific_off;               /* struct pthread: specific_1stblock[0], or -1 */
     int n_keys;
@@ -116,11 +129,12 @@ static int n_thread_sp;
 
 static pthread_mutex_t walk_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void *lookup(const char *name) { return interpose_lookup(name); }
 
 /* The probe is made and freed through the hooks when they are installed: libssl calls some of its
  * own entry points through the PLT (SSL_new calls SSL_clear, SSL_free calls SSL_CTX_free), and the
  * hooks must see the whole life of the probe, or it stays behind in the report as a live owner. */
+static void *lookup(const char *name) { return interpose_lookup(name); }
+
 static void *hooked(const char *name)
 {
     for (int i = 0; i < n_hook_defs; i++)
@@ -128,38 +142,79 @@ static void *hooked(const char *name)
     return lookup(name);
 }
 
+#define API_NAMES(X)                                                                                  \
+    X(tls_server, "TLS_server_method") X(tls12_client, "TLSv1_2_client_method")                      \
+    X(dtls_server, "DTLS_server_method") X(dtls12_client, "DTLSv1_2_client_method")                  \
+    X(tls_client, "TLS_client_method") X(dtls_client, "DTLS_client_method")                          \
+    X(ctx_new, "SSL_CTX_new") X(ctx_free, "SSL_CTX_free") X(ssl_new, "SSL_new") X(ssl_free, "SSL_free") \
+    X(ctx_cert_store, "SSL_CTX_get_cert_store") X(ctx_cert, "SSL_CTX_get0_certificate")              \
+    X(ctx_key, "SSL_CTX_get0_privatekey") X(ctx_ex, "SSL_CTX_get_ex_data")                           \
+    X(peer_cert, "SSL_get0_peer_certificate") X(peer_chain, "SSL_get_peer_cert_chain")               \
+    X(session, "SSL_get_session") X(rbio, "SSL_get_rbio") X(wbio, "SSL_get_wbio")                    \
+    X(ssl_ctx, "SSL_get_SSL_CTX") X(ssl_ex, "SSL_get_ex_data") X(ssl_fd, "SSL_get_fd")               \
+    X(init_finished, "SSL_is_init_finished") X(store_objects, "X509_STORE_get0_objects")            \
+    X(sk_num, "OPENSSL_sk_num") X(sk_value, "OPENSSL_sk_value")                                      \
+    X(object_x509, "X509_OBJECT_get0_X509") X(bio_type, "BIO_method_type") X(bio_data, "BIO_get_data")
+
+static int api_complete(const struct copy_api *a)
+{
+    return a->tls_server && (a->tls12_client || a->tls_client) && a->ctx_new && a->ctx_free && a->ssl_new &&
+           a->ssl_free;
+}
+
+/* The shared libssl's functions count only when they are libssl's: node exports its static copy's
+ * names too, and that copy is walked as a static one (with its own data as library roots). */
+static int from_shared_libssl(void *fn)
+{
+    Dl_info info;
+    return fn && dladdr(fn, &info) && info.dli_fname &&
+           (strstr(info.dli_fname, "libssl") || strstr(info.dli_fname, "libcrypto"));
+}
+
+/* Static copies whose probe functions (SSL_CTX_new, SSL_new, TLS_server_method...) were not found */
+static char unresolved[MAX_WALK_COPIES][256];
+static int n_unresolved;
+
+/* Every OpenSSL the walk can read: the shared libssl first, then each statically linked copy. */
 static int resolve_api(void)
 {
-#define L(field, name) api.field = (__typeof__(api.field))lookup(name)
-    L(tls_server, "TLS_server_method");
-    L(tls12_client, "TLSv1_2_client_method");
-    L(dtls_server, "DTLS_server_method");
-    L(dtls12_client, "DTLSv1_2_client_method");
-    api.ctx_new = (__typeof__(api.ctx_new))hooked("SSL_CTX_new");
-    api.ctx_free = (__typeof__(api.ctx_free))hooked("SSL_CTX_free");
-    api.ssl_new = (__typeof__(api.ssl_new))hooked("SSL_new");
-    api.ssl_free = (__typeof__(api.ssl_free))hooked("SSL_free");
-    L(ctx_cert_store, "SSL_CTX_get_cert_store");
-    L(ctx_cert, "SSL_CTX_get0_certificate");
-    L(ctx_key, "SSL_CTX_get0_privatekey");
-    L(ctx_ex, "SSL_CTX_get_ex_data");
-    L(peer_cert, "SSL_get0_peer_certificate");
-    L(peer_chain, "SSL_get_peer_cert_chain");
-    L(session, "SSL_get_session");
-    L(rbio, "SSL_get_rbio");
-    L(wbio, "SSL_get_wbio");
-    L(ssl_ctx, "SSL_get_SSL_CTX");
-    L(ssl_ex, "SSL_get_ex_data");
-    L(ssl_fd, "SSL_get_fd");
-    L(init_finished, "SSL_is_init_finished");
-    L(store_objects, "X509_STORE_get0_objects");
-    L(sk_num, "OPENSSL_sk_num");
-    L(sk_value, "OPENSSL_sk_value");
-    L(object_x509, "X509_OBJECT_get0_X509");
-    L(bio_type, "BIO_method_type");
-    L(bio_data, "BIO_get_data");
+    n_apis = 0;
+    n_unresolved = 0;
+    struct copy_api *a = &apis[0];
+    memset(a, 0, sizeof *a);
+#define L(field, name) a->field = (__typeof__(a->field))lookup(name);
+    API_NAMES(L)
 #undef L
-    return api.tls_server && api.tls12_client && api.ctx_new && api.ctx_free && api.ssl_new && api.ssl_free;
+    /* the probe of the shared copy goes through the hooks (see hooked()) */
+    a->ctx_new = (__typeof__(a->ctx_new))hooked("SSL_CTX_new");
+    a->ctx_free = (__typeof__(a->ctx_free))hooked("SSL_CTX_free");
+    a->ssl_new = (__typeof__(a->ssl_new))hooked("SSL_new");
+    a->ssl_free = (__typeof__(a->ssl_free))hooked("SSL_free");
+    if (api_complete(a) && from_shared_libssl((void *)a->tls_server)) n_apis++;
+    static const char *const names[] = {
+#define N(field, name) name,
+        API_NAMES(N)
+#undef N
+    };
+    enum { N_NAMES = sizeof names / sizeof names[0] };
+    for (int i = 0; i < static_copies_count() && n_apis < MAX_WALK_COPIES; i++) {
+        if (!static_copy_is_static(i)) continue;
+        a = &apis[n_apis];
+        memset(a, 0, sizeof *a);
+        void *found[N_NAMES];
+        static_copy_resolve(i, names, N_NAMES, found);
+        int k = 0;
+        /* a static copy's probe uses its own SSL_CTX_new/SSL_free: nothing hooks them */
+#define S(field, name) a->field = (__typeof__(a->field))found[k++];
+        API_NAMES(S)
+#undef S
+        const char *kind, *status, *path;
+        static_copy_describe(i, &kind, &status, &path);
+        snprintf(a->path, sizeof a->path, "%s", path);
+        if (api_complete(a)) n_apis++;
+        else if (n_unresolved < MAX_WALK_COPIES) snprintf(unresolved[n_unresolved++], sizeof unresolved[0], "%s", path);
+    }
+    return n_apis;
 }
 
 static size_t chunk_size_of(const void *mem) { return ((const size_t *)mem)[-1] & ~(size_t)7; }
@@ -178,11 +233,11 @@ static void learn_signature(int family, const uintptr_t *a, const uintptr_t *b)
     int n = 0;
     for (int i = 2; i < SIG_WORDS && a && b; i++) {
         if (a[i] && a[i] == b[i]) {
-            learned.sig_index[family][n] = i;
-            learned.sig_value[family][n++] = a[i];
+            api.sig_index[family][n] = i;
+            api.sig_value[family][n++] = a[i];
         }
     }
-    learned.n_sig[family] = n;
+    api.n_sig[family] = n;
 }
 
 /* Per-thread OpenSSL state (the error queue, the thread's DRBGs and their locks) hangs off
@@ -239,9 +294,10 @@ static void read_thread_sps(void)
     closedir(d);
 }
 
-static const char *learn(void)
+/* One copy's layout, from a probe SSL_CTX and SSL made with that copy's own functions and freed
+ * right away (before any clone: the walk never sees them). */
+static const char *learn_copy(void)
 {
-    if (learned.ready) return NULL;
     const void *method = api.tls_server();
     void *ctx = api.ctx_new(method);
     if (!ctx) return "a probe SSL_CTX could not be made";
@@ -250,24 +306,58 @@ static const char *learn(void)
         api.ctx_free(ctx);
         return "a probe SSL could not be made";
     }
-    learned.ctx_chunk = chunk_size_of(ctx);
-    learned.ssl_chunk = chunk_size_of(ssl);
-    learned.ctx_method_word = method_word(ctx, learned.ctx_chunk, method);
-    learned.ssl_method_word = method_word(ssl, learned.ssl_chunk, method);
+    api.ctx_chunk = chunk_size_of(ctx);
+    api.ssl_chunk = chunk_size_of(ssl);
+    api.ctx_method_word = method_word(ctx, api.ctx_chunk, method);
+    api.ssl_method_word = method_word(ssl, api.ssl_chunk, method);
     /* malloc_usable_size must agree with the header we read: else OpenSSL's memory functions were
      * replaced (a proxy's own allocator) and pointers are not glibc chunk starts */
-    int glibc_chunks = malloc_usable_size(ctx) + 8 == learned.ctx_chunk &&
-                       malloc_usable_size(ssl) + 8 == learned.ssl_chunk;
+    int glibc_chunks = malloc_usable_size(ctx) + 8 == api.ctx_chunk &&
+                       malloc_usable_size(ssl) + 8 == api.ssl_chunk;
     api.ssl_free(ssl);
     api.ctx_free(ctx);
     if (!glibc_chunks) return "OpenSSL's blocks are not glibc chunks (CRYPTO_set_mem_functions with another allocator)";
-    if (learned.ctx_method_word < 0 || learned.ssl_method_word < 0)
+    if (api.ctx_method_word < 0 || api.ssl_method_word < 0)
         return "the SSL_METHOD pointer was not found in a probe SSL_CTX/SSL";
-    if (learned.ctx_chunk + 32 >= learned.ssl_chunk && learned.ssl_chunk + 32 >= learned.ctx_chunk)
+    if (api.ctx_chunk + 32 >= api.ssl_chunk && api.ssl_chunk + 32 >= api.ctx_chunk)
         return "SSL_CTX and SSL have about the same chunk size here";
-    learn_signature(0, api.tls_server(), api.tls12_client());
-    if (api.dtls_server && api.dtls12_client) learn_signature(1, api.dtls_server(), api.dtls12_client());
-    if (learned.n_sig[0] < 6) return "no SSL_METHOD signature could be learned";
+    /* a table of another version and role shares only the family's implementation; a static copy
+     * linked with --gc-sections may keep only TLS_client_method: the same role split, and the
+     * version-specific words are too few to reach a quarter of the signature */
+    learn_signature(0, api.tls_server(), api.tls12_client ? api.tls12_client() : api.tls_client());
+    method_fn dtls_other = api.dtls12_client ? api.dtls12_client : api.dtls_client;
+    if (api.dtls_server && dtls_other) learn_signature(1, api.dtls_server(), dtls_other());
+    if (api.n_sig[0] < 6) return "no SSL_METHOD signature could be learned";
+    return NULL;
+}
+
+/* Copies learned by earlier walks keep what they learned (the shared copy's probe shows in the
+ * report as a freed context: once per process, not once per walk). */
+static struct copy_api known[MAX_WALK_COPIES];
+static int n_known;
+
+static const char *learn(void)
+{
+    const char *first_problem = NULL;
+    int usable = 0;
+    for (int i = 0; i < n_apis; i++) {
+        cur_api = &apis[i];
+        int j;
+        for (j = 0; j < n_known && known[j].tls_server != api.tls_server; j++) {
+        }
+        if (j < n_known) {
+            apis[i] = known[j];
+        } else {
+            api.problem = learn_copy();
+            api.usable = !api.problem;
+            if (n_known < MAX_WALK_COPIES) known[n_known++] = api;
+        }
+        if (api.usable) usable++;
+        else if (!first_problem) first_problem = api.problem;
+    }
+    cur_api = &apis[0];
+    if (!usable) return first_problem ? first_problem : "no OpenSSL to walk";
+    if (learned.ready) return NULL;
     /* A freed small chunk goes to this thread's tcache, which writes glibc's random tcache_key at
      * mem+8. Unless that tcache bin is full: then the chunk goes to a fastbin and mem+8 keeps
      * whatever it held (once, right after the probe, a method pointer: every context then looked
@@ -414,6 +504,12 @@ static int read_maps(struct walk *w)
         m.anon = plen == 0;
         m.heap = plen == 6 && !memcmp(path, "[heap]", 6);
         m.openssl = (memmem(path, plen, "libssl", 6) || memmem(path, plen, "libcrypto", 9)) ? 1 : 0;
+        /* a static copy's library state lives in the writable data of the object holding it (for
+         * node, the executable's .data/.bss: node's own globals too, which hold no SSL object's
+         * memory but what node keeps for the process) */
+        for (int c = 0; c < n_apis && !m.openssl; c++)
+            m.openssl = apis[c].usable && apis[c].path[0] && strlen(apis[c].path) == plen &&
+                        !memcmp(apis[c].path, path, plen);
         if (*s == '\n') s++;
         /* our own buffer for this text is in the list too: it is neither the target's nor kept */
         if (m.hi > m.lo && !(m.lo <= (uintptr_t)text && (uintptr_t)text < m.hi)) w->maps[w->n_maps++] = m;
@@ -569,17 +665,18 @@ static int is_method(const struct walk *w, uintptr_t m)
     const struct mapping *map = mapping_of(w, m);
     if (!map || map->hi - m < SIG_WORDS * 8) return 0;
     for (int f = 0; f < 2; f++) {
-        if (!learned.n_sig[f]) continue;
+        if (!api.n_sig[f]) continue;
         int same = 0;
-        for (int k = 0; k < learned.n_sig[f]; k++)
-            same += word(m + 8 * (uintptr_t)learned.sig_index[f][k]) == learned.sig_value[f][k];
-        if (same >= 6 && same * 4 >= learned.n_sig[f] * 3) return 1;
+        for (int k = 0; k < api.n_sig[f]; k++)
+            same += word(m + 8 * (uintptr_t)api.sig_index[f][k]) == api.sig_value[f][k];
+        if (same >= 6 && same * 4 >= api.n_sig[f] * 3) return 1;
     }
     return 0;
 }
 
 struct object {
     uint32_t chunk;
+    uint8_t copy;       /* index in apis[]: whose functions read it */
     uint8_t is_ssl;
     uint8_t ok;         /* 0: rejected (an SSL whose SSL_CTX is no context found) or faulted */
     int64_t bytes[N_CAUSES], blocks[N_CAUSES];
@@ -747,6 +844,7 @@ typedef void (*object_fn)(struct walk *, struct object *, size_t, void *);
 
 static void guarded(object_fn fn, struct walk *w, struct object *objects, size_t k, void *arg)
 {
+    cur_api = &apis[objects[k].copy];
     if (sigsetjmp(fault_jmp, 1)) {
         in_guard = 0;
         faults++;
@@ -811,6 +909,46 @@ static void subroots_of(struct walk *w, struct object *objects, size_t k, void *
 }
 
 #define BIO_TYPE_SOCKET_ (5 | 0x0400 | 0x0100)
+#define APP_SCAN_WORDS 512 /* words of an application object searched for the context it holds */
+
+/* The found context at p (a chunk start), or NULL. */
+static void *context_at(const struct walk *w, const struct object *objects, uintptr_t p)
+{
+    long c = chunk_at(w, p);
+    if (c < 0 || w->owner[c] < OWN_FIRST_OBJECT) return NULL;
+    const struct object *ob = &objects[w->owner[c] - OWN_FIRST_OBJECT];
+    return ob->chunk == (uint32_t)c && !ob->is_ssl && ob->ok ? (void *)p : NULL;
+}
+
+/* The context the application holds for a connection when it is not the SSL's own: node answers
+ * SNI by copying a SecureContext's certificate into the SSL (SSL_use_certificate) and keeps that
+ * SecureContext on its TLSWrap, the SSL's app data, so SSL_get_SSL_CTX still names the server's
+ * context. Searched: the ex_data objects, and the objects they point to, one level down; a single
+ * context other than the SSL's own is the answer, several (or none) are none. */
+static void *application_context(const struct walk *w, const struct object *objects, void *obj, void *own_ctx)
+{
+    void *found = NULL;
+    for (int slot = 0; slot < EX_DATA_SLOTS && api.ssl_ex; slot++) {
+        uintptr_t app = (uintptr_t)api.ssl_ex(obj, slot);
+        long a = app ? chunk_at(w, app) : -1;
+        if (a < 0) continue;
+        uintptr_t end = w->addr[a] + w->size[a];
+        for (uintptr_t p = app, n = 0; p + 8 <= end && n < APP_SCAN_WORDS; p += 8, n++) {
+            uintptr_t v = word(p);
+            void *ctx = context_at(w, objects, v);
+            long b = ctx ? -1 : chunk_at(w, v);
+            if (b >= 0 && w->owner[b] < OWN_FIRST_OBJECT) {
+                uintptr_t end2 = w->addr[b] + w->size[b];
+                for (uintptr_t q = v, m = 0; q + 8 <= end2 && m < 32 && !ctx; q += 8, m++)
+                    ctx = context_at(w, objects, word(q));
+            }
+            if (!ctx || ctx == own_ctx || ctx == found) continue;
+            if (found) return NULL;
+            found = ctx;
+        }
+    }
+    return found;
+}
 
 static void put_object(struct walk *w, struct object *objects, size_t k, void *arg)
 {
@@ -825,10 +963,13 @@ static void put_object(struct walk *w, struct object *objects, size_t k, void *a
     char line[1024];
     size_t len = 0;
 #define ADD(...) len += (size_t)snprintf(line + len, len < sizeof line ? sizeof line - len : 0, __VA_ARGS__)
-    ADD("X kind=%s ptr=%lx bytes=%lld blocks=%lld", ob->is_ssl ? "ssl" : "ctx", (unsigned long)obj,
-        (long long)bytes, (long long)blocks);
+    ADD("X kind=%s ptr=%lx bytes=%lld blocks=%lld copy=%d", ob->is_ssl ? "ssl" : "ctx", (unsigned long)obj,
+        (long long)bytes, (long long)blocks, (int)ob->copy);
     if (ob->is_ssl) {
-        if (api.ssl_ctx) ADD(" ctx=%lx", (unsigned long)api.ssl_ctx(obj));
+        void *own_ctx = api.ssl_ctx ? api.ssl_ctx(obj) : NULL;
+        if (api.ssl_ctx) ADD(" ctx=%lx", (unsigned long)own_ctx);
+        void *app_ctx = application_context(w, objects, obj, own_ctx);
+        if (app_ctx) ADD(" app_ctx=%lx", (unsigned long)app_ctx);
         if (api.init_finished) ADD(" state=%s", api.init_finished(obj) ? "established" : "handshake");
         /* SSL_get_fd calls the BIO's ctrl: only for OpenSSL's own socket BIO */
         void *rbio = api.rbio ? api.rbio(obj) : NULL;
@@ -856,6 +997,47 @@ static void put_object(struct walk *w, struct object *objects, size_t k, void *a
         if (ob->blocks[c]) ADD(" %s=%lld:%lld", cause_names[c], (long long)ob->bytes[c], (long long)ob->blocks[c]);
 #undef ADD
     if (len < sizeof line) out_put(o, "%s\n", line); /* the whole line or nothing (a fault midway) */
+}
+
+/* Where the walk could name no cause (`other`: reached from a struct, no getter names it) but the
+ * block was tracked (a static copy under `run` allocates through tlsprof's memory functions, so the
+ * tracker knows each block's call site but not its owner), the call site's cause names it: the
+ * owner comes from the walk, the cause from tracking. Process-wide causes (library, thread_state)
+ * are left `other`: the owner the walk found holds the block. Under the fault guard: the table is
+ * read without its locks. Returns how many chunks were named. */
+static int name_from_tracking(struct walk *w)
+{
+    static volatile int named;
+    static volatile size_t at;
+    named = 0;
+    at = 0;
+    if (sigsetjmp(fault_jmp, 1)) {
+        in_guard = 0;
+        faults++;
+        return named;
+    }
+    in_guard = 1;
+    for (; at < w->n; at++) {
+        size_t i = at;
+        if (w->owner[i] < OWN_FIRST_OBJECT || w->cause[i] != C_OTHER) continue;
+        struct block b;
+        if (!blocks_peek_unlocked(w->addr[i] + 16, &b)) continue;
+        uint16_t id = block_site(&b);
+        if (id >= MAX_SITES) continue;
+        uint8_t cause = site_at(id)->cause;
+        if (cause >= N_CAUSES || cause == C_OTHER || cause_is_process_wide(cause)) continue;
+        w->cause[i] = cause;
+        named++;
+    }
+    in_guard = 0;
+    return named;
+}
+
+static const struct copy_api *first_usable(void)
+{
+    for (int c = 0; c < n_apis; c++)
+        if (apis[c].usable) return &apis[c];
+    return &apis[0];
 }
 
 static void child_walk(int fd, uint64_t fork_ns)
@@ -889,13 +1071,20 @@ static void child_walk(int fd, uint64_t fork_ns)
         /* a chunk is the struct's size or 16 bytes more: glibc never splits off a remainder smaller
          * than its minimum chunk (32), so a recycled chunk may carry 16 extra bytes, and so may the
          * probe's own: 16 either way */
-        int is_ssl;
-        if (w.size[i] + 16 - learned.ctx_chunk <= 32) is_ssl = 0;
-        else if (w.size[i] + 16 - learned.ssl_chunk <= 32) is_ssl = 1;
-        else continue;
-        uintptr_t mem = w.addr[i] + 16;
-        uintptr_t m = word(mem + 8 * (uintptr_t)(is_ssl ? learned.ssl_method_word : learned.ctx_method_word));
-        if (!is_method(&w, m)) continue;
+        int is_ssl = -1, copy;
+        for (copy = 0; copy < n_apis && is_ssl < 0; copy++) {
+            cur_api = &apis[copy];
+            if (!api.usable) continue;
+            int ssl;
+            if (w.size[i] + 16 - api.ctx_chunk <= 32) ssl = 0;
+            else if (w.size[i] + 16 - api.ssl_chunk <= 32) ssl = 1;
+            else continue;
+            uintptr_t mem = w.addr[i] + 16;
+            uintptr_t m = word(mem + 8 * (uintptr_t)(ssl ? api.ssl_method_word : api.ctx_method_word));
+            if (is_method(&w, m)) is_ssl = ssl;
+        }
+        if (is_ssl < 0) continue;
+        copy--;
         if (n_obj == cap_obj) {
             struct object *grown = region(sizeof(struct object) * cap_obj * 2);
             if (!grown) break;
@@ -904,6 +1093,7 @@ static void child_walk(int fd, uint64_t fork_ns)
             cap_obj *= 2;
         }
         objects[n_obj].chunk = (uint32_t)i;
+        objects[n_obj].copy = (uint8_t)copy;
         objects[n_obj].is_ssl = (uint8_t)is_ssl;
         objects[n_obj].ok = 1;
         w.owner[i] = OWN_FIRST_OBJECT + (uint32_t)n_obj;
@@ -952,6 +1142,9 @@ static void child_walk(int fd, uint64_t fork_ns)
     int threads_seen = 0, threads_owned = 0;
     thread_roots(&w, objects, n_obj, &threads_seen, &threads_owned);
 
+    phase = "naming causes from tracking";
+    int named = name_from_tracking(&w);
+
     phase = "writing the answer";
     /* the totals */
     int64_t lib_bytes = 0, lib_blocks = 0, app_bytes = 0, app_blocks = 0, rest_bytes = 0, rest_blocks = 0, in_use = 0;
@@ -980,11 +1173,26 @@ static void child_walk(int fd, uint64_t fork_ns)
             (unsigned long long)(fork_ns / 1000), (unsigned long long)((now_ns() - t0) / 1000000), w.n,
             (unsigned long long)w.heap_bytes, (long long)in_use, (unsigned long long)w.free_bytes,
             (unsigned long long)w.tcache_chunks, w.arenas, w.heaps, w.mmapped, w.bad_regions, n_ctx, n_ssl,
-            learned.ctx_chunk, learned.ssl_chunk);
+            first_usable()->ctx_chunk, first_usable()->ssl_chunk);
+    /* which OpenSSL each object is from: "shared" (libssl) or the object holding a static copy */
+    for (int c = 0; c < n_apis; c++) {
+        if (!apis[c].usable) {
+            out_put(&o, "skipped %s: %s\n", apis[c].path[0] ? apis[c].path : "shared",
+                    apis[c].problem ? apis[c].problem : "?");
+            continue;
+        }
+        size_t objs = 0;
+        for (size_t k = 0; k < n_obj; k++) objs += objects[k].ok && objects[k].copy == c;
+        out_put(&o, "C index=%d objects=%zu ctx_chunk=%zu ssl_chunk=%zu path=%s\n", c, objs, apis[c].ctx_chunk,
+                apis[c].ssl_chunk, apis[c].path[0] ? apis[c].path : "shared");
+    }
     for (size_t k = 0; k < n_obj; k++)
         if (objects[k].ok) guarded(put_object, &w, objects, k, &o);
-    out_put(&o, "stat threads %d\nstat threads_of_a_connection %d\nstat faults %d\n", threads_seen, threads_owned,
-            faults);
+    for (int c = 0; c < n_unresolved; c++)
+        out_put(&o, "skipped %s: its SSL_CTX_new, SSL_new or method functions were not found in its symbols\n",
+                unresolved[c]);
+    out_put(&o, "stat threads %d\nstat threads_of_a_connection %d\nstat faults %d\nstat causes_from_tracking %d\n",
+            threads_seen, threads_owned, faults, named);
     out_put(&o, "P what=openssl_library bytes=%lld blocks=%lld\n", (long long)lib_bytes, (long long)lib_blocks);
     out_put(&o, "P what=application_data bytes=%lld blocks=%lld\n", (long long)app_bytes, (long long)app_blocks);
     out_put(&o, "P what=unreached bytes=%lld blocks=%lld\n", (long long)rest_bytes, (long long)rest_blocks);
@@ -1028,7 +1236,8 @@ char *heapwalk_run(int timeout_ms)
     pthread_mutex_lock(&walk_lock);
     char why[512];
     const char *problem = allocator_problem(why, sizeof why);
-    if (!problem && !resolve_api()) problem = "no libssl is loaded in this process";
+    if (!problem && !resolve_api())
+        problem = "no libssl is loaded in this process, and no statically linked OpenSSL with symbols";
     if (!problem) problem = learn();
     if (problem) {
         pthread_mutex_unlock(&walk_lock);

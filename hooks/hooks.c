@@ -280,14 +280,16 @@ static void decide_malloc_measure(void)
 {
     void *libc = dlopen("libc.so.6", RTLD_NOLOAD | RTLD_LAZY);
     void *libc_malloc = libc ? dlsym(libc, "malloc") : NULL;
-    void *process_malloc = dlsym(RTLD_DEFAULT, "malloc");
+    /* the first definition in load order, not dlsym(RTLD_DEFAULT): a non-PIE executable that takes
+     * malloc's address (node, Debian's python3) makes its own PLT entry malloc's canonical address */
+    void *process_malloc = interpose_lookup("malloc");
     if (libc) dlclose(libc);
     if (!process_malloc || process_malloc == libc_malloc) {
         malloc_measure = MEASURE_GLIBC;
         return;
     }
     /* trust a usable-size call only from the object whose malloc the process uses */
-    void *usable = dlsym(RTLD_DEFAULT, "malloc_usable_size");
+    void *usable = interpose_lookup("malloc_usable_size");
     if (usable && definer_of(usable) == definer_of(process_malloc)) {
         usable_size_of = (size_t(*)(void *))usable;
         malloc_measure = MEASURE_USABLE;
@@ -312,6 +314,9 @@ static int decide_crypto_measure(void)
         __atomic_store_n(&real_CRYPTO_get_mem_functions, get, __ATOMIC_RELEASE);
     }
     int m = malloc_measure;
+    /* only the hooked libcrypto's own setting counts: node exports its static copy's getter too,
+     * whose default CRYPTO_malloc is no hooked one (and whose blocks these hooks never see) */
+    if (get && (!real_CRYPTO_malloc || definer_of((void *)get) != definer_of((void *)real_CRYPTO_malloc))) get = NULL;
     if (get) {
         void *mf = NULL, *rf = NULL, *ff = NULL;
         get(&mf, &rf, &ff);

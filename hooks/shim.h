@@ -107,6 +107,7 @@ static inline uint16_t block_site(const struct block *b) { return b->site & BLOC
 int blocks_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, struct block *replaced);
 int blocks_remove(uintptr_t ptr, struct block *out);
 int blocks_mark_object(uintptr_t ptr);
+int blocks_peek_unlocked(uintptr_t ptr, struct block *out); /* the walk child only */
 void blocks_reset(void);
 size_t blocks_memory(void);
 size_t blocks_count(void);
@@ -178,6 +179,8 @@ void hooks_resolve_helpers(void);
 void static_copies_scan(int at_start);
 int static_copies_count(void);
 void static_copy_describe(int i, const char **kind, const char **status, const char **path);
+int static_copy_resolve(int i, const char *const *names, int n, void **out);
+int static_copy_is_static(int i);
 int tlsprof_preloaded(void); /* started by the preload constructor, before main() */
 
 /* ---- pytrace.c: --tracemalloc ---- */

@@ -55,14 +55,17 @@ static int uninteresting(const char *path)
     return 0;
 }
 
-/* The address of a defined function `name` in the ELF file at path (in .dynsym when exported_only,
- * else in .symtab), relocated by base; 0 if absent. Reads the file: .symtab is not mapped. */
-static uintptr_t file_defines(const char *path, uintptr_t base, const char *name, int exported_only)
+/* The addresses of the defined functions `names[k]` in the ELF file at path (in .dynsym when
+ * exported_only, else in .symtab), relocated by base, into out[k] (left alone when absent). One read
+ * of the file for every name: .symtab is not mapped, and node's executable is ~100 MB. Returns how
+ * many were found. */
+static int file_resolve(const char *path, uintptr_t base, const char *const *names, int n, uintptr_t *out,
+                        int exported_only)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0;
     struct stat st;
-    uintptr_t found = 0;
+    int found = 0;
     if (fstat(fd, &st) != 0 || st.st_size < (off_t)sizeof(ElfW(Ehdr))) {
         close(fd);
         return 0;
@@ -76,19 +79,24 @@ static uintptr_t file_defines(const char *path, uintptr_t base, const char *name
         eh->e_shoff == 0 || eh->e_shoff + (size_t)eh->e_shnum * sizeof(ElfW(Shdr)) > size)
         goto out;
     const ElfW(Shdr) *sh = (const ElfW(Shdr) *)(m + eh->e_shoff);
-    for (int i = 0; i < eh->e_shnum && !found; i++) {
+    for (int i = 0; i < eh->e_shnum; i++) {
         unsigned want = exported_only ? SHT_DYNSYM : SHT_SYMTAB;
         if (sh[i].sh_type != want || sh[i].sh_link >= eh->e_shnum) continue;
         const ElfW(Shdr) *strs = &sh[sh[i].sh_link];
         if (sh[i].sh_offset + sh[i].sh_size > size || strs->sh_offset + strs->sh_size > size) continue;
         const ElfW(Sym) *syms = (const ElfW(Sym) *)(m + sh[i].sh_offset);
-        const char *names = (const char *)(m + strs->sh_offset);
+        const char *strtab = (const char *)(m + strs->sh_offset);
         size_t count = sh[i].sh_size / sizeof(ElfW(Sym));
         for (size_t k = 0; k < count; k++) {
             if (syms[k].st_name >= strs->sh_size || syms[k].st_shndx == SHN_UNDEF || !syms[k].st_value) continue;
-            if (ELF64_ST_TYPE(syms[k].st_info) != STT_FUNC) continue;
-            if (strncmp(names + syms[k].st_name, name, strs->sh_size - syms[k].st_name) == 0) {
-                found = base + syms[k].st_value;
+            int type = ELF64_ST_TYPE(syms[k].st_info);
+            if (type != STT_FUNC && type != STT_GNU_IFUNC) continue;
+            const char *sym = strtab + syms[k].st_name;
+            size_t left = strs->sh_size - syms[k].st_name;
+            for (int j = 0; j < n; j++) {
+                if (out[j] || sym[0] != names[j][0] || strncmp(sym, names[j], left) != 0) continue;
+                out[j] = base + syms[k].st_value;
+                found++;
                 break;
             }
         }
@@ -96,6 +104,13 @@ static uintptr_t file_defines(const char *path, uintptr_t base, const char *name
 out:
     munmap((void *)m, size);
     return found;
+}
+
+static uintptr_t file_defines(const char *path, uintptr_t base, const char *name, int exported_only)
+{
+    uintptr_t a = 0;
+    file_resolve(path, base, &name, 1, &a, exported_only);
+    return a;
 }
 
 struct candidate {
@@ -214,3 +229,23 @@ void static_copy_describe(int i, const char **kind, const char **status, const c
     *status = status_names[copies[i].status];
     *path = copies[i].path;
 }
+
+/* The functions `names` of copy i, from its .dynsym first (node exports its copy's API), then its
+ * .symtab for what is missing (pip's cryptography keeps every symbol local). The heap walk uses this
+ * to call a static copy's own getters and probe (docs/openssl-copies.md). Returns how many were
+ * found; out[k] is NULL for a name not found. */
+int static_copy_resolve(int i, const char *const *names, int n, void **out)
+{
+    if (i < 0 || i >= static_copies_count()) return 0;
+    uintptr_t *found = calloc((size_t)n, sizeof *found);
+    if (!found) return 0;
+    const struct copy *c = &copies[i];
+    int got = c->kind != COPY_SYMTAB ? file_resolve(c->path, c->base, names, n, found, 1) : 0;
+    if (got < n) got += file_resolve(c->path, c->base, names, n, found, 0);
+    for (int k = 0; k < n; k++) out[k] = (void *)found[k];
+    free(found);
+    return got;
+}
+
+/* Which copies the walk may use: a statically linked one (a -Bsymbolic libcrypto is no libssl). */
+int static_copy_is_static(int i) { return i >= 0 && i < static_copies_count() && copies[i].kind != COPY_SYMBOLIC; }

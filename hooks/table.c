@@ -492,3 +492,38 @@ void blocks_reinit_locks(void)
     for (int k = 0; k < N_SHARDS; k++) __atomic_store_n(&pshards[k].lock, 0, __ATOMIC_RELEASE);
     for (int k = 0; k < WIDE_N_SHARDS; k++) __atomic_store_n(&wshards[k].lock, 0, __ATOMIC_RELEASE);
 }
+
+/* The heap walk's child only (hooks/heapwalk.c): the table as it was at the fork, read without the
+ * shard's lock (the child has no other thread; a shard caught mid-change at worst misleads one
+ * lookup, under the walk's fault guard). Bounded probe. 1 and *out when ptr is tracked. */
+int blocks_peek_unlocked(uintptr_t ptr, struct block *out)
+{
+    if (!(ptr & 15) && ptr < P_USER_LIMIT) {
+        unsigned k = shard_of(ptr);
+        const struct pshard *s = &pshards[k];
+        size_t cap = s->cap;
+        if (cap && s->slots) {
+            uint64_t want = (uint64_t)ptr >> 10;
+            size_t i = p_home(want, cap);
+            for (size_t n = 0; n < cap && p_used(&s->slots[i]); n++, i = i + 1 == cap ? 0 : i + 1) {
+                if (p_high(&s->slots[i]) == want) {
+                    *out = p_decode(&s->slots[i], k);
+                    return 1;
+                }
+            }
+        }
+    }
+    if (!__atomic_load_n(&wide_count, __ATOMIC_RELAXED)) return 0;
+    uint64_t h = hash_ptr(ptr);
+    const struct wshard *w = &wshards[h >> 61];
+    size_t cap = w->cap;
+    if (!cap || !w->slots || (cap & (cap - 1))) return 0;
+    size_t mask = cap - 1, i = h & mask;
+    for (size_t n = 0; n < cap && w->slots[i].key; n++, i = (i + 1) & mask) {
+        if ((w->slots[i].key & ~BLOCK_F_OBJECT) == ptr) {
+            *out = w->slots[i];
+            return 1;
+        }
+    }
+    return 0;
+}

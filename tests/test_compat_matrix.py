@@ -11,9 +11,9 @@ growth of the server's processes in the same run (`servers.hold_measured`).
 A third test checks where the connections are: in the process the report is about, or, for a tree,
 in the per-process sections, pid by pid as the kernel says.
 
-Known gaps are marked where they are: node links OpenSSL statically and its connections cannot be
-told apart (issue 15). stunnel installs its own OpenSSL allocator: its bytes are the sizes OpenSSL
-asked for (`tracker.byte_measure`: requested).
+Known gaps are marked where they are. node links OpenSSL statically: its connections are found by
+the heap walk at tlsprof's last look (docs/openssl-copies.md). stunnel installs its own OpenSSL
+allocator: its bytes are the sizes OpenSSL asked for (`tracker.byte_measure`: requested).
 """
 import pytest
 
@@ -25,9 +25,7 @@ KiB = 1024
 TOLERANCE = 0.05
 
 # xfail marks by server: (reason, strict). Non-strict where other work will make the test pass.
-COUNT_GAPS = {
-    "node": ("issue 15: node's static OpenSSL is tracked process-wide; tlsprof reports 0 connections", True),
-}
+COUNT_GAPS = {}
 PROCESS_GAPS = {}
 BYTES_GAPS = dict(COUNT_GAPS)
 

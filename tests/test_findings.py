@@ -63,7 +63,8 @@ def test_context_per_connection_trips_with_numbers_and_fix():
     validate_report(report)
     [f] = only(compute_findings(report))
     assert f["bytes_per_connection"] == CA_STORE
-    assert f["saving_bytes"] == 5 * CA_STORE
+    assert f["saving_bytes"] == 5 * (CA_STORE + 4 * KiB)  # the other contexts, whole
+    assert f["evidence"]["ca_store_saving_bytes"] == 5 * CA_STORE
     assert f["evidence"]["contexts"] == 6 and f["evidence"]["connections"] == 6
     assert "6 live contexts" in f["detail"] and "837.0 KiB" in f["detail"]
     for api in ("ssl.create_default_context()", "OpenSSL.SSL.Context", "SSL_CTX", "SSL_new(ctx)"):
@@ -75,7 +76,7 @@ def test_context_per_connection_trips_with_numbers_and_fix():
 def test_two_connections_per_context_still_trips():
     [f] = only(compute_findings(report_with([(CA_STORE, 2)] * 4)))
     assert f["bytes_per_connection"] == pytest.approx(CA_STORE / 2)
-    assert f["saving_bytes"] == 3 * CA_STORE
+    assert f["saving_bytes"] == 3 * (CA_STORE + 4 * KiB)
 
 
 def test_many_contexts_is_critical_few_is_warning():

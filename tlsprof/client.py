@@ -190,6 +190,8 @@ def _parse_snapshot(text: str) -> Snapshot:
                                   scope=scopes.get(f[2], "none"),
                                   bytes=int(f[4]), requested=int(f[5]), blocks=int(f[6]),
                                   library=None if f[7] == "-" else f[7], id=int(f[0])))
+            elif tag == "skipped":
+                walk.skipped.append(rest.strip())
             elif tag == "C":
                 kind, status, path = rest.split(" ", 2)
                 copies.append({"path": path, "kind": kind, "tracking": status})
@@ -294,6 +296,8 @@ class WalkedObject:
     state: str = None
     fd: int = None
     peer: str = None
+    copy: int = 0             # index in Walk.copies: which OpenSSL of the process it belongs to
+    app_ctx_ptr: int = None   # the context the application holds for it, when not ctx_ptr (node's SNI)
 
 
 @dataclass
@@ -303,6 +307,8 @@ class Walk:
     stats: dict = field(default_factory=dict)
     objects: list = field(default_factory=list)
     process: dict = field(default_factory=dict)  # what -> (bytes, blocks)
+    copies: dict = field(default_factory=dict)   # index -> path of the object holding it ("shared": libssl)
+    skipped: list = field(default_factory=list)  # "<path>: <why>" for each OpenSSL copy the walk could not read
 
     @property
     def ok(self):
@@ -331,6 +337,11 @@ def parse_walk(text: str) -> Walk:
             elif tag == "stat":
                 k, v = rest.split()
                 walk.stats[k] = int(v)
+            elif tag == "skipped":
+                walk.skipped.append(rest.strip())
+            elif tag == "C":
+                kv = dict(item.partition("=")[::2] for item in rest.split(" ") if "=" in item)
+                walk.copies[int(kv["index"])] = rest.split(" path=", 1)[1] if " path=" in rest else "shared"
             elif tag in ("X", "P"):
                 kv = dict(item.partition("=")[::2] for item in rest.split(" ") if "=" in item)
                 if tag == "P":
@@ -345,7 +356,9 @@ def parse_walk(text: str) -> Walk:
                     kind=_WALK_KINDS.get(kv.get("kind"), "other"), ptr=int(kv["ptr"], 16),
                     bytes=int(kv["bytes"]), blocks=int(kv["blocks"]), by_cause=by_cause,
                     ctx_ptr=int(kv["ctx"], 16) if kv.get("ctx") else None, state=kv.get("state"),
-                    fd=int(kv["fd"]) if kv.get("fd") else None, peer=kv.get("peer")))
+                    fd=int(kv["fd"]) if kv.get("fd") else None, peer=kv.get("peer"),
+                    copy=int(kv.get("copy") or 0),
+                    app_ctx_ptr=int(kv["app_ctx"], 16) if kv.get("app_ctx") else None))
     except (ValueError, KeyError, IndexError) as exc:
         raise ChannelError(f"unreadable heap walk line: {exc}") from None
     return walk

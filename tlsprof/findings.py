@@ -136,14 +136,19 @@ def ca_store_per_connection(report: dict):
     total = sum(stores)
     mean_store = total / len(heavy)
     per_connection = total / connections
-    saving = total - max(stores)
+    # one shared context means the others are never built: their whole bytes are saved, of which
+    # the CA stores are most (node's per-connection SecureContext: 0.84 of 0.98 MB)
+    whole = [max(ctx.get("live_bytes", 0) or 0, store) for ctx, store in zip(heavy, stores)]
+    saving = sum(whole) - max(whole)
+    ca_saving = total - max(stores)
     many = len(heavy) >= 10 or saving >= 8 * MiB
     where = place(heavy)
     detail, fix = _placed(
         f"{len(heavy)} live contexts each hold their own CA store "
         f"({human(mean_store)} each on average) and serve {per_context:.1f} connections each "
         f"({connections} in all): the CA store costs {human(per_connection)} per connection. "
-        f"Sharing one context would save {human(saving)}.", CA_STORE_FIX, where, CA_STORE_FIX_BY_API)
+        f"Sharing one context would save {human(saving)} ({human(ca_saving)} of it CA stores).",
+        CA_STORE_FIX, where, CA_STORE_FIX_BY_API)
     return {
         "id": "ca-store-per-connection",
         "severity": "critical" if many else "warning",
@@ -158,6 +163,7 @@ def ca_store_per_connection(report: dict):
             "connections": connections,
             "ca_store_bytes_mean": mean_store,
             "ca_store_bytes_total": total,
+            "ca_store_saving_bytes": ca_saving,
             "context_ids": [ctx.get("id") for ctx in heavy[:20]],
         },
     }

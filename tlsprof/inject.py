@@ -61,7 +61,9 @@ in-gdb timer ends the wait long before the hard deadline so this is only a last 
 from __future__ import annotations
 
 import json
+import mmap
 import os
+import re
 import shutil
 import signal
 import socket
@@ -335,14 +337,14 @@ def preflight(pid: int, shim_path: str | None = None, channel_dir: str | None = 
     for path, how in info.static_openssl:
         info.warnings.append(_static_sentence(path, how))
 
-    if not (info.libssl or info.libcrypto):
-        msg = f"pid {pid} ({info.comm}) has no libssl/libcrypto loaded"
-        if info.static_openssl:
-            path, how = info.static_openssl[0]
-            msg += "; " + _static_sentence(path, how)
-        else:
-            msg += ": it does not use a shared OpenSSL (yet)"
-        raise NoOpenSSL(msg)
+    if not (info.libssl or info.libcrypto or info.static_openssl):
+        stripped = _stripped_openssl(pid, maps)
+        if stripped:
+            raise NoOpenSSL(f"pid {pid} ({info.comm}): {stripped} links OpenSSL statically without symbols "
+                            f"(no SSL_new in .dynsym or .symtab): its contexts and connections cannot be "
+                            f"found, and after an attach none of its memory is seen")
+        raise NoOpenSSL(f"pid {pid} ({info.comm}) has no libssl/libcrypto loaded: it does not use a shared "
+                        f"OpenSSL (yet)")
 
     if shim_path is None:
         try:
@@ -360,8 +362,32 @@ def preflight(pid: int, shim_path: str | None = None, channel_dir: str | None = 
 
 def _static_sentence(path: str, how: str) -> str:
     where = "exports" if how == "exports" else "has as a local .symtab symbol"
-    return (f"{path} {where} CRYPTO_malloc: a statically linked OpenSSL copy whose internal "
-            f"calls tlsprof's hooks cannot see")
+    return (f"{path} {where} CRYPTO_malloc: a statically linked OpenSSL copy; its contexts and "
+            f"connections are measured by the heap walk (what it allocates after the attach is not tracked)")
+
+
+_OPENSSL_VERSION_TEXT = re.compile(rb"OpenSSL \d+\.\d+\.\d+[a-z]?(?:-[a-z]+)? +\d+ [A-Z][a-z]{2} \d{4}")
+
+
+def _stripped_openssl(pid: int, maps: list) -> str | None:
+    """The first mapped object that carries OpenSSL's version text but no symbol of it: a copy
+    linked statically and stripped (tests/test_static_openssl.py builds one)."""
+    seen = set()
+    for perms, path in maps:
+        if path in seen or "x" not in perms or not path.startswith("/"):
+            continue
+        seen.add(path)
+        if os.path.basename(path).startswith(("libc.so", "ld-linux", "libm.so", "libpthread", "_shim")):
+            continue
+        real = f"/proc/{pid}/root{path}"
+        try:
+            with open(real if os.path.exists(real) else path, "rb") as f, \
+                    mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                if _OPENSSL_VERSION_TEXT.search(m):
+                    return path
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 # The calls a blocked thread is most often in, when the kernel headers are not installed.

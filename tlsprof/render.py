@@ -246,6 +246,9 @@ def _render_copies(out, copies: list) -> None:
     for c in copies:
         line = (f"- {os.path.basename(c['path'])} ({c['kind']}): {how.get(c['tracking'], c['tracking'])}, "
                 f"{human_bytes(c.get('live_bytes', 0))} live")
+        if c.get("ownership") == "heap walk":
+            line += (f"; {c.get('connections', 0)} connections, each with its bytes: ownership from the heap "
+                     f"walk (measured: walked)")
         est = c.get("estimated_bytes_per_connection")
         if est:
             line += (f"; {c.get('connections')} connections (Python objects), "

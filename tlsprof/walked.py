@@ -10,6 +10,11 @@ Under `attach`, the walk's objects join the report (`merge_attach`): the headlin
 table, findings and savings are computed over both kinds of bytes. Under `run --walk` every byte is
 tracked already; the walk is kept beside it per entry (`walked`) so that the two can be compared for
 the same connection (`annotate_run`).
+
+A statically linked OpenSSL (node's, pip's cryptography) under `run` is tracked through its memory
+functions, process-wide: nothing sees its entry points, so no byte has an owner. There the walk at
+the last look gives the ownership (`merge_static_run`): its contexts and connections join the report
+as walked entries, the totals and call sites stay the tracked ones (the walked bytes are among them).
 """
 from tlsprof import linkage
 from tlsprof.causes import CAUSES
@@ -35,11 +40,13 @@ def walk_summary(walk) -> dict:
     s = walk.stats
     for key in ("pause_us", "walk_ms_total", "heap_bytes", "in_use_bytes", "chunks", "arenas", "thread_heaps",
                 "mmapped_chunks", "tcache_chunks", "bad_regions", "contexts", "connections", "faults", "threads",
-                "threads_of_a_connection"):
+                "threads_of_a_connection", "causes_from_tracking"):
         if key in s:
             out[key] = s[key]
     if "pause_us" not in s and "fork_us" in s:
         out["pause_us"] = s["fork_us"]
+    if getattr(walk, "skipped", None):
+        out["skipped_copies"] = list(walk.skipped)
     for what, (b, n) in walk.process.items():
         out[f"{what}_bytes"] = b
         out[f"{what}_blocks"] = n
@@ -55,9 +62,10 @@ def walk_sentence(walk) -> str:
                 f"tracking since the attach sees")
     s = walk.stats
     pause = s.get("pause_us", s.get("fork_us", 0)) / 1000
+    skipped = "".join(f"; not walked: {why}" for why in getattr(walk, "skipped", []))
     return (f"heap walk: {s.get('contexts', 0)} contexts and {s.get('connections', 0)} connections found in "
             f"{s.get('heap_bytes', 0) / 2**20:.0f} MiB of heap; target paused {pause:.1f} ms, walk took "
-            f"{s.get('walk_ms_total', 0)} ms in a child process")
+            f"{s.get('walk_ms_total', 0)} ms in a child process{skipped}")
 
 
 def _tracked_by_ptr(snap) -> dict:
@@ -74,6 +82,11 @@ def _mark_tracked(entry):
     entry.setdefault("walked_bytes", 0)
 
 
+def static_objects(walk) -> list:
+    """The walked objects of statically linked copies (not the shared libssl's)."""
+    return [o for o in walk.objects if walk.copies.get(o.copy, "shared") != "shared"]
+
+
 def merge_attach(report: dict, walk, snap) -> dict:
     """Add the walk's pre-attach contexts and connections to an attach report (in place)."""
     report["walk"] = walk_summary(walk)
@@ -83,6 +96,64 @@ def merge_attach(report: dict, walk, snap) -> dict:
     if walk is None or not walk.ok:
         notes.append(walk_sentence(walk))
         return report
+    added, merged_ptrs = _add_walked_entries(report, walk.objects, snap, BEFORE_ATTACH, predates_attach=True)
+    _recompute(report, walk, added, merged_ptrs)
+    notes[:] = [n for n in notes if not n.startswith("objects marked predates_attach")]
+    notes[:] = [n for n in notes if not n.startswith("statically linked OpenSSL in ")]
+    notes.append(walk_sentence(walk))
+    for path in sorted({walk.copies[o.copy] for o in static_objects(walk)}):
+        notes.append(f"statically linked OpenSSL in {path}: its contexts and connections were found and "
+                     f"measured by the heap walk; what it allocated after the attach is not tracked "
+                     f"(its memory functions cannot be replaced once it has allocated)")
+        _mark_copy_walked(report, path, walk)
+    notes.append("connections and contexts that predate the attach carry the bytes the heap walk found "
+                 "(`measured`: walked; `walked+tracked` when they also allocated since); their age is "
+                 "unknown (`age`: before attach)")
+    _join_python(report, getattr(snap, "python", None))
+    report["findings"] = compute_findings(report)
+    return report
+
+
+WALKED_AT_LAST_LOOK = "found by the heap walk"
+
+
+def merge_static_run(report: dict, walk, snap) -> dict:
+    """`run` of a process whose OpenSSL is a static copy with unhooked entry points: the walk at the
+    last look says which context or connection holds which bytes (in place)."""
+    report["walk"] = walk_summary(walk)
+    notes = report.setdefault("notes", [])
+    if walk is None or not walk.ok:
+        notes.append(walk_sentence(walk) + "; the static copy's bytes stay process-wide")
+        return report
+    objects = static_objects(walk)
+    added, merged_ptrs = _add_walked_entries(report, objects, snap, WALKED_AT_LAST_LOOK, predates_attach=False)
+    _recompute(report, walk, added, merged_ptrs, in_totals=True)
+    paths = sorted({walk.copies[o.copy] for o in objects})
+    notes[:] = [n for n in notes if not any(n.startswith(f"statically linked OpenSSL in {p}:") for p in paths)]
+    notes.append(walk_sentence(walk))
+    for path in paths:
+        notes.append(f"statically linked OpenSSL in {path}: its entry points are not hooked, so which context "
+                     f"or connection holds each byte came from the heap walk at the last look (`measured`: "
+                     f"walked; causes from the tracked call sites where the walk names none); totals and call "
+                     f"sites are its tracked bytes; the live view and periodic snapshots stay process-wide")
+        _mark_copy_walked(report, path, walk)
+    _join_python(report, getattr(snap, "python", None))
+    report["findings"] = compute_findings(report)
+    return report
+
+
+def _mark_copy_walked(report, path, walk):
+    for copy in report.get("openssl_copies") or []:
+        if copy.get("path") == path:
+            copy["ownership"] = "heap walk"
+            copy["per_connection"] = True
+            copy["connections"] = sum(1 for o in walk.objects if o.kind == "connection"
+                                      and walk.copies.get(o.copy) == path)
+
+
+def _add_walked_entries(report, objects, snap, age_label, predates_attach):
+    """The walked contexts and connections as report entries (joined to a tracked entry of the
+    same pointer when one predates the attach). -> (bytes added, pointers merged)."""
     tracked = _tracked_by_ptr(snap)
     serial_of = {o.ptr: o.serial for o in snap.owners if o.kind == "context" and o.alive}
     entries = _entry_ids(report)
@@ -94,7 +165,7 @@ def merge_attach(report: dict, walk, snap) -> dict:
         return entries.get(f"{prefix}{owner.serial}")
 
     # contexts first: connections name them
-    for obj in (o for o in walk.objects if o.kind == "context"):
+    for obj in (o for o in objects if o.kind == "context"):
         owner = tracked.get(("context", obj.ptr))
         if owner is not None and not owner.pre_attach:
             continue  # the pointer was freed and reused since the walk: the walked object is gone
@@ -102,46 +173,43 @@ def merge_attach(report: dict, walk, snap) -> dict:
         if entry is None:
             entry = {"id": f"ctx-w{obj.ptr:x}", "connections": 0, "live_bytes": 0, "live_blocks": 0,
                      "by_cause": {}, "ca_store_bytes": 0, "alive": True, "since_attach": False,
-                     "predates_attach": True, "release_buffers": None, "age_s": None, "age": BEFORE_ATTACH,
-                     "tracked_bytes": 0}
+                     "predates_attach": predates_attach, "release_buffers": None, "age_s": None,
+                     "age": age_label, "tracked_bytes": 0}
             report["contexts"].append(entry)
         else:
-            entry["age_s"], entry["age"] = None, BEFORE_ATTACH
+            entry["age_s"], entry["age"] = None, age_label
         _add_walked(entry, obj)
         entry["ca_store_bytes"] = entry["by_cause"].get("ca_store", 0)
         ctx_entry_of_ptr[obj.ptr] = entry
         merged_ptrs.add(obj.ptr)
         added += obj.bytes
-    for obj in (o for o in walk.objects if o.kind == "connection"):
+    for obj in (o for o in objects if o.kind == "connection"):
         owner = tracked.get(("connection", obj.ptr))
         if owner is not None and not owner.pre_attach:
             continue
         entry = entry_for(owner, "conn-") if owner is not None else None
         if entry is None:
-            ctx = ctx_entry_of_ptr.get(obj.ctx_ptr)
-            if ctx is None and obj.ctx_ptr in serial_of:
-                ctx = entries.get(f"ctx-{serial_of[obj.ctx_ptr]}")
+            # the context the application holds for the connection when it is not the SSL's own
+            # (node copies an SNI SecureContext's certificate into the SSL and keeps the context)
+            ctx_ptr = obj.app_ctx_ptr if obj.app_ctx_ptr in ctx_entry_of_ptr else obj.ctx_ptr
+            ctx = ctx_entry_of_ptr.get(ctx_ptr)
+            if ctx is None and ctx_ptr in serial_of:
+                ctx = entries.get(f"ctx-{serial_of[ctx_ptr]}")
             entry = {"id": f"conn-w{obj.ptr:x}", "context": ctx["id"] if ctx else None, "fd": obj.fd,
                      "peer": obj.peer, "state": obj.state if obj.state in ("handshake", "established")
-                     else "established", "age_s": None, "age": BEFORE_ATTACH, "idle_s": None,
+                     else "established", "age_s": None, "age": age_label, "idle_s": None,
                      "live_bytes": 0, "live_blocks": 0, "context_share_bytes": 0, "by_cause": {},
-                     "since_attach": False, "predates_attach": True, "alive": True, "fd_open": None,
-                     "fd_inode": None, "tracked_bytes": 0}
+                     "since_attach": False, "predates_attach": predates_attach, "alive": True,
+                     "fd_open": None, "fd_inode": None, "tracked_bytes": 0}
+            if ctx_ptr != obj.ctx_ptr:
+                entry["context_held_by"] = "application"
             report["connections"].append(entry)
         else:
-            entry["age_s"], entry["age"] = None, BEFORE_ATTACH
+            entry["age_s"], entry["age"] = None, age_label
         _add_walked(entry, obj)
         merged_ptrs.add(obj.ptr)
         added += obj.bytes
-    _recompute(report, walk, added, merged_ptrs)
-    notes[:] = [n for n in notes if not n.startswith("objects marked predates_attach")]
-    notes.append(walk_sentence(walk))
-    notes.append("connections and contexts that predate the attach carry the bytes the heap walk found "
-                 "(`measured`: walked; `walked+tracked` when they also allocated since); their age is "
-                 "unknown (`age`: before attach)")
-    _join_python(report, getattr(snap, "python", None))
-    report["findings"] = compute_findings(report)
-    return report
+    return added, merged_ptrs
 
 
 def _join_python(report: dict, agent) -> None:
@@ -184,9 +252,10 @@ def _add_walked(entry: dict, obj) -> None:
     entry["ptr"] = f"0x{obj.ptr:x}"
 
 
-def _recompute(report: dict, walk, added: int, merged_ptrs: set) -> None:
+def _recompute(report: dict, walk, added: int, merged_ptrs: set, in_totals: bool = False) -> None:
     """Connection counts per context, context shares, the per-connection headline, totals, the
-    process part and the attach summary, over tracked and walked entries alike."""
+    process part and the attach summary, over tracked and walked entries alike. `in_totals`: the
+    walked bytes are among the tracked totals already (a static copy under `run`)."""
     contexts = {c["id"]: c for c in report["contexts"]}
     conns = [c for c in report["connections"] if c.get("alive", True)]
     counts = {}
@@ -222,6 +291,8 @@ def _recompute(report: dict, walk, added: int, merged_ptrs: set) -> None:
         per["total_bytes"] = per["bytes"] + per["python_bytes"]
     report["connections"].sort(key=lambda c: -c["live_bytes"])
     report["contexts"].sort(key=lambda c: -c["live_bytes"])
+    if in_totals:
+        return
 
     library = walk.process.get("openssl_library", (0, 0))
     totals = report["totals"]

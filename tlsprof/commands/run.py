@@ -109,7 +109,9 @@ def _run(args, cmd, stops: StopSignals) -> int:
                 from tlsprof.live import run_live
                 returncode = run_live(session, proc, args)
             else:
-                last_look = (lambda: _walk_last_look(session)) if getattr(args, "walk", False) else None
+                # --walk, or a static OpenSSL whose entry points nothing hooks: its connections are
+                # found by the walk at the last look (docs/openssl-copies.md)
+                last_look = lambda: _walk_last_look(session, asked=getattr(args, "walk", False))
                 returncode = _collect(proc, session, args.interval, stops,
                                       on_stop=lambda: _write_early(session, args, cmd, proc, stops),
                                       on_last_look=last_look)
@@ -126,9 +128,18 @@ def _run(args, cmd, stops: StopSignals) -> int:
             names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.taken))
             notes.append(f"tlsprof passed {names} on to the target, which then exited "
                          f"({_describe_status(returncode)}); no snapshot was taken after the signal")
+        notes += getattr(session, "stripped_notes", [])
         report = session.report(at=args.at, partial=partial, notes=notes)
         if report is not None and getattr(args, "walk", False):
             _annotate_walk(report, session)
+        if report is not None and getattr(session, "walk_static", False):
+            _merge_static_walk(report, session)
+        elif report is not None and session.last is not None and any(
+                static_unhooked(snap) for snap in session.last.snaps.values()):
+            report.setdefault("notes", []).append(
+                "no heap walk: the target stopped before tlsprof's last look (a terminal's Ctrl-C reaches it "
+                "at once), so its static OpenSSL's bytes stay process-wide; stop with SIGTERM to tlsprof "
+                "for per-connection figures")
         if report is None:
             why = (f"{cmd[0]} exited after {time.time() - session.started:.1f}s before its first snapshot "
                    f"(or never loaded the shim)")
@@ -157,6 +168,8 @@ def _write_early(session: Session, args, cmd, proc, stops: StopSignals):
         report = session.report(at=args.at, partial=True, notes=[note])
         if report is None:
             report = empty_report(proc.pid, cmd, "run", [note, "no snapshot was taken before the signal"])
+        elif getattr(session, "walk_static", False):
+            _merge_static_walk(report, session)
         report_io.save_report(report, args.output)
     except TlsprofError:
         pass  # the final write says what is wrong with the file
@@ -232,7 +245,14 @@ def announce_copies(session: Session, file=sys.stderr):
 
     def on_snapshot(snap):
         from tlsprof.model import openssl_copies
-        for copy in openssl_copies(snap):
+        copies = openssl_copies(snap)
+        if not copies and snap.pid not in seen:
+            seen.add(snap.pid)
+            note = stripped_copy_note(snap.pid)
+            if note:
+                session.stripped_notes = getattr(session, "stripped_notes", []) + [note]
+                tell(f"tlsprof: {note}", file=file)
+        for copy in copies:
             if copy["path"] not in seen:
                 seen.add(copy["path"])
                 how = HOW_TRACKED.get(copy["tracking"], copy["tracking"])
@@ -240,6 +260,20 @@ def announce_copies(session: Session, file=sys.stderr):
                     how = "linked -Bsymbolic: tracked through its own allocator, per connection"
                 tell(f"tlsprof: OpenSSL in {copy['path']} ({copy['kind']}): {how}", file=file)
     session.on_snapshot.append(on_snapshot)
+
+
+def stripped_copy_note(pid) -> str | None:
+    """One sentence when the process carries OpenSSL linked statically without any symbol: nothing
+    of it can be hooked, given an allocator, or walked (tests/test_static_openssl.py)."""
+    from tlsprof import inject
+    try:
+        path = inject._stripped_openssl(pid, inject._maps(pid))
+    except TlsprofError:
+        return None
+    if not path:
+        return None
+    return (f"OpenSSL in {path} (static, no symbols): linked statically and stripped (no SSL_new or "
+            f"CRYPTO_set_mem_functions in .dynsym or .symtab): none of its memory or connections is seen")
 
 
 def announce_version(session: Session, file=sys.stderr):
@@ -260,9 +294,17 @@ def announce_version(session: Session, file=sys.stderr):
 FIRST_SNAPSHOT_WAIT = 2.0
 
 
-def _walk_last_look(session: Session) -> None:
-    """`--walk`: the heap walk of the process holding most connections, with the snapshot it is
-    compared with."""
+def static_unhooked(snap) -> list:
+    """Statically linked OpenSSL copies whose allocations are tracked but whose entry points are
+    not hooked: their bytes have no owner until the heap walk gives them one."""
+    from tlsprof.model import openssl_copies
+    return [c for c in openssl_copies(snap) if c["kind"].startswith("static") and not c["per_connection"]
+            and c["tracking"] == "mem-functions"] if snap is not None else []
+
+
+def _walk_last_look(session: Session, asked: bool = True) -> None:
+    """The heap walk of the process holding most connections, with the snapshot it is compared
+    with: asked for (`--walk`), or because that process's OpenSSL is a static copy."""
     obs = session.last
     if obs is None:
         return
@@ -270,12 +312,25 @@ def _walk_last_look(session: Session) -> None:
     path = session.sockets().get(pid)
     if path is None:
         return
+    session.walk_static = bool(static_unhooked(obs.snaps.get(pid)))
+    if not (asked or session.walk_static):
+        return
     session.walk_snapshot = obs.snaps.get(pid)
     try:
         session.walk = client.walk(path)
     except Exception as exc:  # noqa: BLE001 - a walk that fails must never lose the report
         session.walk = client.Walk(status="failed", reason=str(exc))
     tell(f"tlsprof: {walked.walk_sentence(session.walk)}")
+
+
+def _merge_static_walk(report, session):
+    snap = getattr(session, "walk_snapshot", None)
+    if len(report.get("processes") or []) > 1:
+        report.setdefault("notes", []).append(
+            "the heap walk of a static OpenSSL copy is merged into single-process reports only")
+        return
+    if snap is not None:
+        walked.merge_static_run(report, getattr(session, "walk", None), snap)
 
 
 def _annotate_walk(report, session):

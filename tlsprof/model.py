@@ -89,7 +89,8 @@ def _attach_summary(conns) -> dict:
     return summary
 
 
-# the shim's `stat byte_measure` codes (hooks/shim.h enum byte_measure); docs/report-format.md
+# the byte measures this front end knows (docs/report-format.md); the shim names its `stat
+# byte_measure` codes in its vocab line (hooks/shim.h enum byte_measure)
 BYTE_MEASURES = ("glibc_footprint", "usable_size", "requested")
 
 
@@ -101,11 +102,12 @@ BYTE_MEASURE_NOTES = {
 }
 
 
-def _tracker(stats) -> dict:
+def _tracker(stats, measures=BYTE_MEASURES) -> dict:
     tracker = {k: stats[k] for k in ("tracker_bytes", "blocks", "slots_patched", "slots_foreign") if k in stats}
     code = stats.get("byte_measure")
     if code is not None:
-        tracker["byte_measure"] = BYTE_MEASURES[code] if 0 <= code < len(BYTE_MEASURES) else "unknown"
+        name = measures[code] if 0 <= code < len(measures) else "unknown"
+        tracker["byte_measure"] = name if name in BYTE_MEASURES else "unknown"
     return tracker
 
 
@@ -224,7 +226,7 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
     if dead_conns:
         all_notes.append(f"{len(dead_conns)} freed connections still own "
                          f"{sum(o.live_bytes for o in dead_conns)} bytes (counted under `process`)")
-    measure_note = BYTE_MEASURE_NOTES.get(_tracker(snap.stats).get("byte_measure"))
+    measure_note = BYTE_MEASURE_NOTES.get(_tracker(snap.stats, snap.vocab.get("measures", BYTE_MEASURES)).get("byte_measure"))
     if measure_note:
         all_notes.append(measure_note)
     if any(o.pre_attach for o in owners if o.kind != "process"):
@@ -258,7 +260,7 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
         "process": {"live_bytes": int(sum(process_cause.values())), "by_cause": _ordered(process_cause)},
         "peak": {"chosen": chosen, "snapshots": snapshots,
                  "live_bytes_at_peak": peak_live_bytes if peak_live_bytes is not None else snap.live_bytes},
-        "tracker": _tracker(snap.stats),
+        "tracker": _tracker(snap.stats, snap.vocab.get("measures", BYTE_MEASURES)),
         "history": list(history or []),
         "openssl_copies": copies,
         "notes": all_notes,

@@ -12,7 +12,7 @@ import pytest
 
 from tlsenv import ECHO_SERVER, Proc, start_clients
 from tlsprof.causes import CAUSES, PROCESS_WIDE
-from tlsprof.client import SCOPE_NAMES, parse_snapshot
+from tlsprof.client import FALLBACK_VOCAB, SCOPE_NAMES, parse_snapshot
 from tlsprof.schema import validate_report
 from tlsprof.shim import shim_path
 
@@ -92,7 +92,8 @@ def test_ca_store_finding_names_the_line_that_builds_the_context(ctx_per_conn_re
 
 
 def test_the_shim_states_the_vocabulary_the_front_end_reads(tmp_path):
-    """The snapshot's `vocab` lines are the shim's own enums; Python's lists must agree with them."""
+    """The snapshot's `vocab` line is the shim's own enums; Python's fallback copy (used only for a
+    list a shim does not state) must agree with every list a real shim states."""
     code = ("import os, socket, ssl, sys; ssl.create_default_context(); "
             "s = socket.socket(socket.AF_UNIX); s.connect(os.path.join(os.environ['TLSPROF_DIR'], "
             "f'{os.getpid()}.sock')); s.sendall(b'SNAPSHOT\\n'); d = b''\n"
@@ -103,9 +104,12 @@ def test_the_shim_states_the_vocabulary_the_front_end_reads(tmp_path):
     env = dict(os.environ, LD_PRELOAD=shim_path(), TLSPROF_DIR=channel)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=60, check=True).stdout
+    stated = dict(item.split("=", 1) for line in out.splitlines() if line.startswith("vocab ")
+                  for item in line.split(" ")[1:])
+    assert {what: tuple(names.split(",")) for what, names in stated.items()} == FALLBACK_VOCAB
     snap = parse_snapshot(out)
-    assert snap.vocab["causes"] == tuple(CAUSES)
-    assert snap.vocab["scopes"] == tuple(SCOPE_NAMES)
+    assert snap.vocab == FALLBACK_VOCAB
+    assert snap.vocab["causes"] == tuple(CAUSES) and snap.vocab["scopes"] == tuple(SCOPE_NAMES)
     assert any(o.by_cause.get("library") for o in snap.owners if o.kind == "process")
 
 

@@ -15,11 +15,8 @@ import time
 
 import pytest
 
-import os as _os
-import sys as _sys
 
-_sys.path.insert(0, _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "shim_harness"))
-from hardening_util import Tracked, echo_once, wait_for  # noqa: E402
+from shim_harness.hardening_util import Tracked, echo_once, wait_for
 from tlsprof import launch
 from tlsenv import start_echo_server
 

@@ -23,8 +23,7 @@ from tlsprof.client import ask, parse_snapshot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREFORK = os.path.join(HERE, "shim_harness", "prefork_server.py")
-sys.path.insert(0, os.path.join(HERE, "shim_harness"))
-from hardening_util import wait_for  # noqa: E402
+from shim_harness.hardening_util import wait_for
 
 
 def start_prefork(cert_pair, tmp_path, *extra, wrapper=(), env=None):

@@ -17,8 +17,7 @@ import tempfile
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "shim_harness"))
-import build as shim_build  # noqa: E402
+from shim_harness import build as shim_build
 
 from tlsprof.client import parse_snapshot  # noqa: E402
 

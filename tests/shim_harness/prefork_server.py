@@ -19,9 +19,7 @@ import sys
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from workload import contexts, memory_pair  # noqa: E402
+from workload import contexts, memory_pair  # run as a script: its own directory is on sys.path
 
 WELCOME = b"welcome!\n"
 

@@ -431,6 +431,14 @@ def ping(path: str, timeout: float = 2.0) -> int:
     return int(answer[1])
 
 
+def answers_ping(path: str, pid: int, timeout: float = 2.0) -> bool:
+    """True when the shim at `path` answers PING, and with `pid` (not a socket left by another)."""
+    try:
+        return ping(path, timeout) == int(pid)
+    except (ChannelError, ValueError):
+        return False
+
+
 def detach(path: str, timeout: float = 5.0) -> None:
     if ask(path, "DETACH", timeout).strip() != "OK":
         raise ChannelError("the shim did not confirm DETACH")

@@ -14,7 +14,6 @@ Goals: added idle CPU ~ 0; <= 32 B tracker memory per live block; snapshot <= 10
 """
 import argparse
 import io
-import os
 import shutil
 import sys
 import time

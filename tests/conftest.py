@@ -1,6 +1,5 @@
 """Shared fixtures: real echo servers and clients on 127.0.0.1 (helpers live in tlsenv.py)."""
 import os
-import sys
 
 import pytest
 

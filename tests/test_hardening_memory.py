@@ -4,8 +4,6 @@ TLSPROF_MAX_BLOCKS=N (read by hooks/table.c) caps the live blocks the shim track
 fails exactly like a table that cannot grow, and the hooks count the block as untracked
 (`stat untracked_bytes/untracked_blocks`) while OpenSSL's allocation itself succeeds.
 """
-import pytest
-
 from shim_harness.hardening_util import Tracked, echo_once
 from tlsenv import start_clients
 

@@ -16,10 +16,10 @@ import tempfile
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 from shim_harness import build as shim_build
+from tlsprof.client import parse_snapshot
 
-from tlsprof.client import parse_snapshot  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 WORKLOAD = os.path.join(HERE, "shim_harness", "workload.py")
 

@@ -64,7 +64,7 @@ class Owner:
     age_s: float
     mode: int
     mode_known: bool
-    peer: str
+    peer: str | None
     by_cause: dict = field(default_factory=dict)  # cause -> Counters
     # sums over by_cause, computed once when parsed (a 10k-connection snapshot reads them often)
     live_bytes: int = 0
@@ -82,21 +82,21 @@ class Site:
     bytes: int
     requested: int
     blocks: int
-    library: str = None
-    id: int = None
+    library: str | None = None
+    id: int | None = None
 
 
 @dataclass
 class Snapshot:
     pid: int
     mono_ns: int
-    openssl: str
+    openssl: str | None
     stats: dict
     owners: list
     sites: list
     copies: list = field(default_factory=list)  # statically linked OpenSSL copies found
     taken_at: float = 0.0  # wall clock, set by the caller
-    _live_bytes: int = None  # cached sum (snapshots are never changed once parsed)
+    _live_bytes: int | None = None  # cached sum (snapshots are never changed once parsed)
     rss_bytes: int = 0
     idle_s: dict = field(default_factory=dict)  # connection serial -> s since it was seen moving data (session)
     vocab: dict = field(default_factory=lambda: dict(FALLBACK_VOCAB))  # what -> names, as the shim stated them
@@ -232,8 +232,8 @@ def _parse_snapshot(text: str) -> Snapshot:
                 kv = _fields(rest, line)
                 library = unescape(kv.get("library", "-"))
                 sites.append(Site(file=unescape(kv.get("file", "?")), line=int(kv.get("line", 0)),
-                                  cause=causes.get(kv.get("cause"), "other"),
-                                  scope=scopes.get(kv.get("scope"), "none"), bytes=int(kv["bytes"]),
+                                  cause=causes.get(kv.get("cause", ""), "other"),
+                                  scope=scopes.get(kv.get("scope", ""), "none"), bytes=int(kv["bytes"]),
                                   requested=int(kv.get("requested", 0)), blocks=int(kv["blocks"]),
                                   library=None if library == "-" else library, id=int(kv["id"])))
             elif tag == "stat":
@@ -452,16 +452,16 @@ class WalkedObject:
     bytes: int
     blocks: int
     by_cause: dict            # cause -> Counters(bytes, 0, blocks)
-    ctx_ptr: int = None       # a connection's SSL_CTX
-    state: str = None
-    fd: int = None
-    peer: str = None
+    ctx_ptr: int | None = None  # a connection's SSL_CTX
+    state: str | None = None
+    fd: int | None = None
+    peer: str | None = None
 
 
 @dataclass
 class Walk:
     status: str               # "ok" | "unavailable" | "failed"
-    reason: str = None
+    reason: str | None = None
     stats: dict = field(default_factory=dict)
     objects: list = field(default_factory=list)
     process: dict = field(default_factory=dict)  # what -> (bytes, blocks)
@@ -504,7 +504,7 @@ def parse_walk(text: str) -> Walk:
                         b, n = kv[cause].split(":")
                         by_cause[cause] = Counters(int(b), 0, int(n))
                 walk.objects.append(WalkedObject(
-                    kind=_WALK_KINDS.get(kv.get("kind"), "other"), ptr=int(kv["ptr"], 16),
+                    kind=_WALK_KINDS.get(kv.get("kind", ""), "other"), ptr=int(kv["ptr"], 16),
                     bytes=int(kv["bytes"]), blocks=int(kv["blocks"]), by_cause=by_cause,
                     ctx_ptr=int(kv["ctx"], 16) if kv.get("ctx") else None, state=kv.get("state"),
                     fd=int(kv["fd"]) if kv.get("fd") else None, peer=kv.get("peer")))

@@ -226,7 +226,8 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
     if dead_conns:
         all_notes.append(f"{len(dead_conns)} freed connections still own "
                          f"{sum(o.live_bytes for o in dead_conns)} bytes (counted under `process`)")
-    measure_note = BYTE_MEASURE_NOTES.get(_tracker(snap.stats, snap.vocab.get("measures", BYTE_MEASURES)).get("byte_measure"))
+    measures = snap.vocab.get("measures", BYTE_MEASURES)
+    measure_note = BYTE_MEASURE_NOTES.get(_tracker(snap.stats, measures).get("byte_measure", ""))
     if measure_note:
         all_notes.append(measure_note)
     if any(o.pre_attach for o in owners if o.kind != "process"):
@@ -260,7 +261,7 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
         "process": {"live_bytes": int(sum(process_cause.values())), "by_cause": _ordered(process_cause)},
         "peak": {"chosen": chosen, "snapshots": snapshots,
                  "live_bytes_at_peak": peak_live_bytes if peak_live_bytes is not None else snap.live_bytes},
-        "tracker": _tracker(snap.stats, snap.vocab.get("measures", BYTE_MEASURES)),
+        "tracker": _tracker(snap.stats, measures),
         "history": list(history or []),
         "openssl_copies": copies,
         "notes": all_notes,
@@ -269,8 +270,9 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
         report["processes"] = processes
     if mode == "attach":
         report["attach"] = _attach_summary(report_conns)
-    if getattr(snap, "python", None) is not None:  # the in-target Python agent's answer (tlsprof/linkage.py)
-        join_python(report, snap.python, snap)
+    python = getattr(snap, "python", None)  # the in-target Python agent's answer (tlsprof/linkage.py)
+    if python is not None:
+        join_python(report, python, snap)
     section = account_memory(report, getattr(snap, "process_memory", None), snap.stats)
     if section is not None:
         report["memory"] = section

@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import ssl
-import sys
 import threading
 import time
 

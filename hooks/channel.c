@@ -131,8 +131,9 @@ static void put_owner(struct buf *b, uint32_t idx, uint64_t now)
     char peer[80] = "-";
     if (kind == OWNER_SSL && alive) format_peer(fd, peer, sizeof peer);
     uint64_t ctx_serial = ctx ? __atomic_load_n(&owner_at(ctx)->serial, __ATOMIC_RELAXED) : 0;
-    put(b, "O idx=%u serial=%llu kind=%u ptr=%lx ctx=%llu state=%u fd=%d alive=%d pre_attach=%u age_ns=%llu "
-           "mode=%llx mode_known=%d peer=",
+    put(b,
+        "O idx=%u serial=%llu kind=%u ptr=%lx ctx=%llu state=%u fd=%d alive=%d pre_attach=%u age_ns=%llu "
+        "mode=%llx mode_known=%d peer=",
         idx, (unsigned long long)RD(serial), kind, (unsigned long)RD(ptr), (unsigned long long)ctx_serial, RD(state),
         fd, alive, RD(pre_attach), (unsigned long long)(created && now > created ? now - created : 0),
         (unsigned long long)RD(mode), (flags & OWNER_F_MODE_KNOWN) ? 1 : 0);
@@ -178,7 +179,8 @@ static void put_facts(struct buf *b, uint32_t idx)
 }
 
 /* The names of the enums the O lines and stat byte_measure carry as numbers, by enum value. */
-static const char *const kind_names[] = {[OWNER_PROCESS] = "process", [OWNER_CTX] = "context", [OWNER_SSL] = "connection"};
+static const char *const kind_names[] = {
+    [OWNER_PROCESS] = "process", [OWNER_CTX] = "context", [OWNER_SSL] = "connection"};
 static const char *const state_names[] = {
     [STATE_HANDSHAKE] = "handshake", [STATE_ESTABLISHED] = "established", [STATE_SHUTDOWN] = "shutdown"};
 static const char *const measure_names[] = {
@@ -212,14 +214,14 @@ static void put_header(struct buf *b)
     size_t table = blocks_memory() + (size_t)owner_count_slots() * sizeof(struct owner) +
                    (size_t)sites_used() * (sizeof(struct site) + sizeof(site_counts[0])) +
                    (size_t)MAX_SITES * 16 /* the site index */;
-    put(b, "stat tracker_bytes=%zu blocks=%zu slots_patched=%d slots_foreign=%d\n", table,
-        blocks_count(), interpose_slots(), interpose_foreign());
+    put(b, "stat tracker_bytes=%zu blocks=%zu slots_patched=%d slots_foreign=%d\n", table, blocks_count(),
+        interpose_slots(), interpose_foreign());
     put(b, "stat byte_measure=%d\n", hooks_byte_measure());
     /* glibc's own view of its heap, so the front end can explain RSS: what is in use (arenas and
      * mmapped chunks, tlsprof's table included) and what sits free inside the arenas */
     struct mallinfo2 mi = mallinfo2();
-    put(b, "stat malloc_in_use=%zu malloc_mmapped=%zu malloc_free=%zu\n", mi.uordblks + mi.hblkhd,
-        mi.hblkhd, mi.fordblks);
+    put(b, "stat malloc_in_use=%zu malloc_mmapped=%zu malloc_free=%zu\n", mi.uordblks + mi.hblkhd, mi.hblkhd,
+        mi.fordblks);
 }
 
 static void snapshot(struct buf *b)

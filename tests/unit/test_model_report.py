@@ -1,7 +1,7 @@
 """The model fed a parsed fixed snapshot: the report's shape, the per-connection sums and the causes,
 with no server and no shim (tests/wire_text.py holds the text)."""
 from reportcheck import check_report
-from tlsprof.client import parse_snapshot
+from tlsprof.wire import parse_snapshot
 from tlsprof.model import build_report
 from wire_text import SNAPSHOT, replace_line
 

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 from tlsprof import __version__
 from tlsprof.causes import CAUSES
-from tlsprof.client import SSL_MODE_RELEASE_BUFFERS, Snapshot
+from tlsprof.wire import SSL_MODE_RELEASE_BUFFERS, Snapshot
 from tlsprof.findings import compute_findings
 from tlsprof.linkage import join as join_python
 from tlsprof.memory import account as account_memory, merge as merge_memory

@@ -10,8 +10,13 @@ DEB_PACKAGES = gcc libc6-dev make gdb openssl libssl-dev nginx-light zlib1g-dev 
 
 # golang-go: `go tool pprof` reads the pprof exports back (tests/test_pprof.py)
 DEB_PACKAGES += golang-go
+# clang-format: `make lint` checks hooks/ against .clang-format (with FORMAT_CHECK=1)
+DEB_PACKAGES += clang-format
 
-.PHONY: demo test bench bench-overhead deps venv clean
+# 1: `make lint` also checks formatting (ruff format, clang-format); on once the tree is reformatted
+FORMAT_CHECK ?= 0
+
+.PHONY: demo test lint bench bench-overhead deps venv clean
 
 deps:
 	@bash scripts/install-deps.sh $(DEB_PACKAGES)
@@ -27,7 +32,10 @@ venv: $(VENV)/.installed
 demo: deps venv
 	$(VENV)/bin/tlsprof demo
 
-test: deps venv
+lint: deps venv
+	PY=$(PY) FORMAT_CHECK=$(FORMAT_CHECK) bash scripts/lint.sh
+
+test: deps venv lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 bench: deps venv

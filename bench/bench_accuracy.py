@@ -99,7 +99,7 @@ def part_b(contexts, conns, rounds):
         so = build_counter(workdir)
         args = ["--certdir", tlsenv.default_certdir(), "--contexts", str(contexts), "--conns", str(conns)]
         rows = {}
-        for r in range(rounds):
+        for _ in range(rounds):
             counted = run_workload({"LD_PRELOAD": so}, args)
             chan = launch.private_dir(prefix="tlsprof-bench-")
             try:

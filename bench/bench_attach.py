@@ -49,8 +49,8 @@ def wait_snapshot(sock, deadline):
 
 
 def one_cli(pid, timeout=30):
-    from tlsprof.channel_paths import channel_dir_path
-    sock = os.path.join(channel_dir_path(os.getuid()), f"{pid}.sock")
+    from tlsprof.channel_paths import channel_dir_path, socket_path
+    sock = socket_path(channel_dir_path(os.getuid()), pid)
     t0 = time.monotonic()
     proc = subprocess.Popen([_common.tlsprof_bin(), "attach", str(pid)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -73,12 +73,13 @@ def one_cli(pid, timeout=30):
 
 def one_api(pid):
     from tlsprof import client, inject, launch
+    from tlsprof.channel_paths import socket_path
     from tlsprof.shim import shim_path
     chan = launch.private_dir(prefix="tlsprof-bench-")
     try:
         t0 = time.monotonic()
         inject.inject(pid, shim_path(), chan)
-        snap = client.snapshot(os.path.join(chan, f"{pid}.sock"), timeout=10)
+        snap = client.snapshot(socket_path(chan, pid), timeout=10)
         attach_s = time.monotonic() - t0
         time.sleep(1.0)
         t1 = time.monotonic()

@@ -14,7 +14,6 @@ Goals: added idle CPU ~ 0; <= 32 B tracker memory per live block; snapshot <= 10
 """
 import argparse
 import io
-import os
 import shutil
 import sys
 import time
@@ -61,10 +60,11 @@ def timed(fn, repeat):
 
 def scale_figures(pid, channel_dir):
     from tlsprof import client, report_io
+    from tlsprof.channel_paths import socket_path
     from tlsprof.model import build_report
     from tlsprof.render import render_text
     from tlsprof.session import Session
-    sock = os.path.join(channel_dir, f"{pid}.sock")
+    sock = socket_path(channel_dir, pid)
     snap, snap_t = timed(lambda: client.snapshot(sock, timeout=30), 5)
     report, build_t = timed(lambda: build_report(snap, command=["echo_server"], mode="run"), 3)
     text, json_t = timed(lambda: report_io.dumps(report), 3)

@@ -21,6 +21,7 @@ import time
 import _common
 import tlsenv
 from tlsprof import client
+from tlsprof.channel_paths import socket_path
 from tlsprof.shim import shim_path
 
 
@@ -62,7 +63,7 @@ def main():
 
     loaders = [threading.Thread(target=load, daemon=True) for _ in range(2)] if args.load else []
     try:
-        sock = os.path.join(channel, f"{server.pid}.sock")
+        sock = socket_path(channel, server.pid)
         held = 0
         for loader in loaders:
             loader.start()

@@ -31,7 +31,8 @@ try:
         for _ in range(n):
             p = subprocess.Popen([f"{t.PG_BIN}/psql", f"host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode={mode}", "-X", "-q", "-A", "-t"],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            p.stdin.write("select coalesce((select ssl from pg_stat_ssl where pid = pg_backend_pid()), false);\n"); p.stdin.flush()
+            p.stdin.write("select coalesce((select ssl from pg_stat_ssl where pid = pg_backend_pid()), false);\n")
+            p.stdin.flush()
             procs.append(p)
         for p in procs:
             p.stdout.readline()
@@ -56,8 +57,10 @@ try:
     print(f"pg_stat_ssl with ssl: {out}")
     print(f"USS per backend: TLS mean {statistics.mean(by['t'])/1024:.1f} KiB (n={len(by['t'])}), plain mean {statistics.mean(by['f'])/1024:.1f} KiB (n={len(by['f'])}), TLS extra {(statistics.mean(by['t'])-statistics.mean(by['f']))/1024:.1f} KiB")
     for p in tls + plain:
-        p.kill(); p.wait()
+        p.kill()
+        p.wait()
 finally:
     for c in psutil.Process(pg.pid).children():
         c.send_signal(2)
-    pg.wait(60); shutil.rmtree(root, ignore_errors=True)
+    pg.wait(60)
+    shutil.rmtree(root, ignore_errors=True)

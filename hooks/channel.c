@@ -73,6 +73,32 @@ static void put(struct buf *b, const char *fmt, ...)
     }
 }
 
+/* A value on the wire has no space, no comma (lists use it), no '=' and no control byte: those and
+ * '%' itself are written as %XX (docs/snapshot-format.md), so a reader splits a line on spaces. */
+static void put_escaped(struct buf *b, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char chunk[256];
+    size_t n = 0;
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch <= ' ' || ch == '%' || ch == ',' || ch == '=' || ch == 0x7f) {
+            chunk[n++] = '%';
+            chunk[n++] = hex[ch >> 4];
+            chunk[n++] = hex[ch & 15];
+        } else {
+            chunk[n++] = (char)ch;
+        }
+        if (n > sizeof chunk - 4) {
+            chunk[n] = 0;
+            put(b, "%s", chunk);
+            n = 0;
+        }
+    }
+    chunk[n] = 0;
+    if (n) put(b, "%s", chunk);
+}
+
 static void format_peer(int fd, char *out, size_t n)
 {
     struct sockaddr_storage ss;
@@ -105,22 +131,28 @@ static void put_owner(struct buf *b, uint32_t idx, uint64_t now)
     char peer[80] = "-";
     if (kind == OWNER_SSL && alive) format_peer(fd, peer, sizeof peer);
     uint64_t ctx_serial = ctx ? __atomic_load_n(&owner_at(ctx)->serial, __ATOMIC_RELAXED) : 0;
-    put(b, "O %u %llu %u %lx %llu %u %d %d %u %llu %llx %d %s", idx, (unsigned long long)RD(serial), kind,
-        (unsigned long)RD(ptr), (unsigned long long)ctx_serial, RD(state), fd, alive, RD(pre_attach),
-        (unsigned long long)(created && now > created ? now - created : 0),
-        (unsigned long long)RD(mode), (flags & OWNER_F_MODE_KNOWN) ? 1 : 0, peer);
+    put(b,
+        "O idx=%u serial=%llu kind=%u ptr=%lx ctx=%llu state=%u fd=%d alive=%d pre_attach=%u age_ns=%llu "
+        "mode=%llx mode_known=%d peer=",
+        idx, (unsigned long long)RD(serial), kind, (unsigned long)RD(ptr), (unsigned long long)ctx_serial, RD(state),
+        fd, alive, RD(pre_attach), (unsigned long long)(created && now > created ? now - created : 0),
+        (unsigned long long)RD(mode), (flags & OWNER_F_MODE_KNOWN) ? 1 : 0);
+    put_escaped(b, peer);
 #undef RD
+    put(b, " causes=");
+    const char *sep = "";
     for (int c = 0; c < N_CAUSES; c++) {
         int64_t blocks = __atomic_load_n(&o->c[c].blocks, __ATOMIC_RELAXED);
         int64_t bytes = __atomic_load_n(&o->c[c].bytes, __ATOMIC_RELAXED);
         if (!blocks && !bytes) continue;
-        put(b, " %d:%lld:%lld:%lld", c, (long long)bytes,
+        put(b, "%s%d:%lld:%lld:%lld", sep, c, (long long)bytes,
             (long long)__atomic_load_n(&o->c[c].requested, __ATOMIC_RELAXED), (long long)blocks);
+        sep = ",";
     }
     put(b, "\n");
 }
 
-/* `F <owner idx> key=value ...`: facts about a live connection read at snapshot time, from the
+/* `F idx=<owner idx> key=value ...`: facts about a live connection read at snapshot time, from the
  * shim's own counters and the kernel (never from OpenSSL's structures: the channel thread cannot
  * pin an object another thread may be freeing). io=<SSL_read/write/peek calls that moved data>, so
  * the reader can tell traffic and idleness apart. With a socket fd: fd_open=0|1 (fcntl F_GETFD),
@@ -134,7 +166,7 @@ static void put_facts(struct buf *b, uint32_t idx)
     if (!(flags & OWNER_F_IN_USE) || __atomic_load_n(&o->kind, __ATOMIC_RELAXED) != OWNER_SSL ||
         !__atomic_load_n(&o->alive, __ATOMIC_ACQUIRE))
         return;
-    put(b, "F %u io=%llu", idx, (unsigned long long)__atomic_load_n(&o->io_calls, __ATOMIC_RELAXED));
+    put(b, "F idx=%u io=%llu", idx, (unsigned long long)__atomic_load_n(&o->io_calls, __ATOMIC_RELAXED));
     int fd = __atomic_load_n(&o->fd, __ATOMIC_RELAXED);
     if (fd >= 0) {
         struct stat st;
@@ -146,34 +178,52 @@ static void put_facts(struct buf *b, uint32_t idx)
     put(b, "\n");
 }
 
+/* The names of the enums the O lines and stat byte_measure carry as numbers, by enum value. */
+static const char *const kind_names[] = {
+    [OWNER_PROCESS] = "process", [OWNER_CTX] = "context", [OWNER_SSL] = "connection"};
+static const char *const state_names[] = {
+    [STATE_HANDSHAKE] = "handshake", [STATE_ESTABLISHED] = "established", [STATE_SHUTDOWN] = "shutdown"};
+static const char *const measure_names[] = {
+    [MEASURE_GLIBC] = "glibc_footprint", [MEASURE_USABLE] = "usable_size", [MEASURE_REQUESTED] = "requested"};
+
+/* ` <what>=<name>,<name>...` of the vocab line */
+static void put_names(struct buf *b, const char *what, const char *const *names, size_t n)
+{
+    put(b, " %s=", what);
+    for (size_t i = 0; i < n; i++) put(b, i ? ",%s" : "%s", names[i]);
+}
+
 static void put_header(struct buf *b)
 {
     const char *v = tlsprof_openssl_version();
-    put(b, "tlsprof-snapshot 1\npid %d\nmono_ns %llu\nopenssl %s\n", (int)getpid(),
-        (unsigned long long)now_ns(), v ? v : "-");
-    /* the numbers in O and S lines index these lists: the reader needs no copy of the enums */
-    put(b, "vocab causes");
-    for (int c = 0; c < N_CAUSES; c++) put(b, " %s", cause_names[c]);
-    put(b, "\nvocab scopes");
-    for (int k = 0; k < N_SCOPES; k++) put(b, " %s", scope_names[k]);
+    put(b, "tlsprof-snapshot 2\nheader pid=%d mono_ns=%llu openssl=", (int)getpid(), (unsigned long long)now_ns());
+    put_escaped(b, v ? v : "-");
+    /* the numbers in O and S lines and in stat byte_measure index these lists: the reader needs no
+     * copy of the enums */
+    put(b, "\nvocab");
+    put_names(b, "causes", cause_names, N_CAUSES);
+    put_names(b, "scopes", scope_names, N_SCOPES);
+    put_names(b, "kinds", kind_names, sizeof kind_names / sizeof *kind_names);
+    put_names(b, "states", state_names, sizeof state_names / sizeof *state_names);
+    put_names(b, "measures", measure_names, sizeof measure_names / sizeof *measure_names);
     put(b, "\n");
-    put(b, "stat untracked_bytes %lld\nstat untracked_blocks %lld\nstat io_calls_of_dead %llu\n",
+    put(b, "stat untracked_bytes=%lld untracked_blocks=%lld io_calls_of_dead=%llu\n",
         (long long)__atomic_load_n(&untracked_bytes, __ATOMIC_RELAXED),
         (long long)__atomic_load_n(&untracked_blocks, __ATOMIC_RELAXED),
         (unsigned long long)__atomic_load_n(&io_calls_of_dead, __ATOMIC_RELAXED));
     size_t table = blocks_memory() + (size_t)owner_count_slots() * sizeof(struct owner) +
                    (size_t)sites_used() * (sizeof(struct site) + sizeof(site_counts[0])) +
                    (size_t)MAX_SITES * 2 /* the site index */;
-    put(b, "stat tracker_bytes %zu\nstat blocks %zu\nstat slots_patched %d\nstat slots_foreign %d\n", table,
-        blocks_count(), interpose_slots(), interpose_foreign());
-    put(b, "stat byte_measure %d\n", hooks_byte_measure());
+    put(b, "stat tracker_bytes=%zu blocks=%zu slots_patched=%d slots_foreign=%d\n", table, blocks_count(),
+        interpose_slots(), interpose_foreign());
+    put(b, "stat byte_measure=%d\n", hooks_byte_measure());
     /* the per-block part of tracker_bytes, apart from the per-owner and per-site parts (issue 18) */
-    put(b, "stat tracker_table_bytes %zu\nstat blocks_wide %zu\n", blocks_memory(), blocks_count_wide());
+    put(b, "stat tracker_table_bytes=%zu blocks_wide=%zu\n", blocks_memory(), blocks_count_wide());
     /* glibc's own view of its heap, so the front end can explain RSS: what is in use (arenas and
      * mmapped chunks, tlsprof's table included) and what sits free inside the arenas */
     struct mallinfo2 mi = mallinfo2();
-    put(b, "stat malloc_in_use %zu\nstat malloc_mmapped %zu\nstat malloc_free %zu\n", mi.uordblks + mi.hblkhd,
-        mi.hblkhd, mi.fordblks);
+    put(b, "stat malloc_in_use=%zu malloc_mmapped=%zu malloc_free=%zu\n", mi.uordblks + mi.hblkhd, mi.hblkhd,
+        mi.fordblks);
 }
 
 static void snapshot(struct buf *b)
@@ -191,14 +241,19 @@ static void snapshot(struct buf *b)
         int64_t bytes, requested, blocks;
         site_totals((uint16_t)i, &bytes, &requested, &blocks);
         if (blocks <= 0) continue;
-        put(b, "S %u %u %u %d %lld %lld %lld %s %s\n", i, s->cause, s->scope, s->line,
-            (long long)bytes, (long long)requested, (long long)blocks,
-            s->library ? s->library : "-", s->name ? s->name : "?");
+        put(b, "S id=%u cause=%u scope=%u line=%d bytes=%lld requested=%lld blocks=%lld library=", i, s->cause,
+            s->scope, s->line, (long long)bytes, (long long)requested, (long long)blocks);
+        put_escaped(b, s->library ? s->library : "-");
+        put(b, " file=");
+        put_escaped(b, s->name ? s->name : "?");
+        put(b, "\n");
     }
     for (int i = 0; i < static_copies_count(); i++) {
         const char *kind, *status, *path;
         static_copy_describe(i, &kind, &status, &path);
-        put(b, "C %s %s %s\n", kind, status, path);
+        put(b, "C kind=%s tracking=%s path=", kind, status);
+        put_escaped(b, path);
+        put(b, "\n");
     }
     put(b, "END\n");
 }
@@ -241,9 +296,9 @@ static void owner_sites(struct buf *b, const char *arg)
         return;
     }
     blocks_visit_owner(idx, count_owner_block, &acc);
-    put(b, "tlsprof-owner 1\n");
+    put(b, "tlsprof-owner 2\n");
     for (uint32_t i = 0; i < MAX_SITES; i++)
-        if (acc.blocks[i]) put(b, "W %u %u\n", i, acc.blocks[i]);
+        if (acc.blocks[i]) put(b, "W site=%u blocks=%u\n", i, acc.blocks[i]);
     put(b, "END\n");
     free(acc.blocks);
 }

@@ -1,12 +1,11 @@
 """Shared fixtures: real echo servers and clients on 127.0.0.1 (helpers live in tlsenv.py)."""
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import tlsenv  # noqa: E402
-from tlsenv import (  # noqa: E402,F401  (re-exported for convenience)
+# tests/ is on sys.path through pyproject.toml's [tool.pytest.ini_options] pythonpath
+import tlsenv
+from tlsenv import (  # noqa: F401  (re-exported for convenience)
     EXAMPLES_DIR, ClientProc, ServerProc, ensure_cert, free_port, start_ca_per_request_client,
     start_clients, start_echo_server, tls_connect)
 

@@ -16,7 +16,7 @@ import pytest
 from reportcheck import load_checked
 from tlsenv import free_port, tls_connect
 from tlsprof import client
-from tlsprof.channel_paths import channel_dir_for, socket_path
+from tlsprof.channel_paths import agent_socket_path, channel_dir_for, socket_path
 
 pytestmark = pytest.mark.skipif(not shutil.which("gdb"), reason="attach needs gdb (make test installs it)")
 
@@ -107,7 +107,7 @@ def test_attach_to_python_starts_the_agent_and_detach_removes_it(spawn, tmp_path
     session = Attached(server.pid, tmp_path / "py.json", 5)
     spawn.clients(server.port, 10, interval=1)
     report = session.finish()
-    agent_sock = socket_path(channel_dir_for(os.getuid()), server.pid)[:-len(".sock")] + ".py.sock"
+    agent_sock = agent_socket_path(channel_dir_for(os.getuid()), server.pid)
     assert not os.path.exists(agent_sock)  # the agent went away with the hooks
     assert report["python"]["join"] == "on"
     joined = [c for c in report["connections"] if c.get("python")]

@@ -12,7 +12,7 @@ import pytest
 
 from tlsenv import ECHO_SERVER, Proc, start_clients
 from tlsprof.causes import CAUSES, PROCESS_WIDE
-from tlsprof.client import SCOPE_NAMES, parse_snapshot
+from tlsprof.client import FALLBACK_VOCAB, SCOPE_NAMES, parse_snapshot
 from tlsprof.schema import validate_report
 from tlsprof.shim import shim_path
 
@@ -92,7 +92,8 @@ def test_ca_store_finding_names_the_line_that_builds_the_context(ctx_per_conn_re
 
 
 def test_the_shim_states_the_vocabulary_the_front_end_reads(tmp_path):
-    """The snapshot's `vocab` lines are the shim's own enums; Python's lists must agree with them."""
+    """The snapshot's `vocab` line is the shim's own enums; Python's fallback copy (used only for a
+    list a shim does not state) must agree with every list a real shim states."""
     code = ("import os, socket, ssl, sys; ssl.create_default_context(); "
             "s = socket.socket(socket.AF_UNIX); s.connect(os.path.join(os.environ['TLSPROF_DIR'], "
             "f'{os.getpid()}.sock')); s.sendall(b'SNAPSHOT\\n'); d = b''\n"
@@ -103,22 +104,23 @@ def test_the_shim_states_the_vocabulary_the_front_end_reads(tmp_path):
     env = dict(os.environ, LD_PRELOAD=shim_path(), TLSPROF_DIR=channel)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=60, check=True).stdout
-    vocab = {line.split()[1]: line.split()[2:] for line in out.splitlines() if line.startswith("vocab ")}
-    assert vocab["causes"] == list(CAUSES)
-    assert vocab["scopes"] == list(SCOPE_NAMES)
+    stated = dict(item.split("=", 1) for line in out.splitlines() if line.startswith("vocab ")
+                  for item in line.split(" ")[1:])
+    assert {what: tuple(names.split(",")) for what, names in stated.items()} == FALLBACK_VOCAB
     snap = parse_snapshot(out)
+    assert snap.vocab == FALLBACK_VOCAB
+    assert snap.vocab["causes"] == tuple(CAUSES) and snap.vocab["scopes"] == tuple(SCOPE_NAMES)
     assert any(o.by_cause.get("library") for o in snap.owners if o.kind == "process")
 
 
-SNAPSHOT_WITH_A_NEWER_VOCABULARY = """tlsprof-snapshot 1
-pid 42
-mono_ns 1000
-openssl OpenSSL 3.0.19
-vocab causes ca_store quic_state other
-vocab scopes none ctx_new
-O 0 0 0 0 0 0 -1 1 0 0 0 0 - 0:100:90:1 1:50:40:2 2:7:7:1
-O 1 7 1 abc 0 0 -1 1 0 5 0 0 - 0:800:700:10
-S 1 1 1 12 50 40 2 libcrypto.so.3 ../ssl/quic/quic_impl.c
+SNAPSHOT_WITH_A_NEWER_VOCABULARY = """tlsprof-snapshot 2
+header pid=42 mono_ns=1000 openssl=OpenSSL%203.0.19
+vocab causes=ca_store,quic_state,other scopes=none,ctx_new
+O idx=0 serial=0 kind=0 ptr=0 ctx=0 state=0 fd=-1 alive=1 pre_attach=0 age_ns=0 mode=0 mode_known=0 peer=- \
+causes=0:100:90:1,1:50:40:2,2:7:7:1
+O idx=1 serial=7 kind=1 ptr=abc ctx=0 state=0 fd=-1 alive=1 pre_attach=0 age_ns=5 mode=0 mode_known=0 peer=- \
+causes=0:800:700:10
+S id=1 cause=1 scope=1 line=12 bytes=50 requested=40 blocks=2 library=libcrypto.so.3 file=../ssl/quic/quic_impl.c
 END
 """
 

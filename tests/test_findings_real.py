@@ -7,7 +7,6 @@ default), SSL objects leaked when their socket closes, a context per connection 
 TLS 1.2 session cache filling with every full handshake.
 """
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -367,7 +366,6 @@ def test_silent_connections_piling_up_under_flat_traffic_are_leaked(tmp_path, c_
 # --- leaked-contexts ---------------------------------------------------------------------------
 
 def test_leaked_contexts_when_each_connection_leaves_its_context(tmp_path, c_server, cert_pair):
-    clients = None
     target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers", "--ctx-per-conn"))
     try:
         clients_round(target.port, 15, stay=False)
@@ -385,7 +383,6 @@ def test_leaked_contexts_when_each_connection_leaves_its_context(tmp_path, c_ser
 # --- session-cache-growth ----------------------------------------------------------------------
 
 def test_session_cache_growth_on_tls12_server_cache(tmp_path, c_server, cert_pair):
-    clients = None
     target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers", "--tls12",
                                          "--no-tickets"))
     try:

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 from tlsprof import cli
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_report_format import bad_report, good_report  # noqa: E402
+from test_report_format import bad_report, good_report
 
 HAVE_DIFF = os.path.exists(os.path.join(os.path.dirname(cli.__file__), "commands", "diff.py"))
 

@@ -11,20 +11,18 @@ Under `attach` only the attached worker is tracked; the parent and the other wor
 """
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
+from shim_harness.hardening_util import wait_for
 from tlsenv import Proc, recv_exactly, tls_connect
 from tlsprof.client import ask, parse_snapshot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREFORK = os.path.join(HERE, "shim_harness", "prefork_server.py")
-sys.path.insert(0, os.path.join(HERE, "shim_harness"))
-from hardening_util import wait_for  # noqa: E402
 
 
 def start_prefork(cert_pair, tmp_path, *extra, wrapper=(), env=None):

@@ -25,8 +25,7 @@ from tlsprof import launch
 from tlsprof.channel_paths import channel_dir_path
 from tlsprof.client import ask, parse_snapshot
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim_harness"))
-from hardening_util import echo_once, wait_for  # noqa: E402
+from shim_harness.hardening_util import echo_once, wait_for
 
 TLSPROF = [sys.executable, "-m", "tlsprof"]
 

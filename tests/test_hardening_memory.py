@@ -4,13 +4,7 @@ TLSPROF_MAX_BLOCKS=N (read by hooks/table.c) caps the live blocks the shim track
 fails exactly like a table that cannot grow, and the hooks count the block as untracked
 (`stat untracked_bytes/untracked_blocks`) while OpenSSL's allocation itself succeeds.
 """
-import pytest
-
-import os as _os
-import sys as _sys
-
-_sys.path.insert(0, _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "shim_harness"))
-from hardening_util import Tracked, echo_once  # noqa: E402
+from shim_harness.hardening_util import Tracked, echo_once
 from tlsenv import start_clients
 
 CAP = 3000  # below one CA store (~11k blocks): the cap is hit while the context is made

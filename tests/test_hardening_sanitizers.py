@@ -16,11 +16,10 @@ import tempfile
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "shim_harness"))
-import build as shim_build  # noqa: E402
+from shim_harness import build as shim_build
+from tlsprof.client import parse_snapshot
 
-from tlsprof.client import parse_snapshot  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 WORKLOAD = os.path.join(HERE, "shim_harness", "workload.py")
 

@@ -21,8 +21,7 @@ from tlsenv import recv_exactly, start_echo_server
 from tlsprof.channel_paths import channel_dir_path
 from tlsprof.client import ask
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim_harness"))
-from hardening_util import echo_once, wait_for  # noqa: E402
+from shim_harness.hardening_util import echo_once
 
 TLSPROF = [sys.executable, "-m", "tlsprof"]
 SECRET = "S3cr3t-" + os.urandom(12).hex()

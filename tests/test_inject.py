@@ -9,13 +9,12 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from tlsenv import tls_connect
-from tlsprof import inject
+from tlsprof import client, inject
 from tlsprof.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import AttachError, NoOpenSSL, NoSuchProcess, ToolMissing, UnsafeChannelDir
 
@@ -163,7 +162,7 @@ def test_idle_asyncio_tls_server_is_attached_and_still_serves(spawn, shim, chan)
     stages = []
     inject.inject(pid, shim, chan, on_stage=stages.append)
     assert "safe-point" in stages and stages[-1] == "detached"
-    assert inject.request(socket_path(chan, pid), "PING").strip() == f"PONG {pid}"
+    assert client.ping(socket_path(chan, pid)) == pid
     assert _state(pid) in "SR"
     tls = tls_connect(server.port)
     tls.sendall(b"ping\n")

@@ -8,9 +8,8 @@ import sys
 import textwrap
 import time
 
-import pytest
 
-from tlsenv import (CA_PER_REQUEST_CLIENT, ProcError, Proc, default_certdir, start_ca_per_request_client,
+from tlsenv import (CA_PER_REQUEST_CLIENT, ProcError, Proc, start_ca_per_request_client,
                     start_clients, start_echo_server, tls_connect)
 
 TLSPROF = os.path.join(os.path.dirname(sys.executable), "tlsprof")

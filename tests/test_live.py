@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tlsenv import ECHO_SERVER, start_clients
+from tlsenv import ECHO_SERVER
 from tlsprof import launch
 from tlsprof.live import (PAGE_SIZE, ConnectionScreen, LiveApp, PagedTable, QuitScreen, Target,
                           ViewData, run_live, sparkline)

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
+from urllib.parse import quote
 
 import pytest
 
@@ -322,11 +323,14 @@ def test_an_unchecked_version_gets_one_line(version):
 
 
 def _snapshot_text(openssl):
-    return (f"tlsprof-snapshot 1\npid 42\nmono_ns 1000\nopenssl {openssl}\n"
-            "vocab causes ca_store connection other\nvocab scopes none ssl_new\n"
-            "O 0 0 0 0 0 0 -1 1 0 0 0 0 - 0:100:90:1\n"
-            "O 1 7 1 abc 0 0 -1 1 0 5 0 0 - 0:800:700:10\n"
-            "S 1 1 1 12 50 40 2 libcrypto.so.9 ../ssl/quic/quic_impl.c\nEND\n")
+    return (f"tlsprof-snapshot 2\nheader pid=42 mono_ns=1000 openssl={quote(openssl)}\n"
+            "vocab causes=ca_store,connection,other scopes=none,ssl_new\n"
+            "O idx=0 serial=0 kind=0 ptr=0 ctx=0 state=0 fd=-1 alive=1 pre_attach=0 age_ns=0 mode=0 mode_known=0 "
+            "peer=- causes=0:100:90:1\n"
+            "O idx=1 serial=7 kind=1 ptr=abc ctx=0 state=0 fd=-1 alive=1 pre_attach=0 age_ns=5 mode=0 mode_known=0 "
+            "peer=- causes=0:800:700:10\n"
+            "S id=1 cause=1 scope=1 line=12 bytes=50 requested=40 blocks=2 library=libcrypto.so.9 "
+            "file=../ssl/quic/quic_impl.c\nEND\n")
 
 
 def test_report_on_an_unchecked_version_carries_the_line_and_renders(tmp_path):

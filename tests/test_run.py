@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from reportcheck import check_report, load_checked
-from tlsenv import REPO_ROOT, free_port
+from tlsenv import free_port
 
 TLSPROF = [sys.executable, "-m", "tlsprof"]
 WORKLOADS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workloads")

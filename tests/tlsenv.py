@@ -27,9 +27,7 @@ WELCOME = b"welcome!\n"
 SERVER_READY_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 
-if EXAMPLES_DIR not in sys.path:
-    sys.path.insert(0, EXAMPLES_DIR)
-from certs import ensure_cert  # noqa: E402  (re-exported for tests)
+from tlsprof._examples.certs import ensure_cert  # noqa: E402  (re-exported for tests)
 
 _live = []          # every Proc started and not yet stopped
 _workdir = None     # logs and ready files of this test process

@@ -1,4 +1,9 @@
-"""Where the shim in a target process serves its Unix socket: `/tmp/tlsprof-<uid>/<pid>.sock`.
+"""Where the shim in a target process serves its Unix socket: `/tmp/tlsprof-<uid>/<pid>.sock`, and
+the in-target Python agent its own: `<pid>.py.sock` beside it. Every path to a socket is built here
+(`socket_path`, `agent_socket_path`) and every socket name read back here (`socket_pid`). Two
+twins cannot import this module and say so where they build the same name: the shim
+(hooks/channel.c, `channel_start`) and the agent (tlsprof/agent/agent.py, loaded into the target
+as a file); tests/unit/test_channel_paths.py checks the agent's against this one.
 
 The directory is private to the target's uid (mode 0700, owned by that uid). It is created when
 absent (by root on behalf of another user: then chowned to that user, so the target can bind its
@@ -76,11 +81,11 @@ def remove_stale_sockets(directory: str) -> list:
     except OSError:
         return removed
     for name in names:
-        head = name.split(".", 1)[0]
-        if not head.isdigit() or not name.endswith(".sock"):
+        owner = socket_pid(name)
+        if owner is None:
             continue
         try:
-            os.kill(int(head), 0)
+            os.kill(owner[0], 0)
             continue  # alive (ours or, with EPERM below, someone else's)
         except ProcessLookupError:
             pass
@@ -96,9 +101,31 @@ def remove_stale_sockets(directory: str) -> list:
     return removed
 
 
+SHIM_SUFFIX = ".sock"
+AGENT_SUFFIX = ".py.sock"
+
+
 def socket_path(directory: str, pid: int) -> str:
     """The socket the shim in process `pid` serves inside `directory`."""
-    return os.path.join(directory, f"{int(pid)}.sock")
+    return os.path.join(directory, f"{int(pid)}{SHIM_SUFFIX}")
+
+
+def agent_socket_path(directory: str, pid: int) -> str:
+    """The socket the Python agent in process `pid` serves inside `directory`."""
+    return os.path.join(directory, f"{int(pid)}{AGENT_SUFFIX}")
+
+
+def socket_pid(path: str):
+    """(pid, "shim" | "agent") for a socket name built above, None for any other name."""
+    name = os.path.basename(path)
+    head, dot, tail = name.partition(".")
+    if not dot or not head.isdigit():
+        return None
+    if "." + tail == SHIM_SUFFIX:
+        return int(head), "shim"
+    if "." + tail == AGENT_SUFFIX:
+        return int(head), "agent"
+    return None
 
 
 def _ppid_and_euid(pid: int):
@@ -139,10 +166,10 @@ def link_switched_uid_sockets(run_dir: str, root_pid: int) -> list:
         except (ValueError, OSError, UnsafeChannelDir):
             continue
         for name in names:
-            head = name.split(".", 1)[0]
-            if not head.isdigit() or name not in (f"{head}.sock", f"{head}.py.sock"):
+            owner = socket_pid(name)
+            if owner is None:
                 continue
-            pid = int(head)
+            pid = owner[0]
             src = os.path.join(other, name)
             dst = os.path.join(run_dir, name)
             try:

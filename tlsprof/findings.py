@@ -422,7 +422,7 @@ def _leaked_connections(report: dict) -> dict:
             leaked[c.get("id")] = "fd_closed"
         elif c.get("fd_open") is True:
             by_fd.setdefault(c["fd"], []).append(c)
-    for fd, group in by_fd.items():
+    for group in by_fd.values():
         if len(group) < 2:
             continue
         # the youngest connection on this fd number owns it now; the older ones lost their socket

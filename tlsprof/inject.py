@@ -66,14 +66,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 
-from tlsprof import shim_copy
+from tlsprof import client, shim_copy
 from tlsprof.channel_paths import channel_dir_path, socket_path
 from tlsprof.errors import (AccessDenied, AttachError, ChannelError, NoOpenSSL, NoSuchProcess,
                             ToolMissing)
@@ -273,28 +272,9 @@ def _find_shim(maps: list, shim_path: str | None) -> str | None:
 
 # ----------------------------------------------------------------------------- channel
 
-def request(sock_path: str, line: str, timeout: float = 5.0) -> str:
-    """Send one line to the shim's socket and read its answer until EOF."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(sock_path)
-        s.sendall(line.encode() + b"\n")
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    return b"".join(chunks).decode(errors="replace")
-
-
 def ping(pid: int, channel_dir: str, timeout: float = 2.0) -> bool:
     """True if the shim in `pid` answers PING with its pid."""
-    try:
-        answer = request(socket_path(channel_dir, pid), "PING", timeout)
-    except OSError:
-        return False
-    return answer.strip() == f"PONG {pid}"
+    return client.answers_ping(socket_path(channel_dir, pid), pid, timeout)
 
 
 # ----------------------------------------------------------------------------- preflight
@@ -1072,7 +1052,7 @@ def eject(pid: int, channel_dir: str | None = None, shim_path: str | None = None
         channel_dir = channel_dir_path(int(_status(pid).get("Uid", "0").split()[0]))
     sock = socket_path(channel_dir, pid)
     try:
-        answer = request(sock, "DETACH", timeout=min(10.0, timeout))
+        answer = client.request(sock, "DETACH", timeout=min(10.0, timeout)).decode(errors="replace")
     except OSError:
         answer = None
     if answer is not None:

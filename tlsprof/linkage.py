@@ -20,18 +20,12 @@ import socket
 import time
 
 from tlsprof import client
+from tlsprof.channel_paths import agent_socket_path
 from tlsprof.creation import frame_text, user_frame
 from tlsprof.findings import finding, human
 
-AGENT_SUFFIX = ".py.sock"
-
-
 class AgentError(Exception):
     """The agent did not answer (absent, not a Python target, or busy past the timeout)."""
-
-
-def agent_socket(channel_dir: str, pid: int) -> str:
-    return os.path.join(channel_dir, f"{int(pid)}{AGENT_SUFFIX}")
 
 
 def ask(path: str, request: str = "SNAPSHOT", timeout: float = 10.0) -> dict:
@@ -81,7 +75,7 @@ def fetch(channel_dir: str, pid: int, timeout: float = 10.0, fresh: bool = False
     the cheap request (`SNAPSHOT noleaks`); reachability and referrer chains (a walk over every gc
     object) from the full one, which is asked less often and merged in by pointer. `fresh` (the
     session's last look before it ends) asks the full request now whatever the throttle says."""
-    path = agent_socket(channel_dir, pid)
+    path = agent_socket_path(channel_dir, pid)
     if not os.path.exists(path):
         return None
     if fresh:

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 from tlsprof import __version__
 from tlsprof.causes import CAUSES
-from tlsprof.client import SSL_MODE_RELEASE_BUFFERS, Snapshot
+from tlsprof.wire import SSL_MODE_RELEASE_BUFFERS, Snapshot
 from tlsprof.findings import compute_findings
 from tlsprof.linkage import join as join_python
 from tlsprof.memory import account as account_memory, merge as merge_memory
@@ -89,7 +89,8 @@ def _attach_summary(conns) -> dict:
     return summary
 
 
-# the shim's `stat byte_measure` codes (hooks/shim.h enum byte_measure); docs/report-format.md
+# the byte measures this front end knows (docs/report-format.md); the shim names its `stat
+# byte_measure` codes in its vocab line (hooks/shim.h enum byte_measure)
 BYTE_MEASURES = ("glibc_footprint", "usable_size", "requested")
 
 
@@ -101,11 +102,12 @@ BYTE_MEASURE_NOTES = {
 }
 
 
-def _tracker(stats) -> dict:
+def _tracker(stats, measures=BYTE_MEASURES) -> dict:
     tracker = {k: stats[k] for k in ("tracker_bytes", "blocks", "slots_patched", "slots_foreign") if k in stats}
     code = stats.get("byte_measure")
     if code is not None:
-        tracker["byte_measure"] = BYTE_MEASURES[code] if 0 <= code < len(BYTE_MEASURES) else "unknown"
+        name = measures[code] if 0 <= code < len(measures) else "unknown"
+        tracker["byte_measure"] = name if name in BYTE_MEASURES else "unknown"
     return tracker
 
 
@@ -224,7 +226,8 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
     if dead_conns:
         all_notes.append(f"{len(dead_conns)} freed connections still own "
                          f"{sum(o.live_bytes for o in dead_conns)} bytes (counted under `process`)")
-    measure_note = BYTE_MEASURE_NOTES.get(_tracker(snap.stats).get("byte_measure"))
+    measures = snap.vocab.get("measures", BYTE_MEASURES)
+    measure_note = BYTE_MEASURE_NOTES.get(_tracker(snap.stats, measures).get("byte_measure", ""))
     if measure_note:
         all_notes.append(measure_note)
     if any(o.pre_attach for o in owners if o.kind != "process"):
@@ -258,7 +261,7 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
         "process": {"live_bytes": int(sum(process_cause.values())), "by_cause": _ordered(process_cause)},
         "peak": {"chosen": chosen, "snapshots": snapshots,
                  "live_bytes_at_peak": peak_live_bytes if peak_live_bytes is not None else snap.live_bytes},
-        "tracker": _tracker(snap.stats),
+        "tracker": _tracker(snap.stats, measures),
         "history": list(history or []),
         "openssl_copies": copies,
         "notes": all_notes,
@@ -267,8 +270,9 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
         report["processes"] = processes
     if mode == "attach":
         report["attach"] = _attach_summary(report_conns)
-    if getattr(snap, "python", None) is not None:  # the in-target Python agent's answer (tlsprof/linkage.py)
-        join_python(report, snap.python, snap)
+    python = getattr(snap, "python", None)  # the in-target Python agent's answer (tlsprof/linkage.py)
+    if python is not None:
+        join_python(report, python, snap)
     section = account_memory(report, getattr(snap, "process_memory", None), snap.stats)
     if section is not None:
         report["memory"] = section

@@ -136,7 +136,7 @@ def words(report: dict) -> str:
     """The header line saying which moment the report shows, and the others beside it:
     'steady state: 200 connections at 12:01:07; peak 14.2 MiB at 12:00:58 during 150 handshakes'."""
     moments = report.get("moments") or {}
-    peak = report.get("peak") if isinstance(report.get("peak"), dict) else {}
+    peak: dict = report.get("peak") if isinstance(report.get("peak"), dict) else {}
     chosen = peak.get("chosen")
     if not moments or chosen not in moments:
         return ""

@@ -15,7 +15,7 @@ _MESSAGE = _F.TYPE_MESSAGE
 _ONE, _MANY = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
 
 # message -> [(field, number, type, label, message type)]; strings are indices into string_table
-SCHEMA = {
+SCHEMA: dict[str, list[tuple]] = {
     "Profile": [
         ("sample_type", 1, _MESSAGE, _MANY, "ValueType"),
         ("sample", 2, _MESSAGE, _MANY, "Sample"),

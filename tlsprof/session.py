@@ -12,6 +12,7 @@ import time
 import psutil
 
 from tlsprof import client, linkage, memory, process_tree
+from tlsprof.channel_paths import SHIM_SUFFIX, socket_path, socket_pid
 from tlsprof.errors import ChannelError
 from tlsprof.model import build_tree_report
 from tlsprof.moments import assemble
@@ -76,11 +77,11 @@ class Session:
     def sockets(self):
         out = {}
         for directory in self.channel_dirs:
-            for path in glob.glob(os.path.join(directory, "*.sock")):
-                try:
-                    pid = int(os.path.basename(path)[:-5])
-                except ValueError:
+            for path in glob.glob(os.path.join(directory, "*" + SHIM_SUFFIX)):
+                owner = socket_pid(path)
+                if owner is None or owner[1] != "shim":
                     continue  # the Python agent's <pid>.py.sock
+                pid = owner[0]
                 out[pid] = path
                 self._dir_of[pid] = directory
         if not self.follow_children:
@@ -94,7 +95,7 @@ class Session:
         return self._dir_of.get(pid, self.channel_dir)
 
     def socket_of(self, pid) -> str:
-        return os.path.join(self.dir_of(pid), f"{pid}.sock")
+        return socket_path(self.dir_of(pid), pid)
 
     def poll(self, fresh_agent=False):
         """Take one snapshot of each tracked process. Returns the newest Observation, or None when

@@ -251,7 +251,7 @@ def _write(tmp: str, files: list) -> None:
         os.makedirs(os.path.dirname(dst), mode=0o755, exist_ok=True)
         shutil.copyfile(src, dst)
         os.chmod(dst, 0o444)
-    for dirpath, dirnames, _f in os.walk(tmp, topdown=False):
+    for dirpath, _dirs, _f in os.walk(tmp, topdown=False):
         os.chmod(dirpath, 0o555)
 
 

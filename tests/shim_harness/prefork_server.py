@@ -15,13 +15,10 @@ import os
 import signal
 import socket
 import ssl
-import sys
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from workload import contexts, memory_pair  # noqa: E402
+from workload import contexts, memory_pair  # run as a script: its own directory is on sys.path
 
 WELCOME = b"welcome!\n"
 

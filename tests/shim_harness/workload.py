@@ -173,7 +173,7 @@ def main():
         if len(os.listdir("/proc/self/task")) <= tasks_before:
             break
         time.sleep(0.05)
-    del sctx, cctx
+    sctx = cctx = None  # the workers are done: let the contexts go before the final snapshot
     gc.collect()
     final = ask(sock, "SNAPSHOT") if os.path.exists(sock) else ""
     json.dump({"ok": not errors, "errors": errors, "handshakes": counter[0], "snapshots": snaps,

@@ -8,6 +8,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 
 from tlsprof import client
 
@@ -69,7 +70,6 @@ def live():
 threading.Thread(target=accept_loop, daemon=True).start()
 for _ in range(3):
     one_connection()  # warm-up: lazily built OpenSSL tables are not a leak
-import time
 time.sleep(0.3)
 base = live()
 ts = [threading.Thread(target=worker) for _ in range(threads)]

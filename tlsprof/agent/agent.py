@@ -641,6 +641,8 @@ def snapshot(want_leaks=True):
 # --- the server -----------------------------------------------------------------------------------
 
 def socket_path(directory, pid=None):
+    # the twin of tlsprof.channel_paths.agent_socket_path: this file runs inside the target, where
+    # tlsprof may not be importable (tests/unit/test_channel_paths.py keeps the two equal)
     return os.path.join(directory, f"{pid or os.getpid()}.py.sock")
 
 

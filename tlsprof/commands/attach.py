@@ -228,7 +228,7 @@ def _tracked_elsewhere(pid):
     except OSError:
         return None
     directory = env.get(b"TLSPROF_DIR", b"").decode(errors="replace")
-    if directory and os.path.exists(os.path.join(directory, f"{pid}.sock")):
+    if directory and os.path.exists(socket_path(directory, pid)):
         return ""
     return None
 

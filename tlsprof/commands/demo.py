@@ -19,7 +19,7 @@ from tlsprof.errors import TlsprofError
 from tlsprof.render import MEMORY_LABELS, human_bytes
 from tlsprof.session import Session
 
-EXAMPLES = os.path.dirname(os.path.abspath(__import__("tlsprof._examples", fromlist=["x"]).__file__))
+EXAMPLES = os.path.dirname(os.path.abspath(str(__import__("tlsprof._examples", fromlist=["x"]).__file__)))
 MODES = (("shared context", []), ("context per connection", ["--ctx-per-conn"]))
 
 

@@ -147,6 +147,7 @@ def _mark_copy_walked(report, path, walk):
         if copy.get("path") == path:
             copy["ownership"] = "heap walk"
             copy["per_connection"] = True
+            copy.pop("estimated_bytes_per_connection", None)  # measured per connection now
             copy["connections"] = sum(1 for o in walk.objects if o.kind == "connection"
                                       and walk.copies.get(o.copy) == path)
 

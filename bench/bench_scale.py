@@ -7,7 +7,7 @@ channel, exactly what `tlsprof run` sets up, but with nobody taking snapshots), 
 clients from a separate process (examples/echo_client.py, 4 KiB client read buffers), waits, then
 measures over --idle-seconds the server's CPU time, context switches and thread states (psutil).
 Tracked only, afterwards: tracker memory per live OpenSSL block (shim stats tracker_bytes / blocks,
-and RSS tracked - RSS bare per block), then 5x end-to-end snapshot time (tlsprof.client.snapshot),
+and RSS tracked - RSS bare per block), then 5x end-to-end snapshot time (tlsprof.collect.client.snapshot),
 build_report, JSON encoding, text rendering, and Session.poll + latest_report (one refresh of the
 live view's data path).
 Goals: added idle CPU ~ 0; <= 32 B tracker memory per live block; snapshot <= 100 ms; report <= 1 s.
@@ -60,10 +60,11 @@ def timed(fn, repeat):
 
 
 def scale_figures(pid, channel_dir):
-    from tlsprof import client, report_io
-    from tlsprof.model import build_report
-    from tlsprof.render import render_text
-    from tlsprof.session import Session
+    from tlsprof.collect import client
+    from tlsprof.model import report_io
+    from tlsprof.analysis.report import build_report
+    from tlsprof.render.text import render_text
+    from tlsprof.collect.session import Session
     sock = os.path.join(channel_dir, f"{pid}.sock")
     snap, snap_t = timed(lambda: client.snapshot(sock, timeout=30), 5)
     report, build_t = timed(lambda: build_report(snap, command=["echo_server"], mode="run"), 3)
@@ -108,7 +109,7 @@ def scale_figures(pid, channel_dir):
 
 
 def one(mode, n, idle_s, concurrency):
-    from tlsprof import launch
+    from tlsprof.collect import launch
     env, channel_dir = None, None
     if mode == "tracked":
         channel_dir = launch.private_dir(prefix="tlsprof-bench-")

@@ -20,8 +20,8 @@ import time
 
 import _common
 import tlsenv
-from tlsprof import client
-from tlsprof.shim import shim_path
+from tlsprof.collect import client
+from tlsprof.collect.shim import shim_path
 
 
 def handshake_seconds(port):

@@ -21,9 +21,9 @@ import time
 import pytest
 
 from tlsenv import Proc, start_echo_server
-from tlsprof import launch
-from tlsprof.channel_paths import channel_dir_path
-from tlsprof.client import ask, parse_snapshot
+from tlsprof.collect import launch
+from tlsprof.collect.channel_paths import channel_dir_path
+from tlsprof.collect.client import ask, parse_snapshot
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim_harness"))
 from hardening_util import echo_once, wait_for  # noqa: E402

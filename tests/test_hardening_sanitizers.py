@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "shim_harness"))
 import build as shim_build  # noqa: E402
 
-from tlsprof.client import parse_snapshot  # noqa: E402
+from tlsprof.collect.client import parse_snapshot  # noqa: E402
 
 WORKLOAD = os.path.join(HERE, "shim_harness", "workload.py")
 
@@ -91,6 +91,6 @@ def test_eight_threads_under_sanitizer_zero_shim_reports_and_consistent_counts(k
 
 
 def test_eight_threads_plain_build_consistent_counts(cert_pair, tmp_path):
-    from tlsprof.shim import shim_path
+    from tlsprof.collect.shim import shim_path
     result = _run_workload({"LD_PRELOAD": shim_path()}, cert_pair, tmp_path)
     assert_counts_consistent(result)

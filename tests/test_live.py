@@ -13,10 +13,10 @@ import time
 import pytest
 
 from tlsenv import ECHO_SERVER, start_clients
-from tlsprof import launch
-from tlsprof.live import (PAGE_SIZE, ConnectionScreen, LiveApp, PagedTable, QuitScreen, Target,
+from tlsprof.collect import launch
+from tlsprof.render.live import (PAGE_SIZE, ConnectionScreen, LiveApp, PagedTable, QuitScreen, Target,
                           ViewData, run_live, sparkline)
-from tlsprof.session import Session
+from tlsprof.collect.session import Session
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -296,7 +296,7 @@ def test_paging_bounds_the_rows_held_by_the_table(server):
         async with app.run_test(size=(80, 24)) as pilot:
             app.poller.stop()  # only the synthetic data from here on
             app.poller.join(10)
-            new_data = __import__("tlsprof.live", fromlist=["NewData"]).NewData
+            new_data = __import__("tlsprof.render.live", fromlist=["NewData"]).NewData
             app.post_message(new_data(data))
             await pilot.press("2")
             table = app.query_one("#conn-table", PagedTable)

@@ -15,11 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families as parse_pro
 from test_findings import report_with
 from tlsenv import REPO_ROOT, free_port
 
-from tlsprof import launch
-from tlsprof.causes import CAUSES
+from tlsprof.collect import launch
+from tlsprof.model.causes import CAUSES
 from tlsprof.errors import UsageError
-from tlsprof.metrics import ReportCollector, exposition, parse_address, start_metrics_server
-from tlsprof.session import Session
+from tlsprof.render.metrics import ReportCollector, exposition, parse_address, start_metrics_server
+from tlsprof.collect.session import Session
 
 WAIT = 60.0
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -154,7 +154,7 @@ def test_textfile_exposition_matches_the_report(tmp_path):
     report["target"]["rss_bytes"] = 50_000_000
     report["totals"]["untracked_bytes"] = 123
     report["peak"] = {"chosen": "last", "snapshots": 7, "live_bytes_at_peak": report["totals"]["live_bytes"]}
-    from tlsprof.findings import compute_findings
+    from tlsprof.analysis.findings import compute_findings
     report["findings"] = compute_findings(report)
     path = tmp_path / "r.json"
     path.write_text(json.dumps(report))

@@ -20,9 +20,9 @@ import pytest
 from reportcheck import check_report, load_checked
 from test_attach import _http_keepalive
 from tlsenv import free_port, recv_exactly, tls_connect
-from tlsprof import client, launch
-from tlsprof.metrics import exposition
-from tlsprof.model import build_tree_report
+from tlsprof.collect import client, launch
+from tlsprof.render.metrics import exposition
+from tlsprof.analysis.report import build_tree_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREFORK = os.path.join(HERE, "shim_harness", "prefork_server.py")
@@ -409,8 +409,8 @@ def test_attach_to_a_process_tlsprof_run_already_tracks_says_so(cert_pair, tmp_p
 def test_live_view_switches_between_the_tree_and_each_process(cert_pair, tmp_path):
     import argparse
     import asyncio
-    from tlsprof.live import LiveApp
-    from tlsprof.session import Session
+    from tlsprof.render.live import LiveApp
+    from tlsprof.collect.session import Session
     channel = launch.private_dir()
     ready = tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, PREFORK, *cert_pair, "--workers", "2", "--ready-file", str(ready)],

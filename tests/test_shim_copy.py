@@ -20,8 +20,8 @@ import pytest
 
 from reportcheck import load_checked
 from tlsenv import free_port
-from tlsprof import shim_copy
-from tlsprof.channel_paths import channel_dir_for, socket_path
+from tlsprof.collect import shim_copy
+from tlsprof.collect.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import ShimNotLoadable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,7 +50,7 @@ def private_tlsprof():
                         ignore=shutil.ignore_patterns("__pycache__"))
         env = dict(os.environ, PYTHONPATH=top)
         env.pop("TLSPROF_DIR", None)
-        where = subprocess.run([sys.executable, "-c", "import tlsprof, tlsprof.shim as s; print(s.shim_path())"],
+        where = subprocess.run([sys.executable, "-c", "import tlsprof, tlsprof.collect.shim as s; print(s.shim_path())"],
                                env=env, cwd=top, capture_output=True, text=True, timeout=60)
         assert where.stdout.strip().startswith(top + "/tlsprof/_shim"), where.stderr
         assert stat.S_IMODE(os.stat(top).st_mode) == 0o700
@@ -62,7 +62,7 @@ def private_tlsprof():
 def shim_answers(pid):
     try:
         uid = psutil.Process(pid).uids().effective
-        from tlsprof import client
+        from tlsprof.collect import client
         return client.ping(socket_path(channel_dir_for(uid), pid)) == pid
     except Exception:
         return False
@@ -147,7 +147,7 @@ def test_copy_mapped_by_a_process_is_kept_until_it_exits(tmp_path):
 
 MAKE_AND_HOLD = """
 import sys, time
-from tlsprof import shim_copy
+from tlsprof.collect import shim_copy
 shim_copy.BASE = sys.argv[1]
 bundle = shim_copy.make(shim_copy.installed()[0])
 print(bundle.root, flush=True)

@@ -18,14 +18,15 @@ import time
 
 import psutil
 
-from tlsprof import client, inject, process_tree, walked
-from tlsprof.channel_paths import channel_dir_for, socket_path
+from tlsprof.collect import client, inject, process_tree
+from tlsprof.analysis import walked
+from tlsprof.collect.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import AttachError, ChannelError, NoOpenSSL, NoSuchProcess, TlsprofError, UsageError
 from tlsprof.commands.run import announce_version, emit_report, empty_report, poll_quietly, tell
-from tlsprof.moments import DEFAULT_MOMENT, MOMENTS
-from tlsprof.session import Session
-from tlsprof.shim import shim_path
-from tlsprof.stop_signals import StopSignals, signal_name
+from tlsprof.analysis.moments import DEFAULT_MOMENT, MOMENTS
+from tlsprof.collect.session import Session
+from tlsprof.collect.shim import shim_path
+from tlsprof.collect.stop_signals import StopSignals, signal_name
 
 
 def prepare_parser(p):
@@ -64,10 +65,10 @@ def run(args) -> int:
     if not (0.05 <= args.interval <= 3600):
         raise UsageError("--interval must be between 0.05 and 3600 seconds")
     if args.pprof:  # a directory that cannot be written is refused before anything touches the target
-        from tlsprof.pprof import check_directory
+        from tlsprof.render.pprof import check_directory
         check_directory(args.pprof, args.pprof_keep)
     if args.metrics:  # a bad address is refused before anything touches the target
-        from tlsprof.metrics import parse_address
+        from tlsprof.render.metrics import parse_address
         parse_address(args.metrics)
     # held until the report is written: a stop signal ends the session, but never skips the detach
     # (the targets would keep their hooks) or the report (tlsprof/stop_signals.py)
@@ -93,10 +94,10 @@ def _attach(args, stops: StopSignals) -> int:
         from tlsprof.commands.run import start_pprof
         profiles = start_pprof(session, args)
         if args.metrics:
-            from tlsprof.metrics import start_metrics_server
+            from tlsprof.render.metrics import start_metrics_server
             metrics = start_metrics_server(session, args.metrics)
         if args.live and sys.stdout.isatty() and not stops.stopping:
-            from tlsprof.live import run_live
+            from tlsprof.render.live import run_live
             run_live(session, args.pid, args)
         else:
             _collect(session, args, stops)

@@ -19,15 +19,17 @@ import sys
 import tempfile
 import time
 
-from tlsprof import client, launch, report_io, walked
-from tlsprof.client import Snapshot
+from tlsprof.collect import client, launch
+from tlsprof.model import report_io
+from tlsprof.analysis import walked
+from tlsprof.collect.client import Snapshot
 from tlsprof.errors import TlsprofError, UsageError
-from tlsprof.model import build_report
-from tlsprof.moments import DEFAULT_MOMENT, MOMENTS
-from tlsprof.render import render_text
-from tlsprof.session import Session
-from tlsprof.stop_signals import StopSignals, signal_name
-from tlsprof.versions import unchecked_version_note
+from tlsprof.analysis.report import build_report
+from tlsprof.analysis.moments import DEFAULT_MOMENT, MOMENTS
+from tlsprof.render.text import render_text
+from tlsprof.collect.session import Session
+from tlsprof.collect.stop_signals import StopSignals, signal_name
+from tlsprof.model.versions import unchecked_version_note
 
 
 def prepare_parser(p):
@@ -84,7 +86,7 @@ def _run(args, cmd, stops: StopSignals) -> int:
         session = Session(channel_dir, None, cmd, mode="run")
         metrics = None
         if args.metrics:  # bind before starting the target: a bad address must not orphan it
-            from tlsprof.metrics import start_metrics_server
+            from tlsprof.render.metrics import start_metrics_server
             metrics = start_metrics_server(session, args.metrics)
         profiles = start_pprof(session, args, metrics)
         popen_kwargs = {}
@@ -106,7 +108,7 @@ def _run(args, cmd, stops: StopSignals) -> int:
             announce_version(session)
         try:
             if live:
-                from tlsprof.live import run_live
+                from tlsprof.render.live import run_live
                 returncode = run_live(session, proc, args)
             else:
                 last_look = (lambda: _walk_last_look(session)) if getattr(args, "walk", False) else None
@@ -196,7 +198,7 @@ def start_pprof(session, args, started=None):
     was `started` already (the metrics endpoint) is stopped first."""
     if not getattr(args, "pprof", None):
         return None
-    from tlsprof.pprof import start_profile_writer
+    from tlsprof.render.pprof import start_profile_writer
     try:
         return start_profile_writer(session, args.pprof, args.pprof_keep, err=sys.stderr)
     except BaseException:
@@ -231,7 +233,7 @@ def announce_copies(session: Session, file=sys.stderr):
     seen = set()
 
     def on_snapshot(snap):
-        from tlsprof.model import openssl_copies
+        from tlsprof.analysis.report import openssl_copies
         for copy in openssl_copies(snap):
             if copy["path"] not in seen:
                 seen.add(copy["path"])

@@ -73,8 +73,8 @@ def lib_dir(euid: int | None = None) -> str:
 
 def installed() -> tuple[str, str]:
     """(shim, site dir) of the installed package."""
-    from tlsprof.agent import site_dir
-    from tlsprof.shim import shim_path
+    from tlsprof.collect.agent import site_dir
+    from tlsprof.collect.shim import shim_path
     return shim_path(), site_dir()
 
 

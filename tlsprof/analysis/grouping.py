@@ -6,7 +6,7 @@ renderers. Byte counts within ~2 % of each other count as alike; a group shows i
 import math
 import os
 
-from tlsprof.creation import user_frame
+from tlsprof.analysis.creation import user_frame
 
 
 def alike(nbytes) -> int:

@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass, field
 from operator import itemgetter
 
-from tlsprof.causes import CAUSES
+from tlsprof.model.causes import CAUSES
 from tlsprof.errors import ChannelError
 
 KIND_NAMES = {0: "process", 1: "context", 2: "connection"}

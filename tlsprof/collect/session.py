@@ -11,10 +11,11 @@ import time
 
 import psutil
 
-from tlsprof import client, linkage, memory, process_tree
+from tlsprof.collect import client, linkage, process_tree
+from tlsprof.analysis import memory
 from tlsprof.errors import ChannelError
-from tlsprof.model import build_tree_report
-from tlsprof.moments import assemble
+from tlsprof.analysis.report import build_tree_report
+from tlsprof.analysis.moments import assemble
 
 HISTORY_MAX = 720
 

@@ -5,7 +5,7 @@ A finding dict has the keys the schema requires (id, severity, title, detail, by
 fix) and may add `saving_bytes` and an `evidence` object. Severity is "info", "warning" or
 "critical".
 """
-from tlsprof.creation import place, place_text
+from tlsprof.analysis.creation import place, place_text
 from tlsprof.errors import TlsprofError
 
 KiB = 1024

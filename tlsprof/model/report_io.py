@@ -6,7 +6,7 @@ import os
 import tempfile
 
 from tlsprof.errors import BadReport, TlsprofError
-from tlsprof.schema import validate_report
+from tlsprof.model.schema import validate_report
 
 # A report of 100k connections is a few tens of MB; anything far larger is not a report.
 MAX_REPORT_BYTES = 512 * 1024 * 1024

@@ -13,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest, start_http_server
 from prometheus_client.registry import CollectorRegistry
 
-from tlsprof.causes import CAUSES
+from tlsprof.model.causes import CAUSES
 from tlsprof.errors import UsageError
 
 DEFAULT_ADDR = "127.0.0.1"

@@ -4,7 +4,7 @@ import os
 
 from tlsprof.errors import TlsprofError
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tlsprof/, where setup.py builds it
 
 
 def shim_path() -> str:

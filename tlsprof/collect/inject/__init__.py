@@ -71,8 +71,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from tlsprof import shim_copy
-from tlsprof.channel_paths import channel_dir_path, socket_path
+from tlsprof.collect import shim_copy
+from tlsprof.collect.channel_paths import channel_dir_path, socket_path
 from tlsprof.errors import (AccessDenied, AttachError, ChannelError, NoOpenSSL, NoSuchProcess,
                             ToolMissing)
 
@@ -298,7 +298,7 @@ def ping(pid: int, channel_dir: str, timeout: float = 2.0) -> bool:
 # ----------------------------------------------------------------------------- preflight
 
 def _default_shim() -> str:
-    from tlsprof.shim import shim_path
+    from tlsprof.collect.shim import shim_path
     return shim_path()
 
 

@@ -12,8 +12,8 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from tlsprof import grouping
-from tlsprof.causes import CAUSES, label
+from tlsprof.analysis import grouping
+from tlsprof.model.causes import CAUSES, label
 
 TOP_CONTEXTS = 10
 TOP_CONNECTIONS = 10
@@ -110,7 +110,7 @@ def _printer(console):
 
 
 def _snapshot_line(report: dict) -> str:
-    from tlsprof.moments import words
+    from tlsprof.analysis.moments import words
     peak = report.get("peak")
     if not isinstance(peak, dict):
         return "Single snapshot"
@@ -374,7 +374,7 @@ def _render_python(out, report: dict) -> None:
     info = report.get("python")
     if not isinstance(info, dict):
         return
-    from tlsprof.creation import frame_text, user_frame
+    from tlsprof.analysis.creation import frame_text, user_frame
     out(Text("Python objects", style="bold"))
     if info.get("message"):
         out(Padding(Text(str(info["message"])), (0, 0, 0, 2)))

@@ -25,10 +25,10 @@ import os
 import threading
 from collections import deque
 
-from tlsprof.causes import CAUSES
+from tlsprof.model.causes import CAUSES
 from tlsprof.errors import UsageError
-from tlsprof.profile_proto import Label, Profile
-from tlsprof.report_io import write_atomically
+from tlsprof.render.profile_proto import Label, Profile
+from tlsprof.model.report_io import write_atomically
 
 SAMPLE_TYPES = (("inuse_objects", "count"), ("inuse_space", "bytes"))
 # Every call site gets its own location unless the owners are so many that the profile would pass

@@ -34,9 +34,9 @@ from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
 
-from tlsprof import client
-from tlsprof.causes import CAUSES, label
-from tlsprof.render import MEMORY_LABELS, human_age, human_bytes
+from tlsprof.collect import client
+from tlsprof.model.causes import CAUSES, label
+from tlsprof.render.text import MEMORY_LABELS, human_age, human_bytes
 
 PAGE_SIZE = 200           # rows a table holds at once: the rest is paged ([ and ])
 TREND_WINDOW_S = 30.0     # the per-connection trend compares with the value this long ago
@@ -792,7 +792,7 @@ class LiveApp(App):
             view = self._process_view_text()
             if view:
                 lines.append(Text(view))
-            from tlsprof.moments import words
+            from tlsprof.analysis.moments import words
             said = words(r)
             if said:
                 lines.append(Text(said.replace("showing the last snapshot", "newest snapshot", 1), style="dim"))
@@ -826,7 +826,7 @@ class LiveApp(App):
             holding = sum(1 for p in processes if p.get("connections"))
             return f"view: whole tree, {len(processes)} processes ({holding} with connections) · p: one process"
         p = next((p for p in processes if p.get("pid") == self.process_pid), {"pid": self.process_pid})
-        from tlsprof.render import process_label
+        from tlsprof.render.text import process_label
         return f"view: {process_label(p)} only ({p.get('connections', 0)} connections) · p: next"
 
     def session_processes(self) -> list:
@@ -923,7 +923,7 @@ class LiveApp(App):
 
     @work(thread=True, exclusive=True, group="save")
     def _save(self):
-        from tlsprof.report_io import save_report
+        from tlsprof.model.report_io import save_report
         report = self.session.report(at="last")
         if report is None:
             self.call_from_thread(self.notify, "nothing to save yet: no snapshot taken", severity="warning")

@@ -6,9 +6,9 @@ Every string taken from the report goes through `_e` (HTML-escaped, quotes inclu
 """
 import html
 
-from tlsprof import grouping
-from tlsprof.causes import CAUSES, description, label
-from tlsprof.render import MEMORY_LABELS, _top_cause, human_bytes
+from tlsprof.analysis import grouping
+from tlsprof.model.causes import CAUSES, description, label
+from tlsprof.render.text import MEMORY_LABELS, _top_cause, human_bytes
 
 # One colour per cause, in CAUSES order (colour-blind-friendly Tableau 10). Tests look for these.
 COLOURS = {
@@ -294,7 +294,7 @@ def render_html(report) -> str:
                               f"<b>{_e(human_bytes(per.get('total_bytes')))}</b>"
                               if per.get("python_bytes") is not None else "")],
     ])
-    from tlsprof.moments import words
+    from tlsprof.analysis.moments import words
     moment = words(report)
     if moment:
         summary = f'<p class="moment"><b>{_e(moment[0].upper() + moment[1:])}</b></p>' + summary

@@ -11,9 +11,9 @@ table, findings and savings are computed over both kinds of bytes. Under `run --
 tracked already; the walk is kept beside it per entry (`walked`) so that the two can be compared for
 the same connection (`annotate_run`).
 """
-from tlsprof import linkage
-from tlsprof.causes import CAUSES
-from tlsprof.findings import compute_findings
+from tlsprof.collect import linkage
+from tlsprof.model.causes import CAUSES
+from tlsprof.analysis.findings import compute_findings
 
 BEFORE_ATTACH = "before attach"
 WALK_SITE = "(heap walk: allocated before attach)"

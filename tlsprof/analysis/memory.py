@@ -165,5 +165,5 @@ HOLDER_LABELS = {"asyncio.sslproto.SSLProtocol._ssl_buffer": "asyncio's TLS read
 def label_of(side: str, name: str) -> str:
     if side == "python":
         return HOLDER_LABELS.get(name, f"Python: {name}")
-    from tlsprof.causes import label
+    from tlsprof.model.causes import label
     return f"OpenSSL: {label(name)}"

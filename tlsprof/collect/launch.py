@@ -4,7 +4,7 @@ import subprocess
 import tempfile
 import threading
 
-from tlsprof import channel_paths, shim_copy
+from tlsprof.collect import channel_paths, shim_copy
 from tlsprof.errors import LaunchError
 
 UID_BRIDGE_PERIOD_S = 0.2

@@ -19,9 +19,9 @@ import os
 import socket
 import time
 
-from tlsprof import client
-from tlsprof.creation import frame_text, user_frame
-from tlsprof.findings import finding, human
+from tlsprof.collect import client
+from tlsprof.analysis.creation import frame_text, user_frame
+from tlsprof.analysis.findings import finding, human
 
 AGENT_SUFFIX = ".py.sock"
 

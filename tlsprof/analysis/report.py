@@ -8,12 +8,12 @@ import os
 from collections import defaultdict
 
 from tlsprof import __version__
-from tlsprof.causes import CAUSES
-from tlsprof.client import SSL_MODE_RELEASE_BUFFERS, Snapshot
-from tlsprof.findings import compute_findings
-from tlsprof.linkage import join as join_python
-from tlsprof.memory import account as account_memory, merge as merge_memory
-from tlsprof.versions import unchecked_version_note
+from tlsprof.model.causes import CAUSES
+from tlsprof.collect.client import SSL_MODE_RELEASE_BUFFERS, Snapshot
+from tlsprof.analysis.findings import compute_findings
+from tlsprof.collect.linkage import join as join_python
+from tlsprof.analysis.memory import account as account_memory, merge as merge_memory
+from tlsprof.model.versions import unchecked_version_note
 
 SCHEMA = "tlsprof.report/2"
 
@@ -284,7 +284,7 @@ def _has_openssl(snap: Snapshot) -> bool:
 
 
 def _process_entry(snap: Snapshot, body: dict, *, root_pid, pids) -> dict:
-    from tlsprof.process_tree import role
+    from tlsprof.collect.process_tree import role
     per = body["per_connection"]
     command = list(getattr(snap, "command", None) or [])
     ppid = getattr(snap, "ppid", None)

@@ -4,8 +4,8 @@
 the per-connection bytes is the figure `--fail-on-growth` checks: it is the one that scales with
 traffic, where totals scale with the number of connections.
 """
-from tlsprof.causes import CAUSES, label
-from tlsprof.findings import human
+from tlsprof.model.causes import CAUSES, label
+from tlsprof.analysis.findings import human
 
 DIFF_SCHEMA = "tlsprof.diff/1"
 
@@ -155,7 +155,7 @@ def render_diff(d: dict, fail_pct=None) -> str:
         out.append(_fmt_bytes_row(f"  {label(cause)}", row))
     if d["rss_bytes"]["before"] or d["rss_bytes"]["after"]:
         out.append(_fmt_bytes_row("process RSS", d["rss_bytes"]))
-    from tlsprof.render import MEMORY_LABELS
+    from tlsprof.render.text import MEMORY_LABELS
     for name, row in (d.get("memory") or {}).items():
         out.append(_fmt_bytes_row(f"  {MEMORY_LABELS.get(name, name)}", row))
     out.append("")

@@ -11,19 +11,12 @@ from tlsprof import __version__
 from tlsprof.model.causes import CAUSES
 from tlsprof.collect.client import SSL_MODE_RELEASE_BUFFERS, Snapshot
 from tlsprof.analysis.findings import compute_findings
-from tlsprof.collect.linkage import join as join_python
+from tlsprof.analysis.python_join import join as join_python
+from tlsprof.model.ids import conn_id, ctx_id  # noqa: F401 (callers import them from here)
 from tlsprof.analysis.memory import account as account_memory, merge as merge_memory
 from tlsprof.model.versions import unchecked_version_note
 
 SCHEMA = "tlsprof.report/2"
-
-
-def ctx_id(serial):
-    return f"ctx-{serial}" if serial else None
-
-
-def conn_id(serial):
-    return f"conn-{serial}"
 
 
 def _bytes_by_cause(owner) -> dict:

@@ -11,7 +11,7 @@ table, findings and savings are computed over both kinds of bytes. Under `run --
 tracked already; the walk is kept beside it per entry (`walked`) so that the two can be compared for
 the same connection (`annotate_run`).
 """
-from tlsprof.collect import linkage
+from tlsprof.analysis.python_join import python_entry
 from tlsprof.model.causes import CAUSES
 from tlsprof.analysis.findings import compute_findings
 
@@ -159,7 +159,7 @@ def _join_python(report: dict, agent) -> None:
             obj = by_ptr.get((kind, int(entry["ptr"], 16)))
             if obj is None:
                 continue
-            entry["python"] = linkage._python_entry(obj)
+            entry["python"] = python_entry(obj)
             info["joined_connections" if kind == "connection" else "joined_contexts"] += 1
             info["unmatched_objects"] = max(0, info.get("unmatched_objects", 0) - 1)
     conns = [c for c in report["connections"] if c.get("alive", True)]

@@ -169,7 +169,7 @@ class Session:
         snap.ppid = self.parents.get(pid)
         snap.python = self._agent_answer(pid, fresh_agent)  # None unless a Python agent runs there
         snap.taken_at = time.time()
-        snap.mono_taken = time.monotonic()  # against the agent answer's own time (linkage.join)
+        snap.mono_taken = time.monotonic()  # against the agent answer's own time (analysis/python_join.py)
         try:
             snap.rss_bytes = psutil.Process(pid).memory_info().rss
         except psutil.Error:

@@ -11,7 +11,8 @@ The one place findings are registered: each module below holds one finding and r
 from tlsprof.analysis.findings.registry import (KiB, MiB, REGISTRY, SEVERITY_ORDER,  # noqa: F401
                                                 compute_findings, finding, human)
 from tlsprof.analysis.findings import (ca_store, compression, record_buffers,  # noqa: F401
-                                       leaked_connections, leaked_contexts, session_cache, handshake)
+                                       leaked_connections, leaked_contexts, session_cache, handshake,
+                                       python_leak)
 
 # every threshold and fix text, where the tests and docs/findings.md look for them
 from tlsprof.analysis.findings.ca_store import CA_MIN_CONTEXTS, CA_MIN_STORE_BYTES, CA_MAX_CONNECTIONS_PER_CONTEXT, CA_STORE_FIX, CA_STORE_FIX_BY_API  # noqa: F401,E402

@@ -155,7 +155,7 @@ def render_diff(d: dict, fail_pct=None) -> str:
         out.append(_fmt_bytes_row(f"  {label(cause)}", row))
     if d["rss_bytes"]["before"] or d["rss_bytes"]["after"]:
         out.append(_fmt_bytes_row("process RSS", d["rss_bytes"]))
-    from tlsprof.render.text import MEMORY_LABELS
+    from tlsprof.model.words import MEMORY_LABELS
     for name, row in (d.get("memory") or {}).items():
         out.append(_fmt_bytes_row(f"  {MEMORY_LABELS.get(name, name)}", row))
     out.append("")

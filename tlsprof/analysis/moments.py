@@ -112,7 +112,7 @@ def clock(iso) -> str:
 
 
 def _human(n) -> str:
-    from tlsprof.render.text import human_bytes
+    from tlsprof.model.words import human_bytes
     return human_bytes(n)
 
 

@@ -9,9 +9,10 @@ from collections import defaultdict
 
 from tlsprof import __version__
 from tlsprof.model.causes import CAUSES
-from tlsprof.collect.client import SSL_MODE_RELEASE_BUFFERS, Snapshot
+from tlsprof.model.openssl_api import SSL_MODE_RELEASE_BUFFERS
 from tlsprof.analysis.findings import compute_findings
 from tlsprof.analysis.python_join import join as join_python
+from tlsprof.analysis.roles import role
 from tlsprof.model.ids import conn_id, ctx_id  # noqa: F401 (callers import them from here)
 from tlsprof.analysis.memory import account as account_memory, merge as merge_memory
 from tlsprof.model.versions import unchecked_version_note
@@ -37,7 +38,7 @@ def _ordered(by_cause: dict, as_int=True) -> dict:
     return out
 
 
-def openssl_copies(snap: Snapshot) -> list:
+def openssl_copies(snap) -> list:
     """Every OpenSSL the target has, and how each is seen: shared libcrypto through its hooked entry
     points (per connection), static copies through their memory functions (process-wide) or not."""
     out = []
@@ -102,7 +103,7 @@ def _tracker(stats) -> dict:
     return tracker
 
 
-def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak", snapshots=1,
+def build_report(snap, *, command, mode, partial=False, chosen="peak", snapshots=1,
                  peak_live_bytes=None, history=None, notes=None, processes=None) -> dict:
     owners = snap.owners
     contexts = [o for o in owners if o.kind == "context"]
@@ -271,13 +272,12 @@ def build_report(snap: Snapshot, *, command, mode, partial=False, chosen="peak",
 
 # --- a process tree ---------------------------------------------------------------------------------
 
-def _has_openssl(snap: Snapshot) -> bool:
+def _has_openssl(snap) -> bool:
     """The shim is in every process of a `run` tree (`sh`, `runuser` …); only those with OpenSSL count."""
     return snap.openssl is not None or snap.live_bytes > 0
 
 
-def _process_entry(snap: Snapshot, body: dict, *, root_pid, pids) -> dict:
-    from tlsprof.collect.process_tree import role
+def _process_entry(snap, body: dict, *, root_pid, pids) -> dict:
     per = body["per_connection"]
     command = list(getattr(snap, "command", None) or [])
     ppid = getattr(snap, "ppid", None)

@@ -2,17 +2,10 @@
 
 A server is often several processes (nginx's master and workers, PostgreSQL's postmaster and one
 backend per connection, a forking server's children). tlsprof reports on the whole tree; this module
-only answers "which pids" and "what role", from /proc (psutil), never from the shim.
+only answers "which pids" and "which command", from /proc (psutil), never from the shim; the role a
+command plays is read from its title by tlsprof/analysis/roles.py.
 """
-import re
-
 import psutil
-
-# "nginx: worker process", "nginx: master process /usr/sbin/nginx -c …", "nginx: cache manager process"
-_TITLE_PROCESS = re.compile(r"^[\w.-]+: ([a-z][a-z ]*?) process\b")
-# PostgreSQL backends retitle themselves "postgres: [cluster: ]user db host(port) state"
-_PG_BACKEND = re.compile(r"^postgres: .*\S+ \S+ [\w.:\[\]-]+\(\d+\)")
-_PG_TITLE = re.compile(r"^postgres: (?:\d+/\w+: )?([a-z][a-z ]*[a-z])")
 
 
 def descendants(pid: int) -> list:
@@ -30,21 +23,3 @@ def command_of(pid: int) -> list:
         return psutil.Process(pid).cmdline()
     except psutil.Error:
         return []
-
-
-def role(command, *, is_root: bool, has_children: bool):
-    """A short role from the process title, or from the process's place in the tree; None if alone."""
-    title = " ".join(command or [])
-    match = _TITLE_PROCESS.match(title)
-    if match:
-        return match.group(1)
-    if _PG_BACKEND.match(title):
-        return "backend"
-    match = _PG_TITLE.match(title)
-    if match:
-        return match.group(1)
-    if is_root and has_children:
-        return "parent"
-    if not is_root:
-        return "child"
-    return None

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from tlsprof.analysis import grouping
 from tlsprof.model.causes import CAUSES, label
+from tlsprof.model.words import MEMORY_LABELS, human_age, human_bytes  # noqa: F401 (others import them here)
 
 TOP_CONTEXTS = 10
 TOP_CONNECTIONS = 10
@@ -21,39 +22,10 @@ TOP_SITES = 15
 MAX_WIDTH = 100
 
 
-def human_bytes(n) -> str:
-    """1023 B, 1.5 KiB, 12.3 MiB, 1.0 GiB (one decimal above 1 KiB)."""
-    if n is None:
-        return "-"
-    n = float(n)
-    sign = "-" if n < 0 else ""
-    n = abs(n)
-    if n < 1024:
-        return f"{sign}{n:.0f} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        n /= 1024
-        if n < 1024 or unit == "PiB":
-            return f"{sign}{n:.1f} {unit}"
-    raise AssertionError("unreachable")
-
-
 def _pct(part, whole) -> str:
     if not whole:
         return "-"
     return f"{100.0 * part / whole:.1f}%"
-
-
-def human_age(seconds) -> str:
-    if seconds is None:
-        return "?"
-    seconds = float(seconds)
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 def _plural(n, word) -> str:
@@ -272,12 +244,6 @@ def _render_causes(out, per: dict, totals: dict) -> None:
                   human_bytes(totals["live_bytes"]))
     out(table)
     out()
-
-
-MEMORY_LABELS = {"openssl_heap": "OpenSSL heap", "python_connections": "Python, connections",
-                 "tlsprof_tracker": "tlsprof tracker", "other_heap": "other heap",
-                 "malloc_free": "free heap (malloc)", "thread_stacks": "thread stacks",
-                 "other_anonymous": "other anonymous", "file_backed": "code and files"}
 
 
 def _render_memory(out, memory) -> None:

@@ -64,6 +64,7 @@ def scale_figures(pid, channel_dir):
     from tlsprof.model import report_io
     from tlsprof.analysis.report import build_report
     from tlsprof.render.text import render_text
+    from tlsprof.analysis.reports import ReportSource
     from tlsprof.collect.session import Session
     sock = os.path.join(channel_dir, f"{pid}.sock")
     snap, snap_t = timed(lambda: client.snapshot(sock, timeout=30), 5)
@@ -73,17 +74,18 @@ def scale_figures(pid, channel_dir):
     raw, ask_t = timed(lambda: client.ask(sock, "SNAPSHOT", 30), 3)  # the shim's side + transfer
     _, parse_t = timed(lambda: client.parse_snapshot(raw), 3)       # parsing in Python
     session = Session(channel_dir, pid, ["echo_server"], mode="run")
+    source = ReportSource(session)
     _, poll_t = timed(session.poll, 3)
-    _, latest_t = timed(lambda: session.report(at="last"), 2)
+    _, latest_t = timed(lambda: source.report(at="last"), 2)
 
     def refresh():
         session.poll()
-        return session.latest_report()
+        return source.latest_report()
     _, refresh_t = timed(refresh, 2)
     import cProfile
     import pstats
     prof = cProfile.Profile()
-    prof.runcall(session.report, at="last")
+    prof.runcall(source.report, at="last")
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(14)
     print("  cProfile of Session.report(at='last') (the live view's per-refresh report):")

@@ -14,9 +14,11 @@ import pytest
 
 from tlsenv import ECHO_SERVER, start_clients
 from tlsprof.collect import launch
-from tlsprof.render.live import (PAGE_SIZE, ConnectionScreen, LiveApp, PagedTable, QuitScreen, Target,
-                          ViewData, run_live, sparkline)
+from tlsprof.analysis.reports import ReportSource
 from tlsprof.collect.session import Session
+from tlsprof.collect.target import Target
+from tlsprof.commands.live import live_app as LiveApp, run_live
+from tlsprof.render.live import PAGE_SIZE, ConnectionScreen, PagedTable, QuitScreen, ViewData, sparkline
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -283,7 +285,7 @@ def test_paging_bounds_the_rows_held_by_the_table(server):
     while session.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    report = dict(session.latest_report())
+    report = dict(ReportSource(session).latest_report())
     report["connections"] = [
         {"id": f"conn-{i}", "context": None, "fd": None, "peer": f"127.0.0.1:{10000 + i % 50000}",
          "state": "established", "age_s": float(i % 100), "live_bytes": 1000 + i,

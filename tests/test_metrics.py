@@ -19,6 +19,7 @@ from tlsprof.collect import launch
 from tlsprof.model.causes import CAUSES
 from tlsprof.errors import UsageError
 from tlsprof.render.metrics import ReportCollector, exposition, parse_address, start_metrics_server
+from tlsprof.analysis.reports import ReportSource
 from tlsprof.collect.session import Session
 
 WAIT = 60.0
@@ -79,12 +80,13 @@ def assert_metrics_match_report(smp, report):
 
 def test_endpoint_serves_the_report_of_the_newest_snapshot_exactly(spawn, tmp_path):
     """In-process session over a real shimmed echo server: poll, scrape over HTTP, compare with
-    session.latest_report() of that same snapshot, gauge by gauge."""
+    the report source's latest_report() of that same snapshot, gauge by gauge."""
     channel = launch.private_dir()
     try:
         server = spawn.server("--ctx-per-conn", env=launch.preload_env(channel))
         session = Session(channel, server.pid, ["echo_server.py"], mode="run")
-        metrics = start_metrics_server(session, "127.0.0.1:0")
+        source = ReportSource(session)
+        metrics = start_metrics_server(source, "127.0.0.1:0")
         try:
             _, text = scrape(metrics.url)
             assert value(samples(text), "tlsprof_snapshots", pid=server.pid) == 0  # nothing polled yet
@@ -92,7 +94,7 @@ def test_endpoint_serves_the_report_of_the_newest_snapshot_exactly(spawn, tmp_pa
             wait_for("3 connections in a snapshot",
                      lambda: (snap := session.poll()) is not None and len(snap.connections) == 3)
             _, text = scrape(metrics.url)
-            report = session.latest_report()
+            report = source.latest_report()
             smp = samples(text)
             assert_metrics_match_report(smp, report)
             assert value(smp, "tlsprof_connections", pid=server.pid) == 3
@@ -203,4 +205,4 @@ def test_port_in_use_is_a_usage_error():
         s.listen(1)
         port = s.getsockname()[1]
         with pytest.raises(UsageError, match="cannot listen on 127.0.0.1:%d" % port):
-            start_metrics_server(Session("/nonexistent", os.getpid(), [], mode="run"), f"127.0.0.1:{port}")
+            start_metrics_server(ReportSource(Session("/nonexistent", os.getpid(), [], mode="run")), f"127.0.0.1:{port}")

@@ -67,8 +67,8 @@ def join(report: dict, agent: dict, snap) -> dict:
     info["unmatched_objects"] = sum(1 for k in by_ptr if k not in shim_ptrs)
     layout_ok = (agent.get("layout") or {}).get("ok", True)
 
-    agent_age = max(0.0, getattr(snap, "mono_taken", 0) - agent.get("_fetched_mono", 0)) \
-        if agent.get("_fetched_mono") and getattr(snap, "mono_taken", None) else 0.0
+    agent_age = max(0.0, snap.mono_taken - agent.get("_fetched_mono", 0)) \
+        if agent.get("_fetched_mono") and snap.mono_taken else 0.0
     info["agent_answer_age_s"] = round(agent_age, 3)
     total_py = 0
     for entry in report.get("connections", []):

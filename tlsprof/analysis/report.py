@@ -9,11 +9,12 @@ from collections import defaultdict
 
 from tlsprof import __version__
 from tlsprof.model.causes import CAUSES
+from tlsprof.model.observation import ProcessObservation
 from tlsprof.model.openssl_api import SSL_MODE_RELEASE_BUFFERS
 from tlsprof.analysis.findings import compute_findings
 from tlsprof.analysis.python_join import join as join_python
 from tlsprof.analysis.roles import role
-from tlsprof.model.ids import conn_id, ctx_id  # noqa: F401 (callers import them from here)
+from tlsprof.model.ids import conn_id, ctx_id, qualified_id
 from tlsprof.analysis.memory import account as account_memory, merge as merge_memory
 from tlsprof.model.versions import unchecked_version_note
 
@@ -95,6 +96,10 @@ BYTE_MEASURE_NOTES = {
 }
 
 
+def _observed(snap) -> ProcessObservation:
+    return snap if isinstance(snap, ProcessObservation) else ProcessObservation.of(snap)
+
+
 def _tracker(stats) -> dict:
     tracker = {k: stats[k] for k in ("tracker_bytes", "blocks", "slots_patched", "slots_foreign") if k in stats}
     code = stats.get("byte_measure")
@@ -105,6 +110,9 @@ def _tracker(stats) -> dict:
 
 def build_report(snap, *, command, mode, partial=False, chosen="peak", snapshots=1,
                  peak_live_bytes=None, history=None, notes=None, processes=None) -> dict:
+    """The report of one process's observation (tlsprof/model/observation.py); a bare snapshot is
+    taken as observed with nothing beside it. Pure: reads the observation, changes nothing."""
+    snap = _observed(snap)
     owners = snap.owners
     contexts = [o for o in owners if o.kind == "context"]
     conns = [o for o in owners if o.kind == "connection" and o.alive]
@@ -156,7 +164,7 @@ def build_report(snap, *, command, mode, partial=False, chosen="peak", snapshots
             "state": c.state,
             "age_s": round(c.age_s, 3),
             # seconds since the session saw it move data (SSL_read/write); None without a session
-            "idle_s": getattr(snap, "idle_s", {}).get(c.serial),
+            "idle_s": snap.idle_s.get(c.serial),
             "live_bytes": c.live_bytes,
             "requested_bytes": c.requested_bytes,
             "live_blocks": c.live_blocks,
@@ -261,9 +269,9 @@ def build_report(snap, *, command, mode, partial=False, chosen="peak", snapshots
         report["processes"] = processes
     if mode == "attach":
         report["attach"] = _attach_summary(report_conns)
-    if getattr(snap, "python", None) is not None:  # the in-target Python agent's answer (tlsprof/linkage.py)
+    if snap.python is not None:  # the in-target Python agent's answer (analysis/python_join.py)
         join_python(report, snap.python, snap)
-    section = account_memory(report, getattr(snap, "process_memory", None), snap.stats)
+    section = account_memory(report, snap.process_memory, snap.stats)
     if section is not None:
         report["memory"] = section
     report["findings"] = compute_findings(report)
@@ -279,14 +287,14 @@ def _has_openssl(snap) -> bool:
 
 def _process_entry(snap, body: dict, *, root_pid, pids) -> dict:
     per = body["per_connection"]
-    command = list(getattr(snap, "command", None) or [])
-    ppid = getattr(snap, "ppid", None)
+    command = list(snap.command)
+    ppid = snap.ppid
     return {
         "pid": snap.pid,
         "ppid": ppid,
         "command": command,
         "role": role(command, is_root=snap.pid == root_pid or ppid not in pids,
-                     has_children=any(getattr(s, "ppid", None) == snap.pid for s in pids.values())),
+                     has_children=any(s.ppid == snap.pid for s in pids.values())),
         "connections": per["connections"],
         "contexts": sum(1 for c in body["contexts"] if c.get("alive", True)),
         "live_bytes": body["totals"]["live_bytes"],
@@ -304,8 +312,9 @@ def build_tree_report(snaps: dict, *, root_pid, command, mode, partial=False, sn
     OpenSSL gets a `processes[]` entry; the headline (`per_connection`) is over every connection of
     every process, so a process without connections (nginx's master) weighs nothing in it and is
     never "the" target. One process: the single-process report, its ids unchanged."""
+    snaps = {pid: _observed(s) for pid, s in snaps.items()}
     tracked = {pid: s for pid, s in snaps.items() if _has_openssl(s)} or dict(snaps)
-    bodies = {pid: build_report(s, command=getattr(s, "command", None) or command, mode=mode,
+    bodies = {pid: build_report(s, command=list(s.command) or command, mode=mode,
                                 partial=partial, snapshots=snapshots, peak_live_bytes=peak_live_bytes,
                                 notes=notes, history=history)
               for pid, s in tracked.items()}
@@ -319,10 +328,6 @@ def build_tree_report(snaps: dict, *, root_pid, command, mode, partial=False, sn
                   snapshots=snapshots, peak_live_bytes=peak_live_bytes, history=history)
 
 
-def _qualified(pid, ident):
-    return None if ident is None else f"{pid}:{ident}"
-
-
 def _merge(bodies: dict, entries: list, *, root_pid, command, mode, partial, snapshots, peak_live_bytes,
            history=None):
     contexts, conns, notes_by_text = [], [], {}
@@ -334,9 +339,9 @@ def _merge(bodies: dict, entries: list, *, root_pid, command, mode, partial, sna
     python = []
     for pid, body in bodies.items():
         for ctx in body["contexts"]:
-            contexts.append(dict(ctx, id=_qualified(pid, ctx["id"]), pid=pid))
+            contexts.append(dict(ctx, id=qualified_id(pid, ctx["id"]), pid=pid))
         for conn in body["connections"]:
-            conns.append(dict(conn, id=_qualified(pid, conn["id"]), context=_qualified(pid, conn["context"]),
+            conns.append(dict(conn, id=qualified_id(pid, conn["id"]), context=qualified_id(pid, conn["context"]),
                               pid=pid))
         t = body["totals"]
         for k in ("live_bytes", "requested_bytes", "live_blocks", "untracked_bytes"):

@@ -12,6 +12,7 @@ tracked already; the walk is kept beside it per entry (`walked`) so that the two
 the same connection (`annotate_run`).
 """
 from tlsprof.analysis.python_join import python_entry
+from tlsprof.model.ids import ctx_id
 from tlsprof.model.causes import CAUSES
 from tlsprof.analysis.findings import compute_findings
 
@@ -120,7 +121,7 @@ def merge_attach(report: dict, walk, snap) -> dict:
         if entry is None:
             ctx = ctx_entry_of_ptr.get(obj.ctx_ptr)
             if ctx is None and obj.ctx_ptr in serial_of:
-                ctx = entries.get(f"ctx-{serial_of[obj.ctx_ptr]}")
+                ctx = entries.get(ctx_id(serial_of[obj.ctx_ptr]))
             entry = {"id": f"conn-w{obj.ptr:x}", "context": ctx["id"] if ctx else None, "fd": obj.fd,
                      "peer": obj.peer, "state": obj.state if obj.state in ("handshake", "established")
                      else "established", "age_s": None, "age": BEFORE_ATTACH, "idle_s": None,
@@ -139,7 +140,7 @@ def merge_attach(report: dict, walk, snap) -> dict:
     notes.append("connections and contexts that predate the attach carry the bytes the heap walk found "
                  "(`measured`: walked; `walked+tracked` when they also allocated since); their age is "
                  "unknown (`age`: before attach)")
-    _join_python(report, getattr(snap, "python", None))
+    _join_python(report, snap.python)
     report["findings"] = compute_findings(report)
     return report
 

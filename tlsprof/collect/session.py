@@ -1,9 +1,11 @@
 """Collects snapshots from the shims of a process tree in a channel directory for as long as a
-session lasts. Each poll asks every tracked process of the tree once: an `Observation`. Three
-observations are kept for the report (tlsprof/moments.py says why): the steady state (the latest
-one holding the most connections), the peak (most live OpenSSL bytes, as memray reports the
-high-water mark) and the last one; and a short history for charts and growth findings."""
-import datetime
+session lasts. Each poll asks every tracked process of the tree once: an `Observation`
+(tlsprof/model/observation.py), frozen once made. Three observations are kept for the report
+(tlsprof/analysis/moments.py says why): the steady state (the latest one holding the most
+connections), the peak (most live OpenSSL bytes, as memray reports the high-water mark) and the
+last one; and a short history for charts and growth findings. Reports are built from them by
+tlsprof/analysis/reports.py: this module never builds one."""
+import dataclasses
 import glob
 import os
 import threading
@@ -11,36 +13,11 @@ import time
 
 import psutil
 
-from tlsprof.collect import client, linkage, process_tree
-from tlsprof.analysis import memory
+from tlsprof.collect import client, linkage, process_memory, process_tree
 from tlsprof.errors import ChannelError
-from tlsprof.analysis.report import build_tree_report
-from tlsprof.analysis.moments import assemble
+from tlsprof.model.observation import Observation, ProcessObservation
 
 HISTORY_MAX = 720
-
-
-class Observation:
-    """One poll of the tree: {pid: Snapshot} of every process that answered, and their sums."""
-
-    def __init__(self, snaps: dict, taken_at: float, t: float):
-        self.snaps = dict(sorted(snaps.items()))
-        self.taken_at = taken_at
-        self.t = t  # seconds since the session started
-        self.live_bytes = sum(s.live_bytes for s in self.snaps.values())
-        self.connection_count = sum(len(s.connections) for s in self.snaps.values())
-
-    @property
-    def connections(self):  # as a Snapshot's: every live connection, of every process
-        return [c for s in self.snaps.values() for c in s.connections]
-
-    @property
-    def owners(self):
-        return [o for s in self.snaps.values() for o in s.owners]
-
-    @property
-    def pid(self):  # the process with most connections (the live view's drill-down asks its shim)
-        return max(self.snaps.values(), key=lambda s: (len(s.connections), s.live_bytes)).pid
 
 
 class Session:
@@ -66,13 +43,12 @@ class Session:
         self.parents = {}  # pid -> ppid
         self.on_snapshot = []  # callbacks(snapshot of each process), e.g. announcing OpenSSL copies
         # poll() runs on one thread while the live view and the metrics endpoint read reports on others
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
         self.agent_async = False
         self._agent_lock = threading.Lock()
         self._agent_threads = {}
         self._agent_docs = {}
         self._io_seen = {}  # pid -> {connection serial: (io calls, monotonic time they last changed)}
-        self._latest = (None, None, None)
 
     def sockets(self):
         out = {}
@@ -100,7 +76,7 @@ class Session:
     def poll(self, fresh_agent=False):
         """Take one snapshot of each tracked process. Returns the newest Observation, or None when
         no process answered. `fresh_agent`: the session's last look: Python agents are asked now."""
-        with self._lock:
+        with self.lock:
             return self._poll(fresh_agent)
 
     def _poll(self, fresh_agent=False):
@@ -114,22 +90,22 @@ class Session:
                 if pid in previous and psutil.pid_exists(pid):
                     snaps[pid] = previous[pid]
                 continue
-            self._annotate(snap, fresh_agent)
-            snaps[pid] = snap
+            snaps[pid] = self._observe(snap, fresh_agent)
         if not snaps:
             return None
         now = time.time()
         obs = Observation(snaps, now, round(now - self.started, 3))
         self.count += 1
         self.last = obs
+        carried = {}  # id(older observation) -> it with the newer agent answers joined (once each)
         if self.peak is None or obs.live_bytes >= self.peak.live_bytes:
             self.peak = obs
         else:
-            _carry_python_obs(self.peak, obs)
+            self.peak = _carry_python_obs(self.peak, obs, carried)
         if self.steady is None or obs.connection_count >= self.steady.connection_count:
             self.steady = obs  # ties go to the later observation
         else:
-            _carry_python_obs(self.steady, obs)
+            self.steady = _carry_python_obs(self.steady, obs, carried)
         session_bytes = sum(o.by_cause["session"].bytes for s in snaps.values() for o in s.owners
                             if "session" in o.by_cause)
         point = {"t": obs.t, "live_bytes": obs.live_bytes, "connections": obs.connection_count,
@@ -155,7 +131,8 @@ class Session:
                     callback(snap)
         return obs
 
-    def _annotate(self, snap, fresh_agent):
+    def _observe(self, snap, fresh_agent) -> ProcessObservation:
+        """The snapshot with what this session learns beside it at the same moment, frozen."""
         pid = snap.pid
         if pid not in self.commands:
             self.commands[pid] = process_tree.command_of(pid)
@@ -165,24 +142,24 @@ class Session:
                 self.parents[pid] = None
         else:  # titles change (a PostgreSQL backend names its client once forked and authenticated)
             self.commands[pid] = process_tree.command_of(pid) or self.commands[pid]
-        snap.command = self.commands[pid]
-        snap.ppid = self.parents.get(pid)
-        snap.python = self._agent_answer(pid, fresh_agent)  # None unless a Python agent runs there
-        snap.taken_at = time.time()
-        snap.mono_taken = time.monotonic()  # against the agent answer's own time (analysis/python_join.py)
+        python = self._agent_answer(pid, fresh_agent)  # None unless a Python agent runs there
+        taken_at = time.time()
+        mono_taken = time.monotonic()  # against the agent answer's own time (analysis/python_join.py)
         try:
-            snap.rss_bytes = psutil.Process(pid).memory_info().rss
+            rss_bytes = psutil.Process(pid).memory_info().rss
         except psutil.Error:
-            snap.rss_bytes = 0
-        snap.process_memory = memory.read_process(pid)  # the kernel's view, for `memory`
-        self._note_idleness(snap)
+            rss_bytes = 0
+        return ProcessObservation.of(
+            snap, taken_at=taken_at, mono_taken=mono_taken, rss_bytes=rss_bytes, command=self.commands[pid],
+            ppid=self.parents.get(pid), python=python,
+            process_memory=process_memory.read_process(pid),  # the kernel's view, for `memory`
+            idle_s=self._idleness(snap, mono_taken))
 
-    def _note_idleness(self, snap):
+    def _idleness(self, snap, now) -> dict:
         """idle_s per live connection: how long since this session saw its I/O counter move (a
         lower bound for connections first seen with traffic; since creation when they never had any)."""
-        now = snap.mono_taken
         seen = self._io_seen.get(snap.pid, {})
-        kept = {}
+        kept, idle = {}, {}
         for o in snap.owners:
             io = o.facts.get("io")
             if o.kind != "connection" or not o.alive or io is None:
@@ -195,8 +172,9 @@ class Session:
             else:
                 changed = now
             kept[o.serial] = (io, changed)
-            snap.idle_s[o.serial] = round(max(0.0, now - changed), 3)
+            idle[o.serial] = round(max(0.0, now - changed), 3)
         self._io_seen[snap.pid] = kept
+        return idle
 
     def _agent_answer(self, pid, fresh=False):
         """The Python agent's view of `pid`. A full agent snapshot of a large process takes seconds
@@ -219,85 +197,52 @@ class Session:
         with self._agent_lock:
             self._agent_docs[pid] = doc
 
-    def moments(self) -> dict:
-        """{steady|peak|last: what that observation was} (no report built: cheap, for headers)."""
-        with self._lock:
-            return {name: _summary(obs) for name, obs in self._chosen().items()}
-
-    def _chosen(self) -> dict:
+    def chosen(self) -> dict:
+        """{steady|peak|last: Observation}; {} before the first answer."""
         if self.last is None:
             return {}
         return {"steady": self.steady, "peak": self.peak, "last": self.last}
 
-    def latest_report(self, pid=None):
-        """The report of the newest observation (what the live view and the metrics endpoint show):
-        the whole tree, or one process of it (`pid`)."""
-        with self._lock:
-            if self.last is None:
-                return None
-            key = (self.last, pid)
-            if self._latest[:2] != key:
-                obs = self.last
-                if pid is not None and pid in obs.snaps:
-                    obs = Observation({pid: obs.snaps[pid]}, obs.taken_at, obs.t)
-                body = self._body(obs, False, ())
-                report = assemble({"last": body}, "last", self.history,
-                                  {n: _summary(o) for n, o in self._chosen().items()})
-                self._latest = (self.last, pid, report)
-            return self._latest[2]
-
-    def report(self, at="steady", partial=False, notes=()):
-        """The report at moment `at` (steady, peak or last), keeping the other two moments' bodies so
-        that `tlsprof report FILE --at …` can re-choose (docs/report-format.md, "Moments")."""
-        with self._lock:
-            chosen = self._chosen()
-            if not chosen:
-                return None
-            bodies, built = {}, {}
-            for name, obs in chosen.items():
-                if id(obs) not in built:  # one body per distinct observation
-                    built[id(obs)] = self._body(obs, partial, notes)
-                bodies[name] = built[id(obs)]
-            return assemble(bodies, at, self.history, {n: _summary(o) for n, o in chosen.items()})
-
-    def _body(self, obs, partial, notes):
-        return build_tree_report(obs.snaps, root_pid=self.main_pid, command=self.command, mode=self.mode,
-                                 partial=partial, snapshots=self.count, notes=notes, history=self.history,
-                                 peak_live_bytes=self.peak.live_bytes if self.peak else None)
+    def owner_sites(self, pid, serial, snap) -> list:
+        """The drill-down: one owner's call sites, asked from its process's shim now."""
+        return client.owner_sites(self.socket_of(pid), serial, snap)
 
 
-def _summary(obs) -> dict:
-    handshakes = sum(1 for s in obs.snaps.values() for o in s.connections if o.state == "handshake")
-    return {"captured_at": datetime.datetime.fromtimestamp(obs.taken_at, datetime.timezone.utc)
-            .isoformat(timespec="seconds"),
-            "t": obs.t, "connections": obs.connection_count, "live_bytes": obs.live_bytes,
-            "handshakes": handshakes, "processes": len(obs.snaps)}
-
-
-def _carry_python_obs(older, newer):
-    for pid, snap in older.snaps.items():
+def _carry_python_obs(older, newer, carried: dict):
+    """`older` with the agent answers of `newer` joined in where they describe the same objects
+    (a new Observation: observations are never changed). `carried` makes one per older observation,
+    so that steady and peak stay the same object when they were."""
+    if id(older) in carried:
+        return carried[id(older)]
+    result = older
+    for pid, process in older.snaps.items():
         if pid in newer.snaps:
-            _carry_python(snap, newer.snaps[pid])
+            python = _carry_python(process, newer.snaps[pid])
+            if python is not None:
+                result = result.with_process(pid, dataclasses.replace(process, python=python))
+    carried[id(older)] = result
+    return result
 
 
 def _carry_python(older, newer):
     """The agent's answer is throttled, so the peak snapshot may carry one older than some of its
     objects. A newer answer describes those objects too when the shim shows the same owner (serial
     and pointer) alive in both snapshots: its Python objects join the peak's answer. The older answer
-    keeps its own time, so nothing is called orphaned on the strength of the newer one."""
-    old_doc, new_doc = getattr(older, "python", None), getattr(newer, "python", None)
+    keeps its own time, so nothing is called orphaned on the strength of the newer one. Returns the
+    joined answer, or None when there is nothing to join."""
+    old_doc, new_doc = older.python, newer.python
     if not isinstance(old_doc, dict) or not isinstance(new_doc, dict) or old_doc is new_doc:
-        return
+        return None
     if old_doc.get("error") or new_doc.get("error"):
-        return
+        return None
     alive_now = {(o.serial, o.ptr) for o in newer.owners if o.alive}
     shared = {("connection" if o.kind == "connection" else "context", o.ptr)
               for o in older.owners if o.alive and (o.serial, o.ptr) in alive_now}
     known = {(o.get("kind"), o.get("ptr")) for o in old_doc.get("objects") or [] if isinstance(o, dict)}
     extra = [o for o in new_doc.get("objects") or [] if isinstance(o, dict)
              and (o.get("kind"), o.get("ptr")) in shared and (o.get("kind"), o.get("ptr")) not in known]
-    if extra:
-        merged = dict(old_doc)
-        merged["objects"] = list(old_doc.get("objects") or []) + extra
-        older.python = merged
-
+    if not extra:
+        return None
+    merged = dict(old_doc)
+    merged["objects"] = list(old_doc.get("objects") or []) + extra
+    return merged

@@ -22,7 +22,10 @@ from tlsprof.collect import client, inject, process_tree
 from tlsprof.analysis import walked
 from tlsprof.collect.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import AttachError, ChannelError, NoOpenSSL, NoSuchProcess, TlsprofError, UsageError
-from tlsprof.commands.run import announce_version, emit_report, empty_report, poll_quietly, tell
+from tlsprof.analysis.reports import ReportSource
+from tlsprof.collect.collector import collect
+from tlsprof.collect.target import Target
+from tlsprof.commands.run import announce_version, emit_report, empty_report, tell
 from tlsprof.analysis.moments import DEFAULT_MOMENT, MOMENTS
 from tlsprof.collect.session import Session
 from tlsprof.collect.shim import shim_path
@@ -85,6 +88,7 @@ def _attach(args, stops: StopSignals) -> int:
     session = Session(channel_dir, args.pid, _command_of(args.pid), mode="attach",
                       follow_children=not args.no_children, tree_only=True)
     session.channel_dirs = sorted(set(attached.values()), key=lambda d: d != channel_dir)
+    source = ReportSource(session)
     if not (args.live and sys.stdout.isatty()):
         announce_version(session)
     target_died = False
@@ -92,12 +96,12 @@ def _attach(args, stops: StopSignals) -> int:
     profiles = None
     try:
         from tlsprof.commands.run import start_pprof
-        profiles = start_pprof(session, args)
+        profiles = start_pprof(source, args)
         if args.metrics:
             from tlsprof.render.metrics import start_metrics_server
-            metrics = start_metrics_server(session, args.metrics)
+            metrics = start_metrics_server(source, args.metrics)
         if args.live and sys.stdout.isatty() and not stops.stopping:
-            from tlsprof.render.live import run_live
+            from tlsprof.commands.live import run_live
             run_live(session, args.pid, args)
         else:
             _collect(session, args, stops)
@@ -119,7 +123,7 @@ def _attach(args, stops: StopSignals) -> int:
         names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.received))
         notes.append(f"the session ended on {names} sent to tlsprof; the target was detached and runs on"
                      if not target_died else f"tlsprof was signalled ({names})")
-    report = session.report(at=args.at, partial=target_died, notes=notes)
+    report = source.report(at=args.at, partial=target_died, notes=notes)
     if report is None:
         if not stops.stopping:
             raise ChannelError(f"pid {args.pid} gave no snapshot before the session ended")
@@ -260,17 +264,6 @@ def _detach(pid, channel_dir):
 
 
 def _collect(session: Session, args, stops: StopSignals):
-    end = time.monotonic() + args.duration if args.duration else None
-    while not stops.stopping:
-        poll_quietly(session)
-        if not _alive(args.pid):
-            return
-        wait = args.interval if end is None else min(args.interval, end - time.monotonic())
-        if end is not None and wait <= 0:
-            return
-        deadline = time.monotonic() + wait
-        while not stops.stopping and time.monotonic() < deadline:
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-    # the state when the session ended (the target still runs: it is not torn down)
-    if _alive(args.pid):
-        poll_quietly(session, fresh_agent=True)
+    """Until a stop signal, --duration, or the target's exit; then one last look while it runs."""
+    until = time.monotonic() + args.duration if args.duration else None
+    collect(session, Target(args.pid, is_alive=lambda: _alive(args.pid)), args.interval, stops, until=until)

@@ -17,6 +17,7 @@ from tlsprof.collect import launch
 from tlsprof.model.causes import LABELS
 from tlsprof.errors import TlsprofError
 from tlsprof.render.text import MEMORY_LABELS, human_bytes
+from tlsprof.analysis.reports import ReportSource
 from tlsprof.collect.session import Session
 
 EXAMPLES = os.path.dirname(os.path.abspath(__import__("tlsprof._examples", fromlist=["x"]).__file__))
@@ -58,7 +59,7 @@ def _profile(label, server_args, n, workdir, err):
         for i in range(3):  # a few snapshots with every connection established
             session.poll(fresh_agent=i == 2)
             time.sleep(0.5)
-        return session.report(at="last")
+        return ReportSource(session).report(at="last")
     finally:
         for p in (client, server):
             if p is not None and p.poll() is None:

@@ -14,22 +14,25 @@ and connection carries its walked bytes beside its tracked ones (docs/heap-walk.
 import argparse
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 
-from tlsprof.collect import client, launch
-from tlsprof.model import report_io
 from tlsprof.analysis import walked
-from tlsprof.collect.client import Snapshot
-from tlsprof.errors import TlsprofError, UsageError
-from tlsprof.analysis.report import build_report
 from tlsprof.analysis.moments import DEFAULT_MOMENT, MOMENTS
-from tlsprof.render.text import render_text
+from tlsprof.analysis.report import build_report
+from tlsprof.analysis.reports import ReportSource
+from tlsprof.collect import client, launch
+from tlsprof.collect.client import Snapshot
+from tlsprof.collect.collector import collect
 from tlsprof.collect.session import Session
 from tlsprof.collect.stop_signals import StopSignals, signal_name
+from tlsprof.collect.target import Target
+from tlsprof.errors import TlsprofError, UsageError
+from tlsprof.model import report_io
+from tlsprof.model.observation import ProcessObservation
 from tlsprof.model.versions import unchecked_version_note
+from tlsprof.render.text import render_text
 
 
 def prepare_parser(p):
@@ -84,11 +87,12 @@ def _run(args, cmd, stops: StopSignals) -> int:
     log = None
     try:
         session = Session(channel_dir, None, cmd, mode="run")
+        source = ReportSource(session)
         metrics = None
         if args.metrics:  # bind before starting the target: a bad address must not orphan it
             from tlsprof.render.metrics import start_metrics_server
-            metrics = start_metrics_server(session, args.metrics)
-        profiles = start_pprof(session, args, metrics)
+            metrics = start_metrics_server(source, args.metrics)
+        profiles = start_pprof(source, args, metrics)
         popen_kwargs = {}
         if live:  # the target's output would write over the view: keep it in a file
             log = tempfile.NamedTemporaryFile(prefix="tlsprof-target-", suffix=".log", delete=False)
@@ -108,13 +112,13 @@ def _run(args, cmd, stops: StopSignals) -> int:
             announce_version(session)
         try:
             if live:
-                from tlsprof.render.live import run_live
+                from tlsprof.commands.live import run_live
                 returncode = run_live(session, proc, args)
             else:
                 last_look = (lambda: _walk_last_look(session)) if getattr(args, "walk", False) else None
-                returncode = _collect(proc, session, args.interval, stops,
-                                      on_stop=lambda: _write_early(session, args, cmd, proc, stops),
-                                      on_last_look=last_look)
+                returncode = collect(session, Target(proc), args.interval, stops,
+                                     on_stop=lambda: _write_early(source, args, cmd, proc, stops),
+                                     on_last_look=last_look)
         finally:
             if metrics is not None:
                 metrics.stop()
@@ -128,7 +132,7 @@ def _run(args, cmd, stops: StopSignals) -> int:
             names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.taken))
             notes.append(f"tlsprof passed {names} on to the target, which then exited "
                          f"({_describe_status(returncode)}); no snapshot was taken after the signal")
-        report = session.report(at=args.at, partial=partial, notes=notes)
+        report = source.report(at=args.at, partial=partial, notes=notes)
         if report is not None and getattr(args, "walk", False):
             _annotate_walk(report, session)
         if report is None:
@@ -145,7 +149,7 @@ def _run(args, cmd, stops: StopSignals) -> int:
             tell(f"tlsprof: the target's output is in {log.name}")
 
 
-def _write_early(session: Session, args, cmd, proc, stops: StopSignals):
+def _write_early(source: ReportSource, args, cmd, proc, stops: StopSignals):
     """With -o: write the report as soon as tlsprof is told to stop, before waiting for the target.
     No snapshot is taken after the signal, so this is already the final content; the report is
     rewritten (atomically) when the target exits. A supervisor that escalates to SIGKILL (systemd
@@ -156,7 +160,7 @@ def _write_early(session: Session, args, cmd, proc, stops: StopSignals):
     note = (f"written when tlsprof was signalled ({names}), before the target exited; tlsprof "
             f"did not live to rewrite it after the target's exit")
     try:
-        report = session.report(at=args.at, partial=True, notes=[note])
+        report = source.report(at=args.at, partial=True, notes=[note])
         if report is None:
             report = empty_report(proc.pid, cmd, "run", [note, "no snapshot was taken before the signal"])
         report_io.save_report(report, args.output)
@@ -173,7 +177,7 @@ def _describe_status(returncode: int) -> str:
 def empty_report(pid, command, mode, notes):
     """The report of a session that got no snapshot: valid, marked partial, saying why."""
     snap = Snapshot(pid=pid, mono_ns=0, openssl=None, stats={}, owners=[], sites=[], taken_at=time.time())
-    return build_report(snap, command=command, mode=mode, partial=True, chosen="last", snapshots=0,
+    return build_report(ProcessObservation.of(snap), command=command, mode=mode, partial=True, chosen="last", snapshots=0,
                         notes=list(notes))
 
 
@@ -193,14 +197,14 @@ def add_pprof_arguments(p):
                    help="with --pprof: keep the N newest profiles this session wrote (default 10)")
 
 
-def start_pprof(session, args, started=None):
+def start_pprof(source, args, started=None):
     """The --pprof writer, or None. A bad DIR is a usage error before the target is touched; what
     was `started` already (the metrics endpoint) is stopped first."""
     if not getattr(args, "pprof", None):
         return None
     from tlsprof.render.pprof import start_profile_writer
     try:
-        return start_profile_writer(session, args.pprof, args.pprof_keep, err=sys.stderr)
+        return start_profile_writer(source, args.pprof, args.pprof_keep, err=sys.stderr)
     except BaseException:
         if started is not None:
             started.stop()
@@ -256,12 +260,6 @@ def announce_version(session: Session, file=sys.stderr):
     session.on_snapshot.append(on_snapshot)
 
 
-# A stop signal can come before the shim's first answer (a supervisor's restart loop, a group kill
-# right after start). The shim's channel is up from its preload constructor on, milliseconds after
-# exec: a short bounded wait for it gives the report real data instead of none.
-FIRST_SNAPSHOT_WAIT = 2.0
-
-
 def _walk_last_look(session: Session) -> None:
     """`--walk`: the heap walk of the process holding most connections, with the snapshot it is
     compared with."""
@@ -288,67 +286,3 @@ def _annotate_walk(report, session):
         return
     if snap is not None:
         walked.annotate_run(report, getattr(session, "walk", None), snap)
-
-
-def _collect(proc: subprocess.Popen, session: Session, interval: float, stops: StopSignals = None,
-             on_stop=None, on_last_look=None) -> int:
-    """Snapshot every `interval` s until the target exits. A stop signal sent to tlsprof is
-    forwarded after one last snapshot, and no snapshot is taken after it: the target's own teardown
-    (closing every connection) never becomes the report's `last` snapshot. A terminal's Ctrl-C has
-    reached the target already: it only stops the snapshots. `on_stop()` runs once, after the last
-    snapshot and the forwarded signal."""
-    if stops is None:  # called on its own (the live view, once closed): hold the signals here
-        with StopSignals() as own:
-            return _collect(proc, session, interval, own, on_stop, on_last_look)
-    stopping = False
-    next_at = time.monotonic()
-    first = True
-    while True:
-        try:  # short waits: a signal to forward is acted on within 50 ms
-            return proc.wait(timeout=min(0.05, max(0.0, next_at - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            pass
-        if stops.pending:
-            first_stop = not stopping
-            if first_stop:
-                _last_look(proc, session)
-                if on_last_look is not None and proc.poll() is None:
-                    on_last_look()
-                stopping = True
-            for signum in stops.take():
-                try:
-                    proc.send_signal(signum)
-                except ProcessLookupError:
-                    pass
-            if first_stop and on_stop is not None:
-                on_stop()
-            continue
-        if stops.from_terminal:
-            stopping = True
-        if stopping or time.monotonic() < next_at:
-            continue
-        snap = poll_quietly(session)
-        # until the shim answers the first time, look again soon
-        if snap is None and first:
-            next_at = time.monotonic() + min(0.1, interval)
-        else:
-            first = False
-            next_at = time.monotonic() + interval
-
-
-def poll_quietly(session: Session, fresh_agent=False):
-    """One snapshot, or None: a target going away mid-answer must not end the session unreported."""
-    try:
-        return session.poll(fresh_agent=fresh_agent)
-    except (TlsprofError, OSError):
-        return None
-
-
-def _last_look(proc: subprocess.Popen, session: Session):
-    """The newest view of the target before it is asked to stop (bounded)."""
-    deadline = time.monotonic() + FIRST_SNAPSHOT_WAIT
-    while session.last is None and proc.poll() is None and time.monotonic() < deadline:
-        if poll_quietly(session) is None:
-            time.sleep(0.02)
-    if proc.poll() is None:
-        poll_quietly(session, fresh_agent=True)

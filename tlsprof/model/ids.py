@@ -8,3 +8,8 @@ def ctx_id(serial):
 
 def conn_id(serial):
     return f"conn-{serial}"
+
+
+def qualified_id(pid, ident):
+    """An id inside a process tree's report: the process's pid before the process's own id."""
+    return None if ident is None else f"{pid}:{ident}"

@@ -228,12 +228,12 @@ class MetricsServer:
         self._thread.join(5.0)
 
 
-def start_metrics_server(session, address) -> MetricsServer:
-    """Serve the gauges of `session.latest_report()` on http://ADDR:PORT/ (any path) in a daemon
+def start_metrics_server(source, address) -> MetricsServer:
+    """Serve the gauges of `source.latest_report()` (tlsprof/analysis/reports.py) on http://ADDR:PORT/ (any path) in a daemon
     thread. OpenMetrics when the scraper asks for it (Accept header), else Prometheus text."""
     host, port = parse_address(address)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ReportCollector(session.latest_report, pid=getattr(session, "main_pid", None)))
+    registry.register(ReportCollector(source.latest_report, pid=source.main_pid))
     try:
         httpd, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:

@@ -340,14 +340,15 @@ def check_directory(directory, keep):
 
 
 class ProfileDirWriter:
-    """Writes one profile per snapshot the session takes into a directory for a collector to pick
+    """Writes one profile per snapshot the session takes (read through its report source,
+    tlsprof/analysis/reports.py) into a directory for a collector to pick
     up, named `tlsprof-PID-YYYYmmddTHHMMSSZ-SEQ.pb.gz`, and keeps the `keep` newest it wrote (files
     it did not write are never touched). The work runs on its own thread: the session's poller only
     signals it, so a slow disk never delays a snapshot; when snapshots come faster than profiles are
     written, the newest wins."""
 
-    def __init__(self, session, directory, keep=DEFAULT_KEEP, err=None):
-        self.session = session
+    def __init__(self, source, directory, keep=DEFAULT_KEEP, err=None):
+        self.source = source
         self.directory = directory
         self.keep = keep
         self.written = deque()
@@ -360,7 +361,7 @@ class ProfileDirWriter:
         self._thread = threading.Thread(target=self._loop, name="tlsprof-pprof", daemon=True)
 
     def start(self):
-        self.session.on_snapshot.append(self._on_snapshot)
+        self.source.on_snapshot.append(self._on_snapshot)
         self._thread.start()
         return self
 
@@ -376,7 +377,7 @@ class ProfileDirWriter:
     def write_latest(self):
         """Write the profile of the session's newest report, unless it is written already."""
         try:
-            report = self.session.latest_report()
+            report = self.source.latest_report()
         except Exception:  # noqa: BLE001  e.g. built while the poller changed the session: the next will do
             return None
         if report is None or report is self._last_report:
@@ -405,8 +406,8 @@ class ProfileDirWriter:
 
     def stop(self):
         """Stop the thread, then write the newest report if it was not written yet."""
-        if self._on_snapshot in self.session.on_snapshot:
-            self.session.on_snapshot.remove(self._on_snapshot)
+        if self._on_snapshot in self.source.on_snapshot:
+            self.source.on_snapshot.remove(self._on_snapshot)
         self._stopping = True
         self._wake.set()
         if self._thread.is_alive():
@@ -414,6 +415,6 @@ class ProfileDirWriter:
         self.write_latest()
 
 
-def start_profile_writer(session, directory, keep=DEFAULT_KEEP, err=None) -> ProfileDirWriter:
+def start_profile_writer(source, directory, keep=DEFAULT_KEEP, err=None) -> ProfileDirWriter:
     check_directory(directory, keep)
-    return ProfileDirWriter(session, directory, keep, err=err).start()
+    return ProfileDirWriter(source, directory, keep, err=err).start()

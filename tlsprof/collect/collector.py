@@ -121,6 +121,8 @@ def _last_look(target, session):
     while session.last is None and target.proc.poll() is None and time.monotonic() < deadline:
         if poll_quietly(session) is None:
             time.sleep(0.02)
+    if target.proc.poll() is None:  # the newest state, with the Python agent asked now
+        poll_quietly(session, fresh_agent=True)
 
 
 class Collector(threading.Thread):

@@ -20,12 +20,13 @@ import pytest
 
 from reportcheck import load_checked
 from tlsenv import free_port
+import tlsprof
 from tlsprof.collect import shim_copy
 from tlsprof.collect.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import ShimNotLoadable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PACKAGE = os.path.dirname(os.path.abspath(shim_copy.__file__))
+PACKAGE = os.path.dirname(os.path.abspath(tlsprof.__file__))
 needs_gdb = pytest.mark.skipif(not shutil.which("gdb"), reason="attach needs gdb (make test installs it)")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -108,10 +109,11 @@ def test_copy_is_content_named_readonly_and_reused(tmp_path):
         st = os.stat(base)
         assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o022 == 0
         assert stat.S_IMODE(st.st_mode) & 0o005 == 0o005  # anyone can enter and list
-        for rel in (os.path.basename(first.shim), "agent/agent.py", "agent/site/sitecustomize.py"):
+        for rel in (os.path.basename(first.shim), "agent/agent.py", "agent/graph.py", "agent/ssl_objects.py",
+                    "agent/tracemalloc_ext.py", "agent/site/sitecustomize.py"):
             path = os.path.join(first.root, rel)
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o444
-            with open(path, "rb") as a, open(os.path.join(PACKAGE, rel) if "/" in rel
+            with open(path, "rb") as a, open(os.path.join(PACKAGE, "collect", rel) if "/" in rel
                                               else shim_copy.installed()[0], "rb") as b:
                 assert a.read() == b.read()
         assert shim_copy.readable_by(first.shim, shim_copy.ANYONE)

@@ -43,6 +43,10 @@ BASE = "/tmp"
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # (name inside the bundle, path inside the installed package); the shim is added at run time
 AGENT_FILES = (("agent/agent.py", os.path.join(_HERE, "agent", "agent.py")),
+               # agent.py loads these beside itself
+               ("agent/graph.py", os.path.join(_HERE, "agent", "graph.py")),
+               ("agent/ssl_objects.py", os.path.join(_HERE, "agent", "ssl_objects.py")),
+               ("agent/tracemalloc_ext.py", os.path.join(_HERE, "agent", "tracemalloc_ext.py")),
                ("agent/site/sitecustomize.py", os.path.join(_HERE, "agent", "site", "sitecustomize.py")))
 NAME_LEN = 16
 STALE_TMP_S = 3600

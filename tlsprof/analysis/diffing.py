@@ -126,7 +126,7 @@ def _fmt_count_row(name: str, row: dict) -> str:
 
 
 def _memory_parts(a, b) -> dict:
-    """{part name: row} of the two reports' RSS explanations (tlsprof/memory.py), in report order."""
+    """{part name: row} of the two reports' RSS explanations (tlsprof/analysis/memory.py), in report order."""
     pa = {p["name"]: p["bytes"] for p in (a or {}).get("parts") or []}
     pb = {p["name"]: p["bytes"] for p in (b or {}).get("parts") or []}
     return {name: _row(pa.get(name, 0), pb.get(name, 0)) for name in list(pa) + [n for n in pb if n not in pa]}

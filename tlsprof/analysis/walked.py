@@ -1,5 +1,5 @@
-"""Joins the heap walk's bytes (tlsprof/client.py `Walk`, docs/heap-walk.md) with a report built from
-tracked bytes (tlsprof/model.py), so that one report carries both and says which is which.
+"""Joins the heap walk's bytes (tlsprof/collect/client.py `Walk`, docs/heap-walk.md) with a report built from
+tracked bytes (tlsprof/analysis/report.py), so that one report carries both and says which is which.
 
 Every context and connection entry gets `measured`: "tracked" (bytes seen allocated through the
 hooks), "walked" (found by the heap walk only: it predates the attach and has not called into
@@ -146,7 +146,7 @@ def merge_attach(report: dict, walk, snap) -> dict:
 
 
 def _join_python(report: dict, agent) -> None:
-    """The Python agent's objects for the walked entries, by pointer, as tlsprof/linkage.py joins
+    """The Python agent's objects for the walked entries, by pointer, as tlsprof/analysis/python_join.py joins
     tracked ones: before the walk these were its `unmatched_objects`."""
     info = report.get("python")
     if not isinstance(agent, dict) or not isinstance(info, dict) or info.get("join") != "on":
@@ -219,7 +219,7 @@ def _recompute(report: dict, walk, added: int, merged_ptrs: set) -> None:
         "requested_bytes": int(round(sum(c.get("requested_bytes") or 0 for c in conns) / n)) if n else 0,
     })
     per["measured"] = _measured_of(conns)
-    if per.get("python_bytes") is not None:  # the Python agent's part (tlsprof/linkage.py) stays its own
+    if per.get("python_bytes") is not None:  # the Python agent's part (tlsprof/analysis/python_join.py) stays its own
         per["total_bytes"] = per["bytes"] + per["python_bytes"]
     report["connections"].sort(key=lambda c: -c["live_bytes"])
     report["contexts"].sort(key=lambda c: -c["live_bytes"])

@@ -23,7 +23,7 @@ def _bundle():
 
 def preload_env(channel_dir: str, base=None, tracemalloc=False) -> dict:
     """The environment of a profiled command. The shim and the agent's site directory are the
-    installed files when anyone can read them, else a copy anyone can (tlsprof/shim_copy.py): the
+    installed files when anyone can read them, else a copy anyone can (tlsprof/collect/shim_copy.py): the
     command may switch users before exec (setpriv, runuser), and the loader refuses a preload
     path its new user cannot open."""
     env = dict(os.environ if base is None else base)
@@ -34,7 +34,7 @@ def preload_env(channel_dir: str, base=None, tracemalloc=False) -> dict:
     # a process that switched users cannot enter channel_dir: it serves in its own user's private
     # directory under this base instead (hooks/main.c, agent/site/sitecustomize.py)
     env["TLSPROF_UID_DIRS"] = channel_paths.BASE
-    # Python targets: tlsprof's sitecustomize starts the in-target agent (tlsprof/agent/)
+    # Python targets: tlsprof's sitecustomize starts the in-target agent (tlsprof/collect/agent/)
     path = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = bundle.site_dir + (os.pathsep + path if path else "")
     if tracemalloc:

@@ -19,7 +19,7 @@ sitecustomize expect next to the shim) copied to `/tmp/tlsprof-lib-<euid>/<conte
   cannot be read keeps every bundle made before it started (see mapped_paths).
 
 Only code becomes readable: the channel stays private (0700 directory, 0600 socket, peer uid
-checked; tlsprof/channel_paths.py). A target that would not see the bundle at the same path (it
+checked; tlsprof/collect/channel_paths.py). A target that would not see the bundle at the same path (it
 lives in another mount namespace, e.g. a container or a unit with PrivateTmp=) and a /tmp where
 the bundle cannot be made (read-only, full, squatted) end the command with ShimNotLoadable
 (exit 9) and one line saying which.

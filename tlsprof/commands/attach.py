@@ -2,7 +2,7 @@
 [--live] [--metrics A:P]`
 
 Loads the shim into a running process and each of its descendants that loads OpenSSL (nginx's
-master and its workers; `--no-children`: PID alone) (tlsprof/inject.py: gdb, at a safe point),
+master and its workers; `--no-children`: PID alone) (tlsprof/collect/inject/: gdb, at a safe point),
 collects until the duration is over, a stop signal (SIGINT/SIGTERM/SIGHUP/SIGQUIT), the live view's
 quit, or the target's exit, detaches each process (every patched slot is restored and the targets run
 on) and writes the report (`target.mode` = "attach"). From the start to the written report those
@@ -74,7 +74,7 @@ def run(args) -> int:
         from tlsprof.render.metrics import parse_address
         parse_address(args.metrics)
     # held until the report is written: a stop signal ends the session, but never skips the detach
-    # (the targets would keep their hooks) or the report (tlsprof/stop_signals.py)
+    # (the targets would keep their hooks) or the report (tlsprof/collect/stop_signals.py)
     with StopSignals(hold_to_exit=True) as stops:
         return _attach(args, stops)
 

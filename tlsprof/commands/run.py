@@ -3,7 +3,7 @@
 Starts CMD with the shim preloaded; stdin/stdout/stderr pass through, the exit status is CMD's.
 Ctrl-C at a terminal reaches CMD directly (same process group); SIGTERM/SIGHUP/SIGQUIT sent to
 tlsprof, and SIGINT when not at a terminal, are forwarded to CMD. These signals never kill tlsprof
-(tlsprof/stop_signals.py): the report is always written, also when the signal comes before the
+(tlsprof/collect/stop_signals.py): the report is always written, also when the signal comes before the
 first snapshot, after CMD exited, with it, or while the report is being written; with -o it is
 written at the first such signal already, and again when CMD exits. Processes CMD starts inherit the
 shim and are tracked with their own channel; the report describes the whole tree: every process
@@ -76,7 +76,7 @@ def _exit_status(returncode: int) -> int:
 def run(args) -> int:
     cmd = _command(args)
     # held until the report is written: a supervisor's SIGTERM right after (or with) the target's
-    # must not kill tlsprof between the target's exit and the report (tlsprof/stop_signals.py)
+    # must not kill tlsprof between the target's exit and the report (tlsprof/collect/stop_signals.py)
     with StopSignals(hold_to_exit=True) as stops:
         return _run(args, cmd, stops)
 

@@ -1,6 +1,6 @@
 """Validation of the report contract, schema `tlsprof.report/2` (and `/1`).
 
-The contract lives in `tlsprof/schema/report.schema.json` (JSON Schema 2020-12). The CLI must not
+The contract lives in `tlsprof/model/schema/report.schema.json` (JSON Schema 2020-12). The CLI must not
 need `jsonschema`, so this module interprets the small subset of keywords that file uses ($ref to
 $defs, type, enum, const, required, properties, additionalProperties, propertyNames, items,
 minimum, minLength, pattern). Tests check that `jsonschema` agrees with it.

@@ -143,7 +143,7 @@ def render_text(report: dict, file=None, width=None) -> None:
     else:
         out(Text(first, style="bold"))
         out(Text(f"  {parts}", style="bold"))
-    if per.get("python_bytes") is not None:  # joined by the in-target Python agent (tlsprof/linkage.py)
+    if per.get("python_bytes") is not None:  # joined by the in-target Python agent (tlsprof/analysis/python_join.py)
         out(Text(f"  + Python side {human_bytes(per['python_bytes'])} = {human_bytes(per.get('total_bytes'))} "
                  f"per connection (native + Python)", style="bold"))
     largest = ((report.get("memory") or {}).get("per_connection") or {}).get("largest")
@@ -247,7 +247,7 @@ def _render_causes(out, per: dict, totals: dict) -> None:
 
 
 def _render_memory(out, memory) -> None:
-    """The RSS explained: each measured part and its share (tlsprof/memory.py)."""
+    """The RSS explained: each measured part and its share (tlsprof/analysis/memory.py)."""
     if not isinstance(memory, dict) or not memory.get("parts"):
         return
     rss = memory.get("rss_bytes") or 0

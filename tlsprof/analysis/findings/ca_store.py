@@ -33,7 +33,7 @@ CA_STORE_FIX = (
 )
 
 
-# The fix for the API the creating line uses (tlsprof/creation.py); CA_STORE_FIX when unknown.
+# The fix for the API the creating line uses (tlsprof/analysis/creation.py); CA_STORE_FIX when unknown.
 CA_STORE_FIX_BY_API = {
     "ssl": "Build the SSLContext once, at start-up, and reuse that same object for every "
            "wrap_socket(), start_tls() or asyncio server/connection; never call "

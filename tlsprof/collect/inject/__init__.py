@@ -172,7 +172,7 @@ def inject(pid: int, shim_path: str, channel_dir: str, timeout: float = 20,
     """Load `shim_path` into `pid` at a safe point and call tlsprof_start(channel_dir).
 
     Returns once the shim's socket answers PING (unless wait_ready is False). A target that cannot
-    read `shim_path` gets a copy it can (tlsprof/shim_copy.py). Raises NoSuchProcess, AccessDenied,
+    read `shim_path` gets a copy it can (tlsprof/collect/shim_copy.py). Raises NoSuchProcess, AccessDenied,
     ToolMissing, ShimNotLoadable, AttachError or ChannelError with a one-line message. `on_stage` is
     called with each progress stage of the gdb script ("attached", "waiting", "safe-point",
     "detached"), from a reader thread.

@@ -192,7 +192,7 @@ class LiveApp(App):
                               f" + ctx share {human_bytes(per['context_share_bytes'])}){python}"
                               f"{self._trend_text()}", style="bold"))
             memory = r.get("memory") or {}
-            if memory.get("parts"):  # the RSS explained (tlsprof/memory.py), largest parts first
+            if memory.get("parts"):  # the RSS explained (tlsprof/analysis/memory.py), largest parts first
                 parts = sorted(memory["parts"], key=lambda p: -p["bytes"])[:5]
                 largest = (memory.get("per_connection") or {}).get("largest")
                 text = "RSS = " + " + ".join(f"{MEMORY_LABELS.get(p['name'], p['name'])} {human_bytes(p['bytes'])}"

@@ -130,7 +130,7 @@ def _attach(args, stops: StopSignals) -> int:
         report = empty_report(args.pid, session.command, "attach",
                               notes + ["no snapshot was taken: the session was stopped before the first one"])
     elif walks:
-        _merge_walks(report, walks, getattr(session, args.at, None) or session.last)
+        _merge_walks(report, walks, session.chosen().get(args.at) or session.last)
     emit_report(report, args, stream=sys.stdout if args.format == "json" else sys.stderr)
     return 0
 
@@ -154,7 +154,7 @@ def _walk(sock_path):
 def _merge_walks(report, walks, observation):
     """Walked bytes into the report of one process; a tree's report keeps per-process ids (PID:conn-N)
     the walk does not know yet, so it says so instead of merging."""
-    snaps = getattr(observation, "snaps", None) or {}
+    snaps = observation.snaps if observation is not None else {}
     if len(report.get("processes") or []) > 1:
         report.setdefault("notes", []).append(
             f"the heap walk ran in {len(walks)} processes but is merged into single-process reports only: "

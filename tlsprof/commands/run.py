@@ -88,6 +88,7 @@ def _run(args, cmd, stops: StopSignals) -> int:
     try:
         session = Session(channel_dir, None, cmd, mode="run")
         source = ReportSource(session)
+        walk_found = {}  # --walk: the walk at the last look and the observation it is compared with
         metrics = None
         if args.metrics:  # bind before starting the target: a bad address must not orphan it
             from tlsprof.render.metrics import start_metrics_server
@@ -115,7 +116,7 @@ def _run(args, cmd, stops: StopSignals) -> int:
                 from tlsprof.commands.live import run_live
                 returncode = run_live(session, proc, args)
             else:
-                last_look = (lambda: _walk_last_look(session)) if getattr(args, "walk", False) else None
+                last_look = (lambda: _walk_last_look(session, walk_found)) if getattr(args, "walk", False) else None
                 returncode = collect(session, Target(proc), args.interval, stops,
                                      on_stop=lambda: _write_early(source, args, cmd, proc, stops),
                                      on_last_look=last_look)
@@ -134,7 +135,7 @@ def _run(args, cmd, stops: StopSignals) -> int:
                          f"({_describe_status(returncode)}); no snapshot was taken after the signal")
         report = source.report(at=args.at, partial=partial, notes=notes)
         if report is not None and getattr(args, "walk", False):
-            _annotate_walk(report, session)
+            _annotate_walk(report, walk_found)
         if report is None:
             why = (f"{cmd[0]} exited after {time.time() - session.started:.1f}s before its first snapshot "
                    f"(or never loaded the shim)")
@@ -260,9 +261,9 @@ def announce_version(session: Session, file=sys.stderr):
     session.on_snapshot.append(on_snapshot)
 
 
-def _walk_last_look(session: Session) -> None:
-    """`--walk`: the heap walk of the process holding most connections, with the snapshot it is
-    compared with."""
+def _walk_last_look(session: Session, found: dict) -> None:
+    """`--walk`: the heap walk of the process holding most connections, with the observation it is
+    compared with, into `found` ({"walk", "observation"})."""
     obs = session.last
     if obs is None:
         return
@@ -270,19 +271,18 @@ def _walk_last_look(session: Session) -> None:
     path = session.sockets().get(pid)
     if path is None:
         return
-    session.walk_snapshot = obs.snaps.get(pid)
+    found["observation"] = obs.snaps.get(pid)
     try:
-        session.walk = client.walk(path)
+        found["walk"] = client.walk(path)
     except Exception as exc:  # noqa: BLE001 - a walk that fails must never lose the report
-        session.walk = client.Walk(status="failed", reason=str(exc))
-    tell(f"tlsprof: {walked.walk_sentence(session.walk)}")
+        found["walk"] = client.Walk(status="failed", reason=str(exc))
+    tell(f"tlsprof: {walked.walk_sentence(found['walk'])}")
 
 
-def _annotate_walk(report, session):
-    snap = getattr(session, "walk_snapshot", None)
+def _annotate_walk(report, found: dict):
     if len(report.get("processes") or []) > 1:
         report.setdefault("notes", []).append(
             "--walk: the walked bytes are set beside tracked ones in single-process reports only")
         return
-    if snap is not None:
-        walked.annotate_run(report, getattr(session, "walk", None), snap)
+    if found.get("observation") is not None:
+        walked.annotate_run(report, found.get("walk"), found["observation"])

@@ -14,7 +14,7 @@ def _frozen_map(mapping) -> MappingProxyType:
     return MappingProxyType(dict(mapping or {}))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: a poll is itself, however alike two look
 class ProcessObservation:
     snapshot: object  # the shim's parsed snapshot (owners, sites, stats …), read only
     taken_at: float = 0.0  # wall clock
@@ -73,7 +73,7 @@ class ProcessObservation:
         return self.snapshot.io_calls
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: a poll is itself, however alike two look
 class Observation:
     """One poll of the tree: {pid: ProcessObservation} of every process that answered, and sums."""
     snaps: MappingProxyType

@@ -20,8 +20,9 @@ def _top_cause(by_cause: dict):
     return best
 
 
-def _serial(ident):
-    """Sort key of an id such as "conn-12": numeric part first."""
+def _natural_order(ident):
+    """Sort key of an id such as "conn-12": ids in the order people count them (conn-9 before
+    conn-10). Only for sorting rows: nothing is looked up by the number."""
     if isinstance(ident, int):
         return (0, ident, "")
     s = str(ident)
@@ -74,7 +75,7 @@ class CtxRow:
 
 
 CONN_COLUMNS = [  # (label, key, sort key on ConnRow, descending first)
-    ("Id", "id", lambda r: _serial(r.id), False),
+    ("Id", "id", lambda r: _natural_order(r.id), False),
     ("Peer", "peer", lambda r: r.peer, False),
     ("Fd", "fd", lambda r: -1 if r.fd is None else r.fd, False),
     ("State", "state", lambda r: r.state, False),
@@ -83,7 +84,7 @@ CONN_COLUMNS = [  # (label, key, sort key on ConnRow, descending first)
     ("Top cause", "top", lambda r: label(r.top) if r.top else "", False),
 ]
 CTX_COLUMNS = [
-    ("Id", "id", lambda r: _serial(r.id), False),
+    ("Id", "id", lambda r: _natural_order(r.id), False),
     ("Conns", "conns", lambda r: r.conns, True),
     ("Bytes", "bytes", lambda r: r.bytes, True),
     ("CA store", "ca", lambda r: r.ca, True),

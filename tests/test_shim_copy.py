@@ -113,7 +113,7 @@ def test_copy_is_content_named_readonly_and_reused(tmp_path):
                     "agent/tracemalloc_ext.py", "agent/site/sitecustomize.py"):
             path = os.path.join(first.root, rel)
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o444
-            with open(path, "rb") as a, open(os.path.join(PACKAGE, "collect", rel) if "/" in rel
+            with open(path, "rb") as a, open(os.path.join(PACKAGE, rel) if "/" in rel
                                               else shim_copy.installed()[0], "rb") as b:
                 assert a.read() == b.read()
         assert shim_copy.readable_by(first.shim, shim_copy.ANYONE)

@@ -1,5 +1,6 @@
 """The package's structure, read from its source (docs/architecture.md): imports go one way,
-`commands → render → analysis → model ← collect`, no module imports itself back through others,
+`commands → render → analysis → model ← collect` (and `collect → agent`, the code that runs inside
+a Python target), no module imports itself back through others,
 and no module grows past 500 lines. Parses the files with ast: nothing is imported or run."""
 import ast
 import pathlib
@@ -11,12 +12,13 @@ MAX_LINES = 500
 
 # layer -> the layers its modules may import (besides their own and the shared `tlsprof.errors`)
 MAY_IMPORT = {
+    "agent": set(),  # runs inside the target's Python, loaded by path beside the shim: stdlib only
     "model": set(),
-    "collect": {"model"},
+    "collect": {"model", "agent"},
     "analysis": {"model"},
     "render": {"analysis", "model"},
     "commands": {"render", "analysis", "model", "collect"},
-    "top": {"commands", "render", "analysis", "model", "collect"},  # cli, __main__
+    "top": {"commands", "render", "analysis", "model", "collect", "agent"},  # cli, __main__
 }
 SHARED = {"tlsprof", "tlsprof.errors"}
 

@@ -1,4 +1,4 @@
-"""The Python linkage's join: what the in-target agent (tlsprof/collect/agent/) knows about the
+"""The Python linkage's join: what the in-target agent (tlsprof/agent/) knows about the
 target's ssl objects, joined to the report's connections and contexts.
 
 The join is by exact pointer equality: the agent reports the SSL* / SSL_CTX* it read from each

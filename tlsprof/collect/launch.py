@@ -34,7 +34,7 @@ def preload_env(channel_dir: str, base=None, tracemalloc=False) -> dict:
     # a process that switched users cannot enter channel_dir: it serves in its own user's private
     # directory under this base instead (hooks/main.c, agent/site/sitecustomize.py)
     env["TLSPROF_UID_DIRS"] = channel_paths.BASE
-    # Python targets: tlsprof's sitecustomize starts the in-target agent (tlsprof/collect/agent/)
+    # Python targets: tlsprof's sitecustomize starts the in-target agent (tlsprof/agent/)
     path = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = bundle.site_dir + (os.pathsep + path if path else "")
     if tracemalloc:

@@ -1,4 +1,4 @@
-"""Collect side of the Python linkage: fetch what the in-target agent (tlsprof/collect/agent/) knows
+"""Collect side of the Python linkage: fetch what the in-target agent (tlsprof/agent/) knows
 about the target's ssl objects, throttled so that its walks cost the target little.
 
 The join of its answer with the report's connections and contexts is analysis

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from tlsprof.errors import NoSuchProcess, ShimNotLoadable
 
 BASE = "/tmp"
-_HERE = os.path.dirname(os.path.abspath(__file__))
+# the package root: the shim and agent/ sit there side by side, as in a bundle
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (name inside the bundle, path inside the installed package); the shim is added at run time
 AGENT_FILES = (("agent/agent.py", os.path.join(_HERE, "agent", "agent.py")),
                # agent.py loads these beside itself
@@ -77,7 +78,7 @@ def lib_dir(euid: int | None = None) -> str:
 
 def installed() -> tuple[str, str]:
     """(shim, site dir) of the installed package."""
-    from tlsprof.collect.agent import site_dir
+    from tlsprof.agent import site_dir
     from tlsprof.collect.shim import shim_path
     return shim_path(), site_dir()
 

@@ -1,7 +1,7 @@
 """The in-target Python agent: maps each SSL*/SSL_CTX* to its live Python object.
 
-Runs inside the profiled Python process (started by tlsprof/collect/agent/site/sitecustomize.py under
-`tlsprof run`, or by `tlsprof.collect.agent.start(dir)` from an attach payload). Stdlib only: the target's
+Runs inside the profiled Python process (started by tlsprof/agent/site/sitecustomize.py under
+`tlsprof run`, or by `tlsprof.agent.start(dir)` from an attach payload). Stdlib only: the target's
 interpreter may not have tlsprof installed, so this file is loaded by path as `_tlsprof_agent`.
 
 A daemon thread serves `<dir>/<pid>.py.sock` (mode 0600, inside the private channel directory):

@@ -8,7 +8,7 @@ clients from a separate process (examples/echo_client.py, 4 KiB client read buff
 measures over --idle-seconds the server's CPU time, context switches and thread states (psutil).
 Tracked only, afterwards: tracker memory per live OpenSSL block (shim stats tracker_bytes / blocks,
 and RSS tracked - RSS bare per block), then 5x end-to-end snapshot time (tlsprof.collect.client.snapshot),
-build_report, JSON encoding, text rendering, and Session.poll + latest_report (one refresh of the
+build_report, JSON encoding, text rendering, and Session.poll + ReportSource.latest_report (one refresh of the
 live view's data path).
 Goals: added idle CPU ~ 0; <= 32 B tracker memory per live block; snapshot <= 100 ms; report <= 1 s.
 """

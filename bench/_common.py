@@ -87,7 +87,7 @@ def machine():
     import ssl
     shim = "?"
     try:
-        from tlsprof.shim import shim_path
+        from tlsprof.collect.shim import shim_path
         with open(shim_path(), "rb") as f:
             shim = hashlib.sha256(f.read()).hexdigest()[:12]
     except Exception:

@@ -33,7 +33,7 @@ def tlsprof_live():
     if not d:
         return None
     sys.path.insert(0, os.path.dirname(HERE))
-    from tlsprof import client
+    from tlsprof.collect import client
     snap = client.snapshot(os.path.join(d, f"{os.getpid()}.sock"), timeout=30)
     return {"bytes": snap.live_bytes, "blocks": sum(o.live_blocks for o in snap.owners),
             "untracked_bytes": snap.stats.get("untracked_bytes", 0)}

@@ -93,7 +93,7 @@ def run_workload(env, args):
 
 
 def part_b(contexts, conns, rounds):
-    from tlsprof import launch
+    from tlsprof.collect import launch
     workdir = tempfile.mkdtemp(prefix="tlsprof-bench-acc-")
     try:
         so = build_counter(workdir)

@@ -6,7 +6,7 @@ CLI mode (default; runs when `tlsprof attach --help` works, else prints "skipped
 available"): starts `tlsprof attach PID`, times until the target's shim first answers SNAPSHOT on
 its channel (the attach's first snapshot); then sends SIGINT to `tlsprof attach` and times until
 it has exited and the target's socket is gone (detach).
---api: the same through tlsprof.inject.inject() / client.snapshot() / inject.eject(), the calls the
+--api: the same through tlsprof.collect.inject.inject() / client.snapshot() / inject.eject(), the calls the
 CLI is built on (usable before the CLI exists).
 Goals: attach -> first snapshot <= 2 s; detach <= 1 s. The target must keep serving afterwards.
 """
@@ -36,7 +36,7 @@ def cli_available():
 
 
 def wait_snapshot(sock, deadline):
-    from tlsprof import client
+    from tlsprof.collect import client
     from tlsprof.errors import ChannelError
     while time.monotonic() < deadline:
         if os.path.exists(sock):
@@ -49,7 +49,7 @@ def wait_snapshot(sock, deadline):
 
 
 def one_cli(pid, timeout=30):
-    from tlsprof.channel_paths import channel_dir_path, socket_path
+    from tlsprof.collect.channel_paths import channel_dir_path, socket_path
     sock = socket_path(channel_dir_path(os.getuid()), pid)
     t0 = time.monotonic()
     proc = subprocess.Popen([_common.tlsprof_bin(), "attach", str(pid)], stdout=subprocess.DEVNULL,
@@ -72,9 +72,9 @@ def one_cli(pid, timeout=30):
 
 
 def one_api(pid):
-    from tlsprof import client, inject, launch
-    from tlsprof.channel_paths import socket_path
-    from tlsprof.shim import shim_path
+    from tlsprof.collect import client, inject, launch
+    from tlsprof.collect.channel_paths import socket_path
+    from tlsprof.collect.shim import shim_path
     chan = launch.private_dir(prefix="tlsprof-bench-")
     try:
         t0 = time.monotonic()

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -130,7 +129,7 @@ def main():
     subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", lib, HEAP_SRC, "-lpthread"], check=True)
     sni = ("--server-name", "localhost")
     rows = []
-    for r in range(args.rounds):
+    for _ in range(args.rounds):
         if args.ctx_per_conn:
             heap_c, rss_c = growth(work, cert, key, lib, args.n, ("--ctx-per-conn",), sni)
             heap_s, rss_s = growth(work, cert, key, lib, args.n, (), sni)

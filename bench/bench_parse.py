@@ -5,7 +5,7 @@
 Builds a snapshot text shaped like the one `bench_scale.py` gets from an echo server with N idle TLS
 connections (one process owner, one context, N connections with six causes each and an F line each,
 300 call sites; the connections' `causes=` values take 20 distinct forms, as a real server's 2,000
-idle connections did: 19) and times `tlsprof.client.parse_snapshot` on it, then `build_report`.
+idle connections did: 19) and times `tlsprof.model.wire.parse_snapshot` on it, then `build_report`.
 `--text FILE` parses a snapshot captured from a real shim instead (the SNAPSHOT answer, format 2).
 `--format 1` writes the same content as the older positional text (before docs/snapshot-format.md):
 run it with PYTHONPATH pointing at a checkout of that era to compare the two parsers.
@@ -106,8 +106,8 @@ def main():
     ap.add_argument("--format", type=int, choices=(1, 2), default=2)
     ap.add_argument("--text", help="a captured SNAPSHOT answer (format 2) to parse instead")
     args = ap.parse_args()
-    from tlsprof.client import parse_snapshot
-    from tlsprof.model import build_report
+    from tlsprof.collect.client import parse_snapshot
+    from tlsprof.analysis.report import build_report
     if args.text:
         with open(args.text) as f:
             text = f.read()

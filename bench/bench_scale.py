@@ -7,8 +7,8 @@ channel, exactly what `tlsprof run` sets up, but with nobody taking snapshots), 
 clients from a separate process (examples/echo_client.py, 4 KiB client read buffers), waits, then
 measures over --idle-seconds the server's CPU time, context switches and thread states (psutil).
 Tracked only, afterwards: tracker memory per live OpenSSL block (shim stats tracker_bytes / blocks,
-and RSS tracked - RSS bare per block), then 5x end-to-end snapshot time (tlsprof.client.snapshot),
-build_report, JSON encoding, text rendering, and Session.poll + latest_report (one refresh of the
+and RSS tracked - RSS bare per block), then 5x end-to-end snapshot time (tlsprof.collect.client.snapshot),
+build_report, JSON encoding, text rendering, and Session.poll + ReportSource.latest_report (one refresh of the
 live view's data path).
 Goals: added idle CPU ~ 0; <= 32 B tracker memory per live block; snapshot <= 100 ms; report <= 1 s.
 """
@@ -59,11 +59,13 @@ def timed(fn, repeat):
 
 
 def scale_figures(pid, channel_dir):
-    from tlsprof import client, report_io
-    from tlsprof.channel_paths import socket_path
-    from tlsprof.model import build_report
-    from tlsprof.render import render_text
-    from tlsprof.session import Session
+    from tlsprof.collect import client
+    from tlsprof.model import report_io
+    from tlsprof.analysis.report import build_report
+    from tlsprof.render.text import render_text
+    from tlsprof.analysis.reports import ReportSource
+    from tlsprof.collect.session import Session
+    from tlsprof.collect.channel_paths import socket_path
     sock = socket_path(channel_dir, pid)
     snap, snap_t = timed(lambda: client.snapshot(sock, timeout=30), 5)
     report, build_t = timed(lambda: build_report(snap, command=["echo_server"], mode="run"), 3)
@@ -72,17 +74,18 @@ def scale_figures(pid, channel_dir):
     raw, ask_t = timed(lambda: client.ask(sock, "SNAPSHOT", 30), 3)  # the shim's side + transfer
     _, parse_t = timed(lambda: client.parse_snapshot(raw), 3)       # parsing in Python
     session = Session(channel_dir, pid, ["echo_server"], mode="run")
+    source = ReportSource(session)
     _, poll_t = timed(session.poll, 3)
-    _, latest_t = timed(lambda: session.report(at="last"), 2)
+    _, latest_t = timed(lambda: source.report(at="last"), 2)
 
     def refresh():
         session.poll()
-        return session.latest_report()
+        return source.latest_report()
     _, refresh_t = timed(refresh, 2)
     import cProfile
     import pstats
     prof = cProfile.Profile()
-    prof.runcall(session.report, at="last")
+    prof.runcall(source.report, at="last")
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(14)
     print("  cProfile of Session.report(at='last') (the live view's per-refresh report):")
@@ -108,7 +111,7 @@ def scale_figures(pid, channel_dir):
 
 
 def one(mode, n, idle_s, concurrency):
-    from tlsprof import launch
+    from tlsprof.collect import launch
     env, channel_dir = None, None
     if mode == "tracked":
         channel_dir = launch.private_dir(prefix="tlsprof-bench-")

@@ -20,9 +20,9 @@ import time
 
 import _common
 import tlsenv
-from tlsprof import client
-from tlsprof.channel_paths import socket_path
-from tlsprof.shim import shim_path
+from tlsprof.collect import client
+from tlsprof.collect.channel_paths import socket_path
+from tlsprof.collect.shim import shim_path
 
 
 def handshake_seconds(port):

@@ -15,7 +15,7 @@ import _common
 import _servers
 import tlsenv
 
-from tlsprof import pprof
+from tlsprof.render import pprof
 
 
 def real_report(clients):

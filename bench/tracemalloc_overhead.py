@@ -51,7 +51,7 @@ def main():
     p.add_argument("--handshakes", type=int, default=300)
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
-    from tlsprof.launch import preload_env
+    from tlsprof.collect.launch import preload_env
     chan = tempfile.mkdtemp(prefix="tlsprof-bench-")
     certdir = tempfile.mkdtemp(prefix="tlsprof-bench-certs-")
     code = WORK.format(examples=os.path.join(os.path.dirname(HERE), "examples"), certdir=certdir,

@@ -4,10 +4,10 @@ import os
 
 import jsonschema
 
-from tlsprof.schema import validate_report
+from tlsprof.model.schema import validate_report
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "tlsprof", "schema", "report.schema.json")
+                           "tlsprof", "model", "schema", "report.schema.json")
 
 
 def check_report(report: dict) -> dict:

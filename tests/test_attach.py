@@ -15,8 +15,8 @@ import pytest
 
 from reportcheck import load_checked
 from tlsenv import free_port, tls_connect
-from tlsprof import client
-from tlsprof.channel_paths import agent_socket_path, channel_dir_for, socket_path
+from tlsprof.collect import client
+from tlsprof.collect.channel_paths import agent_socket_path, channel_dir_for, socket_path
 
 pytestmark = pytest.mark.skipif(not shutil.which("gdb"), reason="attach needs gdb (make test installs it)")
 

@@ -264,9 +264,9 @@ EXPECTED = {"futex": "woken", "rt_sigtimedwait": str(int(signal.SIGUSR1)), "wait
 def test_python_blocked_in_call_is_attached_at_once_and_resumes(call, tmp_path):
     """futex (a lock), sigwait, wait4: attached without waiting for an allocator; afterwards the
     call still completes as it would have."""
-    from tlsprof import inject
-    from tlsprof.channel_paths import channel_dir_for
-    from tlsprof.shim import shim_path
+    from tlsprof.collect import inject
+    from tlsprof.collect.channel_paths import channel_dir_for
+    from tlsprof.collect.shim import shim_path
     out = tmp_path / "out"
     target = subprocess.Popen([sys.executable, "-c", BLOCKED[call], str(out)], stdout=subprocess.PIPE, text=True)
     try:

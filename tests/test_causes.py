@@ -11,10 +11,10 @@ import time
 import pytest
 
 from tlsenv import ECHO_SERVER, Proc, start_clients
-from tlsprof.causes import CAUSES, PROCESS_WIDE
-from tlsprof.client import FALLBACK_VOCAB, SCOPE_NAMES, parse_snapshot
-from tlsprof.schema import validate_report
-from tlsprof.shim import shim_path
+from tlsprof.model.causes import CAUSES, PROCESS_WIDE
+from tlsprof.collect.client import FALLBACK_VOCAB, SCOPE_NAMES, parse_snapshot
+from tlsprof.model.schema import validate_report
+from tlsprof.collect.shim import shim_path
 
 TLSPROF = [sys.executable, "-m", "tlsprof"]
 OTHER_GOAL = 0.10

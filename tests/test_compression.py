@@ -20,7 +20,7 @@ import pytest
 from zlib_openssl import (BUILD_TIMEOUT, REPO_ROOT, ZlibBuildError, _in_ci,
                           zlib_openssl_libdir)
 from tlsenv import Proc, default_certdir
-from tlsprof.schema import validate_report
+from tlsprof.model.schema import validate_report
 
 EXAMPLE = os.path.join(REPO_ROOT, "examples", "compression_echo.py")
 CONNECTIONS = 100

@@ -1,5 +1,5 @@
 """The user's creating line and the API it uses, from the Python agent's frames (no server)."""
-from tlsprof.creation import api_of, place, place_text, user_frame
+from tlsprof.analysis.creation import api_of, place, place_text, user_frame
 
 
 def frames(*spec):

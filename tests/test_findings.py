@@ -1,9 +1,9 @@
 """Findings computed from hand-built report dicts (reader input only; nothing is measured)."""
 import pytest
 
-from tlsprof.causes import CAUSES
-from tlsprof.findings import (CA_MIN_STORE_BYTES, REGISTRY, compute_findings, finding)
-from tlsprof.schema import validate_report
+from tlsprof.model.causes import CAUSES
+from tlsprof.analysis.findings import (CA_MIN_STORE_BYTES, REGISTRY, compute_findings, finding)
+from tlsprof.model.schema import validate_report
 
 KiB = 1024
 MiB = 1024 * KiB

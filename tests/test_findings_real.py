@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tlsenv import Proc, start_clients
-from tlsprof.schema import validate_report
+from tlsprof.model.schema import validate_report
 
 TLSPROF = [sys.executable, "-m", "tlsprof"]
 KiB = 1024
@@ -332,7 +332,7 @@ def test_silent_connections_piling_up_under_flat_traffic_are_leaked(tmp_path, c_
     """Two C servers under the same steady churn: one keeps every connection after the peer's close
     (fd open, never read again), one frees them. Only the first trips, from the count trend."""
     import threading
-    from tlsprof import findings as F
+    from tlsprof.analysis import findings as F
     for d in ("keep", "free"):
         (tmp_path / d).mkdir()
     keeper = Profiled(tmp_path / "keep", c_target(c_server, cert_pair, "--release-buffers", "--keep-closed"))
@@ -423,7 +423,7 @@ time.sleep(120)
 
 def test_handshake_state_retained_by_stalled_handshakes_on_seed_server(tmp_path, cert_dir):
     from tlsenv import ECHO_SERVER
-    from tlsprof.findings import HS_STUCK_S
+    from tlsprof.analysis.findings import HS_STUCK_S
     target = Profiled(tmp_path, [sys.executable, ECHO_SERVER, "--host", "127.0.0.1", "--port", "0",
                                  "--ready-file", "{ready}", "--certdir", cert_dir])
     staller = clients = None
@@ -467,12 +467,12 @@ def _report(conns, contexts=None, mode="run", process=None):
 
 
 def _ids(report):
-    from tlsprof.findings import compute_findings
+    from tlsprof.analysis.findings import compute_findings
     return [f["id"] for f in compute_findings(report)]
 
 
 def test_threshold_edges():
-    from tlsprof import findings as F
+    from tlsprof.analysis import findings as F
     rb = F.RB_MIN_BYTES
     assert "idle-record-buffers" in _ids(_report([_conn(i, record_buffers=rb) for i in range(10)]))
     assert "idle-record-buffers" not in _ids(_report([_conn(i, record_buffers=rb) for i in range(9)]))

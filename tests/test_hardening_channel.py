@@ -17,7 +17,7 @@ import pytest
 
 
 from shim_harness.hardening_util import Tracked, echo_once, wait_for
-from tlsprof import launch
+from tlsprof.collect import launch
 from tlsenv import start_echo_server
 
 
@@ -178,7 +178,7 @@ def test_sockets_of_processes_gone_are_removed_and_live_ones_kept(tmp_path):
     """A target that ended with _exit() or a signal leaves its socket behind; the next attach's
     channel-directory check removes it, never a live process's socket nor a file that is not one."""
     import subprocess
-    from tlsprof.channel_paths import remove_stale_sockets
+    from tlsprof.collect.channel_paths import remove_stale_sockets
     gone = subprocess.Popen(["true"])
     gone.wait(10)
     d = tmp_path / "chan"

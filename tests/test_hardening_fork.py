@@ -19,7 +19,7 @@ import pytest
 
 from shim_harness.hardening_util import wait_for
 from tlsenv import Proc, recv_exactly, tls_connect
-from tlsprof.client import ask, parse_snapshot
+from tlsprof.collect.client import ask, parse_snapshot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREFORK = os.path.join(HERE, "shim_harness", "prefork_server.py")
@@ -105,7 +105,7 @@ def test_attach_to_one_prefork_worker_tracks_it_alone(cert_pair, tmp_path):
         att = subprocess.Popen([sys.executable, "-m", "tlsprof", "attach", str(target), "--duration", "4",
                                 "--interval", "0.5", "-o", str(out)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        from tlsprof.channel_paths import channel_dir_path
+        from tlsprof.collect.channel_paths import channel_dir_path
         sock = os.path.join(channel_dir_path(os.geteuid()), f"{target}.sock")
         wait_for(lambda: os.path.exists(sock) or att.poll() is not None, 60, "attach")
         clients = [tls_connect(port) for _ in range(4)]

@@ -21,9 +21,9 @@ import time
 import pytest
 
 from tlsenv import Proc, start_echo_server
-from tlsprof import launch
-from tlsprof.channel_paths import channel_dir_path
-from tlsprof.client import ask, parse_snapshot
+from tlsprof.collect import launch
+from tlsprof.collect.channel_paths import channel_dir_path
+from tlsprof.collect.client import ask, parse_snapshot
 
 from shim_harness.hardening_util import echo_once, wait_for
 

@@ -17,7 +17,7 @@ import tempfile
 import pytest
 
 from shim_harness import build as shim_build
-from tlsprof.client import parse_snapshot
+from tlsprof.collect.client import parse_snapshot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -90,6 +90,6 @@ def test_eight_threads_under_sanitizer_zero_shim_reports_and_consistent_counts(k
 
 
 def test_eight_threads_plain_build_consistent_counts(cert_pair, tmp_path):
-    from tlsprof.shim import shim_path
+    from tlsprof.collect.shim import shim_path
     result = _run_workload({"LD_PRELOAD": shim_path()}, cert_pair, tmp_path)
     assert_counts_consistent(result)

@@ -18,8 +18,8 @@ import sys
 import pytest
 
 from tlsenv import recv_exactly, start_echo_server
-from tlsprof.channel_paths import channel_dir_path
-from tlsprof.client import ask
+from tlsprof.collect.channel_paths import channel_dir_path
+from tlsprof.collect.client import ask
 
 from shim_harness.hardening_util import echo_once
 
@@ -119,7 +119,7 @@ def test_attach_never_widens_permissions(cert_pair, tmp_path):
 
     try:
         # the channel directory may not exist before the first attach: create it the way attach does
-        from tlsprof.channel_paths import channel_dir_for
+        from tlsprof.collect.channel_paths import channel_dir_for
         channel_dir_for(os.geteuid())
         before = perms()
         r = subprocess.run([*TLSPROF, "attach", str(server.pid), "--duration", "1", "--interval", "0.3",

@@ -25,9 +25,9 @@ import pytest
 from tlsenv import REPO_ROOT, free_port, start_clients, start_echo_server
 
 from test_findings import report_with
-from tlsprof.causes import CAUSES
-from tlsprof.html import BYTES_COLOUR, COLOURS, STYLE, render_html
-from tlsprof.schema import validate_report
+from tlsprof.model.causes import CAUSES
+from tlsprof.render.html import BYTES_COLOUR, COLOURS, STYLE, render_html
+from tlsprof.model.schema import validate_report
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

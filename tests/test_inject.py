@@ -14,8 +14,8 @@ import time
 import pytest
 
 from tlsenv import tls_connect
-from tlsprof import client, inject
-from tlsprof.channel_paths import channel_dir_for, socket_path
+from tlsprof.collect import client, inject
+from tlsprof.collect.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import AttachError, NoOpenSSL, NoSuchProcess, ToolMissing, UnsafeChannelDir
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/gdb"), reason="needs gdb")
@@ -75,7 +75,7 @@ def shim(tmp_path_factory):
     if os.environ.get("TLSPROF_TEST_SHIM"):  # e.g. a shim built from hooks/ by hand
         return os.environ["TLSPROF_TEST_SHIM"]
     try:
-        from tlsprof.shim import shim_path
+        from tlsprof.collect.shim import shim_path
         real = shim_path()
         if _exports_start(real):
             return real
@@ -313,7 +313,7 @@ def test_thread_blocked_in_read_is_a_safe_point(targets, shim, chan, tmp_path):
 
 
 def test_channel_dir_is_private_and_refused_when_open(tmp_path, monkeypatch):
-    import tlsprof.channel_paths as cp
+    import tlsprof.collect.channel_paths as cp
     monkeypatch.setattr(cp, "BASE", str(tmp_path))
     d = cp.channel_dir_for(os.getuid())
     assert oct(os.stat(d).st_mode & 0o777) == oct(0o700)

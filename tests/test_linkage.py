@@ -29,7 +29,7 @@ def _load(path):
 def _wait_for_agent_view(proc, predicate, timeout=30.0):
     """Give the session time to take snapshots (with agent answers) of the state under test."""
     deadline = time.monotonic() + timeout
-    from tlsprof import linkage
+    from tlsprof.collect import linkage
     channel = None
     while time.monotonic() < deadline:
         pid = proc.target_pid()

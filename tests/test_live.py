@@ -13,10 +13,12 @@ import time
 import pytest
 
 from tlsenv import ECHO_SERVER
-from tlsprof import launch
-from tlsprof.live import (PAGE_SIZE, ConnectionScreen, LiveApp, PagedTable, QuitScreen, Target,
-                          ViewData, run_live, sparkline)
-from tlsprof.session import Session
+from tlsprof.collect import launch
+from tlsprof.analysis.reports import ReportSource
+from tlsprof.collect.session import Session
+from tlsprof.collect.target import Target
+from tlsprof.commands.live import live_app as LiveApp, run_live
+from tlsprof.render.live import PAGE_SIZE, ConnectionScreen, PagedTable, QuitScreen, ViewData, sparkline
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -283,7 +285,7 @@ def test_paging_bounds_the_rows_held_by_the_table(server):
     while session.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    report = dict(session.latest_report())
+    report = dict(ReportSource(session).latest_report())
     report["connections"] = [
         {"id": f"conn-{i}", "context": None, "fd": None, "peer": f"127.0.0.1:{10000 + i % 50000}",
          "state": "established", "age_s": float(i % 100), "live_bytes": 1000 + i,
@@ -296,7 +298,7 @@ def test_paging_bounds_the_rows_held_by_the_table(server):
         async with app.run_test(size=(80, 24)) as pilot:
             app.poller.stop()  # only the synthetic data from here on
             app.poller.join(10)
-            new_data = __import__("tlsprof.live", fromlist=["NewData"]).NewData
+            new_data = __import__("tlsprof.render.live", fromlist=["NewData"]).NewData
             app.post_message(new_data(data))
             await pilot.press("2")
             table = app.query_one("#conn-table", PagedTable)

@@ -129,8 +129,8 @@ def test_live_view_in_tmux_shows_200_connections_and_cause_bars(tmux, tmp_path, 
 @pytest.mark.skipif(shutil.which("gdb") is None, reason="attach needs gdb")
 def test_attach_live_in_tmux_q_detaches_and_the_target_runs_on(tmux, tmp_path, spawn):
     from tlsenv import tls_connect
-    from tlsprof import client
-    from tlsprof.channel_paths import channel_dir_for, socket_path
+    from tlsprof.collect import client
+    from tlsprof.collect.channel_paths import channel_dir_for, socket_path
     server = spawn.server()
     spawn.clients(server.port, 20, interval=1.0)
     report, status = tmp_path / "attach.json", tmp_path / "status"

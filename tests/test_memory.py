@@ -4,7 +4,8 @@ tracker, file-backed pages) and names the largest per-connection part on either 
 import threading
 
 from test_causes import _profiled_seed_server
-from tlsprof.memory import account, read_process
+from tlsprof.analysis.memory import account
+from tlsprof.collect.process_memory import read_process
 
 
 def test_memory_parts_add_up_to_the_rss_and_name_asyncios_read_buffer(tmp_path, cert_dir):

@@ -15,11 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families as parse_pro
 from test_findings import report_with
 from tlsenv import REPO_ROOT, free_port
 
-from tlsprof import launch
-from tlsprof.causes import CAUSES
+from tlsprof.collect import launch
+from tlsprof.model.causes import CAUSES
 from tlsprof.errors import UsageError
-from tlsprof.metrics import ReportCollector, exposition, parse_address, start_metrics_server
-from tlsprof.session import Session
+from tlsprof.render.metrics import ReportCollector, exposition, parse_address, start_metrics_server
+from tlsprof.analysis.reports import ReportSource
+from tlsprof.collect.session import Session
 
 WAIT = 60.0
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -79,12 +80,13 @@ def assert_metrics_match_report(smp, report):
 
 def test_endpoint_serves_the_report_of_the_newest_snapshot_exactly(spawn, tmp_path):
     """In-process session over a real shimmed echo server: poll, scrape over HTTP, compare with
-    session.latest_report() of that same snapshot, gauge by gauge."""
+    the report source's latest_report() of that same snapshot, gauge by gauge."""
     channel = launch.private_dir()
     try:
         server = spawn.server("--ctx-per-conn", env=launch.preload_env(channel))
         session = Session(channel, server.pid, ["echo_server.py"], mode="run")
-        metrics = start_metrics_server(session, "127.0.0.1:0")
+        source = ReportSource(session)
+        metrics = start_metrics_server(source, "127.0.0.1:0")
         try:
             _, text = scrape(metrics.url)
             assert value(samples(text), "tlsprof_snapshots", pid=server.pid) == 0  # nothing polled yet
@@ -92,7 +94,7 @@ def test_endpoint_serves_the_report_of_the_newest_snapshot_exactly(spawn, tmp_pa
             wait_for("3 connections in a snapshot",
                      lambda: (snap := session.poll()) is not None and len(snap.connections) == 3)
             _, text = scrape(metrics.url)
-            report = session.latest_report()
+            report = source.latest_report()
             smp = samples(text)
             assert_metrics_match_report(smp, report)
             assert value(smp, "tlsprof_connections", pid=server.pid) == 3
@@ -154,7 +156,7 @@ def test_textfile_exposition_matches_the_report(tmp_path):
     report["target"]["rss_bytes"] = 50_000_000
     report["totals"]["untracked_bytes"] = 123
     report["peak"] = {"chosen": "last", "snapshots": 7, "live_bytes_at_peak": report["totals"]["live_bytes"]}
-    from tlsprof.findings import compute_findings
+    from tlsprof.analysis.findings import compute_findings
     report["findings"] = compute_findings(report)
     path = tmp_path / "r.json"
     path.write_text(json.dumps(report))
@@ -203,4 +205,4 @@ def test_port_in_use_is_a_usage_error():
         s.listen(1)
         port = s.getsockname()[1]
         with pytest.raises(UsageError, match="cannot listen on 127.0.0.1:%d" % port):
-            start_metrics_server(Session("/nonexistent", os.getpid(), [], mode="run"), f"127.0.0.1:{port}")
+            start_metrics_server(ReportSource(Session("/nonexistent", os.getpid(), [], mode="run")), f"127.0.0.1:{port}")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from reportcheck import check_report, load_checked
-from tlsprof.moments import select
+from tlsprof.analysis.moments import select
 
 TLSPROF = [sys.executable, "-m", "tlsprof"]
 
@@ -129,7 +129,7 @@ def test_run_at_choice_is_the_report_moment(spawn, tmp_path, at):
 def test_a_finding_only_the_peak_shows_is_marked_and_saves_nothing_in_the_steady_state(spawn, tmp_path):
     """Two real reports as the moments of one session: a steady state with one shared context, a peak
     whose contexts each hold their own CA store (what a burst of per-request contexts looks like)."""
-    from tlsprof.moments import assemble
+    from tlsprof.analysis.moments import assemble
     reports = {}
     for name, args in (("steady", ()), ("peak", ("--ctx-per-conn",))):
         path = tmp_path / f"{name}.json"

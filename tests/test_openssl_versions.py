@@ -22,9 +22,9 @@ from openssl_builds import openssl_build
 from reportcheck import check_report
 from test_findings_real import C_FIXTURE_SOURCE
 from tlsenv import ECHO_SERVER, Proc, free_port, start_clients
-from tlsprof.client import parse_snapshot
-from tlsprof.model import build_report
-from tlsprof.versions import CHECKED, series_of, unchecked_version_note
+from tlsprof.collect.client import parse_snapshot
+from tlsprof.analysis.report import build_report
+from tlsprof.model.versions import CHECKED, series_of, unchecked_version_note
 
 TLSPROF = [sys.executable, "-m", "tlsprof"]
 WORKLOADS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workloads")

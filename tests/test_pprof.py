@@ -16,8 +16,8 @@ from hypothesis import given, settings, strategies as st
 
 from reportcheck import load_checked
 from tlsenv import Proc, start_clients
-from tlsprof.causes import CAUSES
-from tlsprof.pprof import apportion, split
+from tlsprof.model.causes import CAUSES
+from tlsprof.render.pprof import apportion, split
 
 TLSPROF = [sys.executable, "-m", "tlsprof"]
 GO = shutil.which("go")

@@ -20,9 +20,10 @@ import pytest
 from reportcheck import check_report, load_checked
 from test_attach import _http_keepalive
 from tlsenv import free_port, recv_exactly, tls_connect
-from tlsprof import client, launch
-from tlsprof.metrics import exposition
-from tlsprof.model import build_tree_report
+from tlsprof.collect import client, launch
+from tlsprof.render.metrics import exposition
+from tlsprof.analysis.report import build_tree_report
+from tlsprof.model.observation import ProcessObservation
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREFORK = os.path.join(HERE, "shim_harness", "prefork_server.py")
@@ -98,9 +99,9 @@ def test_tree_report_from_real_snapshots_of_a_prefork_server(cert_pair, tmp_path
         snaps = {}
         for pid in [proc.pid, *workers]:
             snap = client.snapshot(os.path.join(channel, f"{pid}.sock"))
-            snap.taken_at, snap.rss_bytes = time.time(), psutil.Process(pid).memory_info().rss
-            snap.command, snap.ppid = psutil.Process(pid).cmdline(), psutil.Process(pid).ppid()
-            snaps[pid] = snap
+            snaps[pid] = ProcessObservation.of(snap, taken_at=time.time(),
+                                               rss_bytes=psutil.Process(pid).memory_info().rss,
+                                               command=psutil.Process(pid).cmdline(), ppid=psutil.Process(pid).ppid())
     finally:
         for c in clients:
             c.close()
@@ -409,8 +410,8 @@ def test_attach_to_a_process_tlsprof_run_already_tracks_says_so(cert_pair, tmp_p
 def test_live_view_switches_between_the_tree_and_each_process(cert_pair, tmp_path):
     import argparse
     import asyncio
-    from tlsprof.live import LiveApp
-    from tlsprof.session import Session
+    from tlsprof.commands.live import live_app as LiveApp
+    from tlsprof.collect.session import Session
     channel = launch.private_dir()
     ready = tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, PREFORK, *cert_pair, "--workers", "2", "--ready-file", str(ready)],

@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tlsprof import cli
-from tlsprof.causes import CAUSES, DESCRIPTIONS, LABELS
+from tlsprof.model.causes import CAUSES, DESCRIPTIONS, LABELS
 from tlsprof.errors import BadReport
-from tlsprof.findings import compute_findings
-from tlsprof.render import human_bytes, render_text
-from tlsprof.report_io import dumps, load_report, parse_report, save_report
-from tlsprof.schema import SCHEMA_PATH, check_structure, load_schema, validate_report
+from tlsprof.analysis.findings import compute_findings
+from tlsprof.render.text import human_bytes, render_text
+from tlsprof.model.report_io import dumps, load_report, parse_report, save_report
+from tlsprof.model.schema import SCHEMA_PATH, check_structure, load_schema, validate_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KiB = 1024
@@ -142,7 +142,7 @@ def test_fixtures_pass_validate_report_and_jsonschema(name):
 
 def test_schema_file_is_packaged_beside_the_module():
     assert os.path.isfile(SCHEMA_PATH)
-    assert SCHEMA_PATH.endswith(os.path.join("tlsprof", "schema", "report.schema.json"))
+    assert SCHEMA_PATH.endswith(os.path.join("tlsprof", "model", "schema", "report.schema.json"))
 
 
 # ---- validation rejects what the contract forbids --------------------------------------------

@@ -20,12 +20,13 @@ import pytest
 
 from reportcheck import load_checked
 from tlsenv import free_port
-from tlsprof import shim_copy
-from tlsprof.channel_paths import channel_dir_for, socket_path
+import tlsprof
+from tlsprof.collect import shim_copy
+from tlsprof.collect.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import ShimNotLoadable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PACKAGE = os.path.dirname(os.path.abspath(shim_copy.__file__))
+PACKAGE = os.path.dirname(os.path.abspath(tlsprof.__file__))
 needs_gdb = pytest.mark.skipif(not shutil.which("gdb"), reason="attach needs gdb (make test installs it)")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -50,7 +51,7 @@ def private_tlsprof():
                         ignore=shutil.ignore_patterns("__pycache__"))
         env = dict(os.environ, PYTHONPATH=top)
         env.pop("TLSPROF_DIR", None)
-        where = subprocess.run([sys.executable, "-c", "import tlsprof, tlsprof.shim as s; print(s.shim_path())"],
+        where = subprocess.run([sys.executable, "-c", "import tlsprof, tlsprof.collect.shim as s; print(s.shim_path())"],
                                env=env, cwd=top, capture_output=True, text=True, timeout=60)
         assert where.stdout.strip().startswith(top + "/tlsprof/_shim"), where.stderr
         assert stat.S_IMODE(os.stat(top).st_mode) == 0o700
@@ -62,7 +63,7 @@ def private_tlsprof():
 def shim_answers(pid):
     try:
         uid = psutil.Process(pid).uids().effective
-        from tlsprof import client
+        from tlsprof.collect import client
         return client.ping(socket_path(channel_dir_for(uid), pid)) == pid
     except Exception:
         return False
@@ -108,7 +109,8 @@ def test_copy_is_content_named_readonly_and_reused(tmp_path):
         st = os.stat(base)
         assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o022 == 0
         assert stat.S_IMODE(st.st_mode) & 0o005 == 0o005  # anyone can enter and list
-        for rel in (os.path.basename(first.shim), "agent/agent.py", "agent/site/sitecustomize.py"):
+        for rel in (os.path.basename(first.shim), "agent/agent.py", "agent/graph.py", "agent/ssl_objects.py",
+                    "agent/tracemalloc_ext.py", "agent/site/sitecustomize.py"):
             path = os.path.join(first.root, rel)
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o444
             with open(path, "rb") as a, open(os.path.join(PACKAGE, rel) if "/" in rel
@@ -147,7 +149,7 @@ def test_copy_mapped_by_a_process_is_kept_until_it_exits(tmp_path):
 
 MAKE_AND_HOLD = """
 import sys, time
-from tlsprof import shim_copy
+from tlsprof.collect import shim_copy
 shim_copy.BASE = sys.argv[1]
 bundle = shim_copy.make(shim_copy.installed()[0])
 print(bundle.root, flush=True)

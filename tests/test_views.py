@@ -10,8 +10,8 @@ import time
 import pytest
 
 from tlsenv import ECHO_SERVER, Proc, start_clients
-from tlsprof.render import human_bytes
-from tlsprof.schema import validate_report
+from tlsprof.render.text import human_bytes
+from tlsprof.model.schema import validate_report
 
 TLSPROF = [sys.executable, "-m", "tlsprof"]
 CLIENTS = 24

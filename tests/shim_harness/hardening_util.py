@@ -4,8 +4,8 @@ import shutil
 import tempfile
 import time
 
-from tlsprof import launch
-from tlsprof.client import ask, parse_snapshot
+from tlsprof.collect import launch
+from tlsprof.collect.client import ask, parse_snapshot
 from tlsenv import start_echo_server
 
 

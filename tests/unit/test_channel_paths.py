@@ -4,7 +4,7 @@ import importlib.util
 import os
 
 from tlsprof import agent
-from tlsprof.channel_paths import agent_socket_path, socket_path, socket_pid
+from tlsprof.collect.channel_paths import agent_socket_path, socket_path, socket_pid
 
 
 def test_shim_and_agent_sockets_are_named_by_pid():

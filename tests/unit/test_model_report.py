@@ -1,8 +1,8 @@
 """The model fed a parsed fixed snapshot: the report's shape, the per-connection sums and the causes,
 with no server and no shim (tests/wire_text.py holds the text)."""
 from reportcheck import check_report
-from tlsprof.wire import parse_snapshot
-from tlsprof.model import build_report
+from tlsprof.model.wire import parse_snapshot
+from tlsprof.analysis.report import build_report
 from wire_text import SNAPSHOT, replace_line
 
 PROCESS_BYTES = 8000 + 300000

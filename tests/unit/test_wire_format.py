@@ -2,7 +2,7 @@
 optional keys missing, and one clear error for text it cannot read (docs/snapshot-format.md)."""
 import pytest
 
-from tlsprof.wire import FALLBACK_VOCAB, Counters, parse_owner_sites, parse_snapshot, unescape
+from tlsprof.model.wire import FALLBACK_VOCAB, Counters, parse_owner_sites, parse_snapshot, unescape
 from tlsprof.errors import ChannelError
 from wire_text import CONN_A, CONN_B, PROCESS, SNAPSHOT, replace_line
 

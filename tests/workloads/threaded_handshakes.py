@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from tlsprof import client
+from tlsprof.collect import client
 
 certfile, keyfile, threads, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 sock_path = os.path.join(os.environ["TLSPROF_DIR"], f"{os.getpid()}.sock")

@@ -9,7 +9,8 @@ one request line (`PING` or `SNAPSHOT`), one JSON document back, then close. For
 walks gc-tracked objects for ssl.SSLSocket / ssl.SSLObject / ssl.SSLContext (and pyOpenSSL's
 Connection / Context), reads their SSL* / SSL_CTX* from the C objects, and reports per object:
 type, fd, peer, creating stack, Python-side bytes, reachability and, for leak suspects, the
-referrer chain. The front end (tlsprof/linkage.py) joins by exact pointer equality with the
+referrer chain (the graph walks are in graph.py beside this file). The front end
+(tlsprof/analysis/python_join.py) joins by exact pointer equality with the
 shim's owners, so a wrong layout can only fail to join, never join wrongly.
 
 Layout (CPython 3.11, Modules/_ssl.c): _ssl._SSLSocket = PyObject_HEAD; PyObject *Socket; SSL *ssl;
@@ -31,15 +32,34 @@ TRACEMALLOC_DOMAIN = 0x7715  # tracemalloc domain of OpenSSL blocks under `--tra
 MAX_FRAMES = 16
 REQUEST_BUDGET_S = 2.0        # Python work per request; beyond it the answer is marked partial
 UNREACHABLE_MAX_OBJECTS = 400_000
-CHAIN_MAX_DEPTH = 10
-BYTES_MAX_DEPTH = 5
-BYTES_MAX_OBJECTS = 400
 
 _state = {"dir": None, "thread": None, "sock": None, "capture": False, "tm": None, "pid": None}
 _created = weakref.WeakKeyDictionary()  # python wrapper object -> creating frames (innermost first)
 _lock = threading.Lock()
 _AGENT_FILE = os.path.abspath(__file__)
 _PTR = ctypes.c_void_p
+
+
+def _load_sibling(name):
+    """A module beside this file, loaded by path as this one is (the target may lack tlsprof)."""
+    import importlib.util
+    full = f"_tlsprof_agent_{name}"
+    mod = sys.modules.get(full)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(full, os.path.join(os.path.dirname(_AGENT_FILE), f"{name}.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[full] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
+_graph = _load_sibling("graph")
+_type_name, _python_bytes, _unreachable_ids, _chains = (_graph._type_name, _graph._python_bytes,
+                                                         _graph._unreachable_ids, _graph._chains)
+_ssl_objects = _load_sibling("ssl_objects")
+_read_ptr, _sslobj_ptrs, _checked_ptrs, _ctx_ptr, _peer = (
+    _ssl_objects._read_ptr, _ssl_objects._sslobj_ptrs, _ssl_objects._checked_ptrs, _ssl_objects._ctx_ptr,
+    _ssl_objects._peer)
 
 
 # --- creation capture (under `run`) -----------------------------------------------------------
@@ -87,113 +107,6 @@ def _install_capture():
     ssl._tlsprof_patched = True
 
 
-# --- tracemalloc-ext ----------------------------------------------------------------------------
-
-def _shim_lib():
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.split()[-1] if line.count(" ") >= 5 else ""
-                if "/_shim" in path and path.endswith(".so"):
-                    return ctypes.PyDLL(path)  # PyDLL: calls keep the GIL (flush needs it)
-    except OSError:
-        pass
-    return None
-
-
-_TM_ERRORS = {-1: "this Python has no tracemalloc C API", -2: "libcrypto.so.3 not found",
-              -3: "OpenSSL had already allocated memory before the agent started (too late)",
-              -4: "out of memory"}
-
-
-def _install_tracemalloc_ext():
-    """Before `import ssl`: put the shim's tracemalloc wrappers under CRYPTO_malloc."""
-    lib = _shim_lib()
-    if lib is None:
-        _state["tm"] = {"enabled": False, "message": "the tlsprof shim is not loaded in this process"}
-        return
-    rc = lib.tlsprof_pytrace_install(ctypes.c_uint(TRACEMALLOC_DOMAIN))
-    if rc != 0:
-        _state["tm"] = {"enabled": False, "message": _TM_ERRORS.get(rc, f"error {rc}")}
-        return
-    import tracemalloc
-    if not tracemalloc.is_tracing():
-        tracemalloc.start(int(os.environ.get("TLSPROF_TRACEMALLOC_FRAMES", "25")))
-    flush = lib.tlsprof_pytrace_flush
-    flush.restype = ctypes.c_int
-    _state["tm"] = {"enabled": True, "domain": TRACEMALLOC_DOMAIN, "lib": lib, "message": None}
-    import atexit
-    atexit.register(lib.tlsprof_pytrace_disable)
-    import ssl
-    import _ssl
-
-    def flushing(name, base):
-        orig = getattr(base, name)
-
-        def wrapper(self, *args, **kwargs):
-            try:
-                return orig(self, *args, **kwargs)
-            finally:
-                flush()  # blocks made while _ssl released the GIL: this stack is their cause
-        wrapper.__name__ = name
-        wrapper.__doc__ = getattr(orig, "__doc__", None)
-        return wrapper
-    for name in ("set_default_verify_paths", "load_verify_locations", "load_cert_chain", "load_dh_params"):
-        if hasattr(_ssl._SSLContext, name) and name not in ssl.SSLContext.__dict__:
-            setattr(ssl.SSLContext, name, flushing(name, _ssl._SSLContext))
-    for klass in (ssl.SSLSocket, ssl.SSLObject):
-        for name in ("do_handshake", "read", "write", "unwrap", "recv", "recv_into", "send", "sendall"):
-            if name in klass.__dict__:
-                setattr(klass, name, flushing(name, klass))
-
-
-# --- reading pointers -------------------------------------------------------------------------
-
-def _read_ptr(addr):
-    return _PTR.from_address(addr).value or 0
-
-
-def _sslobj_ptrs(c_obj):
-    """(SSL*, PySSLContext* as id) of an _ssl._SSLSocket."""
-    base = id(c_obj)
-    return _read_ptr(base + 24), _read_ptr(base + 32)
-
-
-def _checked_ptrs(c_obj):
-    """(SSL* address, its context object) read from an _ssl._SSLSocket, or (0, None) when the layout
-    does not check out: the context pointer read at the assumed offset must be that object's id."""
-    ssl_ptr, ctx_id = _sslobj_ptrs(c_obj)
-    try:
-        ctx_obj = c_obj.context
-    except Exception:
-        return 0, None
-    if ctx_obj is None or ctx_id != id(ctx_obj) or not ssl_ptr:
-        return 0, None
-    return ssl_ptr, ctx_obj
-
-
-def _ctx_ptr(ctx):
-    return _read_ptr(id(ctx) + 16)
-
-
-# --- per-object facts -------------------------------------------------------------------------
-
-def _type_name(obj):
-    t = type(obj)
-    return f"{t.__module__}.{t.__qualname__}"
-
-
-def _peer(sock):
-    try:
-        p = sock.getpeername()
-    except Exception:
-        return None
-    if isinstance(p, tuple) and len(p) >= 2:
-        host, port = p[0], p[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(p) if p else None
-
-
 def _created_by(obj, tm_on):
     frames = _created.get(obj) if _is_weakrefable(obj) else None
     if frames:
@@ -216,227 +129,6 @@ def _is_weakrefable(obj):
     except TypeError:
         return False
 
-
-_STOP_TYPES = None
-
-
-def _stop_types():
-    global _STOP_TYPES
-    if _STOP_TYPES is None:
-        import types
-        stops = [type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
-                 types.CodeType, types.FrameType, types.CoroutineType, types.GeneratorType, types.CellType,
-                 weakref.ref, staticmethod, classmethod, property, threading.Thread]
-        try:
-            import ssl
-            stops.append(ssl.SSLContext)
-        except Exception:
-            pass
-        if "asyncio" in sys.modules:
-            import asyncio
-            stops += [asyncio.AbstractEventLoop, asyncio.Future, asyncio.AbstractServer]
-        _STOP_TYPES = tuple(stops)
-    return _STOP_TYPES
-
-
-def _python_bytes(roots, exclude_ids):
-    """sys.getsizeof over what each connection's Python objects hold (its buffers, BIOs, socket,
-    transport, protocol...): a bounded walk over referents that stops at shared things (contexts,
-    loops, servers, modules, types, functions, frames, coroutines) and at other connections. An
-    object reached from two connections counts for neither. -> ([bytes per root], [largest object
-    per root: {holder, type, bytes} or None]), the holder named as `Type.attribute` of its parent
-    (asyncio's 256 KiB read buffer is `asyncio.sslproto.SSLProtocol._ssl_buffer`)."""
-    stops = _stop_types()
-    owner = {}      # id -> root index, or -1 when shared
-    parent = {}     # id -> the object it was first reached from
-    objs = {}
-    frontier = []
-    for i, r in enumerate(roots):
-        for o in r:
-            if id(o) not in owner:
-                owner[id(o)] = i
-                objs[id(o)] = o
-                frontier.append((o, i))
-    counts = [0] * len(roots)
-    for _depth in range(BYTES_MAX_DEPTH):
-        nxt = []
-        for o, i in frontier:
-            if counts[i] > BYTES_MAX_OBJECTS:
-                continue
-            try:
-                refs = gc.get_referents(o)
-            except Exception:
-                continue
-            for r in refs:
-                rid = id(r)
-                if rid in exclude_ids or isinstance(r, stops):
-                    continue
-                prev = owner.get(rid)
-                if prev is None:
-                    owner[rid] = i
-                    objs[rid] = r
-                    parent[rid] = o
-                    counts[i] += 1
-                    nxt.append((r, i))
-                elif prev != i and prev != -1:
-                    owner[rid] = -1
-        frontier = nxt
-    out = [0] * len(roots)
-    largest = [None] * len(roots)  # (bytes, id)
-    for rid, i in owner.items():
-        if i >= 0:
-            try:
-                size = sys.getsizeof(objs[rid])
-            except Exception:
-                continue
-            out[i] += size
-            if largest[i] is None or size > largest[i][0]:
-                largest[i] = (size, rid)
-    named = []
-    for big in largest:
-        if big is None:
-            named.append(None)
-            continue
-        size, rid = big
-        obj = objs[rid]
-        holder = parent.get(rid)
-        named.append({"holder": _held_as(holder, parent.get(id(holder)), obj), "type": _type_name(obj),
-                      "bytes": size})
-    return out, named
-
-
-def _held_as(holder, holders_parent, obj):
-    """`module.Type.attribute` under which `holder` keeps `obj`. An instance's attributes live in
-    its __dict__, which the walk reaches first: then the dict's own holder names the type."""
-    if holder is None:
-        return _type_name(obj)
-    if isinstance(holder, dict):
-        key = next((k for k, v in holder.items() if v is obj), None)
-        owner = holders_parent
-        if key is not None and owner is not None and getattr(owner, "__dict__", None) is holder:
-            return f"{_type_name(owner)}.{key}"
-        return f"{_type_name(holder)}[{key!r}]" if key is not None else _type_name(holder)
-    try:
-        attrs = vars(holder)
-    except TypeError:
-        attrs = {}
-    key = next((k for k, v in attrs.items() if v is obj), None)
-    return f"{_type_name(holder)}.{key}" if key is not None else _type_name(holder)
-
-
-# --- reachability -------------------------------------------------------------------------------
-
-def _unreachable_ids(objects):
-    """ids of gc-tracked objects that no live root reaches: what the next full collection would free
-    (reference-cycle garbage). The collector's own test: refcount minus references from other tracked
-    objects > 0 means something outside holds it; everything reachable from those survives.
-    Call it before taking any other reference to the objects (it counts every reference it does
-    not know about as a root)."""
-    probe = type("_probe", (), {})()
-    objects.append(probe)
-    ext = {}
-    for o in objects:
-        ext[id(o)] = sys.getrefcount(o)
-    objects.pop()
-    # what the list, the loop variable and the argument add (the probe's own name is one more)
-    base = ext.pop(id(probe)) - 1
-    del probe, o
-    for rid in ext:
-        ext[rid] -= base
-    c_sock = getattr(sys.modules.get("_ssl"), "_SSLSocket", None)
-
-    def referents(o):
-        refs = gc.get_referents(o)
-        if c_sock is not None and type(o) is c_sock:
-            refs.append(o.context)  # a strong reference its tp_traverse does not report (3.11)
-        return refs
-    for o in objects:
-        for r in referents(o):
-            rid = id(r)
-            if rid in ext:
-                ext[rid] -= 1
-    reach = set()
-    stack = [o for o in objects if ext[id(o)] > 0]
-    reach.update(id(o) for o in stack)
-    while stack:
-        o = stack.pop()
-        for r in referents(o):
-            rid = id(r)
-            if rid in ext and rid not in reach:
-                reach.add(rid)
-                stack.append(r)
-    return set(ext) - reach
-
-
-def _describe(holder, held):
-    """One link of a referrer chain: what `holder` is and under which name it holds `held`."""
-    name = _type_name(holder)
-    if isinstance(holder, dict):
-        for k, v in holder.items():
-            if v is held:
-                return f"dict[{k!r}]"
-        return "dict"
-    if isinstance(holder, (list, tuple, set, frozenset)):
-        return f"{name} of {len(holder)}"
-    return name
-
-
-def _chains(targets, objects, unreachable):
-    """For each target: the referrer chain that keeps it alive, innermost holder first, ending at a
-    module global, a running frame, or (for cycle garbage) back at the target itself."""
-    rev = {}
-    for o in objects:
-        try:
-            for r in gc.get_referents(o):
-                rev.setdefault(id(r), []).append(o)
-        except Exception:
-            pass
-    modules = {id(m.__dict__): name for name, m in list(sys.modules.items()) if getattr(m, "__dict__", None)}
-    skip = {id(objects), id(rev), id(_created)}
-    out = []
-    for t in targets:
-        parent = {id(t): None}
-        queue = [t]
-        found = None
-        for _depth in range(CHAIN_MAX_DEPTH):
-            nxt = []
-            for o in queue:
-                for h in rev.get(id(o), ()):
-                    hid = id(h)
-                    if hid in skip:
-                        continue
-                    if hid == id(t) or hid in modules or (unreachable and hid in unreachable and hid in parent):
-                        found = (h, o)
-                        break
-                    if hid not in parent:
-                        parent[hid] = o
-                        nxt.append(h)
-                if found:
-                    break
-            if found or not nxt:
-                break
-            queue = nxt
-        if not found:
-            out.append(None)
-            continue
-        holder, held = found
-        chain = []
-        if id(holder) in modules:
-            key = next((k for k, v in holder.items() if v is held), None)
-            chain.append(f"module {modules[id(holder)]} global {key!r}" if key else f"module {modules[id(holder)]}")
-        else:
-            chain.append(f"{_describe(holder, held)} (reference cycle: only the cyclic gc frees it)")
-        o = held
-        while o is not None and id(o) != id(t):
-            nxt_held = parent.get(id(o))
-            chain.append(_describe(o, nxt_held) if nxt_held is not None else _type_name(o))
-            o = nxt_held
-        chain.append(_type_name(t))
-        out.append(list(reversed(chain)))
-    return out
-
-
-# --- the snapshot -------------------------------------------------------------------------------
 
 _malloc_trim = []
 
@@ -617,7 +309,7 @@ def snapshot(want_leaks=True):
             e["created_by"] = frames
             e["created_by_source"] = source
         if suspects and time.monotonic() - started < REQUEST_BUDGET_S:
-            for e, chain in zip(suspects, _chains([e["_obj"] for e in suspects], objects, unreachable)):
+            for e, chain in zip(suspects, _chains([e["_obj"] for e in suspects], objects, unreachable, own=(_created,))):
                 e["referrers"] = chain
         elif suspects:
             doc["partial"] = True
@@ -757,7 +449,7 @@ def start(channel_dir, tracemalloc_ext=False, capture=True):
         _state["dir"] = channel_dir
         if tracemalloc_ext:
             try:
-                _install_tracemalloc_ext()
+                _load_sibling("tracemalloc_ext").install(_state, TRACEMALLOC_DOMAIN)
             except Exception as exc:
                 _state["tm"] = {"enabled": False, "message": f"{type(exc).__name__}: {exc}"}
         if capture:

@@ -2,7 +2,7 @@
 [--live] [--metrics A:P]`
 
 Loads the shim into a running process and each of its descendants that loads OpenSSL (nginx's
-master and its workers; `--no-children`: PID alone) (tlsprof/inject.py: gdb, at a safe point),
+master and its workers; `--no-children`: PID alone) (tlsprof/collect/inject/: gdb, at a safe point),
 collects until the duration is over, a stop signal (SIGINT/SIGTERM/SIGHUP/SIGQUIT), the live view's
 quit, or the target's exit, detaches each process (every patched slot is restored and the targets run
 on) and writes the report (`target.mode` = "attach"). From the start to the written report those
@@ -18,14 +18,18 @@ import time
 
 import psutil
 
-from tlsprof import client, inject, process_tree, walked
-from tlsprof.channel_paths import channel_dir_for, socket_path
+from tlsprof.collect import client, inject, process_tree
+from tlsprof.analysis import walked
+from tlsprof.collect.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import AttachError, ChannelError, NoOpenSSL, NoSuchProcess, TlsprofError, UsageError
-from tlsprof.commands.run import announce_version, emit_report, empty_report, poll_quietly, tell
-from tlsprof.moments import DEFAULT_MOMENT, MOMENTS
-from tlsprof.session import Session
-from tlsprof.shim import shim_path
-from tlsprof.stop_signals import StopSignals, signal_name
+from tlsprof.analysis.reports import ReportSource
+from tlsprof.collect.collector import collect
+from tlsprof.collect.target import Target
+from tlsprof.commands.run import announce_version, emit_report, empty_report, tell
+from tlsprof.analysis.moments import DEFAULT_MOMENT, MOMENTS
+from tlsprof.collect.session import Session
+from tlsprof.collect.shim import shim_path
+from tlsprof.collect.stop_signals import StopSignals, signal_name
 
 
 def prepare_parser(p):
@@ -64,13 +68,13 @@ def run(args) -> int:
     if not (0.05 <= args.interval <= 3600):
         raise UsageError("--interval must be between 0.05 and 3600 seconds")
     if args.pprof:  # a directory that cannot be written is refused before anything touches the target
-        from tlsprof.pprof import check_directory
+        from tlsprof.render.pprof import check_directory
         check_directory(args.pprof, args.pprof_keep)
     if args.metrics:  # a bad address is refused before anything touches the target
-        from tlsprof.metrics import parse_address
+        from tlsprof.render.metrics import parse_address
         parse_address(args.metrics)
     # held until the report is written: a stop signal ends the session, but never skips the detach
-    # (the targets would keep their hooks) or the report (tlsprof/stop_signals.py)
+    # (the targets would keep their hooks) or the report (tlsprof/collect/stop_signals.py)
     with StopSignals(hold_to_exit=True) as stops:
         return _attach(args, stops)
 
@@ -84,6 +88,7 @@ def _attach(args, stops: StopSignals) -> int:
     session = Session(channel_dir, args.pid, _command_of(args.pid), mode="attach",
                       follow_children=not args.no_children, tree_only=True)
     session.channel_dirs = sorted(set(attached.values()), key=lambda d: d != channel_dir)
+    source = ReportSource(session)
     if not (args.live and sys.stdout.isatty()):
         announce_version(session)
     target_died = False
@@ -91,12 +96,12 @@ def _attach(args, stops: StopSignals) -> int:
     profiles = None
     try:
         from tlsprof.commands.run import start_pprof
-        profiles = start_pprof(session, args)
+        profiles = start_pprof(source, args)
         if args.metrics:
-            from tlsprof.metrics import start_metrics_server
-            metrics = start_metrics_server(session, args.metrics)
+            from tlsprof.render.metrics import start_metrics_server
+            metrics = start_metrics_server(source, args.metrics)
         if args.live and sys.stdout.isatty() and not stops.stopping:
-            from tlsprof.live import run_live
+            from tlsprof.commands.live import run_live
             run_live(session, args.pid, args)
         else:
             _collect(session, args, stops)
@@ -118,14 +123,14 @@ def _attach(args, stops: StopSignals) -> int:
         names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.received))
         notes.append(f"the session ended on {names} sent to tlsprof; the target was detached and runs on"
                      if not target_died else f"tlsprof was signalled ({names})")
-    report = session.report(at=args.at, partial=target_died, notes=notes)
+    report = source.report(at=args.at, partial=target_died, notes=notes)
     if report is None:
         if not stops.stopping:
             raise ChannelError(f"pid {args.pid} gave no snapshot before the session ended")
         report = empty_report(args.pid, session.command, "attach",
                               notes + ["no snapshot was taken: the session was stopped before the first one"])
     elif walks:
-        _merge_walks(report, walks, getattr(session, args.at, None) or session.last)
+        _merge_walks(report, walks, session.chosen().get(args.at) or session.last)
     emit_report(report, args, stream=sys.stdout if args.format == "json" else sys.stderr)
     return 0
 
@@ -149,7 +154,7 @@ def _walk(sock_path):
 def _merge_walks(report, walks, observation):
     """Walked bytes into the report of one process; a tree's report keeps per-process ids (PID:conn-N)
     the walk does not know yet, so it says so instead of merging."""
-    snaps = getattr(observation, "snaps", None) or {}
+    snaps = observation.snaps if observation is not None else {}
     if len(report.get("processes") or []) > 1:
         report.setdefault("notes", []).append(
             f"the heap walk ran in {len(walks)} processes but is merged into single-process reports only: "
@@ -259,17 +264,6 @@ def _detach(pid, channel_dir):
 
 
 def _collect(session: Session, args, stops: StopSignals):
-    end = time.monotonic() + args.duration if args.duration else None
-    while not stops.stopping:
-        poll_quietly(session)
-        if not _alive(args.pid):
-            return
-        wait = args.interval if end is None else min(args.interval, end - time.monotonic())
-        if end is not None and wait <= 0:
-            return
-        deadline = time.monotonic() + wait
-        while not stops.stopping and time.monotonic() < deadline:
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-    # the state when the session ended (the target still runs: it is not torn down)
-    if _alive(args.pid):
-        poll_quietly(session, fresh_agent=True)
+    """Until a stop signal, --duration, or the target's exit; then one last look while it runs."""
+    until = time.monotonic() + args.duration if args.duration else None
+    collect(session, Target(args.pid, is_alive=lambda: _alive(args.pid)), args.interval, stops, until=until)

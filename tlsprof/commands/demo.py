@@ -13,11 +13,12 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from tlsprof import launch
-from tlsprof.causes import LABELS
+from tlsprof.collect import launch
+from tlsprof.model.causes import LABELS
 from tlsprof.errors import TlsprofError
-from tlsprof.render import MEMORY_LABELS, human_bytes
-from tlsprof.session import Session
+from tlsprof.render.text import MEMORY_LABELS, human_bytes
+from tlsprof.analysis.reports import ReportSource
+from tlsprof.collect.session import Session
 
 EXAMPLES = os.path.dirname(os.path.abspath(str(__import__("tlsprof._examples", fromlist=["x"]).__file__)))
 MODES = (("shared context", []), ("context per connection", ["--ctx-per-conn"]))
@@ -58,7 +59,7 @@ def _profile(label, server_args, n, workdir, err):
         for i in range(3):  # a few snapshots with every connection established
             session.poll(fresh_agent=i == 2)
             time.sleep(0.5)
-        return session.report(at="last")
+        return ReportSource(session).report(at="last")
     finally:
         for p in (client, server):
             if p is not None and p.poll() is None:
@@ -79,7 +80,7 @@ def run(args) -> int:
         for label, server_args in MODES:
             reports.append(_profile(label, server_args, args.connections, workdir, err))
     if args.output_dir:
-        from tlsprof.report_io import save_report
+        from tlsprof.model.report_io import save_report
         os.makedirs(args.output_dir, exist_ok=True)
         for (label, _), report in zip(MODES, reports):
             path = os.path.join(args.output_dir, label.replace(" ", "-") + ".json")

@@ -4,7 +4,7 @@ Asks the shim over its socket (DETACH); if the socket does not answer, calls tls
 target through gdb. Errors are typed and printed as one line by the CLI.
 """
 from tlsprof.errors import UsageError
-from tlsprof.inject import eject
+from tlsprof.collect.inject import eject
 
 
 def prepare_parser(parser):

@@ -7,9 +7,9 @@ bytes grew by more than PCT percent (for CI). A missing or corrupt report: one l
 import json
 import sys
 
-from tlsprof.diffing import compare, per_connection_growth_pct, render_diff
+from tlsprof.analysis.diffing import compare, per_connection_growth_pct, render_diff
 from tlsprof.errors import UsageError
-from tlsprof.report_io import load_report
+from tlsprof.model.report_io import load_report
 
 
 def prepare_parser(p):

@@ -3,9 +3,9 @@ render a saved report, at the moment it was saved with or at another one it keep
 import sys
 
 from tlsprof.errors import UsageError
-from tlsprof.moments import MOMENTS, select
-from tlsprof.render import render_text
-from tlsprof.report_io import dumps, load_report
+from tlsprof.analysis.moments import MOMENTS, select
+from tlsprof.render.text import render_text
+from tlsprof.model.report_io import dumps, load_report
 
 
 def prepare_parser(parser) -> None:
@@ -29,7 +29,7 @@ def run(args) -> int:
     if args.at is not None:
         report = select(report, args.at)
     if args.html:
-        from tlsprof.html import write_html
+        from tlsprof.render.html import write_html
         try:
             write_html(report, args.html)
         except OSError as exc:
@@ -41,7 +41,7 @@ def run(args) -> int:
     if fmt == "pprof":
         if not args.output:
             raise UsageError("--format pprof writes a binary file: give -o OUT.pb.gz")
-        from tlsprof.pprof import write_profile
+        from tlsprof.render.pprof import write_profile
         try:
             write_profile(report, args.output)
         except OSError as exc:
@@ -53,7 +53,7 @@ def run(args) -> int:
     if fmt == "json":
         sys.stdout.write(dumps(report))
     elif fmt == "prometheus":
-        from tlsprof.metrics import exposition
+        from tlsprof.render.metrics import exposition
         sys.stdout.write(exposition(report))
     else:
         render_text(report, file=sys.stdout)
@@ -63,12 +63,12 @@ def run(args) -> int:
 
 def _write_text(report, fmt, path) -> int:
     import io
-    from tlsprof.report_io import write_atomically
+    from tlsprof.model.report_io import write_atomically
     out = io.StringIO()
     if fmt == "json":
         out.write(dumps(report))
     elif fmt == "prometheus":
-        from tlsprof.metrics import exposition
+        from tlsprof.render.metrics import exposition
         out.write(exposition(report))
     else:
         render_text(report, file=out)

@@ -3,7 +3,7 @@
 Starts CMD with the shim preloaded; stdin/stdout/stderr pass through, the exit status is CMD's.
 Ctrl-C at a terminal reaches CMD directly (same process group); SIGTERM/SIGHUP/SIGQUIT sent to
 tlsprof, and SIGINT when not at a terminal, are forwarded to CMD. These signals never kill tlsprof
-(tlsprof/stop_signals.py): the report is always written, also when the signal comes before the
+(tlsprof/collect/stop_signals.py): the report is always written, also when the signal comes before the
 first snapshot, after CMD exited, with it, or while the report is being written; with -o it is
 written at the first such signal already, and again when CMD exits. Processes CMD starts inherit the
 shim and are tracked with their own channel; the report describes the whole tree: every process
@@ -14,20 +14,25 @@ and connection carries its walked bytes beside its tracked ones (docs/heap-walk.
 import argparse
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 
-from tlsprof import client, launch, report_io, walked
-from tlsprof.client import Snapshot
+from tlsprof.analysis import walked
+from tlsprof.analysis.moments import DEFAULT_MOMENT, MOMENTS
+from tlsprof.analysis.report import build_report
+from tlsprof.analysis.reports import ReportSource
+from tlsprof.collect import client, launch
+from tlsprof.collect.client import Snapshot
+from tlsprof.collect.collector import collect
+from tlsprof.collect.session import Session
+from tlsprof.collect.stop_signals import StopSignals, signal_name
+from tlsprof.collect.target import Target
 from tlsprof.errors import TlsprofError, UsageError
-from tlsprof.model import build_report
-from tlsprof.moments import DEFAULT_MOMENT, MOMENTS
-from tlsprof.render import render_text
-from tlsprof.session import Session
-from tlsprof.stop_signals import StopSignals, signal_name
-from tlsprof.versions import unchecked_version_note
+from tlsprof.model import report_io
+from tlsprof.model.observation import ProcessObservation
+from tlsprof.model.versions import unchecked_version_note
+from tlsprof.render.text import render_text
 
 
 def prepare_parser(p):
@@ -71,7 +76,7 @@ def _exit_status(returncode: int) -> int:
 def run(args) -> int:
     cmd = _command(args)
     # held until the report is written: a supervisor's SIGTERM right after (or with) the target's
-    # must not kill tlsprof between the target's exit and the report (tlsprof/stop_signals.py)
+    # must not kill tlsprof between the target's exit and the report (tlsprof/collect/stop_signals.py)
     with StopSignals(hold_to_exit=True) as stops:
         return _run(args, cmd, stops)
 
@@ -82,11 +87,16 @@ def _run(args, cmd, stops: StopSignals) -> int:
     log = None
     try:
         session = Session(channel_dir, None, cmd, mode="run")
+        source = ReportSource(session)
+        # the walk at the last look ({"walk", "observation", "static"}): asked for (--walk), or made
+        # because the process's OpenSSL is a static copy whose entry points nothing hooks
+        walk_found = {}
+        stripped_notes = []  # OpenSSL linked statically and stripped: said once, kept for the report
         metrics = None
         if args.metrics:  # bind before starting the target: a bad address must not orphan it
-            from tlsprof.metrics import start_metrics_server
-            metrics = start_metrics_server(session, args.metrics)
-        profiles = start_pprof(session, args, metrics)
+            from tlsprof.render.metrics import start_metrics_server
+            metrics = start_metrics_server(source, args.metrics)
+        profiles = start_pprof(source, args, metrics)
         popen_kwargs = {}
         if live:  # the target's output would write over the view: keep it in a file
             log = tempfile.NamedTemporaryFile(prefix="tlsprof-target-", suffix=".log", delete=False)
@@ -102,19 +112,18 @@ def _run(args, cmd, stops: StopSignals) -> int:
             raise
         session.main_pid = proc.pid
         if not live:
-            announce_copies(session)
+            announce_copies(session, stripped_notes)
             announce_version(session)
         try:
             if live:
-                from tlsprof.live import run_live
+                from tlsprof.commands.live import run_live
                 returncode = run_live(session, proc, args)
             else:
-                # --walk, or a static OpenSSL whose entry points nothing hooks: its connections are
-                # found by the walk at the last look (docs/openssl-copies.md)
-                last_look = lambda: _walk_last_look(session, asked=getattr(args, "walk", False))
-                returncode = _collect(proc, session, args.interval, stops,
-                                      on_stop=lambda: _write_early(session, args, cmd, proc, stops),
-                                      on_last_look=last_look)
+                def last_look():
+                    _walk_last_look(session, walk_found, asked=getattr(args, "walk", False))
+                returncode = collect(session, Target(proc), args.interval, stops,
+                                     on_stop=lambda: _write_early(source, args, cmd, proc, stops, walk_found),
+                                     on_last_look=last_look)
         finally:
             if metrics is not None:
                 metrics.stop()
@@ -128,12 +137,12 @@ def _run(args, cmd, stops: StopSignals) -> int:
             names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.taken))
             notes.append(f"tlsprof passed {names} on to the target, which then exited "
                          f"({_describe_status(returncode)}); no snapshot was taken after the signal")
-        notes += getattr(session, "stripped_notes", [])
-        report = session.report(at=args.at, partial=partial, notes=notes)
+        notes += stripped_notes
+        report = source.report(at=args.at, partial=partial, notes=notes)
         if report is not None and getattr(args, "walk", False):
-            _annotate_walk(report, session)
-        if report is not None and getattr(session, "walk_static", False):
-            _merge_static_walk(report, session)
+            _annotate_walk(report, walk_found)
+        if report is not None and walk_found.get("static"):
+            _merge_static_walk(report, walk_found)
         elif report is not None and session.last is not None and any(
                 static_unhooked(snap) for snap in session.last.snaps.values()):
             report.setdefault("notes", []).append(
@@ -154,7 +163,7 @@ def _run(args, cmd, stops: StopSignals) -> int:
             tell(f"tlsprof: the target's output is in {log.name}")
 
 
-def _write_early(session: Session, args, cmd, proc, stops: StopSignals):
+def _write_early(source: ReportSource, args, cmd, proc, stops: StopSignals, walk_found=None):
     """With -o: write the report as soon as tlsprof is told to stop, before waiting for the target.
     No snapshot is taken after the signal, so this is already the final content; the report is
     rewritten (atomically) when the target exits. A supervisor that escalates to SIGKILL (systemd
@@ -165,11 +174,11 @@ def _write_early(session: Session, args, cmd, proc, stops: StopSignals):
     note = (f"written when tlsprof was signalled ({names}), before the target exited; tlsprof "
             f"did not live to rewrite it after the target's exit")
     try:
-        report = session.report(at=args.at, partial=True, notes=[note])
+        report = source.report(at=args.at, partial=True, notes=[note])
         if report is None:
             report = empty_report(proc.pid, cmd, "run", [note, "no snapshot was taken before the signal"])
-        elif getattr(session, "walk_static", False):
-            _merge_static_walk(report, session)
+        elif walk_found and walk_found.get("static"):
+            _merge_static_walk(report, walk_found)
         report_io.save_report(report, args.output)
     except TlsprofError:
         pass  # the final write says what is wrong with the file
@@ -184,7 +193,7 @@ def _describe_status(returncode: int) -> str:
 def empty_report(pid, command, mode, notes):
     """The report of a session that got no snapshot: valid, marked partial, saying why."""
     snap = Snapshot(pid=pid, mono_ns=0, openssl=None, stats={}, owners=[], sites=[], taken_at=time.time())
-    return build_report(snap, command=command, mode=mode, partial=True, chosen="last", snapshots=0,
+    return build_report(ProcessObservation.of(snap), command=command, mode=mode, partial=True, chosen="last", snapshots=0,
                         notes=list(notes))
 
 
@@ -204,14 +213,14 @@ def add_pprof_arguments(p):
                    help="with --pprof: keep the N newest profiles this session wrote (default 10)")
 
 
-def start_pprof(session, args, started=None):
+def start_pprof(source, args, started=None):
     """The --pprof writer, or None. A bad DIR is a usage error before the target is touched; what
     was `started` already (the metrics endpoint) is stopped first."""
     if not getattr(args, "pprof", None):
         return None
-    from tlsprof.pprof import start_profile_writer
+    from tlsprof.render.pprof import start_profile_writer
     try:
-        return start_profile_writer(session, args.pprof, args.pprof_keep, err=sys.stderr)
+        return start_profile_writer(source, args.pprof, args.pprof_keep, err=sys.stderr)
     except BaseException:
         if started is not None:
             started.stop()
@@ -239,18 +248,21 @@ HOW_TRACKED = {
 }
 
 
-def announce_copies(session: Session, file=sys.stderr):
-    """One line per OpenSSL copy, the first time a snapshot shows it: what is seen, and how."""
+def announce_copies(session: Session, stripped_notes: list | None = None, file=sys.stderr):
+    """One line per OpenSSL copy, the first time a snapshot shows it: what is seen, and how. A
+    process whose OpenSSL is linked statically and stripped gets one line saying so (kept in
+    `stripped_notes` for the report)."""
     seen = set()
 
     def on_snapshot(snap):
-        from tlsprof.model import openssl_copies
+        from tlsprof.analysis.report import openssl_copies
         copies = openssl_copies(snap)
         if not copies and snap.pid not in seen:
             seen.add(snap.pid)
             note = stripped_copy_note(snap.pid)
             if note:
-                session.stripped_notes = getattr(session, "stripped_notes", []) + [note]
+                if stripped_notes is not None:
+                    stripped_notes.append(note)
                 tell(f"tlsprof: {note}", file=file)
         for copy in copies:
             if copy["path"] not in seen:
@@ -265,9 +277,9 @@ def announce_copies(session: Session, file=sys.stderr):
 def stripped_copy_note(pid) -> str | None:
     """One sentence when the process carries OpenSSL linked statically without any symbol: nothing
     of it can be hooked, given an allocator, or walked (tests/test_static_openssl.py)."""
-    from tlsprof import inject
+    from tlsprof.collect.inject.target_facts import _maps, _stripped_openssl
     try:
-        path = inject._stripped_openssl(pid, inject._maps(pid))
+        path = _stripped_openssl(pid, _maps(pid))
     except TlsprofError:
         return None
     if not path:
@@ -288,23 +300,18 @@ def announce_version(session: Session, file=sys.stderr):
     session.on_snapshot.append(on_snapshot)
 
 
-# A stop signal can come before the shim's first answer (a supervisor's restart loop, a group kill
-# right after start). The shim's channel is up from its preload constructor on, milliseconds after
-# exec: a short bounded wait for it gives the report real data instead of none.
-FIRST_SNAPSHOT_WAIT = 2.0
-
-
 def static_unhooked(snap) -> list:
     """Statically linked OpenSSL copies whose allocations are tracked but whose entry points are
     not hooked: their bytes have no owner until the heap walk gives them one."""
-    from tlsprof.model import openssl_copies
+    from tlsprof.analysis.report import openssl_copies
     return [c for c in openssl_copies(snap) if c["kind"].startswith("static") and not c["per_connection"]
             and c["tracking"] == "mem-functions"] if snap is not None else []
 
 
-def _walk_last_look(session: Session, asked: bool = True) -> None:
-    """The heap walk of the process holding most connections, with the snapshot it is compared
-    with: asked for (`--walk`), or because that process's OpenSSL is a static copy."""
+def _walk_last_look(session: Session, found: dict, asked: bool = True) -> None:
+    """The heap walk of the process holding most connections, with the observation it is compared
+    with, into `found` ({"walk", "observation", "static"}): asked for (`--walk`), or because that
+    process's OpenSSL is a static copy."""
     obs = session.last
     if obs is None:
         return
@@ -312,96 +319,30 @@ def _walk_last_look(session: Session, asked: bool = True) -> None:
     path = session.sockets().get(pid)
     if path is None:
         return
-    session.walk_static = bool(static_unhooked(obs.snaps.get(pid)))
-    if not (asked or session.walk_static):
+    found["static"] = bool(static_unhooked(obs.snaps.get(pid)))
+    if not (asked or found["static"]):
         return
-    session.walk_snapshot = obs.snaps.get(pid)
+    found["observation"] = obs.snaps.get(pid)
     try:
-        session.walk = client.walk(path)
+        found["walk"] = client.walk(path)
     except Exception as exc:  # noqa: BLE001 - a walk that fails must never lose the report
-        session.walk = client.Walk(status="failed", reason=str(exc))
-    tell(f"tlsprof: {walked.walk_sentence(session.walk)}")
+        found["walk"] = client.Walk(status="failed", reason=str(exc))
+    tell(f"tlsprof: {walked.walk_sentence(found['walk'])}")
 
 
-def _merge_static_walk(report, session):
-    snap = getattr(session, "walk_snapshot", None)
+def _merge_static_walk(report, found: dict):
     if len(report.get("processes") or []) > 1:
         report.setdefault("notes", []).append(
             "the heap walk of a static OpenSSL copy is merged into single-process reports only")
         return
-    if snap is not None:
-        walked.merge_static_run(report, getattr(session, "walk", None), snap)
+    if found.get("observation") is not None:
+        walked.merge_static_run(report, found.get("walk"), found["observation"])
 
 
-def _annotate_walk(report, session):
-    snap = getattr(session, "walk_snapshot", None)
+def _annotate_walk(report, found: dict):
     if len(report.get("processes") or []) > 1:
         report.setdefault("notes", []).append(
             "--walk: the walked bytes are set beside tracked ones in single-process reports only")
         return
-    if snap is not None:
-        walked.annotate_run(report, getattr(session, "walk", None), snap)
-
-
-def _collect(proc: subprocess.Popen, session: Session, interval: float, stops: StopSignals = None,
-             on_stop=None, on_last_look=None) -> int:
-    """Snapshot every `interval` s until the target exits. A stop signal sent to tlsprof is
-    forwarded after one last snapshot, and no snapshot is taken after it: the target's own teardown
-    (closing every connection) never becomes the report's `last` snapshot. A terminal's Ctrl-C has
-    reached the target already: it only stops the snapshots. `on_stop()` runs once, after the last
-    snapshot and the forwarded signal."""
-    if stops is None:  # called on its own (the live view, once closed): hold the signals here
-        with StopSignals() as own:
-            return _collect(proc, session, interval, own, on_stop, on_last_look)
-    stopping = False
-    next_at = time.monotonic()
-    first = True
-    while True:
-        try:  # short waits: a signal to forward is acted on within 50 ms
-            return proc.wait(timeout=min(0.05, max(0.0, next_at - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            pass
-        if stops.pending:
-            first_stop = not stopping
-            if first_stop:
-                _last_look(proc, session)
-                if on_last_look is not None and proc.poll() is None:
-                    on_last_look()
-                stopping = True
-            for signum in stops.take():
-                try:
-                    proc.send_signal(signum)
-                except ProcessLookupError:
-                    pass
-            if first_stop and on_stop is not None:
-                on_stop()
-            continue
-        if stops.from_terminal:
-            stopping = True
-        if stopping or time.monotonic() < next_at:
-            continue
-        snap = poll_quietly(session)
-        # until the shim answers the first time, look again soon
-        if snap is None and first:
-            next_at = time.monotonic() + min(0.1, interval)
-        else:
-            first = False
-            next_at = time.monotonic() + interval
-
-
-def poll_quietly(session: Session, fresh_agent=False):
-    """One snapshot, or None: a target going away mid-answer must not end the session unreported."""
-    try:
-        return session.poll(fresh_agent=fresh_agent)
-    except (TlsprofError, OSError):
-        return None
-
-
-def _last_look(proc: subprocess.Popen, session: Session):
-    """The newest view of the target before it is asked to stop (bounded)."""
-    deadline = time.monotonic() + FIRST_SNAPSHOT_WAIT
-    while session.last is None and proc.poll() is None and time.monotonic() < deadline:
-        if poll_quietly(session) is None:
-            time.sleep(0.02)
-    if proc.poll() is None:
-        poll_quietly(session, fresh_agent=True)
+    if found.get("observation") is not None:
+        walked.annotate_run(report, found.get("walk"), found["observation"])

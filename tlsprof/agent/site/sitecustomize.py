@@ -1,6 +1,6 @@
 """tlsprof: starts the in-target Python agent, then chains to the sitecustomize this one shadows.
 
-Put on PYTHONPATH by `tlsprof run` (tlsprof/launch.py). It must never break the target: every
+Put on PYTHONPATH by `tlsprof run` (tlsprof/collect/launch.py). It must never break the target: every
 failure is swallowed and the agent simply stays off. Stdlib only (the target's Python may not have
 tlsprof installed): the agent module is loaded from its file next to this directory.
 """

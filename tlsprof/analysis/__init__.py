@@ -1,0 +1,1 @@
+"""From observations to reports: the report, findings, grouping, memory, moments, diffs."""

@@ -1,0 +1,80 @@
+"""Talks to the shim inside a target over its Unix socket: one command line per connection, the
+whole answer back (docs/snapshot-format.md lists the commands). The only code that opens a tlsprof
+socket, the shim's or the Python agent's; what the answers mean is tlsprof.model.wire's.
+"""
+import socket
+
+from tlsprof.errors import ChannelError
+from tlsprof.model.wire import (  # noqa: F401  (the records and parsers, importable from here as before)
+    FALLBACK_VOCAB, KIND_NAMES, MEASURE_NAMES, SCOPE_NAMES, SSL_MODE_RELEASE_BUFFERS, STATE_NAMES,
+    Counters, Owner, Site, Snapshot, Walk, WalkedObject, parse_owner_sites, parse_snapshot, parse_walk,
+    unescape)
+
+
+def request(path: str, command: str, timeout: float = 5.0) -> bytes:
+    """Send one command line to a Unix socket (the shim's or the Python agent's), read the whole
+    answer. Raises OSError (socket.timeout included)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(command.encode() + b"\n")
+        chunks = []
+        while True:
+            data = s.recv(1 << 20)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+def ask(path: str, command: str, timeout: float = 5.0) -> str:
+    """Ask the shim: one command line, the whole answer as text."""
+    try:
+        return request(path, command, timeout).decode("utf-8", "replace")
+    except (OSError, socket.timeout) as exc:
+        raise ChannelError(f"cannot reach the tlsprof shim at {path}: {exc.strerror or exc}") from None
+
+
+def owner_sites(path: str, serial: int, snap: Snapshot, timeout: float = 5.0) -> list:
+    """Call sites of one context's or connection's live blocks (drill-down). Block counts are exact;
+    `approx_bytes` is each count times that site's mean block size in `snap` (the shim keeps no size
+    per block), so it is an estimate and says so."""
+    by_id = {site.id: site for site in snap.sites}
+    out = []
+    for site_id, blocks in parse_owner_sites(ask(path, f"OWNER {int(serial)}", timeout)):
+        site = by_id.get(site_id)
+        mean = site.bytes / site.blocks if site and site.blocks else 0
+        out.append({"file": site.file if site else None, "line": site.line if site else None,
+                    "cause": site.cause if site else "other", "library": site.library if site else None,
+                    "blocks": blocks, "approx_bytes": int(round(blocks * mean)), "estimate": True})
+    return sorted(out, key=lambda s: -s["approx_bytes"])
+
+
+def snapshot(path: str, timeout: float = 5.0) -> Snapshot:
+    return parse_snapshot(ask(path, "SNAPSHOT", timeout))
+
+
+def ping(path: str, timeout: float = 2.0) -> int:
+    answer = ask(path, "PING", timeout).split()
+    if len(answer) != 2 or answer[0] != "PONG":
+        raise ChannelError("the shim did not answer PING")
+    return int(answer[1])
+
+
+def answers_ping(path: str, pid: int, timeout: float = 2.0) -> bool:
+    """True when the shim at `path` answers PING, and with `pid` (not a socket left by another)."""
+    try:
+        return ping(path, timeout) == int(pid)
+    except (ChannelError, ValueError):
+        return False
+
+
+def detach(path: str, timeout: float = 5.0) -> None:
+    if ask(path, "DETACH", timeout).strip() != "OK":
+        raise ChannelError("the shim did not confirm DETACH")
+
+
+def walk(path: str, timeout: float = 120.0) -> Walk:
+    """Ask the shim for a heap walk (it runs in a child of the target; the target pauses only for
+    the fork). The shim bounds the walk to `timeout` too."""
+    return parse_walk(ask(path, f"WALK {int(timeout * 1000) - 2000}", timeout))

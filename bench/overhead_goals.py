@@ -40,7 +40,7 @@ ROWS = ("rss", "ctx", "handshakes", "snapshot", "synthetic", "walk")
 def _use_shim(path):
     """--shim: every preloaded target of this run (not `tlsprof run` servers) gets this build
     instead of the installed one, to compare a change with what it replaces."""
-    from tlsprof import launch
+    from tlsprof.collect import launch
     installed = launch.preload_env
 
     def preload_env(channel_dir, *args, **kwargs):
@@ -52,7 +52,7 @@ def _use_shim(path):
 
 
 def _preload_env():
-    from tlsprof import launch
+    from tlsprof.collect import launch
     channel_dir = launch.private_dir(prefix="tlsprof-goals-")
     return launch.preload_env(channel_dir), channel_dir
 
@@ -68,7 +68,7 @@ def _wait_sock(channel_dir, pid, timeout=20):
 
 
 def _stats(sock, timeout=60):
-    from tlsprof import client
+    from tlsprof.collect import client
     return client.snapshot(sock, timeout=timeout).stats
 
 
@@ -218,7 +218,7 @@ def _synthetic(n, fn):
 
 
 def row_synthetic(a, out):
-    from tlsprof import client
+    from tlsprof.collect import client
     n = 100_000
 
     def measure(pid, sock):
@@ -268,7 +268,7 @@ FORK_COST = textwrap.dedent("""
 
 
 def row_walk(a, out):
-    from tlsprof import client
+    from tlsprof.collect import client
     n = 50_000 if a.quick else 200_000  # ~10 KB of heap per SSL object
 
     def measure(pid, sock):

@@ -30,7 +30,7 @@ def _per_block(stats, key):
 
 
 def test_ca_store_client_tracker_stays_under_16_bytes_per_block(cert_dir):
-    from tlsprof import launch
+    from tlsprof.collect import launch
     from tlsprof.collect.client import ask, parse_snapshot
     server = start_echo_server(certdir=cert_dir)
     channel_dir = tempfile.mkdtemp(prefix="tlsprof-ovh-")

@@ -85,6 +85,11 @@ def test_twisted_from_pip_static_cryptography_openssl(tmp_path, cert_dir):
     conns = [c for c in report["connections"] if c["measured"] == "walked"]
     assert len(conns) >= 0.95 * n
     assert all((c.get("python") or {}).get("type") == "OpenSSL.SSL.Connection" for c in conns)
+    # and the line that made each one, as for ssl's objects (the agent wraps pyOpenSSL's __init__
+    # once the target imports it): Twisted's TLS protocol builds them
+    made = [c["python"].get("created_by") for c in conns]
+    assert all(m and any("/twisted/" in f["file"] for f in m) for m in made), made[:2]
+    assert all(c["python"].get("created_by_source") == "run" for c in conns)
     assert per["by_cause"].get("record_buffers", 0) > 16_000  # pyOpenSSL keeps its buffers
     process_wide = sum(copy["by_cause"].get(c, 0) for c in ("library", "thread_state"))
     tracked_per_connection = (copy["live_bytes"] - process_wide) / per["connections"]

@@ -105,6 +105,18 @@ def _install_capture():
             return obj
         klass._create = classmethod(_create)
     ssl._tlsprof_patched = True
+    try:
+        _load_sibling("pyopenssl_capture").install(_state, _remember_init)
+    except Exception:
+        pass
+
+
+def _remember_init(obj):
+    """From a wrapped __init__ (agent/pyopenssl_capture.py): the frame that called the class."""
+    try:
+        _created[obj] = _frames(sys._getframe(2))
+    except Exception:
+        pass
 
 
 def _created_by(obj, tm_on):
@@ -422,6 +434,10 @@ def _uninstall_capture():
         else:
             setattr(klass, name, original)
     ssl._tlsprof_patched = False
+    try:
+        _load_sibling("pyopenssl_capture").uninstall(_state)
+    except Exception:
+        pass
     _state["capture"] = False
 
 

@@ -48,6 +48,7 @@ AGENT_FILES = (("agent/agent.py", os.path.join(_HERE, "agent", "agent.py")),
                ("agent/graph.py", os.path.join(_HERE, "agent", "graph.py")),
                ("agent/ssl_objects.py", os.path.join(_HERE, "agent", "ssl_objects.py")),
                ("agent/tracemalloc_ext.py", os.path.join(_HERE, "agent", "tracemalloc_ext.py")),
+               ("agent/pyopenssl_capture.py", os.path.join(_HERE, "agent", "pyopenssl_capture.py")),
                ("agent/site/sitecustomize.py", os.path.join(_HERE, "agent", "site", "sitecustomize.py")))
 NAME_LEN = 16
 STALE_TMP_S = 3600

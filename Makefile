@@ -8,7 +8,7 @@ DEB_PACKAGES = gcc libc6-dev make gdb openssl libssl-dev nginx-light zlib1g-dev 
                apache2 haproxy postgresql postgresql-15 stunnel4 mosquitto util-linux \
                python3-requests
 
-# golang-go: `go tool pprof` reads the pprof exports back (tests/test_pprof.py)
+# golang-go: `go tool pprof` reads the pprof exports back (tests/integration/test_pprof.py)
 DEB_PACKAGES += golang-go
 # clang-format: `make lint` checks hooks/ against .clang-format (with FORMAT_CHECK=1)
 DEB_PACKAGES += clang-format

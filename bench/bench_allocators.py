@@ -10,7 +10,7 @@
     python bench/bench_allocators.py [-n 200] [--case own-allocator ...]
 
 Prints tlsprof's per-connection own bytes beside the counter's growth per connection; the goal is
-±25 %. Never fails on the figures (tests/test_allocators.py asserts them).
+±25 %. Never fails on the figures (tests/integration/test_allocators.py asserts them).
 """
 import argparse
 import json

@@ -13,7 +13,7 @@ Pass (exit 0) when: zero failed handshakes or echoes, every attach exited 0 with
 target is alive at the end, and its RSS is flat after warm-up: the median of the last third of the
 samples is within --rss-slack (default 10 %, at least 8 MiB) of the median just after warm-up
 (a quarter of the run and at least two attach cycles, at most half of it). Prints a JSON summary either way.
-The 30-minute run is for bench/ (not CI); tests/test_hardening_soak.py runs a 2-minute version.
+The 30-minute run is for bench/ (not CI); tests/integration/test_hardening_soak.py runs a 2-minute version.
 """
 import argparse
 import asyncio

@@ -16,7 +16,7 @@ def check_report(report: dict) -> dict:
         jsonschema.Draft202012Validator(json.load(f)).validate(report)
     # the aggregates must add up: owners (totals) and call sites are counted independently in the
     # shim. A snapshot is not atomic (the target keeps allocating while it is read), so a busy target
-    # may skew by the blocks in flight; a quiet one matches exactly (tests/test_run.py threads test).
+    # may skew by the blocks in flight; a quiet one matches exactly (tests/integration/test_run.py threads test).
     # (8 threads mid-handshake skew by a few hundred blocks: 2 %, at least 1,024 blocks / 64 KiB)
     live = report["totals"]["live_bytes"]
     assert abs(live - sum(s["live_bytes"] for s in report["sites"])) <= max(0.02 * live, 64 * 1024)

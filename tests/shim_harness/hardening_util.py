@@ -1,4 +1,4 @@
-"""Helpers shared by tests/test_hardening_*.py: a tracked echo server and its channel."""
+"""Helpers shared by tests/integration/test_hardening_*.py: a tracked echo server and its channel."""
 import os
 import shutil
 import tempfile

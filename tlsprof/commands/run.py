@@ -276,7 +276,7 @@ def announce_copies(session: Session, stripped_notes: list | None = None, file=s
 
 def stripped_copy_note(pid) -> str | None:
     """One sentence when the process carries OpenSSL linked statically without any symbol: nothing
-    of it can be hooked, given an allocator, or walked (tests/test_static_openssl.py)."""
+    of it can be hooked, given an allocator, or walked (tests/integration/test_static_openssl.py)."""
     from tlsprof.collect.inject.target_facts import _maps, _stripped_openssl
     try:
         path = _stripped_openssl(pid, _maps(pid))

@@ -7,7 +7,7 @@ OpenSSL since 1.1.0 has; the split of those bytes by cause is read from OpenSSL'
 """
 import re
 
-# series -> what was measured on it (docs/compatibility.md, "Versions"; tests/test_openssl_versions.py)
+# series -> what was measured on it (docs/compatibility.md, "Versions"; tests/integration/test_openssl_versions.py)
 CHECKED = {
     "1.1.1": "C server and openssl s_server built against Debian 11's 1.1.1w",
     "3.0": "the system OpenSSL of Debian 12 (3.0.x), with and without zlib",

@@ -21,7 +21,7 @@ from tlsprof.model.causes import CAUSES
 from tlsprof.errors import ChannelError
 
 # What the shim's numbers mean when a snapshot does not say (it does, in its `vocab` line: these are
-# only the fallback; tests/test_causes.py checks they equal what a real shim states)
+# only the fallback; tests/integration/test_causes.py checks they equal what a real shim states)
 KIND_NAMES = {0: "process", 1: "context", 2: "connection"}
 STATE_NAMES = {0: "handshake", 1: "established", 2: "shutdown"}
 SCOPE_NAMES = ("none", "ctx_new", "ctx", "ca_store", "own_cert", "ssl_new", "handshake", "io",

@@ -260,7 +260,7 @@ _OPENSSL_VERSION_TEXT = re.compile(rb"OpenSSL \d+\.\d+\.\d+[a-z]?(?:-[a-z]+)? +\
 
 def _stripped_openssl(pid: int, maps: list) -> str | None:
     """The first mapped object that carries OpenSSL's version text but no symbol of it: a copy
-    linked statically and stripped (tests/test_static_openssl.py builds one)."""
+    linked statically and stripped (tests/integration/test_static_openssl.py builds one)."""
     seen = set()
     for perms, path in maps:
         if path in seen or "x" not in perms or not path.startswith("/"):

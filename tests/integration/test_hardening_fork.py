@@ -21,7 +21,7 @@ from shim_harness.hardening_util import wait_for
 from tlsenv import Proc, recv_exactly, tls_connect
 from tlsprof.collect.client import ask, parse_snapshot
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFORK = os.path.join(HERE, "shim_harness", "prefork_server.py")
 
 

@@ -19,7 +19,7 @@ import pytest
 from shim_harness import build as shim_build
 from tlsprof.collect.client import parse_snapshot
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WORKLOAD = os.path.join(HERE, "shim_harness", "workload.py")
 

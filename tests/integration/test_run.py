@@ -14,7 +14,7 @@ from reportcheck import check_report, load_checked
 from tlsenv import free_port
 
 TLSPROF = [sys.executable, "-m", "tlsprof"]
-WORKLOADS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workloads")
+WORKLOADS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workloads")
 
 
 def tlsprof_run(report, interval="0.3", at="peak"):

@@ -27,7 +27,7 @@ from tlsprof.analysis.report import build_report
 from tlsprof.model.versions import CHECKED, series_of, unchecked_version_note
 
 TLSPROF = [sys.executable, "-m", "tlsprof"]
-WORKLOADS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workloads")
+WORKLOADS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workloads")
 OTHER_GOAL = 0.10          # issue 16: `other` at most a tenth of a connection's bytes
 CA_STORE_TOLERANCE = 0.10  # issue 20: CA store per connection within ±10 % of mallinfo2
 N = 200

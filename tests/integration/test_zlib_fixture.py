@@ -13,7 +13,7 @@ import pytest
 
 from zlib_openssl import BUILD_TIMEOUT, zlib_env, zlib_openssl_libdir, zlib_openssl_skip_reason
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(REPO_ROOT, "examples", "compression_echo.py")
 WAIT = 120.0  # seconds, upper bound for any one step (start, N connections)
 CONNECTIONS = 200

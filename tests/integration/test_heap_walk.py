@@ -268,7 +268,7 @@ def _debian_twisted():
 def test_walk_finds_twisted_connections_on_debian_pyopenssl(spawn, cert_dir, tmp_path, ctx_per_conn):
     """Twisted over Debian's pyOpenSSL (the system libssl) under Debian's non-PIE python3."""
     from tlsenv import ServerProc
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples",
                           "twisted_echo_server.py")
     args = ["--port", "0", "--ready-file", "{ready}", "--certdir", cert_dir] + (["--ctx-per-conn"] if ctx_per_conn else [])
     server = ServerProc([DEBIAN_PYTHON, script, *args], script=script)

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-SOAK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "soak.py")
+SOAK = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench", "soak.py")
 
 
 @pytest.mark.timeout(0)  # bounded below by subprocess.run(timeout=...)

@@ -25,7 +25,7 @@ from tlsprof.render.metrics import exposition
 from tlsprof.analysis.report import build_tree_report
 from tlsprof.model.observation import ProcessObservation
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFORK = os.path.join(HERE, "shim_harness", "prefork_server.py")
 TLSPROF = [sys.executable, "-m", "tlsprof"]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

@@ -18,7 +18,7 @@ from tlsprof.render.text import human_bytes, render_text
 from tlsprof.model.report_io import dumps, load_report, parse_report, save_report
 from tlsprof.model.schema import SCHEMA_PATH, check_structure, load_schema, validate_report
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KiB = 1024
 CA_STORE = 837 * KiB  # a Debian CA store, heap footprint
 

@@ -25,7 +25,7 @@ from tlsprof.collect import shim_copy
 from tlsprof.collect.channel_paths import channel_dir_for, socket_path
 from tlsprof.errors import ShimNotLoadable
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.dirname(os.path.abspath(tlsprof.__file__))
 needs_gdb = pytest.mark.skipif(not shutil.which("gdb"), reason="attach needs gdb (make test installs it)")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")

@@ -13,9 +13,8 @@ import tempfile
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim_harness"))
-from hardening_util import Tracked, wait_for  # noqa: E402
-from tlsenv import start_ca_per_request_client, start_clients, start_echo_server  # noqa: E402
+from shim_harness.hardening_util import Tracked, wait_for
+from tlsenv import start_ca_per_request_client, start_clients, start_echo_server
 
 GOAL_TABLE_BYTES_PER_BLOCK = 16
 CA_STORES = 20       # ~11.3k blocks each: ~230k live blocks

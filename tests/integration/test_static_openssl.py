@@ -132,7 +132,7 @@ def _node_is_static():
 
 NODE_CONNECTIONS = 200
 TOLERANCE = 0.15
-HEAP_IN_USE_SRC = os.path.join(os.path.dirname(__file__), "workloads", "heap_in_use.c")
+HEAP_IN_USE_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workloads", "heap_in_use.c")
 node_static = pytest.mark.skipif(not _node_is_static(), reason="needs a node that links OpenSSL statically "
                                                                "(nodesource)")
 

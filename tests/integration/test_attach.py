@@ -78,7 +78,7 @@ def handshakes_ok(port, n, cafile=None):
 def test_attach_lists_old_and_new_connections_then_detaches_cleanly(spawn, tmp_path):
     server = spawn.server()
     spawn.clients(server.port, 100, interval=1)  # opened before attach
-    # without the heap walk (tests/test_heap_walk.py has it): older connections are counted, not measured
+    # without the heap walk (tests/integration/test_heap_walk.py has it): older connections are counted, not measured
     session = Attached(server.pid, tmp_path / "attach.json", 8, "--no-walk")
     spawn.clients(server.port, 100, interval=1)  # opened while attached
     report = session.finish()

@@ -382,4 +382,3 @@ int interpose_slots(void) { return __atomic_load_n(&n_slots, __ATOMIC_RELAXED); 
 int interpose_foreign(void) { return __atomic_load_n(&n_foreign, __ATOMIC_RELAXED); }
 void interpose_lock(void) { pthread_mutex_lock(&patch_lock); }
 void interpose_unlock(void) { pthread_mutex_unlock(&patch_lock); }
-void interpose_reinit_lock(void) { pthread_mutex_init(&patch_lock, NULL); }

@@ -82,7 +82,6 @@ extern uint64_t io_calls_of_dead; /* atomic: io_calls of connections already fre
 void owners_sweep(void);
 void owners_lock_all(void);
 void owners_unlock_all(void);
-void owners_reinit_locks(void);
 
 /* object pointer (SSL, SSL_CTX) -> owner index */
 uint32_t objects_find(uintptr_t ptr);
@@ -114,7 +113,6 @@ size_t blocks_count(void);
 size_t blocks_count_wide(void); /* blocks the packed table could not hold */
 void blocks_lock_all(void);
 void blocks_unlock_all(void);
-void blocks_reinit_locks(void);
 typedef void (*block_visit_fn)(const struct block *, void *);
 void blocks_visit_owner(uint32_t owner, block_visit_fn fn, void *arg);
 
@@ -147,7 +145,6 @@ uint32_t sites_used(void);
 void sites_reset_counters(void);
 void sites_lock(void);
 void sites_unlock(void);
-void sites_reinit_lock(void);
 
 /* ---- interpose.c: GOT/relocation patching, one engine for preload and attach ---- */
 struct hook_def {
@@ -166,7 +163,6 @@ int interpose_slots(void);
 int interpose_foreign(void);
 void interpose_lock(void);
 void interpose_unlock(void);
-void interpose_reinit_lock(void);
 
 /* ---- hooks.c ---- */
 extern volatile int tlsprof_active;

@@ -487,12 +487,6 @@ void blocks_unlock_all(void)
     for (int k = N_SHARDS - 1; k >= 0; k--) spin_unlock(&pshards[k].lock);
 }
 
-void blocks_reinit_locks(void)
-{
-    for (int k = 0; k < N_SHARDS; k++) __atomic_store_n(&pshards[k].lock, 0, __ATOMIC_RELEASE);
-    for (int k = 0; k < WIDE_N_SHARDS; k++) __atomic_store_n(&wshards[k].lock, 0, __ATOMIC_RELEASE);
-}
-
 /* The heap walk's child only (hooks/heapwalk.c): the table as it was at the fork, read without the
  * shard's lock (the child has no other thread; a shard caught mid-change at worst misleads one
  * lookup, under the walk's fault guard). Bounded probe. 1 and *out when ptr is tracked. */

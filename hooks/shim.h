@@ -15,8 +15,10 @@
  *   tracking.c               scope stack, counting, stripes: what the hooks hand over
  *   measure.c pytrace.c      what a block costs; --tracemalloc
  *   interpose.c              GOT/relocation patching and symbol lookup, one engine for run and attach
- *   real.c owners.c table.c sites.c causes.c   real-function pointers and the data the rest fills
+ *   real.c owners.c table*.c sites.c causes.c   real-function pointers and the data the rest fills
  *   common.h                 the vocabularies (causes, scopes, kinds, states)
+ *
+ * heapwalk_internal.h and table_internal.h are private to their own files and not included here.
  */
 #pragma once
 #include "common.h"

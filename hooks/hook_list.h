@@ -64,9 +64,9 @@ HOOKED(int, SSL_CTX_use_PrivateKey, (void *, void *), 1)
 HOOKED(int, SSL_CTX_use_PrivateKey_file, (void *, const char *, int), 1)
 HOOKED(int, SSL_CTX_check_private_key, (const void *), 1)
 HOOKED(int, SSL_CTX_use_cert_and_key, (void *, void *, void *, void *, int), 1)
-HOOKED(int, OPENSSL_init_crypto, (uint64_t, const void *), 1)
 
 /* one-time library and per-thread state (hooks_library.c) */
+HOOKED(int, OPENSSL_init_crypto, (uint64_t, const void *), 1)
 HOOKED(int, OPENSSL_init_ssl, (uint64_t, const void *), 1)
 HOOKED(void *, EVP_CIPHER_fetch, (void *, const char *, const char *), 1)
 HOOKED(void *, EVP_MD_fetch, (void *, const char *, const char *), 1)

@@ -104,14 +104,14 @@ static inline void block_sizes(const struct block *b, void *p, size_t usable, in
     *req = (int64_t)(usable - b->slack);
 }
 
-static void untrack(const struct block *b, void *p, size_t usable)
+void untrack(const struct block *b, void *p, size_t usable)
 {
     int64_t bytes, req;
     block_sizes(b, p, usable, &bytes, &req);
     count(b->owner, b->site, -bytes, -req, -1);
 }
 
-static void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
+void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
 {
     if (cause_is_process_wide(site_at(site & BLOCK_SITE_MASK)->cause)) owner = 0;
     size_t usable = 0;
@@ -140,46 +140,6 @@ static void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measu
         return;
     }
     count(owner, mine.site, bytes, req, 1);
-}
-
-static inline uint16_t site_of(const char *file, int line, uint8_t scope, size_t n)
-{
-    struct tstate *t = &tls;
-    if (t->site_file == file && t->site_line == line && t->site_scope == scope && file) return t->site_id;
-    uint16_t id = site_intern(file, line, scope, n);
-    if (id) { /* 0 = the index is full: ask again next time */
-        t->site_file = file;
-        t->site_line = line;
-        t->site_scope = scope;
-        t->site_id = id;
-    }
-    return id;
-}
-
-void track(void *p, size_t n, const char *file, int line)
-{
-    struct scope s = current();
-    track_as(p, n, s.owner, site_of(file, line, s.kind, n), libcrypto_measure());
-}
-
-void track_static(void *p, size_t n, const char *file, int line)
-{
-    struct scope s = current();
-    track_as(p, n, s.owner, site_of(file, line, s.kind == SC_NONE ? SC_STATIC : s.kind, n), malloc_measure);
-}
-
-/* Before the block goes back to the allocator (another thread may get the address at once). */
-void forget(void *p)
-{
-    struct block b;
-    if (!blocks_remove((uintptr_t)p, &b)) return;
-    untrack(&b, p, 0);
-    if (b.key & BLOCK_F_OBJECT) {
-        /* the SSL/SSL_CTX struct itself: the object is really gone (refcounts reached zero) */
-        struct owner *o = owner_at(b.owner);
-        objects_unbind((uintptr_t)p, b.owner);
-        if (__atomic_load_n(&o->ptr, __ATOMIC_RELAXED) == (uintptr_t)p) owner_mark_dead(b.owner);
-    }
 }
 
 /* A grown block keeps its owner and site: it is the same object getting bigger. */

@@ -1,8 +1,9 @@
 """The shim's layout (issue 17): every C file of hooks/ stays under 500 lines, headers include each
 other without a circle, and no circle runs between the .c files through the functions and
 variables one defines and another uses. Read from the sources with regular expressions: no compiler,
-no server, well under a second. Calls made inside a header's static inline functions are
+no server, a second or two. Calls made inside a header's static inline functions are
 not followed (their callees sit below the header's own module anyway)."""
+import functools
 import os
 import re
 
@@ -69,6 +70,7 @@ def _hooked_functions():
     return re.findall(r"^HOOKED\([^,]+,\s*(\w+),", _source(os.path.join(HOOKS, "hook_list.h")), re.M)
 
 
+@functools.lru_cache(maxsize=None)
 def _uses():
     """.c file -> set of other .c files whose shared names it uses."""
     names = _shared_names()

@@ -104,11 +104,11 @@ FLAGS = ["-std=gnu11", "-O2", "-fvisibility=hidden", "-fno-omit-frame-pointer", 
 def build(work):
     src = os.path.join(work, "src")
     shutil.copytree(os.path.join(_common.REPO_ROOT, "hooks"), src)
-    path = os.path.join(src, "hooks.c")
+    path = os.path.join(src, "tracking.c")
     text = open(path).read()
     for old, new in PATCHES:
         if old not in text:
-            raise RuntimeError("hooks/hooks.c changed: update bench/shim_variants.py's patches")
+            raise RuntimeError("hooks/tracking.c changed: update bench/shim_variants.py's patches")
         text = text.replace(old, new)
     text = text.replace("static inline void pop(void) { tls.depth--; }",
                         "#ifdef EXP_BATCH\nstatic void count_flush_all(void);\n"

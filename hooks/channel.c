@@ -28,15 +28,9 @@ static char sock_path[108];
 static char sock_dir[96];
 static pid_t sock_pid;
 
-int tlsprof_stop_from_channel(void);
-const char *tlsprof_openssl_version(void);
+static int (*detach_stop)(void); /* main.c's stop, handed down: the channel never calls up */
 
-uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
+void channel_on_detach(int (*stop)(void)) { detach_stop = stop; }
 
 /* ---- a growing text buffer (libc malloc: never OpenSSL's) ---- */
 struct buf {
@@ -360,7 +354,7 @@ static int serve(int fd)
         struct timeval slow = {30, 0}; /* a large answer: give the reader time */
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &slow, sizeof slow);
     } else if (!strcmp(cmd, "DETACH")) {
-        tlsprof_stop_from_channel();
+        if (detach_stop) detach_stop();
         put(&b, "OK\n");
         stop = 1;
     } else {

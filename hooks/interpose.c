@@ -40,6 +40,18 @@ struct patched_slot {
 };
 
 static pthread_mutex_t patch_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The hooked functions (hook_table.c), handed down by main.c: this engine names no hook itself. */
+static struct hook_def *hooks_used;
+static int n_hooks_used;
+
+void interpose_use(struct hook_def *defs, int n)
+{
+    pthread_mutex_lock(&patch_lock);
+    hooks_used = defs;
+    n_hooks_used = n;
+    pthread_mutex_unlock(&patch_lock);
+}
 static struct object objects[MAX_OBJECTS];
 static int n_objects;
 static uintptr_t scanned[MAX_OBJECTS]; /* bases of objects already patched */
@@ -234,8 +246,8 @@ static int hook_index(const char *name)
     if (name[0] != 'C' && name[0] != 'S' && name[0] != 'X' && name[0] != 'd' && name[0] != 'E' &&
         name[0] != 'O' && name[0] != 'R')
         return -1;
-    for (int i = 0; i < n_hook_defs; i++)
-        if (strcmp(hook_defs[i].name, name) == 0) return i;
+    for (int i = 0; i < n_hooks_used; i++)
+        if (strcmp(hooks_used[i].name, name) == 0) return i;
     return -1;
 }
 
@@ -250,7 +262,7 @@ static int patch_relocs(const struct object *o, const ElfW(Rela) *r, size_t size
         if (type == R_X86_64_64 && r->r_addend != 0) continue;
         int h = hook_index(o->strtab + o->symtab[symi].st_name);
         if (h < 0) continue;
-        struct hook_def *d = &hook_defs[h];
+        struct hook_def *d = &hooks_used[h];
         uintptr_t real = (uintptr_t)*d->real;
         if (!real) continue;
         const struct object *definer = NULL;
@@ -283,19 +295,19 @@ static int patch_relocs(const struct object *o, const ElfW(Rela) *r, size_t size
 static int interpose_core_resolved(void)
 {
     int crypto = 0, ssl = 0;
-    for (int i = 0; i < n_hook_defs; i++) {
-        if (!strcmp(hook_defs[i].name, "CRYPTO_malloc")) crypto = *hook_defs[i].real != NULL;
-        if (!strcmp(hook_defs[i].name, "SSL_new")) ssl = *hook_defs[i].real != NULL;
+    for (int i = 0; i < n_hooks_used; i++) {
+        if (!strcmp(hooks_used[i].name, "CRYPTO_malloc")) crypto = *hooks_used[i].real != NULL;
+        if (!strcmp(hooks_used[i].name, "SSL_new")) ssl = *hooks_used[i].real != NULL;
     }
     return crypto && ssl;
 }
 
 static void resolve_reals(void)
 {
-    for (int i = 0; i < n_hook_defs; i++) {
-        if (*hook_defs[i].real) continue;
-        uintptr_t a = lookup_collected(hook_defs[i].name, NULL);
-        if (a) __atomic_store_n((uintptr_t *)hook_defs[i].real, a, __ATOMIC_RELEASE);
+    for (int i = 0; i < n_hooks_used; i++) {
+        if (*hooks_used[i].real) continue;
+        uintptr_t a = lookup_collected(hooks_used[i].name, NULL);
+        if (a) __atomic_store_n((uintptr_t *)hooks_used[i].real, a, __ATOMIC_RELEASE);
     }
 }
 
@@ -382,4 +394,11 @@ int interpose_slots(void) { return __atomic_load_n(&n_slots, __ATOMIC_RELAXED); 
 int interpose_foreign(void) { return __atomic_load_n(&n_foreign, __ATOMIC_RELAXED); }
 void interpose_lock(void) { pthread_mutex_lock(&patch_lock); }
 void interpose_unlock(void) { pthread_mutex_unlock(&patch_lock); }
-void interpose_reinit_lock(void) { pthread_mutex_init(&patch_lock, NULL); }
+
+static const char *(*real_OpenSSL_version)(int);
+
+const char *tlsprof_openssl_version(void)
+{
+    if (!real_OpenSSL_version) real_OpenSSL_version = (const char *(*)(int))interpose_lookup("OpenSSL_version");
+    return real_OpenSSL_version ? real_OpenSSL_version(0) : NULL;
+}

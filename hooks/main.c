@@ -15,15 +15,15 @@ static int atfork_registered;
 static int started_by_preload;
 static char preload_dir[96];
 
-int tlsprof_preloaded(void) { return started_by_preload; }
-static const char *(*real_OpenSSL_version)(int);
+int tlsprof_stop_from_channel(void);
 
-void channel_release_from_listener(void);
-
-const char *tlsprof_openssl_version(void)
+/* Lower layers never call up: what they need from above is handed down here. */
+static void hand_down(void)
 {
-    if (!real_OpenSSL_version) real_OpenSSL_version = (const char *(*)(int))interpose_lookup("OpenSSL_version");
-    return real_OpenSSL_version ? real_OpenSSL_version(0) : NULL;
+    static const void *const own_allocators[] = {(const void *)hook_CRYPTO_malloc, (const void *)tracked_libc_malloc};
+    interpose_use(hook_defs, n_hook_defs);
+    measure_own_allocators(own_allocators, (int)(sizeof own_allocators / sizeof *own_allocators));
+    channel_on_detach(tlsprof_stop_from_channel);
 }
 
 static void before_fork(void)
@@ -69,6 +69,7 @@ EXPORT int tlsprof_start(const char *channel_dir)
         pthread_atfork(before_fork, after_fork_parent, after_fork_child);
         atfork_registered = 1;
     }
+    hand_down();
     /* counts from an earlier attach are stale: their frees were not seen */
     blocks_reset();
     owners_and_objects_reset();
@@ -82,8 +83,8 @@ EXPORT int tlsprof_start(const char *channel_dir)
     tlsprof_active = 1;
     interpose_install();
     pthread_mutex_unlock(&start_lock);
-    static_copies_scan(1);
-    pyagent_start(channel_dir);
+    static_copies_scan(!started_by_preload);
+    if (!started_by_preload) pyagent_start(channel_dir);
     return 0;
 }
 

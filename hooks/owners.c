@@ -214,12 +214,6 @@ void owners_unlock_all(void)
     pthread_mutex_unlock(&owners_mutex);
 }
 
-void owners_reinit_locks(void)
-{
-    pthread_mutex_init(&owners_mutex, NULL);
-    pthread_mutex_init(&objs_mutex, NULL);
-}
-
 void owners_and_objects_reset(void)
 {
     owners_reset();

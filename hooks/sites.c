@@ -113,4 +113,3 @@ void sites_reset_counters(void)
 
 void sites_lock(void) { pthread_mutex_lock(&sites_mutex); }
 void sites_unlock(void) { pthread_mutex_unlock(&sites_mutex); }
-void sites_reinit_lock(void) { pthread_mutex_init(&sites_mutex, NULL); }

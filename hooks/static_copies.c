@@ -37,10 +37,6 @@ static uintptr_t seen[MAX_SEEN];
 static int n_seen;
 static pthread_mutex_t copies_lock = PTHREAD_MUTEX_INITIALIZER;
 
-void *tracked_libc_malloc(size_t n, const char *file, int line);
-void *tracked_libc_realloc(void *p, size_t n, const char *file, int line);
-void tracked_libc_free(void *p, const char *file, int line);
-
 /* Objects that are never a static copy: skip reading their files. */
 static int uninteresting(const char *path)
 {
@@ -169,7 +165,7 @@ static int binds_symbolically(const struct dl_phdr_info *unused, uintptr_t base,
     return symbolic;
 }
 
-static void consider(const struct candidate *c, int at_start)
+static void consider(const struct candidate *c, int attaching)
 {
     int kind = COPY_EXPORTED;
     const char *b = strrchr(c->path, '/');
@@ -192,7 +188,7 @@ static void consider(const struct candidate *c, int at_start)
     int (*set)(void *, void *, void *) = (int (*)(void *, void *, void *))setter;
     /* an executable's copy is still unused in the preload constructor; a library's right after its
      * dlopen; anything found when attaching has long been in use */
-    if (at_start && !tlsprof_preloaded()) cp->status = STATUS_NOT_TRACKED;
+    if (attaching) cp->status = STATUS_NOT_TRACKED;
     else if (set((void *)tracked_libc_malloc, (void *)tracked_libc_realloc, (void *)tracked_libc_free))
         cp->status = STATUS_TRACKED;
     else
@@ -202,7 +198,7 @@ static void consider(const struct candidate *c, int at_start)
 
 /* Look at objects not seen before. Called at start and after every dlopen, never with a lock of
  * the loader or of ours held (it opens files and may call into the copy). */
-void static_copies_scan(int at_start)
+void static_copies_scan(int attaching)
 {
     struct candidate *list = calloc(MAX_SEEN + 1, sizeof *list);
     if (!list) return;
@@ -215,7 +211,7 @@ void static_copies_scan(int at_start)
         if (known) continue;
         if (n_seen < MAX_SEEN) seen[n_seen++] = list[i].base;
         if (!list[i].path[0] || uninteresting(list[i].path)) continue;
-        consider(&list[i], at_start);
+        consider(&list[i], attaching);
     }
     pthread_mutex_unlock(&copies_lock);
     free(list);

@@ -11,7 +11,7 @@
  *   bits 72..79  slack, usable - requested (glibc's normal chunks: below 24)
  * Anything that does not fit (a pointer not 16-aligned or above 2^47, a MEASURE_REQUESTED block
  * whose slack field is its encoded size, slack of 256 and more from an mmapped chunk) goes to the
- * wide table, 16-byte slots, which a glibc process seldom uses.
+ * wide table (table_wide.c), 16-byte slots, which a glibc process seldom uses.
  *
  * Both tables are sharded so threads rarely share a lock; open addressing with linear probing and
  * backward-shift deletion (no tombstones, so churn never degrades probes). The packed shards fill to
@@ -21,11 +21,10 @@
  * that never touches OpenSSL pays nothing. When a shard cannot grow, the insert fails and the caller
  * counts the block as untracked instead of failing the target's allocation. */
 #define _GNU_SOURCE
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "shim.h"
+#include "table_internal.h"
 
 #define N_SHARDS 64
 #define SHARD_BITS 6
@@ -34,52 +33,6 @@
 #define PACKED_LOAD_NUM 4
 #define PACKED_LOAD_DEN 5
 #endif
-#define WIDE_N_SHARDS 8
-#define WIDE_MIN_CAP 64
-
-/* A test-and-test-and-set spinlock: a shard is held for one probe (a grow is the rare long case),
- * and a mutex's call and futex bookkeeping cost more than the work it guards. */
-static inline void spin_lock(int *l)
-{
-    for (unsigned spins = 0; __atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE);) {
-        while (__atomic_load_n(l, __ATOMIC_RELAXED)) {
-            if (++spins < 64) __builtin_ia32_pause();
-            else sched_yield(); /* the holder was preempted: let it run */
-        }
-    }
-}
-
-static inline void spin_unlock(int *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
-
-/* TLSPROF_MAX_BLOCKS caps the live blocks tracked (0 = no cap): bounds the shim's own memory and
- * lets tests prove the degraded mode. Past the cap inserts fail like a failed grow. */
-static size_t max_blocks;
-static size_t total_blocks; /* atomic, kept only when there is a cap */
-static int tables_ready;
-
-__attribute__((constructor)) static void tables_init(void)
-{
-    if (tables_ready) return;
-    const char *cap = getenv("TLSPROF_MAX_BLOCKS");
-    if (cap && *cap) max_blocks = strtoull(cap, NULL, 10);
-    tables_ready = 1;
-}
-
-static inline int over_cap(void)
-{
-    return max_blocks && __atomic_load_n(&total_blocks, __ATOMIC_RELAXED) >= max_blocks;
-}
-
-static inline void cap_count(int delta)
-{
-    if (max_blocks) __atomic_add_fetch(&total_blocks, (size_t)(long)delta, __ATOMIC_RELAXED);
-}
-
-static inline uint64_t hash_ptr(uintptr_t p)
-{
-    uint64_t h = (uint64_t)(p >> 4) * 0x9E3779B97F4A7C15ull;
-    return h ^ (h >> 29);
-}
 
 /* ================= packed table ================= */
 
@@ -198,104 +151,6 @@ static void p_delete_at(struct pshard *s, size_t i)
     s->count--;
 }
 
-/* ================= wide table: the blocks the packed one cannot hold ================= */
-
-struct wshard {
-    int lock;
-    struct block *slots;
-    size_t cap, count;
-} __attribute__((aligned(64)));
-
-static struct wshard wshards[WIDE_N_SHARDS];
-static size_t wide_count; /* atomic: lets the common case skip the wide table */
-
-static inline struct wshard *w_shard_for(uint64_t h) { return &wshards[h >> 61]; }
-
-static int w_grow(struct wshard *s)
-{
-    size_t ncap = s->cap ? s->cap * 2 : WIDE_MIN_CAP;
-    struct block *n = calloc(ncap, sizeof *n);
-    if (!n) return -1;
-    for (size_t i = 0; i < s->cap; i++) {
-        if (!s->slots[i].key) continue;
-        size_t j = hash_ptr(s->slots[i].key & ~BLOCK_F_OBJECT) & (ncap - 1);
-        while (n[j].key) j = (j + 1) & (ncap - 1);
-        n[j] = s->slots[i];
-    }
-    free(s->slots);
-    s->slots = n;
-    __atomic_store_n(&s->cap, ncap, __ATOMIC_RELAXED);
-    return 0;
-}
-
-static inline size_t w_probe(const struct wshard *s, uintptr_t ptr, uint64_t h)
-{
-    size_t mask = s->cap - 1, i = h & mask;
-    while (s->slots[i].key && (s->slots[i].key & ~BLOCK_F_OBJECT) != ptr) i = (i + 1) & mask;
-    return i;
-}
-
-/* Removes ptr from the wide table; 1 and *out if it was there. */
-static int w_remove(uintptr_t ptr, struct block *out)
-{
-    if (!__atomic_load_n(&wide_count, __ATOMIC_RELAXED)) return 0;
-    uint64_t h = hash_ptr(ptr);
-    struct wshard *s = w_shard_for(h);
-    spin_lock(&s->lock);
-    if (!s->cap) {
-        spin_unlock(&s->lock);
-        return 0;
-    }
-    size_t mask = s->cap - 1, i = w_probe(s, ptr, h);
-    if (!s->slots[i].key) {
-        spin_unlock(&s->lock);
-        return 0;
-    }
-    *out = s->slots[i];
-    size_t hole = i, j = i;
-    for (;;) {
-        j = (j + 1) & mask;
-        if (!s->slots[j].key) break;
-        size_t home = hash_ptr(s->slots[j].key & ~BLOCK_F_OBJECT) & mask;
-        if (((j - home) & mask) >= ((j - hole) & mask)) {
-            s->slots[hole] = s->slots[j];
-            hole = j;
-        }
-    }
-    s->slots[hole].key = 0;
-    s->count--;
-    __atomic_sub_fetch(&wide_count, 1, __ATOMIC_RELAXED);
-    cap_count(-1);
-    spin_unlock(&s->lock);
-    return 1;
-}
-
-static int w_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, struct block *replaced)
-{
-    uint64_t h = hash_ptr(ptr);
-    struct wshard *s = w_shard_for(h);
-    spin_lock(&s->lock);
-    if ((s->count + 1) * 4 > s->cap * 3 && w_grow(s) != 0) {
-        spin_unlock(&s->lock);
-        return -1;
-    }
-    size_t i = w_probe(s, ptr, h);
-    int was = s->slots[i].key != 0;
-    if (!was && over_cap()) {
-        spin_unlock(&s->lock);
-        return -1;
-    }
-    if (was) *replaced = s->slots[i];
-    else {
-        s->count++;
-        __atomic_add_fetch(&wide_count, 1, __ATOMIC_RELAXED);
-        cap_count(1);
-    }
-    s->slots[i] = (struct block){ptr, owner, site, slack};
-    spin_unlock(&s->lock);
-    return was;
-}
-
 /* ================= the interface ================= */
 
 /* 1 and *out if ptr was in the packed table (removed). */
@@ -327,7 +182,7 @@ int blocks_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, 
         /* a stale packed entry for this address (its block was freed behind our back) goes first */
         struct block stale;
         int was_packed = p_remove(ptr, &stale);
-        int r = w_insert(ptr, owner, site, slack, replaced);
+        int r = wide_insert(ptr, owner, site, slack, replaced);
         if (r == 0 && was_packed) {
             *replaced = stale;
             r = 1;
@@ -335,7 +190,7 @@ int blocks_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, 
         return r;
     }
     struct block stale;
-    int was_wide = w_remove(ptr, &stale);
+    int was_wide = wide_has_blocks() && wide_remove(ptr, &stale);
     unsigned k = shard_of(ptr);
     struct pshard *s = &pshards[k];
     spin_lock(&s->lock);
@@ -368,7 +223,7 @@ int blocks_insert(uintptr_t ptr, uint32_t owner, uint16_t site, uint16_t slack, 
 
 int blocks_remove(uintptr_t ptr, struct block *out)
 {
-    return p_remove(ptr, out) || w_remove(ptr, out);
+    return p_remove(ptr, out) || (wide_has_blocks() && wide_remove(ptr, out));
 }
 
 int blocks_mark_object(uintptr_t ptr)
@@ -387,19 +242,7 @@ int blocks_mark_object(uintptr_t ptr)
         spin_unlock(&s->lock);
         if (found) return 1;
     }
-    if (!__atomic_load_n(&wide_count, __ATOMIC_RELAXED)) return 0;
-    uint64_t h = hash_ptr(ptr);
-    struct wshard *w = w_shard_for(h);
-    spin_lock(&w->lock);
-    if (w->cap) {
-        size_t i = w_probe(w, ptr, h);
-        if (w->slots[i].key) {
-            w->slots[i].key |= BLOCK_F_OBJECT;
-            found = 1;
-        }
-    }
-    spin_unlock(&w->lock);
-    return found;
+    return wide_has_blocks() && wide_mark_object(ptr);
 }
 
 void blocks_reset(void)
@@ -414,26 +257,14 @@ void blocks_reset(void)
         s->count = 0;
         spin_unlock(&s->lock);
     }
-    for (int k = 0; k < WIDE_N_SHARDS; k++) {
-        struct wshard *s = &wshards[k];
-        spin_lock(&s->lock);
-        free(s->slots);
-        s->slots = NULL;
-        if (max_blocks) __atomic_sub_fetch(&total_blocks, s->count, __ATOMIC_RELAXED);
-        __atomic_sub_fetch(&wide_count, s->count, __ATOMIC_RELAXED);
-        __atomic_store_n(&s->cap, 0, __ATOMIC_RELAXED);
-        s->count = 0;
-        spin_unlock(&s->lock);
-    }
+    wide_reset();
 }
 
 /* What the block table holds, shard headers included (the per-block part of tracker_bytes). */
 size_t blocks_memory(void)
 {
-    size_t m = sizeof pshards + sizeof wshards;
+    size_t m = sizeof pshards + wide_memory();
     for (int k = 0; k < N_SHARDS; k++) m += __atomic_load_n(&pshards[k].cap, __ATOMIC_RELAXED) * sizeof(struct pslot);
-    for (int k = 0; k < WIDE_N_SHARDS; k++)
-        m += __atomic_load_n(&wshards[k].cap, __ATOMIC_RELAXED) * sizeof(struct block);
     return m;
 }
 
@@ -446,10 +277,10 @@ size_t blocks_count(void)
         n += pshards[k].count;
         spin_unlock(&pshards[k].lock);
     }
-    return n + __atomic_load_n(&wide_count, __ATOMIC_RELAXED);
+    return n + wide_blocks();
 }
 
-size_t blocks_count_wide(void) { return __atomic_load_n(&wide_count, __ATOMIC_RELAXED); }
+size_t blocks_count_wide(void) { return wide_blocks(); }
 
 void blocks_visit_owner(uint32_t owner, block_visit_fn fn, void *arg)
 {
@@ -465,32 +296,19 @@ void blocks_visit_owner(uint32_t owner, block_visit_fn fn, void *arg)
         }
         spin_unlock(&s->lock);
     }
-    if (!__atomic_load_n(&wide_count, __ATOMIC_RELAXED)) return;
-    for (int k = 0; k < WIDE_N_SHARDS; k++) {
-        struct wshard *s = &wshards[k];
-        spin_lock(&s->lock);
-        for (size_t i = 0; i < s->cap; i++)
-            if (s->slots[i].key && s->slots[i].owner == owner) fn(&s->slots[i], arg);
-        spin_unlock(&s->lock);
-    }
+    if (wide_has_blocks()) wide_visit_owner(owner, fn, arg);
 }
 
 void blocks_lock_all(void)
 {
     for (int k = 0; k < N_SHARDS; k++) spin_lock(&pshards[k].lock);
-    for (int k = 0; k < WIDE_N_SHARDS; k++) spin_lock(&wshards[k].lock);
+    wide_lock_all();
 }
 
 void blocks_unlock_all(void)
 {
-    for (int k = WIDE_N_SHARDS - 1; k >= 0; k--) spin_unlock(&wshards[k].lock);
+    wide_unlock_all();
     for (int k = N_SHARDS - 1; k >= 0; k--) spin_unlock(&pshards[k].lock);
-}
-
-void blocks_reinit_locks(void)
-{
-    for (int k = 0; k < N_SHARDS; k++) __atomic_store_n(&pshards[k].lock, 0, __ATOMIC_RELEASE);
-    for (int k = 0; k < WIDE_N_SHARDS; k++) __atomic_store_n(&wshards[k].lock, 0, __ATOMIC_RELEASE);
 }
 
 /* The heap walk's child only (hooks/heapwalk.c): the table as it was at the fork, read without the
@@ -513,17 +331,5 @@ int blocks_peek_unlocked(uintptr_t ptr, struct block *out)
             }
         }
     }
-    if (!__atomic_load_n(&wide_count, __ATOMIC_RELAXED)) return 0;
-    uint64_t h = hash_ptr(ptr);
-    const struct wshard *w = &wshards[h >> 61];
-    size_t cap = w->cap;
-    if (!cap || !w->slots || (cap & (cap - 1))) return 0;
-    size_t mask = cap - 1, i = h & mask;
-    for (size_t n = 0; n < cap && w->slots[i].key; n++, i = (i + 1) & mask) {
-        if ((w->slots[i].key & ~BLOCK_F_OBJECT) == ptr) {
-            *out = w->slots[i];
-            return 1;
-        }
-    }
-    return 0;
+    return wide_has_blocks() && wide_peek_unlocked(ptr, out);
 }

@@ -1,7 +1,7 @@
 """Hardening: the shim's own memory is bounded; past its cap it degrades, the target never fails.
 
-TLSPROF_MAX_BLOCKS=N (read by hooks/table.c) caps the live blocks the shim tracks: past it an insert
-fails exactly like a table that cannot grow, and the hooks count the block as untracked
+TLSPROF_MAX_BLOCKS=N (read by hooks/table_wide.c) caps the live blocks the shim tracks: past it an
+insert fails exactly like a table that cannot grow, and the hooks count the block as untracked
 (`stat untracked_bytes/untracked_blocks`) while OpenSSL's allocation itself succeeds.
 """
 from shim_harness.hardening_util import Tracked, echo_once

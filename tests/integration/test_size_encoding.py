@@ -1,4 +1,4 @@
-"""The requested size a block keeps in 16 bits under the `requested` byte measure (hooks/hooks.c
+"""The requested size a block keeps in 16 bits under the `requested` byte measure (hooks/measure.h
 size_encode/size_decode): exact below 32 KiB, never under-counted and at most 0.1 % high up to
 2 GiB. The two functions are compiled from the shim's own source and checked over the range."""
 import re
@@ -33,7 +33,7 @@ int main(void)
 
 @pytest.mark.skipif(not shutil.which("cc"), reason="needs a C compiler")
 def test_requested_sizes_round_trip_through_16_bits(tmp_path):
-    with open(f"{REPO_ROOT}/hooks/hooks.c") as f:
+    with open(f"{REPO_ROOT}/hooks/measure.h") as f:
         source = f.read()
     functions = [re.search(r"static inline \w+ %s\(.*?\n}\n" % name, source, re.S).group(0)
                  for name in ("size_encode", "size_decode")]

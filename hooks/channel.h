@@ -1,0 +1,15 @@
+#pragma once
+#include "common.h"
+
+/* ---- channel.c ---- */
+int channel_start(const char *dir);
+void channel_stop(void);
+int channel_running(void);
+void channel_after_fork_child(void);
+void channel_release_from_listener(void); /* the listener ends itself after DETACH */
+/* What DETACH runs (main.c's stop): registered from above, so the channel never calls up. */
+void channel_on_detach(int (*stop)(void));
+
+/* ---- main.c: start, stop, fork safety ---- */
+int tlsprof_channel_pause(void);   /* setxid.c, around a change of credentials */
+void tlsprof_channel_resume(void);

@@ -1,0 +1,117 @@
+/* Connection hooks: SSL_* entry points push the connection and what it is doing (handshake, I/O,
+ * shutdown...), and note its state, fd and traffic on the way out. */
+#include "shim.h"
+
+/* ---- connections ---- */
+void *hook_SSL_new(void *ctx)
+{
+    if (!tlsprof_active) return real_SSL_new(ctx);
+    uint32_t c = ctx_owner(ctx);
+    uint32_t o = owner_new(OWNER_SSL, 0, c, 0);
+    push(o, SC_SSL_NEW);
+    void *ssl = real_SSL_new(ctx);
+    pop();
+    if (!o) return ssl;
+    if (!ssl) {
+        owner_mark_dead(o);
+        return ssl;
+    }
+    __atomic_store_n(&owner_at(o)->ptr, (uintptr_t)ssl, __ATOMIC_RELAXED);
+    objects_bind((uintptr_t)ssl, o);
+    blocks_mark_object((uintptr_t)ssl);
+    return ssl;
+}
+
+void hook_SSL_free(void *ssl)
+{
+    if (!ssl || !tlsprof_active) return real_SSL_free(ssl);
+    uint32_t o = objects_find((uintptr_t)ssl);
+    int pre_attach = o && __atomic_load_n(&owner_at(o)->pre_attach, __ATOMIC_RELAXED);
+    push(o, SC_SSL_FREE);
+    real_SSL_free(ssl);
+    pop();
+    if (pre_attach) { /* its struct was allocated before us: we cannot see it freed */
+        objects_unbind((uintptr_t)ssl, o);
+        owner_mark_dead(o);
+    }
+}
+
+#define SSL_SCOPED(ret, name, kind, params, args, after)          \
+    ret hook_##name params                                 \
+    {                                                             \
+        if (!tlsprof_active) return real_##name args;             \
+        uint32_t o = ssl_owner(ssl);                              \
+        push(o, kind);                                            \
+        ret r = real_##name args;                                 \
+        pop();                                                    \
+        after;                                                    \
+        return r;                                                 \
+    }
+
+#define ESTABLISHED_IF(cond) if (cond) set_state(o, STATE_ESTABLISHED)
+/* a per-connection counter: one thread drives a connection at a time, so its line stays local */
+#define MOVED_DATA_IF(cond)                                                              \
+    if (cond) {                                                                          \
+        set_state(o, STATE_ESTABLISHED);                                                 \
+        if (o) __atomic_add_fetch(&owner_at(o)->io_calls, 1, __ATOMIC_RELAXED);          \
+    }
+#define NOTHING (void)o
+
+SSL_SCOPED(int, SSL_do_handshake, SC_HANDSHAKE, (void *ssl), (ssl), ESTABLISHED_IF(r == 1))
+SSL_SCOPED(int, SSL_accept, SC_HANDSHAKE, (void *ssl), (ssl), ESTABLISHED_IF(r == 1))
+SSL_SCOPED(int, SSL_connect, SC_HANDSHAKE, (void *ssl), (ssl), ESTABLISHED_IF(r == 1))
+SSL_SCOPED(int, SSL_read, SC_IO, (void *ssl, void *b, int n), (ssl, b, n), MOVED_DATA_IF(r > 0))
+SSL_SCOPED(int, SSL_peek, SC_IO, (void *ssl, void *b, int n), (ssl, b, n), MOVED_DATA_IF(r > 0))
+SSL_SCOPED(int, SSL_write, SC_IO, (void *ssl, const void *b, int n), (ssl, b, n), MOVED_DATA_IF(r > 0))
+SSL_SCOPED(int, SSL_read_ex, SC_IO, (void *ssl, void *b, size_t n, size_t *g), (ssl, b, n, g), MOVED_DATA_IF(r == 1))
+SSL_SCOPED(int, SSL_peek_ex, SC_IO, (void *ssl, void *b, size_t n, size_t *g), (ssl, b, n, g), MOVED_DATA_IF(r == 1))
+SSL_SCOPED(int, SSL_write_ex, SC_IO, (void *ssl, const void *b, size_t n, size_t *g), (ssl, b, n, g), MOVED_DATA_IF(r == 1))
+SSL_SCOPED(int, SSL_shutdown, SC_SHUTDOWN, (void *ssl), (ssl), set_state(o, STATE_SHUTDOWN))
+SSL_SCOPED(int, SSL_clear, SC_SSL_CTRL, (void *ssl), (ssl), set_state(o, STATE_HANDSHAKE))
+SSL_SCOPED(long, SSL_ctrl, SC_SSL_CTRL, (void *ssl, int cmd, long l, void *p), (ssl, cmd, l, p), note_mode(o, cmd, l))
+SSL_SCOPED(int, SSL_set_session, SC_HANDSHAKE, (void *ssl, void *s), (ssl, s), NOTHING)
+
+SSL_SCOPED(int, SSL_set_fd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), note_fd(o, fd))
+SSL_SCOPED(int, SSL_set_rfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), note_fd(o, fd))
+SSL_SCOPED(int, SSL_set_wfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), NOTHING)
+
+/* A socket BIO (openssl s_server, many C servers) carries the connection's fd: learn it here, on
+ * the caller's thread, through two getters. Other BIO types are never asked anything. */
+#define BIO_TYPE_SOCKET 0x0505
+#define BIO_C_GET_FD 105
+static int (*real_BIO_method_type)(const void *);
+static long (*real_BIO_ctrl)(void *, int, long, void *);
+
+static int socket_bio_fd(void *bio)
+{
+    if (!bio) return -1;
+    int (*type)(const void *) = __atomic_load_n(&real_BIO_method_type, __ATOMIC_ACQUIRE);
+    long (*ctrl)(void *, int, long, void *) = __atomic_load_n(&real_BIO_ctrl, __ATOMIC_ACQUIRE);
+    if (!type) __atomic_store_n(&real_BIO_method_type, type = interpose_lookup("BIO_method_type"), __ATOMIC_RELEASE);
+    if (!ctrl) __atomic_store_n(&real_BIO_ctrl, ctrl = interpose_lookup("BIO_ctrl"), __ATOMIC_RELEASE);
+    if (!type || !ctrl || type(bio) != BIO_TYPE_SOCKET) return -1;
+    int fd = -1;
+    return ctrl(bio, BIO_C_GET_FD, 0, &fd) >= 0 ? fd : -1;
+}
+
+void hook_SSL_set_bio(void *ssl, void *rbio, void *wbio)
+{
+    if (!tlsprof_active) return real_SSL_set_bio(ssl, rbio, wbio);
+    uint32_t o = ssl_owner(ssl);
+    push(o, SC_SSL_CTRL);
+    real_SSL_set_bio(ssl, rbio, wbio);
+    pop();
+    int fd = socket_bio_fd(rbio);
+    if (fd >= 0) note_fd(o, fd);
+}
+
+void *hook_SSL_set_SSL_CTX(void *ssl, void *ctx)
+{
+    if (!tlsprof_active) return real_SSL_set_SSL_CTX(ssl, ctx);
+    uint32_t o = ssl_owner(ssl);
+    push(o, SC_SSL_CTRL);
+    void *r = real_SSL_set_SSL_CTX(ssl, ctx);
+    pop();
+    if (r && o) __atomic_store_n(&owner_at(o)->ctx, ctx_owner(ctx), __ATOMIC_RELAXED);
+    return r;
+}

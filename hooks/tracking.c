@@ -1,0 +1,210 @@
+/* Tracking: what the hooks hand over. A block is counted to the owner and cause on top of the
+ * thread's scope stack (tracking.h), in the live-block table, the owner's cause counters and its
+ * site's striped counters; forgetting it subtracts exactly what was added. The hooks stay thin:
+ * they only decide when to call in here (as memray's hooks.cpp calls its tracking_api). */
+#define _GNU_SOURCE
+#include <malloc.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "shim.h"
+
+volatile int tlsprof_active;
+int64_t untracked_bytes, untracked_blocks;
+
+__thread struct tstate tls;
+
+/* ---- accounting ---- */
+/* Site counters: the first SITE_STRIPES - 1 threads (at a time) each own a stripe and add to it
+ * with plain loads and stores, no locked instructions (most of a single-threaded server's counting
+ * cost); every other thread shares the last stripe with atomic adds. A thread gives its stripe back
+ * when it exits (a key destructor), and counts on the shared stripe from then on (OpenSSL frees
+ * its per-thread state in destructors that may run after ours). */
+#define SHARED_STRIPE (SITE_STRIPES - 1)
+static uint32_t stripes_owned; /* atomic bitmask */
+static pthread_key_t stripe_key;
+static pthread_once_t stripe_key_once = PTHREAD_ONCE_INIT;
+static int stripe_key_ok;
+
+static void stripe_release(void *unused)
+{
+    struct tstate *t = &tls;
+    if (t->stripe_own) __atomic_and_fetch(&stripes_owned, ~(1u << (t->stripe - 1)), __ATOMIC_RELEASE);
+    t->stripe_own = 0;
+    t->stripe = 1 + SHARED_STRIPE;
+}
+
+static void stripe_key_create(void) { stripe_key_ok = pthread_key_create(&stripe_key, stripe_release) == 0; }
+
+static void stripe_claim(struct tstate *t)
+{
+    t->stripe = 1 + SHARED_STRIPE;
+    pthread_once(&stripe_key_once, stripe_key_create);
+    if (!stripe_key_ok) return;
+    uint32_t seen = __atomic_load_n(&stripes_owned, __ATOMIC_RELAXED);
+    for (int k = 0; k < SHARED_STRIPE; k++) {
+        if (seen & (1u << k)) continue;
+        if (!(__atomic_fetch_or(&stripes_owned, 1u << k, __ATOMIC_ACQUIRE) & (1u << k))) {
+            if (pthread_setspecific(stripe_key, (void *)1) != 0) { /* no release at exit: do not own */
+                __atomic_and_fetch(&stripes_owned, ~(1u << k), __ATOMIC_RELEASE);
+                return;
+            }
+            t->stripe = 1 + k;
+            t->stripe_own = 1;
+            return;
+        }
+    }
+}
+
+/* fork: only the calling thread lives on in the child; the other threads' stripes are free again */
+void stripes_after_fork_child(void)
+{
+    struct tstate *t = &tls;
+    __atomic_store_n(&stripes_owned, t->stripe_own ? 1u << (t->stripe - 1) : 0, __ATOMIC_RELAXED);
+}
+
+#define ADD_OWNED(field, v) __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (v), __ATOMIC_RELAXED)
+
+static inline void count(uint32_t owner, uint16_t site, int64_t bytes, int64_t req, int64_t blocks)
+{
+    site &= BLOCK_SITE_MASK; /* a block's site id carries its measure in the top bits */
+    struct owner *o = owner_at(owner);
+    struct site *s = site_at(site);
+    struct cause_counters *c = &o->c[s->cause];
+    __atomic_add_fetch(&c->bytes, bytes, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&c->requested, req, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&c->blocks, blocks, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&o->total_blocks, blocks, __ATOMIC_RELEASE);
+    struct tstate *t = &tls;
+    if (UNLIKELY(!t->stripe)) stripe_claim(t);
+    struct site_counts *sc = &site_counts[site][t->stripe - 1];
+    if (t->stripe_own) {
+        ADD_OWNED(sc->bytes, bytes);
+        ADD_OWNED(sc->requested, req);
+        ADD_OWNED(sc->blocks, blocks);
+    } else {
+        __atomic_add_fetch(&sc->bytes, bytes, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&sc->requested, req, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&sc->blocks, blocks, __ATOMIC_RELAXED);
+    }
+}
+
+/* ---- blocks in, blocks out ---- */
+/* What the block costs (bytes) and what was asked for (req), by the measure it was counted with.
+ * `usable` is the allocator's answer for p when the caller already has it, else 0. */
+static inline void block_sizes(const struct block *b, void *p, size_t usable, int64_t *bytes, int64_t *req)
+{
+    int measure = b->site >> BLOCK_MEASURE_SHIFT;
+    if (measure == MEASURE_REQUESTED) {
+        *bytes = *req = (int64_t)size_decode(b->slack);
+        return;
+    }
+    if (!usable) usable = usable_size(p, measure);
+    *bytes = (int64_t)(usable + (measure == MEASURE_GLIBC ? GLIBC_HEADER : 0));
+    *req = (int64_t)(usable - b->slack);
+}
+
+void untrack(const struct block *b, void *p, size_t usable)
+{
+    int64_t bytes, req;
+    block_sizes(b, p, usable, &bytes, &req);
+    count(b->owner, b->site, -bytes, -req, -1);
+}
+
+void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
+{
+    if (cause_is_process_wide(site_at(site & BLOCK_SITE_MASK)->cause)) owner = 0;
+    size_t usable = 0;
+    uint16_t slack;
+    if (measure == MEASURE_REQUESTED) {
+        slack = size_encode(n);
+    } else {
+        usable = usable_size(p, measure);
+        size_t over = usable >= n ? usable - n : 0;
+        slack = (uint16_t)(over > 0xffff ? 0xffff : over);
+    }
+    uint16_t site_and_measure = (uint16_t)((site & BLOCK_SITE_MASK) | (measure << BLOCK_MEASURE_SHIFT));
+    struct block stale, mine = {(uintptr_t)p, owner, site_and_measure, slack};
+    int64_t bytes, req;
+    block_sizes(&mine, p, usable, &bytes, &req);
+    int r = blocks_insert((uintptr_t)p, owner, mine.site, slack, &stale);
+    /* a stale entry: that block was freed behind our back (by a caller that bypassed the hooks); its
+     * memory is gone, so a usable size is only known when it was counted like this one */
+    if (r == 1) {
+        size_t guess = (stale.site >> BLOCK_MEASURE_SHIFT) == measure && usable ? usable : n + stale.slack;
+        untrack(&stale, p, guess ? guess : 1);
+    }
+    if (r < 0) {
+        __atomic_add_fetch(&untracked_bytes, bytes, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&untracked_blocks, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    count(owner, mine.site, bytes, req, 1);
+}
+
+/* A grown block keeps its owner and site: it is the same object getting bigger. */
+void *realloc_common(void *old, size_t n, const char *file, int line, enum realloc_via via,
+                            size_t old_num)
+{
+    struct block b;
+    int had = 0;
+    int64_t old_bytes = 0, old_req = 0;
+    if (old && blocks_remove((uintptr_t)old, &b)) {
+        had = 1;
+        block_sizes(&b, old, 0, &old_bytes, &old_req);
+        count(b.owner, b.site, -old_bytes, -old_req, -1);
+    }
+    void *p = via == VIA_LIBC                 ? realloc(old, n)
+              : via == VIA_CRYPTO_CLEAR_REALLOC ? real_CRYPTO_clear_realloc(old, old_num, n, file, line)
+                                                : real_CRYPTO_realloc(old, n, file, line);
+    if (!p) {
+        if (had && n) { /* failed: the old block is still there */
+            struct block stale;
+            if (blocks_insert((uintptr_t)old, b.owner, b.site, b.slack, &stale) >= 0)
+                count(b.owner, b.site, old_bytes, old_req, 1);
+            else {
+                __atomic_add_fetch(&untracked_bytes, old_bytes, __ATOMIC_RELAXED);
+                __atomic_add_fetch(&untracked_blocks, 1, __ATOMIC_RELAXED);
+            }
+        }
+        return p;
+    }
+    int measure = via == VIA_LIBC ? malloc_measure : libcrypto_measure();
+    if (had) track_as(p, n, b.owner, b.site, measure);
+    else if (via == VIA_LIBC) track_static(p, n, file, line);
+    else track(p, n, file, line);
+    return p;
+}
+
+/* ---- memory functions given to statically linked copies (static_copies.c) ----
+ * Such a copy calls these from its CRYPTO_malloc/realloc/free, once per block: no nesting to guard. */
+void *tracked_libc_malloc(size_t n, const char *file, int line)
+{
+    void *p = malloc(n);
+    if (p && tlsprof_active) track_static(p, n, file, line);
+    return p;
+}
+
+void *tracked_libc_realloc(void *old, size_t n, const char *file, int line)
+{
+    if (!tlsprof_active) return realloc(old, n);
+    if (old && n == 0) { /* OpenSSL's contract for realloc(p, 0): free it */
+        forget(old);
+        free(old);
+        return NULL;
+    }
+    return realloc_common(old, n, file, line, VIA_LIBC, 0);
+}
+
+void tracked_libc_free(void *p, const char *file, int line)
+{
+    if (p && tlsprof_active) forget(p);
+    free(p);
+}
+
+void hooks_reset(void)
+{
+    measure_reset();
+    __atomic_store_n(&untracked_bytes, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&untracked_blocks, 0, __ATOMIC_RELAXED);
+}

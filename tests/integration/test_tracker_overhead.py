@@ -8,7 +8,6 @@ record (~400 B a connection, ~46 blocks) adds ~8 B a block on top, reported by b
 """
 import os
 import shutil
-import sys
 import tempfile
 
 import pytest

@@ -12,9 +12,26 @@ MODULE = "OpenSSL.SSL"
 CLASSES = ("Connection", "Context")
 
 
+class _PatchingLoader:
+    """The loader that found OpenSSL.SSL, then `patch(module)` once the module body has run."""
+
+    def __init__(self, loader, patch):
+        self.loader, self.patch = loader, patch
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        self.patch(module)
+
+    def __getattr__(self, name):  # get_source, get_data, is_package...: the real loader's
+        return getattr(self.loader, name)
+
+
 class _AfterImport:
     """A meta-path finder that finds nothing itself: it lets the other finders find OpenSSL.SSL
-    and wraps the loader's exec_module so that `patch` runs right after the module body."""
+    and hands the module to `patch` right after its body has run."""
 
     def __init__(self, patch):
         self.patch = patch
@@ -28,20 +45,8 @@ class _AfterImport:
             spec = finder.find_spec(name, path, target)
             if spec is None:
                 continue
-            loader = spec.loader
-            exec_module = getattr(loader, "exec_module", None)
-            if exec_module is None:
-                return spec
-            patch = self.patch
-
-            class _Loader:
-                def create_module(self, spec):
-                    return loader.create_module(spec)
-
-                def exec_module(self, module):
-                    exec_module(module)
-                    patch(module)
-            spec.loader = _Loader()
+            if hasattr(spec.loader, "exec_module"):
+                spec.loader = _PatchingLoader(spec.loader, self.patch)
             return spec
         return None
 

@@ -10,11 +10,11 @@ DEB_PACKAGES = gcc libc6-dev make gdb openssl libssl-dev nginx-light zlib1g-dev 
 
 # golang-go: `go tool pprof` reads the pprof exports back (tests/integration/test_pprof.py)
 DEB_PACKAGES += golang-go
-# clang-format: `make lint` checks hooks/ against .clang-format (with FORMAT_CHECK=1)
+# clang-format: `make lint` checks hooks/ against .clang-format
 DEB_PACKAGES += clang-format
 
-# 1: `make lint` also checks formatting (ruff format, clang-format); on once the tree is reformatted
-FORMAT_CHECK ?= 0
+# 0: `make lint` skips the formatting checks (ruff format, clang-format)
+FORMAT_CHECK ?= 1
 
 .PHONY: demo test lint bench bench-overhead deps venv clean
 

@@ -4,6 +4,7 @@ Benchmarks print ratios measured in one run and never fail on timing: every figu
 its goal and a verdict word ("meets"/"misses"), and the exit status is 0 unless a benchmark could
 not run at all. Processes are started through tests/tlsenv.py (stopped by pid, bounded waits).
 """
+
 import json
 import os
 import platform
@@ -38,8 +39,9 @@ def memray_available(install=True):
     if subprocess.run(probe, capture_output=True).returncode == 0:
         return True, None
     if install:
-        r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "memray"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "memray"], capture_output=True, text=True
+        )
         if r.returncode == 0 and subprocess.run(probe, capture_output=True).returncode == 0:
             return True, None
         return False, "memray could not be installed: " + (r.stderr.strip().splitlines() or ["?"])[-1]
@@ -85,18 +87,30 @@ def machine():
         pass
     import hashlib
     import ssl
+
     shim = "?"
     try:
         from tlsprof.collect.shim import shim_path
+
         with open(shim_path(), "rb") as f:
             shim = hashlib.sha256(f.read()).hexdigest()[:12]
     except Exception:
         pass
-    head = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
-    return {"loadavg_at_save": [round(x, 2) for x in os.getloadavg()], "git_head": head, "shim_sha256": shim, "cpu": cpu, "cores": os.cpu_count(), "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "os": osrel, "kernel": platform.release(), "python": platform.python_version(),
-            "openssl": ssl.OPENSSL_VERSION}
+    head = subprocess.run(
+        ["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "loadavg_at_save": [round(x, 2) for x in os.getloadavg()],
+        "git_head": head,
+        "shim_sha256": shim,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": osrel,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "openssl": ssl.OPENSSL_VERSION,
+    }
 
 
 def verdict(value, goal, higher_is_better=True):

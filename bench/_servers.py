@@ -1,4 +1,5 @@
 """Starts the seed echo server bare or under a profiler; stops it by pid (tests/tlsenv.py)."""
+
 import os
 import shutil
 import sys
@@ -14,8 +15,7 @@ def start(mode, *server_args, workdir=None, env=None, wrapper=()):
     """Echo server in `mode`; returns a tlsenv.ServerProc with .port and .out (profiler output)."""
     workdir = workdir or tempfile.mkdtemp(prefix="tlsprof-bench-")
     certdir = tlsenv.default_certdir()
-    args = ["--host", "127.0.0.1", "--port", "0", "--ready-file", "{ready}", "--certdir", certdir,
-            *server_args]
+    args = ["--host", "127.0.0.1", "--port", "0", "--ready-file", "{ready}", "--certdir", certdir, *server_args]
     out = None
     if mode == "bare":
         argv = [*wrapper, sys.executable, tlsenv.ECHO_SERVER, *args]

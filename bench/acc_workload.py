@@ -5,6 +5,7 @@ count_preload.so (bench_count_live) and/or the tlsprof shim (its channel, TLSPRO
 
     python bench/acc_workload.py --certdir DIR [--contexts 4] [--conns 50]
 """
+
 import argparse
 import ctypes
 import gc
@@ -34,9 +35,13 @@ def tlsprof_live():
         return None
     sys.path.insert(0, os.path.dirname(HERE))
     from tlsprof.collect import client
+
     snap = client.snapshot(os.path.join(d, f"{os.getpid()}.sock"), timeout=30)
-    return {"bytes": snap.live_bytes, "blocks": sum(o.live_blocks for o in snap.owners),
-            "untracked_bytes": snap.stats.get("untracked_bytes", 0)}
+    return {
+        "bytes": snap.live_bytes,
+        "blocks": sum(o.live_blocks for o in snap.owners),
+        "untracked_bytes": snap.stats.get("untracked_bytes", 0),
+    }
 
 
 def checkpoint(name):

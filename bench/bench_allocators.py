@@ -12,6 +12,7 @@
 Prints tlsprof's per-connection own bytes beside the counter's growth per connection; the goal is
 ±25 %. Never fails on the figures (tests/integration/test_allocators.py asserts them).
 """
+
 import argparse
 import json
 import os
@@ -39,8 +40,9 @@ def measure(case, n, workdir):
         return None
     out = os.path.join(workdir, f"{case}.json")
     wrapper = [sys.executable, "-m", "tlsprof", "run", "-o", out, "--interval", "0.3", "--at", "last", "--"]
-    server = start_own_alloc_server(wrapper=wrapper, allocator=allocator,
-                                    env={"LD_PRELOAD": preload} if preload else None)
+    server = start_own_alloc_server(
+        wrapper=wrapper, allocator=allocator, env={"LD_PRELOAD": preload} if preload else None
+    )
     clients = None
     try:
         before = server.counts()
@@ -58,10 +60,16 @@ def measure(case, n, workdir):
         report = json.load(f)
     truth = (after[counter] - before[counter]) / n
     per = report["per_connection"]
-    return {"case": case, "byte_measure": report["tracker"].get("byte_measure"), "connections": per["connections"],
-            "tlsprof_own_bytes": per["own_bytes"], "tlsprof_requested": per["requested_bytes"],
-            "truth_counter": counter, "truth_per_connection": round(truth, 1),
-            "ratio": round(per["own_bytes"] / truth, 4) if truth else None}
+    return {
+        "case": case,
+        "byte_measure": report["tracker"].get("byte_measure"),
+        "connections": per["connections"],
+        "tlsprof_own_bytes": per["own_bytes"],
+        "tlsprof_requested": per["requested_bytes"],
+        "truth_counter": counter,
+        "truth_per_connection": round(truth, 1),
+        "ratio": round(per["own_bytes"] / truth, 4) if truth else None,
+    }
 
 
 def main():
@@ -78,9 +86,11 @@ def main():
                 continue
             rows.append(row)
             verdict = "meets" if row["ratio"] and abs(row["ratio"] - 1) <= 0.25 else "misses"
-            print(f"{case:14s} {row['byte_measure']:16s} {row['connections']} conns  tlsprof "
-                  f"{row['tlsprof_own_bytes']:>7} B/conn  {row['truth_counter']} {row['truth_per_connection']:>9} "
-                  f"B/conn  ratio {row['ratio']}  (goal ±25 %: {verdict})")
+            print(
+                f"{case:14s} {row['byte_measure']:16s} {row['connections']} conns  tlsprof "
+                f"{row['tlsprof_own_bytes']:>7} B/conn  {row['truth_counter']} {row['truth_per_connection']:>9} "
+                f"B/conn  ratio {row['ratio']}  (goal ±25 %: {verdict})"
+            )
     os.makedirs(_common.RESULTS_DIR, exist_ok=True)
     with open(os.path.join(_common.RESULTS_DIR, "allocators.json"), "w") as f:
         json.dump(rows, f, indent=2)

@@ -10,6 +10,7 @@ it has exited and the target's socket is gone (detach).
 CLI is built on (usable before the CLI exists).
 Goals: attach -> first snapshot <= 2 s; detach <= 1 s. The target must keep serving afterwards.
 """
+
 import argparse
 import os
 import shutil
@@ -38,6 +39,7 @@ def cli_available():
 def wait_snapshot(sock, deadline):
     from tlsprof.collect import client
     from tlsprof.errors import ChannelError
+
     while time.monotonic() < deadline:
         if os.path.exists(sock):
             try:
@@ -50,10 +52,12 @@ def wait_snapshot(sock, deadline):
 
 def one_cli(pid, timeout=30):
     from tlsprof.collect.channel_paths import channel_dir_path, socket_path
+
     sock = socket_path(channel_dir_path(os.getuid()), pid)
     t0 = time.monotonic()
-    proc = subprocess.Popen([_common.tlsprof_bin(), "attach", str(pid)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [_common.tlsprof_bin(), "attach", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         snap = wait_snapshot(sock, t0 + timeout)
         attach_s = time.monotonic() - t0 if snap else None
@@ -75,6 +79,7 @@ def one_api(pid):
     from tlsprof.collect import client, inject, launch
     from tlsprof.collect.channel_paths import socket_path
     from tlsprof.collect.shim import shim_path
+
     chan = launch.private_dir(prefix="tlsprof-bench-")
     try:
         t0 = time.monotonic()
@@ -117,19 +122,29 @@ def main(argv=None):
             detach_t.append(dt)
             conns.append(len(snap.connections) if snap else None)
             ok.append(still["errors"] == 0)
-            print(f"  round {r + 1}: attach -> first snapshot {at if at is not None else float('nan'):.3f} s "
-                  f"({conns[-1]} connections seen, pre-attach), detach {dt:.3f} s, rc {rc}, "
-                  f"serving after detach: {ok[-1]}", flush=True)
+            print(
+                f"  round {r + 1}: attach -> first snapshot {at if at is not None else float('nan'):.3f} s "
+                f"({conns[-1]} connections seen, pre-attach), detach {dt:.3f} s, rc {rc}, "
+                f"serving after detach: {ok[-1]}",
+                flush=True,
+            )
         finally:
             if clients:
                 clients.stop()
             _servers.stop(server)
-    res = {"how": how, "attach_s": _common.summary(attach_t), "detach_s": _common.summary(detach_t),
-           "connections_seen": conns, "serving_after": ok}
-    print(f"\n[attach] ({how}) attach -> first snapshot median {res['attach_s']['median']:.3f} s "
-          f"(goal <= {GOAL_ATTACH_S} s: {_common.verdict(res['attach_s']['median'], GOAL_ATTACH_S, False)}); "
-          f"detach median {res['detach_s']['median']:.3f} s "
-          f"(goal <= {GOAL_DETACH_S} s: {_common.verdict(res['detach_s']['median'], GOAL_DETACH_S, False)})")
+    res = {
+        "how": how,
+        "attach_s": _common.summary(attach_t),
+        "detach_s": _common.summary(detach_t),
+        "connections_seen": conns,
+        "serving_after": ok,
+    }
+    print(
+        f"\n[attach] ({how}) attach -> first snapshot median {res['attach_s']['median']:.3f} s "
+        f"(goal <= {GOAL_ATTACH_S} s: {_common.verdict(res['attach_s']['median'], GOAL_ATTACH_S, False)}); "
+        f"detach median {res['detach_s']['median']:.3f} s "
+        f"(goal <= {GOAL_DETACH_S} s: {_common.verdict(res['detach_s']['median'], GOAL_DETACH_S, False)})"
+    )
     _common.save("attach" if how == "cli" else "attach_api", {"params": vars(a), **res})
     return 0
 

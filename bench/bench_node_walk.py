@@ -12,6 +12,7 @@ connection against the independent count, the target's pause (clone) and the wal
 ca-store-per-connection finding's saving per connection against the RSS per connection it costs
 (with minus without). Never fails on timing.
 """
+
 import argparse
 import json
 import os
@@ -44,14 +45,16 @@ def growth(work, cert, key, lib, n, server_flags, client_flags):
     heap_file = os.path.join(work, f"heap-{time.monotonic_ns()}")
     ready = os.path.join(work, f"ready-{time.monotonic_ns()}")
     env = dict(os.environ, LD_PRELOAD=lib, HEAP_IN_USE_FILE=heap_file)
-    node = subprocess.Popen(["node", NODE_SERVER, cert, key, "0", ready, *server_flags], stdout=subprocess.DEVNULL,
-                            env=env)
+    node = subprocess.Popen(
+        ["node", NODE_SERVER, cert, key, "0", ready, *server_flags], stdout=subprocess.DEVNULL, env=env
+    )
     clients = None
 
     def sample():
         time.sleep(1.0)
         used, mapped = map(int, open(heap_file).read().split())
         return used + mapped, _common.psutil.Process(node.pid).memory_info().rss
+
     try:
         port = wait_port(ready, node)
         tlsenv.start_clients(port, 5, *client_flags, interval=1000).stop()
@@ -77,8 +80,12 @@ def attach(work, cert, key, n, server_flags, client_flags):
         port = wait_port(ready, node)
         clients = tlsenv.start_clients(port, n, *client_flags, interval=2)
         time.sleep(1.0)
-        subprocess.run([*TLSPROF, "attach", str(node.pid), "--duration", "1", "-o", out], check=True,
-                       capture_output=True, timeout=600)
+        subprocess.run(
+            [*TLSPROF, "attach", str(node.pid), "--duration", "1", "-o", out],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
     finally:
         if clients:
             clients.stop()
@@ -90,8 +97,11 @@ def attach(work, cert, key, n, server_flags, client_flags):
 def run(work, cert, key, n, server_flags, client_flags):
     ready = os.path.join(work, f"ready-{time.monotonic_ns()}")
     out = os.path.join(work, "run.json")
-    tool = subprocess.Popen([*TLSPROF, "run", "-o", out, "--at", "last", "--", "node", NODE_SERVER, cert, key, "0",
-                             ready, *server_flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tool = subprocess.Popen(
+        [*TLSPROF, "run", "-o", out, "--at", "last", "--", "node", NODE_SERVER, cert, key, "0", ready, *server_flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     clients = None
     try:
         port = wait_port(ready, tool)
@@ -111,10 +121,15 @@ def run(work, cert, key, n, server_flags, client_flags):
 def figures(report):
     per, walk = report["per_connection"], report["walk"]
     found = [f for f in report.get("findings", []) if f["id"] == "ca-store-per-connection"]
-    return {"connections": per["connections"], "own_bytes": per["own_bytes"], "bytes": per["bytes"],
-            "pause_ms": walk.get("pause_us", 0) / 1000, "walk_ms": walk.get("walk_ms_total"),
-            "heap_mib": walk.get("heap_bytes", 0) / 2**20,
-            "ca_saving_per_conn": found[0]["saving_bytes"] / per["connections"] if found else None}
+    return {
+        "connections": per["connections"],
+        "own_bytes": per["own_bytes"],
+        "bytes": per["bytes"],
+        "pause_ms": walk.get("pause_us", 0) / 1000,
+        "walk_ms": walk.get("walk_ms_total"),
+        "heap_mib": walk.get("heap_bytes", 0) / 2**20,
+        "ca_saving_per_conn": found[0]["saving_bytes"] / per["connections"] if found else None,
+    }
 
 
 def main():
@@ -133,8 +148,11 @@ def main():
         if args.ctx_per_conn:
             heap_c, rss_c = growth(work, cert, key, lib, args.n, ("--ctx-per-conn",), sni)
             heap_s, rss_s = growth(work, cert, key, lib, args.n, (), sni)
-            truth = {"rss_saving_per_conn": (rss_c - rss_s) * (args.n - 1) / args.n,
-                     "heap_per_conn_ctx": heap_c, "rss_per_conn_ctx": rss_c}
+            truth = {
+                "rss_saving_per_conn": (rss_c - rss_s) * (args.n - 1) / args.n,
+                "heap_per_conn_ctx": heap_c,
+                "rss_per_conn_ctx": rss_c,
+            }
             modes = {"run": run(work, cert, key, args.n, ("--ctx-per-conn",), sni)}
         else:
             heap_t, rss_t = growth(work, cert, key, lib, args.n, (), ())

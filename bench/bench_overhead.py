@@ -11,6 +11,7 @@ Also reported: server-side CPU per handshake (process tree: wrapper, target, hel
 CPU ratio bare/mode, which holds up better than the rate when other work shares the machine.
 Goal: tlsprof >= 0.95x bare.
 """
+
 import argparse
 import sys
 
@@ -42,8 +43,11 @@ def measure(variant, modes, rounds, n, c, warmup):
                 print(f"  [{variant} {mode}] {res['errors']} handshakes failed", flush=True)
             this_round[mode] = res["per_s"]
             rates[mode].append(res["per_s"])
-            print(f"  round {r + 1} {variant:8s} {mode:9s} {res['per_s']:7.0f} handshakes/s, "
-                  f"{cpu_ms[mode][-1]:.2f} ms server CPU per handshake", flush=True)
+            print(
+                f"  round {r + 1} {variant:8s} {mode:9s} {res['per_s']:7.0f} handshakes/s, "
+                f"{cpu_ms[mode][-1]:.2f} ms server CPU per handshake",
+                flush=True,
+            )
         for mode in modes:
             if "bare" in this_round and mode in this_round:
                 ratios[mode].append(this_round[mode] / this_round["bare"])
@@ -52,12 +56,14 @@ def measure(variant, modes, rounds, n, c, warmup):
     bare_cpu = _common.median(cpu_ms["bare"]) if "bare" in cpu_ms else None
     for mode in modes:
         med = _common.median(rates[mode])
-        out[mode] = {"per_s": _common.summary(rates[mode]),
-                     "ratio": med / bare_med if bare_med else None,
-                     "ratio_rounds": _common.summary(ratios[mode]),
-                     "cpu_ms_per_handshake": _common.summary(cpu_ms[mode]),
-                     # what the rate ratio would be with the CPU to ourselves: bare CPU / mode CPU
-                     "cpu_ratio": bare_cpu / _common.median(cpu_ms[mode]) if bare_cpu else None}
+        out[mode] = {
+            "per_s": _common.summary(rates[mode]),
+            "ratio": med / bare_med if bare_med else None,
+            "ratio_rounds": _common.summary(ratios[mode]),
+            "cpu_ms_per_handshake": _common.summary(cpu_ms[mode]),
+            # what the rate ratio would be with the CPU to ourselves: bare CPU / mode CPU
+            "cpu_ratio": bare_cpu / _common.median(cpu_ms[mode]) if bare_cpu else None,
+        }
     return out
 
 
@@ -90,17 +96,18 @@ def main(argv=None):
         modes.insert(0, "bare")
     results = {}
     for variant in a.variants.split(","):
-        print(f"[overhead] {variant}: {a.rounds} rounds x {a.n} handshakes, {a.c} at a time, modes {modes}",
-              flush=True)
+        print(f"[overhead] {variant}: {a.rounds} rounds x {a.n} handshakes, {a.c} at a time, modes {modes}", flush=True)
         results[variant] = measure(variant, modes, a.rounds, a.n, a.c, a.warmup)
     print("\n[overhead] handshakes/s, median (min-max) and ratio to bare (per-round min-max)")
     for variant, res in results.items():
         for mode, r in res.items():
             s, rr = r["per_s"], r["ratio_rounds"]
             goal = f"  goal >= {GOAL}x: {_common.verdict(r['ratio'], GOAL)}" if mode == "tlsprof" else ""
-            print(f"  {variant:8s} {mode:9s} {s['median']:7.0f}/s ({s['min']:.0f}-{s['max']:.0f})  "
-                  f"{_common.fmt_ratio(r['ratio'])} ({rr['min']:.2f}-{rr['max']:.2f}); server CPU "
-                  f"{r['cpu_ms_per_handshake']['median']:.2f} ms/handshake -> {_common.fmt_ratio(r['cpu_ratio'])}{goal}")
+            print(
+                f"  {variant:8s} {mode:9s} {s['median']:7.0f}/s ({s['min']:.0f}-{s['max']:.0f})  "
+                f"{_common.fmt_ratio(r['ratio'])} ({rr['min']:.2f}-{rr['max']:.2f}); server CPU "
+                f"{r['cpu_ms_per_handshake']['median']:.2f} ms/handshake -> {_common.fmt_ratio(r['cpu_ratio'])}{goal}"
+            )
     _common.save("overhead", {"params": vars(a), "goal": GOAL, "results": results, "notes": notes})
     return 0
 

@@ -12,6 +12,7 @@ build_report, JSON encoding, text rendering, and Session.poll + ReportSource.lat
 live view's data path).
 Goals: added idle CPU ~ 0; <= 32 B tracker memory per live block; snapshot <= 100 ms; report <= 1 s.
 """
+
 import argparse
 import io
 import shutil
@@ -44,9 +45,13 @@ def idle_window(pid, seconds):
         except OSError:
             state, wchan = "?", "?"
         threads.append(f"{tid}:{state}:{wchan}")
-    return {"cpu_s": c1 - c0, "seconds": dt, "cpu_percent": 100 * (c1 - c0) / dt,
-            "ctx_switches": (s1.voluntary - s0.voluntary) + (s1.involuntary - s0.involuntary),
-            "threads": threads}
+    return {
+        "cpu_s": c1 - c0,
+        "seconds": dt,
+        "cpu_percent": 100 * (c1 - c0) / dt,
+        "ctx_switches": (s1.voluntary - s0.voluntary) + (s1.involuntary - s0.involuntary),
+        "threads": threads,
+    }
 
 
 def timed(fn, repeat):
@@ -66,13 +71,14 @@ def scale_figures(pid, channel_dir):
     from tlsprof.analysis.reports import ReportSource
     from tlsprof.collect.session import Session
     from tlsprof.collect.channel_paths import socket_path
+
     sock = socket_path(channel_dir, pid)
     snap, snap_t = timed(lambda: client.snapshot(sock, timeout=30), 5)
     report, build_t = timed(lambda: build_report(snap, command=["echo_server"], mode="run"), 3)
     text, json_t = timed(lambda: report_io.dumps(report), 3)
     _, render_t = timed(lambda: render_text(report, file=io.StringIO()), 3)
     raw, ask_t = timed(lambda: client.ask(sock, "SNAPSHOT", 30), 3)  # the shim's side + transfer
-    _, parse_t = timed(lambda: client.parse_snapshot(raw), 3)       # parsing in Python
+    _, parse_t = timed(lambda: client.parse_snapshot(raw), 3)  # parsing in Python
     session = Session(channel_dir, pid, ["echo_server"], mode="run")
     source = ReportSource(session)
     _, poll_t = timed(session.poll, 3)
@@ -81,9 +87,11 @@ def scale_figures(pid, channel_dir):
     def refresh():
         session.poll()
         return source.latest_report()
+
     _, refresh_t = timed(refresh, 2)
     import cProfile
     import pstats
+
     prof = cProfile.Profile()
     prof.runcall(source.report, at="last")
     buf = io.StringIO()
@@ -112,6 +120,7 @@ def scale_figures(pid, channel_dir):
 
 def one(mode, n, idle_s, concurrency):
     from tlsprof.collect import launch
+
     env, channel_dir = None, None
     if mode == "tracked":
         channel_dir = launch.private_dir(prefix="tlsprof-bench-")
@@ -122,18 +131,27 @@ def one(mode, n, idle_s, concurrency):
     try:
         rss0 = tlsenv.rss_bytes(pid)
         t0 = time.monotonic()
-        clients = tlsenv.start_clients(server.port, n, "--read-buffer", "4096", interval=1e6,
-                                       concurrency=concurrency, timeout=60 + 0.1 * n)
+        clients = tlsenv.start_clients(
+            server.port, n, "--read-buffer", "4096", interval=1e6, concurrency=concurrency, timeout=60 + 0.1 * n
+        )
         setup_s = time.monotonic() - t0
         time.sleep(3)  # let the last handshakes' garbage settle
         rss1 = tlsenv.rss_bytes(pid)
         idle = idle_window(pid, idle_s)
-        res = {"connect_s": setup_s, "rss_before": rss0, "rss_after": rss1,
-               "rss_per_conn": (rss1 - rss0) / n, "idle": idle}
-        print(f"  {mode:8s} {n} connections up in {setup_s:.1f} s; RSS {rss1 / 2**20:.0f} MiB "
-              f"({res['rss_per_conn'] / 1024:.0f} KiB/conn); idle {idle_s:.0f} s: "
-              f"CPU {idle['cpu_s'] * 1000:.1f} ms ({idle['cpu_percent']:.3f} %), "
-              f"{idle['ctx_switches']} context switches, threads {idle['threads']}", flush=True)
+        res = {
+            "connect_s": setup_s,
+            "rss_before": rss0,
+            "rss_after": rss1,
+            "rss_per_conn": (rss1 - rss0) / n,
+            "idle": idle,
+        }
+        print(
+            f"  {mode:8s} {n} connections up in {setup_s:.1f} s; RSS {rss1 / 2**20:.0f} MiB "
+            f"({res['rss_per_conn'] / 1024:.0f} KiB/conn); idle {idle_s:.0f} s: "
+            f"CPU {idle['cpu_s'] * 1000:.1f} ms ({idle['cpu_percent']:.3f} %), "
+            f"{idle['ctx_switches']} context switches, threads {idle['threads']}",
+            flush=True,
+        )
         if mode == "tracked":
             snap, figs = scale_figures(pid, channel_dir)
             st = snap.stats
@@ -143,16 +161,19 @@ def one(mode, n, idle_s, concurrency):
             res["tracker_bytes_per_block"] = st["tracker_bytes"] / st["blocks"] if st.get("blocks") else None
             res["live_openssl_bytes"] = snap.live_bytes
             res.update(figs)
-            print(f"  tracked: {st.get('blocks')} live OpenSSL blocks ({snap.live_bytes / 2**20:.0f} MiB), "
-                  f"tracker {st.get('tracker_bytes', 0) / 2**20:.1f} MiB = "
-                  f"{res['tracker_bytes_per_block']:.1f} B/block; snapshot {figs['snapshot_s']['median'] * 1000:.0f} ms "
-                  f"({figs['snapshot_text_bytes'] / 2**20:.1f} MiB of text), build_report "
-                  f"{figs['build_report_s']['median'] * 1000:.0f} ms, JSON {figs['json_dumps_s']['median'] * 1000:.0f} ms, "
-                  f"text {figs['render_text_s']['median'] * 1000:.0f} ms, poll+report "
-                  f"{figs['refresh_s']['median'] * 1000:.0f} ms; split: shim answer "
-                  f"{figs['shim_answer_s']['median'] * 1000:.0f} ms + parse {figs['parse_s']['median'] * 1000:.0f} ms; "
-                  f"Session.poll {figs['session_poll_s']['median'] * 1000:.0f} ms + Session.report "
-                  f"{figs['session_report_s']['median'] * 1000:.0f} ms", flush=True)
+            print(
+                f"  tracked: {st.get('blocks')} live OpenSSL blocks ({snap.live_bytes / 2**20:.0f} MiB), "
+                f"tracker {st.get('tracker_bytes', 0) / 2**20:.1f} MiB = "
+                f"{res['tracker_bytes_per_block']:.1f} B/block; snapshot {figs['snapshot_s']['median'] * 1000:.0f} ms "
+                f"({figs['snapshot_text_bytes'] / 2**20:.1f} MiB of text), build_report "
+                f"{figs['build_report_s']['median'] * 1000:.0f} ms, JSON {figs['json_dumps_s']['median'] * 1000:.0f} ms, "
+                f"text {figs['render_text_s']['median'] * 1000:.0f} ms, poll+report "
+                f"{figs['refresh_s']['median'] * 1000:.0f} ms; split: shim answer "
+                f"{figs['shim_answer_s']['median'] * 1000:.0f} ms + parse {figs['parse_s']['median'] * 1000:.0f} ms; "
+                f"Session.poll {figs['session_poll_s']['median'] * 1000:.0f} ms + Session.report "
+                f"{figs['session_report_s']['median'] * 1000:.0f} ms",
+                flush=True,
+            )
         return res
     finally:
         if clients:
@@ -187,16 +208,22 @@ def main(argv=None):
         "refresh_s": tracked["refresh_s"]["median"],
     }
     print(f"\n[scale] {a.n} connections")
-    print(f"  added idle CPU over {a.idle_seconds:.0f} s: {added_cpu * 1000:+.1f} ms "
-          f"({summary['added_idle_cpu_percent']:+.3f} % of a core), "
-          f"{summary['added_idle_ctx_switches']:+d} context switches (goal ~0)")
-    print(f"  tracker memory: {summary['tracker_bytes_per_block']:.1f} B per live block (goal <= {GOAL_BYTES_PER_BLOCK}: "
-          f"{_common.verdict(summary['tracker_bytes_per_block'], GOAL_BYTES_PER_BLOCK, False)}); "
-          f"RSS tracked-bare: {rss_per_block:.1f} B per block")
-    print(f"  snapshot end to end {summary['snapshot_s'] * 1000:.0f} ms (goal <= 100 ms: "
-          f"{_common.verdict(summary['snapshot_s'], GOAL_SNAPSHOT_S, False)}); report "
-          f"{summary['report_s'] * 1000:.0f} ms (goal <= 1 s: {_common.verdict(summary['report_s'], GOAL_REPORT_S, False)}); "
-          f"poll + report (live view data path) {summary['refresh_s'] * 1000:.0f} ms")
+    print(
+        f"  added idle CPU over {a.idle_seconds:.0f} s: {added_cpu * 1000:+.1f} ms "
+        f"({summary['added_idle_cpu_percent']:+.3f} % of a core), "
+        f"{summary['added_idle_ctx_switches']:+d} context switches (goal ~0)"
+    )
+    print(
+        f"  tracker memory: {summary['tracker_bytes_per_block']:.1f} B per live block (goal <= {GOAL_BYTES_PER_BLOCK}: "
+        f"{_common.verdict(summary['tracker_bytes_per_block'], GOAL_BYTES_PER_BLOCK, False)}); "
+        f"RSS tracked-bare: {rss_per_block:.1f} B per block"
+    )
+    print(
+        f"  snapshot end to end {summary['snapshot_s'] * 1000:.0f} ms (goal <= 100 ms: "
+        f"{_common.verdict(summary['snapshot_s'], GOAL_SNAPSHOT_S, False)}); report "
+        f"{summary['report_s'] * 1000:.0f} ms (goal <= 1 s: {_common.verdict(summary['report_s'], GOAL_REPORT_S, False)}); "
+        f"poll + report (live view data path) {summary['refresh_s'] * 1000:.0f} ms"
+    )
     _common.save("scale", {"params": vars(a), "bare": bare, "tracked": tracked, "summary": summary})
     return 0
 

@@ -7,6 +7,7 @@ Each connection (one client thread each) writes a chunk and reads its echo back,
 --seconds after a warm-up; bytes/s = echoed bytes / time. Alternating rounds, medians, per-round
 ratios. Goal: tracked >= 0.97x bare.
 """
+
 import argparse
 import os
 import socket
@@ -93,16 +94,21 @@ def main(argv=None):
                 print(f"  round {r + 1} {variant:8s} {mode:8s} {this[mode] / 1e6:7.1f} MB/s", flush=True)
             ratios.append(this["tlsprof"] / this["bare"])
         bare, tracked = _common.median(rates["bare"]), _common.median(rates["tlsprof"])
-        results[variant] = {"bare_Bps": _common.summary(rates["bare"]),
-                            "tracked_Bps": _common.summary(rates["tlsprof"]),
-                            "ratio": tracked / bare, "ratio_rounds": _common.summary(ratios)}
+        results[variant] = {
+            "bare_Bps": _common.summary(rates["bare"]),
+            "tracked_Bps": _common.summary(rates["tlsprof"]),
+            "ratio": tracked / bare,
+            "ratio_rounds": _common.summary(ratios),
+        }
     print("\n[throughput] echo bytes/s, median (min-max), tracked/bare (per-round min-max)")
     for variant, r in results.items():
         b, t, rr = r["bare_Bps"], r["tracked_Bps"], r["ratio_rounds"]
-        print(f"  {variant:8s} bare {b['median'] / 1e6:.1f} MB/s ({b['min'] / 1e6:.1f}-{b['max'] / 1e6:.1f})  "
-              f"tracked {t['median'] / 1e6:.1f} MB/s ({t['min'] / 1e6:.1f}-{t['max'] / 1e6:.1f})  "
-              f"{_common.fmt_ratio(r['ratio'])} ({rr['min']:.2f}-{rr['max']:.2f})  "
-              f"goal >= {GOAL}x: {_common.verdict(r['ratio'], GOAL)}")
+        print(
+            f"  {variant:8s} bare {b['median'] / 1e6:.1f} MB/s ({b['min'] / 1e6:.1f}-{b['max'] / 1e6:.1f})  "
+            f"tracked {t['median'] / 1e6:.1f} MB/s ({t['min'] / 1e6:.1f}-{t['max'] / 1e6:.1f})  "
+            f"{_common.fmt_ratio(r['ratio'])} ({rr['min']:.2f}-{rr['max']:.2f})  "
+            f"goal >= {GOAL}x: {_common.verdict(r['ratio'], GOAL)}"
+        )
     _common.save("throughput", {"params": vars(a), "goal": GOAL, "results": results})
     return 0
 

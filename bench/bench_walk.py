@@ -10,6 +10,7 @@ the `WALK` command is sent `--rounds` times. Printed per step: the heap walked, 
 throughout and the slowest handshake seen during the walks is printed beside the quiet one (what a
 client of the target notices). Never fails on timing; exits 0 unless it could not run.
 """
+
 import argparse
 import os
 import statistics
@@ -41,8 +42,9 @@ def main():
     steps = [int(s) for s in args.steps.split(",")]
     channel = tempfile.mkdtemp(prefix="tlsprof-bench-walk-")
     os.chmod(channel, 0o700)
-    server = tlsenv.start_echo_server("--threaded", "--ctx-per-conn",
-                                      env={"LD_PRELOAD": shim_path(), "TLSPROF_DIR": channel})
+    server = tlsenv.start_echo_server(
+        "--threaded", "--ctx-per-conn", env={"LD_PRELOAD": shim_path(), "TLSPROF_DIR": channel}
+    )
     clients, rows = [], []
     stop = threading.Event()
     slow = {"quiet": 0.0, "walking": 0.0}
@@ -86,15 +88,22 @@ def main():
                 time.sleep(0.3)
             loading.clear()
             heap = statistics.median(heaps)
-            row = {"connections": n, "heap_mb": round(heap, 1), "pause_ms_max": round(max(pauses), 2),
-                   "pause_ms_median": round(statistics.median(pauses), 2),
-                   "pause_ms_per_100mb": round(max(pauses) / heap * 100, 2),
-                   "walk_ms_median": statistics.median(walks),
-                   "walk_ms_per_100mb": round(statistics.median(walks) / heap * 100, 1)}
+            row = {
+                "connections": n,
+                "heap_mb": round(heap, 1),
+                "pause_ms_max": round(max(pauses), 2),
+                "pause_ms_median": round(statistics.median(pauses), 2),
+                "pause_ms_per_100mb": round(max(pauses) / heap * 100, 2),
+                "walk_ms_median": statistics.median(walks),
+                "walk_ms_per_100mb": round(statistics.median(walks) / heap * 100, 1),
+            }
             rows.append(row)
-            print(f"{n:5d} connections  heap {heap:7.1f} MB  pause max {row['pause_ms_max']:6.2f} ms "
-                  f"(median {row['pause_ms_median']:.2f})  = {row['pause_ms_per_100mb']:.2f} ms per 100 MB  "
-                  f"walk {row['walk_ms_median']} ms ({row['walk_ms_per_100mb']} ms per 100 MB)", flush=True)
+            print(
+                f"{n:5d} connections  heap {heap:7.1f} MB  pause max {row['pause_ms_max']:6.2f} ms "
+                f"(median {row['pause_ms_median']:.2f})  = {row['pause_ms_per_100mb']:.2f} ms per 100 MB  "
+                f"walk {row['walk_ms_median']} ms ({row['walk_ms_per_100mb']} ms per 100 MB)",
+                flush=True,
+            )
     finally:
         stop.set()
         for loader in loaders:
@@ -104,8 +113,9 @@ def main():
         server.stop()
     if args.load:
         print(f"slowest handshake: quiet {slow['quiet'] * 1000:.1f} ms, during walks {slow['walking'] * 1000:.1f} ms")
-    _common.save("bench_walk", {"rows": rows, "slowest_handshake_s": slow if args.load else None,
-                                "machine": _common.machine()})
+    _common.save(
+        "bench_walk", {"rows": rows, "slowest_handshake_s": slow if args.load else None, "machine": _common.machine()}
+    )
     return 0
 
 

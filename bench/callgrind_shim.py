@@ -8,6 +8,7 @@ Each server runs under `valgrind --tool=callgrind --instr-atstart=no`; instrumen
 profile is dumped. Ir/handshake ratio bare/variant approximates the rate ratio on a free CPU.
 Variants come from bench/shim_variants.py (copies of hooks/ with parts switched off).
 """
+
 import argparse
 import glob
 import os
@@ -51,9 +52,12 @@ def main(argv=None):
             if mode != "bare":
                 chan = tempfile.mkdtemp(dir=work)
                 env = {"LD_PRELOAD": libs[mode], "TLSPROF_DIR": chan}
-            server = _servers.start("bare", *(["--threaded"] if a.threaded else []), env=env,
-                                    wrapper=["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                                             f"--callgrind-out-file={out}", "-q"])
+            server = _servers.start(
+                "bare",
+                *(["--threaded"] if a.threaded else []),
+                env=env,
+                wrapper=["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", "-q"],
+            )
             try:
                 pid = server.pid  # valgrind runs the target in its own pid
                 hsload.run(server.port, 30, 2)
@@ -67,18 +71,29 @@ def main(argv=None):
             results[mode] = {"ir_per_handshake": ir / max(1, res["handshakes"]), "errors": res["errors"]}
             print(f"  {mode:8s} {ir / res['handshakes'] / 1e6:7.3f} M instructions per handshake", flush=True)
             if mode == "full":
-                ann = subprocess.run(["callgrind_annotate", "--inclusive=no", files[-1]], capture_output=True,
-                                     text=True).stdout.splitlines()
-                shim = [ln for ln in ann if "hooks/" in ln or "_shim" in ln or "pthread_mutex" in ln
-                        or "malloc_usable" in ln or "full.so" in ln or "/src/" in ln][: a.top]
+                ann = subprocess.run(
+                    ["callgrind_annotate", "--inclusive=no", files[-1]], capture_output=True, text=True
+                ).stdout.splitlines()
+                shim = [
+                    ln
+                    for ln in ann
+                    if "hooks/" in ln
+                    or "_shim" in ln
+                    or "pthread_mutex" in ln
+                    or "malloc_usable" in ln
+                    or "full.so" in ln
+                    or "/src/" in ln
+                ][: a.top]
                 results[mode]["top_shim_functions"] = shim
                 print("  shim functions (self Ir, whole run):\n" + "\n".join("    " + ln.strip() for ln in shim))
         bare = results["bare"]["ir_per_handshake"]
         print("\n[callgrind] instructions per handshake, ratio bare/variant")
         for m, r in results.items():
             r["ratio"] = bare / r["ir_per_handshake"]
-            print(f"  {m:8s} {r['ir_per_handshake'] / 1e6:.3f} M  +{(r['ir_per_handshake'] - bare) / 1e6:.3f} M  "
-                  f"{r['ratio']:.3f}x")
+            print(
+                f"  {m:8s} {r['ir_per_handshake'] / 1e6:.3f} M  +{(r['ir_per_handshake'] - bare) / 1e6:.3f} M  "
+                f"{r['ratio']:.3f}x"
+            )
         _common.save("callgrind_threaded" if a.threaded else "callgrind", {"params": vars(a), "results": results})
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -8,6 +8,7 @@ server's processes (RSS and USS, summed over the tree) per connection.
 Prints one table (Markdown, ready for docs/compatibility.md). Never fails on a figure; exit 1 only
 if a server could not run at all.
 """
+
 import argparse
 import json
 import statistics
@@ -75,10 +76,12 @@ def row(name, report, truth_run, truths_bare):
 
 
 def table(rows):
-    out = ["| server | processes (holding connections) | connections: tlsprof / open (held by the report's "
-           "process) | tlsprof KiB per connection: total (own + context share) | top causes, KiB | "
-           "ground truth, bare run: RSS / USS KiB per connection |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "| server | processes (holding connections) | connections: tlsprof / open (held by the report's "
+        "process) | tlsprof KiB per connection: total (own + context share) | top causes, KiB | "
+        "ground truth, bare run: RSS / USS KiB per connection |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             out.append(f"| {r['server']} | - | - | - | {r['error']} | - |")
@@ -87,7 +90,8 @@ def table(rows):
             f"| {r['server']} | {r['server_processes']} ({r['holders']}) | "
             f"{r['seen']} / {r['expected']} ({r['held_by_report_pid']}) | "
             f"{r['bytes'] / KiB:.1f} ({r['own_bytes'] / KiB:.1f} + {r['context_share_bytes'] / KiB:.1f}) | "
-            f"{top_causes(r['by_cause'])} | {r['rss_per_conn'] / KiB:.1f} / {r['uss_per_conn'] / KiB:.1f} |")
+            f"{top_causes(r['by_cause'])} | {r['rss_per_conn'] / KiB:.1f} / {r['uss_per_conn'] / KiB:.1f} |"
+        )
     return "\n".join(out)
 
 

@@ -5,6 +5,7 @@
 Threads (the handshake releases the GIL), one shared client context without the CA store
 (CERT_NONE), the default protocol (TLS 1.3 here). Prints handshakes per second.
 """
+
 import argparse
 import socket
 import ssl

@@ -22,6 +22,7 @@ which is what `tlsprof run` sets up):
 Prints each figure against its goal; never fails on timing (exit 1 only if a row could not run).
 Results: bench/results/overhead_goals.json.
 """
+
 import argparse
 import os
 import shutil
@@ -41,6 +42,7 @@ def _use_shim(path):
     """--shim: every preloaded target of this run (not `tlsprof run` servers) gets this build
     instead of the installed one, to compare a change with what it replaces."""
     from tlsprof.collect import launch
+
     installed = launch.preload_env
 
     def preload_env(channel_dir, *args, **kwargs):
@@ -48,11 +50,13 @@ def _use_shim(path):
         rest = env["LD_PRELOAD"].split(":")[1:]
         env["LD_PRELOAD"] = ":".join([os.path.abspath(path), *rest])
         return env
+
     launch.preload_env = preload_env
 
 
 def _preload_env():
     from tlsprof.collect import launch
+
     channel_dir = launch.private_dir(prefix="tlsprof-goals-")
     return launch.preload_env(channel_dir), channel_dir
 
@@ -69,6 +73,7 @@ def _wait_sock(channel_dir, pid, timeout=20):
 
 def _stats(sock, timeout=60):
     from tlsprof.collect import client
+
     return client.snapshot(sock, timeout=timeout).stats
 
 
@@ -76,11 +81,14 @@ def _tracker_split(st):
     blocks = st.get("blocks") or 0
     if not blocks:
         return {}
-    return {"blocks": blocks, "tracker_bytes": st.get("tracker_bytes"),
-            "tracker_table_bytes": st.get("tracker_table_bytes"),
-            "per_block_total": st.get("tracker_bytes", 0) / blocks,
-            "per_block_table": (st.get("tracker_table_bytes") or 0) / blocks,
-            "blocks_wide": st.get("blocks_wide")}
+    return {
+        "blocks": blocks,
+        "tracker_bytes": st.get("tracker_bytes"),
+        "tracker_table_bytes": st.get("tracker_table_bytes"),
+        "per_block_total": st.get("tracker_bytes", 0) / blocks,
+        "per_block_table": (st.get("tracker_table_bytes") or 0) / blocks,
+        "blocks_wide": st.get("blocks_wide"),
+    }
 
 
 def row_rss(a, out):
@@ -105,16 +113,31 @@ def row_rss(a, out):
         ratio = res["tracked_rss"] / res["bare_rss"]
         t = res["tracker"]
         out["rss"] = res
-        add(f"RSS tracked / bare, {n} ctx+CA-store sessions", ratio, 1.20, False,
+        add(
+            f"RSS tracked / bare, {n} ctx+CA-store sessions",
+            ratio,
+            1.20,
+            False,
             f"{res['bare_rss'] / 2**20:.0f} -> {res['tracked_rss'] / 2**20:.0f} MiB; "
-            f"{(res['tracked_rss'] - res['bare_rss']) / n / 1024:.0f} KiB/session added", fmt="{:.3f}x")
-        add(f"tracker bytes per live block, CA-store workload ({t['blocks']} blocks)", t["per_block_total"], 16,
-            False, f"block table {t['per_block_table']:.1f} B/block, wide (unpacked) blocks {t['blocks_wide']}",
-            fmt="{:.1f} B")
-        add(f"ctx+CA-store sessions opened: tracked / bare speed ({n} sessions)",
-            res["bare_connect_s"] / res["tracked_connect_s"], 0.80, True,
+            f"{(res['tracked_rss'] - res['bare_rss']) / n / 1024:.0f} KiB/session added",
+            fmt="{:.3f}x",
+        )
+        add(
+            f"tracker bytes per live block, CA-store workload ({t['blocks']} blocks)",
+            t["per_block_total"],
+            16,
+            False,
+            f"block table {t['per_block_table']:.1f} B/block, wide (unpacked) blocks {t['blocks_wide']}",
+            fmt="{:.1f} B",
+        )
+        add(
+            f"ctx+CA-store sessions opened: tracked / bare speed ({n} sessions)",
+            res["bare_connect_s"] / res["tracked_connect_s"],
+            0.80,
+            True,
             f"{res['bare_connect_s']:.1f} s bare, {res['tracked_connect_s']:.1f} s tracked (one round)",
-            fmt="{:.3f}x")
+            fmt="{:.3f}x",
+        )
     finally:
         server.stop()
 
@@ -139,8 +162,9 @@ def row_ctx(a, out):
         for mode in _common.rotate(["bare", "tracked"], r):
             env, channel_dir = (None, None) if mode == "bare" else _preload_env()
             try:
-                p = subprocess.run([sys.executable, "-c", CTX_LOOP, str(n)], env=env, capture_output=True,
-                                   text=True, timeout=300)
+                p = subprocess.run(
+                    [sys.executable, "-c", CTX_LOOP, str(n)], env=env, capture_output=True, text=True, timeout=300
+                )
                 if p.returncode:
                     raise RuntimeError(p.stderr[-500:])
                 this[mode] = float(p.stdout.split()[-1]) / n
@@ -151,39 +175,68 @@ def row_ctx(a, out):
         ratios.append(this["bare"] / this["tracked"])
     bare, tracked = _common.median(times["bare"]), _common.median(times["tracked"])
     out["ctx"] = {"n": n, "rounds": rounds, "times": times, "ratios": ratios}
-    add("create_default_context(): tracked / bare speed", bare / tracked, 0.80, True,
+    add(
+        "create_default_context(): tracked / bare speed",
+        bare / tracked,
+        0.80,
+        True,
         f"{bare * 1000:.1f} ms bare, {tracked * 1000:.1f} ms tracked per context; per-round "
-        f"{min(ratios):.2f}-{max(ratios):.2f}, {rounds} rounds", fmt="{:.3f}x")
+        f"{min(ratios):.2f}-{max(ratios):.2f}, {rounds} rounds",
+        fmt="{:.3f}x",
+    )
 
 
 def row_handshakes(a, out):
     import bench_overhead
+
     n = 500 if a.quick else 1500
     for variant in ("asyncio", "threaded"):
         res = bench_overhead.measure(variant, ("bare", "tlsprof"), 4, n, 10, 100)
         out[f"handshakes_{variant}"] = res
         t = res["tlsprof"]
-        add(f"handshakes/s {variant}: run / bare (4 rounds, {n} each)", t["ratio"], 0.97, True,
+        add(
+            f"handshakes/s {variant}: run / bare (4 rounds, {n} each)",
+            t["ratio"],
+            0.97,
+            True,
             f"{res['bare']['per_s']['median']:.0f} vs {t['per_s']['median']:.0f}/s; rounds "
             f"{t['ratio_rounds']['min']:.2f}-{t['ratio_rounds']['max']:.2f}; server CPU ratio {t['cpu_ratio']:.2f}",
-            fmt="{:.3f}x")
+            fmt="{:.3f}x",
+        )
 
 
 def row_snapshot(a, out):
     import bench_scale
+
     n = 2000 if a.quick else 10000
     res = bench_scale.one("tracked", n, 1.0, 50)
     out["snapshot"] = {k: v for k, v in res.items() if k != "report_profile"}
-    add(f"snapshot end to end, {n} connections", res["snapshot_s"]["median"], 0.100, False,
+    add(
+        f"snapshot end to end, {n} connections",
+        res["snapshot_s"]["median"],
+        0.100,
+        False,
         f"shim answer {res['shim_answer_s']['median'] * 1000:.0f} ms + parse {res['parse_s']['median'] * 1000:.0f} ms",
-        fmt="{:.3f} s")
-    add(f"live view refresh (poll + report), {n} connections", res["refresh_s"]["median"], 1.0, False, "",
-        fmt="{:.3f} s")
+        fmt="{:.3f} s",
+    )
+    add(
+        f"live view refresh (poll + report), {n} connections",
+        res["refresh_s"]["median"],
+        1.0,
+        False,
+        "",
+        fmt="{:.3f} s",
+    )
     table = res.get("tracker_table_bytes") or 0
-    add(f"tracker bytes per live block, {n} connections ({res['blocks']} blocks)",
-        res["tracker_bytes_per_block"], 16, False,
+    add(
+        f"tracker bytes per live block, {n} connections ({res['blocks']} blocks)",
+        res["tracker_bytes_per_block"],
+        16,
+        False,
         f"block table {table / res['blocks']:.1f} B/block; the rest is {res['owners']} owner records "
-        f"and the site tables", fmt="{:.1f} B")
+        f"and the site tables",
+        fmt="{:.1f} B",
+    )
 
 
 SYNTHETIC = textwrap.dedent("""
@@ -200,8 +253,9 @@ SYNTHETIC = textwrap.dedent("""
 
 def _synthetic(n, fn):
     env, channel_dir = _preload_env()
-    p = subprocess.Popen([sys.executable, "-c", SYNTHETIC, str(n)], env=env, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", SYNTHETIC, str(n)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         line = p.stdout.readline()  # bounded by the objects' creation; the process exits on error
         if not line.startswith("ready"):
@@ -219,6 +273,7 @@ def _synthetic(n, fn):
 
 def row_synthetic(a, out):
     from tlsprof.collect import client
+
     n = 100_000
 
     def measure(pid, sock):
@@ -239,15 +294,23 @@ def row_synthetic(a, out):
             t0 = time.perf_counter()
             snap = client.parse_snapshot(raw)
             parses.append(time.perf_counter() - t0)
-        res.update(connections=connections, text_bytes=len(raw), end_s=ends, ask_s=asks,
-                   parse_s=parses, tracker=tracker)
+        res.update(
+            connections=connections, text_bytes=len(raw), end_s=ends, ask_s=asks, parse_s=parses, tracker=tracker
+        )
         return res
+
     res = _synthetic(n, measure)
     out["synthetic"] = res
-    add(f"snapshot, {res['connections']} connections (synthetic shim state)", _common.median(res["end_s"]), 1.0,
-        False, f"shim answer + transfer {_common.median(res['ask_s']) * 1000:.0f} ms, parse in Python "
+    add(
+        f"snapshot, {res['connections']} connections (synthetic shim state)",
+        _common.median(res["end_s"]),
+        1.0,
+        False,
+        f"shim answer + transfer {_common.median(res['ask_s']) * 1000:.0f} ms, parse in Python "
         f"{_common.median(res['parse_s']) * 1000:.0f} ms, {res['text_bytes'] / 2**20:.1f} MiB of text; "
-        f"tracker {res['tracker'].get('per_block_total', 0):.1f} B/block", fmt="{:.3f} s")
+        f"tracker {res['tracker'].get('per_block_total', 0):.1f} B/block",
+        fmt="{:.3f} s",
+    )
 
 
 FORK_COST = textwrap.dedent("""
@@ -269,6 +332,7 @@ FORK_COST = textwrap.dedent("""
 
 def row_walk(a, out):
     from tlsprof.collect import client
+
     n = 50_000 if a.quick else 200_000  # ~10 KB of heap per SSL object
 
     def measure(pid, sock):
@@ -277,6 +341,7 @@ def row_walk(a, out):
         if not w.ok:
             raise RuntimeError(f"walk {w.status}: {w.reason}")
         return {"rss": rss, "stats": dict(w.stats)}
+
     res = _synthetic(n, measure)
     # the fork's own cost: the same heap in a process without tlsprof, os.fork() in the parent
     p = subprocess.run([sys.executable, "-c", FORK_COST, str(n)], capture_output=True, text=True, timeout=600)
@@ -286,13 +351,23 @@ def row_walk(a, out):
     heap_gb = st.get("heap_bytes", 0) / 1e9
     if res["bare_fork_s"]:
         pause = st.get("pause_us", 0) / 1e6
-        add(f"heap walk, {heap_gb:.2f} GB heap: target's pause / a bare fork of the same heap",
-            pause / res["bare_fork_s"], 1.0, False,
+        add(
+            f"heap walk, {heap_gb:.2f} GB heap: target's pause / a bare fork of the same heap",
+            pause / res["bare_fork_s"],
+            1.0,
+            False,
             f"pause {pause * 1000:.1f} ms (the shim's clone), bare os.fork() {res['bare_fork_s'] * 1000:.1f} ms "
-            f"(median of 3; the ratio swings with the VM)", fmt="{:.2f}x")
-    add(f"heap walk, {heap_gb:.2f} GB heap: walk time", st.get("walk_ms_total", 0) / 1000, 10.0, False,
+            f"(median of 3; the ratio swings with the VM)",
+            fmt="{:.2f}x",
+        )
+    add(
+        f"heap walk, {heap_gb:.2f} GB heap: walk time",
+        st.get("walk_ms_total", 0) / 1000,
+        10.0,
+        False,
         f"{st.get('chunks', '?')} chunks; RSS {res['rss'] / 2**30:.2f} GiB",
-        fmt="{:.2f} s")
+        fmt="{:.2f} s",
+    )
 
 
 TABLE = []
@@ -303,19 +378,29 @@ def add(figure, value, goal, higher_is_better, note, fmt="{:.3f}"):
     miss = ""
     if v == "misses":
         miss = f" (by {abs(value - goal) / goal * 100:.0f} %)"
-    row = {"figure": figure, "value": value, "goal": goal, "goal_op": ">=" if higher_is_better else "<=",
-           "verdict": v + miss, "note": note}
+    row = {
+        "figure": figure,
+        "value": value,
+        "goal": goal,
+        "goal_op": ">=" if higher_is_better else "<=",
+        "verdict": v + miss,
+        "note": note,
+    }
     TABLE.append(row)
-    print(f"  -> {figure}: {fmt.format(value)} (goal {row['goal_op']} {fmt.format(goal)}: {v}{miss}) {note}",
-          flush=True)
+    print(
+        f"  -> {figure}: {fmt.format(value)} (goal {row['goal_op']} {fmt.format(goal)}: {v}{miss}) {note}", flush=True
+    )
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smaller workloads (~3 min instead of ~10)")
     p.add_argument("--only", default=",".join(ROWS))
-    p.add_argument("--shim", help="preload this shim build instead of the installed one (the "
-                   "handshakes row's `tlsprof run` servers keep the installed one)")
+    p.add_argument(
+        "--shim",
+        help="preload this shim build instead of the installed one (the "
+        "handshakes row's `tlsprof run` servers keep the installed one)",
+    )
     a = p.parse_args(argv)
     if a.shim:
         _use_shim(a.shim)

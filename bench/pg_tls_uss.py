@@ -4,6 +4,7 @@ TLS sessions and the mean USS of a TLS backend against a plain one. Needs root a
 
     .venv/bin/python bench/pg_tls_uss.py
 """
+
 import os
 import shutil
 import statistics
@@ -22,25 +23,59 @@ certs = ensure_cert(tempfile.mkdtemp(prefix="tlsprof-pg-certs-"))
 root, data = t._pg_cluster(certs)
 open(os.path.join(data, "pg_hba.conf"), "a").write("host all all 127.0.0.1/32 trust\n")
 port = t.free_port()
-pg = subprocess.Popen(["runuser", "-u", "postgres", "--", f"{t.PG_BIN}/postgres", "-D", data, "-p", str(port)],
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+pg = subprocess.Popen(
+    ["runuser", "-u", "postgres", "--", f"{t.PG_BIN}/postgres", "-D", data, "-p", str(port)],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    start_new_session=True,
+)
 try:
-    t.wait_for(lambda: subprocess.run([f"{t.PG_BIN}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode == 0, 60, "pg")
+    t.wait_for(
+        lambda: subprocess.run([f"{t.PG_BIN}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode == 0,
+        60,
+        "pg",
+    )
+
     def sessions(mode, n):
         procs = []
         for _ in range(n):
-            p = subprocess.Popen([f"{t.PG_BIN}/psql", f"host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode={mode}", "-X", "-q", "-A", "-t"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            p = subprocess.Popen(
+                [
+                    f"{t.PG_BIN}/psql",
+                    f"host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode={mode}",
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             p.stdin.write("select coalesce((select ssl from pg_stat_ssl where pid = pg_backend_pid()), false);\n")
             p.stdin.flush()
             procs.append(p)
         for p in procs:
             p.stdout.readline()
         return procs
+
     tls = sessions("require", 50)
     plain = sessions("disable", 20)
     time.sleep(1)
-    out = subprocess.run([f"{t.PG_BIN}/psql", f"host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable", "-X", "-A", "-t", "-c", "select count(*) from pg_stat_ssl where ssl"], capture_output=True, text=True).stdout.strip()
+    out = subprocess.run(
+        [
+            f"{t.PG_BIN}/psql",
+            f"host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable",
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "select count(*) from pg_stat_ssl where ssl",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     uss = {"t": [], "f": []}
     for c in psutil.Process(pg.pid).children(recursive=True):
         cmd = " ".join(c.cmdline())
@@ -48,14 +83,28 @@ try:
             continue
         # which backend is TLS: pg_stat_ssl by pid, below
         uss.setdefault(c.pid, c.memory_full_info().uss)
-    rows = subprocess.run([f"{t.PG_BIN}/psql", f"host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable", "-X", "-A", "-t", "-c", "select pid, ssl from pg_stat_ssl"], capture_output=True, text=True).stdout.split()
+    rows = subprocess.run(
+        [
+            f"{t.PG_BIN}/psql",
+            f"host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable",
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "select pid, ssl from pg_stat_ssl",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     by = {"t": [], "f": []}
     for r in rows:
         pid, ssl = r.split("|")
         if int(pid) in uss:
             by[ssl].append(uss[int(pid)])
     print(f"pg_stat_ssl with ssl: {out}")
-    print(f"USS per backend: TLS mean {statistics.mean(by['t'])/1024:.1f} KiB (n={len(by['t'])}), plain mean {statistics.mean(by['f'])/1024:.1f} KiB (n={len(by['f'])}), TLS extra {(statistics.mean(by['t'])-statistics.mean(by['f']))/1024:.1f} KiB")
+    print(
+        f"USS per backend: TLS mean {statistics.mean(by['t']) / 1024:.1f} KiB (n={len(by['t'])}), plain mean {statistics.mean(by['f']) / 1024:.1f} KiB (n={len(by['f'])}), TLS extra {(statistics.mean(by['t']) - statistics.mean(by['f'])) / 1024:.1f} KiB"
+    )
     for p in tls + plain:
         p.kill()
         p.wait()

@@ -6,6 +6,7 @@ size of one profile, for a real report and for the same report with its connecti
 
 Prints figures; asserts nothing (timing goals live here, never in tests).
 """
+
 import argparse
 import copy
 import json
@@ -53,10 +54,11 @@ def measure(label, report, rounds=3):
         data = pprof.encode(report)
         times.append(time.perf_counter() - t0)
     samples = len(pprof.build_profile(report).sample)
-    print(f"{label:>34}: {len(report['connections']):>6} connections, {samples:>7} samples, "
-          f"{_common.median(times):6.3f} s (median of {rounds}), {len(data) / 1024:7.1f} KiB")
-    return {"connections": len(report["connections"]), "samples": samples, "seconds": times,
-            "bytes": len(data)}
+    print(
+        f"{label:>34}: {len(report['connections']):>6} connections, {samples:>7} samples, "
+        f"{_common.median(times):6.3f} s (median of {rounds}), {len(data) / 1024:7.1f} KiB"
+    )
+    return {"connections": len(report["connections"]), "samples": samples, "seconds": times, "bytes": len(data)}
 
 
 def main(argv=None):

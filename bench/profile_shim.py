@@ -5,6 +5,7 @@
 Starts the server under `tlsprof run`, records it with `perf record -F 1999 -g` while hsload runs,
 then prints the shares by shared object and the top symbols of the shim (_shim*.so). Needs perf.
 """
+
 import argparse
 import os
 import shutil
@@ -34,8 +35,11 @@ def main(argv=None):
     try:
         pid = server.target_pid()
         hsload.run(server.port, 100, 10)
-        rec = subprocess.Popen(["perf", "record", "-q", "-F", "1999", "-g", "-o", data, "-p", str(pid)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rec = subprocess.Popen(
+            ["perf", "record", "-q", "-F", "1999", "-g", "-o", data, "-p", str(pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(0.5)
         r = hsload.run(server.port, a.n, 10)
         rec.send_signal(signal.SIGINT)
@@ -44,15 +48,31 @@ def main(argv=None):
     finally:
         _servers.stop(server)
     for sort in ("dso", "dso,sym"):
-        out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", sort, "--stdio", "-g", "none",
-                              "--percent-limit", "0.3"], capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [
+                "perf",
+                "report",
+                "-i",
+                data,
+                "--no-children",
+                "--sort",
+                sort,
+                "--stdio",
+                "-g",
+                "none",
+                "--percent-limit",
+                "0.3",
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout
         lines = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith("#")]
         if sort == "dso":
             print("--- self time by object ---")
             print("\n".join(lines[:12]))
         else:
             print("--- top symbols (self) ---")
-            print("\n".join(lines[:a.top]))
+            print("\n".join(lines[: a.top]))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -5,6 +5,7 @@
 Prints ratios and verdicts; never fails on timing (exit 1 only if a benchmark crashed).
 Results: bench/results/<name>.json (with the machine they ran on).
 """
+
 import argparse
 import sys
 import time
@@ -21,8 +22,10 @@ def main():
     p.add_argument("--only", default=",".join(BENCHES))
     a = p.parse_args()
     m = _common.machine()
-    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['mem_gb']} GB, {m['os']}, Python {m['python']}, "
-          f"{m['openssl']}", flush=True)
+    print(
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['mem_gb']} GB, {m['os']}, Python {m['python']}, {m['openssl']}",
+        flush=True,
+    )
     failed = []
     for name in a.only.split(","):
         mod = __import__(f"bench_{name}")

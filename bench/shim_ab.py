@@ -12,6 +12,7 @@ the median of the per-round paired ratios (this VM's speed swings by 2x between 
 pair of runs a second apart shares the swing). Keep a copy of the installed shim
 (tlsprof/_shim*.so) before rebuilding to compare a change with what it replaces.
 """
+
 import argparse
 import os
 import statistics
@@ -21,7 +22,7 @@ import tempfile
 
 import _common
 
-LOOP = r'''
+LOOP = r"""
 import ssl, sys, time
 crt, key, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -59,13 +60,14 @@ t0 = time.process_time()
 for _ in range(n):
     handshake()
 print((time.process_time() - t0) / n * 1e6)
-'''
+"""
 
 
 def _server_cpu(lib, chan, threaded, n):
     """CPU ms per handshake of the echo server with `lib` preloaded (None: bare)."""
     import _servers
     import hsload
+
     env = {"LD_PRELOAD": lib, "TLSPROF_DIR": chan} if lib else None
     server = _servers.start("bare", *(["--threaded"] if threaded else []), env=env)
     try:
@@ -89,6 +91,7 @@ def main(argv=None):
     a.n = a.n or (1500 if a.server else 300)
     sys.path.insert(0, os.path.join(_common.REPO_ROOT, "examples"))
     import certs
+
     work = tempfile.mkdtemp(prefix="tlsprof-ab-")
     crt, key = certs.ensure_cert(work)
     chan = os.path.join(work, "chan")
@@ -105,24 +108,33 @@ def main(argv=None):
             env = dict(os.environ)
             if libs[mode]:
                 env.update(LD_PRELOAD=libs[mode], TLSPROF_DIR=chan)
-            out = subprocess.run([sys.executable, "-c", LOOP, crt, key, str(a.n)], env=env,
-                                 capture_output=True, text=True, timeout=600)
+            out = subprocess.run(
+                [sys.executable, "-c", LOOP, crt, key, str(a.n)], env=env, capture_output=True, text=True, timeout=600
+            )
             if out.returncode != 0:
                 print(f"[shim_ab] {mode} failed: {out.stderr.strip()[-300:]}", file=sys.stderr)
                 return 1
             row[mode] = float(out.stdout.split()[-1])
         runs.append(row)
-        print(f"  round {r + 1:2d}  bare {row['bare']:7.0f}  A {row['A']:7.0f}  B {row['B']:7.0f}  us CPU/{unit}",
-              flush=True)
+        print(
+            f"  round {r + 1:2d}  bare {row['bare']:7.0f}  A {row['A']:7.0f}  B {row['B']:7.0f}  us CPU/{unit}",
+            flush=True,
+        )
     med = {m: statistics.median(r[m] for r in runs) for m in libs}
-    paired = {"A/bare": statistics.median(r["bare"] / r["A"] for r in runs),
-              "B/bare": statistics.median(r["bare"] / r["B"] for r in runs),
-              "B vs A": statistics.median(r["A"] / r["B"] for r in runs)}
-    print(f"\n[shim_ab] CPU per {unit}, median: bare {med['bare']:.0f} us, A {med['A']:.0f} us, "
-          f"B {med['B']:.0f} us")
-    print(f"[shim_ab] per-round paired medians: bare/A {paired['A/bare']:.3f}x, bare/B {paired['B/bare']:.3f}x, "
-          f"A/B {paired['B vs A']:.3f}x (> 1: B is cheaper)")
-    _common.save(f"shim_ab_{a.server}" if a.server else "shim_ab", {"params": vars(a), "median_us": med, "paired": paired, "rounds": runs})
+    paired = {
+        "A/bare": statistics.median(r["bare"] / r["A"] for r in runs),
+        "B/bare": statistics.median(r["bare"] / r["B"] for r in runs),
+        "B vs A": statistics.median(r["A"] / r["B"] for r in runs),
+    }
+    print(f"\n[shim_ab] CPU per {unit}, median: bare {med['bare']:.0f} us, A {med['A']:.0f} us, B {med['B']:.0f} us")
+    print(
+        f"[shim_ab] per-round paired medians: bare/A {paired['A/bare']:.3f}x, bare/B {paired['B/bare']:.3f}x, "
+        f"A/B {paired['B vs A']:.3f}x (> 1: B is cheaper)"
+    )
+    _common.save(
+        f"shim_ab_{a.server}" if a.server else "shim_ab",
+        {"params": vars(a), "median_us": med, "paired": paired, "rounds": runs},
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ Variants (compiled in a temp dir with setup.py's flags; hooks/ itself is never t
   spinlto  spin + lto
 CPU per handshake (target process only) is robust to other load on the machine; rates are not.
 """
+
 import argparse
 import glob
 import os
@@ -27,22 +28,37 @@ import _servers
 import hsload
 
 PATCHES = [
-    ("    struct owner *o = owner_at(owner);\n    struct site *s = site_at(site);\n",
-     "#ifdef EXP_NOCOUNT\n    return;\n#endif\n    struct owner *o = owner_at(owner);\n    struct site *s = site_at(site);\n"),
-    ("    __atomic_add_fetch(&s->bytes, bytes, __ATOMIC_RELAXED);\n"
-     "    __atomic_add_fetch(&s->requested, req, __ATOMIC_RELAXED);\n"
-     "    __atomic_add_fetch(&s->blocks, blocks, __ATOMIC_RELAXED);\n",
-     "#ifndef EXP_NOSITE\n    __atomic_add_fetch(&s->bytes, bytes, __ATOMIC_RELAXED);\n"
-     "    __atomic_add_fetch(&s->requested, req, __ATOMIC_RELAXED);\n"
-     "    __atomic_add_fetch(&s->blocks, blocks, __ATOMIC_RELAXED);\n#endif\n"),
-    ("    size_t usable = malloc_usable_size(p);\n    size_t slack",
-     "#ifdef EXP_NOTABLE\n    return;\n#endif\n    size_t usable = malloc_usable_size(p);\n    size_t slack"),
-    ("    struct block b;\n    if (!blocks_remove((uintptr_t)p, &b)) return;",
-     "    struct block b;\n#ifdef EXP_NOTABLE\n    return;\n#endif\n    if (!blocks_remove((uintptr_t)p, &b)) return;"),
+    (
+        "    struct owner *o = owner_at(owner);\n    struct site *s = site_at(site);\n",
+        "#ifdef EXP_NOCOUNT\n    return;\n#endif\n    struct owner *o = owner_at(owner);\n    struct site *s = site_at(site);\n",
+    ),
+    (
+        "    __atomic_add_fetch(&s->bytes, bytes, __ATOMIC_RELAXED);\n"
+        "    __atomic_add_fetch(&s->requested, req, __ATOMIC_RELAXED);\n"
+        "    __atomic_add_fetch(&s->blocks, blocks, __ATOMIC_RELAXED);\n",
+        "#ifndef EXP_NOSITE\n    __atomic_add_fetch(&s->bytes, bytes, __ATOMIC_RELAXED);\n"
+        "    __atomic_add_fetch(&s->requested, req, __ATOMIC_RELAXED);\n"
+        "    __atomic_add_fetch(&s->blocks, blocks, __ATOMIC_RELAXED);\n#endif\n",
+    ),
+    (
+        "    size_t usable = malloc_usable_size(p);\n    size_t slack",
+        "#ifdef EXP_NOTABLE\n    return;\n#endif\n    size_t usable = malloc_usable_size(p);\n    size_t slack",
+    ),
+    (
+        "    struct block b;\n    if (!blocks_remove((uintptr_t)p, &b)) return;",
+        "    struct block b;\n#ifdef EXP_NOTABLE\n    return;\n#endif\n    if (!blocks_remove((uintptr_t)p, &b)) return;",
+    ),
 ]
-VARIANTS = {"full": [], "nosite": ["-DEXP_NOSITE"], "nocount": ["-DEXP_NOCOUNT"], "notable": ["-DEXP_NOTABLE"],
-            "spin": ["-DEXP_SPIN"], "batch": ["-DEXP_BATCH"],
-            "lto": ["-flto"], "spinlto": ["-DEXP_SPIN", "-flto"]}
+VARIANTS = {
+    "full": [],
+    "nosite": ["-DEXP_NOSITE"],
+    "nocount": ["-DEXP_NOCOUNT"],
+    "notable": ["-DEXP_NOTABLE"],
+    "spin": ["-DEXP_SPIN"],
+    "batch": ["-DEXP_BATCH"],
+    "lto": ["-flto"],
+    "spinlto": ["-DEXP_SPIN", "-flto"],
+}
 # EXP_BATCH: count() adds into a per-thread 64-entry cache keyed by (owner, site); the cache is
 # flushed into the shared atomics when an entry is evicted and whenever the thread leaves OpenSSL
 # (outermost scope popped, or an allocator call made outside any scope returns).
@@ -97,8 +113,7 @@ static inline void spin_unlock(spin_t *l) { __atomic_store_n(&l->held, 0, __ATOM
 #define pthread_mutex_init(l, a) ((l)->held = 0)
 #endif
 """
-FLAGS = ["-std=gnu11", "-O2", "-fvisibility=hidden", "-fno-omit-frame-pointer", "-shared", "-fPIC",
-         "-Wl,-z,nodelete"]
+FLAGS = ["-std=gnu11", "-O2", "-fvisibility=hidden", "-fno-omit-frame-pointer", "-shared", "-fPIC", "-Wl,-z,nodelete"]
 
 
 def build(work):
@@ -110,17 +125,23 @@ def build(work):
         if old not in text:
             raise RuntimeError("hooks/tracking.c changed: update bench/shim_variants.py's patches")
         text = text.replace(old, new)
-    text = text.replace("static inline void pop(void) { tls.depth--; }",
-                        "#ifdef EXP_BATCH\nstatic void count_flush_all(void);\n"
-                        "static inline void pop(void) { if (--tls.depth == 0) count_flush_all(); }\n"
-                        "#else\nstatic inline void pop(void) { tls.depth--; }\n#endif")
-    text = text.replace("static inline void count(uint32_t owner, uint16_t site, int64_t bytes, int64_t req, "
-                        "int64_t blocks)\n{",
-                        "#ifdef EXP_BATCH\n#define COUNT_FN count_now\n#else\n#define COUNT_FN count\n#endif\n"
-                        "static inline void COUNT_FN(uint32_t owner, uint16_t site, int64_t bytes, int64_t req, "
-                        "int64_t blocks)\n{")
-    text = text.replace("static void untrack(const struct block *b, size_t usable);\n",
-                        BATCH + "static void untrack(const struct block *b, size_t usable);\n", 1)
+    text = text.replace(
+        "static inline void pop(void) { tls.depth--; }",
+        "#ifdef EXP_BATCH\nstatic void count_flush_all(void);\n"
+        "static inline void pop(void) { if (--tls.depth == 0) count_flush_all(); }\n"
+        "#else\nstatic inline void pop(void) { tls.depth--; }\n#endif",
+    )
+    text = text.replace(
+        "static inline void count(uint32_t owner, uint16_t site, int64_t bytes, int64_t req, int64_t blocks)\n{",
+        "#ifdef EXP_BATCH\n#define COUNT_FN count_now\n#else\n#define COUNT_FN count\n#endif\n"
+        "static inline void COUNT_FN(uint32_t owner, uint16_t site, int64_t bytes, int64_t req, "
+        "int64_t blocks)\n{",
+    )
+    text = text.replace(
+        "static void untrack(const struct block *b, size_t usable);\n",
+        BATCH + "static void untrack(const struct block *b, size_t usable);\n",
+        1,
+    )
     text = text.replace("in_alloc = 0;", "in_alloc = 0; BATCH_FLUSH_OUTSIDE(t);")
     open(path, "w").write(text)
     table = os.path.join(src, "table.c")
@@ -131,8 +152,10 @@ def build(work):
     out = {}
     for name, defs in VARIANTS.items():
         so = os.path.join(work, f"{name}.so")
-        subprocess.run(["gcc", *FLAGS, *defs, "-o", so, *sorted(glob.glob(os.path.join(src, "*.c"))),
-                        "-ldl", "-lpthread"], check=True)
+        subprocess.run(
+            ["gcc", *FLAGS, *defs, "-o", so, *sorted(glob.glob(os.path.join(src, "*.c"))), "-ldl", "-lpthread"],
+            check=True,
+        )
         out[name] = so
     return out
 
@@ -164,16 +187,19 @@ def main(argv=None):
                     cpu[mode].append(1000 * (_common.cpu_seconds(pid) - c0) / max(1, res["handshakes"]))
                 finally:
                     _servers.stop(server)
-                print(f"  round {r + 1} {mode:8s} {res['per_s']:6.0f}/s  {cpu[mode][-1]:.3f} ms CPU/handshake",
-                      flush=True)
+                print(
+                    f"  round {r + 1} {mode:8s} {res['per_s']:6.0f}/s  {cpu[mode][-1]:.3f} ms CPU/handshake", flush=True
+                )
         bare = _common.median(cpu["bare"])
         print("\n[variants] target CPU per handshake, median (min-max); bare/variant = the rate ratio with a free CPU")
         res = {}
         for m in modes:
             s = _common.summary(cpu[m])
             res[m] = {"cpu_ms": s, "ratio": bare / s["median"]}
-            print(f"  {m:8s} {s['median']:.3f} ms ({s['min']:.3f}-{s['max']:.3f})  +{s['median'] - bare:.3f} ms  "
-                  f"{bare / s['median']:.3f}x")
+            print(
+                f"  {m:8s} {s['median']:.3f} ms ({s['min']:.3f}-{s['max']:.3f})  +{s['median'] - bare:.3f} ms  "
+                f"{bare / s['median']:.3f}x"
+            )
         _common.save("shim_variants_threaded" if a.threaded else "shim_variants", {"params": vars(a), "results": res})
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -15,6 +15,7 @@ samples is within --rss-slack (default 10 %, at least 8 MiB) of the median just 
 (a quarter of the run and at least two attach cycles, at most half of it). Prints a JSON summary either way.
 The 30-minute run is for bench/ (not CI); tests/integration/test_hardening_soak.py runs a 2-minute version.
 """
+
 import argparse
 import asyncio
 import json
@@ -50,9 +51,23 @@ def rss(pid):
 def start_server(workdir):
     ready = os.path.join(workdir, "ready")
     log = open(os.path.join(workdir, "server.log"), "wb")
-    proc = subprocess.Popen([sys.executable, ECHO_SERVER, "--host", "127.0.0.1", "--port", "0",
-                             "--ready-file", ready, "--certdir", os.path.join(workdir, "certs")],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            ECHO_SERVER,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ready-file",
+            ready,
+            "--certdir",
+            os.path.join(workdir, "certs"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 60
     while not os.path.exists(ready):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -77,7 +92,8 @@ class Load:
             writer = None
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", self.port, ssl=ctx, server_hostname="localhost"), 30)
+                    asyncio.open_connection("127.0.0.1", self.port, ssl=ctx, server_hostname="localhost"), 30
+                )
                 self.live += 1
                 self.peak_live = max(self.peak_live, self.live)
                 try:
@@ -116,8 +132,24 @@ def attach_cycles(pid, period, end, workdir, results, stop):
         k += 1
         out = os.path.join(workdir, f"attach-{k}.json")
         t0 = time.monotonic()
-        p = subprocess.run([sys.executable, "-m", "tlsprof", "attach", str(pid), "--duration", str(period / 2),
-                            "--interval", "1", "-o", out], capture_output=True, text=True, timeout=period * 2 + 60)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tlsprof",
+                "attach",
+                str(pid),
+                "--duration",
+                str(period / 2),
+                "--interval",
+                "1",
+                "-o",
+                out,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=period * 2 + 60,
+        )
         report_ok = False
         if os.path.exists(out):
             try:
@@ -125,8 +157,15 @@ def attach_cycles(pid, period, end, workdir, results, stop):
                 report_ok = rep["target"]["mode"] == "attach"
             except (ValueError, KeyError):
                 pass
-        results.append({"cycle": k, "rc": p.returncode, "report": report_ok, "seconds": round(time.monotonic() - t0, 1),
-                        "stderr": p.stderr.strip().splitlines()[-1:] if p.returncode else []})
+        results.append(
+            {
+                "cycle": k,
+                "rc": p.returncode,
+                "report": report_ok,
+                "seconds": round(time.monotonic() - t0, 1),
+                "stderr": p.stderr.strip().splitlines()[-1:] if p.returncode else [],
+            }
+        )
         stop.wait(max(0.0, period - (time.monotonic() - t0)))
 
 
@@ -157,9 +196,12 @@ def main():
                 samples.append((time.monotonic() - start, r))
             stop.wait(args.sample_every)
 
-    threads = [threading.Thread(target=sampler, daemon=True),
-               threading.Thread(target=attach_cycles, args=(server.pid, args.attach_every, end, workdir, attaches, stop),
-                                daemon=True)]
+    threads = [
+        threading.Thread(target=sampler, daemon=True),
+        threading.Thread(
+            target=attach_cycles, args=(server.pid, args.attach_every, end, workdir, attaches, stop), daemon=True
+        ),
+    ]
     for t in threads:
         t.start()
     load = Load(port, args.connections, end)
@@ -185,9 +227,14 @@ def main():
     allowed = max(args.rss_slack * warm_med, 8 * MiB) if warm_med else None
     growth = (last_med - warm_med) if warm_med and last_med else None
     summary = {
-        "minutes": args.minutes, "connections": args.connections, "peak_live_connections": load.peak_live,
-        "handshakes_ok": load.ok, "failed": load.failed, "errors": load.errors,
-        "attach_cycles": attaches, "target_alive_at_end": alive,
+        "minutes": args.minutes,
+        "connections": args.connections,
+        "peak_live_connections": load.peak_live,
+        "handshakes_ok": load.ok,
+        "failed": load.failed,
+        "errors": load.errors,
+        "attach_cycles": attaches,
+        "target_alive_at_end": alive,
         "rss_warm_mib": round(warm_med / MiB, 1) if warm_med else None,
         "rss_last_mib": round(last_med / MiB, 1) if last_med else None,
         "rss_growth_mib": round(growth / MiB, 2) if growth is not None else None,

@@ -7,6 +7,7 @@ TLS handshakes over a socketpair) and prints seconds and the ratio to bare Pytho
 Modes: bare; tracemalloc(25 frames) alone; shim+agent (what `tlsprof run` adds); shim+agent+ext
 (`--tracemalloc`: OpenSSL blocks registered with PyTraceMalloc_Track, 25 frames).
 """
+
 import argparse
 import os
 import subprocess
@@ -16,7 +17,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-WORK = r'''
+WORK = r"""
 import socket, ssl, sys, time, os
 sys.path.insert(0, {examples!r})
 from certs import ensure_cert
@@ -42,7 +43,7 @@ for _ in range(n_hs):
             if data: peer_in.write(data)
 t2 = time.perf_counter()
 print(t1 - t0, t2 - t1)
-'''
+"""
 
 
 def main():
@@ -52,10 +53,15 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
     from tlsprof.collect.launch import preload_env
+
     chan = tempfile.mkdtemp(prefix="tlsprof-bench-")
     certdir = tempfile.mkdtemp(prefix="tlsprof-bench-certs-")
-    code = WORK.format(examples=os.path.join(os.path.dirname(HERE), "examples"), certdir=certdir,
-                       n_ctx=args.contexts, n_hs=args.handshakes)
+    code = WORK.format(
+        examples=os.path.join(os.path.dirname(HERE), "examples"),
+        certdir=certdir,
+        n_ctx=args.contexts,
+        n_hs=args.handshakes,
+    )
     base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "TLSPROF_DIR", "PYTHONPATH")}
     modes = {
         "bare": dict(base),

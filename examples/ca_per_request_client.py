@@ -7,6 +7,7 @@ store (~0.8 MB of OpenSSL heap), and the connection keeps its context alive whil
 Opens N such connections one after another, keeps them all, prints "connected N", holds them for
 --hold seconds (0 = until SIGTERM/SIGINT), then exits 0. Blocking sockets, no asyncio.
 """
+
 import argparse
 import signal
 import socket
@@ -46,6 +47,7 @@ def main():
 
     def bye(*_):
         raise SystemExit(0)
+
     signal.signal(signal.SIGTERM, bye)
     signal.signal(signal.SIGINT, bye)
 

@@ -4,6 +4,7 @@
 
 Made with /usr/bin/openssl (P-256 key, 10 years); left alone when both files already exist.
 """
+
 import fcntl
 import os
 import shutil
@@ -35,11 +36,31 @@ def _make(cert, key):
     with tempfile.TemporaryDirectory(dir=os.path.dirname(cert)) as tmp:
         tcert, tkey = os.path.join(tmp, CERT_NAME), os.path.join(tmp, KEY_NAME)
         subprocess.run(
-            [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-nodes", "-days", "3650", "-subj", "/CN=localhost",
-             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-             "-keyout", tkey, "-out", tcert],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+            [
+                openssl,
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-keyout",
+                tkey,
+                "-out",
+                tcert,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
         os.replace(tkey, key)
         os.replace(tcert, cert)
 

@@ -19,6 +19,7 @@ Client: opens N connections (a few at a time), on each reads the welcome and one
 "compression VALUE" for the first one and "connected N" once all are up.
 Both keep their connections open and idle until SIGTERM/SIGINT, then exit 0.
 """
+
 import argparse
 import asyncio
 import os
@@ -98,6 +99,7 @@ async def serve(args):
 
 # --- client ---------------------------------------------------------------------------------------
 
+
 async def connect_all(args):
     ctx = configure(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), not args.no_compression)
     ctx.check_hostname = False
@@ -105,8 +107,7 @@ async def connect_all(args):
     writers = []
 
     async def one():
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(args.host, args.port, ssl=ctx), args.timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(args.host, args.port, ssl=ctx), args.timeout)
         writers.append(writer)
         if await asyncio.wait_for(reader.readexactly(len(WELCOME)), args.timeout) != WELCOME:
             raise RuntimeError("unexpected welcome")

@@ -12,6 +12,7 @@ per connection (loads the system CA store each time). Prints "connected N" (and 
 --server-name: the SNI name to send (none by default: an IP address is never sent as SNI; node's
 SNICallback runs only when one is). --plain: plain TCP, no TLS (the twin of a --plain server).
 """
+
 import argparse
 import asyncio
 import asyncio.sslproto
@@ -73,10 +74,10 @@ class Client:
                     ctx = None if args.plain else self.shared or client_context(args)
                     extra = {"server_hostname": args.server_name} if ctx and args.server_name else {}
                     reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection(args.host, args.port, ssl=ctx, **extra), CONNECT_TIMEOUT)
+                        asyncio.open_connection(args.host, args.port, ssl=ctx, **extra), CONNECT_TIMEOUT
+                    )
                     try:
-                        welcome = await asyncio.wait_for(
-                            reader.readexactly(len(WELCOME)), CONNECT_TIMEOUT)
+                        welcome = await asyncio.wait_for(reader.readexactly(len(WELCOME)), CONNECT_TIMEOUT)
                     except BaseException:
                         writer.transport.abort()
                         raise
@@ -154,8 +155,12 @@ def main():
     p.add_argument("--ready-file", help='write "N\\n" here once all N are connected')
     p.add_argument("--ctx-per-conn", action="store_true", help="a fresh SSLContext per connection")
     p.add_argument("--cafile", help="verify the server against this cert (else CERT_NONE)")
-    p.add_argument("--read-buffer", type=int, default=0,
-                   help="shrink asyncio's 256 KiB per-connection TLS read buffer (client only)")
+    p.add_argument(
+        "--read-buffer",
+        type=int,
+        default=0,
+        help="shrink asyncio's 256 KiB per-connection TLS read buffer (client only)",
+    )
     p.add_argument("--server-name", help="send this SNI name (node's SNICallback needs one)")
     p.add_argument("--plain", action="store_true", help="plain TCP, no TLS")
     args = p.parse_args()

@@ -10,6 +10,7 @@ system CA store), so the shared mode holds the CA store once and --ctx-per-conn 
 --threaded: a thread per connection over ssl.SSLSocket instead of asyncio (SSLObject + MemoryBIO).
 Prints "listening HOST PORT" once listening; SIGTERM/SIGINT close it and exit 0.
 """
+
 import argparse
 import asyncio
 import os
@@ -47,6 +48,7 @@ def announce(host, port, ready_file):
 
 # --- asyncio ------------------------------------------------------------------------------------
 
+
 async def serve_asyncio(args, certfile, keyfile):
     shared = None if args.ctx_per_conn else make_context(certfile, keyfile)
     writers = set()
@@ -78,6 +80,7 @@ async def serve_asyncio(args, certfile, keyfile):
 
 
 # --- threaded -----------------------------------------------------------------------------------
+
 
 def serve_threaded(args, certfile, keyfile):
     shared = None if args.ctx_per_conn else make_context(certfile, keyfile)
@@ -117,8 +120,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix="tlsprof-certs-") as tmp:
         certfile, keyfile = ensure_cert(args.certdir or tmp)
         if args.threaded:
+
             def bye(*_):
                 raise SystemExit(0)
+
             signal.signal(signal.SIGTERM, bye)
             signal.signal(signal.SIGINT, bye)
             serve_threaded(args, certfile, keyfile)

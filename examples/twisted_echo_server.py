@@ -4,6 +4,7 @@ Installed from PyPI, pyOpenSSL runs on the `cryptography` wheel, which links its
 statically; Debian's python3-openssl uses the system libssl instead. Same program, both cases.
 usage: python twisted_echo_server.py --certdir DIR [--port 0] [--ready-file F] [--ctx-per-conn]
 """
+
 import argparse
 import os
 import sys

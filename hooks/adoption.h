@@ -28,4 +28,3 @@ static inline void note_fd(uint32_t o, int fd)
 {
     if (o) __atomic_store_n(&owner_at(o)->fd, fd, __ATOMIC_RELAXED);
 }
-

@@ -6,14 +6,15 @@
 #include "shim.h"
 
 const char *const cause_names[N_CAUSES] = {
-    "ca_store", "own_certificate", "peer_certificate", "record_buffers", "compression",
-    "handshake", "session", "cipher_state", "bio", "connection", "context", "thread_state",
-    "library", "other",
+    "ca_store",    "own_certificate", "peer_certificate", "record_buffers",
+    "compression", "handshake",       "session",          "cipher_state",
+    "bio",         "connection",      "context",          "thread_state",
+    "library",     "other",
 };
 
 const char *const scope_names[N_SCOPES] = {
-    "none", "ctx_new", "ctx", "ca_store", "own_cert", "ssl_new", "handshake", "io", "shutdown",
-    "ssl_ctrl", "ssl_free", "static", "library", "thread",
+    "none", "ctx_new",  "ctx",      "ca_store", "own_cert", "ssl_new", "handshake",
+    "io",   "shutdown", "ssl_ctrl", "ssl_free", "static",   "library", "thread",
 };
 
 static int has(const char *file, const char *part) { return strstr(file, part) != NULL; }
@@ -42,8 +43,8 @@ static int has(const char *file, const char *part) { return strstr(file, part) !
  *                            handshake's key share (3.x: providers/.../keymgmt/ecx_kmgmt.c) */
 static int is_record_layer_code(const char *f)
 {
-    return has(f, "ssl/record/") /* every version, methods/ included (3.2+) */ ||
-           has(f, "ssl/quic/quic_sstream.c") || has(f, "ssl/quic/quic_rstream.c") || /* 3.2+ */
+    return has(f, "ssl/record/") /* every version, methods/ included (3.2+) */ || has(f, "ssl/quic/quic_sstream.c") ||
+           has(f, "ssl/quic/quic_rstream.c") || /* 3.2+ */
            has(f, "ssl/quic/quic_record_") || has(f, "ssl/quic/quic_sf_list.c");
 }
 
@@ -65,14 +66,14 @@ static int is_method_named_data(const char *f)
 
 static int is_certificate_code(const char *f)
 {
-    return has(f, "/x509/") || has(f, "/asn1/") || has(f, "/x509v3/") || has(f, "/pem/") ||
-           has(f, "/stack/") || has(f, "/objects/");
+    return has(f, "/x509/") || has(f, "/asn1/") || has(f, "/x509v3/") || has(f, "/pem/") || has(f, "/stack/") ||
+           has(f, "/objects/");
 }
 
 static int is_cipher_code(const char *f)
 {
-    return has(f, "/evp/") || has(f, "/modes/") || has(f, "/aes/") || has(f, "/chacha/") ||
-           has(f, "/poly1305/") || has(f, "/hmac/") || has(f, "/providers/implementations/ciphers") ||
+    return has(f, "/evp/") || has(f, "/modes/") || has(f, "/aes/") || has(f, "/chacha/") || has(f, "/poly1305/") ||
+           has(f, "/hmac/") || has(f, "/providers/implementations/ciphers") ||
            has(f, "/providers/implementations/digests") || has(f, "/providers/implementations/macs") ||
            has(f, "/providers/implementations/kdfs") || has(f, "t1_enc.c") || has(f, "tls13_enc.c");
 }
@@ -81,12 +82,12 @@ static int is_cipher_code(const char *f)
  * fill, object names, error strings. Built on first use and kept for the life of the process. */
 static int is_library_code(const char *f)
 {
-    return has(f, "crypto/core_") || has(f, "/property/") || has(f, "crypto/provider") ||
-           has(f, "crypto/context.c") || has(f, "crypto/init.c") || has(f, "/conf/") ||
-           has(f, "/dso/") || has(f, "/engine/") || has(f, "o_names.c") || has(f, "obj_dat.c") ||
-           (has(f, "_meth.c") && !is_method_named_data(f)) || has(f, "evp_fetch.c") || has(f, "crypto/ex_data.c") ||
-           has(f, "providers/defltprov.c") || has(f, "providers/baseprov.c") ||
-           has(f, "providers/nullprov.c") || has(f, "providers/common/") || has(f, "ssl/ssl_init.c");
+    return has(f, "crypto/core_") || has(f, "/property/") || has(f, "crypto/provider") || has(f, "crypto/context.c") ||
+           has(f, "crypto/init.c") || has(f, "/conf/") || has(f, "/dso/") || has(f, "/engine/") ||
+           has(f, "o_names.c") || has(f, "obj_dat.c") || (has(f, "_meth.c") && !is_method_named_data(f)) ||
+           has(f, "evp_fetch.c") || has(f, "crypto/ex_data.c") || has(f, "providers/defltprov.c") ||
+           has(f, "providers/baseprov.c") || has(f, "providers/nullprov.c") || has(f, "providers/common/") ||
+           has(f, "ssl/ssl_init.c");
 }
 
 /* Per-thread state: error queues, thread-exit handlers and the per-thread random generators
@@ -133,7 +134,6 @@ uint8_t classify_cause(const char *file, uint8_t scope, size_t first_size)
     case SC_CTX:
         if (is_cipher_code(file)) return C_CIPHER_STATE;
         return C_CONTEXT;
-    default:
-        return C_OTHER;
+    default: return C_OTHER;
     }
 }

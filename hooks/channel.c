@@ -105,7 +105,8 @@ static void format_peer(int fd, char *out, size_t n)
         if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof host)) snprintf(out, n, "%s:%u", host, ntohs(a->sin_port));
     } else if (ss.ss_family == AF_INET6) {
         struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host)) snprintf(out, n, "[%s]:%u", host, ntohs(a->sin6_port));
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host))
+            snprintf(out, n, "[%s]:%u", host, ntohs(a->sin6_port));
     }
 }
 
@@ -116,7 +117,7 @@ static void put_owner(struct buf *b, uint32_t idx, uint64_t now)
     if (!(flags & OWNER_F_IN_USE)) return;
     int alive = __atomic_load_n(&o->alive, __ATOMIC_ACQUIRE);
     if (idx && !alive && __atomic_load_n(&o->total_blocks, __ATOMIC_ACQUIRE) <= 0) return;
-    /* hooks update these fields while we read them: relaxed atomic loads, never torn */
+        /* hooks update these fields while we read them: relaxed atomic loads, never torn */
 #define RD(f) __atomic_load_n(&o->f, __ATOMIC_RELAXED)
     uint8_t kind = RD(kind);
     int32_t fd = RD(fd);
@@ -164,8 +165,7 @@ static void put_facts(struct buf *b, uint32_t idx)
     int fd = __atomic_load_n(&o->fd, __ATOMIC_RELAXED);
     if (fd >= 0) {
         struct stat st;
-        if (fcntl(fd, F_GETFD) < 0)
-            put(b, " fd_open=0");
+        if (fcntl(fd, F_GETFD) < 0) put(b, " fd_open=0");
         else if (fstat(fd, &st) == 0)
             put(b, " fd_open=1 fd_ino=%llu fd_sock=%d", (unsigned long long)st.st_ino, S_ISSOCK(st.st_mode) ? 1 : 0);
     }

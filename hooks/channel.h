@@ -11,5 +11,5 @@ void channel_release_from_listener(void); /* the listener ends itself after DETA
 void channel_on_detach(int (*stop)(void));
 
 /* ---- main.c: start, stop, fork safety ---- */
-int tlsprof_channel_pause(void);   /* setxid.c, around a change of credentials */
+int tlsprof_channel_pause(void); /* setxid.c, around a change of credentials */
 void tlsprof_channel_resume(void);

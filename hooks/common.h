@@ -12,9 +12,21 @@
 
 /* Fixed cause vocabulary; the order is the wire order (see tlsprof/causes.py). */
 enum cause {
-    C_CA_STORE, C_OWN_CERT, C_PEER_CERT, C_RECORD_BUFFERS, C_COMPRESSION,
-    C_HANDSHAKE, C_SESSION, C_CIPHER_STATE, C_BIO, C_CONNECTION, C_CONTEXT, C_THREAD_STATE,
-    C_LIBRARY, C_OTHER, N_CAUSES
+    C_CA_STORE,
+    C_OWN_CERT,
+    C_PEER_CERT,
+    C_RECORD_BUFFERS,
+    C_COMPRESSION,
+    C_HANDSHAKE,
+    C_SESSION,
+    C_CIPHER_STATE,
+    C_BIO,
+    C_CONNECTION,
+    C_CONTEXT,
+    C_THREAD_STATE,
+    C_LIBRARY,
+    C_OTHER,
+    N_CAUSES
 };
 /* Bytes of these causes belong to the process whatever scope allocated them: one-time library
  * state and per-thread state outlive any one context or connection. */
@@ -22,9 +34,18 @@ static inline int cause_is_process_wide(uint8_t cause) { return cause == C_LIBRA
 
 /* What the thread is doing inside OpenSSL when it allocates: decides the cause with the call site. */
 enum scope_kind {
-    SC_NONE, SC_CTX_NEW, SC_CTX, SC_CA, SC_OWN_CERT, SC_SSL_NEW, SC_HANDSHAKE, SC_IO,
-    SC_SHUTDOWN, SC_SSL_CTRL, SC_SSL_FREE,
-    SC_STATIC, /* a statically linked copy: no entry point is seen, the source file alone decides */
+    SC_NONE,
+    SC_CTX_NEW,
+    SC_CTX,
+    SC_CA,
+    SC_OWN_CERT,
+    SC_SSL_NEW,
+    SC_HANDSHAKE,
+    SC_IO,
+    SC_SHUTDOWN,
+    SC_SSL_CTRL,
+    SC_SSL_FREE,
+    SC_STATIC,  /* a statically linked copy: no entry point is seen, the source file alone decides */
     SC_LIBRARY, /* OpenSSL initialising itself or filling its method caches (init, fetch, providers) */
     SC_THREAD,  /* per-thread state being created (the DRBGs behind RAND_bytes) */
     N_SCOPES

@@ -277,10 +277,11 @@ static void child_walk(int fd, uint64_t fork_ns)
         }
     }
     out_put(&o, "status ok\n");
-    out_put(&o, "stat fork_us %llu\nstat walk_ms %llu\nstat chunks %zu\nstat heap_bytes %llu\n"
-                "stat in_use_bytes %lld\nstat free_bytes %llu\nstat tcache_chunks %llu\nstat arenas %d\n"
-                "stat thread_heaps %d\nstat mmapped_chunks %d\nstat bad_regions %d\nstat contexts %zu\n"
-                "stat connections %zu\nstat ctx_chunk %zu\nstat ssl_chunk %zu\n",
+    out_put(&o,
+            "stat fork_us %llu\nstat walk_ms %llu\nstat chunks %zu\nstat heap_bytes %llu\n"
+            "stat in_use_bytes %lld\nstat free_bytes %llu\nstat tcache_chunks %llu\nstat arenas %d\n"
+            "stat thread_heaps %d\nstat mmapped_chunks %d\nstat bad_regions %d\nstat contexts %zu\n"
+            "stat connections %zu\nstat ctx_chunk %zu\nstat ssl_chunk %zu\n",
             (unsigned long long)(fork_ns / 1000), (unsigned long long)((now_ns() - t0) / 1000000), w.n,
             (unsigned long long)w.heap_bytes, (long long)in_use, (unsigned long long)w.free_bytes,
             (unsigned long long)w.tcache_chunks, w.arenas, w.heaps, w.mmapped, w.bad_regions, n_ctx, n_ssl,
@@ -421,11 +422,13 @@ char *heapwalk_run(int timeout_ms)
         free(text);
         if (timed_out) snprintf(tail, sizeof tail, "the walk did not finish within %d ms (stopped)", timeout_ms);
         else if (WIFSIGNALED(status))
-            snprintf(tail, sizeof tail, "the walk process ended on signal %d (the heap changed under it?)", WTERMSIG(status));
+            snprintf(tail, sizeof tail, "the walk process ended on signal %d (the heap changed under it?)",
+                     WTERMSIG(status));
         else snprintf(tail, sizeof tail, "the walk process ended without an answer");
         char *t = malloc(512);
-        if (t) snprintf(t, 512, "tlsprof-walk 1\nstatus failed\nreason %s\nstat fork_us %llu\nEND\n", tail,
-                        (unsigned long long)(fork_ns / 1000));
+        if (t)
+            snprintf(t, 512, "tlsprof-walk 1\nstatus failed\nreason %s\nstat fork_us %llu\nEND\n", tail,
+                     (unsigned long long)(fork_ns / 1000));
         return t;
     }
     /* the parent's own measure of its pause comes last: readers take the last value of a key */

@@ -49,7 +49,8 @@ void out_put(struct out *o, const char *fmt, ...)
 
 void *region(size_t bytes)
 {
-    void *p = mmap(NULL, bytes ? bytes : 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void *p =
+        mmap(NULL, bytes ? bytes : 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 
@@ -108,8 +109,8 @@ int read_maps(struct walk *w)
          * node, the executable's .data/.bss: node's own globals too, which hold no SSL object's
          * memory but what node keeps for the process) */
         for (int c = 0; c < n_apis && !m.openssl; c++)
-            m.openssl = apis[c].usable && apis[c].path[0] && strlen(apis[c].path) == plen &&
-                        !memcmp(apis[c].path, path, plen);
+            m.openssl =
+                apis[c].usable && apis[c].path[0] && strlen(apis[c].path) == plen && !memcmp(apis[c].path, path, plen);
         if (*s == '\n') s++;
         /* our own buffer for this text is in the list too: it is neither the target's nor kept */
         if (m.hi > m.lo && !(m.lo <= (uintptr_t)text && (uintptr_t)text < m.hi)) w->maps[w->n_maps++] = m;

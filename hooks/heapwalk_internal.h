@@ -11,8 +11,8 @@
 
 #include "shim.h"
 
-#define HEAP_MAX (64ul << 20)   /* glibc's HEAP_MAX_SIZE on 64-bit: thread heaps are aligned to it */
-#define HEAP_INFO_SIZE 48       /* sizeof(heap_info), padded to MALLOC_ALIGNMENT */
+#define HEAP_MAX (64ul << 20) /* glibc's HEAP_MAX_SIZE on 64-bit: thread heaps are aligned to it */
+#define HEAP_INFO_SIZE 48     /* sizeof(heap_info), padded to MALLOC_ALIGNMENT */
 #define MIN_CHUNK 32
 #define SIG_WORDS 16            /* words of an SSL_METHOD compared */
 #define EX_DATA_SLOTS 8         /* application ex_data slots treated as barriers */
@@ -20,9 +20,9 @@
 #define RECORD_BUFFER_MAX (128 * 1024)
 #define MAX_OSSL_KEYS 64
 #define MAX_THREADS 16384
-#define TCB_SEARCH 16384        /* glibc puts struct pthread at the top of a thread's stack mapping */
+#define TCB_SEARCH 16384 /* glibc puts struct pthread at the top of a thread's stack mapping */
 #define STACK_SCAN_MAX (1u << 20)
-#define KEYS_MAX 1024           /* PTHREAD_KEYS_MAX */
+#define KEYS_MAX 1024 /* PTHREAD_KEYS_MAX */
 
 enum { OWN_NONE = 0, OWN_LIBRARY = 1, OWN_BARRIER = 2, OWN_FIRST_OBJECT = 3 };
 
@@ -59,14 +59,14 @@ struct copy_api {
     int (*bio_type)(const void *);
     void *(*bio_data)(void *);
     /* learned from this copy's probe */
-    size_t ctx_chunk, ssl_chunk;     /* chunk size of each struct */
+    size_t ctx_chunk, ssl_chunk; /* chunk size of each struct */
     int ctx_method_word, ssl_method_word;
     int n_sig[2];
     int sig_index[2][SIG_WORDS];
     uintptr_t sig_value[2][SIG_WORDS];
-    int usable;                      /* probe learned; 0: skipped (its problem in `problem`) */
+    int usable; /* probe learned; 0: skipped (its problem in `problem`) */
     const char *problem;
-    char path[256];                  /* "" for the shared libssl; else the object holding the copy */
+    char path[256]; /* "" for the shared libssl; else the object holding the copy */
 };
 extern struct copy_api apis[MAX_WALK_COPIES];
 extern int n_apis;
@@ -76,10 +76,10 @@ extern struct copy_api *cur_api; /* whose functions read the object at hand */
 /* ---- what the probe taught us (once per process) ---- */
 struct learned {
     int ready;
-    uintptr_t tcache_key;            /* the word glibc stores in a tcache-free chunk at mem+8 */
-    long specific_off;               /* struct pthread: specific_1stblock[0], or -1 */
+    uintptr_t tcache_key; /* the word glibc stores in a tcache-free chunk at mem+8 */
+    long specific_off;    /* struct pthread: specific_1stblock[0], or -1 */
     int n_keys;
-    uint32_t keys[MAX_OSSL_KEYS];    /* pthread keys that hold OpenSSL's per-thread state */
+    uint32_t keys[MAX_OSSL_KEYS]; /* pthread keys that hold OpenSSL's per-thread state */
 };
 extern struct learned learned;
 
@@ -105,9 +105,9 @@ struct mapping {
 struct walk {
     struct mapping *maps;
     size_t n_maps;
-    uintptr_t *addr;    /* in-use chunks, ascending */
+    uintptr_t *addr; /* in-use chunks, ascending */
     uint32_t *size;
-    uint32_t *owner;    /* OWN_* or OWN_FIRST_OBJECT + object index */
+    uint32_t *owner; /* OWN_* or OWN_FIRST_OBJECT + object index */
     uint8_t *cause;
     size_t n, cap;
     uint32_t *queue;
@@ -139,15 +139,18 @@ static inline long chunk_at(const struct walk *w, uintptr_t p)
 
 struct object {
     uint32_t chunk;
-    uint8_t copy;       /* index in apis[]: whose functions read it */
+    uint8_t copy; /* index in apis[]: whose functions read it */
     uint8_t is_ssl;
-    uint8_t ok;         /* 0: rejected (an SSL whose SSL_CTX is no context found) or faulted */
+    uint8_t ok; /* 0: rejected (an SSL whose SSL_CTX is no context found) or faulted */
     int64_t bytes[N_CAUSES], blocks[N_CAUSES];
 };
 
 typedef void (*object_fn)(struct walk *, struct object *, size_t, void *);
 
-static inline void *object_ptr(const struct walk *w, const struct object *o) { return (void *)(w->addr[o->chunk] + 16); }
+static inline void *object_ptr(const struct walk *w, const struct object *o)
+{
+    return (void *)(w->addr[o->chunk] + 16);
+}
 
 /* ---- heapwalk_probe.c ---- */
 extern char unresolved[MAX_WALK_COPIES][256];

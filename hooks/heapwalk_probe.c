@@ -47,6 +47,8 @@ static void *hooked(const char *name)
     return lookup(name);
 }
 
+/* one name pair per X, as many per line as fit (clang-format would move them back and forth) */
+// clang-format off
 #define API_NAMES(X)                                                                                  \
     X(tls_server, "TLS_server_method") X(tls12_client, "TLSv1_2_client_method")                      \
     X(dtls_server, "DTLS_server_method") X(dtls12_client, "DTLSv1_2_client_method")                  \
@@ -60,6 +62,7 @@ static void *hooked(const char *name)
     X(init_finished, "SSL_is_init_finished") X(store_objects, "X509_STORE_get0_objects")            \
     X(sk_num, "OPENSSL_sk_num") X(sk_value, "OPENSSL_sk_value")                                      \
     X(object_x509, "X509_OBJECT_get0_X509") X(bio_type, "BIO_method_type") X(bio_data, "BIO_get_data")
+// clang-format on
 
 static int api_complete(const struct copy_api *a)
 {
@@ -217,8 +220,7 @@ static const char *learn_copy(void)
     api.ssl_method_word = method_word(ssl, api.ssl_chunk, method);
     /* malloc_usable_size must agree with the header we read: else OpenSSL's memory functions were
      * replaced (a proxy's own allocator) and pointers are not glibc chunk starts */
-    int glibc_chunks = malloc_usable_size(ctx) + 8 == api.ctx_chunk &&
-                       malloc_usable_size(ssl) + 8 == api.ssl_chunk;
+    int glibc_chunks = malloc_usable_size(ctx) + 8 == api.ctx_chunk && malloc_usable_size(ssl) + 8 == api.ssl_chunk;
     api.ssl_free(ssl);
     api.ctx_free(ctx);
     if (!glibc_chunks) return "OpenSSL's blocks are not glibc chunks (CRYPTO_set_mem_functions with another allocator)";

@@ -81,16 +81,14 @@ void spread(struct walk *w, const struct object *objects)
             }
             w->owner[t] = owner;
             w->cause[t] = (from_ssl && w->size[t] >= RECORD_BUFFER_MIN && w->size[t] <= RECORD_BUFFER_MAX)
-                              ? C_RECORD_BUFFERS : inherited;
+                              ? C_RECORD_BUFFERS
+                              : inherited;
             w->queue[w->q_tail++] = (uint32_t)t;
         }
     }
 }
 
-void barrier(struct walk *w, void *p)
-{
-    claim(w, (uintptr_t)p, OWN_BARRIER, C_OTHER, 0);
-}
+void barrier(struct walk *w, void *p) { claim(w, (uintptr_t)p, OWN_BARRIER, C_OTHER, 0); }
 
 static void bio_roots(struct walk *w, void *bio, uint32_t owner)
 {
@@ -280,7 +278,8 @@ void put_object(struct walk *w, struct object *objects, size_t k, void *arg)
             if (getpeername(sfd, (struct sockaddr *)&ss, &slen) == 0) {
                 if (ss.ss_family == AF_INET) {
                     struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-                    if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof host)) ADD(" peer=%s:%u", host, ntohs(a->sin_port));
+                    if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof host))
+                        ADD(" peer=%s:%u", host, ntohs(a->sin_port));
                 } else if (ss.ss_family == AF_INET6) {
                     struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
                     if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host))

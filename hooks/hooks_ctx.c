@@ -48,14 +48,14 @@ long hook_SSL_CTX_ctrl(void *ctx, int cmd, long larg, void *parg)
     return r;
 }
 
-#define CTX_SCOPED(name, kind, params, args)                      \
-    int hook_##name params                                 \
-    {                                                             \
-        if (!tlsprof_active) return real_##name args;             \
-        push(ctx_owner(ctx), kind);                               \
-        int r = real_##name args;                                 \
-        pop();                                                    \
-        return r;                                                 \
+#define CTX_SCOPED(name, kind, params, args)          \
+    int hook_##name params                            \
+    {                                                 \
+        if (!tlsprof_active) return real_##name args; \
+        push(ctx_owner(ctx), kind);                   \
+        int r = real_##name args;                     \
+        pop();                                        \
+        return r;                                     \
     }
 
 CTX_SCOPED(SSL_CTX_load_verify_locations, SC_CA, (void *ctx, const char *f, const char *d), (ctx, f, d))
@@ -83,14 +83,14 @@ int hook_SSL_CTX_check_private_key(const void *ctx)
 }
 
 /* X509_STORE calls made outside a context's scope still build a trust store. */
-#define STORE_SCOPED(name, params, args)                          \
-    int hook_##name params                                 \
-    {                                                             \
-        if (!tlsprof_active) return real_##name args;             \
-        push(inherited_owner(), SC_CA);                           \
-        int r = real_##name args;                                 \
-        pop();                                                    \
-        return r;                                                 \
+#define STORE_SCOPED(name, params, args)              \
+    int hook_##name params                            \
+    {                                                 \
+        if (!tlsprof_active) return real_##name args; \
+        push(inherited_owner(), SC_CA);               \
+        int r = real_##name args;                     \
+        pop();                                        \
+        return r;                                     \
     }
 
 STORE_SCOPED(X509_STORE_add_cert, (void *st, void *x), (st, x))

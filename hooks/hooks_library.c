@@ -7,14 +7,14 @@
  * the process and handed to every later caller: charging it to the context or connection that
  * happened to ask first made that one an outlier. (Not OSSL_PROVIDER_do_all: its callbacks fill
  * per-context lists, such as a context's TLS groups.) */
-#define PROCESS_SCOPED(kind, ret, name, params, args)             \
-    ret hook_##name params                                 \
-    {                                                             \
-        if (!tlsprof_active) return real_##name args;             \
-        push(0, kind);                                            \
-        ret r = real_##name args;                                 \
-        pop();                                                    \
-        return r;                                                 \
+#define PROCESS_SCOPED(kind, ret, name, params, args) \
+    ret hook_##name params                            \
+    {                                                 \
+        if (!tlsprof_active) return real_##name args; \
+        push(0, kind);                                \
+        ret r = real_##name args;                     \
+        pop();                                        \
+        return r;                                     \
     }
 #define LIBRARY_SCOPED(ret, name, params, args) PROCESS_SCOPED(SC_LIBRARY, ret, name, params, args)
 

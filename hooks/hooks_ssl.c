@@ -36,24 +36,25 @@ void hook_SSL_free(void *ssl)
     }
 }
 
-#define SSL_SCOPED(ret, name, kind, params, args, after)          \
-    ret hook_##name params                                 \
-    {                                                             \
-        if (!tlsprof_active) return real_##name args;             \
-        uint32_t o = ssl_owner(ssl);                              \
-        push(o, kind);                                            \
-        ret r = real_##name args;                                 \
-        pop();                                                    \
-        after;                                                    \
-        return r;                                                 \
+#define SSL_SCOPED(ret, name, kind, params, args, after) \
+    ret hook_##name params                               \
+    {                                                    \
+        if (!tlsprof_active) return real_##name args;    \
+        uint32_t o = ssl_owner(ssl);                     \
+        push(o, kind);                                   \
+        ret r = real_##name args;                        \
+        pop();                                           \
+        after;                                           \
+        return r;                                        \
     }
 
-#define ESTABLISHED_IF(cond) if (cond) set_state(o, STATE_ESTABLISHED)
+#define ESTABLISHED_IF(cond) \
+    if (cond) set_state(o, STATE_ESTABLISHED)
 /* a per-connection counter: one thread drives a connection at a time, so its line stays local */
-#define MOVED_DATA_IF(cond)                                                              \
-    if (cond) {                                                                          \
-        set_state(o, STATE_ESTABLISHED);                                                 \
-        if (o) __atomic_add_fetch(&owner_at(o)->io_calls, 1, __ATOMIC_RELAXED);          \
+#define MOVED_DATA_IF(cond)                                                     \
+    if (cond) {                                                                 \
+        set_state(o, STATE_ESTABLISHED);                                        \
+        if (o) __atomic_add_fetch(&owner_at(o)->io_calls, 1, __ATOMIC_RELAXED); \
     }
 #define NOTHING (void)o
 
@@ -65,7 +66,8 @@ SSL_SCOPED(int, SSL_peek, SC_IO, (void *ssl, void *b, int n), (ssl, b, n), MOVED
 SSL_SCOPED(int, SSL_write, SC_IO, (void *ssl, const void *b, int n), (ssl, b, n), MOVED_DATA_IF(r > 0))
 SSL_SCOPED(int, SSL_read_ex, SC_IO, (void *ssl, void *b, size_t n, size_t *g), (ssl, b, n, g), MOVED_DATA_IF(r == 1))
 SSL_SCOPED(int, SSL_peek_ex, SC_IO, (void *ssl, void *b, size_t n, size_t *g), (ssl, b, n, g), MOVED_DATA_IF(r == 1))
-SSL_SCOPED(int, SSL_write_ex, SC_IO, (void *ssl, const void *b, size_t n, size_t *g), (ssl, b, n, g), MOVED_DATA_IF(r == 1))
+SSL_SCOPED(int, SSL_write_ex, SC_IO, (void *ssl, const void *b, size_t n, size_t *g), (ssl, b, n, g),
+           MOVED_DATA_IF(r == 1))
 SSL_SCOPED(int, SSL_shutdown, SC_SHUTDOWN, (void *ssl), (ssl), set_state(o, STATE_SHUTDOWN))
 SSL_SCOPED(int, SSL_clear, SC_SSL_CTRL, (void *ssl), (ssl), set_state(o, STATE_HANDSHAKE))
 SSL_SCOPED(long, SSL_ctrl, SC_SSL_CTRL, (void *ssl, int cmd, long l, void *p), (ssl, cmd, l, p), note_mode(o, cmd, l))

@@ -20,12 +20,12 @@
 #define MAX_OBJECTS 2048
 
 struct object {
-    uintptr_t base, lo, hi;         /* load bias, mapped extent */
-    uintptr_t relro_lo, relro_hi;   /* pages the loader made read-only */
-    const ElfW(Sym) *symtab;
+    uintptr_t base, lo, hi;       /* load bias, mapped extent */
+    uintptr_t relro_lo, relro_hi; /* pages the loader made read-only */
+    const ElfW(Sym) * symtab;
     const char *strtab;
     const uint32_t *gnu_hash, *sysv_hash;
-    const ElfW(Rela) *rela, *jmprel;
+    const ElfW(Rela) * rela, *jmprel;
     size_t rela_size, jmprel_size;
     int is_self;
     int symbolic; /* linked -Bsymbolic: its own calls never go through a slot we could patch */
@@ -58,14 +58,15 @@ static uintptr_t scanned[MAX_OBJECTS]; /* bases of objects already patched */
 static int n_scanned;
 static struct patched_slot *slots;
 static int n_slots, cap_slots;
-static int n_foreign; /* slots bound to another copy of the symbol: left alone */
+static int n_foreign;       /* slots bound to another copy of the symbol: left alone */
 static uintptr_t self_base; /* our own mapping: never patched */
 
 static uintptr_t adjust(uintptr_t base, uintptr_t v) { return v < base ? v + base : v; }
 
 static int collect_one(struct dl_phdr_info *info, size_t size, void *data)
 {
-    (void)size; (void)data;
+    (void)size;
+    (void)data;
     if (n_objects >= MAX_OBJECTS) return 1;
     if (info->dlpi_name && strstr(info->dlpi_name, "linux-vdso")) return 0;
     struct object *o = &objects[n_objects];
@@ -149,7 +150,7 @@ static uint32_t sysv_hash_of(const char *s)
     return h;
 }
 
-static int defines(const ElfW(Sym) *s)
+static int defines(const ElfW(Sym) * s)
 {
     int type = ELF64_ST_TYPE(s->st_info);
     return s->st_shndx != SHN_UNDEF && s->st_value != 0 && (type == STT_FUNC || type == STT_GNU_IFUNC);
@@ -243,22 +244,21 @@ static int remember(uintptr_t *slot, uintptr_t orig, uintptr_t written, uintptr_
 static int hook_index(const char *name)
 {
     /* cheap filter first: every hooked name starts with one of these letters */
-    if (name[0] != 'C' && name[0] != 'S' && name[0] != 'X' && name[0] != 'd' && name[0] != 'E' &&
-        name[0] != 'O' && name[0] != 'R')
+    if (name[0] != 'C' && name[0] != 'S' && name[0] != 'X' && name[0] != 'd' && name[0] != 'E' && name[0] != 'O' &&
+        name[0] != 'R')
         return -1;
     for (int i = 0; i < n_hooks_used; i++)
         if (strcmp(hooks_used[i].name, name) == 0) return i;
     return -1;
 }
 
-static int patch_relocs(const struct object *o, const ElfW(Rela) *r, size_t size)
+static int patch_relocs(const struct object *o, const ElfW(Rela) * r, size_t size)
 {
     int count = 0;
     if (!r) return 0;
     for (size_t k = 0; k < size / sizeof *r; k++, r++) {
         unsigned type = ELF64_R_TYPE(r->r_info), symi = ELF64_R_SYM(r->r_info);
-        if (!symi || (type != R_X86_64_JUMP_SLOT && type != R_X86_64_GLOB_DAT && type != R_X86_64_64))
-            continue;
+        if (!symi || (type != R_X86_64_JUMP_SLOT && type != R_X86_64_GLOB_DAT && type != R_X86_64_64)) continue;
         if (type == R_X86_64_64 && r->r_addend != 0) continue;
         int h = hook_index(o->strtab + o->symtab[symi].st_name);
         if (h < 0) continue;

@@ -126,8 +126,7 @@ static char uid_dirs_base[64]; /* TLSPROF_UID_DIRS, read at start: nginx clears 
 static int own_uid_dir(char *out, size_t n)
 {
     const char *base = uid_dirs_base;
-    if (*base != '/' || snprintf(out, n, "%s/tlsprof-%u", base, (unsigned)geteuid()) >= (int)n)
-        return -1;
+    if (*base != '/' || snprintf(out, n, "%s/tlsprof-%u", base, (unsigned)geteuid()) >= (int)n) return -1;
     if (mkdir(out, 0700) != 0 && errno != EEXIST) return -1;
     return 0;
 }

@@ -6,8 +6,8 @@
 
 #include "shim.h"
 
-int malloc_measure;                /* the process's malloc, decided when tlsprof starts */
-int crypto_measure = -1;           /* blocks from the dynamic libcrypto; -1 = decide at the next one */
+int malloc_measure;               /* the process's malloc, decided when tlsprof starts */
+int crypto_measure = -1;          /* blocks from the dynamic libcrypto; -1 = decide at the next one */
 size_t (*usable_size_of)(void *); /* MEASURE_USABLE: the allocator's own malloc_usable_size */
 static void (*real_CRYPTO_get_mem_functions)(void **, void **, void **);
 /* tlsprof's own allocator functions (the CRYPTO_malloc hook, the one static copies get): a libcrypto
@@ -83,8 +83,7 @@ int decide_crypto_measure(void)
     if (get) {
         void *mf = NULL, *rf = NULL, *ff = NULL;
         get(&mf, &rf, &ff);
-        if (mf && mf != (void *)real_CRYPTO_malloc && !is_own_allocator(mf) &&
-            !pytrace_allocator(mf))
+        if (mf && mf != (void *)real_CRYPTO_malloc && !is_own_allocator(mf) && !pytrace_allocator(mf))
             m = MEASURE_REQUESTED;
     }
     __atomic_store_n(&crypto_measure, m, __ATOMIC_RELAXED);

@@ -32,17 +32,14 @@ static inline uint16_t size_encode(size_t n)
     return (uint16_t)(0x8000 | ((shift - 5) << 11) | m);
 }
 
-static inline size_t size_decode(uint16_t v)
-{
-    return v < 0x8000 ? v : (size_t)(v & 0x7ff) << (((v >> 11) & 0xf) + 5);
-}
+static inline size_t size_decode(uint16_t v) { return v < 0x8000 ? v : (size_t)(v & 0x7ff) << (((v >> 11) & 0xf) + 5); }
 
 extern int malloc_measure;               /* the process's malloc, decided when tlsprof starts */
 extern int crypto_measure;               /* blocks from the dynamic libcrypto; -1 = decide at the next one */
 extern size_t (*usable_size_of)(void *); /* MEASURE_USABLE: the allocator's own malloc_usable_size */
 void measure_reset(void);                /* decide the process's malloc again; libcrypto's at its next block */
 int decide_crypto_measure(void);
-int hooks_byte_measure(void);            /* enum byte_measure of the process's OpenSSL blocks */
+int hooks_byte_measure(void); /* enum byte_measure of the process's OpenSSL blocks */
 /* tlsprof's own allocator functions: a libcrypto given one of them still allocates with malloc */
 void measure_own_allocators(const void *const *fns, int n);
 

@@ -13,7 +13,7 @@ uint64_t io_calls_of_dead;
 #define CHUNK OWNER_CHUNK
 
 struct owner *owner_chunks[OWNER_CHUNKS]; /* chunks never move once published */
-static uint32_t n_slots_used = 1; /* slot 0 is the process */
+static uint32_t n_slots_used = 1;         /* slot 0 is the process */
 static uint32_t *free_list;
 static uint32_t n_free, cap_free;
 static uint64_t next_serial = 1;
@@ -27,7 +27,8 @@ static void sweep_locked(void)
 {
     for (uint32_t i = 1; i < n_slots_used; i++) {
         struct owner *o = owner_at(i);
-        if (!(__atomic_load_n(&o->flags, __ATOMIC_ACQUIRE) & OWNER_F_IN_USE) || __atomic_load_n(&o->alive, __ATOMIC_ACQUIRE))
+        if (!(__atomic_load_n(&o->flags, __ATOMIC_ACQUIRE) & OWNER_F_IN_USE) ||
+            __atomic_load_n(&o->alive, __ATOMIC_ACQUIRE))
             continue;
         if (__atomic_load_n(&o->total_blocks, __ATOMIC_ACQUIRE) != 0) continue;
         if (n_free == cap_free) {

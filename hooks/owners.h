@@ -3,22 +3,22 @@
 
 /* ---- owners.c: contexts and connections, indexed by a small integer ---- */
 struct cause_counters {
-    int64_t bytes;      /* heap footprint: usable size + allocator header */
-    int64_t requested;  /* what OpenSSL asked for */
+    int64_t bytes;     /* heap footprint: usable size + allocator header */
+    int64_t requested; /* what OpenSSL asked for */
     int64_t blocks;
 };
 
 struct owner {
-    uint64_t serial;        /* unique for the process lifetime; the id in reports */
-    uintptr_t ptr;          /* SSL* or SSL_CTX* */
-    uint32_t ctx;           /* for a connection: owner index of its context (0 = unknown) */
+    uint64_t serial; /* unique for the process lifetime; the id in reports */
+    uintptr_t ptr;   /* SSL* or SSL_CTX* */
+    uint32_t ctx;    /* for a connection: owner index of its context (0 = unknown) */
     uint8_t kind, state, alive, pre_attach;
     int32_t fd;
-    uint32_t flags;         /* OWNER_F_* */
-    uint64_t mode;          /* SSL_MODE_* bits seen set through *_ctrl */
-    uint64_t io_calls;      /* atomic: SSL_read/write/peek calls that moved data (traffic, idleness) */
+    uint32_t flags;    /* OWNER_F_* */
+    uint64_t mode;     /* SSL_MODE_* bits seen set through *_ctrl */
+    uint64_t io_calls; /* atomic: SSL_read/write/peek calls that moved data (traffic, idleness) */
     uint64_t created_ns, dead_ns;
-    int64_t total_blocks;   /* atomic: recycling waits for zero */
+    int64_t total_blocks;              /* atomic: recycling waits for zero */
     struct cause_counters c[N_CAUSES]; /* atomics */
 };
 #define OWNER_F_IN_USE 1u

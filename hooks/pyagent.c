@@ -55,10 +55,7 @@ static int is_python(void)
 }
 
 /* Paths go into Python string literals: refuse anything that would need escaping. */
-static int literal_safe(const char *s)
-{
-    return !strpbrk(s, "'\\\n\r");
-}
+static int literal_safe(const char *s) { return !strpbrk(s, "'\\\n\r"); }
 
 void pyagent_start(const char *channel_dir)
 {

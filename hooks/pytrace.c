@@ -42,13 +42,17 @@ static gilcheck_fn py_gil_check;
 static unsigned int tm_domain;
 static volatile int tm_active;
 
-struct pending { uintptr_t ptr; size_t size; int tid; };
-static struct pending *pend;          /* open addressing, ptr 0 = empty, 1 = tombstone */
+struct pending {
+    uintptr_t ptr;
+    size_t size;
+    int tid;
+};
+static struct pending *pend; /* open addressing, ptr 0 = empty, 1 = tombstone */
 static pthread_mutex_t pend_lock = PTHREAD_MUTEX_INITIALIZER;
 static int64_t pend_count, pend_dropped, tracked_calls;
-static __thread int my_pending;       /* how many of the table's entries are this thread's */
+static __thread int my_pending; /* how many of the table's entries are this thread's */
 static __thread int my_tid;
-static __thread uintptr_t *my_list;   /* this thread's parked pointers (some may be freed since) */
+static __thread uintptr_t *my_list; /* this thread's parked pointers (some may be freed since) */
 static __thread size_t my_len, my_cap;
 
 static int tid(void)

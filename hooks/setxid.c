@@ -22,18 +22,18 @@
 
 #define REAL(name) ((__typeof__(&name))dlsym(RTLD_NEXT, #name))
 
-#define PAUSING(name, params, args)             \
-    EXPORT int name params                      \
-    {                                           \
-        static __typeof__(&name) real;          \
-        if (!real) real = REAL(name);           \
-        if (!real) return -1;                   \
-        int paused = tlsprof_channel_pause();   \
-        int result = real args;                 \
-        int saved = errno;                      \
-        if (paused) tlsprof_channel_resume();   \
-        errno = saved;                          \
-        return result;                          \
+#define PAUSING(name, params, args)           \
+    EXPORT int name params                    \
+    {                                         \
+        static __typeof__(&name) real;        \
+        if (!real) real = REAL(name);         \
+        if (!real) return -1;                 \
+        int paused = tlsprof_channel_pause(); \
+        int result = real args;               \
+        int saved = errno;                    \
+        if (paused) tlsprof_channel_resume(); \
+        errno = saved;                        \
+        return result;                        \
     }
 
 PAUSING(setuid, (uid_t u), (u))

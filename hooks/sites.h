@@ -3,8 +3,8 @@
 
 /* ---- sites.c: (file, line, scope) -> small id, with live counters ---- */
 struct site {
-    const char *file;   /* OpenSSL's pointer: the identity */
-    char *name;         /* our copy: safe to read even if the library went away */
+    const char *file; /* OpenSSL's pointer: the identity */
+    char *name;       /* our copy: safe to read even if the library went away */
     int32_t line;
     uint8_t scope, cause;
     volatile uint8_t used;

@@ -42,10 +42,10 @@ static int uninteresting(const char *path)
 {
     const char *b = strrchr(path, '/');
     b = b ? b + 1 : path;
-    static const char *const skip[] = {"libc.so", "libm.so", "ld-linux", "libpthread", "libdl.so", "librt.so",
-                                       "libssl.so", "libz.so", "libgcc_s", "libstdc++",
-                                       "libffi", "libexpat", "liblzma", "libbz2", "libuuid", "libtinfo",
-                                       "libncurses", "libreadline", "libsqlite3", "libutil.so", "_shim"};
+    static const char *const skip[] = {
+        "libc.so", "libm.so",  "ld-linux",   "libpthread",  "libdl.so",   "librt.so",   "libssl.so",
+        "libz.so", "libgcc_s", "libstdc++",  "libffi",      "libexpat",   "liblzma",    "libbz2",
+        "libuuid", "libtinfo", "libncurses", "libreadline", "libsqlite3", "libutil.so", "_shim"};
     for (size_t i = 0; i < sizeof skip / sizeof skip[0]; i++)
         if (strstr(b, skip[i])) return 1;
     return 0;
@@ -71,8 +71,8 @@ static int file_resolve(const char *path, uintptr_t base, const char *const *nam
     close(fd);
     if (m == MAP_FAILED) return 0;
     const ElfW(Ehdr) *eh = (const ElfW(Ehdr) *)m;
-    if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64 ||
-        eh->e_shoff == 0 || eh->e_shoff + (size_t)eh->e_shnum * sizeof(ElfW(Shdr)) > size)
+    if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64 || eh->e_shoff == 0 ||
+        eh->e_shoff + (size_t)eh->e_shnum * sizeof(ElfW(Shdr)) > size)
         goto out;
     const ElfW(Shdr) *sh = (const ElfW(Shdr) *)(m + eh->e_shoff);
     for (int i = 0; i < eh->e_shnum; i++) {
@@ -147,12 +147,14 @@ static int binds_symbolically(const struct dl_phdr_info *unused, uintptr_t base,
         const unsigned char *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (m != MAP_FAILED) {
             const ElfW(Ehdr) *eh = (const ElfW(Ehdr) *)m;
-            if (!memcmp(eh->e_ident, ELFMAG, SELFMAG) && eh->e_phoff + (size_t)eh->e_phnum * sizeof(ElfW(Phdr)) <= size) {
+            if (!memcmp(eh->e_ident, ELFMAG, SELFMAG) &&
+                eh->e_phoff + (size_t)eh->e_phnum * sizeof(ElfW(Phdr)) <= size) {
                 const ElfW(Phdr) *ph = (const ElfW(Phdr) *)(m + eh->e_phoff);
                 for (int i = 0; i < eh->e_phnum; i++) {
                     if (ph[i].p_type != PT_DYNAMIC || ph[i].p_offset + ph[i].p_filesz > size) continue;
                     for (const ElfW(Dyn) *d = (const ElfW(Dyn) *)(m + ph[i].p_offset);
-                         (const unsigned char *)(d + 1) <= m + ph[i].p_offset + ph[i].p_filesz && d->d_tag != DT_NULL; d++)
+                         (const unsigned char *)(d + 1) <= m + ph[i].p_offset + ph[i].p_filesz && d->d_tag != DT_NULL;
+                         d++)
                         if (d->d_tag == DT_SYMBOLIC || (d->d_tag == DT_FLAGS && (d->d_un.d_val & DF_SYMBOLIC)))
                             symbolic = 1;
                 }
@@ -191,8 +193,7 @@ static void consider(const struct candidate *c, int attaching)
     if (attaching) cp->status = STATUS_NOT_TRACKED;
     else if (set((void *)tracked_libc_malloc, (void *)tracked_libc_realloc, (void *)tracked_libc_free))
         cp->status = STATUS_TRACKED;
-    else
-        cp->status = STATUS_TOO_LATE;
+    else cp->status = STATUS_TOO_LATE;
     __atomic_store_n(&n_copies, n_copies + 1, __ATOMIC_RELEASE);
 }
 

@@ -58,14 +58,17 @@ static struct pshard pshards[N_SHARDS];
 
 /* The shard mixes the pointer's bits 4..9 with a hash of its higher bits: threads spread over the
  * shards whatever the block sizes, and the slot need not keep bits 4..9 (shard ^ mix(high)). */
-static inline unsigned mix_high(uint64_t high) { return (unsigned)((high * 0x9E3779B97F4A7C15ull) >> (64 - SHARD_BITS)); }
+static inline unsigned mix_high(uint64_t high)
+{
+    return (unsigned)((high * 0x9E3779B97F4A7C15ull) >> (64 - SHARD_BITS));
+}
 static inline unsigned shard_of(uintptr_t p) { return (((unsigned)(p >> 4)) ^ mix_high(p >> 10)) & (N_SHARDS - 1); }
 
 static inline int packable(uintptr_t p, uint16_t site, uint16_t slack)
 {
     unsigned measure = site >> BLOCK_MEASURE_SHIFT;
-    return !(p & 15) && p < P_USER_LIMIT && (site & BLOCK_SITE_MASK) < P_SITE_LIMIT &&
-           measure <= MEASURE_USABLE && slack < 256;
+    return !(p & 15) && p < P_USER_LIMIT && (site & BLOCK_SITE_MASK) < P_SITE_LIMIT && measure <= MEASURE_USABLE &&
+           slack < 256;
 }
 
 static inline uint64_t p_high(const struct pslot *s) { return s->lo & P_ADDR_MASK; }

@@ -4,10 +4,10 @@
 /* ---- table.c: live blocks, sharded open addressing (packed 10-byte slots; struct block is the
  * unpacked form the interface hands out) ---- */
 struct block {
-    uintptr_t key;      /* pointer | BLOCK_F_OBJECT */
+    uintptr_t key; /* pointer | BLOCK_F_OBJECT */
     uint32_t owner;
     uint16_t site;
-    uint16_t slack;     /* usable - requested (< 64 KiB on glibc); MEASURE_REQUESTED: the requested
+    uint16_t slack; /* usable - requested (< 64 KiB on glibc); MEASURE_REQUESTED: the requested
                            size itself, encoded (measure.h size_encode) */
 };
 #define BLOCK_F_OBJECT ((uintptr_t)1) /* the block is the SSL/SSL_CTX struct itself */

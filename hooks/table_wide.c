@@ -197,4 +197,3 @@ int wide_peek_unlocked(uintptr_t ptr, struct block *out)
     }
     return 0;
 }
-

@@ -63,7 +63,8 @@ void stripes_after_fork_child(void)
     __atomic_store_n(&stripes_owned, t->stripe_own ? 1u << (t->stripe - 1) : 0, __ATOMIC_RELAXED);
 }
 
-#define ADD_OWNED(field, v) __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (v), __ATOMIC_RELAXED)
+#define ADD_OWNED(field, v) \
+    __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (v), __ATOMIC_RELAXED)
 
 static inline void count(uint32_t owner, uint16_t site, int64_t bytes, int64_t req, int64_t blocks)
 {
@@ -143,8 +144,7 @@ void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
 }
 
 /* A grown block keeps its owner and site: it is the same object getting bigger. */
-void *realloc_common(void *old, size_t n, const char *file, int line, enum realloc_via via,
-                            size_t old_num)
+void *realloc_common(void *old, size_t n, const char *file, int line, enum realloc_via via, size_t old_num)
 {
     struct block b;
     int had = 0;
@@ -154,7 +154,7 @@ void *realloc_common(void *old, size_t n, const char *file, int line, enum reall
         block_sizes(&b, old, 0, &old_bytes, &old_req);
         count(b.owner, b.site, -old_bytes, -old_req, -1);
     }
-    void *p = via == VIA_LIBC                 ? realloc(old, n)
+    void *p = via == VIA_LIBC                   ? realloc(old, n)
               : via == VIA_CRYPTO_CLEAR_REALLOC ? real_CRYPTO_clear_realloc(old, old_num, n, file, line)
                                                 : real_CRYPTO_realloc(old, n, file, line);
     if (!p) {

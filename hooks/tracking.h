@@ -21,7 +21,7 @@ struct scope {
 struct tstate {
     int in_alloc;
     int depth;
-    int stripe; /* 1 + this thread's site-counter stripe; 0 until first needed */
+    int stripe;     /* 1 + this thread's site-counter stripe; 0 until first needed */
     int stripe_own; /* the stripe is this thread's alone: plain adds, no locked instructions */
     /* the last call site interned: OpenSSL allocates from one site many times in a row (a stack
      * being filled, a CA store's certificates), and a hit skips the shared index (issue 18) */

@@ -1,4 +1,5 @@
 """Shared fixtures: real echo servers and clients on 127.0.0.1 (helpers live in tlsenv.py)."""
+
 import os
 
 import pytest
@@ -6,8 +7,16 @@ import pytest
 # tests/ is on sys.path through pyproject.toml's [tool.pytest.ini_options] pythonpath
 import tlsenv
 from tlsenv import (  # noqa: F401  (re-exported for convenience)
-    EXAMPLES_DIR, ClientProc, ServerProc, ensure_cert, free_port, start_ca_per_request_client,
-    start_clients, start_echo_server, tls_connect)
+    EXAMPLES_DIR,
+    ClientProc,
+    ServerProc,
+    ensure_cert,
+    free_port,
+    start_ca_per_request_client,
+    start_clients,
+    start_echo_server,
+    tls_connect,
+)
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +34,10 @@ def cert_dir(cert_pair):
 def spawn(cert_dir):
     """Start servers/clients freely in a test; all are stopped at teardown, even on failure.
 
-        server = spawn.server("--ctx-per-conn")          # start_echo_server(...)
-        clients = spawn.clients(server.port, 50)        # start_clients(...)
+    server = spawn.server("--ctx-per-conn")          # start_echo_server(...)
+    clients = spawn.clients(server.port, 50)        # start_clients(...)
     """
+
     class Spawner:
         def __init__(self):
             self.started = []

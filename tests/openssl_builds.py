@@ -13,6 +13,7 @@ scripts/build-openssl.sh SERIES builds one from Debian's source archive into
 The build is skipped only when TLSPROF_SKIP_OPENSSL_BUILDS=1 (an existing build is still used). In CI
 (CI=true) a failed build is an error, never a skip. Elsewhere a failed build skips with the reason.
 """
+
 import dataclasses
 import os
 import subprocess
@@ -60,8 +61,9 @@ class OpenSSLBuild:
 
 
 def cache_dir(series):
-    return os.path.join(os.environ.get("TLSPROF_OPENSSL_CACHE") or os.path.join(REPO_ROOT, ".cache"),
-                        f"openssl-{series}")
+    return os.path.join(
+        os.environ.get("TLSPROF_OPENSSL_CACHE") or os.path.join(REPO_ROOT, ".cache"), f"openssl-{series}"
+    )
 
 
 def _in_ci():
@@ -85,9 +87,14 @@ def _build(series):
         found = _ready(series)  # an earlier build is still used
         return (found, "") if found else (None, f"TLSPROF_SKIP_OPENSSL_BUILDS=1: not building OpenSSL {series}")
     try:
-        proc = subprocess.run(["bash", SCRIPT, series, cache_dir(series)], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=BUILD_TIMEOUT)
+        proc = subprocess.run(
+            ["bash", SCRIPT, series, cache_dir(series)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+        )
     except subprocess.TimeoutExpired:
         return None, f"{SCRIPT} {series} did not finish in {BUILD_TIMEOUT}s"
     found = _ready(series)

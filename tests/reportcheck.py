@@ -1,4 +1,5 @@
 """Validation every test applies to the reports real runs produce."""
+
 import json
 import os
 
@@ -6,8 +7,9 @@ import jsonschema
 
 from tlsprof.model.schema import validate_report
 
-SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "tlsprof", "model", "schema", "report.schema.json")
+SCHEMA_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tlsprof", "model", "schema", "report.schema.json"
+)
 
 
 def check_report(report: dict) -> dict:

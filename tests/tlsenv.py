@@ -5,6 +5,7 @@ directory on sys.path). Every wait is bounded; every process started here is rec
 by pid (SIGTERM, then SIGKILL after a grace period), by its .stop() or at interpreter exit at the
 latest, together with any children it left behind (e.g. a wrapper's target).
 """
+
 import atexit
 import os
 import shutil
@@ -29,8 +30,8 @@ STOP_GRACE = 10.0
 
 from tlsprof._examples.certs import ensure_cert  # noqa: E402  (re-exported for tests)
 
-_live = []          # every Proc started and not yet stopped
-_workdir = None     # logs and ready files of this test process
+_live = []  # every Proc started and not yet stopped
+_workdir = None  # logs and ready files of this test process
 
 
 def _root():
@@ -82,8 +83,13 @@ class Proc:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [a.replace("{ready}", self.ready_file) for a in self.argv],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=full_env,
-                cwd=cwd or REPO_ROOT, start_new_session=True)
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=full_env,
+                cwd=cwd or REPO_ROOT,
+                start_new_session=True,
+            )
         self.pid = self.proc.pid
         self._known_descendants = set()
         _live.append(self)
@@ -98,8 +104,10 @@ class Proc:
             return f.read()
 
     def describe(self):
-        return (f"{' '.join(self.argv)}\n  pid {self.pid}, returncode {self.proc.poll()}\n"
-                f"  stdout: {self.stdout()[-2000:]!r}\n  stderr: {self.stderr()[-4000:]!r}")
+        return (
+            f"{' '.join(self.argv)}\n  pid {self.pid}, returncode {self.proc.poll()}\n"
+            f"  stdout: {self.stdout()[-2000:]!r}\n  stderr: {self.stderr()[-4000:]!r}"
+        )
 
     # --- waiting -----------------------------------------------------------------------------
     def wait_ready(self, timeout):
@@ -214,17 +222,24 @@ def _python_argv(script, wrapper, args):
     return [*wrapper, sys.executable, script, *[str(a) for a in args]]
 
 
-def start_echo_server(*extra_args, wrapper=(), env=None, certdir=None,
-                      timeout=SERVER_READY_TIMEOUT, cwd=None):
+def start_echo_server(*extra_args, wrapper=(), env=None, certdir=None, timeout=SERVER_READY_TIMEOUT, cwd=None):
     """Start examples/echo_server.py on 127.0.0.1 with a free port; wait for it to listen.
 
     extra_args go to the server (e.g. "--ctx-per-conn", "--threaded"); wrapper prefixes the
     command (e.g. [tlsprof, "run", "-o", path, "--"]); env is merged over os.environ.
     """
-    args = ["--host", "127.0.0.1", "--port", "0", "--ready-file", "{ready}",
-            "--certdir", certdir or default_certdir(), *extra_args]
-    server = ServerProc(_python_argv(ECHO_SERVER, wrapper, args), env=env, cwd=cwd,
-                        script=ECHO_SERVER)
+    args = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--ready-file",
+        "{ready}",
+        "--certdir",
+        certdir or default_certdir(),
+        *extra_args,
+    ]
+    server = ServerProc(_python_argv(ECHO_SERVER, wrapper, args), env=env, cwd=cwd, script=ECHO_SERVER)
     try:
         server.port = int(server.wait_ready(timeout))
     except BaseException:
@@ -233,20 +248,45 @@ def start_echo_server(*extra_args, wrapper=(), env=None, certdir=None,
     return server
 
 
-def start_clients(port, n, *extra_args, interval=5.0, duration=0, concurrency=20,
-                  ctx_per_conn=False, cafile=None, wrapper=(), env=None, timeout=None, cwd=None):
+def start_clients(
+    port,
+    n,
+    *extra_args,
+    interval=5.0,
+    duration=0,
+    concurrency=20,
+    ctx_per_conn=False,
+    cafile=None,
+    wrapper=(),
+    env=None,
+    timeout=None,
+    cwd=None,
+):
     """Start examples/echo_client.py with n connections; wait until all have read welcome!.
 
     The default timeout grows with n (30 s + 60 ms per connection).
     """
-    args = ["--host", "127.0.0.1", "--port", port, "-n", n, "--interval", interval,
-            "--duration", duration, "--concurrency", concurrency, "--ready-file", "{ready}"]
+    args = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        "-n",
+        n,
+        "--interval",
+        interval,
+        "--duration",
+        duration,
+        "--concurrency",
+        concurrency,
+        "--ready-file",
+        "{ready}",
+    ]
     if ctx_per_conn:
         args.append("--ctx-per-conn")
     if cafile:
         args += ["--cafile", cafile]
-    clients = ClientProc(_python_argv(ECHO_CLIENT, wrapper, [*args, *extra_args]), env=env,
-                         cwd=cwd, script=ECHO_CLIENT)
+    clients = ClientProc(_python_argv(ECHO_CLIENT, wrapper, [*args, *extra_args]), env=env, cwd=cwd, script=ECHO_CLIENT)
     clients.n = n
     try:
         clients.wait_ready(timeout if timeout is not None else 30.0 + 0.06 * n)
@@ -259,8 +299,9 @@ def start_clients(port, n, *extra_args, interval=5.0, duration=0, concurrency=20
 def start_ca_per_request_client(port, n, hold=0, wrapper=(), env=None, timeout=None, cwd=None):
     """Start examples/ca_per_request_client.py; wait (bounded) until it prints "connected N"."""
     args = ["--host", "127.0.0.1", "--port", port, "-n", n, "--hold", hold]
-    client = ClientProc(_python_argv(CA_PER_REQUEST_CLIENT, wrapper, args), env=env, cwd=cwd,
-                        script=CA_PER_REQUEST_CLIENT)
+    client = ClientProc(
+        _python_argv(CA_PER_REQUEST_CLIENT, wrapper, args), env=env, cwd=cwd, script=CA_PER_REQUEST_CLIENT
+    )
     client.n = n
     deadline = time.monotonic() + (timeout if timeout is not None else 30.0 + 0.1 * n)
     while f"connected {n}" not in client.stdout():
@@ -290,6 +331,7 @@ def _cleanup():
 def tls_connect(port, host="127.0.0.1", cafile=None, timeout=10.0):
     """A blocking client ssl.SSLSocket to the echo server, welcome! already read."""
     import ssl
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if cafile:
         ctx.load_verify_locations(cafile)

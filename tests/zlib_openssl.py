@@ -10,6 +10,7 @@ The build is skipped only when TLSPROF_SKIP_ZLIB_BUILD=1 (an existing build is s
 error, never a skip. Elsewhere (a developer without root, say) a failed build returns None with the
 reason, so tests can skip with it.
 """
+
 import os
 import subprocess
 import threading
@@ -44,9 +45,14 @@ def _build():
             return libdir, ""
         return None, "TLSPROF_SKIP_ZLIB_BUILD=1: not building OpenSSL with zlib"
     try:
-        proc = subprocess.run(["bash", SCRIPT, CACHE_DIR], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=BUILD_TIMEOUT)
+        proc = subprocess.run(
+            ["bash", SCRIPT, CACHE_DIR],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+        )
     except subprocess.TimeoutExpired:
         return None, f"{SCRIPT} did not finish in {BUILD_TIMEOUT}s"
     ready, libdir = _libdir_ready()
@@ -84,6 +90,5 @@ def zlib_env(base=None):
     if libdir is None:
         raise ZlibBuildError(zlib_openssl_skip_reason() or "no zlib OpenSSL")
     env = dict(os.environ if base is None else base)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(
-        p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
     return env

@@ -1,4 +1,5 @@
 """The command line: parses arguments, runs one subcommand, turns typed errors into one line."""
+
 import argparse
 import importlib
 import sys

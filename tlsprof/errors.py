@@ -11,11 +11,13 @@ class UsageError(TlsprofError):
 
 class BadReport(TlsprofError):
     """A report file that is missing, corrupt, truncated or not a tlsprof report."""
+
     exit_code = 2
 
 
 class LaunchError(TlsprofError):
     """The command to profile could not be started."""
+
     exit_code = 127
 
 
@@ -41,6 +43,7 @@ class NoOpenSSL(TlsprofError):
 
 class ChannelError(TlsprofError):
     """The shim in the target could not be reached or answered something unreadable."""
+
     exit_code = 6
 
 
@@ -55,6 +58,7 @@ class ToolMissing(TlsprofError):
 class ShimNotLoadable(TlsprofError):
     """The target cannot be given a copy of the shim (or of the Python agent) it can open: another
     mount namespace, a read-only or hostile /tmp."""
+
     exit_code = 9
 
 

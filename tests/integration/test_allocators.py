@@ -3,6 +3,7 @@ a server that gives OpenSSL its own allocator (CRYPTO_set_mem_functions, a heade
 block), and jemalloc/tcmalloc preloaded for the whole process. Each case is compared with a count
 made without tlsprof: the server's own allocator counter, or the process allocator's statistics,
 read from inside the server (tests/servers/own_alloc_server.c)."""
+
 import os
 import signal
 
@@ -85,13 +86,27 @@ def test_attach_to_a_server_that_already_set_its_own_allocator(tmp_path):
     import subprocess
     import sys
     from test_report_never_lost import StderrReader, wait_for
+
     report_path = tmp_path / "attach.json"
     server = start_own_alloc_server(allocator="own")
     clients = tlsprof = None
     try:
-        tlsprof = subprocess.Popen([sys.executable, "-m", "tlsprof", "attach", str(server.target_pid()),
-                                    "-o", str(report_path), "--interval", "0.3"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        tlsprof = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tlsprof",
+                "attach",
+                str(server.target_pid()),
+                "-o",
+                str(report_path),
+                "--interval",
+                "0.3",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         err = StderrReader(tlsprof)
         wait_for(lambda: "attached to pid" in err.text() or tlsprof.poll() is not None, 120, "the attach")
         assert tlsprof.poll() is None, err.text(5)

@@ -1,5 +1,6 @@
 """`tlsprof attach PID` on running processes: Python asyncio and threaded servers, openssl s_server,
 an nginx worker; detach leaves the target serving; error cases end in one line (issue: attach)."""
+
 import os
 import shutil
 import signal
@@ -47,9 +48,12 @@ class Attached:
     def __init__(self, pid, report, duration, *extra):
         self.pid = pid
         self.report = report
-        self.proc = subprocess.Popen([*TLSPROF, "attach", str(pid), "--duration", str(duration), "--interval",
-                                      "0.3", "-o", str(report), *extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [*TLSPROF, "attach", str(pid), "--duration", str(duration), "--interval", "0.3", "-o", str(report), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         wait_for(lambda: shim_answers(pid) or self.proc.poll() is not None, 40, "the shim to answer")
         if self.proc.poll() is not None:
             raise AssertionError(f"attach failed: {self.proc.communicate()[1]}")
@@ -148,16 +152,28 @@ def test_attach_to_threaded_server_reports_fd_and_peer(spawn, tmp_path):
 def test_attach_to_openssl_s_server(cert_pair, tmp_path):
     cert, key = cert_pair
     port = free_port()
-    server = subprocess.Popen(["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", cert, "-key", key,
-                               "-quiet"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", cert, "-key", key, "-quiet"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     s_client = None
     try:
-        wait_for(lambda: port in {c.laddr.port for c in psutil.Process(server.pid).net_connections()
-                                  if c.status == "LISTEN"}, 20, "s_server to listen")
+        wait_for(
+            lambda: (
+                port in {c.laddr.port for c in psutil.Process(server.pid).net_connections() if c.status == "LISTEN"}
+            ),
+            20,
+            "s_server to listen",
+        )
         session = Attached(server.pid, tmp_path / "s_server.json", 3)
-        s_client = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-quiet"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        s_client = subprocess.Popen(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-quiet"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         report = session.finish()
         assert report["per_connection"]["connections"] >= 1
         assert report["connections"][0]["peer"].startswith("127.0.0.1:")
@@ -200,14 +216,20 @@ def nginx_worker(cert_pair, directory, conf=None):
     port = free_port()
     path = directory / "nginx.conf"
     path.write_text((conf or NGINX_CONF).format(dir=directory, port=port, cert=cert, key=key))
-    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(path), "-p", str(directory)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    nginx = subprocess.Popen(
+        [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(path), "-p", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     socks = []
     try:
         wait_for(lambda: psutil.Process(nginx.pid).children(), 20, "an nginx worker")
         worker = psutil.Process(nginx.pid).children()[0].pid
-        wait_for(lambda: any(c.laddr.port == port for c in psutil.net_connections("tcp") if c.status == "LISTEN"),
-                 20, "nginx to listen")
+        wait_for(
+            lambda: any(c.laddr.port == port for c in psutil.net_connections("tcp") if c.status == "LISTEN"),
+            20,
+            "nginx to listen",
+        )
         yield worker, port, socks
     finally:
         for sock in socks:
@@ -222,6 +244,7 @@ def nginx_worker(cert_pair, directory, conf=None):
 
 def _http_keepalive(port, n):
     import ssl
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -234,8 +257,10 @@ def _http_keepalive(port, n):
     return socks
 
 
-@pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
-                    reason="needs Debian's nginx (make test installs nginx-light)")
+@pytest.mark.skipif(
+    not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
+    reason="needs Debian's nginx (make test installs nginx-light)",
+)
 def test_attach_to_nginx_worker(cert_pair, tmp_path):
     with nginx_worker(cert_pair, tmp_path) as (worker, port, socks):
         session = Attached(worker, tmp_path / "nginx.json", 4)
@@ -326,6 +351,7 @@ def test_target_exiting_while_attached_gives_partial_report(spawn, tmp_path):
 def test_attach_serves_metrics_while_attached(spawn, tmp_path):
     import urllib.request
     from prometheus_client.parser import text_string_to_metric_families
+
     server = spawn.server()
     spawn.clients(server.port, 10, interval=1)
     port = free_port()

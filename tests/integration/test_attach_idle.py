@@ -3,6 +3,7 @@
 client (http.client, what requests/urllib3 use underneath) blocked in read() waiting for its
 response. The interrupted read is restarted: no byte is lost or duplicated. A process with no safe
 point is refused with the call each thread is in."""
+
 import hashlib
 import os
 import shutil
@@ -58,13 +59,21 @@ def _client_ctx():
 def test_attach_to_s_server_blocked_in_read_and_it_still_echoes(cert_pair, tmp_path):
     cert, key = cert_pair
     port = free_port()
-    server = subprocess.Popen(["openssl", "s_server", "-rev", "-accept", f"127.0.0.1:{port}", "-cert", cert,
-                               "-key", key, "-quiet"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-rev", "-accept", f"127.0.0.1:{port}", "-cert", cert, "-key", key, "-quiet"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     sock = None
     try:
-        wait_for(lambda: port in {c.laddr.port for c in psutil.Process(server.pid).net_connections()
-                                  if c.status == "LISTEN"}, 20, "s_server to listen")
+        wait_for(
+            lambda: (
+                port in {c.laddr.port for c in psutil.Process(server.pid).net_connections() if c.status == "LISTEN"}
+            ),
+            20,
+            "s_server to listen",
+        )
         sock = _client_ctx().wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=20))
         wait_for(lambda: blocked_in(server.pid) == [READ], 10, "s_server to block in read()")
 
@@ -82,8 +91,12 @@ def test_attach_to_s_server_blocked_in_read_and_it_still_echoes(cert_pair, tmp_p
                 time.sleep(0.02)
 
         report = tmp_path / "s_server.json"
-        attach = subprocess.Popen([*TLSPROF, "attach", str(server.pid), "--duration", "2", "--interval", "0.3",
-                                   "-o", str(report)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        attach = subprocess.Popen(
+            [*TLSPROF, "attach", str(server.pid), "--duration", "2", "--interval", "0.3", "-o", str(report)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         w = threading.Thread(target=writer)
         w.start()
         try:
@@ -136,15 +149,23 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # with Debian's python3-requests
 
 
 def _has_requests():
-    return os.path.exists(SYSTEM_PYTHON) and subprocess.run(
-        [SYSTEM_PYTHON, "-c", "import requests"], capture_output=True, timeout=60).returncode == 0
+    return (
+        os.path.exists(SYSTEM_PYTHON)
+        and subprocess.run([SYSTEM_PYTHON, "-c", "import requests"], capture_output=True, timeout=60).returncode == 0
+    )
 
 
-@pytest.mark.parametrize("client_argv", [
-    pytest.param([sys.executable, "-c", CLIENT], id="http.client"),
-    pytest.param([SYSTEM_PYTHON, "-c", REQUESTS_CLIENT], id="requests",
-                 marks=pytest.mark.skipif(not _has_requests(), reason="needs python3-requests (make test installs it)")),
-])
+@pytest.mark.parametrize(
+    "client_argv",
+    [
+        pytest.param([sys.executable, "-c", CLIENT], id="http.client"),
+        pytest.param(
+            [SYSTEM_PYTHON, "-c", REQUESTS_CLIENT],
+            id="requests",
+            marks=pytest.mark.skipif(not _has_requests(), reason="needs python3-requests (make test installs it)"),
+        ),
+    ],
+)
 def test_attach_to_https_client_blocked_in_read_and_its_response_arrives_whole(client_argv, cert_pair, tmp_path):
     """A requests client (and http.client, underneath it): one thread, blocked in SSL_read ->
     read() waiting for its response."""
@@ -170,13 +191,16 @@ def test_attach_to_https_client_blocked_in_read_and_its_response_arrives_whole(c
 
     t = threading.Thread(target=server, daemon=True)
     t.start()
-    client = subprocess.Popen([*client_argv, str(port)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    client = subprocess.Popen([*client_argv, str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: blocked_in(client.pid) in ([READ], [RECVFROM]), 20, "the client to block in read()")
         report = tmp_path / "client.json"
-        r = subprocess.run([*TLSPROF, "attach", str(client.pid), "--duration", "1.5", "--interval", "0.3",
-                            "-o", str(report)], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [*TLSPROF, "attach", str(client.pid), "--duration", "1.5", "--interval", "0.3", "-o", str(report)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         assert "detached" in r.stderr
         assert client.poll() is None
@@ -222,8 +246,12 @@ def test_no_safe_point_names_the_call_of_each_thread(tmp_path):
     try:
         assert target.stdout.readline().strip() == "ready"
         wait_for(lambda: blocked_in(target.pid) == [READ], 10, "the target to block in read()")
-        r = subprocess.run([*TLSPROF, "attach", str(target.pid), "--duration", "1", "--timeout", "6"],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [*TLSPROF, "attach", str(target.pid), "--duration", "1", "--timeout", "6"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 7, r.stderr
         assert len(lines) == 1, r.stderr
@@ -241,21 +269,27 @@ def test_no_safe_point_names_the_call_of_each_thread(tmp_path):
 
 BLOCKED = {
     # a lock wait: Event.wait -> sem_wait/pthread_cond_wait -> futex; SIGUSR1's handler sets it
-    "futex": ("import ssl, signal, sys, threading\n"
-              "ev = threading.Event()\n"
-              "signal.signal(signal.SIGUSR1, lambda *a: ev.set())\n"
-              "print('ready', flush=True)\n"
-              "ev.wait()\n"
-              "open(sys.argv[1], 'w').write('woken')\n"),
-    "rt_sigtimedwait": ("import ssl, signal, sys\n"
-                        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
-                        "print('ready', flush=True)\n"
-                        "open(sys.argv[1], 'w').write(str(signal.sigwait({signal.SIGUSR1})))\n"),
-    "wait4": ("import os, ssl, signal, subprocess, sys\n"
-              "child = subprocess.Popen(['sleep', '30'])\n"
-              "signal.signal(signal.SIGUSR1, lambda *a: child.kill())\n"
-              "print('ready', flush=True)\n"
-              "open(sys.argv[1], 'w').write(str(child.wait()))\n"),
+    "futex": (
+        "import ssl, signal, sys, threading\n"
+        "ev = threading.Event()\n"
+        "signal.signal(signal.SIGUSR1, lambda *a: ev.set())\n"
+        "print('ready', flush=True)\n"
+        "ev.wait()\n"
+        "open(sys.argv[1], 'w').write('woken')\n"
+    ),
+    "rt_sigtimedwait": (
+        "import ssl, signal, sys\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+        "print('ready', flush=True)\n"
+        "open(sys.argv[1], 'w').write(str(signal.sigwait({signal.SIGUSR1})))\n"
+    ),
+    "wait4": (
+        "import os, ssl, signal, subprocess, sys\n"
+        "child = subprocess.Popen(['sleep', '30'])\n"
+        "signal.signal(signal.SIGUSR1, lambda *a: child.kill())\n"
+        "print('ready', flush=True)\n"
+        "open(sys.argv[1], 'w').write(str(child.wait()))\n"
+    ),
 }
 EXPECTED = {"futex": "woken", "rt_sigtimedwait": str(int(signal.SIGUSR1)), "wait4": str(-int(signal.SIGKILL))}
 
@@ -267,6 +301,7 @@ def test_python_blocked_in_call_is_attached_at_once_and_resumes(call, tmp_path):
     from tlsprof.collect import inject
     from tlsprof.collect.channel_paths import channel_dir_for
     from tlsprof.collect.shim import shim_path
+
     out = tmp_path / "out"
     target = subprocess.Popen([sys.executable, "-c", BLOCKED[call], str(out)], stdout=subprocess.PIPE, text=True)
     try:

@@ -1,6 +1,7 @@
 """Causes that name things: the SSL and SSL_CTX objects, per-thread state and OpenSSL's one-time
 library state get causes of their own, so `other` stays small and no context or connection is
 made an outlier by memory the whole process shares (issue: causes and accounting)."""
+
 import json
 import os
 import subprocess
@@ -23,9 +24,31 @@ OTHER_GOAL = 0.10
 def _profiled_seed_server(tmp_path, cert_dir, n, *server_args):
     """The seed echo server under `tlsprof run --at last` with n idle clients; returns the report."""
     report_path = str(tmp_path / "report.json")
-    server = Proc([*TLSPROF, "run", "-o", report_path, "--at", "last", "--interval", "0.3", "--",
-                   sys.executable, ECHO_SERVER, "--host", "127.0.0.1", "--port", "0", "--ready-file",
-                   "{ready}", "--certdir", cert_dir, *server_args], script=ECHO_SERVER)
+    server = Proc(
+        [
+            *TLSPROF,
+            "run",
+            "-o",
+            report_path,
+            "--at",
+            "last",
+            "--interval",
+            "0.3",
+            "--",
+            sys.executable,
+            ECHO_SERVER,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ready-file",
+            "{ready}",
+            "--certdir",
+            cert_dir,
+            *server_args,
+        ],
+        script=ECHO_SERVER,
+    )
     clients = None
     try:
         port = int(server.wait_ready(60))
@@ -65,8 +88,7 @@ def test_one_time_library_memory_is_the_process_s(ctx_per_conn_report):
     """ctx-per-connection server: the first context and connection are not outliers; the library's
     one-time state (providers, method caches) and per-thread state belong to the process."""
     report = ctx_per_conn_report
-    contexts = sorted((c for c in report["contexts"] if c["connections"]),
-                      key=lambda c: int(c["id"].split("-")[1]))
+    contexts = sorted((c for c in report["contexts"] if c["connections"]), key=lambda c: int(c["id"].split("-")[1]))
     assert len(contexts) >= 28
     first, rest = contexts[0]["live_bytes"], [c["live_bytes"] for c in contexts[1:]]
     mean = sum(rest) / len(rest)
@@ -94,18 +116,22 @@ def test_ca_store_finding_names_the_line_that_builds_the_context(ctx_per_conn_re
 def test_the_shim_states_the_vocabulary_the_front_end_reads(tmp_path):
     """The snapshot's `vocab` line is the shim's own enums; Python's fallback copy (used only for a
     list a shim does not state) must agree with every list a real shim states."""
-    code = ("import os, socket, ssl, sys; ssl.create_default_context(); "
-            "s = socket.socket(socket.AF_UNIX); s.connect(os.path.join(os.environ['TLSPROF_DIR'], "
-            "f'{os.getpid()}.sock')); s.sendall(b'SNAPSHOT\\n'); d = b''\n"
-            "while True:\n c = s.recv(65536)\n if not c: break\n d += c\n"
-            "sys.stdout.write(d.decode())")
+    code = (
+        "import os, socket, ssl, sys; ssl.create_default_context(); "
+        "s = socket.socket(socket.AF_UNIX); s.connect(os.path.join(os.environ['TLSPROF_DIR'], "
+        "f'{os.getpid()}.sock')); s.sendall(b'SNAPSHOT\\n'); d = b''\n"
+        "while True:\n c = s.recv(65536)\n if not c: break\n d += c\n"
+        "sys.stdout.write(d.decode())"
+    )
     channel = tempfile.mkdtemp(dir=str(tmp_path))
     os.chmod(channel, 0o700)
     env = dict(os.environ, LD_PRELOAD=shim_path(), TLSPROF_DIR=channel)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=60, check=True).stdout
-    stated = dict(item.split("=", 1) for line in out.splitlines() if line.startswith("vocab ")
-                  for item in line.split(" ")[1:])
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    stated = dict(
+        item.split("=", 1) for line in out.splitlines() if line.startswith("vocab ") for item in line.split(" ")[1:]
+    )
     assert {what: tuple(names.split(",")) for what, names in stated.items()} == FALLBACK_VOCAB
     snap = parse_snapshot(out)
     assert snap.vocab == FALLBACK_VOCAB

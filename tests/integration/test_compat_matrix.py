@@ -15,6 +15,7 @@ Known gaps are marked where they are. node links OpenSSL statically: its connect
 the heap walk at tlsprof's last look (docs/openssl-copies.md). stunnel installs its own OpenSSL
 allocator: its bytes are the sizes OpenSSL asked for (`tracker.byte_measure`: requested).
 """
+
 import pytest
 
 from reportcheck import check_report
@@ -60,12 +61,16 @@ def test_connection_count_within_5_percent(request, profiled):
     # connections the Python agent found unreachable are closed ones waiting for the cyclic gc
     # (Twisted frees its warm-up connections' SSL objects only then): alive in OpenSSL, and named
     # by the python-leak finding, but not open any more
-    garbage = sum(1 for c in report["connections"]
-                  if isinstance(c.get("python"), dict) and c["python"].get("leak") == "unreachable")
+    garbage = sum(
+        1
+        for c in report["connections"]
+        if isinstance(c.get("python"), dict) and c["python"].get("leak") == "unreachable"
+    )
     seen = report["per_connection"]["connections"] - garbage
     assert abs(seen - n) <= TOLERANCE * n, (
         f"{name}: tlsprof saw {seen} connections ({garbage} more awaiting gc), {n} were open "
-        f"(held by pids {sorted(truth['holders'])}; report about pid {report['target']['pid']})")
+        f"(held by pids {sorted(truth['holders'])}; report about pid {report['target']['pid']})"
+    )
     assert report["partial"] is False
 
 
@@ -84,7 +89,8 @@ def test_connections_are_where_the_kernel_says(request, profiled):
     for pid, held in holders.items():
         seen = sections.get(pid)
         assert seen is not None and abs(seen - held) <= max(1, TOLERANCE * held), (
-            f"{name}: pid {pid} holds {held} connections (kernel), the report says {seen}")
+            f"{name}: pid {pid} holds {held} connections (kernel), the report says {seen}"
+        )
     assert sections.get(truth["root_pid"]) == 0, f"{name}: the master must be listed without connections"
 
 
@@ -108,7 +114,8 @@ def test_bytes_per_connection_are_sane(request, profiled):
     ceiling = 2 * max(truth["uss_per_conn"], 0) + 16 * KiB
     assert per["own_bytes"] <= ceiling, (
         f"{name}: tlsprof {per['own_bytes'] / KiB:.1f} KiB own per connection, the server's processes "
-        f"grew {truth['uss_per_conn'] / KiB:.1f} KiB USS per connection")
+        f"grew {truth['uss_per_conn'] / KiB:.1f} KiB USS per connection"
+    )
 
 
 # Servers whose `other` share is not yet under the goal (issue 16): measured, named, marked.
@@ -124,4 +131,5 @@ def test_other_is_at_most_a_tenth_of_a_connection(profiled, request):
     assert per["connections"] > 0
     other = per["by_cause"].get("other", 0)
     assert other <= 0.10 * per["bytes"], (
-        f"{name}: other {other / KiB:.1f} of {per['bytes'] / KiB:.1f} KiB per connection: {per['by_cause']}")
+        f"{name}: other {other / KiB:.1f} of {per['bytes'] / KiB:.1f} KiB per connection: {per['by_cause']}"
+    )

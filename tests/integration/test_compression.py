@@ -8,6 +8,7 @@ bound at link time and have no relocation to patch. The shim sees that flag and 
 libcrypto its allocator through CRYPTO_set_mem_functions instead (hooks/static_copies.c), so this
 very build is measured as it is; the test checks it really is linked -Bsymbolic.
 """
+
 import json
 import os
 import subprocess
@@ -17,8 +18,7 @@ import time
 import psutil
 import pytest
 
-from zlib_openssl import (BUILD_TIMEOUT, REPO_ROOT, ZlibBuildError, _in_ci,
-                          zlib_openssl_libdir)
+from zlib_openssl import BUILD_TIMEOUT, REPO_ROOT, ZlibBuildError, _in_ci, zlib_openssl_libdir
 from tlsenv import Proc, default_certdir
 from tlsprof.model.schema import validate_report
 
@@ -70,24 +70,47 @@ def profile_pair(tmp_path, libdir, n, compression):
     env = env_for(libdir)
     extra = [] if compression else ["--no-compression"]
     out = tmp_path / f"report-{'on' if compression else 'off'}.json"
-    server = Proc([sys.executable, "-m", "tlsprof", "run", "-o", str(out), "--interval", "0.3", "--",
-                   sys.executable, EXAMPLE, "server", "--port", "0", "--ready-file", "{ready}",
-                   "--certdir", default_certdir(), "--connections-expected", str(n), *extra],
-                  env=env, script=EXAMPLE)
+    server = Proc(
+        [
+            sys.executable,
+            "-m",
+            "tlsprof",
+            "run",
+            "-o",
+            str(out),
+            "--interval",
+            "0.3",
+            "--",
+            sys.executable,
+            EXAMPLE,
+            "server",
+            "--port",
+            "0",
+            "--ready-file",
+            "{ready}",
+            "--certdir",
+            default_certdir(),
+            "--connections-expected",
+            str(n),
+            *extra,
+        ],
+        env=env,
+        script=EXAMPLE,
+    )
     client = None
     try:
         port = int(server.wait_ready(WAIT))
         target = psutil.Process(server.target_pid())
         time.sleep(1.0)
         before = target.memory_info().rss
-        client = Proc([sys.executable, EXAMPLE, "client", "-n", str(n), "--port", str(port), *extra],
-                      env=env, script=EXAMPLE)
+        client = Proc(
+            [sys.executable, EXAMPLE, "client", "-n", str(n), "--port", str(port), *extra], env=env, script=EXAMPLE
+        )
         wait_for(lambda: f"connected {n}" in client.stdout(), "client", [server, client])
         wait_for(lambda: f"connected {n}" in server.stdout(), "server", [server, client])
         time.sleep(1.5)  # a few snapshots with every connection up and idle
         after = target.memory_info().rss
-        seen = {line.split(" ", 1)[1] for line in server.stdout().splitlines()
-                if line.startswith("compression ")}
+        seen = {line.split(" ", 1)[1] for line in server.stdout().splitlines() if line.startswith("compression ")}
         assert seen == ({"ZLIB"} if compression else {"None"}), server.stdout()[-500:]
     finally:
         server.stop_target()  # SIGTERM the server; tlsprof writes the report and exits
@@ -105,10 +128,14 @@ def test_tlsprof_reports_zlib_state_per_connection_within_15_percent_of_rss(tmp_
     measured = rss_on - rss_off
     reported = on["per_connection"]["by_cause"].get("compression", 0)
     f = [x for x in on["findings"] if x["id"] == "compression-enabled"]
-    print(f"{n} connections: server RSS/connection {rss_on / KB:.0f} KB with compression, "
-          f"{rss_off / KB:.0f} KB without: {measured / KB:.0f} KB measured; tlsprof `compression` "
-          f"{reported / KB:.0f} KB/connection ({(reported / measured - 1) * 100:+.1f}%); finding "
-          f"{f[0]['bytes_per_connection'] / KB:.0f} KB/connection" if f else "no finding")
+    print(
+        f"{n} connections: server RSS/connection {rss_on / KB:.0f} KB with compression, "
+        f"{rss_off / KB:.0f} KB without: {measured / KB:.0f} KB measured; tlsprof `compression` "
+        f"{reported / KB:.0f} KB/connection ({(reported / measured - 1) * 100:+.1f}%); finding "
+        f"{f[0]['bytes_per_connection'] / KB:.0f} KB/connection"
+        if f
+        else "no finding"
+    )
     assert on["per_connection"]["connections"] == n
     # measured as built: upstream's -Bsymbolic libcrypto, through its own memory functions
     [copy] = [c for c in on["openssl_copies"] if c["kind"] == "shared-symbolic"]

@@ -1,5 +1,6 @@
 """`tlsprof diff A.json B.json`: two real reports of the seed server (before/after adding
 connections, and shared context vs a context per connection), --fail-on-growth, corrupt input."""
+
 import json
 import subprocess
 import sys
@@ -18,9 +19,29 @@ def tlsprof(*args):
 
 def profile_seed(path, cert_dir, n, *server_args):
     """The seed echo server under `tlsprof run` with n idle clients; returns the report path."""
-    server = Proc([*TLSPROF, "run", "-o", str(path), "--interval", "0.3", "--", sys.executable,
-                   ECHO_SERVER, "--host", "127.0.0.1", "--port", "0", "--ready-file", "{ready}",
-                   "--certdir", cert_dir, *server_args], script=ECHO_SERVER)
+    server = Proc(
+        [
+            *TLSPROF,
+            "run",
+            "-o",
+            str(path),
+            "--interval",
+            "0.3",
+            "--",
+            sys.executable,
+            ECHO_SERVER,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ready-file",
+            "{ready}",
+            "--certdir",
+            cert_dir,
+            *server_args,
+        ],
+        script=ECHO_SERVER,
+    )
     clients = None
     try:
         port = int(server.wait_ready(60))
@@ -37,6 +58,7 @@ def profile_seed(path, cert_dir, n, *server_args):
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory, cert_pair):
     import os
+
     cert_dir = os.path.dirname(cert_pair[0])
     d = tmp_path_factory.mktemp("diff")
     return {
@@ -65,8 +87,9 @@ def test_diff_after_adding_connections(reports):
     assert d["totals"]["live_bytes"]["delta"] > 0
     row = d["per_connection"]["bytes"]
     assert (row["before"], row["after"]) == (few["per_connection"]["bytes"], many["per_connection"]["bytes"])
-    assert set(d["per_connection"]["by_cause"]) == (set(few["per_connection"]["by_cause"]) |
-                                                   set(many["per_connection"]["by_cause"]))
+    assert set(d["per_connection"]["by_cause"]) == (
+        set(few["per_connection"]["by_cause"]) | set(many["per_connection"]["by_cause"])
+    )
     assert d["new_findings"] == [] and d["failed"] is False
     # the shared context is spread over more connections: per-connection bytes do not grow much
     assert tlsprof("diff", reports["few"], reports["many"], "--fail-on-growth", "25").returncode == 0
@@ -75,8 +98,16 @@ def test_diff_after_adding_connections(reports):
 def test_diff_text_names_counts_causes_and_verdict(reports):
     r = tlsprof("diff", reports["few"], reports["per_conn"], "--fail-on-growth", "50")
     assert r.returncode == 1, r.stdout + r.stderr
-    for text in ("connections", "contexts", "Per connection", "CA store", "Totals",
-                 "New findings", "ca-store-per-connection", "limit +50%): FAIL"):
+    for text in (
+        "connections",
+        "contexts",
+        "Per connection",
+        "CA store",
+        "Totals",
+        "New findings",
+        "ca-store-per-connection",
+        "limit +50%): FAIL",
+    ):
         assert text in r.stdout, (text, r.stdout)
 
 
@@ -96,12 +127,15 @@ def test_fail_on_growth_when_each_connection_gets_a_context(reports):
     assert tlsprof("diff", reports["few"], reports["few"], "--fail-on-growth", "0").returncode == 0
 
 
-@pytest.mark.parametrize("content,expect", [
-    (b'{"schema": "tlsprof.report/1", "tool":', "truncated JSON"),
-    (b"not json at all", "not valid JSON"),
-    (b"", "empty file"),
-    (b'{"schema": "tlsprof.report/9"}', "not supported"),
-])
+@pytest.mark.parametrize(
+    "content,expect",
+    [
+        (b'{"schema": "tlsprof.report/1", "tool":', "truncated JSON"),
+        (b"not json at all", "not valid JSON"),
+        (b"", "empty file"),
+        (b'{"schema": "tlsprof.report/9"}', "not supported"),
+    ],
+)
 def test_corrupt_input_is_one_line_exit_2(tmp_path, reports, content, expect):
     bad = tmp_path / "bad.json"
     bad.write_bytes(content)

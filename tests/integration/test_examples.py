@@ -1,4 +1,5 @@
 """The seed's examples work over real TLS, and the per-connection context costs what the seed says."""
+
 import os
 import sys
 import time
@@ -6,8 +7,16 @@ import time
 import psutil
 import pytest
 
-from tlsenv import (ECHO_SERVER, ProcError, free_port, recv_exactly, rss_bytes, start_clients,
-                    start_echo_server, tls_connect)
+from tlsenv import (
+    ECHO_SERVER,
+    ProcError,
+    free_port,
+    recv_exactly,
+    rss_bytes,
+    start_clients,
+    start_echo_server,
+    tls_connect,
+)
 
 SERVER_MODES = {
     "shared": [],
@@ -43,8 +52,7 @@ def test_client_reaches_connected_200_and_keeps_echoing(spawn):
     assert "connected 200" in clients.stdout()
     with open(clients.ready_file) as f:
         assert f.read() == "200\n"
-    established = [c for c in psutil.Process(server.pid).net_connections("tcp")
-                   if c.status == psutil.CONN_ESTABLISHED]
+    established = [c for c in psutil.Process(server.pid).net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED]
     assert len(established) >= 200
     time.sleep(1.0)  # several hello/echo rounds; a bad echo would drop connections
     assert clients.alive(), clients.describe()
@@ -54,8 +62,7 @@ def test_client_reaches_connected_200_and_keeps_echoing(spawn):
 
 def test_client_with_duration_exits_0_by_itself(spawn, cert_pair):
     server = spawn.server("--threaded")
-    clients = spawn.clients(server.port, 5, interval=0.1, duration=1, cafile=cert_pair[0],
-                            ctx_per_conn=True)
+    clients = spawn.clients(server.port, 5, interval=0.1, duration=1, cafile=cert_pair[0], ctx_per_conn=True)
     clients.proc.wait(30)
     assert clients.proc.returncode == 0, clients.describe()
 
@@ -74,8 +81,7 @@ def test_ca_per_request_client_holds_its_connections(spawn):
 
 def test_wrapped_server_exposes_target_pid_and_stop_reaps_it(cert_dir):
     # A wrapper that neither execs nor forwards signals: the worst case for cleanup.
-    wrapper = [sys.executable, "-c",
-               "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"]
+    wrapper = [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"]
     server = start_echo_server(wrapper=wrapper, certdir=cert_dir)
     try:
         target = server.target_pid()
@@ -108,8 +114,10 @@ def test_ctx_per_conn_server_costs_a_ca_store_per_connection(spawn, threaded):
     base = ["--threaded"] if threaded else []
     shared = _rss_growth_per_connection(spawn, base)
     per_conn = _rss_growth_per_connection(spawn, base + ["--ctx-per-conn"])
-    print(f"\nRSS per connection ({'threaded' if threaded else 'asyncio'}, 100 connections): "
-          f"shared {shared / 1024:.0f} KB, ctx-per-conn {per_conn / 1024:.0f} KB")
+    print(
+        f"\nRSS per connection ({'threaded' if threaded else 'asyncio'}, 100 connections): "
+        f"shared {shared / 1024:.0f} KB, ctx-per-conn {per_conn / 1024:.0f} KB"
+    )
     # Measured here: asyncio ~285 vs ~1120 KB (asyncio keeps a 256 KiB read buffer per
     # connection), threaded ~85 vs ~965 KB. A CA store is ~0.8 MB: demand half of it.
     assert per_conn - shared > 400 * 1024

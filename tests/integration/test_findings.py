@@ -1,8 +1,9 @@
 """Findings computed from hand-built report dicts (reader input only; nothing is measured)."""
+
 import pytest
 
 from tlsprof.model.causes import CAUSES
-from tlsprof.analysis.findings import (CA_MIN_STORE_BYTES, REGISTRY, compute_findings, finding)
+from tlsprof.analysis.findings import CA_MIN_STORE_BYTES, REGISTRY, compute_findings, finding
 from tlsprof.model.schema import validate_report
 
 KiB = 1024
@@ -15,38 +16,54 @@ def report_with(contexts, conn_own=40 * KiB):
     ctx_docs, conn_docs = [], []
     for cid, spec in enumerate(contexts, start=1):
         ca, nconn = spec[0], spec[1]
-        ctx = {"id": cid, "connections": nconn, "live_bytes": ca + 4 * KiB,
-               "by_cause": {"ca_store": ca, "own_certificate": 4 * KiB}, "ca_store_bytes": ca}
+        ctx = {
+            "id": cid,
+            "connections": nconn,
+            "live_bytes": ca + 4 * KiB,
+            "by_cause": {"ca_store": ca, "own_certificate": 4 * KiB},
+            "ca_store_bytes": ca,
+        }
         if len(spec) > 2:
             ctx["alive"] = spec[2]
         ctx_docs.append(ctx)
         for _ in range(nconn):
-            conn_docs.append({"id": len(conn_docs) + 1, "context": cid, "fd": None, "peer": None,
-                              "state": "established", "age_s": 3.0, "live_bytes": conn_own,
-                              "by_cause": {"record_buffers": conn_own}})
+            conn_docs.append(
+                {
+                    "id": len(conn_docs) + 1,
+                    "context": cid,
+                    "fd": None,
+                    "peer": None,
+                    "state": "established",
+                    "age_s": 3.0,
+                    "live_bytes": conn_own,
+                    "by_cause": {"record_buffers": conn_own},
+                }
+            )
     n = len(conn_docs)
     ctx_live = sum(c["live_bytes"] for c in ctx_docs if c["connections"])
     share = ctx_live / n if n else 0
     own = conn_own if n else 0
     live = sum(c["live_bytes"] for c in ctx_docs) + own * n
     ca_total = sum(c["ca_store_bytes"] for c in ctx_docs)
-    by_cause = {"ca_store": ca_total, "own_certificate": 4 * KiB * len(ctx_docs),
-                "record_buffers": own * n}
+    by_cause = {"ca_store": ca_total, "own_certificate": 4 * KiB * len(ctx_docs), "record_buffers": own * n}
     per_cause = {}
     if n:
-        per_cause = {c: sum(x["by_cause"].get(c, 0) for x in ctx_docs if x["connections"]) / n
-                     for c in CAUSES}
+        per_cause = {c: sum(x["by_cause"].get(c, 0) for x in ctx_docs if x["connections"]) / n for c in CAUSES}
         per_cause["record_buffers"] += own
     return {
         "schema": "tlsprof.report/1",
         "tool": {"name": "tlsprof", "version": "0.1.0"},
         "partial": False,
         "captured_at": "2026-11-26T10:00:00Z",
-        "target": {"pid": 99, "command": ["server"], "mode": "attach", "openssl": None,
-                   "rss_bytes": None},
+        "target": {"pid": 99, "command": ["server"], "mode": "attach", "openssl": None, "rss_bytes": None},
         "totals": {"live_bytes": live, "live_blocks": 1000, "by_cause": by_cause},
-        "per_connection": {"connections": n, "own_bytes": own, "context_share_bytes": share,
-                           "bytes": own + share, "by_cause": per_cause},
+        "per_connection": {
+            "connections": n,
+            "own_bytes": own,
+            "context_share_bytes": share,
+            "bytes": own + share,
+            "by_cause": per_cause,
+        },
         "contexts": ctx_docs,
         "connections": conn_docs,
         "sites": [],
@@ -84,17 +101,20 @@ def test_many_contexts_is_critical_few_is_warning():
     assert only(compute_findings(report_with([(CA_STORE, 1)] * 2)))[0]["severity"] == "warning"
 
 
-@pytest.mark.parametrize("contexts", [
-    pytest.param([(CA_STORE, 300)], id="one shared context, many connections"),
-    pytest.param([(CA_STORE, 1)], id="one context, one connection"),
-    pytest.param([(CA_STORE, 150), (CA_STORE, 150)], id="two busy contexts"),
-    pytest.param([(CA_STORE, 3)] * 4, id="three connections per context"),
-    pytest.param([(0, 1)] * 20, id="contexts without CA store"),
-    pytest.param([(CA_MIN_STORE_BYTES, 1)] * 20, id="CA store at the threshold"),
-    pytest.param([(CA_STORE, 0)] * 5 + [(CA_STORE, 40)], id="idle contexts are not per connection"),
-    pytest.param([(CA_STORE, 1, False)] * 5, id="freed contexts"),
-    pytest.param([], id="no contexts"),
-])
+@pytest.mark.parametrize(
+    "contexts",
+    [
+        pytest.param([(CA_STORE, 300)], id="one shared context, many connections"),
+        pytest.param([(CA_STORE, 1)], id="one context, one connection"),
+        pytest.param([(CA_STORE, 150), (CA_STORE, 150)], id="two busy contexts"),
+        pytest.param([(CA_STORE, 3)] * 4, id="three connections per context"),
+        pytest.param([(0, 1)] * 20, id="contexts without CA store"),
+        pytest.param([(CA_MIN_STORE_BYTES, 1)] * 20, id="CA store at the threshold"),
+        pytest.param([(CA_STORE, 0)] * 5 + [(CA_STORE, 40)], id="idle contexts are not per connection"),
+        pytest.param([(CA_STORE, 1, False)] * 5, id="freed contexts"),
+        pytest.param([], id="no contexts"),
+    ],
+)
 def test_healthy_shapes_do_not_trip(contexts):
     report = report_with(contexts)
     validate_report(report)
@@ -118,8 +138,15 @@ def test_existing_findings_key_is_ignored():
 def test_registry_plugs_in_new_findings():
     @finding("test-always")
     def always(report):
-        return {"id": "test-always", "severity": "info", "title": "t", "detail": "d",
-                "bytes_per_connection": None, "fix": "f"}
+        return {
+            "id": "test-always",
+            "severity": "info",
+            "title": "t",
+            "detail": "d",
+            "bytes_per_connection": None,
+            "fix": "f",
+        }
+
     try:
         ids = [f["id"] for f in compute_findings(report_with([(CA_STORE, 1)] * 3))]
         assert ids == ["ca-store-per-connection", "test-always"]  # warning sorts before info

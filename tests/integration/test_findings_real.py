@@ -6,6 +6,7 @@ C_FIXTURE_SOURCE with gcc) whose flags make one known-bad pattern each: no RELEA
 default), SSL objects leaked when their socket closes, a context per connection never freed, a
 TLS 1.2 session cache filling with every full handshake.
 """
+
 import json
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ TLSPROF = [sys.executable, "-m", "tlsprof"]
 KiB = 1024
 SETTLE = 1.5  # seconds after the clients are up: several snapshots at --interval 0.3
 
-C_FIXTURE_SOURCE = r'''/* A small C TLS echo server over OpenSSL, for tests of findings on a non-Python target.
+C_FIXTURE_SOURCE = r"""/* A small C TLS echo server over OpenSSL, for tests of findings on a non-Python target.
  *   tls_fixture_server READY_FILE CERT KEY [--release-buffers] [--leak-closed] [--keep-closed] [--ctx-per-conn]
  *                      [--tls12] [--no-tickets]
  * Listens on 127.0.0.1:0, writes the port to READY_FILE, says "welcome!\n" and echoes.
@@ -146,7 +147,7 @@ int main(int argc, char **argv)
     }
     return 0;
 }
-'''
+"""
 
 
 @pytest.fixture(scope="session")
@@ -156,8 +157,9 @@ def c_server(tmp_path_factory):
     d = tmp_path_factory.mktemp("cserver")
     src, exe = d / "tls_fixture_server.c", d / "tls_fixture_server"
     src.write_text(C_FIXTURE_SOURCE)
-    proc = subprocess.run(["gcc", "-O1", "-o", str(exe), str(src), "-lssl", "-lcrypto"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["gcc", "-O1", "-o", str(exe), str(src), "-lssl", "-lcrypto"], capture_output=True, text=True, timeout=120
+    )
     if proc.returncode != 0:
         pytest.fail(f"cannot build the C fixture (libssl-dev missing?):\n{proc.stderr[-2000:]}")
     return str(exe)
@@ -168,8 +170,10 @@ class Profiled:
 
     def __init__(self, tmp_path, argv, at="last"):
         self.report_path = str(tmp_path / "report.json")
-        self.proc = Proc([*TLSPROF, "run", "-o", self.report_path, "--at", at, "--interval", "0.3",
-                          "--", *argv], script=argv[1] if len(argv) > 1 else None)
+        self.proc = Proc(
+            [*TLSPROF, "run", "-o", self.report_path, "--at", at, "--interval", "0.3", "--", *argv],
+            script=argv[1] if len(argv) > 1 else None,
+        )
         self.port = int(self.proc.wait_ready(60))
 
     def report(self):
@@ -205,13 +209,30 @@ def only(report, finding_id):
 
 # --- the healthy seed server -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", [[], ["--threaded"]], ids=["asyncio", "threaded"])
 def test_healthy_seed_server_has_no_finding(tmp_path, cert_dir, mode):
     from tlsenv import ECHO_SERVER
-    target = Profiled(tmp_path, [sys.executable, ECHO_SERVER, "--host", "127.0.0.1", "--port", "0",
-                                 "--ready-file", "{ready}", "--certdir", cert_dir, *mode], at="peak")
+
+    target = Profiled(
+        tmp_path,
+        [
+            sys.executable,
+            ECHO_SERVER,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ready-file",
+            "{ready}",
+            "--certdir",
+            cert_dir,
+            *mode,
+        ],
+        at="peak",
+    )
     try:
-        clients_round(target.port, 60, stay=False)       # some come and go
+        clients_round(target.port, 60, stay=False)  # some come and go
         clients = clients_round(target.port, 60, stay=True)
         time.sleep(SETTLE)
         clients.stop()
@@ -223,6 +244,7 @@ def test_healthy_seed_server_has_no_finding(tmp_path, cert_dir, mode):
 
 
 # --- idle-record-buffers -----------------------------------------------------------------------
+
 
 def test_idle_record_buffers_on_c_server_without_release_buffers(tmp_path, c_server, cert_pair):
     clients = None
@@ -236,7 +258,7 @@ def test_idle_record_buffers_on_c_server_without_release_buffers(tmp_path, c_ser
             clients.stop()
     f = only(report, "idle-record-buffers")
     assert f["evidence"]["connections"] == 30
-    assert f["evidence"]["release_buffers_off"] == 30      # no SSL_CTX_set_mode call seen
+    assert f["evidence"]["release_buffers_off"] == 30  # no SSL_CTX_set_mode call seen
     assert 30 * KiB < f["bytes_per_connection"] < 40 * KiB  # ~16.7 KiB read + ~16.7 KiB write
     assert f["saving_bytes"] >= 30 * 30 * KiB
     assert "SSL_MODE_RELEASE_BUFFERS" in f["fix"] and "SSL_CTX_set_mode" in f["fix"]
@@ -259,11 +281,12 @@ def test_release_buffers_clears_idle_record_buffers(tmp_path, c_server, cert_pai
 
 # --- leaked-connections (native facts: fd closed or reused) ------------------------------------
 
+
 def test_leaked_connections_when_ssl_outlives_its_socket(tmp_path, c_server, cert_pair):
     clients = None
     target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers", "--leak-closed"))
     try:
-        clients_round(target.port, 20, stay=False)        # 20 SSL* leaked, their fds closed
+        clients_round(target.port, 20, stay=False)  # 20 SSL* leaked, their fds closed
         time.sleep(SETTLE)
         clients = clients_round(target.port, 10, stay=True)  # reuse 10 of those fd numbers
         time.sleep(SETTLE)
@@ -303,11 +326,13 @@ def test_no_leaked_connections_when_the_c_server_frees_them(tmp_path, c_server, 
 
 # --- leaked-connections (native facts: count growing while traffic is flat) ----------------------
 
+
 def _churn(port, seconds, every=0.1):
     """One short connection every `every` s for `seconds` s (bounded): connect, read the welcome,
     echo a line, close. -> connections made."""
     import socket
     import ssl
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -333,14 +358,16 @@ def test_silent_connections_piling_up_under_flat_traffic_are_leaked(tmp_path, c_
     (fd open, never read again), one frees them. Only the first trips, from the count trend."""
     import threading
     from tlsprof.analysis import findings as F
+
     for d in ("keep", "free"):
         (tmp_path / d).mkdir()
     keeper = Profiled(tmp_path / "keep", c_target(c_server, cert_pair, "--release-buffers", "--keep-closed"))
     healthy = Profiled(tmp_path / "free", c_target(c_server, cert_pair, "--release-buffers"))
     seconds = F.TREND_MIN_SPAN_S + 3
     made = {}
-    threads = [threading.Thread(target=lambda t=t: made.__setitem__(t, _churn(t.port, seconds)))
-               for t in (keeper, healthy)]
+    threads = [
+        threading.Thread(target=lambda t=t: made.__setitem__(t, _churn(t.port, seconds))) for t in (keeper, healthy)
+    ]
     try:
         for t in threads:
             t.start()
@@ -365,6 +392,7 @@ def test_silent_connections_piling_up_under_flat_traffic_are_leaked(tmp_path, c_
 
 # --- leaked-contexts ---------------------------------------------------------------------------
 
+
 def test_leaked_contexts_when_each_connection_leaves_its_context(tmp_path, c_server, cert_pair):
     target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers", "--ctx-per-conn"))
     try:
@@ -374,17 +402,17 @@ def test_leaked_contexts_when_each_connection_leaves_its_context(tmp_path, c_ser
         report = target.report()
     f = only(report, "leaked-contexts")
     assert f["evidence"]["contexts"] >= 15
-    assert f["saving_bytes"] >= 15 * 700 * KiB             # each loaded the system CA file
+    assert f["saving_bytes"] >= 15 * 700 * KiB  # each loaded the system CA file
     assert f["bytes_per_connection"] is None
     assert "SSL_CTX_free" in f["fix"]
-    assert "ca-store-per-connection" not in ids(report)   # they serve no connection any more
+    assert "ca-store-per-connection" not in ids(report)  # they serve no connection any more
 
 
 # --- session-cache-growth ----------------------------------------------------------------------
 
+
 def test_session_cache_growth_on_tls12_server_cache(tmp_path, c_server, cert_pair):
-    target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers", "--tls12",
-                                         "--no-tickets"))
+    target = Profiled(tmp_path, c_target(c_server, cert_pair, "--release-buffers", "--tls12", "--no-tickets"))
     try:
         for _ in range(4):
             clients_round(target.port, 100, stay=False)
@@ -392,7 +420,7 @@ def test_session_cache_growth_on_tls12_server_cache(tmp_path, c_server, cert_pai
     finally:
         report = target.report()
     f = only(report, "session-cache-growth")
-    assert f["evidence"]["retained_session_bytes"] >= 380 * 900   # ~944 B per cached session
+    assert f["evidence"]["retained_session_bytes"] >= 380 * 900  # ~944 B per cached session
     assert f["evidence"]["live_connection_session_bytes"] == 0
     assert "SSL_CTX_sess_set_cache_size" in f["fix"] and "ssl_session_cache" in f["fix"]
 
@@ -424,8 +452,22 @@ time.sleep(120)
 def test_handshake_state_retained_by_stalled_handshakes_on_seed_server(tmp_path, cert_dir):
     from tlsenv import ECHO_SERVER
     from tlsprof.analysis.findings import HS_STUCK_S
-    target = Profiled(tmp_path, [sys.executable, ECHO_SERVER, "--host", "127.0.0.1", "--port", "0",
-                                 "--ready-file", "{ready}", "--certdir", cert_dir])
+
+    target = Profiled(
+        tmp_path,
+        [
+            sys.executable,
+            ECHO_SERVER,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ready-file",
+            "{ready}",
+            "--certdir",
+            cert_dir,
+        ],
+    )
     staller = clients = None
     try:
         clients = clients_round(target.port, 20, stay=True)  # normal traffic beside them
@@ -451,35 +493,61 @@ def test_handshake_state_retained_by_stalled_handshakes_on_seed_server(tmp_path,
 
 # --- thresholds, on hand-built reports (the edges the real fixtures do not probe) ------------
 
+
 def _conn(i, ctx=1, state="established", age=5.0, fd=None, **by_cause):
     by_cause = {k: v for k, v in by_cause.items() if v}
-    return {"id": f"conn-{i}", "context": ctx, "fd": fd, "peer": None, "state": state, "age_s": age,
-            "live_bytes": sum(by_cause.values()), "by_cause": by_cause, "alive": True}
+    return {
+        "id": f"conn-{i}",
+        "context": ctx,
+        "fd": fd,
+        "peer": None,
+        "state": state,
+        "age_s": age,
+        "live_bytes": sum(by_cause.values()),
+        "by_cause": by_cause,
+        "alive": True,
+    }
 
 
 def _report(conns, contexts=None, mode="run", process=None):
-    contexts = contexts if contexts is not None else [
-        {"id": 1, "connections": len(conns), "live_bytes": 1000, "by_cause": {"other": 1000},
-         "release_buffers": None}]
-    return {"target": {"mode": mode}, "contexts": contexts, "connections": conns,
-            "per_connection": {"connections": len(conns)}, "process": process or {"by_cause": {}},
-            "history": []}
+    contexts = (
+        contexts
+        if contexts is not None
+        else [
+            {
+                "id": 1,
+                "connections": len(conns),
+                "live_bytes": 1000,
+                "by_cause": {"other": 1000},
+                "release_buffers": None,
+            }
+        ]
+    )
+    return {
+        "target": {"mode": mode},
+        "contexts": contexts,
+        "connections": conns,
+        "per_connection": {"connections": len(conns)},
+        "process": process or {"by_cause": {}},
+        "history": [],
+    }
 
 
 def _ids(report):
     from tlsprof.analysis.findings import compute_findings
+
     return [f["id"] for f in compute_findings(report)]
 
 
 def test_threshold_edges():
     from tlsprof.analysis import findings as F
+
     rb = F.RB_MIN_BYTES
     assert "idle-record-buffers" in _ids(_report([_conn(i, record_buffers=rb) for i in range(10)]))
     assert "idle-record-buffers" not in _ids(_report([_conn(i, record_buffers=rb) for i in range(9)]))
     assert "idle-record-buffers" not in _ids(_report([_conn(i, record_buffers=rb - 1) for i in range(50)]))
     # mode unknown after attach: not claimed
-    assert "idle-record-buffers" not in _ids(_report([_conn(i, record_buffers=rb) for i in range(50)],
-                                                     mode="attach"))
+    assert "idle-record-buffers" not in _ids(_report([_conn(i, record_buffers=rb) for i in range(50)], mode="attach"))
     assert "compression-enabled" in _ids(_report([_conn(1, compression=F.COMP_MIN_BYTES + 1)]))
     assert "compression-enabled" not in _ids(_report([_conn(1, compression=F.COMP_MIN_BYTES)]))
     closed = [dict(_conn(i, fd=10 + i, other=5000), fd_open=False) for i in range(F.LEAK_MIN_CONNECTIONS)]
@@ -497,6 +565,7 @@ def test_threshold_edges():
             out.append({"t": k * 3.0, "live_bytes": 0, "connections": n, "io_calls": io})
             io += int(io_rate(n) * 3.0)
         return out
+
     rising = list(range(10))  # 27 s of history, +9 connections
     assert "leaked-connections" in _ids(dict(_report(silent), history=history(rising, lambda n: 30)))
     assert "leaked-connections" not in _ids(dict(_report(silent[:-1]), history=history(rising, lambda n: 30)))
@@ -505,8 +574,15 @@ def test_threshold_edges():
     assert "leaked-connections" not in _ids(dict(_report(silent), history=history(rising[:6], lambda n: 30)))
     fresh = [dict(c, idle_s=F.TREND_SILENT_S - 1) for c in silent]
     assert "leaked-connections" not in _ids(dict(_report(fresh), history=history(rising, lambda n: 30)))
-    idle_ctx = [{"id": i, "connections": 0, "live_bytes": F.LEAK_MIN_CONTEXT_BYTES + 1,
-                 "by_cause": {"other": F.LEAK_MIN_CONTEXT_BYTES + 1}} for i in range(10)]
+    idle_ctx = [
+        {
+            "id": i,
+            "connections": 0,
+            "live_bytes": F.LEAK_MIN_CONTEXT_BYTES + 1,
+            "by_cause": {"other": F.LEAK_MIN_CONTEXT_BYTES + 1},
+        }
+        for i in range(10)
+    ]
     assert "leaked-contexts" in _ids(_report([], contexts=idle_ctx))
     assert "leaked-contexts" not in _ids(_report([], contexts=idle_ctx[:9]))
     kept = {"by_cause": {"session": F.SC_MIN_BYTES + 1}}

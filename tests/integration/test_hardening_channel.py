@@ -6,6 +6,7 @@ socket is deliberately left open to everyone, by SO_PEERCRED: closed without one
 ignored; garbage, oversized, silent, slow-reading and vanishing peers get nothing and the target keeps
 serving TLS all along (the listener is its own thread with 2 s socket timeouts and MSG_NOSIGNAL).
 """
+
 import os
 import pwd
 import socket
@@ -123,13 +124,17 @@ def test_another_uid_is_refused_by_peercred_even_if_the_socket_is_left_open(trac
     assert echo_once(tracked.server.port)
 
 
-@pytest.mark.parametrize("payload", [
-    b"\x00\xff" * 4096,                 # binary garbage, no newline, more than the command buffer
-    b"SNAPSHOT" * 100 + b"\n",          # a too-long line
-    b"snapshot\n",                      # unknown command
-    b"\n",                              # empty command
-    os.urandom(200),
-], ids=["binary", "long-line", "unknown", "empty", "random"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x00\xff" * 4096,  # binary garbage, no newline, more than the command buffer
+        b"SNAPSHOT" * 100 + b"\n",  # a too-long line
+        b"snapshot\n",  # unknown command
+        b"\n",  # empty command
+        os.urandom(200),
+    ],
+    ids=["binary", "long-line", "unknown", "empty", "random"],
+)
 def test_garbage_gets_nothing_useful_and_target_unharmed(tracked, payload):
     got = raw_exchange(tracked.sock, payload)
     assert b"tlsprof-snapshot" not in got and b"O " not in got
@@ -179,6 +184,7 @@ def test_sockets_of_processes_gone_are_removed_and_live_ones_kept(tmp_path):
     channel-directory check removes it, never a live process's socket nor a file that is not one."""
     import subprocess
     from tlsprof.collect.channel_paths import remove_stale_sockets
+
     gone = subprocess.Popen(["true"])
     gone.wait(10)
     d = tmp_path / "chan"

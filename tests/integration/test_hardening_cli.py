@@ -2,6 +2,7 @@
 no traceback); `tlsprof diff` fed malformed, truncated or mutated JSON (hypothesis) says so in one
 line and exits 2, never a traceback. (The report reader's own fuzzing is in test_report_format.py.)
 """
+
 import contextlib
 import io
 import json
@@ -78,6 +79,7 @@ def test_missing_or_invalid_arguments_are_usage_errors(case):
 
 # ---- diff, fuzzed in-process (a subprocess per example would be too slow) ----
 
+
 def _diff(a_bytes, b_bytes, tmp):
     a, b = os.path.join(tmp, "a.json"), os.path.join(tmp, "b.json")
     with open(a, "wb") as f:
@@ -97,8 +99,9 @@ VALID = json.dumps(good_report()).encode()
 
 
 def _mutations():
-    leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                     st.text(max_size=20))
+    leaf = st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=20)
+    )
     return leaf
 
 

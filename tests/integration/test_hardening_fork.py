@@ -9,6 +9,7 @@ counted in the one process that accepted it, never twice. Forks made while anoth
 OpenSSL and the shim do not deadlock the child (prepare locks every shim lock, both sides unlock).
 Under `attach` only the attached worker is tracked; the parent and the other workers stay untouched.
 """
+
 import json
 import os
 import subprocess
@@ -44,6 +45,7 @@ def environ_of(pid):
 def python_pid_under(proc):
     """The pre-fork parent: the python child of `tlsprof run`."""
     import psutil
+
     for _ in range(100):
         for c in psutil.Process(proc.pid).children():
             if "prefork_server.py" in " ".join(c.cmdline()):
@@ -60,8 +62,15 @@ def connections(sock):
 def test_prefork_under_run_children_tracked_own_channel_no_deadlock_no_double_count(cert_pair, tmp_path):
     out = tmp_path / "report.json"
     proc, port, workers, info = start_prefork(
-        cert_pair, tmp_path, "--workers", "2", "--busy", "--forks", "15",
-        wrapper=[sys.executable, "-m", "tlsprof", "run", "-o", str(out), "--interval", "0.2", "--"])
+        cert_pair,
+        tmp_path,
+        "--workers",
+        "2",
+        "--busy",
+        "--forks",
+        "15",
+        wrapper=[sys.executable, "-m", "tlsprof", "run", "-o", str(out), "--interval", "0.2", "--"],
+    )
     try:
         assert info == {"forks_ok": "15", "hung": "0"}  # children forked mid-OpenSSL all finished
         parent = python_pid_under(proc)
@@ -79,7 +88,10 @@ def test_prefork_under_run_children_tracked_own_channel_no_deadlock_no_double_co
         per_worker = {w: connections(socks[w])[1] for w in workers}
         _, in_parent = connections(socks[parent])
         assert in_parent == []  # the parent accepted nothing
-        assert sum(len(c) for c in per_worker.values()) == len(clients), ([(o.peer, o.fd, o.serial, o.state) for cs in per_worker.values() for o in cs], [c.getsockname() for c in clients])
+        assert sum(len(c) for c in per_worker.values()) == len(clients), (
+            [(o.peer, o.fd, o.serial, o.state) for cs in per_worker.values() for o in cs],
+            [c.getsockname() for c in clients],
+        )
         peers = [o.peer for conns in per_worker.values() for o in conns]
         assert len(set(peers)) == len(clients)
         for c in clients:
@@ -102,10 +114,26 @@ def test_attach_to_one_prefork_worker_tracks_it_alone(cert_pair, tmp_path):
     out = tmp_path / "attach.json"
     try:
         target = workers[0]
-        att = subprocess.Popen([sys.executable, "-m", "tlsprof", "attach", str(target), "--duration", "4",
-                                "--interval", "0.5", "-o", str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        att = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tlsprof",
+                "attach",
+                str(target),
+                "--duration",
+                "4",
+                "--interval",
+                "0.5",
+                "-o",
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         from tlsprof.collect.channel_paths import channel_dir_path
+
         sock = os.path.join(channel_dir_path(os.geteuid()), f"{target}.sock")
         wait_for(lambda: os.path.exists(sock) or att.poll() is not None, 60, "attach")
         clients = [tls_connect(port) for _ in range(4)]

@@ -9,6 +9,7 @@
   one listening but its own shim); in attach mode the hooks stay until `tlsprof detach PID`, which
   removes them through the socket.
 """
+
 import json
 import os
 import signal
@@ -55,9 +56,12 @@ def run_target(tmp_path, mode, *, after_start=None):
     script.write_text(TARGET)
     out = tmp_path / f"{mode}.json"
     ready = tmp_path / "ready"
-    p = subprocess.Popen([*TLSPROF, "run", "-o", str(out), "--interval", "0.2", "--", sys.executable,
-                          str(script), mode, str(ready)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+    p = subprocess.Popen(
+        [*TLSPROF, "run", "-o", str(out), "--interval", "0.2", "--", sys.executable, str(script), mode, str(ready)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         if after_start:
             wait_for(lambda: ready.exists(), 30, "target ready")
@@ -92,6 +96,7 @@ def test_target_closes_its_stdio_report_kept(tmp_path):
 
 def _target_of(p):
     import psutil
+
     kids = psutil.Process(p.pid).children()
     assert kids, "no target under tlsprof run"
     return kids[0].pid
@@ -136,8 +141,9 @@ def test_tlsprof_attach_killed_hooks_removable_with_detach(cert_dir):
         pytest.skip("gdb needed for attach")
     server = start_echo_server(certdir=cert_dir)
     sock = os.path.join(channel_dir_path(os.geteuid()), f"{server.pid}.sock")
-    att = subprocess.Popen([*TLSPROF, "attach", str(server.pid), "--interval", "0.2"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    att = subprocess.Popen(
+        [*TLSPROF, "attach", str(server.pid), "--interval", "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for(lambda: os.path.exists(sock) or att.poll() is not None, 60, "attach")
         assert parse_snapshot(ask(sock, "SNAPSHOT")).stats["slots_patched"] > 0
@@ -167,8 +173,10 @@ def test_exec_loads_a_fresh_shim_for_the_new_image(tmp_path):
     second = tmp_path / "second.py"
     second.write_text(EXEC_SECOND)
     ready = tmp_path / "ready"
-    first = (f"import os, ssl, sys; c = ssl.create_default_context(); "
-             f"os.execv(sys.executable, [sys.executable, {str(second)!r}, {str(ready)!r}])")
+    first = (
+        f"import os, ssl, sys; c = ssl.create_default_context(); "
+        f"os.execv(sys.executable, [sys.executable, {str(second)!r}, {str(ready)!r}])"
+    )
     chan = tempfile.mkdtemp(prefix="tlsprof-exec-")
     p = Proc([sys.executable, "-c", first], env=launch.preload_env(chan))
     try:
@@ -186,8 +194,12 @@ def test_exec_loads_a_fresh_shim_for_the_new_image(tmp_path):
 
 def test_exec_of_a_program_without_openssl_under_run(tmp_path):
     code = "import os, ssl; ssl.create_default_context(); os.execv('/bin/sh', ['sh', '-c', 'exit 7'])"
-    p = subprocess.run([*TLSPROF, "run", "--interval", "0.2", "--", sys.executable, "-c", code],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [*TLSPROF, "run", "--interval", "0.2", "--", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 7
     assert "Traceback" not in p.stderr
 
@@ -196,9 +208,11 @@ def test_exec_with_preload_removed_runs_untracked(tmp_path):
     second = tmp_path / "second.py"
     second.write_text(EXEC_SECOND)
     ready = tmp_path / "ready"
-    first = (f"import os, ssl, sys; c = ssl.create_default_context(); "
-             f"env = {{k: v for k, v in os.environ.items() if k not in ('LD_PRELOAD', 'TLSPROF_DIR')}}; "
-             f"os.execve(sys.executable, [sys.executable, {str(second)!r}, {str(ready)!r}], env)")
+    first = (
+        f"import os, ssl, sys; c = ssl.create_default_context(); "
+        f"env = {{k: v for k, v in os.environ.items() if k not in ('LD_PRELOAD', 'TLSPROF_DIR')}}; "
+        f"os.execve(sys.executable, [sys.executable, {str(second)!r}, {str(ready)!r}], env)"
+    )
     chan = tempfile.mkdtemp(prefix="tlsprof-exec-")
     p = Proc([sys.executable, "-c", first], env=launch.preload_env(chan))
     try:

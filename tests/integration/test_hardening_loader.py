@@ -2,6 +2,7 @@
 (dl_iterate_phdr) while the target's threads dlopen/dlclose: a callback that asked the loader
 anything (dladdr) inverted the loader's two locks and froze the target (seen once in 29 starts of
 the threaded echo server, at Python's import of _lzma)."""
+
 import os
 import subprocess
 import sys
@@ -33,8 +34,12 @@ print(lib, n, flush=True)
 def test_snapshots_while_the_target_loads_and_unloads_libraries_never_deadlock(tmp_path):
     script = tmp_path / "dlopen_loop.py"
     script.write_text(WORKLOAD)
-    out = subprocess.run([*TLSPROF, "run", "--interval", "0.05", "-o", str(tmp_path / "r.json"), "--",
-                          sys.executable, str(script), "8"], capture_output=True, text=True, timeout=90)
+    out = subprocess.run(
+        [*TLSPROF, "run", "--interval", "0.05", "-o", str(tmp_path / "r.json"), "--", sys.executable, str(script), "8"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert out.returncode == 0, out.stderr
     lib, n = out.stdout.split()
     assert int(n) > 100  # the loader was busy the whole time

@@ -4,6 +4,7 @@ TLSPROF_MAX_BLOCKS=N (read by hooks/table_wide.c) caps the live blocks the shim 
 insert fails exactly like a table that cannot grow, and the hooks count the block as untracked
 (`stat untracked_bytes/untracked_blocks`) while OpenSSL's allocation itself succeeds.
 """
+
 from shim_harness.hardening_util import Tracked, echo_once
 from tlsenv import start_clients
 

@@ -7,6 +7,7 @@ snapshots over the channel. Only reports whose stack shows a shim frame (hooks/*
 and OpenSSL are not built with the sanitizer. Counts must be consistent at the end: every tracked
 block is in exactly one owner and one site, and nothing was dropped.
 """
+
 import json
 import os
 import re
@@ -27,8 +28,13 @@ WORKLOAD = os.path.join(HERE, "shim_harness", "workload.py")
 def _run_workload(env_extra, cert_pair, tmp_path, rounds=30):
     chan = tempfile.mkdtemp(prefix="tlsprof-san-")  # 0700, ours
     env = dict(os.environ, TLSPROF_DIR=chan, **env_extra)
-    proc = subprocess.run([sys.executable, WORKLOAD, *cert_pair, "--threads", "8", "--rounds", str(rounds),
-                           "--snapshots"], env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, WORKLOAD, *cert_pair, "--threads", "8", "--rounds", str(rounds), "--snapshots"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -41,7 +47,14 @@ def _fd_table_race(rep):
         return False
     accesses = rep.split("Location is file descriptor")[0]  # the two stacks, not thread creation
     shim_frames = re.findall(r"#\d+ (\S+) \S*hooks/", accesses)
-    return bool(shim_frames) and set(shim_frames) <= {"put_facts", "put_owner", "format_peer", "snapshot", "serve", "listen_loop"}
+    return bool(shim_frames) and set(shim_frames) <= {
+        "put_facts",
+        "put_owner",
+        "format_peer",
+        "snapshot",
+        "serve",
+        "listen_loop",
+    }
 
 
 def shim_reports(log_dir):
@@ -51,8 +64,11 @@ def shim_reports(log_dir):
     for name in os.listdir(log_dir):
         text = open(os.path.join(log_dir, name), errors="replace").read()
         for rep in re.split(r"={10,}\n", text):
-            if ("WARNING: ThreadSanitizer" in rep or "ERROR: AddressSanitizer" in rep
-                    or "runtime error" in rep) and "hooks/" in rep and not _fd_table_race(rep):
+            if (
+                ("WARNING: ThreadSanitizer" in rep or "ERROR: AddressSanitizer" in rep or "runtime error" in rep)
+                and "hooks/" in rep
+                and not _fd_table_race(rep)
+            ):
                 out.append(rep)
     return out
 
@@ -91,5 +107,6 @@ def test_eight_threads_under_sanitizer_zero_shim_reports_and_consistent_counts(k
 
 def test_eight_threads_plain_build_consistent_counts(cert_pair, tmp_path):
     from tlsprof.collect.shim import shim_path
+
     result = _run_workload({"LD_PRELOAD": shim_path()}, cert_pair, tmp_path)
     assert_counts_consistent(result)

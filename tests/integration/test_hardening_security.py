@@ -5,6 +5,7 @@ A known secret crosses the echo server in both directions; the client logs the s
 (SSLKEYLOGFILE format); the server's private key is on disk. Every output is then grepped for each
 of them: raw channel snapshots, the JSON report, the text and JSON renderings, tlsprof's stderr.
 """
+
 import base64
 import gzip
 import json
@@ -50,6 +51,7 @@ def client_traffic(port, keylog, n=5):
     ctx.verify_mode = ssl.CERT_NONE
     ctx.keylog_filename = keylog
     import socket
+
     socks = []
     for _ in range(n):
         t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost")
@@ -65,9 +67,11 @@ def test_no_payload_key_or_session_secret_in_any_output(cert_pair, tmp_path):
     cert_dir = os.path.dirname(cert_pair[0])
     keylog = str(tmp_path / "keylog.txt")
     out = tmp_path / "report.json"
-    server = start_echo_server("--threaded", certdir=cert_dir,
-                               wrapper=[*TLSPROF, "run", "-o", str(out), "--interval", "0.2",
-                                        "--pprof", str(tmp_path / "profiles"), "--"])
+    server = start_echo_server(
+        "--threaded",
+        certdir=cert_dir,
+        wrapper=[*TLSPROF, "run", "-o", str(out), "--interval", "0.2", "--pprof", str(tmp_path / "profiles"), "--"],
+    )
     outputs = {}
     try:
         target = server.target_pid()
@@ -86,7 +90,9 @@ def test_no_payload_key_or_session_secret_in_any_output(cert_pair, tmp_path):
         r = subprocess.run([*TLSPROF, "report", str(out), *fmt], capture_output=True, timeout=60)
         outputs[f"report {' '.join(fmt)}"] = r.stdout + r.stderr
     pb = tmp_path / "report.pb.gz"
-    r = subprocess.run([*TLSPROF, "report", str(out), "--format", "pprof", "-o", str(pb)], capture_output=True, timeout=60)
+    r = subprocess.run(
+        [*TLSPROF, "report", str(out), "--format", "pprof", "-o", str(pb)], capture_output=True, timeout=60
+    )
     outputs["report --format pprof"] = gzip.decompress(pb.read_bytes()) + r.stderr
     assert os.listdir(tmp_path / "profiles")
     for name in os.listdir(tmp_path / "profiles"):  # what --pprof wrote while the secrets were live
@@ -95,8 +101,7 @@ def test_no_payload_key_or_session_secret_in_any_output(cert_pair, tmp_path):
     secrets = needles(cert_pair[1], keylog)
     assert sum(1 for l in open(keylog) if len(l.split()) == 3) >= 5  # session secrets were logged
     assert len(secrets) > 10
-    found = [(name, n[:24]) for name, blob in outputs.items() for n in secrets
-             if n and n.lower() in blob.lower()]
+    found = [(name, n[:24]) for name, blob in outputs.items() for n in secrets if n and n.lower() in blob.lower()]
     assert not found, f"secret material in outputs: {found}"
     # and what they do contain: sizes, sites, addresses
     assert re.search(rb"\.\./ssl/", outputs["snapshot-live"])
@@ -120,10 +125,25 @@ def test_attach_never_widens_permissions(cert_pair, tmp_path):
     try:
         # the channel directory may not exist before the first attach: create it the way attach does
         from tlsprof.collect.channel_paths import channel_dir_for
+
         channel_dir_for(os.geteuid())
         before = perms()
-        r = subprocess.run([*TLSPROF, "attach", str(server.pid), "--duration", "1", "--interval", "0.3",
-                            "-o", str(tmp_path / "a.json")], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [
+                *TLSPROF,
+                "attach",
+                str(server.pid),
+                "--duration",
+                "1",
+                "--interval",
+                "0.3",
+                "-o",
+                str(tmp_path / "a.json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         assert perms() == before
         assert stat.S_IMODE(os.stat(channel_dir_path(os.geteuid())).st_mode) == 0o700

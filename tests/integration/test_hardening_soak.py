@@ -5,6 +5,7 @@ and detaches every 20 s (60 s in longer runs). Zero failed handshakes, every att
 and its RSS after warm-up stays within the soak's slack. TLSPROF_SOAK_MINUTES overrides the length
 (e.g. 30 for the full soak through pytest).
 """
+
 import json
 import os
 import subprocess
@@ -21,9 +22,23 @@ def test_soak_ci_version_churn_with_attach_detach(tmp_path):
         pytest.skip("gdb needed for attach")
     minutes = float(os.environ.get("TLSPROF_SOAK_MINUTES", "2"))
     out = tmp_path / "soak.json"
-    p = subprocess.run([sys.executable, SOAK, "--minutes", str(minutes), "--connections", "1000",
-                        "--attach-every", "20" if minutes <= 5 else "60", "--json", str(out)],
-                       capture_output=True, text=True, timeout=minutes * 60 + 240)
+    p = subprocess.run(
+        [
+            sys.executable,
+            SOAK,
+            "--minutes",
+            str(minutes),
+            "--connections",
+            "1000",
+            "--attach-every",
+            "20" if minutes <= 5 else "60",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=minutes * 60 + 240,
+    )
     summary = json.loads(out.read_text())
     brief = {k: v for k, v in summary.items() if k != "rss_samples"}
     assert summary["checks"]["no_failed_handshakes"], brief

@@ -1,6 +1,7 @@
 """The heap walk (issue 14): `tlsprof attach` measures the OpenSSL memory that predates it. Every
 server holds 200 idle TLS connections opened before the attach; figures are held against a count
 made without tlsprof (mallinfo2) or against what `tlsprof run` tracks for the same workload."""
+
 import os
 import shutil
 import signal
@@ -34,8 +35,15 @@ def _attach_report(pid, path, duration=2, *extra):
 
 
 def _independent_ca_store():
-    return int(subprocess.run([sys.executable, os.path.join(WORKLOADS, "ca_store_cost.py")],
-                              capture_output=True, text=True, check=True, timeout=120).stdout)
+    return int(
+        subprocess.run(
+            [sys.executable, os.path.join(WORKLOADS, "ca_store_cost.py")],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+    )
 
 
 def test_walk_finds_every_context_and_its_ca_store_on_a_ctx_per_connection_server(spawn, tmp_path):
@@ -51,8 +59,10 @@ def test_walk_finds_every_context_and_its_ca_store_on_a_ctx_per_connection_serve
         assert c["peer"].startswith("127.0.0.1:")
     stores = [c["by_cause"].get("ca_store", 0) for c in contexts]
     mean = statistics.mean(stores)
-    print(f"CA store per context: walked mean {mean:.0f} B (min {min(stores)}, max {max(stores)}), "
-          f"mallinfo2 {independent} B")
+    print(
+        f"CA store per context: walked mean {mean:.0f} B (min {min(stores)}, max {max(stores)}), "
+        f"mallinfo2 {independent} B"
+    )
     assert abs(mean - independent) <= 0.10 * independent
     per = report["per_connection"]
     assert per["connections"] >= 0.95 * N and per["measured"] in ("walked", "walked+tracked")
@@ -115,8 +125,10 @@ def test_run_walk_puts_walked_bytes_beside_tracked_bytes_of_each_connection(spaw
         assert c["measured"] == "tracked"
 
 
-@pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
-                    reason="needs Debian's nginx (make test installs nginx-light)")
+@pytest.mark.skipif(
+    not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
+    reason="needs Debian's nginx (make test installs nginx-light)",
+)
 def test_walk_finds_the_connections_of_an_nginx_worker(cert_pair, tmp_path):
     with nginx_worker(cert_pair, tmp_path) as (worker, port, socks):
         socks += _http_keepalive(port, N)
@@ -145,8 +157,10 @@ frontend tls
 """
 
 
-@pytest.mark.skipif(not shutil.which("haproxy") and not os.path.exists("/usr/sbin/haproxy"),
-                    reason="needs Debian's haproxy (make test installs it)")
+@pytest.mark.skipif(
+    not shutil.which("haproxy") and not os.path.exists("/usr/sbin/haproxy"),
+    reason="needs Debian's haproxy (make test installs it)",
+)
 def test_walk_finds_the_connections_of_haproxy(cert_pair, tmp_path):
     cert, key = cert_pair
     pem = tmp_path / "haproxy.pem"
@@ -154,12 +168,18 @@ def test_walk_finds_the_connections_of_haproxy(cert_pair, tmp_path):
     port = free_port()
     conf = tmp_path / "haproxy.cfg"
     conf.write_text(HAPROXY_CONF.format(port=port, pem=pem))
-    haproxy = subprocess.Popen([shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(conf)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    haproxy = subprocess.Popen(
+        [shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     socks = []
     try:
-        wait_for(lambda: any(c.laddr.port == port for c in psutil.net_connections("tcp") if c.status == "LISTEN"),
-                 20, "haproxy to listen")
+        wait_for(
+            lambda: any(c.laddr.port == port for c in psutil.net_connections("tcp") if c.status == "LISTEN"),
+            20,
+            "haproxy to listen",
+        )
         socks = _http_keepalive(port, N)
         report, _ = _attach_report(haproxy.pid, tmp_path / "haproxy.json")
         conns = _walked(report["connections"])
@@ -247,8 +267,10 @@ def test_old_and_new_connections_in_one_report_cost_the_same(spawn, tmp_path):
     assert len(old) >= 48 and len(new) >= 48, (len(old), len(new))
     assert all(c["age"] == "before attach" and c["age_s"] is None for c in old)
     old_mean, new_mean = statistics.mean(map(cost, old)), statistics.mean(map(cost, new))
-    print(f"per connection with its context: before attach (walked) {old_mean:.0f} B, since (tracked) {new_mean:.0f} B, "
-          f"headline {report['per_connection']['bytes']} B")
+    print(
+        f"per connection with its context: before attach (walked) {old_mean:.0f} B, since (tracked) {new_mean:.0f} B, "
+        f"headline {report['per_connection']['bytes']} B"
+    )
     assert abs(old_mean - new_mean) <= 0.15 * new_mean
     assert abs(report["per_connection"]["bytes"] - new_mean) <= 0.15 * new_mean
     finding = next(f for f in report["findings"] if f["id"] == "ca-store-per-connection")
@@ -259,8 +281,10 @@ DEBIAN_PYTHON = "/usr/bin/python3"
 
 
 def _debian_twisted():
-    return os.path.exists(DEBIAN_PYTHON) and subprocess.run(
-        [DEBIAN_PYTHON, "-c", "import twisted, OpenSSL"], capture_output=True).returncode == 0
+    return (
+        os.path.exists(DEBIAN_PYTHON)
+        and subprocess.run([DEBIAN_PYTHON, "-c", "import twisted, OpenSSL"], capture_output=True).returncode == 0
+    )
 
 
 @pytest.mark.skipif(not _debian_twisted(), reason="needs Debian's python3-twisted and python3-openssl")
@@ -268,9 +292,15 @@ def _debian_twisted():
 def test_walk_finds_twisted_connections_on_debian_pyopenssl(spawn, cert_dir, tmp_path, ctx_per_conn):
     """Twisted over Debian's pyOpenSSL (the system libssl) under Debian's non-PIE python3."""
     from tlsenv import ServerProc
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples",
-                          "twisted_echo_server.py")
-    args = ["--port", "0", "--ready-file", "{ready}", "--certdir", cert_dir] + (["--ctx-per-conn"] if ctx_per_conn else [])
+
+    script = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        "examples",
+        "twisted_echo_server.py",
+    )
+    args = ["--port", "0", "--ready-file", "{ready}", "--certdir", cert_dir] + (
+        ["--ctx-per-conn"] if ctx_per_conn else []
+    )
     server = ServerProc([DEBIAN_PYTHON, script, *args], script=script)
     try:
         server.port = int(server.wait_ready(60))
@@ -278,8 +308,10 @@ def test_walk_finds_twisted_connections_on_debian_pyopenssl(spawn, cert_dir, tmp
         report, _ = _attach_report(server.pid, tmp_path / "twisted.json")
         conns = _walked(report["connections"])
         assert len(conns) >= 0.95 * N, len(conns)
-        print(f"twisted ({'ctx per connection' if ctx_per_conn else 'shared'}): {len(conns)} walked connections, "
-              f"{report['per_connection']['bytes']} B per connection")
+        print(
+            f"twisted ({'ctx per connection' if ctx_per_conn else 'shared'}): {len(conns)} walked connections, "
+            f"{report['per_connection']['bytes']} B per connection"
+        )
         has_finding = any(f["id"] == "ca-store-per-connection" for f in report["findings"])
         assert has_finding == ctx_per_conn
     finally:

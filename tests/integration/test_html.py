@@ -4,6 +4,7 @@ The Chromium tests drive Debian's chromium over the DevTools protocol on a pipe
 (`--remote-debugging-pipe`: fds 3 and 4, NUL-separated JSON; no websocket library needed) to see
 every network request and console message, and check the screenshot's pixels with a tiny PNG decoder.
 """
+
 import base64
 import fcntl
 import html.parser
@@ -30,22 +31,37 @@ from tlsprof.render.html import BYTES_COLOUR, COLOURS, STYLE, render_html
 from tlsprof.model.schema import validate_report
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1200,1600"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1200,1600",
+]
 WAIT = 60.0
 
-HOSTILE = ['<img src="http://127.0.0.1:9/x.png">', "<script>console.error('xss')</script>",
-           "\"'><svg onload=alert(1)>", "<style>@import url(http://127.0.0.1:9/s.css)</style>"]
+HOSTILE = [
+    '<img src="http://127.0.0.1:9/x.png">',
+    "<script>console.error('xss')</script>",
+    "\"'><svg onload=alert(1)>",
+    "<style>@import url(http://127.0.0.1:9/s.css)</style>",
+]
 
 needs_chromium = pytest.mark.skipif(
     not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true",
-    reason=f"{CHROMIUM} is absent (apt-get install chromium); required when CI=true")
+    reason=f"{CHROMIUM} is absent (apt-get install chromium); required when CI=true",
+)
 
 
 # --- a real report -------------------------------------------------------------------------------
 def _scrape_connections(url, pid):
     from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(url, timeout=10) as resp:
         text = resp.read().decode()
     got = {}
@@ -62,8 +78,21 @@ def real_report(tmp_path_factory):
     and with hostile strings where a report carries free text."""
     out = tmp_path_factory.mktemp("html") / "r.json"
     port = free_port()
-    wrapper = [sys.executable, "-m", "tlsprof", "run", "-o", str(out), "--at", "last", "--interval", "0.2",
-               "--metrics", f"127.0.0.1:{port}", "--"]
+    wrapper = [
+        sys.executable,
+        "-m",
+        "tlsprof",
+        "run",
+        "-o",
+        str(out),
+        "--at",
+        "last",
+        "--interval",
+        "0.2",
+        "--metrics",
+        f"127.0.0.1:{port}",
+        "--",
+    ]
     server = start_echo_server("--ctx-per-conn", wrapper=wrapper, cwd=REPO_ROOT, timeout=90)
     clients = None
     try:
@@ -138,12 +167,12 @@ def test_page_shows_chart_history_tables_sites_and_findings(real_report):
     page = render_html(real_report)
     assert 'id="per-connection-chart"' in page and 'id="history-chart"' in page
     assert page.count('class="seg" data-cause="ca_store"') >= 1 + 5  # the mean bar and every connection
-    for section in ("Bytes per connection by cause", "Findings", "History", "Contexts (", "Connections (",
-                    "Sites ("):
+    for section in ("Bytes per connection by cause", "Findings", "History", "Contexts (", "Connections (", "Sites ("):
         assert section in page
     assert "ca-store-per-connection" in page
     # every connection and context is on a row of its own or counted in a group of alike ones
     import re
+
     for kind, entries in (("conn", real_report["connections"]), ("ctx", real_report["contexts"])):
         alone = sum(1 for c in entries if f"<td>{c['id']}</td>" in page)
         grouped = sum(int(n) for n in re.findall(rf"<td>(\d+) × {kind}-\d+…</td>", page))
@@ -162,14 +191,23 @@ def test_report_without_history_or_connections_still_renders():
 def test_html_option_writes_the_page(tmp_path, real_report):
     src, out = tmp_path / "r.json", tmp_path / "out.html"
     src.write_text(json.dumps(real_report))
-    r = subprocess.run([sys.executable, "-m", "tlsprof", "report", str(src), "--html", str(out)],
-                       capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "tlsprof", "report", str(src), "--html", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout == "" and r.stderr.strip() == f"tlsprof: HTML report written to {out}"
     assert out.read_text(encoding="utf-8") == render_html(real_report)
-    bad = subprocess.run([sys.executable, "-m", "tlsprof", "report", str(src), "--html",
-                          str(tmp_path / "missing" / "out.html")], capture_output=True, text=True, timeout=60,
-                         cwd=REPO_ROOT)
+    bad = subprocess.run(
+        [sys.executable, "-m", "tlsprof", "report", str(src), "--html", str(tmp_path / "missing" / "out.html")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
@@ -195,9 +233,20 @@ class Chromium:
         self.stderr_path = os.path.join(self.profile, "stderr.log")
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-pipe",
-                 "about:blank"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                preexec_fn=child, pass_fds=(3, 4), start_new_session=True)
+                [
+                    CHROMIUM,
+                    *CHROMIUM_FLAGS,
+                    f"--user-data-dir={self.profile}",
+                    "--remote-debugging-pipe",
+                    "about:blank",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                preexec_fn=child,
+                pass_fds=(3, 4),
+                start_new_session=True,
+            )
         os.close(hi_r)
         os.close(hi_w)
         self.buf, self.next_id, self.events = b"", 0, []
@@ -271,13 +320,21 @@ def load_page(path):
         session = browser.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})["sessionId"]
         for domain in ("Page", "Network", "Runtime", "Log"):
             browser.send(f"{domain}.enable", session=session)
-        browser.send("Emulation.setDeviceMetricsOverride",
-                     {"width": 1200, "height": 1600, "deviceScaleFactor": 1, "mobile": False}, session=session)
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1200, "height": 1600, "deviceScaleFactor": 1, "mobile": False},
+            session=session,
+        )
         browser.send("Page.navigate", {"url": "file://" + os.path.abspath(path)}, session=session)
         browser.wait_event("Page.loadEventFired")
-        box = browser.send("Runtime.evaluate", {"expression": "JSON.stringify(document.getElementById("
-                                                              "'per-connection-chart').getBoundingClientRect())",
-                                                "returnByValue": True}, session=session)
+        box = browser.send(
+            "Runtime.evaluate",
+            {
+                "expression": "JSON.stringify(document.getElementById('per-connection-chart').getBoundingClientRect())",
+                "returnByValue": True,
+            },
+            session=session,
+        )
         shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=session)
         return list(browser.events), base64.b64decode(shot["data"]), json.loads(box["result"]["value"])
     finally:
@@ -289,8 +346,8 @@ def decode_png(data):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, idat = 8, b""
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body)
             assert depth == 8 and colour in (2, 6) and interlace == 0
@@ -301,7 +358,7 @@ def decode_png(data):
     raw, stride = zlib.decompress(idat), width * bpp
     prev, rows, i = bytearray(stride), [], 0
     for _ in range(height):
-        ftype, line = raw[i], bytearray(raw[i + 1:i + 1 + stride])
+        ftype, line = raw[i], bytearray(raw[i + 1 : i + 1 + stride])
         i += 1 + stride
         for x in range(stride):
             a = line[x - bpp] if x >= bpp else 0
@@ -316,19 +373,18 @@ def decode_png(data):
                 p = a + b - c
                 pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
                 line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        rows.append([tuple(line[x:x + 3]) for x in range(0, stride, bpp)])
+        rows.append([tuple(line[x : x + 3]) for x in range(0, stride, bpp)])
         prev = line
     return width, height, rows
 
 
 def _rgb(hex_colour):
-    return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
 
 
 def count_colour(rows, colour, box=None, tol=6):
     x0, y0, x1, y1 = box or (0, 0, len(rows[0]), len(rows))
-    return sum(1 for row in rows[y0:y1] for px in row[x0:x1]
-               if all(abs(p - q) <= tol for p, q in zip(px, colour)))
+    return sum(1 for row in rows[y0:y1] for px in row[x0:x1] if all(abs(p - q) <= tol for p, q in zip(px, colour)))
 
 
 @needs_chromium
@@ -340,11 +396,17 @@ def test_html_renders_in_chromium_without_errors_or_network_and_draws_the_bars(r
     url = "file://" + str(page)
     requests = [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
     assert requests == [url]  # the page itself, nothing else
-    console = [e["params"] for e in events if e["method"] in ("Runtime.consoleAPICalled", "Runtime.exceptionThrown",
-                                                                     "Page.javascriptDialogOpening")]
+    console = [
+        e["params"]
+        for e in events
+        if e["method"] in ("Runtime.consoleAPICalled", "Runtime.exceptionThrown", "Page.javascriptDialogOpening")
+    ]
     assert console == []
-    logged = [e["params"]["entry"] for e in events if e["method"] == "Log.entryAdded"
-              and e["params"]["entry"]["level"] in ("error", "warning")]
+    logged = [
+        e["params"]["entry"]
+        for e in events
+        if e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] in ("error", "warning")
+    ]
     assert logged == []
 
     width, height, rows = decode_png(png)

@@ -3,6 +3,7 @@
 Uses the built shim when it exports tlsprof_start; otherwise a stub library built here that only
 serves PING/DETACH on the channel socket (enough to prove injection and the safe point).
 """
+
 import os
 import signal
 import socket
@@ -64,8 +65,7 @@ __attribute__((visibility("default"))) int tlsprof_stop(void) {
 
 
 def _exports_start(path):
-    out = subprocess.run(["nm", "-D", "--defined-only", path], capture_output=True, text=True,
-                         timeout=30).stdout
+    out = subprocess.run(["nm", "-D", "--defined-only", path], capture_output=True, text=True, timeout=30).stdout
     return any(line.split()[-1] == "tlsprof_start" for line in out.splitlines() if line.split())
 
 
@@ -76,6 +76,7 @@ def shim(tmp_path_factory):
         return os.environ["TLSPROF_TEST_SHIM"]
     try:
         from tlsprof.collect.shim import shim_path
+
         real = shim_path()
         if _exports_start(real):
             return real
@@ -85,8 +86,7 @@ def shim(tmp_path_factory):
     d.mkdir()
     src, lib = d / "stub.c", d / "_shim.stub.so"
     src.write_text(STUB_C)
-    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(lib), str(src), "-lpthread"],
-                   check=True, timeout=120)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(lib), str(src), "-lpthread"], check=True, timeout=120)
     return str(lib)
 
 
@@ -99,8 +99,9 @@ class Target:
     """A process started by a test, stopped by pid at teardown."""
 
     def __init__(self, argv, **kw):
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True, **kw)
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw
+        )
         self.pid = self.proc.pid
 
     def stop(self):
@@ -121,6 +122,7 @@ def targets():
         t = Target(argv, **kw)
         started.append(t)
         return t
+
     yield start
     for t in started:
         t.stop()
@@ -145,12 +147,14 @@ def _wait_libssl(pid):
     def loaded():
         with open(f"/proc/{pid}/maps") as f:
             return "libssl.so" in f.read()
+
     _wait_for(loaded, what=f"libssl in pid {pid}")
 
 
 def _run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "tlsprof", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "tlsprof", *args], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def test_idle_asyncio_tls_server_is_attached_and_still_serves(spawn, shim, chan):
@@ -177,8 +181,10 @@ def test_idle_openssl_s_server_is_attached_and_handshakes_after(targets, cert_pa
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    t = targets(["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", cert,
-                 "-key", key, "-quiet"], stdin=subprocess.DEVNULL)
+    t = targets(
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", cert, "-key", key, "-quiet"],
+        stdin=subprocess.DEVNULL,
+    )
 
     def listening():
         try:
@@ -186,6 +192,7 @@ def test_idle_openssl_s_server_is_attached_and_handshakes_after(targets, cert_pa
             return True
         except OSError:
             return False
+
     _wait_for(listening, what="s_server listening")
     inject.inject(t.pid, shim, chan)
     assert inject.ping(t.pid, chan)
@@ -198,8 +205,7 @@ def test_idle_openssl_s_server_is_attached_and_handshakes_after(targets, cert_pa
 
 
 def test_busy_python_target_is_attached_at_an_allocator_breakpoint(targets, shim, chan):
-    t = targets([sys.executable, "-c",
-                 "import ssl\nwhile True:\n    b = bytearray(100000)\n"])
+    t = targets([sys.executable, "-c", "import ssl\nwhile True:\n    b = bytearray(100000)\n"])
     _wait_libssl(t.pid)
     stages = []
     inject.inject(t.pid, shim, chan, on_stage=stages.append)
@@ -268,8 +274,9 @@ def stuck_in_fgets(tmp_path_factory):
     """A program whose only thread waits in read() inside fgets() and never calls malloc."""
     d = tmp_path_factory.mktemp("stuck")
     (d / "stuck.c").write_text(STUCK_IN_FGETS)
-    subprocess.run(["gcc", "-O1", "-o", str(d / "stuck"), str(d / "stuck.c"), "-lssl", "-lcrypto"],
-                   check=True, timeout=120)
+    subprocess.run(
+        ["gcc", "-O1", "-o", str(d / "stuck"), str(d / "stuck.c"), "-lssl", "-lcrypto"], check=True, timeout=120
+    )
     return str(d / "stuck")
 
 
@@ -281,6 +288,7 @@ def test_target_dying_at_the_safe_point_wait_is_one_line_attach_error(targets, s
     def on_stage(stage):
         if stage == "waiting":
             os.kill(t.pid, signal.SIGKILL)
+
     with pytest.raises(AttachError, match=f"pid {t.pid} exited during attach") as exc:
         inject.inject(t.pid, shim, chan, on_stage=on_stage)
     assert "\n" not in str(exc.value)
@@ -299,8 +307,15 @@ def test_no_safe_point_within_timeout_leaves_target_running(targets, shim, chan,
 def test_thread_blocked_in_read_is_a_safe_point(targets, shim, chan, tmp_path):
     """read() called directly (Python's buffered stdin) holds no libc lock: attach at once."""
     out = tmp_path / "read.out"
-    t = targets([sys.executable, "-c", "import ssl, sys\ndata = sys.stdin.buffer.read()\n"
-                 "open(sys.argv[1], 'w').write(str(len(data)))\n", str(out)], stdin=subprocess.PIPE)
+    t = targets(
+        [
+            sys.executable,
+            "-c",
+            "import ssl, sys\ndata = sys.stdin.buffer.read()\nopen(sys.argv[1], 'w').write(str(len(data)))\n",
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+    )
     _wait_libssl(t.pid)
     stages = []
     inject.inject(t.pid, shim, chan, timeout=20, on_stage=stages.append)
@@ -314,6 +329,7 @@ def test_thread_blocked_in_read_is_a_safe_point(targets, shim, chan, tmp_path):
 
 def test_channel_dir_is_private_and_refused_when_open(tmp_path, monkeypatch):
     import tlsprof.collect.channel_paths as cp
+
     monkeypatch.setattr(cp, "BASE", str(tmp_path))
     d = cp.channel_dir_for(os.getuid())
     assert oct(os.stat(d).st_mode & 0o777) == oct(0o700)

@@ -2,6 +2,7 @@
 carries connections[].python / contexts[].python (type, created_by, python_bytes, referrers).
 
 Real processes under `tlsprof run`, real OpenSSL, servers on 127.0.0.1 stopped by pid."""
+
 import json
 import os
 import sys
@@ -9,8 +10,15 @@ import textwrap
 import time
 
 
-from tlsenv import (CA_PER_REQUEST_CLIENT, ProcError, Proc, start_ca_per_request_client,
-                    start_clients, start_echo_server, tls_connect)
+from tlsenv import (
+    CA_PER_REQUEST_CLIENT,
+    ProcError,
+    Proc,
+    start_ca_per_request_client,
+    start_clients,
+    start_echo_server,
+    tls_connect,
+)
 
 TLSPROF = os.path.join(os.path.dirname(sys.executable), "tlsprof")
 KiB = 1024
@@ -30,6 +38,7 @@ def _wait_for_agent_view(proc, predicate, timeout=30.0):
     """Give the session time to take snapshots (with agent answers) of the state under test."""
     deadline = time.monotonic() + timeout
     from tlsprof.collect import linkage
+
     channel = None
     while time.monotonic() < deadline:
         pid = proc.target_pid()
@@ -118,9 +127,15 @@ def test_context_per_request_client_contexts_name_the_creating_line(tmp_path):
         server.stop()
     report = _load(out)
     line = _line_of(CA_PER_REQUEST_CLIENT, "ctx = ssl.create_default_context()")
-    named = [c for c in report["contexts"] if c.get("python") and any(
-        f["file"] == CA_PER_REQUEST_CLIENT and f["line"] == line and f["function"] == "fetch_once"
-        for f in c["python"]["created_by"])]
+    named = [
+        c
+        for c in report["contexts"]
+        if c.get("python")
+        and any(
+            f["file"] == CA_PER_REQUEST_CLIENT and f["line"] == line and f["function"] == "fetch_once"
+            for f in c["python"]["created_by"]
+        )
+    ]
     assert len(named) >= 4, [c.get("python") for c in report["contexts"]]
     assert all(c["ca_store_bytes"] > 500 * KiB for c in named)
 
@@ -192,7 +207,7 @@ def test_leaked_ssl_objects_are_reported_with_the_holding_chain(tmp_path):
     assert any(f["id"] == "python-leak" for f in report["findings"])
 
 
-TM_FIXTURE = textwrap.dedent('''
+TM_FIXTURE = textwrap.dedent("""
     import json, os, signal, ssl, sys, time, tracemalloc
     DOMAIN = 0x7715
 
@@ -210,7 +225,7 @@ TM_FIXTURE = textwrap.dedent('''
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     while True:
         time.sleep(0.2)
-''')
+""")
 
 
 def test_tracemalloc_mode_attributes_openssl_bytes_to_the_create_default_context_line(tmp_path):

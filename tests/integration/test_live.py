@@ -1,5 +1,6 @@
 """The live view, headless (Textual's pilot), on a real echo server profiled as `tlsprof run` does:
 the shim preloaded with a private channel directory, a Session polling it from this process."""
+
 import argparse
 import asyncio
 import json
@@ -32,11 +33,27 @@ class ProfiledServer:
         self.channel_dir = launch.private_dir()
         ready = tmp_path / "ready"
         self.log = open(tmp_path / "server.log", "wb")
-        self.cmd = [sys.executable, ECHO_SERVER, "--host", "127.0.0.1", "--port", "0",
-                    "--ready-file", str(ready), "--certdir", cert_dir, *server_args]
-        self.proc = subprocess.Popen(self.cmd, env=launch.preload_env(self.channel_dir),
-                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.cmd = [
+            sys.executable,
+            ECHO_SERVER,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ready-file",
+            str(ready),
+            "--certdir",
+            cert_dir,
+            *server_args,
+        ]
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env=launch.preload_env(self.channel_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 30
         while not (ready.exists() and ready.read_text().strip()):
             assert self.proc.poll() is None, (tmp_path / "server.log").read_text()
@@ -67,8 +84,9 @@ def server(request, cert_dir, tmp_path):
 
 
 def _args(**kw):
-    return argparse.Namespace(interval=kw.pop("interval", 0.3), output=kw.pop("output", None),
-                              at=kw.pop("at", "peak"), **kw)
+    return argparse.Namespace(
+        interval=kw.pop("interval", 0.3), output=kw.pop("output", None), at=kw.pop("at", "peak"), **kw
+    )
 
 
 async def _until(pilot, predicate, what, timeout=WAIT):
@@ -100,8 +118,9 @@ def test_tables_fill_with_the_real_connections_and_causes(server, spawn):
             assert "12 connections" in head and f"pid {server.proc.pid}" in head
             # the header carries the Python side and the RSS explained (issue: causes and accounting)
             await _until(pilot, lambda: "RSS = " in _text(app.query_one("#head")), "the RSS parts in the header")
-            await _until(pilot, lambda: "+ Python side" in _text(app.query_one("#head")),
-                         "the Python side in the header")
+            await _until(
+                pilot, lambda: "+ Python side" in _text(app.query_one("#head")), "the Python side in the header"
+            )
             causes = _text(app.query_one("#causes"))
             # Python sets SSL_MODE_RELEASE_BUFFERS: idle connections hold no record buffers
             assert "CA store" in causes and "cipher state" in causes and "█" in causes
@@ -110,14 +129,16 @@ def test_tables_fill_with_the_real_connections_and_causes(server, spawn):
             assert table.row_count == 12
             assert all(str(r.id).startswith("conn-") for r in table.view)
             # the rows are the report's connections (asyncio: peer/fd when the shim can tell)
-            assert {(str(r.id), r.fd, r.peer or None) for r in table.view} == \
-                {(c["id"], c["fd"], c["peer"]) for c in app.data.report["connections"]}
+            assert {(str(r.id), r.fd, r.peer or None) for r in table.view} == {
+                (c["id"], c["fd"], c["peer"]) for c in app.data.report["connections"]
+            }
             await pilot.press("3")
             ctx = app.query_one("#ctx-table", PagedTable)
             assert ctx.row_count >= 1
             shared = max(ctx.view, key=lambda r: r.conns)
             assert shared.conns == 12 and shared.ca > 0  # one shared context holds the CA store
             assert app.is_running
+
     _run(scenario())
 
 
@@ -186,6 +207,7 @@ def test_sorting_filtering_and_drill_down(server, spawn):
             assert chosen in head and "127.0.0.1:" in head
             await pilot.press("escape")
             assert not isinstance(app.screen, ConnectionScreen)
+
     _run(scenario())
 
 
@@ -195,6 +217,7 @@ def _text(widget) -> str:
 
 def _plain(renderable) -> str:
     from rich.console import Console
+
     console = Console(width=120, record=True, file=open(os.devnull, "w"))
     console.print(renderable)
     return console.export_text()
@@ -213,6 +236,7 @@ def test_q_in_attach_mode_quits_at_once_and_leaves_the_target_running(server, sp
             await pilot.press("q")
             await pilot.pause(0.1)
         return app.return_value
+
     assert _run(scenario()) == "quit"
     assert server.proc.poll() is None  # the target runs on
 
@@ -233,6 +257,7 @@ def test_q_in_run_mode_asks_then_terminates_and_keeps_the_data(server, spawn):
             await pilot.press("q", "t")
             await pilot.pause(0.1)
         return app.return_value
+
     assert _run(scenario()) == "wait"
     assert server.proc.wait(10) == 0  # SIGTERM: the echo server closes and exits 0
     # the data stays: a snapshot may land while the server closes its connections after SIGTERM,
@@ -263,6 +288,7 @@ def test_target_exit_is_shown_and_the_last_data_kept(server, spawn, tmp_path):
             await pilot.press("q")  # no question once it has exited
             await pilot.pause(0.1)
         return app.return_value
+
     assert _run(scenario()) == "exited"
     saved = json.loads(out.read_text())
     assert saved["schema"] == "tlsprof.report/2" and saved["per_connection"]["connections"] == 4
@@ -287,10 +313,19 @@ def test_paging_bounds_the_rows_held_by_the_table(server):
         time.sleep(0.1)
     report = dict(ReportSource(session).latest_report())
     report["connections"] = [
-        {"id": f"conn-{i}", "context": None, "fd": None, "peer": f"127.0.0.1:{10000 + i % 50000}",
-         "state": "established", "age_s": float(i % 100), "live_bytes": 1000 + i,
-         "context_share_bytes": 0, "by_cause": {"record_buffers": 1000 + i}}
-        for i in range(10_000)]
+        {
+            "id": f"conn-{i}",
+            "context": None,
+            "fd": None,
+            "peer": f"127.0.0.1:{10000 + i % 50000}",
+            "state": "established",
+            "age_s": float(i % 100),
+            "live_bytes": 1000 + i,
+            "context_share_bytes": 0,
+            "by_cause": {"record_buffers": 1000 + i},
+        }
+        for i in range(10_000)
+    ]
     data = ViewData(report, session.history, time.time())
     app = LiveApp(session, server.proc, _args(interval=3600))
 
@@ -317,6 +352,7 @@ def test_paging_bounds_the_rows_held_by_the_table(server):
             assert "rows 201–400 of 10000" in table.status()
             await pilot.press("[")
             assert table.page == 0
+
     _run(scenario())
 
 

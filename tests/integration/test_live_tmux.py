@@ -1,6 +1,7 @@
 """End to end in a real terminal: `tlsprof run --live` under tmux (80x24) against the seed echo
 server with 200 connections; keys go in with `send-keys`, the screen comes back with
 `capture-pane`. tmux runs on a private socket; everything started is stopped by pid."""
+
 import json
 import os
 import shlex
@@ -15,8 +16,10 @@ import pytest
 
 from tlsenv import ECHO_SERVER, REPO_ROOT
 
-pytestmark = [pytest.mark.timeout(300),
-              pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+]
 
 N = 200
 
@@ -28,8 +31,9 @@ class Tmux:
         self.pane_pid = None
 
     def cmd(self, *args, check=True):
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True,
-                              check=check, timeout=30)
+        return subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=check, timeout=30
+        )
 
     def start(self, command: str):
         self.cmd("new-session", "-d", "-s", self.name, "-x", "80", "-y", "24", command)
@@ -82,6 +86,7 @@ def tmux(tmp_path):
     yield t
     t.close()
 
+
 def _exit_status(tmux, status, timeout=60.0):
     """The status the shell wrote after tlsprof exited (bounded wait)."""
     deadline = time.monotonic() + timeout
@@ -91,17 +96,20 @@ def _exit_status(tmux, status, timeout=60.0):
     return status.read_text().strip()
 
 
-
 def test_live_view_in_tmux_shows_200_connections_and_cause_bars(tmux, tmp_path, cert_dir, spawn):
     ready, log, report = tmp_path / "ready", tmp_path / "server.log", tmp_path / "report.json"
     status = tmp_path / "status"
     # the server's own output goes to a file: the live view owns the terminal
-    server = (f"exec {shlex.quote(sys.executable)} {shlex.quote(ECHO_SERVER)} --host 127.0.0.1 --port 0 "
-              f"--ready-file {shlex.quote(str(ready))} --certdir {shlex.quote(cert_dir)} "
-              f"> {shlex.quote(str(log))} 2>&1")
-    command = (f"cd {shlex.quote(REPO_ROOT)} && {shlex.quote(sys.executable)} -m tlsprof run --live "
-               f"--interval 0.5 -o {shlex.quote(str(report))} -- sh -c {shlex.quote(server)}; "
-               f"echo $? > {shlex.quote(str(status))}")
+    server = (
+        f"exec {shlex.quote(sys.executable)} {shlex.quote(ECHO_SERVER)} --host 127.0.0.1 --port 0 "
+        f"--ready-file {shlex.quote(str(ready))} --certdir {shlex.quote(cert_dir)} "
+        f"> {shlex.quote(str(log))} 2>&1"
+    )
+    command = (
+        f"cd {shlex.quote(REPO_ROOT)} && {shlex.quote(sys.executable)} -m tlsprof run --live "
+        f"--interval 0.5 -o {shlex.quote(str(report))} -- sh -c {shlex.quote(server)}; "
+        f"echo $? > {shlex.quote(str(status))}"
+    )
     tmux.start(command)
 
     deadline = time.monotonic() + 60
@@ -110,8 +118,9 @@ def test_live_view_in_tmux_shows_200_connections_and_cause_bars(tmux, tmp_path, 
         time.sleep(0.1)
     spawn.clients(int(ready.read_text()), N, interval=2.0)
 
-    screen = tmux.wait_screen(lambda s: f"{N} connections" in s and "CA store" in s and "█" in s,
-                              f"{N} connections and the cause bars")
+    screen = tmux.wait_screen(
+        lambda s: f"{N} connections" in s and "CA store" in s and "█" in s, f"{N} connections and the cause bars"
+    )
     assert "per connection" in screen and "cipher state" in screen
     assert all(len(line) <= 80 for line in screen.splitlines())
 
@@ -131,11 +140,14 @@ def test_attach_live_in_tmux_q_detaches_and_the_target_runs_on(tmux, tmp_path, s
     from tlsenv import tls_connect
     from tlsprof.collect import client
     from tlsprof.collect.channel_paths import channel_dir_for, socket_path
+
     server = spawn.server()
     spawn.clients(server.port, 20, interval=1.0)
     report, status = tmp_path / "attach.json", tmp_path / "status"
-    command = (f"cd {shlex.quote(REPO_ROOT)} && {shlex.quote(sys.executable)} -m tlsprof attach {server.pid} "
-               f"--live --interval 0.5 -o {shlex.quote(str(report))}; echo $? > {shlex.quote(str(status))}")
+    command = (
+        f"cd {shlex.quote(REPO_ROOT)} && {shlex.quote(sys.executable)} -m tlsprof attach {server.pid} "
+        f"--live --interval 0.5 -o {shlex.quote(str(report))}; echo $? > {shlex.quote(str(status))}"
+    )
     tmux.start(command)
     tmux.wait_screen(lambda s: "20 connections" in s and "attach" in s, "the attached live view")
     sock = socket_path(channel_dir_for(os.getuid()), server.pid)

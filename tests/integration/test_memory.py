@@ -1,6 +1,7 @@
 """The RSS explained: the report's `memory` section splits the target's RSS into measured parts
 (OpenSSL heap, the Python side of connections, the rest of the malloc heap, stacks, tlsprof's
 tracker, file-backed pages) and names the largest per-connection part on either side."""
+
 import threading
 
 from test_causes import _profiled_seed_server
@@ -43,8 +44,14 @@ def test_thread_stacks_are_found_in_smaps_of_this_process():
 
 def test_account_never_explains_more_than_it_measured():
     report = {"totals": {"live_bytes": 5000, "python_bytes": 0}, "per_connection": {"connections": 0}}
-    process = {"rss": 10000, "anonymous": 4000, "file_backed": 6000, "thread_stacks": 0,
-               "stacks_found": 1, "threads": 1}
+    process = {
+        "rss": 10000,
+        "anonymous": 4000,
+        "file_backed": 6000,
+        "thread_stacks": 0,
+        "stacks_found": 1,
+        "threads": 1,
+    }
     section = account(report, process, {"tracker_bytes": 100, "malloc_in_use": 6000, "malloc_free": 900})
     parts = {p["name"]: p["bytes"] for p in section["parts"]}
     assert parts["malloc_free"] == 0 and parts["other_anonymous"] == 0  # nothing left to explain
@@ -54,17 +61,28 @@ def test_account_never_explains_more_than_it_measured():
 
 def _own_pid():
     import os
+
     return os.getpid()
 
 
 def test_demo_table_carries_the_python_side_and_the_memory_parts():
     import subprocess
     import sys
+
     env = dict(__import__("os").environ, COLUMNS="80", NO_COLOR="1")
-    out = subprocess.run([sys.executable, "-m", "tlsprof", "demo", "-n", "20"], capture_output=True,
-                         text=True, timeout=240, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "tlsprof", "demo", "-n", "20"], capture_output=True, text=True, timeout=240, env=env
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
-    for words in ("+ Python side", "= total per connection", "asyncio buffer", "CA store",
-                  "target RSS", "OpenSSL heap", "tlsprof tracker", "code and files"):
+    for words in (
+        "+ Python side",
+        "= total per connection",
+        "asyncio buffer",
+        "CA store",
+        "target RSS",
+        "OpenSSL heap",
+        "tlsprof tracker",
+        "code and files",
+    ):
         assert words in text, (words, text)

@@ -1,4 +1,5 @@
 """The Prometheus/OpenMetrics exports: the live endpoint of a profiled run and the textfile exposition."""
+
 import json
 import os
 import shutil
@@ -91,8 +92,10 @@ def test_endpoint_serves_the_report_of_the_newest_snapshot_exactly(spawn, tmp_pa
             _, text = scrape(metrics.url)
             assert value(samples(text), "tlsprof_snapshots", pid=server.pid) == 0  # nothing polled yet
             spawn.clients(server.port, 3, interval=60.0, ctx_per_conn=True)
-            wait_for("3 connections in a snapshot",
-                     lambda: (snap := session.poll()) is not None and len(snap.connections) == 3)
+            wait_for(
+                "3 connections in a snapshot",
+                lambda: (snap := session.poll()) is not None and len(snap.connections) == 3,
+            )
             _, text = scrape(metrics.url)
             report = source.latest_report()
             smp = samples(text)
@@ -118,8 +121,19 @@ def test_scrape_during_tlsprof_run_matches_its_report(spawn, tmp_path):
     the scraped snapshot against the saved report's history entry of the same snapshot."""
     port = free_port()
     out = tmp_path / "r.json"
-    wrapper = [sys.executable, "-m", "tlsprof", "run", "-o", str(out), "--interval", "0.2",
-               "--metrics", f"127.0.0.1:{port}", "--"]
+    wrapper = [
+        sys.executable,
+        "-m",
+        "tlsprof",
+        "run",
+        "-o",
+        str(out),
+        "--interval",
+        "0.2",
+        "--metrics",
+        f"127.0.0.1:{port}",
+        "--",
+    ]
     server = spawn.server(wrapper=wrapper, cwd=REPO_ROOT, timeout=90)
     pid = server.target_pid()
     spawn.clients(server.port, 4, interval=60.0)
@@ -128,12 +142,19 @@ def test_scrape_during_tlsprof_run_matches_its_report(spawn, tmp_path):
     def scraped_with_4():
         smp = samples(scrape(url)[1])
         return smp if smp.get(("tlsprof_connections", frozenset({"pid": str(pid)}.items()))) == 4 else None
+
     smp = wait_for("4 connections on the endpoint", scraped_with_4)
     ctype, om = scrape(url, accept=OPENMETRICS)
     assert ctype.startswith("application/openmetrics-text")
     assert {f.name for f in parse_openmetrics(om)} >= {
-        "tlsprof_live_bytes", "tlsprof_connection_bytes", "tlsprof_connections", "tlsprof_contexts",
-        "tlsprof_finding_active", "tlsprof_untracked_bytes", "tlsprof_target_rss_bytes"}
+        "tlsprof_live_bytes",
+        "tlsprof_connection_bytes",
+        "tlsprof_connections",
+        "tlsprof_contexts",
+        "tlsprof_finding_active",
+        "tlsprof_untracked_bytes",
+        "tlsprof_target_rss_bytes",
+    }
     assert value(smp, "tlsprof_target_rss_bytes", pid=pid) > 0
     assert value(smp, "tlsprof_contexts", pid=pid) >= 1
 
@@ -157,11 +178,17 @@ def test_textfile_exposition_matches_the_report(tmp_path):
     report["totals"]["untracked_bytes"] = 123
     report["peak"] = {"chosen": "last", "snapshots": 7, "live_bytes_at_peak": report["totals"]["live_bytes"]}
     from tlsprof.analysis.findings import compute_findings
+
     report["findings"] = compute_findings(report)
     path = tmp_path / "r.json"
     path.write_text(json.dumps(report))
-    r = subprocess.run([sys.executable, "-m", "tlsprof", "report", str(path), "--format", "prometheus"],
-                       capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "tlsprof", "report", str(path), "--format", "prometheus"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout == exposition(report)
     smp = samples(r.stdout)
@@ -171,20 +198,40 @@ def test_textfile_exposition_matches_the_report(tmp_path):
 
 def test_before_the_first_snapshot_only_the_snapshot_count_is_served():
     families = list(ReportCollector(lambda: None, pid=42).collect())
-    assert [(f.name, [(s.labels, s.value) for s in f.samples]) for f in families] == \
-        [("tlsprof_snapshots", [({"pid": "42"}, 0)])]
+    assert [(f.name, [(s.labels, s.value) for s in f.samples]) for f in families] == [
+        ("tlsprof_snapshots", [({"pid": "42"}, 0)])
+    ]
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("127.0.0.1:9464", ("127.0.0.1", 9464)), (":9464", ("127.0.0.1", 9464)), ("9464", ("127.0.0.1", 9464)),
-    ("0.0.0.0:1", ("0.0.0.0", 1)), ("[::1]:9464", ("::1", 9464)), ("localhost:0", ("localhost", 0)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        (":9464", ("127.0.0.1", 9464)),
+        ("9464", ("127.0.0.1", 9464)),
+        ("0.0.0.0:1", ("0.0.0.0", 1)),
+        ("[::1]:9464", ("::1", 9464)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
 def test_metrics_address_forms(text, expected):
     assert parse_address(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "abc", "127.0.0.1:", "127.0.0.1:99999", "::1:9464", "[::1]9464",
-                                  "example.com:80", "127.0.0.1:-1", "1.2.3.4.5:80"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "abc",
+        "127.0.0.1:",
+        "127.0.0.1:99999",
+        "::1:9464",
+        "[::1]9464",
+        "example.com:80",
+        "127.0.0.1:-1",
+        "1.2.3.4.5:80",
+    ],
+)
 def test_bad_metrics_address_is_a_usage_error(text):
     with pytest.raises(UsageError) as exc:
         parse_address(text)
@@ -192,11 +239,17 @@ def test_bad_metrics_address_is_a_usage_error(text):
 
 
 def test_bad_metrics_address_on_the_command_line_is_one_line_and_exit_2():
-    r = subprocess.run([sys.executable, "-m", "tlsprof", "run", "--metrics", "nowhere", "--",
-                        sys.executable, "-c", "pass"], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "tlsprof", "run", "--metrics", "nowhere", "--", sys.executable, "-c", "pass"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["tlsprof: --metrics: expected ADDR:PORT (e.g. 127.0.0.1:9464), "
-                                             "got 'nowhere'"]
+    assert r.stderr.strip().splitlines() == [
+        "tlsprof: --metrics: expected ADDR:PORT (e.g. 127.0.0.1:9464), got 'nowhere'"
+    ]
 
 
 def test_port_in_use_is_a_usage_error():
@@ -205,4 +258,6 @@ def test_port_in_use_is_a_usage_error():
         s.listen(1)
         port = s.getsockname()[1]
         with pytest.raises(UsageError, match="cannot listen on 127.0.0.1:%d" % port):
-            start_metrics_server(ReportSource(Session("/nonexistent", os.getpid(), [], mode="run")), f"127.0.0.1:{port}")
+            start_metrics_server(
+                ReportSource(Session("/nonexistent", os.getpid(), [], mode="run")), f"127.0.0.1:{port}"
+            )

@@ -1,5 +1,6 @@
 """Which moment a report describes (issue 21): the steady state by default, the peak and the last
 snapshot beside it, each re-rendered from the saved file with `tlsprof report FILE --at …`."""
+
 import json
 import os
 import signal
@@ -36,9 +37,11 @@ def test_burst_then_idle_reports_the_steady_state(spawn, tmp_path):
     moments = report["moments"]
     last = check_report(select(report, "last"))
     peak = check_report(select(report, "peak"))
-    print(f"steady: {per['connections']} connections, {per['bytes']} B each; last: "
-          f"{last['per_connection']['connections']} connections, {last['per_connection']['bytes']} B each; "
-          f"peak: {moments['peak']}")
+    print(
+        f"steady: {per['connections']} connections, {per['bytes']} B each; last: "
+        f"{last['per_connection']['connections']} connections, {last['per_connection']['bytes']} B each; "
+        f"peak: {moments['peak']}"
+    )
     assert per["connections"] >= 190
     assert per["connections"] == moments["steady"]["connections"]
     assert abs(per["bytes"] - last["per_connection"]["bytes"]) <= 0.10 * last["per_connection"]["bytes"]
@@ -52,8 +55,9 @@ def test_burst_then_idle_reports_the_steady_state(spawn, tmp_path):
     assert head.startswith(f"Steady state: {per['connections']} connections at "), head
     assert "; peak " in head, head
     html = tmp_path / "burst.html"
-    done = subprocess.run([*TLSPROF, "report", str(report_path), "--html", str(html)], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [*TLSPROF, "report", str(report_path), "--html", str(html)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert f"Steady state: {per['connections']} connections at " in html.read_text()
 
@@ -68,8 +72,12 @@ def test_report_at_rerenders_a_saved_report(spawn, tmp_path):
     _stop_tlsprof(server)
     saved = load_checked(report_path)
     for at in ("peak", "last", "steady"):
-        out = subprocess.run([*TLSPROF, "report", str(report_path), "--at", at, "--format", "json"],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [*TLSPROF, "report", str(report_path), "--at", at, "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         doc = check_report(json.loads(out.stdout))
         assert doc["peak"]["chosen"] == at
@@ -78,8 +86,9 @@ def test_report_at_rerenders_a_saved_report(spawn, tmp_path):
         # the re-rendered report keeps every moment: it can be re-chosen again
         back = select(doc, "steady")
         assert back["per_connection"] == saved["per_connection"]
-        text = subprocess.run([*TLSPROF, "report", str(report_path), "--at", at],
-                              capture_output=True, text=True, timeout=60)
+        text = subprocess.run(
+            [*TLSPROF, "report", str(report_path), "--at", at], capture_output=True, text=True, timeout=60
+        )
         assert text.returncode == 0, text.stderr
         words = {"steady": "Steady state:", "peak": "Showing the peak", "last": "Showing the last snapshot"}
         assert words[at] in text.stdout
@@ -104,11 +113,13 @@ def test_old_report_without_moments_stays_readable(spawn, tmp_path):
     shown = subprocess.run([*TLSPROF, "report", str(old_path)], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert "Peak snapshot" in shown.stdout
-    same = subprocess.run([*TLSPROF, "report", str(old_path), "--at", "peak"], capture_output=True,
-                          text=True, timeout=60)
+    same = subprocess.run(
+        [*TLSPROF, "report", str(old_path), "--at", "peak"], capture_output=True, text=True, timeout=60
+    )
     assert same.returncode == 0, same.stderr
-    other = subprocess.run([*TLSPROF, "report", str(old_path), "--at", "last"], capture_output=True,
-                           text=True, timeout=60)
+    other = subprocess.run(
+        [*TLSPROF, "report", str(old_path), "--at", "last"], capture_output=True, text=True, timeout=60
+    )
     assert other.returncode == 2
     assert other.stderr.count("\n") == 1 and "Traceback" not in other.stderr, other.stderr
     assert "keeps the peak moment" in other.stderr
@@ -130,6 +141,7 @@ def test_a_finding_only_the_peak_shows_is_marked_and_saves_nothing_in_the_steady
     """Two real reports as the moments of one session: a steady state with one shared context, a peak
     whose contexts each hold their own CA store (what a burst of per-request contexts looks like)."""
     from tlsprof.analysis.moments import assemble
+
     reports = {}
     for name, args in (("steady", ()), ("peak", ("--ctx-per-conn",))):
         path = tmp_path / f"{name}.json"
@@ -152,7 +164,8 @@ def test_a_finding_only_the_peak_shows_is_marked_and_saves_nothing_in_the_steady
     assert [f for f in at_peak["findings"] if f["id"] == "ca-store-per-connection"][0].get("only_at") is None
     back = select(at_peak, "steady")
     assert [f.get("only_at") for f in back["findings"] if f["id"] == "ca-store-per-connection"] == ["peak"]
-    text = subprocess.run([*TLSPROF, "report", "/dev/stdin"], input=json.dumps(report), capture_output=True,
-                          text=True, timeout=60)
+    text = subprocess.run(
+        [*TLSPROF, "report", "/dev/stdin"], input=json.dumps(report), capture_output=True, text=True, timeout=60
+    )
     assert text.returncode == 0, text.stderr
     assert "at the peak only" in text.stdout

@@ -6,6 +6,7 @@ one line saying what can be trusted.
 
 Not covered here: `attach` on 3.5 (the heap walk of objects that predate attach is other work).
 """
+
 import json
 import os
 import signal
@@ -28,14 +29,14 @@ from tlsprof.model.versions import CHECKED, series_of, unchecked_version_note
 
 TLSPROF = [sys.executable, "-m", "tlsprof"]
 WORKLOADS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workloads")
-OTHER_GOAL = 0.10          # issue 16: `other` at most a tenth of a connection's bytes
+OTHER_GOAL = 0.10  # issue 16: `other` at most a tenth of a connection's bytes
 CA_STORE_TOLERANCE = 0.10  # issue 20: CA store per connection within ±10 % of mallinfo2
 N = 200
 SETTLE = 2.0  # seconds with every client connected: several snapshots at --interval 0.3
 
 # The same CA store cost, measured in C without tlsprof: mallinfo2 around one context's
 # SSL_CTX_load_verify_locations (what the C server's --ctx-per-conn does per connection).
-CA_STORE_COST_C = r'''#include <malloc.h>
+CA_STORE_COST_C = r"""#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <openssl/ssl.h>
@@ -57,7 +58,7 @@ int main(int argc, char **argv)
     (void)warm;
     return 0;
 }
-'''
+"""
 SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 
 
@@ -73,8 +74,7 @@ def _other_share(report):
 
 def _first_context_is_no_outlier(report):
     """One-time library memory belongs to the process (issue 16): ctx-1 within 10 % of the others."""
-    contexts = sorted((c for c in report["contexts"] if c["connections"]),
-                      key=lambda c: int(c["id"].split("-")[1]))
+    contexts = sorted((c for c in report["contexts"] if c["connections"]), key=lambda c: int(c["id"].split("-")[1]))
     rest = [c["live_bytes"] for c in contexts[1:]]
     mean = sum(rest) / len(rest)
     assert abs(contexts[0]["live_bytes"] - mean) <= 0.10 * mean, (contexts[0]["live_bytes"], mean)
@@ -85,8 +85,10 @@ def _figures(label, report, independent=None):
     per = report["per_connection"]
     by = per["by_cause"]
     top = ", ".join(f"{k} {v}" for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:6])
-    line = (f"[versions] {label}: {report['target']['openssl']}: {per['connections']} conns, "
-            f"{per['bytes']} B/conn, other {_other_share(report):.1%}, ca_store {by.get('ca_store', 0)}")
+    line = (
+        f"[versions] {label}: {report['target']['openssl']}: {per['connections']} conns, "
+        f"{per['bytes']} B/conn, other {_other_share(report):.1%}, ca_store {by.get('ca_store', 0)}"
+    )
     if independent is not None:
         line += f" (mallinfo2 {independent})"
     print(f"{line}; {top}")
@@ -94,14 +96,21 @@ def _figures(label, report, independent=None):
 
 # --- OpenSSL 3.5: the seed's asyncio server through Python's own _ssl --------------------------
 
+
 @pytest.fixture(scope="module")
 def ossl35():
     return openssl_build("3.5")
 
 
 def test_python_loads_the_35_build_through_ld_library_path(ossl35):
-    out = subprocess.run([sys.executable, "-c", "import ssl; print(ssl.OPENSSL_VERSION)"],
-                         env=ossl35.env(), capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", "import ssl; print(ssl.OPENSSL_VERSION)"],
+        env=ossl35.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert out.startswith(f"OpenSSL {ossl35.version}"), out
     assert series_of(out) == "3.5"
 
@@ -111,10 +120,32 @@ def _seed_server_on(build, tmp_path, cert_dir, n, *server_args, timeout=None):
     returns the report and the server's stderr (tlsprof's lines). The certificate is made
     beforehand: Debian 12's /usr/bin/openssl (3.0) crashes in `req -addext` over the 3.5 library."""
     report_path = str(tmp_path / "report.json")
-    server = Proc([*TLSPROF, "run", "-o", report_path, "--at", "last", "--interval", "0.3", "--",
-                   sys.executable, ECHO_SERVER, "--host", "127.0.0.1", "--port", "0", "--ready-file",
-                   "{ready}", "--certdir", cert_dir, *server_args],
-                  env=build.env(), script=ECHO_SERVER)
+    server = Proc(
+        [
+            *TLSPROF,
+            "run",
+            "-o",
+            report_path,
+            "--at",
+            "last",
+            "--interval",
+            "0.3",
+            "--",
+            sys.executable,
+            ECHO_SERVER,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ready-file",
+            "{ready}",
+            "--certdir",
+            cert_dir,
+            *server_args,
+        ],
+        env=build.env(),
+        script=ECHO_SERVER,
+    )
     clients = None
     try:
         port = int(server.wait_ready(90))
@@ -151,9 +182,16 @@ def test_seed_server_shared_context_on_35(ossl35, tmp_path, cert_dir):
 
 
 def test_seed_server_context_per_connection_on_35(ossl35, tmp_path, cert_dir):
-    independent = int(subprocess.run([sys.executable, os.path.join(WORKLOADS, "ca_store_cost.py")],
-                                     env=ossl35.env(), capture_output=True, text=True, check=True,
-                                     timeout=300).stdout)
+    independent = int(
+        subprocess.run(
+            [sys.executable, os.path.join(WORKLOADS, "ca_store_cost.py")],
+            env=ossl35.env(),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        ).stdout
+    )
     report, _ = _seed_server_on(ossl35, tmp_path, cert_dir, N, "--ctx-per-conn", timeout=300)
     _figures("3.5 ctx-per-conn", report, independent)
     per = report["per_connection"]
@@ -177,6 +215,7 @@ def test_threaded_seed_server_on_35(ossl35, tmp_path, cert_dir):
 
 # --- OpenSSL 1.1.1: a C server and `openssl s_server` built against it --------------------------
 
+
 @pytest.fixture(scope="module")
 def ossl111():
     return openssl_build("1.1.1")
@@ -185,9 +224,23 @@ def ossl111():
 def _compile(build, tmp_path, name, source, *defines):
     src, exe = tmp_path / f"{name}.c", tmp_path / name
     src.write_text(source)
-    proc = subprocess.run(["gcc", "-O1", *defines, f"-I{build.include}", "-o", str(exe), str(src),
-                           f"-L{build.libdir}", "-lssl", "-lcrypto"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            "gcc",
+            "-O1",
+            *defines,
+            f"-I{build.include}",
+            "-o",
+            str(exe),
+            str(src),
+            f"-L{build.libdir}",
+            "-lssl",
+            "-lcrypto",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return str(exe)
 
@@ -195,14 +248,36 @@ def _compile(build, tmp_path, name, source, *defines):
 @pytest.fixture(scope="module")
 def c_server_111(ossl111, tmp_path_factory):
     # SSL_OP_IGNORE_UNEXPECTED_EOF is 3.0's: 1.1.1 has no such option (and needs none here)
-    return _compile(ossl111, tmp_path_factory.mktemp("c111"), "tls_fixture_server", C_FIXTURE_SOURCE,
-                    "-DSSL_OP_IGNORE_UNEXPECTED_EOF=0")
+    return _compile(
+        ossl111,
+        tmp_path_factory.mktemp("c111"),
+        "tls_fixture_server",
+        C_FIXTURE_SOURCE,
+        "-DSSL_OP_IGNORE_UNEXPECTED_EOF=0",
+    )
 
 
 def _c_server_on(build, exe, cert_pair, tmp_path, n, *flags, timeout=None):
     report_path = str(tmp_path / "report.json")
-    server = Proc([*TLSPROF, "run", "-o", report_path, "--at", "last", "--interval", "0.3", "--",
-                   exe, "{ready}", cert_pair[0], cert_pair[1], *flags], env=build.env())
+    server = Proc(
+        [
+            *TLSPROF,
+            "run",
+            "-o",
+            report_path,
+            "--at",
+            "last",
+            "--interval",
+            "0.3",
+            "--",
+            exe,
+            "{ready}",
+            cert_pair[0],
+            cert_pair[1],
+            *flags,
+        ],
+        env=build.env(),
+    )
     clients = None
     try:
         port = int(server.wait_ready(60))
@@ -242,8 +317,11 @@ def test_c_server_on_111_200_connections_and_causes(ossl111, c_server_111, cert_
 
 def test_c_server_on_111_context_per_connection_ca_store(ossl111, c_server_111, cert_pair, tmp_path):
     cost = _compile(ossl111, tmp_path, "ca_store_cost", CA_STORE_COST_C)
-    independent = int(subprocess.run([cost, SYSTEM_CA_FILE], env=ossl111.env(), capture_output=True,
-                                     text=True, check=True, timeout=300).stdout)
+    independent = int(
+        subprocess.run(
+            [cost, SYSTEM_CA_FILE], env=ossl111.env(), capture_output=True, text=True, check=True, timeout=300
+        ).stdout
+    )
     report = _c_server_on(ossl111, c_server_111, cert_pair, tmp_path, N, "--ctx-per-conn", timeout=300)
     _figures("1.1.1 C ctx-per-conn", report, independent)
     per = report["per_connection"]
@@ -274,10 +352,33 @@ def test_openssl_s_server_of_111(ossl111, cert_pair, tmp_path):
     # Debian 12's openssl.cnf names 3.0's provider sections, which 1.1.1 does not know
     env = ossl111.env(dict(os.environ, OPENSSL_CONF="/dev/null"))
     port = free_port()
-    tool = subprocess.Popen([*TLSPROF, "run", "-o", report_path, "--at", "last", "--interval", "0.3", "--",
-                             ossl111.openssl_app, "s_server", "-accept", f"127.0.0.1:{port}", "-cert", cert_pair[0],
-                             "-key", cert_pair[1], "-quiet"], env=env, start_new_session=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tool = subprocess.Popen(
+        [
+            *TLSPROF,
+            "run",
+            "-o",
+            report_path,
+            "--at",
+            "last",
+            "--interval",
+            "0.3",
+            "--",
+            ossl111.openssl_app,
+            "s_server",
+            "-accept",
+            f"127.0.0.1:{port}",
+            "-cert",
+            cert_pair[0],
+            "-key",
+            cert_pair[1],
+            "-quiet",
+        ],
+        env=env,
+        start_new_session=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     client = None
     try:
         _wait_port(port, tool)
@@ -305,6 +406,7 @@ def test_openssl_s_server_of_111(ossl111, cert_pair, tmp_path):
 
 # --- a version tlsprof was not checked against ---------------------------------------------------
 
+
 def test_series_of_names_the_series():
     assert series_of("OpenSSL 3.5.7 1 Jul 2025") == "3.5"
     assert series_of("OpenSSL 1.1.1w  11 Sep 2023") == "1.1.1"
@@ -313,8 +415,9 @@ def test_series_of_names_the_series():
     assert {"1.1.1", "3.0", "3.5"} <= set(CHECKED)
 
 
-@pytest.mark.parametrize("version", ["OpenSSL 3.6.0 1 Oct 2025", "OpenSSL 4.0.0 7 Apr 2026",
-                                     "OpenSSL 1.0.2u  20 Dec 2019", "LibreSSL 3.8.2"])
+@pytest.mark.parametrize(
+    "version", ["OpenSSL 3.6.0 1 Oct 2025", "OpenSSL 4.0.0 7 Apr 2026", "OpenSSL 1.0.2u  20 Dec 2019", "LibreSSL 3.8.2"]
+)
 def test_an_unchecked_version_gets_one_line(version):
     note = unchecked_version_note(version)
     assert note and "\n" not in note
@@ -323,14 +426,16 @@ def test_an_unchecked_version_gets_one_line(version):
 
 
 def _snapshot_text(openssl):
-    return (f"tlsprof-snapshot 2\nheader pid=42 mono_ns=1000 openssl={quote(openssl)}\n"
-            "vocab causes=ca_store,connection,other scopes=none,ssl_new\n"
-            "O idx=0 serial=0 kind=0 ptr=0 ctx=0 state=0 fd=-1 alive=1 pre_attach=0 age_ns=0 mode=0 mode_known=0 "
-            "peer=- causes=0:100:90:1\n"
-            "O idx=1 serial=7 kind=1 ptr=abc ctx=0 state=0 fd=-1 alive=1 pre_attach=0 age_ns=5 mode=0 mode_known=0 "
-            "peer=- causes=0:800:700:10\n"
-            "S id=1 cause=1 scope=1 line=12 bytes=50 requested=40 blocks=2 library=libcrypto.so.9 "
-            "file=../ssl/quic/quic_impl.c\nEND\n")
+    return (
+        f"tlsprof-snapshot 2\nheader pid=42 mono_ns=1000 openssl={quote(openssl)}\n"
+        "vocab causes=ca_store,connection,other scopes=none,ssl_new\n"
+        "O idx=0 serial=0 kind=0 ptr=0 ctx=0 state=0 fd=-1 alive=1 pre_attach=0 age_ns=0 mode=0 mode_known=0 "
+        "peer=- causes=0:100:90:1\n"
+        "O idx=1 serial=7 kind=1 ptr=abc ctx=0 state=0 fd=-1 alive=1 pre_attach=0 age_ns=5 mode=0 mode_known=0 "
+        "peer=- causes=0:800:700:10\n"
+        "S id=1 cause=1 scope=1 line=12 bytes=50 requested=40 blocks=2 library=libcrypto.so.9 "
+        "file=../ssl/quic/quic_impl.c\nEND\n"
+    )
 
 
 def test_report_on_an_unchecked_version_carries_the_line_and_renders(tmp_path):
@@ -357,6 +462,7 @@ def test_run_says_it_once_on_stderr():
     import types
 
     from tlsprof.commands.run import announce_version
+
     session, err = types.SimpleNamespace(on_snapshot=[]), io.StringIO()
     announce_version(session, file=err)
     for text in ("-", "OpenSSL 4.0.0 7 Apr 2026", "OpenSSL 4.0.0 7 Apr 2026"):
@@ -368,16 +474,29 @@ def test_run_says_it_once_on_stderr():
 
 # --- OpenSSL 3.5 under attach: the heap walk finds what predates it ----------------------------
 
+
 @pytest.mark.parametrize("ctx_per_conn", [False, True], ids=["shared", "ctx-per-connection"])
 def test_attach_walks_the_seed_server_on_35(ossl35, tmp_path, cert_dir, ctx_per_conn):
     """The seed server on 3.5 holds N idle connections before tlsprof attaches: the walk (offsets
     learned from a probe object at run time, never hard-coded) finds them all."""
     from test_attach import Attached
     from tlsenv import start_echo_server
+
     args = ["--ctx-per-conn"] if ctx_per_conn else []
-    independent = int(subprocess.run([sys.executable, os.path.join(WORKLOADS, "ca_store_cost.py")],
-                                     env=ossl35.env(), capture_output=True, text=True, check=True,
-                                     timeout=300).stdout) if ctx_per_conn else None
+    independent = (
+        int(
+            subprocess.run(
+                [sys.executable, os.path.join(WORKLOADS, "ca_store_cost.py")],
+                env=ossl35.env(),
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=300,
+            ).stdout
+        )
+        if ctx_per_conn
+        else None
+    )
     server = start_echo_server(*args, env=ossl35.env(), certdir=cert_dir, timeout=90)
     clients = None
     try:

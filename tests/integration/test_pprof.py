@@ -3,6 +3,7 @@ files, read back with the real pprof tool (`go tool pprof`, Debian's golang-go),
 the report's: total inuse_space = totals.live_bytes, `-tagfocus cause=X` = totals.by_cause[X],
 total inuse_objects = totals.live_blocks, a connection's samples = its own bytes; and the top
 location of the ctx-per-connection server is a CA-store call site."""
+
 import gzip
 import os
 import re
@@ -26,19 +27,31 @@ needs_pprof = pytest.mark.skipif(GO is None, reason="needs `go tool pprof` (make
 
 # --- reading profiles back with the real pprof -------------------------------------------------
 
+
 def pprof_top(path, *flags, index="inuse_space"):
     """`go tool pprof -top` over every node: (shown, total, [(flat, name)]), values in bytes/counts."""
-    argv = [GO, "tool", "pprof", "-top", "-nodefraction=0", "-edgefraction=0", f"-sample_index={index}",
-            *(["-unit=B"] if index == "inuse_space" else []), *flags, str(path)]
+    argv = [
+        GO,
+        "tool",
+        "pprof",
+        "-top",
+        "-nodefraction=0",
+        "-edgefraction=0",
+        f"-sample_index={index}",
+        *(["-unit=B"] if index == "inuse_space" else []),
+        *flags,
+        str(path),
+    ]
     env = dict(os.environ, PPROF_TMPDIR=os.path.dirname(os.path.abspath(path)), PPROF_BINARY_PATH="/nonexistent")
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     unit = "B" if index == "inuse_space" else ""
-    head = re.search(rf"Showing nodes accounting for (\d+)(?:{unit})?, [\d.]+% of (\d+)(?:{unit})? total",
-                     proc.stdout)
+    head = re.search(rf"Showing nodes accounting for (\d+)(?:{unit})?, [\d.]+% of (\d+)(?:{unit})? total", proc.stdout)
     assert head, proc.stdout[:2000]
-    rows = [(int(m.group(1)), m.group(2).strip()) for m in
-            re.finditer(rf"^\s*(\d+){unit}\s+[\d.]+%\s+[\d.]+%\s+\d+{unit}\s+[\d.]+%\s+(.+)$", proc.stdout, re.M)]
+    rows = [
+        (int(m.group(1)), m.group(2).strip())
+        for m in re.finditer(rf"^\s*(\d+){unit}\s+[\d.]+%\s+[\d.]+%\s+\d+{unit}\s+[\d.]+%\s+(.+)$", proc.stdout, re.M)
+    ]
     return int(head.group(1)), int(head.group(2)), rows
 
 
@@ -52,8 +65,12 @@ def site_name(site):
 
 def export(report_path, tmp_path, name="r.pb.gz"):
     out = tmp_path / name
-    proc = subprocess.run([*TLSPROF, "report", str(report_path), "--format", "pprof", "-o", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*TLSPROF, "report", str(report_path), "--format", "pprof", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     with gzip.open(out) as f:  # a gzipped profile.proto, as pprof's readers expect on disk
         assert f.read(1)
@@ -106,12 +123,32 @@ def check_connections(profile, report, n=3):
 
 # --- the examples' echo server -------------------------------------------------------------------
 
+
 def profiled_echo_server(tmp_path, cert_dir, *server_args, extra=()):
     from tlsenv import ECHO_SERVER
+
     report = tmp_path / "report.json"
-    argv = [*TLSPROF, "run", "-o", str(report), "--interval", "0.3", *extra, "--",
-            sys.executable, ECHO_SERVER, "--host", "127.0.0.1", "--port", "0", "--ready-file", "{ready}",
-            "--certdir", cert_dir, *server_args]
+    argv = [
+        *TLSPROF,
+        "run",
+        "-o",
+        str(report),
+        "--interval",
+        "0.3",
+        *extra,
+        "--",
+        sys.executable,
+        ECHO_SERVER,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--ready-file",
+        "{ready}",
+        "--certdir",
+        cert_dir,
+        *server_args,
+    ]
     proc = Proc(argv, script=ECHO_SERVER)
     return proc, int(proc.wait_ready(60)), report
 
@@ -140,19 +177,27 @@ def test_pprof_of_echo_server_sums_to_the_report(tmp_path, cert_dir, server_args
         assert report["totals"]["by_cause"]["ca_store"] > 0.8 * report["totals"]["live_bytes"]
         assert rows[0][1] in ca_sites, rows[:3]
     # the Python stack that created each owner sits above its call sites
-    traces = subprocess.run([GO, "tool", "pprof", "-traces", "-tagfocus", "owner_kind=^context$", str(profile)],
-                            capture_output=True, text=True, timeout=120).stdout
+    traces = subprocess.run(
+        [GO, "tool", "pprof", "-traces", "-tagfocus", "owner_kind=^context$", str(profile)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert "make_context" in traces and "create_default_context" in traces
 
 
 # --- nginx, attached, with --pprof --------------------------------------------------------------
 
+
 @needs_pprof
 @pytest.mark.skipif(not shutil.which("gdb"), reason="attach needs gdb (make test installs it)")
-@pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
-                    reason="needs Debian's nginx (make test installs nginx-light)")
+@pytest.mark.skipif(
+    not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
+    reason="needs Debian's nginx (make test installs nginx-light)",
+)
 def test_pprof_of_nginx_worker_sums_to_the_report(cert_pair, tmp_path):
     from test_attach import Attached, _http_keepalive, nginx_worker
+
     profiles = tmp_path / "profiles"
     with nginx_worker(cert_pair, tmp_path) as (worker, port, socks):
         session = Attached(worker, tmp_path / "nginx.json", 4, "--pprof", str(profiles))
@@ -177,6 +222,7 @@ def test_pprof_of_an_nginx_run_sums_to_each_process(cert_pair, tmp_path):
     """nginx under `tlsprof run` (master + 2 workers, 200 keep-alive connections): the tree's
     profile sums to the report and `-tagfocus pid=N` to each process's live bytes."""
     from servers import hold_measured, start
+
     with start("nginx", *cert_pair, profile=True) as running:
         with hold_measured(running, 200):
             running.stop()
@@ -195,13 +241,18 @@ def test_pprof_of_an_nginx_run_sums_to_each_process(cert_pair, tmp_path):
 
 
 def pprof_tags(profile, key):
-    out = subprocess.run([GO, "tool", "pprof", "-tags", "-tagfocus", f"{key}=.", str(profile)],
-                         capture_output=True, text=True, timeout=120).stdout
+    out = subprocess.run(
+        [GO, "tool", "pprof", "-tags", "-tagfocus", f"{key}=.", str(profile)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     section = out.split(f" {key}: Total", 1)[1].split("\n\n", 1)[0]
     return {line.split(": ", 1)[1].strip() for line in section.splitlines()[1:] if ": " in line}
 
 
 # --- --pprof DIR: one profile per snapshot, rotated -------------------------------------------------
+
 
 @needs_pprof
 def test_pprof_dir_gets_a_profile_per_snapshot_and_keeps_the_newest(tmp_path, cert_dir):
@@ -209,8 +260,9 @@ def test_pprof_dir_gets_a_profile_per_snapshot_and_keeps_the_newest(tmp_path, ce
     profiles.mkdir()
     foreign = profiles / "collector-state.pb.gz"  # not ours: never rotated away
     foreign.write_bytes(b"x")
-    proc, port, report_path = profiled_echo_server(tmp_path, cert_dir, extra=[
-        "--interval", "0.2", "--pprof", str(profiles), "--pprof-keep", "3"])
+    proc, port, report_path = profiled_echo_server(
+        tmp_path, cert_dir, extra=["--interval", "0.2", "--pprof", str(profiles), "--pprof-keep", "3"]
+    )
 
     def ours():
         return sorted(p for p in os.listdir(profiles) if p.startswith("tlsprof-"))
@@ -242,9 +294,12 @@ def test_pprof_dir_that_cannot_be_written_refuses_before_starting(tmp_path):
     marker = tmp_path / "started"
     blocker = tmp_path / "file"
     blocker.write_text("")
-    proc = subprocess.run([*TLSPROF, "run", "--pprof", str(blocker / "sub"), "--",
-                           sys.executable, "-c", f"open({str(marker)!r}, 'w')"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [*TLSPROF, "run", "--pprof", str(blocker / "sub"), "--", sys.executable, "-c", f"open({str(marker)!r}, 'w')"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("tlsprof: --pprof:"), proc.stderr
     assert not marker.exists()
@@ -253,10 +308,25 @@ def test_pprof_dir_that_cannot_be_written_refuses_before_starting(tmp_path):
 def test_pprof_dir_removed_mid_session_costs_one_line_not_the_report(tmp_path):
     profiles = tmp_path / "profiles"
     report_path = tmp_path / "r.json"
-    proc = subprocess.Popen([*TLSPROF, "run", "-o", str(report_path), "--interval", "0.1",
-                             "--pprof", str(profiles), "--", sys.executable, "-c",
-                             "import ssl, time; c = ssl.create_default_context(); time.sleep(3)"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *TLSPROF,
+            "run",
+            "-o",
+            str(report_path),
+            "--interval",
+            "0.1",
+            "--pprof",
+            str(profiles),
+            "--",
+            sys.executable,
+            "-c",
+            "import ssl, time; c = ssl.create_default_context(); time.sleep(3)",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not (profiles.exists() and any(p.endswith(".pb.gz") for p in os.listdir(profiles))):
@@ -279,10 +349,23 @@ def test_report_format_pprof_of_a_process_without_connections(tmp_path):
     process's; no -o is a one-line usage error. The peak snapshot: the last may catch the
     interpreter's teardown freeing the context."""
     report_path = tmp_path / "r.json"
-    proc = subprocess.run([*TLSPROF, "run", "-o", str(report_path), "--interval", "0.1", "--",
-                           sys.executable, "-c",
-                           "import ssl, time; c = ssl.create_default_context(); time.sleep(1)"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            *TLSPROF,
+            "run",
+            "-o",
+            str(report_path),
+            "--interval",
+            "0.1",
+            "--",
+            sys.executable,
+            "-c",
+            "import ssl, time; c = ssl.create_default_context(); time.sleep(1)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     report = load_checked(report_path)
     assert report["totals"]["by_cause"].get("ca_store", 0) > 500 * 1024
@@ -290,17 +373,20 @@ def test_report_format_pprof_of_a_process_without_connections(tmp_path):
     check_sums(profile, report)
     assert pprof_top(profile, "-tagfocus", "owner_kind=^connection$")[0] == 0
 
-    proc = subprocess.run([*TLSPROF, "report", str(report_path), "--format", "pprof"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [*TLSPROF, "report", str(report_path), "--format", "pprof"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "-o" in proc.stderr
 
 
 # --- the apportioning arithmetic ---------------------------------------------------------------------
 
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.integers(0, 10**9), min_size=1, max_size=8),
-       st.lists(st.integers(0, 10**7), min_size=1, max_size=30))
+@given(
+    st.lists(st.integers(0, 10**9), min_size=1, max_size=8), st.lists(st.integers(0, 10**7), min_size=1, max_size=30)
+)
 def test_split_keeps_every_owner_and_every_site_exact(rows, cols):
     if sum(cols) == 0:
         cols = cols[:-1] + [1]

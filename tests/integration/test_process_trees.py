@@ -4,6 +4,7 @@ process (pid, command, role, connections, bytes by cause), processes without con
 never taken for "the" target. Real servers from Debian packages on 127.0.0.1, started and stopped
 by pid here: nginx (a master, 2 workers), PostgreSQL (a backend per connection), and a pre-fork
 Python server for the report built from real snapshots."""
+
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from test_attach import _http_keepalive
 from tlsenv import free_port, recv_exactly, tls_connect
 from tlsprof.collect import client, launch
 from tlsprof.render.metrics import exposition
-from tlsprof.analysis.report import build_tree_report
+from tlsprof.analysis.tree_report import build_tree_report
 from tlsprof.model.observation import ProcessObservation
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,16 +80,23 @@ def _kill_tree(proc):
 
 # --- the tree report from real snapshots ------------------------------------------------------
 
+
 def test_tree_report_from_real_snapshots_of_a_prefork_server(cert_pair, tmp_path):
     channel = launch.private_dir()
     ready = tmp_path / "ready"
     env = launch.preload_env(channel)
-    proc = subprocess.Popen([sys.executable, PREFORK, *cert_pair, "--workers", "2", "--ready-file", str(ready)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, PREFORK, *cert_pair, "--workers", "2", "--ready-file", str(ready)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     clients = []
     try:
-        wait_for(lambda: ready.exists() and ready.read_text().strip() or proc.poll() is not None, 60,
-                 "the pre-fork server")
+        wait_for(
+            lambda: ready.exists() and ready.read_text().strip() or proc.poll() is not None, 60, "the pre-fork server"
+        )
         fields = ready.read_text().split()
         port, workers = int(fields[0]), [int(f) for f in fields[1:] if f.isdigit()]
         for _ in range(12):
@@ -99,9 +107,13 @@ def test_tree_report_from_real_snapshots_of_a_prefork_server(cert_pair, tmp_path
         snaps = {}
         for pid in [proc.pid, *workers]:
             snap = client.snapshot(os.path.join(channel, f"{pid}.sock"))
-            snaps[pid] = ProcessObservation.of(snap, taken_at=time.time(),
-                                               rss_bytes=psutil.Process(pid).memory_info().rss,
-                                               command=psutil.Process(pid).cmdline(), ppid=psutil.Process(pid).ppid())
+            snaps[pid] = ProcessObservation.of(
+                snap,
+                taken_at=time.time(),
+                rss_bytes=psutil.Process(pid).memory_info().rss,
+                command=psutil.Process(pid).cmdline(),
+                ppid=psutil.Process(pid).ppid(),
+            )
     finally:
         for c in clients:
             c.close()
@@ -116,8 +128,11 @@ def test_tree_report_from_real_snapshots_of_a_prefork_server(cert_pair, tmp_path
     # the headline: every connection of every process, and the process sums add up
     assert report["per_connection"]["connections"] == 12 == sum(p["connections"] for p in procs.values())
     assert report["target"]["pid"] == proc.pid
-    assert report["totals"]["live_bytes"] == sum(p["live_bytes"] for p in procs.values()) \
+    assert (
+        report["totals"]["live_bytes"]
+        == sum(p["live_bytes"] for p in procs.values())
         == sum(s.live_bytes for s in snaps.values())
+    )
     holding = [p for p in procs.values() if p["connections"]]
     weighted = sum(p["per_connection"]["bytes"] * p["connections"] for p in holding) / 12
     assert abs(report["per_connection"]["bytes"] - weighted) <= 2
@@ -164,8 +179,12 @@ def _nginx_workers(master):
 
 def _nginx_rss_per_connection(conf, port, n):
     """Ground truth without tlsprof: the workers' RSS growth per keep-alive connection."""
-    nginx = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(conf.parent)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    nginx = subprocess.Popen(
+        [NGINX, "-c", str(conf), "-p", str(conf.parent)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     socks = []
     try:
         wait_for(lambda: len(_nginx_workers(nginx.pid)) == 2 and listening(port), 30, "bare nginx")
@@ -191,16 +210,26 @@ def test_nginx_two_workers_200_http_keepalive(cert_pair, tmp_path):
     conf.write_text(NGINX_CONF.format(dir=tmp_path, port=port, cert=cert, key=key))
     rss_per_conn = _nginx_rss_per_connection(conf, port, 200)
     out = tmp_path / "nginx.json"
-    tool = subprocess.Popen([*TLSPROF, "run", "-o", str(out), "--interval", "0.3", "--",
-                             NGINX, "-c", str(conf), "-p", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    tool = subprocess.Popen(
+        [*TLSPROF, "run", "-o", str(out), "--interval", "0.3", "--", NGINX, "-c", str(conf), "-p", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     socks = []
     try:
+
         def master_of():
-            return next((c.pid for c in psutil.Process(tool.pid).children()
-                         if "master process" in " ".join(c.cmdline())), None)
-        wait_for(lambda: tool.poll() is None and master_of() and len(_nginx_workers(master_of())) == 2
-                 and listening(port), 30, "nginx under tlsprof")
+            return next(
+                (c.pid for c in psutil.Process(tool.pid).children() if "master process" in " ".join(c.cmdline())), None
+            )
+
+        wait_for(
+            lambda: tool.poll() is None and master_of() and len(_nginx_workers(master_of())) == 2 and listening(port),
+            30,
+            "nginx under tlsprof",
+        )
         master = master_of()
         workers = sorted(w.pid for w in _nginx_workers(master))
         socks = _http_keepalive(port, 200)
@@ -213,9 +242,11 @@ def test_nginx_two_workers_200_http_keepalive(cert_pair, tmp_path):
     report = load_checked(out)
     procs = {p["pid"]: p for p in report["processes"]}
     per = report["per_connection"]
-    print(f"nginx: {per['connections']} connections, {per['bytes']} B each by tlsprof "
-          f"({per['by_cause']}); workers' RSS growth without tlsprof {rss_per_conn:.0f} B per connection; "
-          f"processes: {[(p['pid'], p['role'], p['connections'], p['per_connection']['bytes']) for p in procs.values()]}")
+    print(
+        f"nginx: {per['connections']} connections, {per['bytes']} B each by tlsprof "
+        f"({per['by_cause']}); workers' RSS growth without tlsprof {rss_per_conn:.0f} B per connection; "
+        f"processes: {[(p['pid'], p['role'], p['connections'], p['per_connection']['bytes']) for p in procs.values()]}"
+    )
     assert abs(per["connections"] - 200) <= 10
     assert report["target"]["pid"] == master
     assert procs[master]["role"] == "master" and procs[master]["connections"] == 0
@@ -224,8 +255,11 @@ def test_nginx_two_workers_200_http_keepalive(cert_pair, tmp_path):
     assert sum(procs[w]["connections"] for w in workers) == per["connections"]
     for w in workers:
         if procs[w]["connections"]:
-            assert procs[w]["per_connection"]["by_cause"].get("record_buffers", 0) + \
-                procs[w]["per_connection"]["by_cause"].get("cipher_state", 0) > 0
+            assert (
+                procs[w]["per_connection"]["by_cause"].get("record_buffers", 0)
+                + procs[w]["per_connection"]["by_cause"].get("cipher_state", 0)
+                > 0
+            )
     assert {c["pid"] for c in report["connections"]} <= set(workers)
     # OpenSSL's share of what a connection costs the workers: below their RSS growth, and a real part of it
     assert 0.2 * rss_per_conn <= per["bytes"] <= 1.5 * rss_per_conn, (per["bytes"], rss_per_conn)
@@ -233,8 +267,9 @@ def test_nginx_two_workers_200_http_keepalive(cert_pair, tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "in 2 of 3 processes" in shown.stdout or "in 1 of 3 processes" in shown.stdout
     assert any(line.split()[:3] == [str(master), "master", "0"] for line in shown.stdout.splitlines()), shown.stdout
-    diff = subprocess.run([*TLSPROF, "diff", str(out), str(out), "--format", "json"], capture_output=True,
-                          text=True, timeout=60)
+    diff = subprocess.run(
+        [*TLSPROF, "diff", str(out), str(out), "--format", "json"], capture_output=True, text=True, timeout=60
+    )
     assert diff.returncode == 0, diff.stderr
     rows = json.loads(diff.stdout)["processes"]
     assert sorted(r["role"] for r in rows) == ["master", "worker", "worker"]
@@ -243,22 +278,42 @@ def test_nginx_two_workers_200_http_keepalive(cert_pair, tmp_path):
 
 # --- PostgreSQL: a backend process per connection -------------------------------------------------
 
+
 def _pg_cluster(cert_pair):
     """A fresh cluster in a temp dir owned by postgres, ssl=on with the test certificate."""
     root = tempfile.mkdtemp(prefix="tlsprof-pg-")
     os.chmod(root, 0o755)
     data = os.path.join(root, "data")
     shutil.chown(root, "postgres", "postgres")
-    subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/initdb", "-D", data, "-A", "trust",
-                    "-U", "postgres", "--no-sync"], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            f"{PG_BIN}/initdb",
+            "-D",
+            data,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     for src, name, mode in ((cert_pair[0], "server.crt", 0o644), (cert_pair[1], "server.key", 0o600)):
         dst = os.path.join(data, name)
         shutil.copy(src, dst)
         os.chmod(dst, mode)
         shutil.chown(dst, "postgres", "postgres")
     with open(os.path.join(data, "postgresql.conf"), "a") as f:
-        f.write("ssl = on\nmax_connections = 120\nlisten_addresses = '127.0.0.1'\n"
-                f"unix_socket_directories = '{root}'\nfsync = off\n")
+        f.write(
+            "ssl = on\nmax_connections = 120\nlisten_addresses = '127.0.0.1'\n"
+            f"unix_socket_directories = '{root}'\nfsync = off\n"
+        )
     with open(os.path.join(data, "pg_hba.conf"), "w") as f:
         f.write("local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
     return root, data
@@ -268,9 +323,20 @@ def _psql_sessions(port, n):
     """n psql processes, each holding one sslmode=require session open (ready when it printed)."""
     procs = []
     for _ in range(n):
-        p = subprocess.Popen([f"{PG_BIN}/psql", f"host=127.0.0.1 port={port} user=postgres dbname=postgres "
-                              "sslmode=require", "-X", "-q", "-A", "-t"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [
+                f"{PG_BIN}/psql",
+                f"host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=require",
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         p.stdin.write("select ssl from pg_stat_ssl where pid = pg_backend_pid();\n")
         p.stdin.flush()
         procs.append(p)
@@ -284,14 +350,41 @@ def test_postgresql_50_tls_sessions_one_per_backend(cert_pair, tmp_path):
     root, data = _pg_cluster(cert_pair)
     port = free_port()
     out = tmp_path / "pg.json"
-    tool = subprocess.Popen([*TLSPROF, "run", "--user", "postgres", "-o", str(out), "--interval", "0.5", "--",
-                             f"{PG_BIN}/postgres", "-D", data, "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    tool = subprocess.Popen(
+        [
+            *TLSPROF,
+            "run",
+            "--user",
+            "postgres",
+            "-o",
+            str(out),
+            "--interval",
+            "0.5",
+            "--",
+            f"{PG_BIN}/postgres",
+            "-D",
+            data,
+            "-p",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     sessions = []
     try:
-        wait_for(lambda: tool.poll() is not None or subprocess.run(
-            [f"{PG_BIN}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)], timeout=10).returncode == 0,
-            60, "postgres to accept connections")
+        wait_for(
+            lambda: (
+                tool.poll() is not None
+                or subprocess.run(
+                    [f"{PG_BIN}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)], timeout=10
+                ).returncode
+                == 0
+            ),
+            60,
+            "postgres to accept connections",
+        )
         assert tool.poll() is None, tool.stderr.read()
         sessions = _psql_sessions(port, 50)
         titles = {c.pid: " ".join(c.cmdline()) for c in psutil.Process(tool.pid).children(recursive=True)}
@@ -308,9 +401,11 @@ def test_postgresql_50_tls_sessions_one_per_backend(cert_pair, tmp_path):
     report = load_checked(out)
     procs = {p["pid"]: p for p in report["processes"]}
     per = report["per_connection"]
-    print(f"postgres: {per['connections']} connections, {per['bytes']} B each (own {per['own_bytes']} + context "
-          f"share {per['context_share_bytes']}; {per['by_cause']}); "
-          f"{len(procs)} processes, roles {sorted({str(p['role']) for p in procs.values()})}")
+    print(
+        f"postgres: {per['connections']} connections, {per['bytes']} B each (own {per['own_bytes']} + context "
+        f"share {per['context_share_bytes']}; {per['by_cause']}); "
+        f"{len(procs)} processes, roles {sorted({str(p['role']) for p in procs.values()})}"
+    )
     assert per["connections"] == 50
     holding = {pid: p for pid, p in procs.items() if p["connections"]}
     assert set(holding) == backends
@@ -321,9 +416,15 @@ def test_postgresql_50_tls_sessions_one_per_backend(cert_pair, tmp_path):
 
 # --- attach to a tree -------------------------------------------------------------------------------
 
+
 def _start_nginx(conf, port, wrapper=()):
-    proc = subprocess.Popen([*wrapper, NGINX, "-c", str(conf), "-p", str(conf.parent)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [*wrapper, NGINX, "-c", str(conf), "-p", str(conf.parent)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
     def master():
         me = psutil.Process(proc.pid)
@@ -331,8 +432,12 @@ def _start_nginx(conf, port, wrapper=()):
             if "master process" in " ".join(p.cmdline()):
                 return p.pid
         return None
-    wait_for(lambda: proc.poll() is not None or (master() and len(_nginx_workers(master())) == 2
-                                                  and listening(port)), 30, "nginx")
+
+    wait_for(
+        lambda: proc.poll() is not None or (master() and len(_nginx_workers(master())) == 2 and listening(port)),
+        30,
+        "nginx",
+    )
     assert proc.poll() is None, proc.stderr.read()
     return proc, master()
 
@@ -357,11 +462,20 @@ def test_attach_to_nginx_master_follows_its_workers(cert_pair, tmp_path):
     out = tmp_path / "attach.json"
     try:
         workers = sorted(w.pid for w in _nginx_workers(master))
-        att = subprocess.Popen([*TLSPROF, "attach", str(master), "--duration", "6", "--interval", "0.3",
-                                "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for(lambda: att.poll() is not None or all(
-            os.path.exists(f"/tmp/tlsprof-{psutil.Process(w).uids().effective}/{w}.sock") for w in workers),
-            90, "the workers' shims")
+        att = subprocess.Popen(
+            [*TLSPROF, "attach", str(master), "--duration", "6", "--interval", "0.3", "-o", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(
+            lambda: (
+                att.poll() is not None
+                or all(os.path.exists(f"/tmp/tlsprof-{psutil.Process(w).uids().effective}/{w}.sock") for w in workers)
+            ),
+            90,
+            "the workers' shims",
+        )
         socks = _http_keepalive(port, 40)
         _, err = att.communicate(timeout=120)
         assert att.returncode == 0, err
@@ -374,8 +488,23 @@ def test_attach_to_nginx_master_follows_its_workers(cert_pair, tmp_path):
         assert report["per_connection"]["connections"] == 40 == sum(procs[w]["connections"] for w in workers)
         socks += _http_keepalive(port, 5)  # still serving after detach
         alone = tmp_path / "alone.json"
-        one = subprocess.run([*TLSPROF, "attach", str(master), "--no-children", "--duration", "2", "--interval",
-                              "0.3", "-o", str(alone)], capture_output=True, text=True, timeout=120)
+        one = subprocess.run(
+            [
+                *TLSPROF,
+                "attach",
+                str(master),
+                "--no-children",
+                "--duration",
+                "2",
+                "--interval",
+                "0.3",
+                "-o",
+                str(alone),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert one.returncode == 0, one.stderr
         assert [p["pid"] for p in load_checked(alone)["processes"]] == [master]
         assert not any(f"pid {w}" in one.stderr for w in workers), one.stderr
@@ -394,8 +523,9 @@ def test_attach_to_a_process_tlsprof_run_already_tracks_says_so(cert_pair, tmp_p
     tool, master = _start_nginx(conf, port, wrapper=[*TLSPROF, "run", "-o", str(tmp_path / "run.json"), "--"])
     try:
         worker = _nginx_workers(master)[0].pid
-        att = subprocess.run([*TLSPROF, "attach", str(worker), "--duration", "1"], capture_output=True,
-                             text=True, timeout=120)
+        att = subprocess.run(
+            [*TLSPROF, "attach", str(worker), "--duration", "1"], capture_output=True, text=True, timeout=120
+        )
         assert att.returncode == 7, att.stderr
         lines = att.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in att.stderr, att.stderr
@@ -407,20 +537,27 @@ def test_attach_to_a_process_tlsprof_run_already_tracks_says_so(cert_pair, tmp_p
 
 # --- the live view: the tree's total, then one process at a time ----------------------------------
 
+
 def test_live_view_switches_between_the_tree_and_each_process(cert_pair, tmp_path):
     import argparse
     import asyncio
     from tlsprof.commands.live import live_app as LiveApp
     from tlsprof.collect.session import Session
+
     channel = launch.private_dir()
     ready = tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, PREFORK, *cert_pair, "--workers", "2", "--ready-file", str(ready)],
-                            env=launch.preload_env(channel), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, PREFORK, *cert_pair, "--workers", "2", "--ready-file", str(ready)],
+        env=launch.preload_env(channel),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     clients = []
     try:
-        wait_for(lambda: ready.exists() and ready.read_text().strip() or proc.poll() is not None, 60,
-                 "the pre-fork server")
+        wait_for(
+            lambda: ready.exists() and ready.read_text().strip() or proc.poll() is not None, 60, "the pre-fork server"
+        )
         fields = ready.read_text().split()
         port, workers = int(fields[0]), [int(f) for f in fields[1:] if f.isdigit()]
         for _ in range(6):
@@ -433,6 +570,7 @@ def test_live_view_switches_between_the_tree_and_each_process(cert_pair, tmp_pat
 
         def head():
             from rich.console import Console
+
             console = Console(width=120, record=True, file=open(os.devnull, "w"))
             console.print(app.query_one("#head").content)
             return console.export_text()
@@ -445,8 +583,11 @@ def test_live_view_switches_between_the_tree_and_each_process(cert_pair, tmp_pat
 
         async def scenario():
             async with app.run_test(size=(100, 30)) as pilot:
-                await until(pilot, lambda: app.data and app.data.report["per_connection"]["connections"] == 6,
-                            "the tree's 6 connections")
+                await until(
+                    pilot,
+                    lambda: app.data and app.data.report["per_connection"]["connections"] == 6,
+                    "the tree's 6 connections",
+                )
                 assert "whole tree, 3 processes" in head()
                 assert "newest snapshot: 6 connections" in head() and "steady state: 6 connections at" in head()
                 seen = {}
@@ -461,6 +602,7 @@ def test_live_view_switches_between_the_tree_and_each_process(cert_pair, tmp_pat
                 await until(pilot, lambda: app.process_pid is None and app.data.pid_view is None, "the tree again")
                 assert app.data.report["per_connection"]["connections"] == 6
                 app.exit("quit")
+
         asyncio.run(scenario())
     finally:
         for c in clients:

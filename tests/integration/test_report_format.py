@@ -1,5 +1,6 @@
 """The report contract (tlsprof.report/1) and everything that reads it: load, validate, render,
 `tlsprof report`. Reports here are built by hand only as reader input; nothing is measured."""
+
 import io
 import json
 import os
@@ -32,20 +33,33 @@ def build_report(contexts, conn_own=40 * KiB, partial=False, chosen="peak", extr
         by_cause = {"ca_store": ca, "own_certificate": other}
         ctx = {"id": cid, "connections": nconn, "live_bytes": ca + other, "by_cause": by_cause}
         if extras:
-            ctx.update(requested_bytes=(ca + other) * 9 // 10, live_blocks=(ca + other) // 70,
-                       ca_store_bytes=ca, alive=True, kind="server")
+            ctx.update(
+                requested_bytes=(ca + other) * 9 // 10,
+                live_blocks=(ca + other) // 70,
+                ca_store_bytes=ca,
+                alive=True,
+                kind="server",
+            )
         ctx_docs.append(ctx)
         for cause, b in by_cause.items():
             totals[cause] += b
         for _ in range(nconn):
             conn_id += 1
             cb = {"record_buffers": conn_own - 6 * KiB, "cipher_state": 4 * KiB, "bio": 2 * KiB}
-            conn = {"id": conn_id, "context": cid, "fd": 6 + conn_id,
-                    "peer": f"127.0.0.1:{40000 + conn_id}", "state": "established",
-                    "age_s": 1.5 * conn_id, "live_bytes": conn_own, "by_cause": cb}
+            conn = {
+                "id": conn_id,
+                "context": cid,
+                "fd": 6 + conn_id,
+                "peer": f"127.0.0.1:{40000 + conn_id}",
+                "state": "established",
+                "age_s": 1.5 * conn_id,
+                "live_bytes": conn_own,
+                "by_cause": cb,
+            }
             if extras:
-                conn.update(requested_bytes=conn_own - 512, live_blocks=30, since_attach=True,
-                            alive=True, kind="server")
+                conn.update(
+                    requested_bytes=conn_own - 512, live_blocks=30, since_attach=True, alive=True, kind="server"
+                )
             conn_docs.append(conn)
             for cause, b in cb.items():
                 totals[cause] += b
@@ -65,21 +79,45 @@ def build_report(contexts, conn_own=40 * KiB, partial=False, chosen="peak", extr
         "tool": {"name": "tlsprof", "version": "0.1.0"},
         "partial": partial,
         "captured_at": "2026-11-26T10:41:00+00:00",
-        "target": {"pid": 4242, "command": ["python3", "examples/echo_server.py", "--port", "8443"],
-                   "mode": "run", "openssl": "OpenSSL 3.0.19 27 Jan 2026", "rss_bytes": 64 * 1024 * KiB},
-        "totals": {"live_bytes": live, "live_blocks": live // 70,
-                   "by_cause": {c: b for c, b in totals.items() if b}},
-        "per_connection": {"connections": n, "own_bytes": own, "context_share_bytes": share,
-                           "bytes": own + share, "by_cause": per_cause},
+        "target": {
+            "pid": 4242,
+            "command": ["python3", "examples/echo_server.py", "--port", "8443"],
+            "mode": "run",
+            "openssl": "OpenSSL 3.0.19 27 Jan 2026",
+            "rss_bytes": 64 * 1024 * KiB,
+        },
+        "totals": {"live_bytes": live, "live_blocks": live // 70, "by_cause": {c: b for c, b in totals.items() if b}},
+        "per_connection": {
+            "connections": n,
+            "own_bytes": own,
+            "context_share_bytes": share,
+            "bytes": own + share,
+            "by_cause": per_cause,
+        },
         "contexts": ctx_docs,
         "connections": conn_docs,
         "sites": [
-            {"file": "../crypto/x509/x_name.c", "line": 100, "cause": "ca_store",
-             "live_bytes": totals["ca_store"] // 3, "live_blocks": 4000},
-            {"file": "../ssl/record/ssl3_buffer.c", "line": 73, "cause": "record_buffers",
-             "live_bytes": totals["record_buffers"], "live_blocks": n * 2},
-            {"file": "../crypto/evp/evp_enc.c", "line": 93, "cause": "cipher_state",
-             "live_bytes": totals["cipher_state"], "live_blocks": n * 3},
+            {
+                "file": "../crypto/x509/x_name.c",
+                "line": 100,
+                "cause": "ca_store",
+                "live_bytes": totals["ca_store"] // 3,
+                "live_blocks": 4000,
+            },
+            {
+                "file": "../ssl/record/ssl3_buffer.c",
+                "line": 73,
+                "cause": "record_buffers",
+                "live_bytes": totals["record_buffers"],
+                "live_blocks": n * 2,
+            },
+            {
+                "file": "../crypto/evp/evp_enc.c",
+                "line": 93,
+                "cause": "cipher_state",
+                "live_bytes": totals["cipher_state"],
+                "live_blocks": n * 3,
+            },
         ],
         "findings": [],
     }
@@ -87,8 +125,10 @@ def build_report(contexts, conn_own=40 * KiB, partial=False, chosen="peak", extr
         doc["totals"].update(requested_bytes=live * 9 // 10, untracked_bytes=0)
         doc["per_connection"]["requested_bytes"] = (own + share) * 0.9
         doc["peak"] = {"chosen": chosen, "snapshots": 12, "live_bytes_at_peak": live}
-        doc["history"] = [{"t": 0.0, "live_bytes": 0, "connections": 0},
-                          {"t": 1.0, "live_bytes": live, "connections": n}]
+        doc["history"] = [
+            {"t": 0.0, "live_bytes": 0, "connections": 0},
+            {"t": 1.0, "live_bytes": live, "connections": n},
+        ]
         doc["process"] = {"live_bytes": 12 * KiB, "by_cause": {"other": 12 * KiB}}
         doc["notes"] = ["hand-built fixture for the reader tests"]
         for site in doc["sites"]:
@@ -116,13 +156,14 @@ FIXTURES = {"bad": bad_report, "good": good_report, "minimal": minimal_report}
 
 
 def run_cli(*args):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               COLUMNS="80", NO_COLOR="1")
-    return subprocess.run([sys.executable, "-m", "tlsprof", *args], capture_output=True, text=True,
-                          env=env, timeout=60, cwd=REPO)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="80", NO_COLOR="1")
+    return subprocess.run(
+        [sys.executable, "-m", "tlsprof", *args], capture_output=True, text=True, env=env, timeout=60, cwd=REPO
+    )
 
 
 # ---- vocabulary and schema file ---------------------------------------------------------------
+
 
 def test_cause_vocabulary_is_the_schema_enum_and_has_labels():
     assert list(CAUSES) == load_schema()["$defs"]["cause"]["enum"]
@@ -146,6 +187,7 @@ def test_schema_file_is_packaged_beside_the_module():
 
 
 # ---- validation rejects what the contract forbids --------------------------------------------
+
 
 def _mutated(mutate):
     doc = bad_report()
@@ -181,12 +223,15 @@ def test_validate_report_and_jsonschema_both_reject(case):
     assert not jsonschema.Draft202012Validator(load_schema()).is_valid(doc)
 
 
-@pytest.mark.parametrize("doc, words", [
-    ([1, 2], "top level is a list"),
-    ({"tool": {}}, "no 'schema' key"),
-    ({"schema": "tlsprof.report/3"}, "not supported"),
-    ({"schema": "memray/1"}, "not a tlsprof report"),
-])
+@pytest.mark.parametrize(
+    "doc, words",
+    [
+        ([1, 2], "top level is a list"),
+        ({"tool": {}}, "no 'schema' key"),
+        ({"schema": "tlsprof.report/3"}, "not supported"),
+        ({"schema": "memray/1"}, "not a tlsprof report"),
+    ],
+)
 def test_foreign_documents_are_named_as_such(doc, words):
     with pytest.raises(BadReport, match=words):
         validate_report(doc)
@@ -202,12 +247,13 @@ def test_semantic_checks_beyond_the_json_schema():
     with pytest.raises(BadReport, match="own_bytes"):
         validate_report(doc)
     doc = bad_report()
-    doc["totals"]["live_bytes"] = 2 ** 70
+    doc["totals"]["live_bytes"] = 2**70
     with pytest.raises(BadReport, match="out of range"):
         validate_report(doc)
 
 
 # ---- saving and loading -----------------------------------------------------------------------
+
 
 def test_save_then_load_round_trips_exactly(tmp_path):
     doc = bad_report()
@@ -243,6 +289,7 @@ def test_json_format_re_emits_the_validated_document(tmp_path):
 
 # ---- text rendering ---------------------------------------------------------------------------
 
+
 def _render(doc, width=80):
     buf = io.StringIO()
     render_text(doc, file=buf, width=width)
@@ -253,9 +300,11 @@ def test_text_shows_headline_causes_contexts_sites_and_finding():
     doc = bad_report()
     text = _render(doc, width=100)
     per = doc["per_connection"]
-    headline = (f"5 connections · {human_bytes(per['bytes'])} per connection "
-                f"(own {human_bytes(per['own_bytes'])} + context share "
-                f"{human_bytes(per['context_share_bytes'])})")
+    headline = (
+        f"5 connections · {human_bytes(per['bytes'])} per connection "
+        f"(own {human_bytes(per['own_bytes'])} + context share "
+        f"{human_bytes(per['context_share_bytes'])})"
+    )
     assert headline in text
     assert "5 connections · 883.0 KiB per connection (own 40.0 KiB + context share 843.0 KiB)" in text
     narrow = _render(doc, width=80)
@@ -321,6 +370,7 @@ def test_cli_text_output(tmp_path):
 
 # ---- corrupt and foreign files: exit 2, one line, no traceback --------------------------------
 
+
 def _valid_bytes():
     return dumps(bad_report()).encode()
 
@@ -330,8 +380,9 @@ CORRUPT = {
     "binary garbage": lambda: bytes(range(256)) * 4,
     "wrong schema": lambda: json.dumps({**bad_report(), "schema": "heaptrack/3"}).encode(),
     "newer schema": lambda: json.dumps({**bad_report(), "schema": "tlsprof.report/3"}).encode(),
-    "missing keys": lambda: json.dumps({k: v for k, v in bad_report().items()
-                                        if k not in ("totals", "sites")}).encode(),
+    "missing keys": lambda: json.dumps(
+        {k: v for k, v in bad_report().items() if k not in ("totals", "sites")}
+    ).encode(),
     "negative bytes": lambda: _valid_bytes().replace(b'"live_bytes": ', b'"live_bytes": -', 1),
     "list not object": lambda: json.dumps([bad_report()]).encode(),
     "empty": lambda: b"",
@@ -386,8 +437,11 @@ def test_specific_messages():
 
 VALID_TEXT = dumps(bad_report()).encode()
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2 ** 80), max_value=2 ** 80)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
     | st.sampled_from(list(CAUSES) + ["handshake", "peak", "run", "tlsprof.report/1", "[/]"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=6,
@@ -443,8 +497,9 @@ def _run_in_process(tmp_path, data: bytes, capsys, fmt="text"):
     return code
 
 
-SETTINGS = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 @SETTINGS

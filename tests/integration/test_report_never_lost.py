@@ -5,6 +5,7 @@ is writing (a storm of signals). Real threaded TLS servers on 127.0.0.1, real si
 
 tlsprof's exit status under `run` is the target's (128+N when a signal N ended it), as README says;
 under `attach` it is 0 when the session ends on a signal."""
+
 import os
 import signal
 import subprocess
@@ -99,8 +100,9 @@ def test_sigterm_right_after_the_target_exited(cert_dir, tmp_path):
     assert "Traceback" not in server.stderr()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT],
-                         ids=lambda s: signal.Signals(s).name)
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT], ids=lambda s: signal.Signals(s).name
+)
 def test_signal_while_the_target_runs(cert_dir, tmp_path, signum):
     """Forwarded to the target after one last snapshot; the exit status is the target's."""
     report_path = tmp_path / "r.json"
@@ -178,8 +180,13 @@ def test_sigterm_before_the_first_snapshot(cert_dir, tmp_path):
     """The moment the target exists, before tlsprof took any snapshot: tlsprof waits (bounded) for
     the shim's first answer, then forwards the signal; the report describes what it saw."""
     report_path = tmp_path / "r.json"
-    p = subprocess.Popen([*run_wrapper(report_path), sys.executable, "-c", "import time; time.sleep(60)"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        [*run_wrapper(report_path), sys.executable, "-c", "import time; time.sleep(60)"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: psutil.Process(p.pid).children(), 30, "tlsprof to start its target")
         p.send_signal(signal.SIGTERM)
@@ -198,8 +205,9 @@ def test_target_gone_before_any_snapshot_still_gives_a_report(tmp_path):
     """A target that exits at once never answers: the report is still written, empty, partial,
     and says why."""
     report_path = tmp_path / "r.json"
-    p = subprocess.run([*run_wrapper(report_path), "sh", "-c", "exit 4"], capture_output=True, text=True,
-                       timeout=EXIT_WAIT)
+    p = subprocess.run(
+        [*run_wrapper(report_path), "sh", "-c", "exit 4"], capture_output=True, text=True, timeout=EXIT_WAIT
+    )
     assert p.returncode == 4, p.stderr
     report = load_checked(report_path)
     assert report["partial"] is True and report["connections"] == []
@@ -212,9 +220,13 @@ needs_gdb = pytest.mark.skipif(not os.path.exists("/usr/bin/gdb"), reason="attac
 
 
 def attach(pid, report_path):
-    return subprocess.Popen([*TLSPROF, "attach", str(pid), "-o", str(report_path), "--interval", "0.3"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [*TLSPROF, "attach", str(pid), "-o", str(report_path), "--interval", "0.3"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 class StderrReader:
@@ -222,6 +234,7 @@ class StderrReader:
 
     def __init__(self, proc):
         import threading
+
         self.lines = []
         self._thread = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
         self._thread.start()
@@ -236,8 +249,9 @@ class StderrReader:
 
 
 @needs_gdb
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT],
-                         ids=lambda s: signal.Signals(s).name)
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT], ids=lambda s: signal.Signals(s).name
+)
 def test_signal_while_attached_detaches_and_reports(cert_dir, tmp_path, signum):
     """A stop signal while attached ends the session: report written, target detached, unharmed.
     A second one arrives while tlsprof detaches and writes."""
@@ -288,8 +302,13 @@ def test_supervisor_escalates_to_sigkill(tmp_path):
     """A stubborn target ignores SIGTERM; the supervisor then SIGKILLs the whole group (systemd
     after TimeoutStopSec). tlsprof wrote the report when it was signalled, before waiting."""
     report_path, ready = tmp_path / "r.json", tmp_path / "ready"
-    p = subprocess.Popen([*run_wrapper(report_path), sys.executable, "-c", STUBBORN_TARGET, str(ready)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        [*run_wrapper(report_path), sys.executable, "-c", STUBBORN_TARGET, str(ready)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for(ready.exists, 60, "the target's contexts")
         time.sleep(0.8)  # a snapshot or two
@@ -319,8 +338,11 @@ def test_signal_during_the_injection(cert_dir, tmp_path):
     try:
         p = attach(server.target_pid(), report_path)
         err = StderrReader(p)
-        wait_for(lambda: any("gdb" in c.name() for c in psutil.Process(p.pid).children()) or p.poll() is not None,
-                 60, "tlsprof to start gdb")
+        wait_for(
+            lambda: any("gdb" in c.name() for c in psutil.Process(p.pid).children()) or p.poll() is not None,
+            60,
+            "tlsprof to start gdb",
+        )
         p.send_signal(signal.SIGTERM)
         p.wait(120)
         assert p.returncode == 0, err.text(10)

@@ -1,4 +1,5 @@
 """`tlsprof run` on real processes with the system OpenSSL, traffic on 127.0.0.1 (issue: run)."""
+
 import json
 import os
 import signal
@@ -56,8 +57,15 @@ def test_shared_context_200_connections(spawn, tmp_path):
 
 
 def test_context_per_connection_matches_independent_ca_store_cost(spawn, tmp_path):
-    independent = int(subprocess.run([sys.executable, os.path.join(WORKLOADS, "ca_store_cost.py")],
-                                     capture_output=True, text=True, check=True, timeout=120).stdout)
+    independent = int(
+        subprocess.run(
+            [sys.executable, os.path.join(WORKLOADS, "ca_store_cost.py")],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+    )
     report_path = tmp_path / "per-conn.json"
     server = spawn.server("--ctx-per-conn", wrapper=tlsprof_run(report_path, at="last"))
     spawn.clients(server.port, 40, interval=2)
@@ -99,17 +107,34 @@ def test_openssl_s_server_one_connection(cert_pair, tmp_path):
     cert, key = cert_pair
     port = free_port()
     report_path = tmp_path / "s_server.json"
-    tool = subprocess.Popen([*tlsprof_run(report_path), "openssl", "s_server", "-accept", f"127.0.0.1:{port}",
-                             "-cert", cert, "-key", key, "-quiet"],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tool = subprocess.Popen(
+        [
+            *tlsprof_run(report_path),
+            "openssl",
+            "s_server",
+            "-accept",
+            f"127.0.0.1:{port}",
+            "-cert",
+            cert,
+            "-key",
+            key,
+            "-quiet",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     # (s_server closes its connection when its stdin reaches EOF: keep it open)
     s_client = None
     try:
         # the probe connection of _wait_port is a TCP connect only: s_server sees no TLS from it
         _wait_port(port, tool)
-        s_client = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-quiet"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+        s_client = subprocess.Popen(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-quiet"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         settle(2.0)
         _child(tool.pid, "openssl").send_signal(signal.SIGTERM)
         tool.wait(30)
@@ -155,18 +180,26 @@ def test_clean_shutdown_still_reports_the_peak(spawn, tmp_path):
 
 
 def test_exit_status_and_stdio_pass_through(tmp_path):
-    out = subprocess.run([*TLSPROF, "run", "--", "sh", "-c", "read x; echo got $x; echo err >&2; exit 7"],
-                         input="hello\n", capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*TLSPROF, "run", "--", "sh", "-c", "read x; echo got $x; echo err >&2; exit 7"],
+        input="hello\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 7
     assert out.stdout == "got hello\n"
     assert out.stderr.startswith("err\n")
 
 
-@pytest.mark.parametrize("argv", [
-    ["run", "--", "/no/such/cmd"],
-    ["run"],
-    ["run", "--interval", "0", "--", "true"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--", "/no/such/cmd"],
+        ["run"],
+        ["run", "--interval", "0", "--", "true"],
+    ],
+)
 def test_bad_run_input_gives_one_line_and_nonzero(argv):
     out = subprocess.run([*TLSPROF, *argv], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
@@ -187,9 +220,24 @@ def test_corrupt_report_file(tmp_path):
 
 def test_threads_handshaking_at_once_counts_return_to_baseline(cert_pair, tmp_path):
     cert, key = cert_pair
-    out = subprocess.run([*TLSPROF, "run", "-o", str(tmp_path / "threads.json"), "--",
-                          sys.executable, os.path.join(WORKLOADS, "threaded_handshakes.py"), cert, key, "8", "25"],
-                         capture_output=True, text=True, timeout=240)
+    out = subprocess.run(
+        [
+            *TLSPROF,
+            "run",
+            "-o",
+            str(tmp_path / "threads.json"),
+            "--",
+            sys.executable,
+            os.path.join(WORKLOADS, "threaded_handshakes.py"),
+            cert,
+            key,
+            "8",
+            "25",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(result)

@@ -3,6 +3,7 @@
 PostgreSQL backend (postgres), and `run -- setpriv --reuid=nobody … SERVER`, are tracked; the copy
 is content-named, not writable by others, and removed once nothing maps it; the channel stays
 private."""
+
 import os
 import pwd
 import shutil
@@ -47,12 +48,17 @@ def private_tlsprof():
     clone in a private home: -> (argv prefix for `python -m tlsprof`, env, cwd)."""
     top = tempfile.mkdtemp(prefix="tlsprof-private-")  # mode 0700, owned by us
     try:
-        shutil.copytree(PACKAGE, os.path.join(top, "tlsprof"),
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(PACKAGE, os.path.join(top, "tlsprof"), ignore=shutil.ignore_patterns("__pycache__"))
         env = dict(os.environ, PYTHONPATH=top)
         env.pop("TLSPROF_DIR", None)
-        where = subprocess.run([sys.executable, "-c", "import tlsprof, tlsprof.collect.shim as s; print(s.shim_path())"],
-                               env=env, cwd=top, capture_output=True, text=True, timeout=60)
+        where = subprocess.run(
+            [sys.executable, "-c", "import tlsprof, tlsprof.collect.shim as s; print(s.shim_path())"],
+            env=env,
+            cwd=top,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert where.stdout.strip().startswith(top + "/tlsprof/_shim"), where.stderr
         assert stat.S_IMODE(os.stat(top).st_mode) == 0o700
         yield [sys.executable, "-m", "tlsprof"], env, top
@@ -64,15 +70,21 @@ def shim_answers(pid):
     try:
         uid = psutil.Process(pid).uids().effective
         from tlsprof.collect import client
+
         return client.ping(socket_path(channel_dir_for(uid), pid)) == pid
     except Exception:
         return False
 
 
 def attach_in_background(tlsprof, env, cwd, pid, report, duration):
-    proc = subprocess.Popen([*tlsprof, "attach", str(pid), "--duration", str(duration), "--interval", "0.3",
-                             "-o", str(report)], env=env, cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*tlsprof, "attach", str(pid), "--duration", str(duration), "--interval", "0.3", "-o", str(report)],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: shim_answers(pid) or proc.poll() is not None, 60, "the shim to answer")
     if proc.poll() is not None:
         raise AssertionError(f"attach failed: {proc.communicate()[1]}")
@@ -99,6 +111,7 @@ def mapped_copy(pid):
 
 # ----------------------------------------------------------------------------- the copy itself
 
+
 def test_copy_is_content_named_readonly_and_reused(tmp_path):
     first = shim_copy.make(shim_copy.installed()[0])
     try:
@@ -109,12 +122,20 @@ def test_copy_is_content_named_readonly_and_reused(tmp_path):
         st = os.stat(base)
         assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o022 == 0
         assert stat.S_IMODE(st.st_mode) & 0o005 == 0o005  # anyone can enter and list
-        for rel in (os.path.basename(first.shim), "agent/agent.py", "agent/graph.py", "agent/ssl_objects.py",
-                    "agent/tracemalloc_ext.py", "agent/site/sitecustomize.py"):
+        for rel in (
+            os.path.basename(first.shim),
+            "agent/agent.py",
+            "agent/graph.py",
+            "agent/ssl_objects.py",
+            "agent/tracemalloc_ext.py",
+            "agent/site/sitecustomize.py",
+        ):
             path = os.path.join(first.root, rel)
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o444
-            with open(path, "rb") as a, open(os.path.join(PACKAGE, rel) if "/" in rel
-                                              else shim_copy.installed()[0], "rb") as b:
+            with (
+                open(path, "rb") as a,
+                open(os.path.join(PACKAGE, rel) if "/" in rel else shim_copy.installed()[0], "rb") as b,
+            ):
                 assert a.read() == b.read()
         assert shim_copy.readable_by(first.shim, shim_copy.ANYONE)
         assert shim_copy.readable_by(os.path.join(first.site_dir, "sitecustomize.py"), shim_copy.ANYONE)
@@ -131,9 +152,16 @@ def test_copy_is_content_named_readonly_and_reused(tmp_path):
 
 def test_copy_mapped_by_a_process_is_kept_until_it_exits(tmp_path):
     bundle = shim_copy.make(shim_copy.installed()[0])
-    holder = subprocess.Popen([sys.executable, "-c", "import ctypes, sys, time; ctypes.CDLL(sys.argv[1]); "
-                               "print('up', flush=True); time.sleep(60)", bundle.shim],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import ctypes, sys, time; ctypes.CDLL(sys.argv[1]); print('up', flush=True); time.sleep(60)",
+            bundle.shim,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "up"
         bundle.release()
@@ -162,8 +190,12 @@ def test_concurrent_sessions_share_one_bundle(tmp_path):
     base = tmp_path / "base"
     base.mkdir()
     os.chmod(base, 0o755)
-    procs = [subprocess.Popen([sys.executable, "-c", MAKE_AND_HOLD, str(base)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MAKE_AND_HOLD, str(base)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _out, err in outs]
     roots = {out.strip() for out, _err in outs}
@@ -189,9 +221,27 @@ def public_cert():
     """A certificate and key any user can read (servers below run as nobody): -> (cert, key)."""
     d = tempfile.mkdtemp(prefix="tlsprof-certs-")
     os.chmod(d, 0o755)
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=localhost", "-keyout", f"{d}/k.pem", "-out", f"{d}/c.pem"],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            f"{d}/k.pem",
+            "-out",
+            f"{d}/c.pem",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     for name in ("k.pem", "c.pem"):
         os.chmod(f"{d}/{name}", 0o644)
     yield f"{d}/c.pem", f"{d}/k.pem"
@@ -201,8 +251,12 @@ def public_cert():
 def _unshare_works():
     if os.geteuid() != 0 or not shutil.which("unshare"):
         return False
-    return subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
-                          capture_output=True, timeout=30).returncode == 0
+    return (
+        subprocess.run(
+            ["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True, timeout=30
+        ).returncode
+        == 0
+    )
 
 
 needs_unshare = pytest.mark.skipif(not _unshare_works(), reason="needs root allowed to make mount namespaces")
@@ -224,16 +278,49 @@ def test_read_only_tmp_is_one_line_exit_9(private_tlsprof, public_cert):
     cert, key = public_cert
     uid = 47011  # a uid nothing else uses: its channel directory does not exist yet
     shutil.rmtree(f"/tmp/tlsprof-{uid}", ignore_errors=True)
-    target = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                               "openssl", "s_server", "-accept", f"127.0.0.1:{free_port()}", "-cert", cert,
-                               "-key", key, "-quiet"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, cwd="/")
+    target = subprocess.Popen(
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "openssl",
+            "s_server",
+            "-accept",
+            f"127.0.0.1:{free_port()}",
+            "-cert",
+            cert,
+            "-key",
+            key,
+            "-quiet",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
+    )
     try:
         wait_for(lambda: _loads_libssl(target.pid), 20, "the target to load libssl")
-        r = subprocess.run(["unshare", "-m", "sh", "-c",
-                            'mount --bind /tmp /tmp && mount -o remount,bind,ro /tmp && exec "$@"', "sh",
-                            *tlsprof, "attach", str(target.pid), "--duration", "1"],
-                           env=env, cwd=cwd, capture_output=True, text=True, timeout=90)
+        r = subprocess.run(
+            [
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                'mount --bind /tmp /tmp && mount -o remount,bind,ro /tmp && exec "$@"',
+                "sh",
+                *tlsprof,
+                "attach",
+                str(target.pid),
+                "--duration",
+                "1",
+            ],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 9, r.stderr
         assert len(lines) == 1 and "read-only" in lines[0], r.stderr
@@ -252,12 +339,30 @@ def test_target_in_another_mount_namespace_is_one_line_exit_9(private_tlsprof):
     # the interpreter itself, not the virtualenv's link to it: a clone under /tmp (CI's) is hidden
     # behind the fresh /tmp of the namespace
     python = os.path.realpath(sys.executable)
-    target = subprocess.Popen(["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs /tmp && exec "$@"', "sh",
-                               python, "-c", "import ssl, time; time.sleep(120)"], cwd="/")
+    target = subprocess.Popen(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            'mount -t tmpfs tmpfs /tmp && exec "$@"',
+            "sh",
+            python,
+            "-c",
+            "import ssl, time; time.sleep(120)",
+        ],
+        cwd="/",
+    )
     try:
         wait_for(lambda: _loads_libssl(target.pid), 20, "the target to load libssl")
-        r = subprocess.run([*tlsprof, "attach", str(target.pid), "--duration", "1"],
-                           env=env, cwd=cwd, capture_output=True, text=True, timeout=90)
+        r = subprocess.run(
+            [*tlsprof, "attach", str(target.pid), "--duration", "1"],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 9, r.stderr
         assert len(lines) == 1 and "another mount namespace" in lines[0], r.stderr
@@ -301,10 +406,13 @@ def _client_ctx():
 
 @needs_gdb
 @needs_root
-@pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
-                    reason="needs Debian's nginx (make test installs nginx-light)")
+@pytest.mark.skipif(
+    not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
+    reason="needs Debian's nginx (make test installs nginx-light)",
+)
 def test_attach_to_nginx_worker_from_a_private_directory(private_tlsprof, cert_pair, tmp_path):
     from test_attach import _http_keepalive, nginx_worker
+
     tlsprof, env, cwd = private_tlsprof
     with nginx_worker(cert_pair, tmp_path, NGINX_CONF) as (worker, port, socks):
         assert psutil.Process(worker).username() == "www-data"
@@ -345,24 +453,56 @@ def postgres_tls(tmp_path):
     os.chown(data, pg.pw_uid, pg.pw_gid)
     server = None
     try:
-        subprocess.run(_as_postgres(f"{PG_BIN}/initdb", "-D", data, "-A", "trust", "-U", "postgres",
-                                    "--no-sync", "--no-instructions"),
-                       check=True, capture_output=True, timeout=120, cwd="/")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", "/CN=localhost", "-keyout", f"{data}/server.key", "-out", f"{data}/server.crt"],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            _as_postgres(
+                f"{PG_BIN}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "--no-instructions"
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
+            cwd="/",
+        )
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                f"{data}/server.key",
+                "-out",
+                f"{data}/server.crt",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         for name in ("server.key", "server.crt"):
             os.chown(f"{data}/{name}", pg.pw_uid, pg.pw_gid)
             os.chmod(f"{data}/{name}", 0o600)
         port = free_port()
         with open(f"{data}/postgresql.conf", "a") as f:
-            f.write(f"\nlisten_addresses = '127.0.0.1'\nport = {port}\nssl = on\n"
-                    f"unix_socket_directories = '{data}'\nfsync = off\n")
-        server = subprocess.Popen(_as_postgres(f"{PG_BIN}/postgres", "-D", data), cwd="/",
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_for(lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(port)],
-                                        capture_output=True).returncode == 0 or server.poll() is not None,
-                 60, "postgres to accept connections")
+            f.write(
+                f"\nlisten_addresses = '127.0.0.1'\nport = {port}\nssl = on\n"
+                f"unix_socket_directories = '{data}'\nfsync = off\n"
+            )
+        server = subprocess.Popen(
+            _as_postgres(f"{PG_BIN}/postgres", "-D", data), cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        wait_for(
+            lambda: (
+                subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode == 0
+                or server.poll() is not None
+            ),
+            60,
+            "postgres to accept connections",
+        )
         assert server.poll() is None, server.stderr.read().decode()[-500:]
         yield port, data
     finally:
@@ -384,10 +524,23 @@ class Psql:
     """psql over TLS (sslmode=require), fed one query at a time."""
 
     def __init__(self, port):
-        self.proc = subprocess.Popen(["psql", f"host=127.0.0.1 port={port} user=postgres dbname=postgres "
-                                      "sslmode=require", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, bufsize=1, cwd="/")
+        self.proc = subprocess.Popen(
+            [
+                "psql",
+                f"host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=require",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            cwd="/",
+        )
 
     def query(self, sql):
         self.proc.stdin.write(sql + "\n\\echo __done\n")
@@ -438,8 +591,7 @@ SWITCH_TO_NOBODY = {
 
 @needs_root
 @pytest.mark.parametrize("switch", sorted(SWITCH_TO_NOBODY))
-def test_run_switched_user_server_from_a_private_directory_is_tracked(switch, private_tlsprof, public_cert,
-                                                                     tmp_path):
+def test_run_switched_user_server_from_a_private_directory_is_tracked(switch, private_tlsprof, public_cert, tmp_path):
     """`tlsprof run -- setpriv --reuid=nobody … openssl s_server` (or runuser): the server (nobody)
     loads the copy, serves its channel in nobody's private directory, and its connection is
     reported."""
@@ -447,14 +599,39 @@ def test_run_switched_user_server_from_a_private_directory_is_tracked(switch, pr
     cert, key = public_cert
     port = free_port()
     report = tmp_path / "run.json"
-    run = subprocess.Popen([*tlsprof, "run", "--interval", "0.3", "-o", str(report), "--",
-                            *SWITCH_TO_NOBODY[switch], "openssl", "s_server", "-rev", "-accept", f"127.0.0.1:{port}",
-                            "-cert", cert, "-key", key, "-quiet"],
-                           env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [
+            *tlsprof,
+            "run",
+            "--interval",
+            "0.3",
+            "-o",
+            str(report),
+            "--",
+            *SWITCH_TO_NOBODY[switch],
+            "openssl",
+            "s_server",
+            "-rev",
+            "-accept",
+            f"127.0.0.1:{port}",
+            "-cert",
+            cert,
+            "-key",
+            key,
+            "-quiet",
+        ],
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def listening():
             return any(c.laddr.port == port for c in psutil.net_connections("tcp") if c.status == "LISTEN")
+
         wait_for(lambda: listening() or run.poll() is not None, 30, "s_server to listen")
         assert run.poll() is None, run.communicate()[1]
         server = next(p for p in psutil.Process(run.pid).children(recursive=True) if p.name() == "openssl")
@@ -483,8 +660,19 @@ ECHO_SERVER = os.path.join(os.path.dirname(HERE), "examples", "echo_server.py")
 
 
 def _nobody_echo_server(port):
-    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", SYSTEM_PYTHON, ECHO_SERVER,
-            "--host", "127.0.0.1", "--port", str(port), "--threaded"]
+    return [
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        SYSTEM_PYTHON,
+        ECHO_SERVER,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threaded",
+    ]
 
 
 def _welcomed(port, n):
@@ -508,9 +696,14 @@ def test_run_python_server_as_nobody_gets_the_agent_from_the_copy(private_tlspro
     tlsprof, env, cwd = private_tlsprof
     port = free_port()
     report = tmp_path / "py.json"
-    run = subprocess.Popen([*tlsprof, "run", "--interval", "0.3", "-o", str(report), "--",
-                            *_nobody_echo_server(port)], env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [*tlsprof, "run", "--interval", "0.3", "-o", str(report), "--", *_nobody_echo_server(port)],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     socks = []
     try:
         wait_for(lambda: _listening(port) or run.poll() is not None, 60, "the server to listen")
@@ -539,8 +732,7 @@ def test_run_python_server_as_nobody_gets_the_agent_from_the_copy(private_tlspro
 def test_attach_to_python_server_of_nobody_starts_the_agent_from_the_copy(private_tlsprof, tmp_path):
     tlsprof, env, cwd = private_tlsprof
     port = free_port()
-    server = subprocess.Popen(_nobody_echo_server(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              cwd="/")
+    server = subprocess.Popen(_nobody_echo_server(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
     socks = []
     try:
         wait_for(lambda: _listening(port) or server.poll() is not None, 60, "the server to listen")

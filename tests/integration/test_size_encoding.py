@@ -1,6 +1,7 @@
 """The requested size a block keeps in 16 bits under the `requested` byte measure (hooks/measure.h
 size_encode/size_decode): exact below 32 KiB, never under-counted and at most 0.1 % high up to
 2 GiB. The two functions are compiled from the shim's own source and checked over the range."""
+
 import re
 import shutil
 import subprocess
@@ -35,12 +36,15 @@ int main(void)
 def test_requested_sizes_round_trip_through_16_bits(tmp_path):
     with open(f"{REPO_ROOT}/hooks/measure.h") as f:
         source = f.read()
-    functions = [re.search(r"static inline \w+ %s\(.*?\n}\n" % name, source, re.S).group(0)
-                 for name in ("size_encode", "size_decode")]
+    functions = [
+        re.search(r"static inline \w+ %s\(.*?\n}\n" % name, source, re.S).group(0)
+        for name in ("size_encode", "size_decode")
+    ]
     program = tmp_path / "check.c"
     program.write_text(CHECK % "\n".join(functions))
-    subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-o", str(tmp_path / "check"), str(program)],
-                   check=True, timeout=120)
+    subprocess.run(
+        ["cc", "-O2", "-Wall", "-Werror", "-o", str(tmp_path / "check"), str(program)], check=True, timeout=120
+    )
     out = subprocess.run([str(tmp_path / "check")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout
     assert float(out.stdout) <= 0.001

@@ -1,5 +1,6 @@
 """OpenSSL linked statically into another object (issue: statically linked OpenSSL): pip's
 cryptography wheel under pyOpenSSL/Twisted, node's `tls`; and Debian's Twisted on the system libssl."""
+
 import os
 import shutil
 import signal
@@ -32,14 +33,19 @@ def _profile(cmd, ready, report, n, tmp_path, client_args=()):
     does (SIGTERM to tlsprof: one last look, the Python agent asked afresh, then the signal goes to
     the target; SIGKILL to the target if it does not exit), load the report."""
     errors = open(tmp_path / "tlsprof.err", "w+")
-    tool = subprocess.Popen([*TLSPROF, "run", "-o", str(report), "--interval", "0.3", "--at", "last", "--", *cmd],
-                            stdout=subprocess.DEVNULL, stderr=errors, text=True)
+    tool = subprocess.Popen(
+        [*TLSPROF, "run", "-o", str(report), "--interval", "0.3", "--at", "last", "--", *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=errors,
+        text=True,
+    )
     clients = None
     try:
         port = int(_wait_file(ready, tool))
         clients = start_clients(port, n, *client_args, interval=2)
         time.sleep(2.0)
         import psutil
+
         target = psutil.Process(tool.pid).children()[0]
         tool.send_signal(signal.SIGTERM)
         try:
@@ -74,8 +80,13 @@ def test_twisted_from_pip_static_cryptography_openssl(tmp_path, cert_dir):
     pytest.importorskip("OpenSSL")
     n = 100
     ready = tmp_path / "ready"
-    report = _profile([sys.executable, TWISTED_SERVER, "--certdir", cert_dir, "--ready-file", str(ready)],
-                      ready, tmp_path / "twisted.json", n, tmp_path)
+    report = _profile(
+        [sys.executable, TWISTED_SERVER, "--certdir", cert_dir, "--ready-file", str(ready)],
+        ready,
+        tmp_path / "twisted.json",
+        n,
+        tmp_path,
+    )
     copy = _copy(report, "static-symtab")
     assert copy["path"].endswith("_rust.abi3.so") and copy["tracking"] == "mem-functions"
     assert copy["per_connection"] is True and copy["ownership"] == "heap walk"
@@ -102,13 +113,20 @@ def test_twisted_from_pip_static_cryptography_openssl(tmp_path, cert_dir):
     assert "libcrypto.so.3 (shared): tracked per connection" in report["_stderr"]
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/python3") or subprocess.run(
-    ["/usr/bin/python3", "-c", "import twisted, OpenSSL"], capture_output=True).returncode != 0,
-    reason="needs Debian's python3-twisted and python3-openssl (make test installs them)")
+@pytest.mark.skipif(
+    not os.path.exists("/usr/bin/python3")
+    or subprocess.run(["/usr/bin/python3", "-c", "import twisted, OpenSSL"], capture_output=True).returncode != 0,
+    reason="needs Debian's python3-twisted and python3-openssl (make test installs them)",
+)
 def test_twisted_from_debian_uses_the_system_libssl(tmp_path, cert_dir):
     ready = tmp_path / "ready"
-    report = _profile(["/usr/bin/python3", TWISTED_SERVER, "--certdir", cert_dir, "--ready-file", str(ready)],
-                      ready, tmp_path / "debian-twisted.json", 100, tmp_path)
+    report = _profile(
+        ["/usr/bin/python3", TWISTED_SERVER, "--certdir", cert_dir, "--ready-file", str(ready)],
+        ready,
+        tmp_path / "debian-twisted.json",
+        100,
+        tmp_path,
+    )
     assert [c["kind"] for c in report["openssl_copies"]] == ["shared"]
     assert report["per_connection"]["connections"] == 100  # measured per connection, through the hooks
     assert report["per_connection"]["by_cause"].get("record_buffers", 0) > 16_000
@@ -132,23 +150,32 @@ def _node_is_static():
 
 NODE_CONNECTIONS = 200
 TOLERANCE = 0.15
-HEAP_IN_USE_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workloads", "heap_in_use.c")
-node_static = pytest.mark.skipif(not _node_is_static(), reason="needs a node that links OpenSSL statically "
-                                                               "(nodesource)")
+HEAP_IN_USE_SRC = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workloads", "heap_in_use.c"
+)
+node_static = pytest.mark.skipif(
+    not _node_is_static(), reason="needs a node that links OpenSSL statically (nodesource)"
+)
 
 
 @pytest.fixture(scope="module")
 def heap_in_use_lib(tmp_path_factory):
     """tests/workloads/heap_in_use.c built: a preloaded counter of glibc's own in-use heap bytes."""
     out = tmp_path_factory.mktemp("heap-in-use") / "heap_in_use.so"
-    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(out), HEAP_IN_USE_SRC, "-lpthread"], check=True,
-                   timeout=120)
+    subprocess.run(
+        ["cc", "-shared", "-fPIC", "-O2", "-o", str(out), HEAP_IN_USE_SRC, "-lpthread"], check=True, timeout=120
+    )
     return str(out)
 
 
 def _start_node(cert, key, ready, *flags, env=None):
-    node = subprocess.Popen(["node", NODE_SERVER, cert, key, "0", str(ready), *flags], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    node = subprocess.Popen(
+        ["node", NODE_SERVER, cert, key, "0", str(ready), *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     return node, int(_wait_file(ready, node))
 
 
@@ -157,6 +184,7 @@ def _node_growth(cert, key, lib, tmp_path, server_flags=(), client_flags=(), n=N
     the preloaded heap_in_use.so) and of its RSS while n idle connections open, without tlsprof.
     Five connections are opened and closed first: one-time costs stay out of the figure."""
     import psutil
+
     heap_file = tmp_path / f"heap-{os.getpid()}-{time.monotonic_ns()}"
     ready = tmp_path / f"ready-{time.monotonic_ns()}"
     env = dict(os.environ, LD_PRELOAD=lib, HEAP_IN_USE_FILE=str(heap_file))
@@ -209,7 +237,8 @@ def _check_node_walked(report, truth, n=NODE_CONNECTIONS):
     # the server's context is made before the baseline: the connection's own bytes are its growth
     assert _within(per["own_bytes"], truth["heap"]), (
         f"walked {per['own_bytes']} B own per connection, node's heap grew {truth['heap']:.0f} B per TLS "
-        f"connection more than per plain one (RSS: {truth['rss']:.0f} B)")
+        f"connection more than per plain one (RSS: {truth['rss']:.0f} B)"
+    )
     for cause in ("connection", "session", "bio"):
         assert per["by_cause"].get(cause, 0) > 0, per["by_cause"]
     conns = [c for c in report["connections"] if c.get("alive", True)]
@@ -226,8 +255,9 @@ def test_node_tls_echo_server_run_walks_its_static_copy(tmp_path, cert_pair, nod
     per TLS connection minus per plain-TCP connection, measured without tlsprof)."""
     cert, key = cert_pair
     ready = tmp_path / "ready"
-    report = _profile(["node", NODE_SERVER, cert, key, "0", str(ready)], ready, tmp_path / "node.json",
-                      NODE_CONNECTIONS, tmp_path)
+    report = _profile(
+        ["node", NODE_SERVER, cert, key, "0", str(ready)], ready, tmp_path / "node.json", NODE_CONNECTIONS, tmp_path
+    )
     copy = _copy(report, "static-exported")
     assert copy["tracking"] == "mem-functions" and os.path.basename(copy["path"]).startswith("node")
     assert copy["live_bytes"] > 1_000_000
@@ -239,8 +269,12 @@ def test_node_tls_echo_server_run_walks_its_static_copy(tmp_path, cert_pair, nod
     assert report["walk"]["causes_from_tracking"] > 0
     assert any("came from the heap walk" in n for n in report["notes"])
     assert "heap walk" in report["_stderr"]
-    text = subprocess.run([*TLSPROF, "report", str(tmp_path / "node.json"), "--format", "text"],
-                          capture_output=True, text=True, timeout=120)
+    text = subprocess.run(
+        [*TLSPROF, "report", str(tmp_path / "node.json"), "--format", "text"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "ownership from the heap walk" in text.stdout + text.stderr
 
 
@@ -256,15 +290,20 @@ def test_attach_to_node_walks_its_static_copy(tmp_path, cert_pair, node_tls_heap
     try:
         clients = start_clients(port, NODE_CONNECTIONS, interval=2)
         time.sleep(1.0)
-        out = subprocess.run([*TLSPROF, "attach", str(node.pid), "--duration", "1", "-o",
-                              str(tmp_path / "attach.json")], capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [*TLSPROF, "attach", str(node.pid), "--duration", "1", "-o", str(tmp_path / "attach.json")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr
         assert "measured by the heap walk" in out.stderr
         report = load_checked(tmp_path / "attach.json")
         _check_node_walked(report, node_tls_heap_per_connection)
         assert not any("bytes are the sizes OpenSSL requested" in n for n in report["notes"])
-        assert any("/node: its contexts and connections were found and measured by the heap walk" in n
-                   for n in report["notes"])
+        assert any(
+            "/node: its contexts and connections were found and measured by the heap walk" in n for n in report["notes"]
+        )
         assert node.poll() is None
         more = start_clients(port, 5, interval=2)  # still serving
         more.stop()
@@ -289,14 +328,21 @@ def test_node_context_per_connection_gets_ca_store_finding(tmp_path, cert_pair, 
     shared_rss = _node_growth(cert, key, heap_in_use_lib, tmp_path, (), sni)[1]
     measured = (per_conn_rss - shared_rss) * (NODE_CONNECTIONS - 1)
     ready = tmp_path / "ready"
-    report = _profile(["node", NODE_SERVER, cert, key, "0", str(ready), "--ctx-per-conn"], ready,
-                      tmp_path / "ctx.json", NODE_CONNECTIONS, tmp_path, client_args=sni)
+    report = _profile(
+        ["node", NODE_SERVER, cert, key, "0", str(ready), "--ctx-per-conn"],
+        ready,
+        tmp_path / "ctx.json",
+        NODE_CONNECTIONS,
+        tmp_path,
+        client_args=sni,
+    )
     assert report["per_connection"]["connections"] >= 0.95 * NODE_CONNECTIONS
     [finding] = [f for f in report["findings"] if f["id"] == "ca-store-per-connection"]
     assert finding["evidence"]["contexts"] >= 0.95 * NODE_CONNECTIONS
     assert _within(finding["saving_bytes"], measured), (
         f"finding saves {finding['saving_bytes'] / NODE_CONNECTIONS:.0f} B per connection, sharing measured "
-        f"{measured / NODE_CONNECTIONS:.0f} B per connection of RSS")
+        f"{measured / NODE_CONNECTIONS:.0f} B per connection of RSS"
+    )
     assert sum(1 for c in report["connections"] if c.get("context_held_by") == "application") >= 0.95 * NODE_CONNECTIONS
 
 
@@ -324,8 +370,23 @@ def stripped_static_program(tmp_path_factory):
     d = tmp_path_factory.mktemp("stripped")
     (d / "prog.c").write_text(STRIPPED_PROGRAM)
     prog = d / "static-ssl-stripped"
-    subprocess.run(["cc", "-O2", "-o", str(prog), str(d / "prog.c"), "-Wl,-Bstatic", "-lssl", "-lcrypto",
-                    "-Wl,-Bdynamic", "-ldl", "-lpthread"], check=True, timeout=120)
+    subprocess.run(
+        [
+            "cc",
+            "-O2",
+            "-o",
+            str(prog),
+            str(d / "prog.c"),
+            "-Wl,-Bstatic",
+            "-lssl",
+            "-lcrypto",
+            "-Wl,-Bdynamic",
+            "-ldl",
+            "-lpthread",
+        ],
+        check=True,
+        timeout=120,
+    )
     subprocess.run(["strip", str(prog)], check=True, timeout=60)
     syms = subprocess.run(["nm", "-D", str(prog)], capture_output=True, text=True, timeout=60).stdout
     assert "SSL_new" not in syms
@@ -342,10 +403,11 @@ def _start_stripped(prog):
 def test_attach_to_stripped_static_copy_says_so(stripped_static_program):
     proc = _start_stripped(stripped_static_program)
     try:
-        out = subprocess.run([*TLSPROF, "attach", str(proc.pid), "--duration", "1"], capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(
+            [*TLSPROF, "attach", str(proc.pid), "--duration", "1"], capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 5
-        line, = out.stderr.strip().splitlines()
+        (line,) = out.stderr.strip().splitlines()
         assert "links OpenSSL statically without symbols" in line and stripped_static_program in line
         assert "none of its memory is seen" in line
         assert proc.poll() is None
@@ -356,8 +418,12 @@ def test_attach_to_stripped_static_copy_says_so(stripped_static_program):
 
 def test_run_of_stripped_static_copy_says_so(stripped_static_program, tmp_path):
     report = tmp_path / "stripped.json"
-    tool = subprocess.Popen([*TLSPROF, "run", "-o", str(report), "--interval", "0.3", "--",
-                             stripped_static_program], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tool = subprocess.Popen(
+        [*TLSPROF, "run", "-o", str(report), "--interval", "0.3", "--", stripped_static_program],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert tool.stdout.readline().startswith("OpenSSL ")
         time.sleep(1.5)  # a snapshot or more

@@ -6,6 +6,7 @@ tracked). Goal: at most 16 B of table per live block. On the CA-store workload (
 owner) the whole tracker stays under 16 B a block too; with many small connections the per-owner
 record (~400 B a connection, ~46 blocks) adds ~8 B a block on top, reported by bench/overhead_goals.py.
 """
+
 import os
 import shutil
 import tempfile
@@ -16,8 +17,8 @@ from shim_harness.hardening_util import Tracked, wait_for
 from tlsenv import start_ca_per_request_client, start_clients, start_echo_server
 
 GOAL_TABLE_BYTES_PER_BLOCK = 16
-CA_STORES = 20       # ~11.3k blocks each: ~230k live blocks
-CONNECTIONS = 1000   # ~46 blocks each with the shared context
+CA_STORES = 20  # ~11.3k blocks each: ~230k live blocks
+CONNECTIONS = 1000  # ~46 blocks each with the shared context
 
 
 def _per_block(stats, key):
@@ -30,12 +31,14 @@ def _per_block(stats, key):
 def test_ca_store_client_tracker_stays_under_16_bytes_per_block(cert_dir):
     from tlsprof.collect import launch
     from tlsprof.collect.client import ask, parse_snapshot
+
     server = start_echo_server(certdir=cert_dir)
     channel_dir = tempfile.mkdtemp(prefix="tlsprof-ovh-")
     client = None
     try:
-        client = start_ca_per_request_client(server.port, CA_STORES, hold=0,
-                                             env=launch.preload_env(channel_dir), timeout=120)
+        client = start_ca_per_request_client(
+            server.port, CA_STORES, hold=0, env=launch.preload_env(channel_dir), timeout=120
+        )
         sock = os.path.join(channel_dir, f"{client.pid}.sock")
         wait_for(lambda: os.path.exists(sock), 10, "client's channel socket")
         stats = parse_snapshot(ask(sock, "SNAPSHOT", timeout=30)).stats
@@ -71,6 +74,7 @@ def test_pointer_packing_round_trips():
     table.c encode/decode functions, compiled alone, give back every field for many pointers."""
     import subprocess
     from tlsenv import REPO_ROOT
+
     if not shutil.which("cc"):
         pytest.skip("needs a C compiler")
     src = open(f"{REPO_ROOT}/hooks/table.c").read()
@@ -118,8 +122,20 @@ int main(void)
     try:
         with open(os.path.join(tmp, "c.c"), "w") as f:
             f.write(check % src[start:end])
-        subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-Wno-unused-variable", "-o", os.path.join(tmp, "c"), os.path.join(tmp, "c.c")],
-                       check=True, timeout=120)
+        subprocess.run(
+            [
+                "cc",
+                "-O2",
+                "-Wall",
+                "-Werror",
+                "-Wno-unused-variable",
+                "-o",
+                os.path.join(tmp, "c"),
+                os.path.join(tmp, "c.c"),
+            ],
+            check=True,
+            timeout=120,
+        )
         out = subprocess.run([os.path.join(tmp, "c")], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and out.stdout.strip() == "OK", out.stdout
     finally:

@@ -1,5 +1,6 @@
 """Views that read well (issue: causes and accounting): no number split across lines at any width or
 when piped, alike rows grouped, and the Python side and the RSS explained in every view."""
+
 import json
 import os
 import re
@@ -21,9 +22,28 @@ CLIENTS = 24
 def report_path(tmp_path_factory, cert_dir):
     """The asyncio seed server under `tlsprof run` with idle clients: a real report, saved."""
     path = str(tmp_path_factory.mktemp("views") / "report.json")
-    server = Proc([*TLSPROF, "run", "-o", path, "--interval", "0.3", "--", sys.executable, ECHO_SERVER,
-                   "--host", "127.0.0.1", "--port", "0", "--ready-file", "{ready}", "--certdir", cert_dir],
-                  script=ECHO_SERVER)
+    server = Proc(
+        [
+            *TLSPROF,
+            "run",
+            "-o",
+            path,
+            "--interval",
+            "0.3",
+            "--",
+            sys.executable,
+            ECHO_SERVER,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ready-file",
+            "{ready}",
+            "--certdir",
+            cert_dir,
+        ],
+        script=ECHO_SERVER,
+    )
     clients = None
     try:
         port = int(server.wait_ready(60))

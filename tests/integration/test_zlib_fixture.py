@@ -2,6 +2,7 @@
 under examples/compression_echo.py negotiates TLS compression, and each connection then costs
 hundreds of KB more (zlib state), while the system libssl (no-zlib) negotiates none.
 """
+
 import os
 import signal
 import subprocess
@@ -88,17 +89,36 @@ def run_pair(tmp_path, env, certdir, n, compression=True):
     try:
         with open(s_out, "w") as out:
             server = subprocess.Popen(
-                [sys.executable, EXAMPLE, "server", "--port", "0", "--ready-file", str(ready),
-                 "--certdir", certdir, "--connections-expected", str(n)] + extra,
-                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                [
+                    sys.executable,
+                    EXAMPLE,
+                    "server",
+                    "--port",
+                    "0",
+                    "--ready-file",
+                    str(ready),
+                    "--certdir",
+                    certdir,
+                    "--connections-expected",
+                    str(n),
+                ]
+                + extra,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         procs.append(server)
-        port = int(wait_for(lambda: ready.exists() and ready.read_text().strip(), "server ready",
-                            procs))
+        port = int(wait_for(lambda: ready.exists() and ready.read_text().strip(), "server ready", procs))
         server_before = psutil.Process(server.pid).memory_info().rss
         with open(c_out, "w") as out:
             client = subprocess.Popen(
                 [sys.executable, EXAMPLE, "client", "-n", str(n), "--port", str(port)] + extra,
-                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         procs.append(client)
         wait_for(lambda: f"connected {n}" in read_lines(c_out), "client connected", procs)
         wait_for(lambda: f"connected {n}" in read_lines(s_out), "server connected", procs)
@@ -106,20 +126,20 @@ def run_pair(tmp_path, env, certdir, n, compression=True):
             "tag": tag,
             "server_libssl": mapped_libssl(server.pid),
             "client_libssl": mapped_libssl(client.pid),
-            "server_compression": [l.split(" ", 1)[1] for l in read_lines(s_out)
-                                   if l.startswith("compression ")],
-            "client_compression": [l.split(" ", 1)[1] for l in read_lines(c_out)
-                                   if l.startswith("compression ")],
+            "server_compression": [l.split(" ", 1)[1] for l in read_lines(s_out) if l.startswith("compression ")],
+            "client_compression": [l.split(" ", 1)[1] for l in read_lines(c_out) if l.startswith("compression ")],
             "server_before": server_before,
             "server_after": psutil.Process(server.pid).memory_info().rss,
             "client_after": psutil.Process(client.pid).memory_info().rss,
         }
         result["server_per_conn"] = (result["server_after"] - server_before) / n
-        print(f"{tag}: server {server_before / KB:.0f} KB -> {result['server_after'] / KB:.0f} KB "
-              f"= {result['server_per_conn'] / KB:.0f} KB/connection; client "
-              f"{result['client_after'] / KB:.0f} KB; compression "
-              f"server={sorted(set(result['server_compression']))} "
-              f"client={result['client_compression']}")
+        print(
+            f"{tag}: server {server_before / KB:.0f} KB -> {result['server_after'] / KB:.0f} KB "
+            f"= {result['server_per_conn'] / KB:.0f} KB/connection; client "
+            f"{result['client_after'] / KB:.0f} KB; compression "
+            f"server={sorted(set(result['server_compression']))} "
+            f"client={result['client_compression']}"
+        )
         return result
     finally:
         for proc in reversed(procs):
@@ -153,10 +173,12 @@ def test_compression_costs_hundreds_of_kb_per_server_connection(tmp_path, zlib_l
 
     server_extra = on["server_per_conn"] - off["server_per_conn"]
     client_extra = (on["client_after"] - off["client_after"]) / n
-    print(f"{n} connections each. server KB/connection: zlib {on['server_per_conn'] / KB:.0f}, "
-          f"no compression {off['server_per_conn'] / KB:.0f}, "
-          f"system libssl {system['server_per_conn'] / KB:.0f}; "
-          f"compression extra: server {server_extra / KB:.0f} KB/connection, "
-          f"client {client_extra / KB:.0f} KB/connection")
+    print(
+        f"{n} connections each. server KB/connection: zlib {on['server_per_conn'] / KB:.0f}, "
+        f"no compression {off['server_per_conn'] / KB:.0f}, "
+        f"system libssl {system['server_per_conn'] / KB:.0f}; "
+        f"compression extra: server {server_extra / KB:.0f} KB/connection, "
+        f"client {client_extra / KB:.0f} KB/connection"
+    )
     # design.md measured ~548 KB of zlib state per connection on the server.
     assert server_extra > 200 * KB

@@ -10,6 +10,7 @@ server, all from Debian packages, all on 127.0.0.1, configured in a temp dir and
             running.stop()                  # tlsprof takes its last look, forwards the signal
         report = running.report()           # read before leaving: the temp dir goes with the server
 """
+
 import contextlib
 import os
 import shutil
@@ -26,8 +27,22 @@ from servers.postgresql import PostgreSQL
 from servers.s_server import OpenSSLSServer
 from servers.stunnel import Stunnel
 
-SERVERS = {cls.name: cls for cls in (Nginx, Apache, HAProxy, PostgreSQL, OpenSSLSServer, Stunnel,
-                                     Mosquitto, AsyncioEcho, ThreadedEcho, TwistedEcho, NodeEcho)}
+SERVERS = {
+    cls.name: cls
+    for cls in (
+        Nginx,
+        Apache,
+        HAProxy,
+        PostgreSQL,
+        OpenSSLSServer,
+        Stunnel,
+        Mosquitto,
+        AsyncioEcho,
+        ThreadedEcho,
+        TwistedEcho,
+        NodeEcho,
+    )
+}
 
 
 # the report describes the last snapshot before the stop signal: the connections still open
@@ -58,9 +73,9 @@ def start(name, certfile, keyfile, profile=False):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-WARMUP = 10     # connections opened and closed before the baseline: one-time costs (code pages
+WARMUP = 10  # connections opened and closed before the baseline: one-time costs (code pages
 #                 first touched, lazily built tables) stay out of the per-connection figure
-SETTLE = 1.5    # seconds with the connections idle before measuring (and before tlsprof's last look)
+SETTLE = 1.5  # seconds with the connections idle before measuring (and before tlsprof's last look)
 
 
 @contextlib.contextmanager
@@ -78,6 +93,12 @@ def hold_measured(running, n):
         time.sleep(SETTLE)
         rss1, uss1 = running.memory()
         holders = running.holders()
-        yield {"held": len(held), "holders": holders, "held_by_kernel": sum(holders.values()),
-               "root_pid": running.server_root().pid, "pids": [p.pid for p in running.tree()],
-               "rss_per_conn": (rss1 - rss0) / n, "uss_per_conn": (uss1 - uss0) / n}
+        yield {
+            "held": len(held),
+            "holders": holders,
+            "held_by_kernel": sum(holders.values()),
+            "root_pid": running.server_root().pid,
+            "pids": [p.pid for p in running.tree()],
+            "rss_per_conn": (rss1 - rss0) / n,
+            "uss_per_conn": (uss1 - uss0) / n,
+        }

@@ -2,6 +2,7 @@
 (-DFOREGROUND) with a private config: own ServerRoot, PidFile, ErrorLog, mutex and runtime dirs.
 The parent builds the SSL_CTX; 2 child processes (25 threads each, plus the event listener that
 parks idle keep-alive connections) hold the connections."""
+
 import os
 import signal
 

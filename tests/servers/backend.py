@@ -3,6 +3,7 @@
 
     python backend.py --http|--echo --ready-file PATH     # listens on 127.0.0.1:0
 """
+
 import argparse
 import http.server
 import os

@@ -8,6 +8,7 @@ does the rest and measures the ground truth without tlsprof: which processes hol
 sockets of the server port (an independent count of connections, from the kernel) and the memory
 of the server's process tree (RSS and USS, summed over its processes).
 """
+
 import json
 import os
 import shutil
@@ -36,13 +37,13 @@ class Server:
     """One kind of third-party server. Subclasses set the class attributes and `command()`."""
 
     name = "?"
-    package = None            # the Debian package that provides it (Makefile DEB_PACKAGES)
-    connections = 200         # idle TLS connections the matrix opens on it
-    client = "https"          # which holder of tests/servers/clients.py talks to it
+    package = None  # the Debian package that provides it (Makefile DEB_PACKAGES)
+    connections = 200  # idle TLS connections the matrix opens on it
+    client = "https"  # which holder of tests/servers/clients.py talks to it
     stop_signal = signal.SIGTERM  # the signal that stops it at once with clients still connected
-    run_as = None             # a user to run it as (PostgreSQL refuses root)
-    programs = ()             # executables that must exist
-    backend = None            # "--http"/"--echo": a plain backend (backend.py) the server forwards to
+    run_as = None  # a user to run it as (PostgreSQL refuses root)
+    programs = ()  # executables that must exist
+    backend = None  # "--http"/"--echo": a plain backend (backend.py) the server forwards to
     backend_port = None
 
     def __init__(self, workdir, certfile, keyfile):
@@ -153,8 +154,11 @@ class Running:
         out = {}
         for p in self.tree():
             try:
-                n = sum(1 for c in p.net_connections(kind="tcp")
-                        if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == self.port)
+                n = sum(
+                    1
+                    for c in p.net_connections(kind="tcp")
+                    if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == self.port
+                )
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             if n:

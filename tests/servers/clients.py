@@ -10,6 +10,7 @@
 All run in the calling process on a few threads; every socket has a timeout, every loop a bound.
 `hold(kind, port, n)` returns a `Held` that closes them all.
 """
+
 import concurrent.futures
 import os
 import socket
@@ -187,8 +188,7 @@ def open_mqtt(port):
         raise
 
 
-OPENERS = {"https": open_https, "echo": open_echo, "tls": open_tls_line, "postgres": open_postgres,
-           "mqtt": open_mqtt}
+OPENERS = {"https": open_https, "echo": open_echo, "tls": open_tls_line, "postgres": open_postgres, "mqtt": open_mqtt}
 
 
 def _open_retrying(opener, port):

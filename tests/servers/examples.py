@@ -2,6 +2,7 @@
 Python asyncio (ssl.SSLObject over MemoryBIO), Python threads (ssl.SSLSocket, a thread per
 connection), Twisted on Debian's pyOpenSSL (run by /usr/bin/python3: the system libssl), node's
 `tls` (node links OpenSSL statically)."""
+
 import os
 import subprocess
 import sys
@@ -32,8 +33,7 @@ class AsyncioEcho(_Example):
     package = "python3"
 
     def command(self, port):
-        return [sys.executable, ECHO_SERVER, "--host", "127.0.0.1", "--port", str(port),
-                "--certdir", self.certdir()]
+        return [sys.executable, ECHO_SERVER, "--host", "127.0.0.1", "--port", str(port), "--certdir", self.certdir()]
 
 
 class ThreadedEcho(AsyncioEcho):
@@ -64,5 +64,10 @@ class NodeEcho(_Example):
 
     def command(self, port):
         certdir = self.certdir()
-        return ["node", NODE_SERVER, os.path.join(certdir, "localhost.crt"),
-                os.path.join(certdir, "localhost.key"), str(port)]
+        return [
+            "node",
+            NODE_SERVER,
+            os.path.join(certdir, "localhost.crt"),
+            os.path.join(certdir, "localhost.key"),
+            str(port),
+        ]

@@ -1,5 +1,6 @@
 """HAProxy (Debian 12: 2.6): one process, 2 threads, an HTTP frontend that terminates TLS on
 127.0.0.1 and forwards to a tiny keep-alive HTTP backend (tests/servers/backend.py)."""
+
 import os
 import signal
 

@@ -1,6 +1,7 @@
 """Mosquitto (Debian's mosquitto 2.0), an MQTT broker: one process, one thread, a TLS listener on
 127.0.0.1. Started as root it drops to the `mosquitto` user (its default), so the cert and key are
 handed to that user. Clients connect with MQTT keep-alive 0: the broker never times them out."""
+
 import os
 import pwd
 import shutil

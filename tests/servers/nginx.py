@@ -1,6 +1,7 @@
 """nginx (Debian's nginx-light): a master and 2 workers, `daemon off`, TLS on 127.0.0.1 with
 keep-alive. The master builds the SSL_CTX; the workers (forked) hold every connection. `reuseport`
 gives each worker its own listening socket, so the kernel spreads connections over both."""
+
 import os
 import signal
 

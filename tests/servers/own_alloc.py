@@ -13,6 +13,7 @@ own figures (`mallinfo_uordblks` for glibc, `jemalloc_allocated` under a preload
 `tcmalloc_allocated` under tcmalloc).
 The binary is compiled once per source version with the system cc and OpenSSL (libssl-dev).
 """
+
 import hashlib
 import os
 import signal
@@ -36,8 +37,9 @@ def build() -> str:
     binary = os.path.join(out_dir, f"own_alloc_server-{digest}")
     if not os.path.exists(binary):
         tmp = f"{binary}.{os.getpid()}.tmp"
-        subprocess.run(["cc", "-O2", "-Wall", "-o", tmp, SOURCE, "-lssl", "-lcrypto"],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            ["cc", "-O2", "-Wall", "-o", tmp, SOURCE, "-lssl", "-lcrypto"], check=True, capture_output=True, timeout=120
+        )
         os.replace(tmp, binary)
     return binary
 
@@ -84,14 +86,27 @@ def read_counts(path) -> dict:
         return {k: int(v) for k, v in (line.split() for line in f if line.strip())}
 
 
-def start_own_alloc_server(wrapper=(), allocator="own", env=None, certdir=None,
-                           timeout=SERVER_READY_TIMEOUT) -> OwnAllocServer:
+def start_own_alloc_server(
+    wrapper=(), allocator="own", env=None, certdir=None, timeout=SERVER_READY_TIMEOUT
+) -> OwnAllocServer:
     binary = build()
     cert, key = ensure_cert(certdir or default_certdir())
     stats_dir = tempfile.mkdtemp(prefix="own-alloc-stats-")
     stats_path = os.path.join(stats_dir, "stats")
-    argv = [*wrapper, binary, "--cert", cert, "--key", key, "--stats", stats_path,
-            "--ready-file", "{ready}", "--allocator", allocator]
+    argv = [
+        *wrapper,
+        binary,
+        "--cert",
+        cert,
+        "--key",
+        key,
+        "--stats",
+        stats_path,
+        "--ready-file",
+        "{ready}",
+        "--allocator",
+        allocator,
+    ]
     server = OwnAllocServer(argv, env=env)
     server.binary, server.stats_path = binary, stats_path
     try:

@@ -2,6 +2,7 @@
 TCP on 127.0.0.1 only, `hostssl ... trust` for the matrix's sessions (plain TCP refused), the
 Unix socket in the temp dir. Each client session gets its own backend process (fork), which does
 the TLS handshake and holds the connection."""
+
 import glob
 import os
 import signal
@@ -34,21 +35,38 @@ class PostgreSQL(Server):
 
     def prepare(self):
         bindir = _bindir()
-        proc = subprocess.run([*drop_to(self.run_as), os.path.join(bindir, "initdb"), "-D", self.datadir,
-                               "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"],
-                              capture_output=True, text=True, timeout=120, cwd=self.workdir)
+        proc = subprocess.run(
+            [
+                *drop_to(self.run_as),
+                os.path.join(bindir, "initdb"),
+                "-D",
+                self.datadir,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=self.workdir,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
         cert, key = copy_cert(self.datadir, self.certfile, self.keyfile, self.run_as)
         with open(os.path.join(self.datadir, "pg_hba.conf"), "w") as f:
-            f.write("local all all trust\n"
-                    "hostssl all all 127.0.0.1/32 trust\n"
-                    "hostnossl all all 127.0.0.1/32 reject\n")
+            f.write("local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n")
         with open(os.path.join(self.datadir, "postgresql.auto.conf"), "a") as f:
-            f.write(f"ssl = on\nssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n"
-                    f"listen_addresses = '127.0.0.1'\nunix_socket_directories = '{self.workdir}'\n"
-                    "max_connections = 120\nshared_buffers = 16MB\nfsync = off\n"
-                    "logging_collector = off\n")
+            f.write(
+                f"ssl = on\nssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n"
+                f"listen_addresses = '127.0.0.1'\nunix_socket_directories = '{self.workdir}'\n"
+                "max_connections = 120\nshared_buffers = 16MB\nfsync = off\n"
+                "logging_collector = off\n"
+            )
 
     def ready(self, port):
         try:

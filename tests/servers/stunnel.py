@@ -1,5 +1,6 @@
 """stunnel4: a TLS server on 127.0.0.1 in front of a tiny line-echo backend
 (tests/servers/backend.py); one process, a thread per connection (Debian's build: PTHREAD)."""
+
 import os
 
 from servers.base import Server, copy_cert

@@ -5,6 +5,7 @@
 `preload(kind, so)` gives the LD_PRELOAD value: the sanitizer runtime first (it must come before
 libc's allocator for ASan and before any thread for TSan), then the sanitized shim.
 """
+
 import glob
 import os
 import shutil
@@ -27,8 +28,22 @@ def runtime(kind):
 
 def build(kind, out):
     srcs = sorted(glob.glob(os.path.join(REPO, "hooks", "*.c")))
-    cmd = ["gcc", "-shared", "-fPIC", "-std=gnu11", "-O1", "-g", "-fno-omit-frame-pointer",
-           "-fvisibility=hidden", *FLAGS[kind], *srcs, "-o", out, "-ldl", "-lpthread"]
+    cmd = [
+        "gcc",
+        "-shared",
+        "-fPIC",
+        "-std=gnu11",
+        "-O1",
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-fvisibility=hidden",
+        *FLAGS[kind],
+        *srcs,
+        "-o",
+        out,
+        "-ldl",
+        "-lpthread",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     return out
 

@@ -1,4 +1,5 @@
 """Helpers shared by tests/integration/test_hardening_*.py: a tracked echo server and its channel."""
+
 import os
 import shutil
 import tempfile
@@ -50,6 +51,7 @@ def wait_for(pred, timeout, what):
 
 def echo_once(port, payload=b"ping\n"):
     from tlsenv import recv_exactly, tls_connect
+
     with tls_connect(port) as t:
         t.sendall(payload)
         return recv_exactly(t, len(payload)) == payload

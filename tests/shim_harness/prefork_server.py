@@ -10,6 +10,7 @@ other, each doing one TLS handshake pair and exiting 0; a child that deadlocks i
 and counted as hung. Ready file: "PORT WORKER_PID... forks_ok=K hung=H" (written once all is done).
 SIGTERM: the parent stops its workers and exits 0.
 """
+
 import argparse
 import os
 import signal

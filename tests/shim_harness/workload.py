@@ -11,6 +11,7 @@ thread asks its own shim for SNAPSHOTs over the channel while the threads run (t
 counters that hooks are updating). At the end everything is freed and one last snapshot is printed
 as JSON on stdout: {"ok": bool, "errors": [...], "final": <raw snapshot text>, "handshakes": n}.
 """
+
 import argparse
 import gc
 import json
@@ -176,8 +177,9 @@ def main():
     sctx = cctx = None  # the workers are done: let the contexts go before the final snapshot
     gc.collect()
     final = ask(sock, "SNAPSHOT") if os.path.exists(sock) else ""
-    json.dump({"ok": not errors, "errors": errors, "handshakes": counter[0], "snapshots": snaps,
-               "final": final}, sys.stdout)
+    json.dump(
+        {"ok": not errors, "errors": errors, "handshakes": counter[0], "snapshots": snaps, "final": final}, sys.stdout
+    )
     sys.stdout.write("\n")
     return 0 if not errors else 1
 

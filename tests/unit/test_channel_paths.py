@@ -1,5 +1,6 @@
 """One place builds every socket path (tlsprof.channel_paths); the agent's twin, which runs inside
 the target without tlsprof, builds the same name."""
+
 import importlib.util
 import os
 

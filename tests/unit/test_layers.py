@@ -2,6 +2,7 @@
 `commands → render → analysis → model ← collect` (and `collect → agent`, the code that runs inside
 a Python target), no module imports itself back through others,
 and no module grows past 500 lines. Parses the files with ast: nothing is imported or run."""
+
 import ast
 import pathlib
 
@@ -95,7 +96,7 @@ def test_no_module_imports_itself_back():
         state[module] = "open"
         for other in sorted(edges(module)):
             if state.get(other) == "open":
-                cycles.append(" -> ".join(stack[stack.index(other):] + [other]))
+                cycles.append(" -> ".join(stack[stack.index(other) :] + [other]))
             elif other not in state:
                 visit(other, stack + [other])
         state[module] = "done"
@@ -126,5 +127,9 @@ def test_only_collect_touches_processes_and_sockets():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and not node.level:
                 names = [node.module or ""]
-            wrong += [f"{module} imports {n}" for n in names if n.split(".")[0] in ("socket", "subprocess", "psutil", "signal")]
+            wrong += [
+                f"{module} imports {n}"
+                for n in names
+                if n.split(".")[0] in ("socket", "subprocess", "psutil", "signal")
+            ]
     assert not wrong, "\n".join(wrong)

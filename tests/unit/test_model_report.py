@@ -1,5 +1,6 @@
 """The model fed a parsed fixed snapshot: the report's shape, the per-connection sums and the causes,
 with no server and no shim (tests/wire_text.py holds the text)."""
+
 from reportcheck import check_report
 from tlsprof.model.wire import parse_snapshot
 from tlsprof.analysis.report import build_report
@@ -21,9 +22,15 @@ def test_the_report_is_valid_and_totals_every_owner():
     totals = report["totals"]
     assert totals["live_bytes"] == PROCESS_BYTES + CONTEXT_BYTES + 2 * CONNECTION_BYTES
     assert totals["live_blocks"] == 40 + 5000 + 11000 + 170 + 2 * 23
-    assert totals["by_cause"] == {"ca_store": 800000, "record_buffers": 68000, "handshake": 1800,
-                                  "connection": 17000, "context": 12000, "thread_state": 8000,
-                                  "library": 300000}
+    assert totals["by_cause"] == {
+        "ca_store": 800000,
+        "record_buffers": 68000,
+        "handshake": 1800,
+        "connection": 17000,
+        "context": 12000,
+        "thread_state": 8000,
+        "library": 300000,
+    }
     assert totals["untracked_bytes"] == 16
     assert report["process"]["live_bytes"] == PROCESS_BYTES
 
@@ -33,8 +40,14 @@ def test_each_connection_carries_its_own_bytes_and_its_share_of_the_context():
     conns = {c["id"]: c for c in report["connections"]}
     assert set(conns) == {"conn-7", "conn-8"}
     a = conns["conn-7"]
-    assert (a["context"], a["fd"], a["peer"], a["state"], a["live_bytes"], a["live_blocks"]) == \
-        ("ctx-1", 9, "127.0.0.1:40312", "established", CONNECTION_BYTES, 23)
+    assert (a["context"], a["fd"], a["peer"], a["state"], a["live_bytes"], a["live_blocks"]) == (
+        "ctx-1",
+        9,
+        "127.0.0.1:40312",
+        "established",
+        CONNECTION_BYTES,
+        23,
+    )
     assert a["by_cause"] == {"record_buffers": 34000, "handshake": 900, "connection": 8500}
     assert a["context_share_bytes"] == CONTEXT_BYTES // 2
     assert (a["fd_open"], a["fd_inode"], a["predates_attach"]) == (True, 1234567, False)
@@ -47,16 +60,26 @@ def test_per_connection_is_the_mean_of_own_bytes_plus_context_share():
     assert per["own_bytes"] == CONNECTION_BYTES
     assert per["context_share_bytes"] == CONTEXT_BYTES // 2
     assert per["bytes"] == CONNECTION_BYTES + CONTEXT_BYTES // 2
-    assert per["by_cause"] == {"ca_store": 400000, "record_buffers": 34000, "handshake": 900,
-                               "connection": 8500, "context": 6000}
+    assert per["by_cause"] == {
+        "ca_store": 400000,
+        "record_buffers": 34000,
+        "handshake": 900,
+        "connection": 8500,
+        "context": 6000,
+    }
     assert sum(per["by_cause"].values()) == per["bytes"]
 
 
 def test_contexts_and_sites():
     report = report_of()
     (ctx,) = report["contexts"]
-    assert (ctx["id"], ctx["connections"], ctx["live_bytes"], ctx["ca_store_bytes"], ctx["release_buffers"]) == \
-        ("ctx-1", 2, CONTEXT_BYTES, 800000, True)
+    assert (ctx["id"], ctx["connections"], ctx["live_bytes"], ctx["ca_store_bytes"], ctx["release_buffers"]) == (
+        "ctx-1",
+        2,
+        CONTEXT_BYTES,
+        800000,
+        True,
+    )
     sites = report["sites"]
     assert [s["live_bytes"] for s in sites] == sorted((s["live_bytes"] for s in sites), reverse=True)
     assert sum(s["live_bytes"] for s in sites) == report["totals"]["live_bytes"]
@@ -65,8 +88,9 @@ def test_contexts_and_sites():
 
 def test_the_byte_measure_is_named_by_the_shims_vocabulary():
     assert report_of()["tracker"]["byte_measure"] == "glibc_footprint"
-    text = replace_line(SNAPSHOT, "measures=glibc_footprint,usable_size,requested",
-                        "measures=requested,usable_size,glibc_footprint")
+    text = replace_line(
+        SNAPSHOT, "measures=glibc_footprint,usable_size,requested", "measures=requested,usable_size,glibc_footprint"
+    )
     assert report_of(text)["tracker"]["byte_measure"] == "requested"
     text = replace_line(SNAPSHOT, "measures=glibc_footprint,", "measures=sampled,")
     assert report_of(text)["tracker"]["byte_measure"] == "unknown"

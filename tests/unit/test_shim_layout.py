@@ -3,6 +3,7 @@ other without a circle, and no circle runs between the .c files through the func
 variables one defines and another uses. Read from the sources with regular expressions: no compiler,
 no server, a second or two. Calls made inside a header's static inline functions are
 not followed (their callees sit below the header's own module anyway)."""
+
 import functools
 import os
 import re
@@ -60,7 +61,9 @@ def _definer(names):
             n = re.escape(name)
             function = r"\b%s\s*\((?:[^;]*\)\s*\{|[^;{]*$)" % n
             variable = r"\b%s\s*(?:\[[^\]]*\]\s*)*(?:=|;|,)|,\s*%s\s*;|\(\*\s*%s\)\s*\(" % (n, n, n)
-            if re.search(r"^(?!\s|static\b|extern\b|#|typedef\b|return\b)[^;(=\n]*?(?:%s|%s)" % (function, variable), code, re.M):
+            if re.search(
+                r"^(?!\s|static\b|extern\b|#|typedef\b|return\b)[^;(=\n]*?(?:%s|%s)" % (function, variable), code, re.M
+            ):
                 where.setdefault(name, c)
     return where
 
@@ -84,10 +87,21 @@ def _uses():
     # file whose HOOK body or *_SCOPED(...) line names it; the file expanding `hook_##name` uses all
     codes = {c: _code(_source(os.path.join(HOOKS, c))) for c in _files(".c")}
     real_file = next(c for c, code in codes.items() if "real_##name" in code and "hook_##name" not in code)
-    table_file = next(c for c, code in codes.items() if "hook_##name" in code and "#include \"hook_list.h\"" in _source(os.path.join(HOOKS, c)))
+    table_file = next(
+        c
+        for c, code in codes.items()
+        if "hook_##name" in code and '#include "hook_list.h"' in _source(os.path.join(HOOKS, c))
+    )
     for name in _hooked_functions():
-        hook_file = next((c for c, code in codes.items() if c != table_file and re.search(
-            r"\bhook_%s\s*\(|_SCOPED\((?:[^,()]+,\s*){0,2}%s," % (name, name), code)), None)
+        hook_file = next(
+            (
+                c
+                for c, code in codes.items()
+                if c != table_file
+                and re.search(r"\bhook_%s\s*\(|_SCOPED\((?:[^,()]+,\s*){0,2}%s," % (name, name), code)
+            ),
+            None,
+        )
         assert hook_file, f"no hook body for {name}"
         graph[table_file].update({hook_file, real_file})
         for c, code in codes.items():
@@ -107,7 +121,7 @@ def _cycle(graph):
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if not state.get(nxt):
                 found = visit(nxt)
                 if found:

@@ -1,15 +1,28 @@
 """Independent measure of one CA store's heap cost, without tlsprof: mallinfo2 around
 load_default_certs() of fresh server contexts (the same calls examples/echo_server.py --ctx-per-conn
 makes). Prints the median bytes (in-use chunk sizes, i.e. usable size + glibc's 8-byte header)."""
+
 import ctypes
 import ssl
 import statistics
 
 
 class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-                 "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 libc = ctypes.CDLL(None)

@@ -1,6 +1,7 @@
 """Under `tlsprof run`: THREADS client threads each do ROUNDS handshakes + an echo against an in-process
 threaded server, then everything closes. Asks its own shim for snapshots before and after and prints
 one JSON line: live bytes at the baseline and at the end, connections seen, owner/site sums."""
+
 import gc
 import json
 import os
@@ -85,9 +86,18 @@ for t in list(servers):
     t.join(30)  # bounded: a stuck server thread shows up as a count mismatch, not a hang
 time.sleep(0.2)
 end = live()
-print(json.dumps({
-    "errors": errors[:5], "base": base.live_bytes, "end": end.live_bytes,
-    "end_connections": len(end.connections), "peak_connections": peak_connections,
-    "owner_sum": end.live_bytes, "site_sum": sum(s.bytes for s in end.sites),
-    "untracked": end.stats.get("untracked_bytes"),
-}), flush=True)
+print(
+    json.dumps(
+        {
+            "errors": errors[:5],
+            "base": base.live_bytes,
+            "end": end.live_bytes,
+            "end_connections": len(end.connections),
+            "peak_connections": peak_connections,
+            "owner_sum": end.live_bytes,
+            "site_sum": sum(s.bytes for s in end.sites),
+            "untracked": end.stats.get("untracked_bytes"),
+        }
+    ),
+    flush=True,
+)

@@ -4,6 +4,7 @@
 before the target's own code. Attach calls `start(channel_dir)` inside the target (or runs
 `bootstrap_source(channel_dir)` with PyRun_SimpleString when tlsprof is not importable there).
 """
+
 import os
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -18,6 +19,7 @@ def site_dir() -> str:
 def _load():
     import importlib.util
     import sys
+
     mod = sys.modules.get("_tlsprof_agent")
     if mod is None:
         spec = importlib.util.spec_from_file_location("_tlsprof_agent", AGENT_FILE)
@@ -37,17 +39,19 @@ def start(channel_dir: str, tracemalloc_ext: bool = False, capture: bool = True)
 def bootstrap_source(channel_dir: str) -> str:
     """Python source that starts the agent from its file path, for an injector's PyRun_SimpleString
     (runs with the GIL; swallows every error)."""
-    return ("def _tlsprof_boot():\n"
-            "    try:\n"
-            "        import importlib.util, sys\n"
-            "        m = sys.modules.get('_tlsprof_agent')\n"
-            "        if m is None:\n"
-            f"            s = importlib.util.spec_from_file_location('_tlsprof_agent', {AGENT_FILE!r})\n"
-            "            m = importlib.util.module_from_spec(s)\n"
-            "            sys.modules['_tlsprof_agent'] = m\n"
-            "            s.loader.exec_module(m)\n"
-            f"        m.start({channel_dir!r}, capture=True)\n"
-            "    except BaseException:\n"
-            "        pass\n"
-            "_tlsprof_boot()\n"
-            "del _tlsprof_boot\n")
+    return (
+        "def _tlsprof_boot():\n"
+        "    try:\n"
+        "        import importlib.util, sys\n"
+        "        m = sys.modules.get('_tlsprof_agent')\n"
+        "        if m is None:\n"
+        f"            s = importlib.util.spec_from_file_location('_tlsprof_agent', {AGENT_FILE!r})\n"
+        "            m = importlib.util.module_from_spec(s)\n"
+        "            sys.modules['_tlsprof_agent'] = m\n"
+        "            s.loader.exec_module(m)\n"
+        f"        m.start({channel_dir!r}, capture=True)\n"
+        "    except BaseException:\n"
+        "        pass\n"
+        "_tlsprof_boot()\n"
+        "del _tlsprof_boot\n"
+    )

@@ -17,6 +17,7 @@ Layout (CPython 3.11, Modules/_ssl.c): _ssl._SSLSocket = PyObject_HEAD; PyObject
 PySSLContext *ctx; ...  _ssl._SSLContext = PyObject_HEAD; SSL_CTX *ctx; ...  The agent checks the
 layout on every object it reads: the `ctx` field of an _SSLSocket must be id() of its `.context`.
 """
+
 import ctypes
 import gc
 import json
@@ -25,16 +26,13 @@ import socket
 import sys
 import threading
 import time
-import weakref
 
 VERSION = 1
 TRACEMALLOC_DOMAIN = 0x7715  # tracemalloc domain of OpenSSL blocks under `--tracemalloc`
-MAX_FRAMES = 16
-REQUEST_BUDGET_S = 2.0        # Python work per request; beyond it the answer is marked partial
+REQUEST_BUDGET_S = 2.0  # Python work per request; beyond it the answer is marked partial
 UNREACHABLE_MAX_OBJECTS = 400_000
 
 _state = {"dir": None, "thread": None, "sock": None, "capture": False, "tm": None, "pid": None}
-_created = weakref.WeakKeyDictionary()  # python wrapper object -> creating frames (innermost first)
 _lock = threading.Lock()
 _AGENT_FILE = os.path.abspath(__file__)
 _PTR = ctypes.c_void_p
@@ -43,6 +41,7 @@ _PTR = ctypes.c_void_p
 def _load_sibling(name):
     """A module beside this file, loaded by path as this one is (the target may lack tlsprof)."""
     import importlib.util
+
     full = f"_tlsprof_agent_{name}"
     mod = sys.modules.get(full)
     if mod is None:
@@ -54,92 +53,39 @@ def _load_sibling(name):
 
 
 _graph = _load_sibling("graph")
-_type_name, _python_bytes, _unreachable_ids, _chains = (_graph._type_name, _graph._python_bytes,
-                                                         _graph._unreachable_ids, _graph._chains)
+_type_name, _python_bytes, _unreachable_ids, _chains = (
+    _graph._type_name,
+    _graph._python_bytes,
+    _graph._unreachable_ids,
+    _graph._chains,
+)
 _ssl_objects = _load_sibling("ssl_objects")
 _read_ptr, _sslobj_ptrs, _checked_ptrs, _ctx_ptr, _peer = (
-    _ssl_objects._read_ptr, _ssl_objects._sslobj_ptrs, _ssl_objects._checked_ptrs, _ssl_objects._ctx_ptr,
-    _ssl_objects._peer)
+    _ssl_objects._read_ptr,
+    _ssl_objects._sslobj_ptrs,
+    _ssl_objects._checked_ptrs,
+    _ssl_objects._ctx_ptr,
+    _ssl_objects._peer,
+)
 
 
-# --- creation capture (under `run`) -----------------------------------------------------------
+# --- creation capture (under `run`): agent/capture.py -------------------------------------------
 
-def _frames(frame):
-    out = []
-    while frame is not None and len(out) < MAX_FRAMES:
-        code = frame.f_code
-        if os.path.abspath(code.co_filename) != _AGENT_FILE:
-            out.append({"file": code.co_filename, "line": frame.f_lineno, "function": code.co_name})
-        frame = frame.f_back
-    return out
-
-
-def _remember(obj):
-    try:
-        _created[obj] = _frames(sys._getframe(2))
-    except Exception:
-        pass
+_capture = _load_sibling("capture")
+_created = _capture.created
 
 
 def _install_capture():
-    import ssl
-    if getattr(ssl, "_tlsprof_patched", False):
-        return
-    # what we replace, as it was in each class's __dict__, so that stop() can put it back
-    _state["patched"] = [(ssl.SSLContext, "__new__", ssl.SSLContext.__dict__.get("__new__"))] + [
-        (k, "_create", k.__dict__.get("_create")) for k in (ssl.SSLSocket, ssl.SSLObject)]
-    orig_new = ssl.SSLContext.__new__
-
-    def __new__(cls, *args, **kwargs):
-        self = orig_new(cls, *args, **kwargs)
-        _remember(self)
-        return self
-    ssl.SSLContext.__new__ = staticmethod(__new__)
-
-    for klass in (ssl.SSLSocket, ssl.SSLObject):
-        orig = klass.__dict__["_create"].__func__
-
-        def _create(cls, *args, _orig=orig, **kwargs):
-            obj = _orig(cls, *args, **kwargs)
-            _remember(obj)
-            return obj
-        klass._create = classmethod(_create)
-    ssl._tlsprof_patched = True
-    try:
-        _load_sibling("pyopenssl_capture").install(_state, _remember_init)
-    except Exception:
-        pass
+    _capture.install(_state, _load_sibling("pyopenssl_capture"))
 
 
-def _remember_init(obj):
-    """From a wrapped __init__ (agent/pyopenssl_capture.py): the frame that called the class."""
-    try:
-        _created[obj] = _frames(sys._getframe(2))
-    except Exception:
-        pass
+def _uninstall_capture():
+    _capture.uninstall(_state, _load_sibling("pyopenssl_capture"))
+    _state["capture"] = False
 
 
 def _created_by(obj, tm_on):
-    frames = _created.get(obj) if _is_weakrefable(obj) else None
-    if frames:
-        return frames, "run"
-    if tm_on:
-        import tracemalloc
-        try:
-            tb = tracemalloc.get_object_traceback(obj)
-        except Exception:
-            tb = None
-        if tb:
-            return [{"file": f.filename, "line": f.lineno, "function": None} for f in reversed(tb)], "tracemalloc"
-    return None, "unknown (created before attach)" if not _state["capture"] else "unknown"
-
-
-def _is_weakrefable(obj):
-    try:
-        weakref.ref(obj)
-        return True
-    except TypeError:
-        return False
+    return _capture.created_by(obj, tm_on, _state["capture"])
 
 
 _malloc_trim = []
@@ -167,17 +113,30 @@ def snapshot(want_leaks=True):
     ssl = sys.modules.get("ssl")
     tm = _state.get("tm") or {}
     import tracemalloc as _tm
+
     tm_on = _tm.is_tracing()
-    doc = {"agent": VERSION, "pid": os.getpid(), "python": sys.version.split()[0], "objects": [],
-           "layout": {"ok": True, "message": None}, "notes": notes, "partial": False,
-           "tracemalloc": {"tracing": tm_on, "ext": bool(tm.get("enabled")), "domain": TRACEMALLOC_DOMAIN,
-                           "message": tm.get("message")}}
+    doc = {
+        "agent": VERSION,
+        "pid": os.getpid(),
+        "python": sys.version.split()[0],
+        "objects": [],
+        "layout": {"ok": True, "message": None},
+        "notes": notes,
+        "partial": False,
+        "tracemalloc": {
+            "tracing": tm_on,
+            "ext": bool(tm.get("enabled")),
+            "domain": TRACEMALLOC_DOMAIN,
+            "message": tm.get("message"),
+        },
+    }
     if ssl is None:
         doc["stats"] = {"elapsed_ms": 0}
         return doc
     if sys.version_info[:2] != (3, 11):
         notes.append(f"pointer layout checked on every object; written for CPython 3.11, this is {doc['python']}")
     import _ssl
+
     c_sock_type = _ssl._SSLSocket
     proto_type = None
     if "asyncio.sslproto" in sys.modules:
@@ -228,8 +187,15 @@ def snapshot(want_leaks=True):
             if not ssl_ptr:
                 bad_layout += 1
                 continue
-            e = {"kind": "connection", "ptr": ssl_ptr, "context_ptr": _ctx_ptr(ctx_obj), "type": _type_name(w),
-                 "fd": None, "peer": None, "fd_closed": False}
+            e = {
+                "kind": "connection",
+                "ptr": ssl_ptr,
+                "context_ptr": _ctx_ptr(ctx_obj),
+                "type": _type_name(w),
+                "fd": None,
+                "peer": None,
+                "fd_closed": False,
+            }
             proto = proto_of.get(id(w))
             root = [w, c]
             if isinstance(w, ssl.SSLSocket):
@@ -264,36 +230,64 @@ def snapshot(want_leaks=True):
             except Exception:
                 wrapper = None
             fd = wrapper.fileno() if isinstance(wrapper, ssl.SSLSocket) else None
-            entries.append({"kind": "connection", "ptr": ssl_ptr, "context_ptr": _ctx_ptr(ctx_obj),
-                            "type": _type_name(c), "fd": fd if fd is not None and fd >= 0 else None, "peer": None,
-                            "fd_closed": (fd is not None and fd < 0) or isinstance(wrapper, ssl.SSLSocket) and
-                            wrapper._closed, "orphan": True, "_obj": c})
+            entries.append(
+                {
+                    "kind": "connection",
+                    "ptr": ssl_ptr,
+                    "context_ptr": _ctx_ptr(ctx_obj),
+                    "type": _type_name(c),
+                    "fd": fd if fd is not None and fd >= 0 else None,
+                    "peer": None,
+                    "fd_closed": (fd is not None and fd < 0) or isinstance(wrapper, ssl.SSLSocket) and wrapper._closed,
+                    "orphan": True,
+                    "_obj": c,
+                }
+            )
             roots.append([c])
         for conn in py_conns:  # pyOpenSSL: cffi pointers
             try:
                 from OpenSSL._util import ffi
+
                 ptr = int(ffi.cast("uintptr_t", conn._ssl))
                 ctx_ptr = int(ffi.cast("uintptr_t", conn._context._context))
                 sock = getattr(conn, "_socket", None)
                 fd = sock.fileno() if sock is not None else None
             except Exception:
                 continue
-            entries.append({"kind": "connection", "ptr": ptr, "context_ptr": ctx_ptr, "type": _type_name(conn),
-                            "fd": fd if fd is None or fd >= 0 else None, "peer": _peer(sock) if sock else None,
-                            "fd_closed": fd is not None and fd < 0, "_obj": conn})
+            entries.append(
+                {
+                    "kind": "connection",
+                    "ptr": ptr,
+                    "context_ptr": ctx_ptr,
+                    "type": _type_name(conn),
+                    "fd": fd if fd is None or fd >= 0 else None,
+                    "peer": _peer(sock) if sock else None,
+                    "fd_closed": fd is not None and fd < 0,
+                    "_obj": conn,
+                }
+            )
             roots.append([conn])
         for ctx in contexts:
             ctx_entries.append({"kind": "context", "ptr": _ctx_ptr(ctx), "type": _type_name(ctx), "_obj": ctx})
         for ctx in py_ctxs:
             try:
                 from OpenSSL._util import ffi
-                ctx_entries.append({"kind": "context", "ptr": int(ffi.cast("uintptr_t", ctx._context)),
-                                    "type": _type_name(ctx), "_obj": ctx})
+
+                ctx_entries.append(
+                    {
+                        "kind": "context",
+                        "ptr": int(ffi.cast("uintptr_t", ctx._context)),
+                        "type": _type_name(ctx),
+                        "_obj": ctx,
+                    }
+                )
             except Exception:
                 continue
         if bad_layout:
-            doc["layout"] = {"ok": False, "message": f"{bad_layout} _ssl._SSLSocket object(s) did not match the "
-                             f"CPython 3.11 layout: not joined"}
+            doc["layout"] = {
+                "ok": False,
+                "message": f"{bad_layout} _ssl._SSLSocket object(s) did not match the CPython 3.11 layout: not joined",
+            }
         exclude = {id(objects)} | {id(e["_obj"]) for e in ctx_entries}
         pb, biggest = _python_bytes(roots, exclude)
         for e, b, big in zip(entries, pb, biggest):
@@ -321,7 +315,9 @@ def snapshot(want_leaks=True):
             e["created_by"] = frames
             e["created_by_source"] = source
         if suspects and time.monotonic() - started < REQUEST_BUDGET_S:
-            for e, chain in zip(suspects, _chains([e["_obj"] for e in suspects], objects, unreachable, own=(_created,))):
+            for e, chain in zip(
+                suspects, _chains([e["_obj"] for e in suspects], objects, unreachable, own=(_created,))
+            ):
                 e["referrers"] = chain
         elif suspects:
             doc["partial"] = True
@@ -343,6 +339,7 @@ def snapshot(want_leaks=True):
 
 
 # --- the server -----------------------------------------------------------------------------------
+
 
 def socket_path(directory, pid=None):
     # the twin of tlsprof.channel_paths.agent_socket_path: this file runs inside the target, where
@@ -406,6 +403,7 @@ def _listen(directory):
     t.start()
     _state.update(sock=s, thread=t, pid=os.getpid())
     import atexit
+
     atexit.register(_cleanup, path, os.getpid())
 
 
@@ -424,21 +422,6 @@ def _after_fork():
             _listen(_state["dir"])
     except Exception:
         pass
-
-
-def _uninstall_capture():
-    import ssl
-    for klass, name, original in _state.pop("patched", None) or []:
-        if original is None:
-            delattr(klass, name)
-        else:
-            setattr(klass, name, original)
-    ssl._tlsprof_patched = False
-    try:
-        _load_sibling("pyopenssl_capture").uninstall(_state)
-    except Exception:
-        pass
-    _state["capture"] = False
 
 
 def stop():

@@ -1,6 +1,7 @@
 """The in-target agent's walks over the object graph: what a connection's Python side holds
 (bytes), which objects only a reference cycle keeps alive, and the referrer chain that holds a
 leak suspect. Stdlib only; loaded by path beside agent.py (as `_tlsprof_agent_graph`)."""
+
 import gc
 import sys
 import threading
@@ -16,8 +17,6 @@ def _type_name(obj):
     return f"{t.__module__}.{t.__qualname__}"
 
 
-
-
 _STOP_TYPES = None
 
 
@@ -25,16 +24,33 @@ def _stop_types():
     global _STOP_TYPES
     if _STOP_TYPES is None:
         import types
-        stops = [type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
-                 types.CodeType, types.FrameType, types.CoroutineType, types.GeneratorType, types.CellType,
-                 weakref.ref, staticmethod, classmethod, property, threading.Thread]
+
+        stops = [
+            type,
+            types.ModuleType,
+            types.FunctionType,
+            types.BuiltinFunctionType,
+            types.MethodType,
+            types.CodeType,
+            types.FrameType,
+            types.CoroutineType,
+            types.GeneratorType,
+            types.CellType,
+            weakref.ref,
+            staticmethod,
+            classmethod,
+            property,
+            threading.Thread,
+        ]
         try:
             import ssl
+
             stops.append(ssl.SSLContext)
         except Exception:
             pass
         if "asyncio" in sys.modules:
             import asyncio
+
             stops += [asyncio.AbstractEventLoop, asyncio.Future, asyncio.AbstractServer]
         _STOP_TYPES = tuple(stops)
     return _STOP_TYPES
@@ -48,8 +64,8 @@ def _python_bytes(roots, exclude_ids):
     per root: {holder, type, bytes} or None]), the holder named as `Type.attribute` of its parent
     (asyncio's 256 KiB read buffer is `asyncio.sslproto.SSLProtocol._ssl_buffer`)."""
     stops = _stop_types()
-    owner = {}      # id -> root index, or -1 when shared
-    parent = {}     # id -> the object it was first reached from
+    owner = {}  # id -> root index, or -1 when shared
+    parent = {}  # id -> the object it was first reached from
     objs = {}
     frontier = []
     for i, r in enumerate(roots):
@@ -101,8 +117,7 @@ def _python_bytes(roots, exclude_ids):
         size, rid = big
         obj = objs[rid]
         holder = parent.get(rid)
-        named.append({"holder": _held_as(holder, parent.get(id(holder)), obj), "type": _type_name(obj),
-                      "bytes": size})
+        named.append({"holder": _held_as(holder, parent.get(id(holder)), obj), "type": _type_name(obj), "bytes": size})
     return out, named
 
 
@@ -126,6 +141,7 @@ def _held_as(holder, holders_parent, obj):
 
 
 # --- reachability -------------------------------------------------------------------------------
+
 
 def _unreachable_ids(objects):
     """ids of gc-tracked objects that no live root reaches: what the next full collection would free
@@ -151,6 +167,7 @@ def _unreachable_ids(objects):
         if c_sock is not None and type(o) is c_sock:
             refs.append(o.context)  # a strong reference its tp_traverse does not report (3.11)
         return refs
+
     for o in objects:
         for r in referents(o):
             rid = id(r)

@@ -6,6 +6,7 @@ cryptography's OpenSSL early): a finder on `sys.meta_path` waits for the target'
 `OpenSSL.SSL` and wraps the two `__init__` methods after the module has run; if it is imported
 already (an attach), they are wrapped at once. `uninstall()` puts everything back.
 """
+
 import sys
 
 MODULE = "OpenSSL.SSL"
@@ -69,6 +70,7 @@ def install(state: dict, remember) -> None:
             def __init__(self, *args, _original=original, **kwargs):
                 _original(self, *args, **kwargs)
                 remember(self)
+
             __init__.__wrapped__ = original
             klass.__init__ = __init__
             patched.append((klass, original))

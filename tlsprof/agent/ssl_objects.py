@@ -1,6 +1,7 @@
 """Reading Python ssl objects: the SSL* / SSL_CTX* inside _ssl._SSLSocket and _ssl._SSLContext
 (CPython's Modules/_ssl.c layout, checked on every read) and a socket's peer. Stdlib only; loaded
 by path beside agent.py."""
+
 import ctypes
 
 _PTR = ctypes.c_void_p

@@ -1,6 +1,7 @@
 """`--tracemalloc` in the target: the shim registers OpenSSL's blocks with tracemalloc (its own
 domain), and ssl's blocking calls flush them with the Python stack that caused them. Stdlib only;
 loaded by path beside agent.py."""
+
 import ctypes
 import os
 
@@ -17,9 +18,12 @@ def _shim_lib():
     return None
 
 
-_TM_ERRORS = {-1: "this Python has no tracemalloc C API", -2: "libcrypto.so.3 not found",
-              -3: "OpenSSL had already allocated memory before the agent started (too late)",
-              -4: "out of memory"}
+_TM_ERRORS = {
+    -1: "this Python has no tracemalloc C API",
+    -2: "libcrypto.so.3 not found",
+    -3: "OpenSSL had already allocated memory before the agent started (too late)",
+    -4: "out of memory",
+}
 
 
 def install(state, domain):
@@ -34,12 +38,14 @@ def install(state, domain):
         state["tm"] = {"enabled": False, "message": _TM_ERRORS.get(rc, f"error {rc}")}
         return
     import tracemalloc
+
     if not tracemalloc.is_tracing():
         tracemalloc.start(int(os.environ.get("TLSPROF_TRACEMALLOC_FRAMES", "25")))
     flush = lib.tlsprof_pytrace_flush
     flush.restype = ctypes.c_int
     state["tm"] = {"enabled": True, "domain": domain, "lib": lib, "message": None}
     import atexit
+
     atexit.register(lib.tlsprof_pytrace_disable)
     import ssl
     import _ssl
@@ -52,9 +58,11 @@ def install(state, domain):
                 return orig(self, *args, **kwargs)
             finally:
                 flush()  # blocks made while _ssl released the GIL: this stack is their cause
+
         wrapper.__name__ = name
         wrapper.__doc__ = getattr(orig, "__doc__", None)
         return wrapper
+
     for name in ("set_default_verify_paths", "load_verify_locations", "load_cert_chain", "load_dh_params"):
         if hasattr(_ssl._SSLContext, name) and name not in ssl.SSLContext.__dict__:
             setattr(ssl.SSLContext, name, flushing(name, _ssl._SSLContext))

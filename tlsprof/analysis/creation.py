@@ -6,17 +6,33 @@ Reads only report entries (`contexts[]` / `connections[]` with the Python agent'
 standard library's TLS plumbing and outside the HTTP/TLS libraries that build contexts for their
 callers (urllib3, requests, aiohttp, httpx, pyOpenSSL, Twisted).
 """
+
 import os
 from collections import Counter
 
 # path fragments of code that creates contexts on a caller's behalf: never "the user's line"
-_LIBRARY_PARTS = ("/asyncio/", "/urllib3/", "/requests/", "/aiohttp/", "/httpx/", "/httpcore/",
-                  "/OpenSSL/", "/twisted/", "/http/client.py", "/urllib/request.py", "/tlsprof/")
+_LIBRARY_PARTS = (
+    "/asyncio/",
+    "/urllib3/",
+    "/requests/",
+    "/aiohttp/",
+    "/httpx/",
+    "/httpcore/",
+    "/OpenSSL/",
+    "/twisted/",
+    "/http/client.py",
+    "/urllib/request.py",
+    "/tlsprof/",
+)
 _STDLIB_FILES = ("ssl.py", "socket.py", "socketserver.py", "selectors.py", "threading.py")
 
 # API -> the path fragment that shows a frame belongs to it (checked in this order)
-_API_MARKERS = (("urllib3/requests", ("/urllib3/", "/requests/")), ("aiohttp", ("/aiohttp/",)),
-                ("httpx", ("/httpx/", "/httpcore/")), ("pyOpenSSL", ("/OpenSSL/", "/twisted/")))
+_API_MARKERS = (
+    ("urllib3/requests", ("/urllib3/", "/requests/")),
+    ("aiohttp", ("/aiohttp/",)),
+    ("httpx", ("/httpx/", "/httpcore/")),
+    ("pyOpenSSL", ("/OpenSSL/", "/twisted/")),
+)
 
 
 def is_user_frame(frame: dict) -> bool:
@@ -35,7 +51,7 @@ def user_frame(frames):
 
 def _caller_of(frames, frame):
     """The user frame that called `frame` (the next user frame outward), or None."""
-    later = frames[frames.index(frame) + 1:] if frame in frames else []
+    later = frames[frames.index(frame) + 1 :] if frame in frames else []
     return next((f for f in later if is_user_frame(f)), None)
 
 
@@ -78,10 +94,19 @@ def place(entries) -> dict | None:
     key, count = found.most_common(1)[0]
     frames, frame = example[key]
     caller = _caller_of(frames, frame)
-    return {"file": key[0], "line": key[1], "function": key[2],
-            "caller": ({"file": caller.get("file"), "line": caller.get("line"),
-                        "function": caller.get("function")} if caller else None),
-            "api": apis.most_common(1)[0][0], "objects": count, "of": len(entries)}
+    return {
+        "file": key[0],
+        "line": key[1],
+        "function": key[2],
+        "caller": (
+            {"file": caller.get("file"), "line": caller.get("line"), "function": caller.get("function")}
+            if caller
+            else None
+        ),
+        "api": apis.most_common(1)[0][0],
+        "objects": count,
+        "of": len(entries),
+    }
 
 
 def place_text(where: dict) -> str:

@@ -4,6 +4,7 @@
 the per-connection bytes is the figure `--fail-on-growth` checks: it is the one that scales with
 traffic, where totals scale with the number of connections.
 """
+
 from tlsprof.model.causes import CAUSES, label
 from tlsprof.analysis.findings import human
 
@@ -20,9 +21,13 @@ def _pct(before, after):
 def _row(before, after):
     before, after = before or 0, after or 0
     pct = _pct(before, after)
-    return {"before": before, "after": after, "delta": after - before,
-            "pct": None if pct is None or pct == float("inf") else round(pct, 2),
-            "new": pct == float("inf")}
+    return {
+        "before": before,
+        "after": after,
+        "delta": after - before,
+        "pct": None if pct is None or pct == float("inf") else round(pct, 2),
+        "new": pct == float("inf"),
+    }
 
 
 def _by_cause(a: dict, b: dict) -> dict:
@@ -41,17 +46,26 @@ def compare(a: dict, b: dict) -> dict:
     per_bytes = _row(pa.get("bytes", 0), pb.get("bytes", 0))
     return {
         "schema": DIFF_SCHEMA,
-        "before": {"captured_at": a.get("captured_at"), "pid": a.get("target", {}).get("pid"),
-                   "command": a.get("target", {}).get("command")},
-        "after": {"captured_at": b.get("captured_at"), "pid": b.get("target", {}).get("pid"),
-                  "command": b.get("target", {}).get("command")},
-        "totals": {"live_bytes": _row(a["totals"].get("live_bytes"), b["totals"].get("live_bytes")),
-                   "by_cause": _by_cause(a["totals"].get("by_cause"), b["totals"].get("by_cause"))},
-        "per_connection": {"bytes": per_bytes,
-                           "own_bytes": _row(pa.get("own_bytes"), pb.get("own_bytes")),
-                           "context_share_bytes": _row(pa.get("context_share_bytes"),
-                                                       pb.get("context_share_bytes")),
-                           "by_cause": _by_cause(pa.get("by_cause"), pb.get("by_cause"))},
+        "before": {
+            "captured_at": a.get("captured_at"),
+            "pid": a.get("target", {}).get("pid"),
+            "command": a.get("target", {}).get("command"),
+        },
+        "after": {
+            "captured_at": b.get("captured_at"),
+            "pid": b.get("target", {}).get("pid"),
+            "command": b.get("target", {}).get("command"),
+        },
+        "totals": {
+            "live_bytes": _row(a["totals"].get("live_bytes"), b["totals"].get("live_bytes")),
+            "by_cause": _by_cause(a["totals"].get("by_cause"), b["totals"].get("by_cause")),
+        },
+        "per_connection": {
+            "bytes": per_bytes,
+            "own_bytes": _row(pa.get("own_bytes"), pb.get("own_bytes")),
+            "context_share_bytes": _row(pa.get("context_share_bytes"), pb.get("context_share_bytes")),
+            "by_cause": _by_cause(pa.get("by_cause"), pb.get("by_cause")),
+        },
         "connections": _row(len(_alive(a.get("connections", []))), len(_alive(b.get("connections", [])))),
         "contexts": _row(len(_alive(a.get("contexts", []))), len(_alive(b.get("contexts", [])))),
         "rss_bytes": _row(a.get("target", {}).get("rss_bytes"), b.get("target", {}).get("rss_bytes")),
@@ -89,11 +103,19 @@ def _processes(a: list, b: list) -> list:
     rows = []
     for key in list(ra) + [k for k in rb if k not in ra]:
         pa, pb = ra.get(key) or {}, rb.get(key) or {}
-        rows.append({"role": key[0], "rank": key[1], "pid_before": pa.get("pid"), "pid_after": pb.get("pid"),
-                     "connections": _row(pa.get("connections"), pb.get("connections")),
-                     "live_bytes": _row(pa.get("live_bytes"), pb.get("live_bytes")),
-                     "bytes_per_connection": _row((pa.get("per_connection") or {}).get("bytes"),
-                                                  (pb.get("per_connection") or {}).get("bytes"))})
+        rows.append(
+            {
+                "role": key[0],
+                "rank": key[1],
+                "pid_before": pa.get("pid"),
+                "pid_after": pb.get("pid"),
+                "connections": _row(pa.get("connections"), pb.get("connections")),
+                "live_bytes": _row(pa.get("live_bytes"), pb.get("live_bytes")),
+                "bytes_per_connection": _row(
+                    (pa.get("per_connection") or {}).get("bytes"), (pb.get("per_connection") or {}).get("bytes")
+                ),
+            }
+        )
     return rows
 
 
@@ -116,13 +138,11 @@ def _fmt_pct(row) -> str:
 
 def _fmt_bytes_row(name: str, row: dict) -> str:
     delta = ("+" if row["delta"] >= 0 else "-") + human(abs(row["delta"]))
-    return (f"  {name:<22} {human(row['before']):>11} -> {human(row['after']):>11}  "
-            f"{delta:>11}  {_fmt_pct(row)}")
+    return f"  {name:<22} {human(row['before']):>11} -> {human(row['after']):>11}  {delta:>11}  {_fmt_pct(row)}"
 
 
 def _fmt_count_row(name: str, row: dict) -> str:
-    return (f"  {name:<22} {row['before']:>11} -> {row['after']:>11}  {row['delta']:>+11}  "
-            f"{_fmt_pct(row)}")
+    return f"  {name:<22} {row['before']:>11} -> {row['after']:>11}  {row['delta']:>+11}  {_fmt_pct(row)}"
 
 
 def _memory_parts(a, b) -> dict:
@@ -133,8 +153,11 @@ def _memory_parts(a, b) -> dict:
 
 
 def render_diff(d: dict, fail_pct=None) -> str:
-    out = [f"tlsprof diff: {d['before']['captured_at']} (pid {d['before']['pid']}) -> "
-           f"{d['after']['captured_at']} (pid {d['after']['pid']})", ""]
+    out = [
+        f"tlsprof diff: {d['before']['captured_at']} (pid {d['before']['pid']}) -> "
+        f"{d['after']['captured_at']} (pid {d['after']['pid']})",
+        "",
+    ]
     out.append("Counts")
     out.append(_fmt_count_row("connections", d["connections"]))
     out.append(_fmt_count_row("contexts", d["contexts"]))
@@ -156,6 +179,7 @@ def render_diff(d: dict, fail_pct=None) -> str:
     if d["rss_bytes"]["before"] or d["rss_bytes"]["after"]:
         out.append(_fmt_bytes_row("process RSS", d["rss_bytes"]))
     from tlsprof.model.words import MEMORY_LABELS
+
     for name, row in (d.get("memory") or {}).items():
         out.append(_fmt_bytes_row(f"  {MEMORY_LABELS.get(name, name)}", row))
     out.append("")

@@ -3,6 +3,7 @@
 Pure functions over report entries (contexts[] / connections[]), shared by the text and HTML
 renderers. Byte counts within ~2 % of each other count as alike; a group shows its members' mean.
 """
+
 import math
 import os
 
@@ -46,14 +47,26 @@ def ca_store_bytes(ctx) -> int:
 
 
 def context_key(ctx, top_cause):
-    return (ctx.get("connections"), alike(ctx.get("live_bytes")), alike(ca_store_bytes(ctx)),
-            top_cause(ctx.get("by_cause") or {}), ctx.get("alive") is False, created_at(ctx))
+    return (
+        ctx.get("connections"),
+        alike(ctx.get("live_bytes")),
+        alike(ca_store_bytes(ctx)),
+        top_cause(ctx.get("by_cause") or {}),
+        ctx.get("alive") is False,
+        created_at(ctx),
+    )
 
 
 def connection_key(conn, top_cause, with_context=False):
-    return (conn.get("state"), alike(conn.get("live_bytes")), top_cause(conn.get("by_cause") or {}),
-            conn.get("since_attach") is False, bool(conn.get("walked_bytes")), created_at(conn),
-            conn.get("context") if with_context else None)
+    return (
+        conn.get("state"),
+        alike(conn.get("live_bytes")),
+        top_cause(conn.get("by_cause") or {}),
+        conn.get("since_attach") is False,
+        bool(conn.get("walked_bytes")),
+        created_at(conn),
+        conn.get("context") if with_context else None,
+    )
 
 
 def peers_text(members) -> str:

@@ -9,6 +9,7 @@ bytes) and the **last** observation are kept in the same file, each as a whole r
 
 Pure functions over report dicts: nothing here talks to a target.
 """
+
 import copy
 import datetime
 
@@ -46,8 +47,9 @@ def assemble(bodies: dict, at: str, history, moments: dict) -> dict:
     if stored:
         report["moment_reports"] = stored
     if at == "steady" and "peak" in bodies and bodies["peak"] is not bodies["steady"]:
-        report["findings"] = list(report.get("findings") or []) + only_at_peak(bodies["steady"], bodies["peak"],
-                                                                               (moments or {}).get("peak"))
+        report["findings"] = list(report.get("findings") or []) + only_at_peak(
+            bodies["steady"], bodies["peak"], (moments or {}).get("peak")
+        )
     return report
 
 
@@ -84,8 +86,9 @@ def select(report: dict, at: str) -> dict:
     stored = report.get("moment_reports") or {}
     if at not in stored:
         kept = ", ".join([chosen] + [m for m in MOMENTS if m in stored])
-        raise UsageError(f"--at {at}: this report keeps the {kept} moment(s) only "
-                         f"(written by a tlsprof that kept no other snapshot)")
+        raise UsageError(
+            f"--at {at}: this report keeps the {kept} moment(s) only (written by a tlsprof that kept no other snapshot)"
+        )
     bodies = {chosen: _strip(report)}
     if chosen == "steady":  # peak-only findings were added for the steady state: not part of its body
         bodies[chosen]["findings"] = [f for f in report.get("findings") or [] if f.get("only_at") != "peak"]
@@ -113,6 +116,7 @@ def clock(iso) -> str:
 
 def _human(n) -> str:
     from tlsprof.model.words import human_bytes
+
     return human_bytes(n)
 
 
@@ -146,8 +150,9 @@ def words(report: dict) -> str:
     for name in MOMENTS:
         if name != chosen and name in moments:
             m = moments[name]
-            same = m.get("captured_at") == moments[chosen].get("captured_at") and \
-                m.get("live_bytes") == moments[chosen].get("live_bytes")
+            same = m.get("captured_at") == moments[chosen].get("captured_at") and m.get("live_bytes") == moments[
+                chosen
+            ].get("live_bytes")
             if name == "last" and same:
                 continue
             parts.append(describe(name, m) + (" (the same snapshot)" if same else ""))

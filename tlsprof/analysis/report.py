@@ -3,6 +3,7 @@
 A connection's memory = its own live bytes + its share of its context's live bytes (the context's
 bytes divided by the live connections that share it). Both parts are reported.
 """
+
 import datetime
 import os
 from collections import defaultdict
@@ -13,9 +14,8 @@ from tlsprof.model.observation import ProcessObservation
 from tlsprof.model.openssl_api import SSL_MODE_RELEASE_BUFFERS
 from tlsprof.analysis.findings import compute_findings
 from tlsprof.analysis.python_join import join as join_python
-from tlsprof.analysis.roles import role
-from tlsprof.model.ids import conn_id, ctx_id, qualified_id
-from tlsprof.analysis.memory import account as account_memory, merge as merge_memory
+from tlsprof.model.ids import conn_id, ctx_id
+from tlsprof.analysis.memory import account as account_memory
 from tlsprof.model.versions import unchecked_version_note
 
 SCHEMA = "tlsprof.report/2"
@@ -44,14 +44,25 @@ def openssl_copies(snap) -> list:
     points (per connection), static copies through their memory functions (process-wide) or not."""
     out = []
     via_memory_functions = {os.path.basename(c["path"]) for c in snap.copies}
-    shared = sorted({s.library for s in snap.sites
-                     if s.library and s.library.startswith("libcrypto") and s.library not in via_memory_functions})
+    shared = sorted(
+        {
+            s.library
+            for s in snap.sites
+            if s.library and s.library.startswith("libcrypto") and s.library not in via_memory_functions
+        }
+    )
     for lib in shared:
         out.append({"path": lib, "kind": "shared", "tracking": "hooks", "per_connection": True})
     for c in snap.copies:
         # a shared libcrypto linked -Bsymbolic still has hooked entry points (libssl, the app): per connection
-        out.append({"path": c["path"], "kind": c["kind"], "tracking": c["tracking"],
-                    "per_connection": c["kind"] == "shared-symbolic" and c["tracking"] == "mem-functions"})
+        out.append(
+            {
+                "path": c["path"],
+                "kind": c["kind"],
+                "tracking": c["tracking"],
+                "per_connection": c["kind"] == "shared-symbolic" and c["tracking"] == "mem-functions",
+            }
+        )
     for copy in out:  # each copy's own bytes, from the call sites it allocated at
         lib = os.path.basename(copy["path"])
         mine = [s for s in snap.sites if s.library == lib]
@@ -72,14 +83,15 @@ def _attach_summary(conns) -> dict:
     is offered for the older ones, labelled as an estimate with the sample it came from."""
     old = [c for c in conns if c["predates_attach"]]
     new = [c for c in conns if not c["predates_attach"]]
-    summary = {"connections_before_attach": len(old), "connections_since_attach": len(new),
-               "estimate_for_older": None}
+    summary = {"connections_before_attach": len(old), "connections_since_attach": len(new), "estimate_for_older": None}
     if old and len(new) >= ESTIMATE_MIN_SAMPLE:
         mean = sum(c["live_bytes"] for c in new) / len(new)
         summary["estimate_for_older"] = {
-            "bytes_per_connection": int(round(mean)), "estimate": True, "sample": len(new),
+            "bytes_per_connection": int(round(mean)),
+            "estimate": True,
+            "sample": len(new),
             "basis": f"mean own bytes of the {len(new)} connections opened after attach, measured from "
-                     f"their first allocation; applied to the {len(old)} older ones, not measured",
+            f"their first allocation; applied to the {len(old)} older ones, not measured",
         }
     return summary
 
@@ -91,9 +103,9 @@ BYTE_MEASURES = ("glibc_footprint", "usable_size", "requested")
 
 BYTE_MEASURE_NOTES = {
     "usable_size": "bytes are the size classes of the process's own allocator (not glibc's malloc): no "
-                   "per-block header is added (tracker.byte_measure)",
+    "per-block header is added (tracker.byte_measure)",
     "requested": "bytes are the sizes OpenSSL requested: the target gave OpenSSL its own allocator (or its "
-                 "malloc has no usable-size call), whose per-block overhead is not known (tracker.byte_measure)",
+    "malloc has no usable-size call), whose per-block overhead is not known (tracker.byte_measure)",
 }
 
 
@@ -110,8 +122,19 @@ def _tracker(stats, measures=BYTE_MEASURES) -> dict:
     return tracker
 
 
-def build_report(snap, *, command, mode, partial=False, chosen="peak", snapshots=1,
-                 peak_live_bytes=None, history=None, notes=None, processes=None) -> dict:
+def build_report(
+    snap,
+    *,
+    command,
+    mode,
+    partial=False,
+    chosen="peak",
+    snapshots=1,
+    peak_live_bytes=None,
+    history=None,
+    notes=None,
+    processes=None,
+) -> dict:
     """The report of one process's observation (tlsprof/model/observation.py); a bare snapshot is
     taken as observed with nothing beside it. Pure: reads the observation, changes nothing."""
     snap = _observed(snap)
@@ -158,27 +181,29 @@ def build_report(snap, *, command, mode, partial=False, chosen="peak", snapshots
         per_req += c.requested_bytes
         _sum_into(per_cause, own)
         _sum_into(per_cause, share_by_cause)
-        report_conns.append({
-            "id": conn_id(c.serial),
-            "context": ctx_id(c.ctx_serial),
-            "fd": c.fd if c.fd >= 0 else None,
-            "peer": c.peer,
-            "state": c.state,
-            "age_s": round(c.age_s, 3),
-            # seconds since the session saw it move data (SSL_read/write); None without a session
-            "idle_s": snap.idle_s.get(c.serial),
-            "live_bytes": c.live_bytes,
-            "requested_bytes": c.requested_bytes,
-            "live_blocks": c.live_blocks,
-            "context_share_bytes": int(round(share)),
-            "by_cause": own,
-            "since_attach": not c.pre_attach,
-            "predates_attach": c.pre_attach,
-            "alive": True,
-            # from the shim's F line: is the fd still open, and which file (inode) it is now
-            "fd_open": bool(c.facts["fd_open"]) if "fd_open" in c.facts else None,
-            "fd_inode": c.facts.get("fd_ino"),
-        })
+        report_conns.append(
+            {
+                "id": conn_id(c.serial),
+                "context": ctx_id(c.ctx_serial),
+                "fd": c.fd if c.fd >= 0 else None,
+                "peer": c.peer,
+                "state": c.state,
+                "age_s": round(c.age_s, 3),
+                # seconds since the session saw it move data (SSL_read/write); None without a session
+                "idle_s": snap.idle_s.get(c.serial),
+                "live_bytes": c.live_bytes,
+                "requested_bytes": c.requested_bytes,
+                "live_blocks": c.live_blocks,
+                "context_share_bytes": int(round(share)),
+                "by_cause": own,
+                "since_attach": not c.pre_attach,
+                "predates_attach": c.pre_attach,
+                "alive": True,
+                # from the shim's F line: is the fd still open, and which file (inode) it is now
+                "fd_open": bool(c.facts["fd_open"]) if "fd_open" in c.facts else None,
+                "fd_inode": c.facts.get("fd_ino"),
+            }
+        )
     n = len(conns)
     per_connection = {
         "connections": n,
@@ -202,9 +227,18 @@ def build_report(snap, *, command, mode, partial=False, chosen="peak", snapshots
     merged = {}
     for s in snap.sites:
         key = (s.file, s.line, s.cause, s.library)
-        m = merged.setdefault(key, {"file": s.file, "line": s.line, "cause": s.cause, "library": s.library,
-                                    "live_bytes": 0,
-                                    "requested_bytes": 0, "live_blocks": 0})
+        m = merged.setdefault(
+            key,
+            {
+                "file": s.file,
+                "line": s.line,
+                "cause": s.cause,
+                "library": s.library,
+                "live_bytes": 0,
+                "requested_bytes": 0,
+                "live_blocks": 0,
+            },
+        )
         m["live_bytes"] += s.bytes
         m["requested_bytes"] += s.requested
         m["live_blocks"] += s.blocks
@@ -219,29 +253,38 @@ def build_report(snap, *, command, mode, partial=False, chosen="peak", snapshots
         if c["kind"] in ("shared", "shared-symbolic") and c["per_connection"]:
             continue
         if c["tracking"] == "mem-functions":
-            all_notes.append(f"statically linked OpenSSL in {c['path']}: its allocations are tracked (call sites "
-                             "and causes); its connections cannot be told apart, so its bytes are process-wide")
+            all_notes.append(
+                f"statically linked OpenSSL in {c['path']}: its allocations are tracked (call sites "
+                "and causes); its connections cannot be told apart, so its bytes are process-wide"
+            )
         elif c["kind"] != "shared":
-            all_notes.append(f"statically linked OpenSSL in {c['path']} is NOT tracked ({c['tracking']}): "
-                             "it must be given tlsprof's allocator before its first allocation, i.e. under "
-                             "`tlsprof run`; its memory is missing from this report")
+            all_notes.append(
+                f"statically linked OpenSSL in {c['path']} is NOT tracked ({c['tracking']}): "
+                "it must be given tlsprof's allocator before its first allocation, i.e. under "
+                "`tlsprof run`; its memory is missing from this report"
+            )
     if dead_conns:
-        all_notes.append(f"{len(dead_conns)} freed connections still own "
-                         f"{sum(o.live_bytes for o in dead_conns)} bytes (counted under `process`)")
+        all_notes.append(
+            f"{len(dead_conns)} freed connections still own "
+            f"{sum(o.live_bytes for o in dead_conns)} bytes (counted under `process`)"
+        )
     measures = snap.vocab.get("measures", BYTE_MEASURES)
     measure_note = BYTE_MEASURE_NOTES.get(_tracker(snap.stats, measures).get("byte_measure", ""))
     if measure_note:
         all_notes.append(measure_note)
     if any(o.pre_attach for o in owners if o.kind != "process"):
-        all_notes.append("objects marked predates_attach existed before tlsprof attached: their bytes are "
-                         "only those allocated since attach")
+        all_notes.append(
+            "objects marked predates_attach existed before tlsprof attached: their bytes are "
+            "only those allocated since attach"
+        )
 
     report = {
         "schema": SCHEMA,
         "tool": {"name": "tlsprof", "version": __version__},
         "partial": bool(partial),
-        "captured_at": datetime.datetime.fromtimestamp(snap.taken_at or 0, datetime.timezone.utc)
-        .isoformat(timespec="seconds"),
+        "captured_at": datetime.datetime.fromtimestamp(snap.taken_at or 0, datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
         "target": {
             "pid": snap.pid,
             "command": list(command),
@@ -261,8 +304,11 @@ def build_report(snap, *, command, mode, partial=False, chosen="peak", snapshots
         "connections": report_conns,
         "sites": sites,
         "process": {"live_bytes": int(sum(process_cause.values())), "by_cause": _ordered(process_cause)},
-        "peak": {"chosen": chosen, "snapshots": snapshots,
-                 "live_bytes_at_peak": peak_live_bytes if peak_live_bytes is not None else snap.live_bytes},
+        "peak": {
+            "chosen": chosen,
+            "snapshots": snapshots,
+            "live_bytes_at_peak": peak_live_bytes if peak_live_bytes is not None else snap.live_bytes,
+        },
         "tracker": _tracker(snap.stats, measures),
         "history": list(history or []),
         "openssl_copies": copies,
@@ -277,158 +323,5 @@ def build_report(snap, *, command, mode, partial=False, chosen="peak", snapshots
     section = account_memory(report, snap.process_memory, snap.stats)
     if section is not None:
         report["memory"] = section
-    report["findings"] = compute_findings(report)
-    return report
-
-
-# --- a process tree ---------------------------------------------------------------------------------
-
-def _has_openssl(snap) -> bool:
-    """The shim is in every process of a `run` tree (`sh`, `runuser` …); only those with OpenSSL count."""
-    return snap.openssl is not None or snap.live_bytes > 0
-
-
-def _process_entry(snap, body: dict, *, root_pid, pids) -> dict:
-    per = body["per_connection"]
-    command = list(snap.command)
-    ppid = snap.ppid
-    return {
-        "pid": snap.pid,
-        "ppid": ppid,
-        "command": command,
-        "role": role(command, is_root=snap.pid == root_pid or ppid not in pids,
-                     has_children=any(s.ppid == snap.pid for s in pids.values())),
-        "connections": per["connections"],
-        "contexts": sum(1 for c in body["contexts"] if c.get("alive", True)),
-        "live_bytes": body["totals"]["live_bytes"],
-        "by_cause": dict(body["totals"]["by_cause"]),
-        "rss_bytes": snap.rss_bytes,
-        "memory_parts": {p["name"]: p["bytes"] for p in (body.get("memory") or {}).get("parts", [])},
-        "per_connection": {k: per[k] for k in ("bytes", "own_bytes", "context_share_bytes", "by_cause")},
-        "openssl": snap.openssl,
-    }
-
-
-def build_tree_report(snaps: dict, *, root_pid, command, mode, partial=False, snapshots=1,
-                      peak_live_bytes=None, notes=(), history=None) -> dict:
-    """The report of one observation of a process tree ({pid: Snapshot}). Every process that loads
-    OpenSSL gets a `processes[]` entry; the headline (`per_connection`) is over every connection of
-    every process, so a process without connections (nginx's master) weighs nothing in it and is
-    never "the" target. One process: the single-process report, its ids unchanged."""
-    snaps = {pid: _observed(s) for pid, s in snaps.items()}
-    tracked = {pid: s for pid, s in snaps.items() if _has_openssl(s)} or dict(snaps)
-    bodies = {pid: build_report(s, command=list(s.command) or command, mode=mode,
-                                partial=partial, snapshots=snapshots, peak_live_bytes=peak_live_bytes,
-                                notes=notes, history=history)
-              for pid, s in tracked.items()}
-    entries = [_process_entry(tracked[pid], bodies[pid], root_pid=root_pid, pids=tracked) for pid in tracked]
-    if len(bodies) == 1:
-        (pid, body), = bodies.items()
-        body["target"]["command"] = list(command)  # what tlsprof started or attached, as before trees
-        body["processes"] = entries
-        return body
-    return _merge(bodies, entries, root_pid=root_pid, command=command, mode=mode, partial=partial,
-                  snapshots=snapshots, peak_live_bytes=peak_live_bytes, history=history)
-
-
-def _merge(bodies: dict, entries: list, *, root_pid, command, mode, partial, snapshots, peak_live_bytes,
-           history=None):
-    contexts, conns, notes_by_text = [], [], {}
-    totals = {"live_bytes": 0, "requested_bytes": 0, "live_blocks": 0, "by_cause": {}, "untracked_bytes": 0}
-    process = {"live_bytes": 0, "by_cause": {}}
-    per_sum = {"own_bytes": 0.0, "context_share_bytes": 0.0, "bytes": 0.0, "requested_bytes": 0.0}
-    per_cause, n_all = {}, 0
-    sites, copies, tracker = {}, {}, {}
-    python = []
-    for pid, body in bodies.items():
-        for ctx in body["contexts"]:
-            contexts.append(dict(ctx, id=qualified_id(pid, ctx["id"]), pid=pid))
-        for conn in body["connections"]:
-            conns.append(dict(conn, id=qualified_id(pid, conn["id"]), context=qualified_id(pid, conn["context"]),
-                              pid=pid))
-        t = body["totals"]
-        for k in ("live_bytes", "requested_bytes", "live_blocks", "untracked_bytes"):
-            totals[k] += t.get(k) or 0
-        _sum_into(totals["by_cause"], t["by_cause"])
-        process["live_bytes"] += body["process"]["live_bytes"]
-        _sum_into(process["by_cause"], body["process"]["by_cause"])
-        per = body["per_connection"]
-        n = per["connections"]
-        n_all += n
-        for k in per_sum:
-            per_sum[k] += (per.get(k) or 0) * n
-        _sum_into(per_cause, per["by_cause"], n)
-        for s in body["sites"]:
-            key = (s["file"], s["line"], s["cause"], s.get("library"))
-            m = sites.setdefault(key, dict(s, live_bytes=0, requested_bytes=0, live_blocks=0))
-            for k in ("live_bytes", "requested_bytes", "live_blocks"):
-                m[k] += s.get(k) or 0
-        for c in body["openssl_copies"]:
-            m = copies.setdefault(c["path"], dict(c, live_bytes=0, by_cause={}))
-            m["live_bytes"] += c["live_bytes"]
-            _sum_into(m["by_cause"], c["by_cause"])
-        for k, v in body["tracker"].items():
-            if isinstance(v, str):  # byte_measure: the same in every process, or "mixed"
-                tracker[k] = v if tracker.get(k, v) == v else "mixed"
-            else:
-                tracker[k] = tracker.get(k, 0) + v
-        for note in body["notes"]:
-            notes_by_text.setdefault(note, []).append(pid)
-        if isinstance(body.get("python"), dict):
-            python.append(dict(body["python"], pid=pid))
-    root = bodies.get(root_pid)
-    report = {
-        "schema": SCHEMA,
-        "tool": {"name": "tlsprof", "version": __version__},
-        "partial": bool(partial),
-        "captured_at": max(b["captured_at"] for b in bodies.values()),
-        "target": {
-            "pid": root_pid if root_pid else min(bodies),
-            "command": list(command),
-            "mode": mode,
-            "openssl": next((b["target"]["openssl"] for b in bodies.values() if b["target"]["openssl"]), None),
-            # RSS of every process summed: pages the processes share (fork) count once per process
-            "rss_bytes": sum(b["target"]["rss_bytes"] or 0 for b in bodies.values()),
-        },
-        "totals": dict(totals, by_cause=_ordered(totals["by_cause"])),
-        "per_connection": {
-            "connections": n_all,
-            "own_bytes": int(round(per_sum["own_bytes"] / n_all)) if n_all else 0,
-            "context_share_bytes": int(round(per_sum["context_share_bytes"] / n_all)) if n_all else 0,
-            "bytes": int(round(per_sum["bytes"] / n_all)) if n_all else 0,
-            "requested_bytes": int(round(per_sum["requested_bytes"] / n_all)) if n_all else 0,
-            "by_cause": _ordered({k: v / n_all for k, v in per_cause.items()}) if n_all else {},
-        },
-        "contexts": sorted(contexts, key=lambda c: -c["live_bytes"]),
-        "connections": sorted(conns, key=lambda c: -c["live_bytes"]),
-        "sites": sorted(sites.values(), key=lambda m: (-m["live_bytes"], m["file"] or "", m["line"] or 0)),
-        "process": {"live_bytes": process["live_bytes"], "by_cause": _ordered(process["by_cause"])},
-        "peak": {"chosen": "peak", "snapshots": snapshots,
-                 "live_bytes_at_peak": peak_live_bytes if peak_live_bytes is not None else totals["live_bytes"]},
-        "tracker": tracker,
-        "history": list(history or []),  # the tree's (findings read its trends)
-        "openssl_copies": [dict(c, by_cause=_ordered(c["by_cause"])) for c in copies.values()],
-        "notes": [note if len(pids) == len(bodies) else
-                  f"pid{'s' if len(pids) > 1 else ''} {', '.join(map(str, pids))}: {note}"
-                  for note, pids in notes_by_text.items()],
-        "processes": entries,
-    }
-    # the per-connection mean is exact from the parts; rounding each part apart may leave a byte
-    per = report["per_connection"]
-    per["bytes"] = per["own_bytes"] + per["context_share_bytes"]
-    if mode == "attach":
-        report["attach"] = _attach_summary(report["connections"])
-    memory = merge_memory(report, [b.get("memory") for b in bodies.values()])
-    if memory is not None:
-        report["memory"] = memory
-    if python:
-        python.sort(key=lambda p: -(p.get("joined_connections") or 0))
-        report["python"] = python[0]
-        if len(python) > 1:
-            report["notes"].append(f"Python agents answered in {len(python)} processes; `python` describes "
-                                   f"pid {python[0]['pid']}, each connection's `python` its own process")
-    if root is None and root_pid:
-        report["notes"].append(f"pid {root_pid} (the process tlsprof {'started' if mode == 'run' else 'attached'}) "
-                               "holds no OpenSSL state: the report covers its descendants")
     report["findings"] = compute_findings(report)
     return report

@@ -4,10 +4,11 @@ the live view's drill-down through the session; it never talks to the target its
 
 The session is duck-typed (`lock`, `chosen()`, `last`, `history`, `count`, `peak`, `main_pid`,
 `command`, `mode`, `started`, `owner_sites()`), so this layer imports nothing from `collect`."""
+
 import datetime
 
 from tlsprof.analysis.moments import assemble
-from tlsprof.analysis.report import build_tree_report
+from tlsprof.analysis.tree_report import build_tree_report
 from tlsprof.model.ids import conn_id, qualified_id
 from tlsprof.model.observation import Observation
 
@@ -65,8 +66,9 @@ class ReportSource:
                 if pid is not None and pid in obs.snaps:
                     obs = Observation({pid: obs.snaps[pid]}, obs.taken_at, obs.t)
                 body = self._body(obs, False, ())
-                report = assemble({"last": body}, "last", session.history,
-                                  {n: _summary(o) for n, o in session.chosen().items()})
+                report = assemble(
+                    {"last": body}, "last", session.history, {n: _summary(o) for n, o in session.chosen().items()}
+                )
                 self._latest = (session.last, pid, report)
             return self._latest[2]
 
@@ -92,21 +94,37 @@ class ReportSource:
             return None
         snap = obs.snaps.get(pid) or obs.snaps[obs.pid]
         for owner in snap.owners:  # ids are made from serials, so the serial is found, not parsed
-            if owner.kind == "connection" and ident in (conn_id(owner.serial),
-                                                        qualified_id(snap.pid, conn_id(owner.serial))):
+            if owner.kind == "connection" and ident in (
+                conn_id(owner.serial),
+                qualified_id(snap.pid, conn_id(owner.serial)),
+            ):
                 return self.session.owner_sites(snap.pid, owner.serial, snap.snapshot)
         return None
 
     def _body(self, obs, partial, notes):
         s = self.session
-        return build_tree_report(obs.snaps, root_pid=s.main_pid, command=s.command, mode=s.mode,
-                                 partial=partial, snapshots=s.count, notes=notes, history=s.history,
-                                 peak_live_bytes=s.peak.live_bytes if s.peak else None)
+        return build_tree_report(
+            obs.snaps,
+            root_pid=s.main_pid,
+            command=s.command,
+            mode=s.mode,
+            partial=partial,
+            snapshots=s.count,
+            notes=notes,
+            history=s.history,
+            peak_live_bytes=s.peak.live_bytes if s.peak else None,
+        )
 
 
 def _summary(obs) -> dict:
     handshakes = sum(1 for s in obs.snaps.values() for o in s.connections if o.state == "handshake")
-    return {"captured_at": datetime.datetime.fromtimestamp(obs.taken_at, datetime.timezone.utc)
-            .isoformat(timespec="seconds"),
-            "t": obs.t, "connections": obs.connection_count, "live_bytes": obs.live_bytes,
-            "handshakes": handshakes, "processes": len(obs.snaps)}
+    return {
+        "captured_at": datetime.datetime.fromtimestamp(obs.taken_at, datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "t": obs.t,
+        "connections": obs.connection_count,
+        "live_bytes": obs.live_bytes,
+        "handshakes": handshakes,
+        "processes": len(obs.snaps),
+    }

@@ -1,5 +1,6 @@
 """The part a process plays in its tree, read from its title (nginx's "worker process", a
 PostgreSQL backend) or from its place in the tree."""
+
 import re
 
 # "nginx: worker process", "nginx: master process /usr/sbin/nginx -c …", "nginx: cache manager process"

@@ -16,6 +16,7 @@ functions, process-wide: nothing sees its entry points, so no byte has an owner.
 the last look gives the ownership (`merge_static_run`): its contexts and connections join the report
 as walked entries, the totals and call sites stay the tracked ones (the walked bytes are among them).
 """
+
 from tlsprof.analysis.python_join import python_entry
 from tlsprof.model.ids import ctx_id
 from tlsprof.model.causes import CAUSES
@@ -39,9 +40,24 @@ def walk_summary(walk) -> dict:
         return {"status": "not run"}
     out = {"status": walk.status, "reason": walk.reason}
     s = walk.stats
-    for key in ("pause_us", "walk_ms_total", "heap_bytes", "in_use_bytes", "chunks", "arenas", "thread_heaps",
-                "mmapped_chunks", "tcache_chunks", "bad_regions", "contexts", "connections", "faults", "threads",
-                "threads_of_a_connection", "causes_from_tracking"):
+    for key in (
+        "pause_us",
+        "walk_ms_total",
+        "heap_bytes",
+        "in_use_bytes",
+        "chunks",
+        "arenas",
+        "thread_heaps",
+        "mmapped_chunks",
+        "tcache_chunks",
+        "bad_regions",
+        "contexts",
+        "connections",
+        "faults",
+        "threads",
+        "threads_of_a_connection",
+        "causes_from_tracking",
+    ):
         if key in s:
             out[key] = s[key]
     if "pause_us" not in s and "fork_us" in s:
@@ -59,14 +75,18 @@ def walk_sentence(walk) -> str:
     if walk is None:
         return "no heap walk was run"
     if not walk.ok:
-        return (f"heap walk not possible: {walk.reason or walk.status}; the report carries only what "
-                f"tracking since the attach sees")
+        return (
+            f"heap walk not possible: {walk.reason or walk.status}; the report carries only what "
+            f"tracking since the attach sees"
+        )
     s = walk.stats
     pause = s.get("pause_us", s.get("fork_us", 0)) / 1000
     skipped = "".join(f"; not walked: {why}" for why in getattr(walk, "skipped", []))
-    return (f"heap walk: {s.get('contexts', 0)} contexts and {s.get('connections', 0)} connections found in "
-            f"{s.get('heap_bytes', 0) / 2**20:.0f} MiB of heap; target paused {pause:.1f} ms, walk took "
-            f"{s.get('walk_ms_total', 0)} ms in a child process{skipped}")
+    return (
+        f"heap walk: {s.get('contexts', 0)} contexts and {s.get('connections', 0)} connections found in "
+        f"{s.get('heap_bytes', 0) / 2**20:.0f} MiB of heap; target paused {pause:.1f} ms, walk took "
+        f"{s.get('walk_ms_total', 0)} ms in a child process{skipped}"
+    )
 
 
 def _tracked_by_ptr(snap) -> dict:
@@ -103,13 +123,17 @@ def merge_attach(report: dict, walk, snap) -> dict:
     notes[:] = [n for n in notes if not n.startswith("statically linked OpenSSL in ")]
     notes.append(walk_sentence(walk))
     for path in sorted({walk.copies[o.copy] for o in static_objects(walk)}):
-        notes.append(f"statically linked OpenSSL in {path}: its contexts and connections were found and "
-                     f"measured by the heap walk; what it allocated after the attach is not tracked "
-                     f"(its memory functions cannot be replaced once it has allocated)")
+        notes.append(
+            f"statically linked OpenSSL in {path}: its contexts and connections were found and "
+            f"measured by the heap walk; what it allocated after the attach is not tracked "
+            f"(its memory functions cannot be replaced once it has allocated)"
+        )
         _mark_copy_walked(report, path, walk)
-    notes.append("connections and contexts that predate the attach carry the bytes the heap walk found "
-                 "(`measured`: walked; `walked+tracked` when they also allocated since); their age is "
-                 "unknown (`age`: before attach)")
+    notes.append(
+        "connections and contexts that predate the attach carry the bytes the heap walk found "
+        "(`measured`: walked; `walked+tracked` when they also allocated since); their age is "
+        "unknown (`age`: before attach)"
+    )
     _join_python(report, snap.python)
     report["findings"] = compute_findings(report)
     return report
@@ -133,10 +157,12 @@ def merge_static_run(report: dict, walk, snap) -> dict:
     notes[:] = [n for n in notes if not any(n.startswith(f"statically linked OpenSSL in {p}:") for p in paths)]
     notes.append(walk_sentence(walk))
     for path in paths:
-        notes.append(f"statically linked OpenSSL in {path}: its entry points are not hooked, so which context "
-                     f"or connection holds each byte came from the heap walk at the last look (`measured`: "
-                     f"walked; causes from the tracked call sites where the walk names none); totals and call "
-                     f"sites are its tracked bytes; the live view and periodic snapshots stay process-wide")
+        notes.append(
+            f"statically linked OpenSSL in {path}: its entry points are not hooked, so which context "
+            f"or connection holds each byte came from the heap walk at the last look (`measured`: "
+            f"walked; causes from the tracked call sites where the walk names none); totals and call "
+            f"sites are its tracked bytes; the live view and periodic snapshots stay process-wide"
+        )
         _mark_copy_walked(report, path, walk)
     _join_python(report, snap.python)
     report["findings"] = compute_findings(report)
@@ -149,8 +175,9 @@ def _mark_copy_walked(report, path, walk):
             copy["ownership"] = "heap walk"
             copy["per_connection"] = True
             copy.pop("estimated_bytes_per_connection", None)  # measured per connection now
-            copy["connections"] = sum(1 for o in walk.objects if o.kind == "connection"
-                                      and walk.copies.get(o.copy) == path)
+            copy["connections"] = sum(
+                1 for o in walk.objects if o.kind == "connection" and walk.copies.get(o.copy) == path
+            )
 
 
 def _add_walked_entries(report, objects, snap, age_label, predates_attach):
@@ -173,10 +200,21 @@ def _add_walked_entries(report, objects, snap, age_label, predates_attach):
             continue  # the pointer was freed and reused since the walk: the walked object is gone
         entry = entry_for(owner, "ctx-") if owner is not None else None
         if entry is None:
-            entry = {"id": f"ctx-w{obj.ptr:x}", "connections": 0, "live_bytes": 0, "live_blocks": 0,
-                     "by_cause": {}, "ca_store_bytes": 0, "alive": True, "since_attach": False,
-                     "predates_attach": predates_attach, "release_buffers": None, "age_s": None,
-                     "age": age_label, "tracked_bytes": 0}
+            entry = {
+                "id": f"ctx-w{obj.ptr:x}",
+                "connections": 0,
+                "live_bytes": 0,
+                "live_blocks": 0,
+                "by_cause": {},
+                "ca_store_bytes": 0,
+                "alive": True,
+                "since_attach": False,
+                "predates_attach": predates_attach,
+                "release_buffers": None,
+                "age_s": None,
+                "age": age_label,
+                "tracked_bytes": 0,
+            }
             report["contexts"].append(entry)
         else:
             entry["age_s"], entry["age"] = None, age_label
@@ -197,12 +235,26 @@ def _add_walked_entries(report, objects, snap, age_label, predates_attach):
             ctx = ctx_entry_of_ptr.get(ctx_ptr)
             if ctx is None and ctx_ptr in serial_of:
                 ctx = entries.get(ctx_id(serial_of[ctx_ptr]))
-            entry = {"id": f"conn-w{obj.ptr:x}", "context": ctx["id"] if ctx else None, "fd": obj.fd,
-                     "peer": obj.peer, "state": obj.state if obj.state in ("handshake", "established")
-                     else "established", "age_s": None, "age": age_label, "idle_s": None,
-                     "live_bytes": 0, "live_blocks": 0, "context_share_bytes": 0, "by_cause": {},
-                     "since_attach": False, "predates_attach": predates_attach, "alive": True,
-                     "fd_open": None, "fd_inode": None, "tracked_bytes": 0}
+            entry = {
+                "id": f"conn-w{obj.ptr:x}",
+                "context": ctx["id"] if ctx else None,
+                "fd": obj.fd,
+                "peer": obj.peer,
+                "state": obj.state if obj.state in ("handshake", "established") else "established",
+                "age_s": None,
+                "age": age_label,
+                "idle_s": None,
+                "live_bytes": 0,
+                "live_blocks": 0,
+                "context_share_bytes": 0,
+                "by_cause": {},
+                "since_attach": False,
+                "predates_attach": predates_attach,
+                "alive": True,
+                "fd_open": None,
+                "fd_inode": None,
+                "tracked_bytes": 0,
+            }
             if ctx_ptr != obj.ctx_ptr:
                 entry["context_held_by"] = "application"
             report["connections"].append(entry)
@@ -220,8 +272,11 @@ def _join_python(report: dict, agent) -> None:
     info = report.get("python")
     if not isinstance(agent, dict) or not isinstance(info, dict) or info.get("join") != "on":
         return
-    by_ptr = {(o.get("kind"), o["ptr"]): o for o in agent.get("objects") or []
-              if isinstance(o, dict) and isinstance(o.get("ptr"), int)}
+    by_ptr = {
+        (o.get("kind"), o["ptr"]): o
+        for o in agent.get("objects") or []
+        if isinstance(o, dict) and isinstance(o.get("ptr"), int)
+    }
     for kind, entries in (("connection", report["connections"]), ("context", report["contexts"])):
         for entry in entries:
             if entry.get("python") or entry.get("measured") != "walked" or not entry.get("ptr"):
@@ -279,15 +334,17 @@ def _recompute(report: dict, walk, added: int, merged_ptrs: set, in_totals: bool
             per_cause[k] = per_cause.get(k, 0) + v
     n = len(conns)
     per = report["per_connection"]
-    per.update({
-        "connections": n,
-        "own_bytes": int(round(own_total / n)) if n else 0,
-        "context_share_bytes": int(round(share_total / n)) if n else 0,
-        "bytes": int(round((own_total + share_total) / n)) if n else 0,
-        "by_cause": _ordered({k: v / n for k, v in per_cause.items()}) if n else {},
-        # requested sizes exist for tracked bytes only (the heap keeps no request size)
-        "requested_bytes": int(round(sum(c.get("requested_bytes") or 0 for c in conns) / n)) if n else 0,
-    })
+    per.update(
+        {
+            "connections": n,
+            "own_bytes": int(round(own_total / n)) if n else 0,
+            "context_share_bytes": int(round(share_total / n)) if n else 0,
+            "bytes": int(round((own_total + share_total) / n)) if n else 0,
+            "by_cause": _ordered({k: v / n for k, v in per_cause.items()}) if n else {},
+            # requested sizes exist for tracked bytes only (the heap keeps no request size)
+            "requested_bytes": int(round(sum(c.get("requested_bytes") or 0 for c in conns) / n)) if n else 0,
+        }
+    )
     per["measured"] = _measured_of(conns)
     if per.get("python_bytes") is not None:  # the Python agent's part (tlsprof/analysis/python_join.py) stays its own
         per["total_bytes"] = per["bytes"] + per["python_bytes"]
@@ -306,8 +363,9 @@ def _recompute(report: dict, walk, added: int, merged_ptrs: set, in_totals: bool
     totals["tracked_bytes"] = totals["live_bytes"]
     totals["walked_bytes"] = added + library[0]
     totals["live_bytes"] = totals["live_bytes"] + added + library[0]
-    totals["live_blocks"] = totals.get("live_blocks", 0) + library[1] + sum(
-        o.blocks for o in walk.objects if o.ptr in merged_ptrs)
+    totals["live_blocks"] = (
+        totals.get("live_blocks", 0) + library[1] + sum(o.blocks for o in walk.objects if o.ptr in merged_ptrs)
+    )
     totals["by_cause"] = _ordered(by_cause)
     # the walked bytes have no call site: one pseudo-site per cause says where they were found, so
     # that sites and totals still add up
@@ -319,9 +377,18 @@ def _recompute(report: dict, walk, added: int, merged_ptrs: set, in_totals: bool
                 site_blocks[cause] = site_blocks.get(cause, 0) + v.blocks
     for cause in CAUSES:
         if site_bytes.get(cause):
-            report.setdefault("sites", []).append({
-                "file": WALK_SITE, "line": None, "cause": cause, "live_bytes": site_bytes[cause],
-                "requested_bytes": 0, "live_blocks": site_blocks[cause], "library": None, "measured": "walked"})
+            report.setdefault("sites", []).append(
+                {
+                    "file": WALK_SITE,
+                    "line": None,
+                    "cause": cause,
+                    "live_bytes": site_bytes[cause],
+                    "requested_bytes": 0,
+                    "live_blocks": site_blocks[cause],
+                    "library": None,
+                    "measured": "walked",
+                }
+            )
     report["sites"].sort(key=lambda m: -m["live_bytes"])
     process = report.setdefault("process", {"live_bytes": 0, "by_cause": {}})
     process["tracked_bytes"] = process.get("live_bytes", 0)
@@ -332,8 +399,14 @@ def _recompute(report: dict, walk, added: int, merged_ptrs: set, in_totals: bool
     process["by_cause"] = _ordered(pby)
     if "attach" in report:
         old = sum(1 for c in conns if c.get("predates_attach"))
-        report["attach"].update({"connections_before_attach": old, "connections_since_attach": n - old,
-                                 "estimate_for_older": None, "walked": True})
+        report["attach"].update(
+            {
+                "connections_before_attach": old,
+                "connections_since_attach": n - old,
+                "estimate_for_older": None,
+                "walked": True,
+            }
+        )
 
 
 def _measured_of(entries) -> str:
@@ -368,6 +441,7 @@ def annotate_run(report: dict, walk, snap) -> dict:
         entry["walked"] = {"bytes": obj.bytes, "blocks": obj.blocks, "by_cause": _ordered(_walked_causes(obj))}
         matched += 1
     report["walk"]["matched"] = matched
-    report.setdefault("notes", []).append(walk_sentence(walk) + f"; {matched} objects matched to tracked ones "
-                                          "(`walked` beside their tracked bytes)")
+    report.setdefault("notes", []).append(
+        walk_sentence(walk) + f"; {matched} objects matched to tracked ones (`walked` beside their tracked bytes)"
+    )
     return report

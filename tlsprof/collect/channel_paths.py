@@ -10,6 +10,7 @@ absent (by root on behalf of another user: then chowned to that user, so the tar
 socket in it) and refused when it exists with another owner, group/other permission bits, or is
 not a real directory: anyone who could write there could impersonate the shim.
 """
+
 import errno
 import glob
 import os
@@ -31,12 +32,11 @@ def _check(path: str, uid: int) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafeChannelDir(f"{path} exists but is not a directory; remove it and retry")
     if st.st_uid != uid:
-        raise UnsafeChannelDir(
-            f"{path} is owned by uid {st.st_uid}, not {uid}; remove it and retry")
+        raise UnsafeChannelDir(f"{path} is owned by uid {st.st_uid}, not {uid}; remove it and retry")
     if stat.S_IMODE(st.st_mode) & 0o077:
         raise UnsafeChannelDir(
-            f"{path} has mode {stat.S_IMODE(st.st_mode):04o}, open to other users; "
-            f"run `chmod 700 {path}` or remove it")
+            f"{path} has mode {stat.S_IMODE(st.st_mode):04o}, open to other users; run `chmod 700 {path}` or remove it"
+        )
 
 
 def channel_dir_for(uid: int) -> str:
@@ -65,8 +65,7 @@ def channel_dir_for(uid: int) -> str:
                 os.chown(path, uid, gid)
             except PermissionError:
                 os.rmdir(path)
-                raise UnsafeChannelDir(
-                    f"cannot create {path} for uid {uid}: only that user or root can") from None
+                raise UnsafeChannelDir(f"cannot create {path} for uid {uid}: only that user or root can") from None
     _check(path, uid)
     remove_stale_sockets(path)
     return path
@@ -158,7 +157,7 @@ def link_switched_uid_sockets(run_dir: str, root_pid: int) -> list:
     made = []
     for other in glob.glob(os.path.join(BASE, "tlsprof-[0-9]*")):
         try:
-            uid = int(os.path.basename(other)[len("tlsprof-"):])
+            uid = int(os.path.basename(other)[len("tlsprof-") :])
             if uid == os.geteuid():
                 continue  # our own processes serve in run_dir itself
             _check(other, uid)

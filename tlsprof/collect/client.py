@@ -2,13 +2,26 @@
 whole answer back (docs/snapshot-format.md lists the commands). The only code that opens a tlsprof
 socket, the shim's or the Python agent's; what the answers mean is tlsprof.model.wire's.
 """
+
 import socket
 
 from tlsprof.errors import ChannelError
 from tlsprof.model.wire import (  # noqa: F401  (the records and parsers, importable from here as before)
-    FALLBACK_VOCAB, KIND_NAMES, MEASURE_NAMES, SCOPE_NAMES, SSL_MODE_RELEASE_BUFFERS, STATE_NAMES,
-    Counters, Owner, Site, Snapshot, Walk, WalkedObject, parse_owner_sites, parse_snapshot, parse_walk,
-    unescape)
+    FALLBACK_VOCAB,
+    KIND_NAMES,
+    MEASURE_NAMES,
+    SCOPE_NAMES,
+    SSL_MODE_RELEASE_BUFFERS,
+    STATE_NAMES,
+    Counters,
+    Owner,
+    Site,
+    Snapshot,
+    parse_owner_sites,
+    parse_snapshot,
+    unescape,
+)
+from tlsprof.model.wire_walk import Walk, WalkedObject, parse_walk  # noqa: F401
 
 
 def request(path: str, command: str, timeout: float = 5.0) -> bytes:
@@ -44,9 +57,17 @@ def owner_sites(path: str, serial: int, snap: Snapshot, timeout: float = 5.0) ->
     for site_id, blocks in parse_owner_sites(ask(path, f"OWNER {int(serial)}", timeout)):
         site = by_id.get(site_id)
         mean = site.bytes / site.blocks if site and site.blocks else 0
-        out.append({"file": site.file if site else None, "line": site.line if site else None,
-                    "cause": site.cause if site else "other", "library": site.library if site else None,
-                    "blocks": blocks, "approx_bytes": int(round(blocks * mean)), "estimate": True})
+        out.append(
+            {
+                "file": site.file if site else None,
+                "line": site.line if site else None,
+                "cause": site.cause if site else "other",
+                "library": site.library if site else None,
+                "blocks": blocks,
+                "approx_bytes": int(round(blocks * mean)),
+                "estimate": True,
+            }
+        )
     return sorted(out, key=lambda s: -s["approx_bytes"])
 
 

@@ -8,6 +8,7 @@ snapshot; a terminal's Ctrl-C has reached the target already and only stops the 
 attached target a stop signal ends the session: one last look (with a fresh Python agent answer)
 while the target runs on, as does the end of `--duration`.
 """
+
 import subprocess
 import threading
 import time
@@ -30,8 +31,19 @@ def poll_quietly(session, fresh_agent=False):
         return None
 
 
-def collect(session, target, interval: float, stops: StopSignals = None, *, until=None, stop_event=None,
-            on_observation=None, on_error=None, on_stop=None, on_last_look=None):
+def collect(
+    session,
+    target,
+    interval: float,
+    stops: StopSignals = None,
+    *,
+    until=None,
+    stop_event=None,
+    on_observation=None,
+    on_error=None,
+    on_stop=None,
+    on_last_look=None,
+):
     """Poll until the target exits (returns its returncode: Popen semantics for a started target,
     None for an attached one) or the loop is told to stop (returns None).
 
@@ -43,8 +55,17 @@ def collect(session, target, interval: float, stops: StopSignals = None, *, unti
     after that last snapshot, while the started target still runs (`run --walk`)."""
     if stops is None and target.owned and stop_event is None:
         with StopSignals() as own:  # called on its own (the live view, once closed)
-            return collect(session, target, interval, own, until=until, on_observation=on_observation,
-                           on_error=on_error, on_stop=on_stop, on_last_look=on_last_look)
+            return collect(
+                session,
+                target,
+                interval,
+                own,
+                until=until,
+                on_observation=on_observation,
+                on_error=on_error,
+                on_stop=on_stop,
+                on_last_look=on_last_look,
+            )
     stopping = False
     next_at = time.monotonic()
     first = True
@@ -78,8 +99,9 @@ def collect(session, target, interval: float, stops: StopSignals = None, *, unti
             continue
         if stops is not None and target.owned and stops.from_terminal:
             stopping = True
-        if not target.owned and ((stops is not None and stops.stopping)
-                                 or (until is not None and time.monotonic() >= until)):
+        if not target.owned and (
+            (stops is not None and stops.stopping) or (until is not None and time.monotonic() >= until)
+        ):
             if target.alive():  # the state when the session ended: the target runs on
                 poll_quietly(session, fresh_agent=True)
             return None
@@ -141,8 +163,14 @@ class Collector(threading.Thread):
 
     def run(self):
         on_observation, on_exit, on_error = self._callbacks
-        rc = collect(self.session, self.target, self.interval, stop_event=self.stop_event,
-                     on_observation=on_observation, on_error=on_error)
+        rc = collect(
+            self.session,
+            self.target,
+            self.interval,
+            stop_event=self.stop_event,
+            on_observation=on_observation,
+            on_error=on_error,
+        )
         self.target.alive()  # notes when it exited
         if not self.stop_event.is_set() and on_exit is not None:
             on_exit(rc if self.target.owned else self.target.returncode())

@@ -1,4 +1,5 @@
 """Starts a command with the shim preloaded and a private channel directory."""
+
 import os
 import subprocess
 import tempfile
@@ -62,6 +63,7 @@ def as_user(name: str, channel_dir: str) -> dict:
     PostgreSQL refuse root. The shim serves only from a private directory owned by its own uid, so
     the channel directory is handed to that user; root still reaches the sockets."""
     import pwd
+
     try:
         entry = pwd.getpwnam(name)
     except KeyError:

@@ -4,6 +4,7 @@ about the target's ssl objects, throttled so that its walks cost the target litt
 The join of its answer with the report's connections and contexts is analysis
 (tlsprof/analysis/python_join.py); the python-leak finding lives with the findings.
 """
+
 import json
 import os
 import socket
@@ -21,7 +22,9 @@ def ask(path: str, request: str = "SNAPSHOT", timeout: float = 10.0) -> dict:
     try:
         answer = client.request(path, request, timeout)
     except (OSError, socket.timeout) as exc:
-        raise AgentError(f"the Python agent at {path} did not answer: {getattr(exc, 'strerror', None) or exc}") from None
+        raise AgentError(
+            f"the Python agent at {path} did not answer: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     try:
         doc = json.loads(answer)
     except ValueError:

@@ -1,9 +1,10 @@
 """The kernel's view of a process's memory, read from /proc at snapshot time: RSS, anonymous and
 file-backed pages, thread stacks. tlsprof/analysis/memory.py explains the RSS with it."""
+
 import os
 
 KIB = 1024
-GUARD_MAX = 64 * KIB        # a pthread stack's guard page(s) sit right below it: small and PROT_NONE
+GUARD_MAX = 64 * KIB  # a pthread stack's guard page(s) sit right below it: small and PROT_NONE
 ARENA_ALIGN = 64 * 1024 * KIB  # glibc's thread-arena heaps are 64 MiB aligned: never a stack
 
 
@@ -22,8 +23,14 @@ def read_process(pid: int) -> dict | None:
     except (OSError, ValueError, IndexError):
         return None
     rss, anon = rollup.get("Rss", 0), rollup.get("Anonymous", 0)
-    return {"rss": rss, "anonymous": anon, "file_backed": max(0, rss - anon), "thread_stacks": stacks,
-            "stacks_found": found, "threads": threads}
+    return {
+        "rss": rss,
+        "anonymous": anon,
+        "file_backed": max(0, rss - anon),
+        "thread_stacks": stacks,
+        "stacks_found": found,
+        "threads": threads,
+    }
 
 
 def _thread_stacks(pid: int):
@@ -39,8 +46,15 @@ def _thread_stacks(pid: int):
                 lo, hi = (int(x, 16) for x in head[0].split("-"))
                 path = head[5] if len(head) > 5 else ""
                 is_stack = path == "[stack]" or (
-                    not path and head[1] == "rw-p" and prev is not None and prev[0] == lo
-                    and prev[1] == "---p" and prev[3] and prev[2] <= GUARD_MAX and lo % ARENA_ALIGN)
+                    not path
+                    and head[1] == "rw-p"
+                    and prev is not None
+                    and prev[0] == lo
+                    and prev[1] == "---p"
+                    and prev[3]
+                    and prev[2] <= GUARD_MAX
+                    and lo % ARENA_ALIGN
+                )
                 current = is_stack
                 prev = (hi, head[1], hi - lo, not path)
                 if is_stack:

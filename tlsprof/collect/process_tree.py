@@ -5,6 +5,7 @@ backend per connection, a forking server's children). tlsprof reports on the who
 only answers "which pids" and "which command", from /proc (psutil), never from the shim; the role a
 command plays is read from its title by tlsprof/analysis/roles.py.
 """
+
 import psutil
 
 

@@ -5,6 +5,7 @@ session lasts. Each poll asks every tracked process of the tree once: an `Observ
 connections), the peak (most live OpenSSL bytes, as memray reports the high-water mark) and the
 last one; and a short history for charts and growth findings. Reports are built from them by
 tlsprof/analysis/reports.py: this module never builds one."""
+
 import dataclasses
 import glob
 import os
@@ -22,8 +23,7 @@ HISTORY_MAX = 720
 
 
 class Session:
-    def __init__(self, channel_dir: str, main_pid: int, command, mode: str, follow_children=True,
-                 tree_only=False):
+    def __init__(self, channel_dir: str, main_pid: int, command, mode: str, follow_children=True, tree_only=False):
         self.channel_dir = channel_dir
         # attach: processes of other uids (nginx's workers) serve in their own uid's directory
         self.channel_dirs = [channel_dir]
@@ -107,11 +107,16 @@ class Session:
             self.steady = obs  # ties go to the later observation
         else:
             self.steady = _carry_python_obs(self.steady, obs, carried)
-        session_bytes = sum(o.by_cause["session"].bytes for s in snaps.values() for o in s.owners
-                            if "session" in o.by_cause)
-        point = {"t": obs.t, "live_bytes": obs.live_bytes, "connections": obs.connection_count,
-                 "session_bytes": session_bytes,
-                 "handshakes": sum(1 for s in snaps.values() for o in s.connections if o.state == "handshake")}
+        session_bytes = sum(
+            o.by_cause["session"].bytes for s in snaps.values() for o in s.owners if "session" in o.by_cause
+        )
+        point = {
+            "t": obs.t,
+            "live_bytes": obs.live_bytes,
+            "connections": obs.connection_count,
+            "session_bytes": session_bytes,
+            "handshakes": sum(1 for s in snaps.values() for o in s.connections if o.state == "handshake"),
+        }
         io = [s.io_calls for s in snaps.values()]
         if io and all(v is not None for v in io):
             point["io_calls"] = sum(io)  # cumulative: points may be thinned out
@@ -151,10 +156,16 @@ class Session:
         except psutil.Error:
             rss_bytes = 0
         return ProcessObservation.of(
-            snap, taken_at=taken_at, mono_taken=mono_taken, rss_bytes=rss_bytes, command=self.commands[pid],
-            ppid=self.parents.get(pid), python=python,
+            snap,
+            taken_at=taken_at,
+            mono_taken=mono_taken,
+            rss_bytes=rss_bytes,
+            command=self.commands[pid],
+            ppid=self.parents.get(pid),
+            python=python,
             process_memory=process_memory.read_process(pid),  # the kernel's view, for `memory`
-            idle_s=self._idleness(snap, mono_taken))
+            idle_s=self._idleness(snap, mono_taken),
+        )
 
     def _idleness(self, snap, now) -> dict:
         """idle_s per live connection: how long since this session saw its I/O counter move (a
@@ -187,8 +198,9 @@ class Session:
         with self._agent_lock:
             thread = self._agent_threads.get(pid)
             if thread is None or not thread.is_alive():
-                thread = threading.Thread(target=self._fetch_agent, args=(pid,),
-                                          name="tlsprof-agent-fetch", daemon=True)
+                thread = threading.Thread(
+                    target=self._fetch_agent, args=(pid,), name="tlsprof-agent-fetch", daemon=True
+                )
                 self._agent_threads[pid] = thread
                 thread.start()
             return self._agent_docs.get(pid)
@@ -237,11 +249,19 @@ def _carry_python(older, newer):
     if old_doc.get("error") or new_doc.get("error"):
         return None
     alive_now = {(o.serial, o.ptr) for o in newer.owners if o.alive}
-    shared = {("connection" if o.kind == "connection" else "context", o.ptr)
-              for o in older.owners if o.alive and (o.serial, o.ptr) in alive_now}
+    shared = {
+        ("connection" if o.kind == "connection" else "context", o.ptr)
+        for o in older.owners
+        if o.alive and (o.serial, o.ptr) in alive_now
+    }
     known = {(o.get("kind"), o.get("ptr")) for o in old_doc.get("objects") or [] if isinstance(o, dict)}
-    extra = [o for o in new_doc.get("objects") or [] if isinstance(o, dict)
-             and (o.get("kind"), o.get("ptr")) in shared and (o.get("kind"), o.get("ptr")) not in known]
+    extra = [
+        o
+        for o in new_doc.get("objects") or []
+        if isinstance(o, dict)
+        and (o.get("kind"), o.get("ptr")) in shared
+        and (o.get("kind"), o.get("ptr")) not in known
+    ]
     if not extra:
         return None
     merged = dict(old_doc)

@@ -1,4 +1,5 @@
 """Where the built shim library lives inside the installed package."""
+
 import importlib.machinery
 import os
 

@@ -24,6 +24,7 @@ lives in another mount namespace, e.g. a container or a unit with PrivateTmp=) a
 the bundle cannot be made (read-only, full, squatted) end the command with ShimNotLoadable
 (exit 9) and one line saying which.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -43,13 +44,16 @@ BASE = "/tmp"
 # the package root: the shim and agent/ sit there side by side, as in a bundle
 _HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (name inside the bundle, path inside the installed package); the shim is added at run time
-AGENT_FILES = (("agent/agent.py", os.path.join(_HERE, "agent", "agent.py")),
-               # agent.py loads these beside itself
-               ("agent/graph.py", os.path.join(_HERE, "agent", "graph.py")),
-               ("agent/ssl_objects.py", os.path.join(_HERE, "agent", "ssl_objects.py")),
-               ("agent/tracemalloc_ext.py", os.path.join(_HERE, "agent", "tracemalloc_ext.py")),
-               ("agent/pyopenssl_capture.py", os.path.join(_HERE, "agent", "pyopenssl_capture.py")),
-               ("agent/site/sitecustomize.py", os.path.join(_HERE, "agent", "site", "sitecustomize.py")))
+AGENT_FILES = (
+    ("agent/agent.py", os.path.join(_HERE, "agent", "agent.py")),
+    # agent.py loads these beside itself
+    ("agent/graph.py", os.path.join(_HERE, "agent", "graph.py")),
+    ("agent/ssl_objects.py", os.path.join(_HERE, "agent", "ssl_objects.py")),
+    ("agent/tracemalloc_ext.py", os.path.join(_HERE, "agent", "tracemalloc_ext.py")),
+    ("agent/pyopenssl_capture.py", os.path.join(_HERE, "agent", "pyopenssl_capture.py")),
+    ("agent/capture.py", os.path.join(_HERE, "agent", "capture.py")),
+    ("agent/site/sitecustomize.py", os.path.join(_HERE, "agent", "site", "sitecustomize.py")),
+)
 NAME_LEN = 16
 STALE_TMP_S = 3600
 
@@ -58,6 +62,7 @@ STALE_TMP_S = 3600
 class Bundle:
     """Where a target finds the shim and the agent's site directory; `copied` when not the
     installed files. Holds a shared lock on the copy until release()."""
+
     shim: str
     site_dir: str
     copied: bool = False
@@ -81,10 +86,12 @@ def installed() -> tuple[str, str]:
     """(shim, site dir) of the installed package."""
     from tlsprof.agent import site_dir
     from tlsprof.collect.shim import shim_path
+
     return shim_path(), site_dir()
 
 
 # ----------------------------------------------------------------------------- who can read what
+
 
 @dataclass(frozen=True)
 class Creds:
@@ -149,6 +156,7 @@ def _content_hash(files: list) -> str:
 
 # ----------------------------------------------------------------------------- the bundle
 
+
 def for_pid(pid: int, shim: str | None = None) -> Bundle:
     """What `attach` gives process `pid`: the installed files when it can read them, else a copy
     it can. Raises ShimNotLoadable with one line when neither works."""
@@ -199,7 +207,8 @@ def check_same_view(pid: int, path: str) -> None:
     raise ShimNotLoadable(
         f"pid {pid} runs in another mount namespace (a container, or a service with "
         f"PrivateTmp=) where {path} is not the file tlsprof prepared; run tlsprof inside that "
-        f"namespace (e.g. `nsenter -t {pid} -m -- tlsprof attach {pid}`)")
+        f"namespace (e.g. `nsenter -t {pid} -m -- tlsprof attach {pid}`)"
+    )
 
 
 def _check_lib_dir(path: str) -> None:
@@ -207,11 +216,14 @@ def _check_lib_dir(path: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise ShimNotLoadable(f"{path} exists but is not a directory; remove it and retry")
     if st.st_uid != os.geteuid():
-        raise ShimNotLoadable(f"{path} is owned by uid {st.st_uid}, not {os.geteuid()}: tlsprof "
-                              f"will not give a target code from it; remove it and retry")
+        raise ShimNotLoadable(
+            f"{path} is owned by uid {st.st_uid}, not {os.geteuid()}: tlsprof "
+            f"will not give a target code from it; remove it and retry"
+        )
     if stat.S_IMODE(st.st_mode) & 0o022:
-        raise ShimNotLoadable(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}, writable by "
-                              f"others; run `chmod 755 {path}` or remove it")
+        raise ShimNotLoadable(
+            f"{path} has mode {stat.S_IMODE(st.st_mode):04o}, writable by others; run `chmod 755 {path}` or remove it"
+        )
 
 
 def _ensure_lib_dir() -> str:
@@ -228,12 +240,16 @@ def _ensure_lib_dir() -> str:
 
 
 def _cannot_make(path: str, exc: OSError) -> str:
-    why = {errno.EROFS: f"{BASE} is read-only", errno.ENOSPC: f"{BASE} is full",
-           errno.EDQUOT: "the disk quota is exhausted",
-           errno.EACCES: f"{BASE} is not writable by uid {os.geteuid()}"}.get(
-        exc.errno, exc.strerror or str(exc))
-    return (f"cannot make a copy of the shim that the target can read in {path}: {why}; install "
-            f"tlsprof where every user can read it (e.g. `pip install` system-wide)")
+    why = {
+        errno.EROFS: f"{BASE} is read-only",
+        errno.ENOSPC: f"{BASE} is full",
+        errno.EDQUOT: "the disk quota is exhausted",
+        errno.EACCES: f"{BASE} is not writable by uid {os.geteuid()}",
+    }.get(exc.errno, exc.strerror or str(exc))
+    return (
+        f"cannot make a copy of the shim that the target can read in {path}: {why}; install "
+        f"tlsprof where every user can read it (e.g. `pip install` system-wide)"
+    )
 
 
 def _verify(root: str, files: list, want: str) -> bool:
@@ -295,8 +311,13 @@ def make(shim: str) -> Bundle:
                     raise ShimNotLoadable(_cannot_make(base, exc)) from None
         fd = _hold(root)
         if fd is not None and _still_at(fd, root) and _verify(root, files, digest):
-            bundle = Bundle(os.path.join(root, files[0][0]), os.path.join(root, "agent", "site"),
-                            copied=True, root=root, _lock_fd=fd)
+            bundle = Bundle(
+                os.path.join(root, files[0][0]),
+                os.path.join(root, "agent", "site"),
+                copied=True,
+                root=root,
+                _lock_fd=fd,
+            )
             atexit.register(bundle.release)
             remove_unused(base, keep=digest)
             return bundle
@@ -333,6 +354,7 @@ def _hold(root: str) -> int | None:
 
 # ----------------------------------------------------------------------------- cleaning
 
+
 def _boot_time() -> float:
     with open("/proc/stat") as f:
         for line in f:
@@ -344,7 +366,7 @@ def _boot_time() -> float:
 def _start_time(pid: str, boot: float) -> float:
     with open(f"/proc/{pid}/stat") as f:
         stat_line = f.read()
-    ticks = int(stat_line[stat_line.rfind(")") + 2:].split()[19])
+    ticks = int(stat_line[stat_line.rfind(")") + 2 :].split()[19])
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -378,8 +400,11 @@ def mapped_paths() -> tuple[set, float | None]:
 def is_copy(path: str) -> bool:
     """True for a shim inside a bundle (any user's lib dir)."""
     parent = os.path.dirname(os.path.dirname(path))
-    return (os.path.dirname(parent) == BASE and os.path.basename(parent).startswith("tlsprof-lib-")
-            and os.path.basename(path).startswith("_shim"))
+    return (
+        os.path.dirname(parent) == BASE
+        and os.path.basename(parent).startswith("tlsprof-lib-")
+        and os.path.basename(path).startswith("_shim")
+    )
 
 
 def remove_unused(base: str, keep: str | None = None, only: str | None = None) -> list:
@@ -437,4 +462,3 @@ def remove_unused(base: str, keep: str | None = None, only: str | None = None) -
         finally:
             os.close(fd)
     return removed
-

@@ -10,6 +10,7 @@ written changes nothing, nor does one after it (tlsprof exits with the status it
 Only SIGKILL can stop tlsprof there, and reports are written to a temp file
 renamed into place (report_io.save_report), so even that never leaves half a file.
 """
+
 import signal
 import sys
 

@@ -1,5 +1,6 @@
 """The profiled process as the collector and the views see it: a `subprocess.Popen` tlsprof started
 (run: it is our child, its exit status is ours to know) or the pid of a process it attached to."""
+
 import os
 import signal
 import subprocess

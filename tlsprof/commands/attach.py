@@ -12,6 +12,7 @@ Right after injecting, the shim walks the heap once (docs/heap-walk.md): context
 that predate the attach carry the bytes the walk found (`measured`: walked), the rest is tracked.
 `--no-walk` skips it; then their earlier allocations are unknown and never presented as measured.
 """
+
 import os
 import sys
 import time
@@ -36,21 +37,37 @@ def prepare_parser(p):
     p.add_argument("pid", type=int, help="process id of the target")
     p.add_argument("-o", "--output", metavar="FILE", help="write the JSON report here (default: text on stderr)")
     from tlsprof.commands.run import add_pprof_arguments  # the same --pprof options as `run`
+
     add_pprof_arguments(p)
-    p.add_argument("--duration", type=float, default=None, metavar="S",
-                   help="collect for S seconds, then report and detach (default: until Ctrl-C)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="S",
+        help="collect for S seconds, then report and detach (default: until Ctrl-C)",
+    )
     p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between snapshots (default 1)")
-    p.add_argument("--at", choices=MOMENTS, default=DEFAULT_MOMENT,
-                   help="which moment the report describes: steady (default: the latest snapshot holding the "
-                        "most connections), peak (most live OpenSSL bytes) or last; all three are kept in -o FILE")
+    p.add_argument(
+        "--at",
+        choices=MOMENTS,
+        default=DEFAULT_MOMENT,
+        help="which moment the report describes: steady (default: the latest snapshot holding the "
+        "most connections), peak (most live OpenSSL bytes) or last; all three are kept in -o FILE",
+    )
     p.add_argument("--format", choices=("text", "json"), default=None, help="format without -o (default text)")
     p.add_argument("--timeout", type=float, default=20.0, metavar="S", help="give up attaching after S seconds")
-    p.add_argument("--no-children", action="store_true",
-                   help="attach to PID alone, not to its child processes (default: the whole tree)")
+    p.add_argument(
+        "--no-children",
+        action="store_true",
+        help="attach to PID alone, not to its child processes (default: the whole tree)",
+    )
     p.add_argument("--live", action="store_true", help="open the interactive live view (needs a terminal)")
     p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus/OpenMetrics gauges while attached")
-    p.add_argument("--no-walk", action="store_true",
-                   help="skip the heap walk at attach (the memory that predates the attach stays unmeasured)")
+    p.add_argument(
+        "--no-walk",
+        action="store_true",
+        help="skip the heap walk at attach (the memory that predates the attach stays unmeasured)",
+    )
 
 
 def _command_of(pid):
@@ -69,9 +86,11 @@ def run(args) -> int:
         raise UsageError("--interval must be between 0.05 and 3600 seconds")
     if args.pprof:  # a directory that cannot be written is refused before anything touches the target
         from tlsprof.render.pprof import check_directory
+
         check_directory(args.pprof, args.pprof_keep)
     if args.metrics:  # a bad address is refused before anything touches the target
         from tlsprof.render.metrics import parse_address
+
         parse_address(args.metrics)
     # held until the report is written: a stop signal ends the session, but never skips the detach
     # (the targets would keep their hooks) or the report (tlsprof/collect/stop_signals.py)
@@ -83,10 +102,19 @@ def _attach(args, stops: StopSignals) -> int:
     attached = _attach_tree(args)  # {pid: channel directory}
     channel_dir = attached[args.pid]
     # the memory that predates the attach, walked once right away (per process of a tree)
-    walks = {} if args.no_walk or stops.stopping else {
-        pid: _walk(socket_path(directory, pid)) for pid, directory in attached.items()}
-    session = Session(channel_dir, args.pid, _command_of(args.pid), mode="attach",
-                      follow_children=not args.no_children, tree_only=True)
+    walks = (
+        {}
+        if args.no_walk or stops.stopping
+        else {pid: _walk(socket_path(directory, pid)) for pid, directory in attached.items()}
+    )
+    session = Session(
+        channel_dir,
+        args.pid,
+        _command_of(args.pid),
+        mode="attach",
+        follow_children=not args.no_children,
+        tree_only=True,
+    )
     session.channel_dirs = sorted(set(attached.values()), key=lambda d: d != channel_dir)
     source = ReportSource(session)
     if not (args.live and sys.stdout.isatty()):
@@ -96,12 +124,15 @@ def _attach(args, stops: StopSignals) -> int:
     profiles = None
     try:
         from tlsprof.commands.run import start_pprof
+
         profiles = start_pprof(source, args)
         if args.metrics:
             from tlsprof.render.metrics import start_metrics_server
+
             metrics = start_metrics_server(source, args.metrics)
         if args.live and sys.stdout.isatty() and not stops.stopping:
             from tlsprof.commands.live import run_live
+
             run_live(session, args.pid, args)
         else:
             _collect(session, args, stops)
@@ -121,14 +152,21 @@ def _attach(args, stops: StopSignals) -> int:
         notes.append("the target exited while attached: this is the last snapshot taken before")
     if stops.received:
         names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.received))
-        notes.append(f"the session ended on {names} sent to tlsprof; the target was detached and runs on"
-                     if not target_died else f"tlsprof was signalled ({names})")
+        notes.append(
+            f"the session ended on {names} sent to tlsprof; the target was detached and runs on"
+            if not target_died
+            else f"tlsprof was signalled ({names})"
+        )
     report = source.report(at=args.at, partial=target_died, notes=notes)
     if report is None:
         if not stops.stopping:
             raise ChannelError(f"pid {args.pid} gave no snapshot before the session ended")
-        report = empty_report(args.pid, session.command, "attach",
-                              notes + ["no snapshot was taken: the session was stopped before the first one"])
+        report = empty_report(
+            args.pid,
+            session.command,
+            "attach",
+            notes + ["no snapshot was taken: the session was stopped before the first one"],
+        )
     elif walks:
         _merge_walks(report, walks, session.chosen().get(args.at) or session.last)
     emit_report(report, args, stream=sys.stdout if args.format == "json" else sys.stderr)
@@ -158,10 +196,12 @@ def _merge_walks(report, walks, observation):
     if len(report.get("processes") or []) > 1:
         report.setdefault("notes", []).append(
             f"the heap walk ran in {len(walks)} processes but is merged into single-process reports only: "
-            "attach to one process (a worker, or --no-children) to see the bytes that predate the attach")
+            "attach to one process (a worker, or --no-children) to see the bytes that predate the attach"
+        )
         return
-    pid, walk = next(iter(walks.items())) if len(walks) == 1 else (report["target"]["pid"],
-                                                                      walks.get(report["target"]["pid"]))
+    pid, walk = (
+        next(iter(walks.items())) if len(walks) == 1 else (report["target"]["pid"], walks.get(report["target"]["pid"]))
+    )
     snap = snaps.get(pid) or next(iter(snaps.values()), None)
     if snap is not None:
         walked.merge_attach(report, walk, snap)
@@ -240,8 +280,10 @@ def _tracked_elsewhere(pid):
 
 def _already_tracked(pid, tracker) -> str:
     who = f" ({tracker})" if tracker else ""
-    return (f"pid {pid} is already profiled by another tlsprof session{who}; its report covers this "
-            f"process, so stop that session or read its report instead")
+    return (
+        f"pid {pid} is already profiled by another tlsprof session{who}; its report covers this "
+        f"process, so stop that session or read its report instead"
+    )
 
 
 def _alive(pid):

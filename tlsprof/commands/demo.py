@@ -3,6 +3,7 @@ context and once with a context per connection; prints the two headlines side by
 
 Uses the example programs shipped in the package (examples/ in the repository).
 """
+
 import os
 import shutil
 import subprocess
@@ -44,17 +45,39 @@ def _profile(label, server_args, n, workdir, err):
     channel_dir = launch.private_dir()
     ready = os.path.join(workdir, f"ready-{len(server_args)}")
     cready = ready + ".clients"
-    server_cmd = [sys.executable, os.path.join(EXAMPLES, "echo_server.py"), "--port", "0",
-                  "--ready-file", ready, "--certdir", workdir, *server_args]
+    server_cmd = [
+        sys.executable,
+        os.path.join(EXAMPLES, "echo_server.py"),
+        "--port",
+        "0",
+        "--ready-file",
+        ready,
+        "--certdir",
+        workdir,
+        *server_args,
+    ]
     server = launch.spawn(server_cmd, channel_dir, stdout=subprocess.DEVNULL)
     client = None
     try:
         port = _wait_file(ready, server, 30, "echo server")
         session = Session(channel_dir, server.pid, server_cmd, mode="run")
         err.print(f"[bold]{label}[/]: server pid {server.pid}, opening {n} connections…")
-        client = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, "echo_client.py"), "--port", port,
-                                   "-n", str(n), "--interval", "2", "--ready-file", cready],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        client = subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(EXAMPLES, "echo_client.py"),
+                "--port",
+                port,
+                "-n",
+                str(n),
+                "--interval",
+                "2",
+                "--ready-file",
+                cready,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         _wait_file(cready, client, 120, "client")
         for i in range(3):  # a few snapshots with every connection established
             session.poll(fresh_agent=i == 2)
@@ -81,6 +104,7 @@ def run(args) -> int:
             reports.append(_profile(label, server_args, args.connections, workdir, err))
     if args.output_dir:
         from tlsprof.model.report_io import save_report
+
         os.makedirs(args.output_dir, exist_ok=True)
         for (label, _), report in zip(MODES, reports):
             path = os.path.join(args.output_dir, label.replace(" ", "-") + ".json")
@@ -89,8 +113,6 @@ def run(args) -> int:
     _print(err, reports)
     err.print(f"[dim]demo finished in {time.monotonic() - started:.0f}s[/]")
     return 0
-
-
 
 
 def _part(memory, name):
@@ -118,23 +140,20 @@ def _print(out, reports):
     table.add_row("[bold]bytes per connection[/]", *[f"[bold]{human_bytes(p['bytes'])}[/]" for p in per])
     table.add_row("  own", *[human_bytes(p["own_bytes"]) for p in per])
     table.add_row("  context share", *[human_bytes(p["context_share_bytes"]) for p in per])
-    causes = sorted({c for p in per for c in p["by_cause"]},
-                    key=lambda c: -max(p["by_cause"].get(c, 0) for p in per))
+    causes = sorted({c for p in per for c in p["by_cause"]}, key=lambda c: -max(p["by_cause"].get(c, 0) for p in per))
     for c in causes:
         table.add_row(f"  {LABELS.get(c, c)}", *[human_bytes(p["by_cause"].get(c, 0)) for p in per])
     mem = [(r.get("memory") or {}) for r in reports]
     mem_per = [m.get("per_connection") or {} for m in mem]
     if any(m.get("python_bytes") for m in mem_per):
-        table.add_row("[bold]+ Python side[/]",
-                      *[human_bytes(m.get("python_bytes", 0)) for m in mem_per])
+        table.add_row("[bold]+ Python side[/]", *[human_bytes(m.get("python_bytes", 0)) for m in mem_per])
         table.add_row("[bold]= total per connection[/]", *[human_bytes(m.get("total_bytes", 0)) for m in mem_per])
     if any(m.get("largest") for m in mem_per):
         table.add_row("largest part", *[_largest(m.get("largest")) for m in mem_per])
     table.add_row("target RSS", *[human_bytes(r["target"]["rss_bytes"] or 0) for r in reports])
     names = [p["name"] for p in (mem[0].get("parts") or [])]
     for name in names:
-        table.add_row(f"  {MEMORY_LABELS.get(name, name)}",
-                      *[human_bytes(_part(m, name)) for m in mem])
+        table.add_row(f"  {MEMORY_LABELS.get(name, name)}", *[human_bytes(_part(m, name)) for m in mem])
     out.print(table)
     for (label, _), r in zip(MODES, reports):
         if not r["findings"]:

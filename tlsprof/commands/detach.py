@@ -3,14 +3,19 @@
 Asks the shim over its socket (DETACH); if the socket does not answer, calls tlsprof_stop() in the
 target through gdb. Errors are typed and printed as one line by the CLI.
 """
+
 from tlsprof.errors import UsageError
 from tlsprof.collect.inject import eject
 
 
 def prepare_parser(parser):
     parser.add_argument("pid", type=int, help="process id of the target")
-    parser.add_argument("--timeout", type=float, default=20.0,
-                        help="seconds to wait for gdb when the socket does not answer (default 20)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=20.0,
+        help="seconds to wait for gdb when the socket does not answer (default 20)",
+    )
 
 
 def run(args) -> int:

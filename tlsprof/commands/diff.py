@@ -4,6 +4,7 @@ What grew between two reports: totals and per-connection bytes by cause, context
 counts, findings that are new in B. Exit 0; with --fail-on-growth, exit 1 when the per-connection
 bytes grew by more than PCT percent (for CI). A missing or corrupt report: one line, exit 2.
 """
+
 import json
 import sys
 
@@ -15,10 +16,16 @@ from tlsprof.model.report_io import load_report
 def prepare_parser(p):
     p.add_argument("before", metavar="A.json", help="the earlier report (baseline)")
     p.add_argument("after", metavar="B.json", help="the later report")
-    p.add_argument("--fail-on-growth", type=float, metavar="PCT", default=None,
-                   help="exit 1 when per-connection bytes grew by more than PCT percent")
-    p.add_argument("--format", choices=("text", "json"), default="text",
-                   help="text for people (default) or the comparison as JSON")
+    p.add_argument(
+        "--fail-on-growth",
+        type=float,
+        metavar="PCT",
+        default=None,
+        help="exit 1 when per-connection bytes grew by more than PCT percent",
+    )
+    p.add_argument(
+        "--format", choices=("text", "json"), default="text", help="text for people (default) or the comparison as JSON"
+    )
 
 
 def run(args) -> int:

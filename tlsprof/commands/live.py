@@ -1,6 +1,7 @@
 """`--live` for `run` and `attach`: wires the live view (tlsprof/render/live/) to a collecting
 session. The view gets a report source and a collector; the signals and the wait for the target
 after the view closes stay here, on the collecting side."""
+
 import signal
 import sys
 
@@ -32,8 +33,7 @@ def run_live(session, target, args, *, is_alive=None, mode=None):
     tgt = Target(target, is_alive)
     interval = float(getattr(args, "interval", None) or 1.0)
     if not sys.stdout.isatty():
-        print("tlsprof: stdout is not a terminal: no live view; the text report follows at the end",
-              file=sys.stderr)
+        print("tlsprof: stdout is not a terminal: no live view; the text report follows at the end", file=sys.stderr)
         return _wait_for_target(session, tgt, interval)
 
     app = live_app(session, tgt, args, mode=mode)
@@ -47,6 +47,7 @@ def run_live(session, target, args, *, is_alive=None, mode=None):
                 pass
         if signum == signal.SIGHUP or not tgt.owned:  # attached: a stop signal ends the session
             app.exit("hangup" if signum == signal.SIGHUP else "signal")
+
     for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         previous[s] = signal.signal(s, forward)
     try:
@@ -57,8 +58,11 @@ def run_live(session, target, args, *, is_alive=None, mode=None):
     for path in app.saved:
         print(f"tlsprof: report snapshot saved to {path}", file=sys.stderr)
     if tgt.owned and tgt.alive():
-        print(f"tlsprof: live view closed; still profiling pid {tgt.pid} until it exits "
-              f"(Ctrl-C stops it; the report follows)", file=sys.stderr)
+        print(
+            f"tlsprof: live view closed; still profiling pid {tgt.pid} until it exits "
+            f"(Ctrl-C stops it; the report follows)",
+            file=sys.stderr,
+        )
         return _wait_for_target(session, tgt, interval)
     return tgt.returncode()
 

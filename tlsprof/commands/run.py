@@ -11,6 +11,7 @@ that loads OpenSSL has a `processes[]` entry and the headline is over all their 
 `--walk`: at the last look (a stop signal sent to tlsprof) the heap is walked too and each context
 and connection carries its walked bytes beside its tracked ones (docs/heap-walk.md).
 """
+
 import argparse
 import shutil
 import signal
@@ -38,23 +39,40 @@ from tlsprof.render.text import render_text
 def prepare_parser(p):
     p.add_argument("-o", "--output", metavar="FILE", help="write the JSON report here (default: text report on stderr)")
     p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between snapshots (default 1)")
-    p.add_argument("--at", choices=MOMENTS, default=DEFAULT_MOMENT,
-                   help="which moment the report describes: steady (default: the latest snapshot holding the "
-                        "most connections), peak (most live OpenSSL bytes) or last; all three are kept in -o FILE")
-    p.add_argument("--format", choices=("text", "json"), default=None,
-                   help="format of the report without -o (default text)")
+    p.add_argument(
+        "--at",
+        choices=MOMENTS,
+        default=DEFAULT_MOMENT,
+        help="which moment the report describes: steady (default: the latest snapshot holding the "
+        "most connections), peak (most live OpenSSL bytes) or last; all three are kept in -o FILE",
+    )
+    p.add_argument(
+        "--format", choices=("text", "json"), default=None, help="format of the report without -o (default text)"
+    )
     p.add_argument("--live", action="store_true", help="open the interactive live view (needs a terminal)")
-    p.add_argument("--metrics", metavar="ADDR:PORT",
-                   help="serve Prometheus/OpenMetrics gauges while profiling (e.g. 127.0.0.1:9464)")
-    p.add_argument("--tracemalloc", action="store_true",
-                   help="Python targets: register OpenSSL blocks with tracemalloc (domain 0x7715) so "
-                        "tracemalloc snapshots in the target show them (docs/python-linkage.md)")
+    p.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help="serve Prometheus/OpenMetrics gauges while profiling (e.g. 127.0.0.1:9464)",
+    )
+    p.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="Python targets: register OpenSSL blocks with tracemalloc (domain 0x7715) so "
+        "tracemalloc snapshots in the target show them (docs/python-linkage.md)",
+    )
     add_pprof_arguments(p)
-    p.add_argument("--user", metavar="USER",
-                   help="start CMD as USER (tlsprof runs as root; e.g. PostgreSQL refuses to run as root)")
-    p.add_argument("--walk", action="store_true",
-                   help="also walk the heap at the last look (docs/heap-walk.md): each context and connection "
-                        "carries the walked bytes beside its tracked ones")
+    p.add_argument(
+        "--user",
+        metavar="USER",
+        help="start CMD as USER (tlsprof runs as root; e.g. PostgreSQL refuses to run as root)",
+    )
+    p.add_argument(
+        "--walk",
+        action="store_true",
+        help="also walk the heap at the last look (docs/heap-walk.md): each context and connection "
+        "carries the walked bytes beside its tracked ones",
+    )
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
 
@@ -95,6 +113,7 @@ def _run(args, cmd, stops: StopSignals) -> int:
         metrics = None
         if args.metrics:  # bind before starting the target: a bad address must not orphan it
             from tlsprof.render.metrics import start_metrics_server
+
             metrics = start_metrics_server(source, args.metrics)
         profiles = start_pprof(source, args, metrics)
         popen_kwargs = {}
@@ -102,8 +121,13 @@ def _run(args, cmd, stops: StopSignals) -> int:
             log = tempfile.NamedTemporaryFile(prefix="tlsprof-target-", suffix=".log", delete=False)
             popen_kwargs = {"stdout": log, "stderr": log}
         try:
-            proc = launch.spawn(cmd, channel_dir, tracemalloc=getattr(args, "tracemalloc", False),
-                                user=getattr(args, "user", None), **popen_kwargs)
+            proc = launch.spawn(
+                cmd,
+                channel_dir,
+                tracemalloc=getattr(args, "tracemalloc", False),
+                user=getattr(args, "user", None),
+                **popen_kwargs,
+            )
         except BaseException:
             if metrics is not None:
                 metrics.stop()
@@ -117,13 +141,21 @@ def _run(args, cmd, stops: StopSignals) -> int:
         try:
             if live:
                 from tlsprof.commands.live import run_live
+
                 returncode = run_live(session, proc, args)
             else:
+
                 def last_look():
                     _walk_last_look(session, walk_found, asked=getattr(args, "walk", False))
-                returncode = collect(session, Target(proc), args.interval, stops,
-                                     on_stop=lambda: _write_early(source, args, cmd, proc, stops, walk_found),
-                                     on_last_look=last_look)
+
+                returncode = collect(
+                    session,
+                    Target(proc),
+                    args.interval,
+                    stops,
+                    on_stop=lambda: _write_early(source, args, cmd, proc, stops, walk_found),
+                    on_last_look=last_look,
+                )
         finally:
             if metrics is not None:
                 metrics.stop()
@@ -135,23 +167,31 @@ def _run(args, cmd, stops: StopSignals) -> int:
             notes.append("the target was killed with SIGKILL: this is the last snapshot taken before")
         if stops.taken:
             names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.taken))
-            notes.append(f"tlsprof passed {names} on to the target, which then exited "
-                         f"({_describe_status(returncode)}); no snapshot was taken after the signal")
+            notes.append(
+                f"tlsprof passed {names} on to the target, which then exited "
+                f"({_describe_status(returncode)}); no snapshot was taken after the signal"
+            )
         notes += stripped_notes
         report = source.report(at=args.at, partial=partial, notes=notes)
         if report is not None and getattr(args, "walk", False):
             _annotate_walk(report, walk_found)
         if report is not None and walk_found.get("static"):
             _merge_static_walk(report, walk_found)
-        elif report is not None and session.last is not None and any(
-                static_unhooked(snap) for snap in session.last.snaps.values()):
+        elif (
+            report is not None
+            and session.last is not None
+            and any(static_unhooked(snap) for snap in session.last.snaps.values())
+        ):
             report.setdefault("notes", []).append(
                 "no heap walk: the target stopped before tlsprof's last look (a terminal's Ctrl-C reaches it "
                 "at once), so its static OpenSSL's bytes stay process-wide; stop with SIGTERM to tlsprof "
-                "for per-connection figures")
+                "for per-connection figures"
+            )
         if report is None:
-            why = (f"{cmd[0]} exited after {time.time() - session.started:.1f}s before its first snapshot "
-                   f"(or never loaded the shim)")
+            why = (
+                f"{cmd[0]} exited after {time.time() - session.started:.1f}s before its first snapshot "
+                f"(or never loaded the shim)"
+            )
             tell(f"tlsprof: no snapshot was taken: {why}")
             report = empty_report(proc.pid, cmd, "run", notes + [f"no snapshot was taken: {why}"])
         emit_report(report, args)
@@ -171,8 +211,10 @@ def _write_early(source: ReportSource, args, cmd, proc, stops: StopSignals, walk
     if not args.output or proc.poll() is not None:
         return
     names = ", ".join(dict.fromkeys(signal_name(s) for s in stops.received))
-    note = (f"written when tlsprof was signalled ({names}), before the target exited; tlsprof "
-            f"did not live to rewrite it after the target's exit")
+    note = (
+        f"written when tlsprof was signalled ({names}), before the target exited; tlsprof "
+        f"did not live to rewrite it after the target's exit"
+    )
     try:
         report = source.report(at=args.at, partial=True, notes=[note])
         if report is None:
@@ -193,8 +235,15 @@ def _describe_status(returncode: int) -> str:
 def empty_report(pid, command, mode, notes):
     """The report of a session that got no snapshot: valid, marked partial, saying why."""
     snap = Snapshot(pid=pid, mono_ns=0, openssl=None, stats={}, owners=[], sites=[], taken_at=time.time())
-    return build_report(ProcessObservation.of(snap), command=command, mode=mode, partial=True, chosen="last", snapshots=0,
-                        notes=list(notes))
+    return build_report(
+        ProcessObservation.of(snap),
+        command=command,
+        mode=mode,
+        partial=True,
+        chosen="last",
+        snapshots=0,
+        notes=list(notes),
+    )
 
 
 def tell(line: str, file=None):
@@ -206,11 +255,19 @@ def tell(line: str, file=None):
 
 
 def add_pprof_arguments(p):
-    p.add_argument("--pprof", metavar="DIR",
-                   help="write a pprof heap profile (gzipped profile.proto) into DIR after every snapshot, "
-                        "for a collector to pick up (docs/exports.md)")
-    p.add_argument("--pprof-keep", type=int, default=10, metavar="N",
-                   help="with --pprof: keep the N newest profiles this session wrote (default 10)")
+    p.add_argument(
+        "--pprof",
+        metavar="DIR",
+        help="write a pprof heap profile (gzipped profile.proto) into DIR after every snapshot, "
+        "for a collector to pick up (docs/exports.md)",
+    )
+    p.add_argument(
+        "--pprof-keep",
+        type=int,
+        default=10,
+        metavar="N",
+        help="with --pprof: keep the N newest profiles this session wrote (default 10)",
+    )
 
 
 def start_pprof(source, args, started=None):
@@ -219,6 +276,7 @@ def start_pprof(source, args, started=None):
     if not getattr(args, "pprof", None):
         return None
     from tlsprof.render.pprof import start_profile_writer
+
     try:
         return start_profile_writer(source, args.pprof, args.pprof_keep, err=sys.stderr)
     except BaseException:
@@ -256,6 +314,7 @@ def announce_copies(session: Session, stripped_notes: list | None = None, file=s
 
     def on_snapshot(snap):
         from tlsprof.analysis.report import openssl_copies
+
         copies = openssl_copies(snap)
         if not copies and snap.pid not in seen:
             seen.add(snap.pid)
@@ -271,6 +330,7 @@ def announce_copies(session: Session, stripped_notes: list | None = None, file=s
                 if copy["kind"] == "shared-symbolic" and copy["per_connection"]:
                     how = "linked -Bsymbolic: tracked through its own allocator, per connection"
                 tell(f"tlsprof: OpenSSL in {copy['path']} ({copy['kind']}): {how}", file=file)
+
     session.on_snapshot.append(on_snapshot)
 
 
@@ -278,14 +338,17 @@ def stripped_copy_note(pid) -> str | None:
     """One sentence when the process carries OpenSSL linked statically without any symbol: nothing
     of it can be hooked, given an allocator, or walked (tests/integration/test_static_openssl.py)."""
     from tlsprof.collect.inject.target_facts import _maps, _stripped_openssl
+
     try:
         path = _stripped_openssl(pid, _maps(pid))
     except TlsprofError:
         return None
     if not path:
         return None
-    return (f"OpenSSL in {path} (static, no symbols): linked statically and stripped (no SSL_new or "
-            f"CRYPTO_set_mem_functions in .dynsym or .symtab): none of its memory or connections is seen")
+    return (
+        f"OpenSSL in {path} (static, no symbols): linked statically and stripped (no SSL_new or "
+        f"CRYPTO_set_mem_functions in .dynsym or .symtab): none of its memory or connections is seen"
+    )
 
 
 def announce_version(session: Session, file=sys.stderr):
@@ -297,6 +360,7 @@ def announce_version(session: Session, file=sys.stderr):
         if note:
             told.append(note)
             tell(f"tlsprof: {note}", file=file)
+
     session.on_snapshot.append(on_snapshot)
 
 
@@ -304,8 +368,16 @@ def static_unhooked(snap) -> list:
     """Statically linked OpenSSL copies whose allocations are tracked but whose entry points are
     not hooked: their bytes have no owner until the heap walk gives them one."""
     from tlsprof.analysis.report import openssl_copies
-    return [c for c in openssl_copies(snap) if c["kind"].startswith("static") and not c["per_connection"]
-            and c["tracking"] == "mem-functions"] if snap is not None else []
+
+    return (
+        [
+            c
+            for c in openssl_copies(snap)
+            if c["kind"].startswith("static") and not c["per_connection"] and c["tracking"] == "mem-functions"
+        ]
+        if snap is not None
+        else []
+    )
 
 
 def _walk_last_look(session: Session, found: dict, asked: bool = True) -> None:
@@ -333,7 +405,8 @@ def _walk_last_look(session: Session, found: dict, asked: bool = True) -> None:
 def _merge_static_walk(report, found: dict):
     if len(report.get("processes") or []) > 1:
         report.setdefault("notes", []).append(
-            "the heap walk of a static OpenSSL copy is merged into single-process reports only")
+            "the heap walk of a static OpenSSL copy is merged into single-process reports only"
+        )
         return
     if found.get("observation") is not None:
         walked.merge_static_run(report, found.get("walk"), found["observation"])
@@ -342,7 +415,8 @@ def _merge_static_walk(report, found: dict):
 def _annotate_walk(report, found: dict):
     if len(report.get("processes") or []) > 1:
         report.setdefault("notes", []).append(
-            "--walk: the walked bytes are set beside tracked ones in single-process reports only")
+            "--walk: the walked bytes are set beside tracked ones in single-process reports only"
+        )
         return
     if found.get("observation") is not None:
         walked.annotate_run(report, found.get("walk"), found["observation"])

@@ -54,11 +54,11 @@ DESCRIPTIONS = {
     "cipher_state": "symmetric cipher and MAC contexts of the record layer",
     "bio": "BIO objects and their buffers",
     "connection": "the SSL object itself and what SSL_new copies into it from its context (settings, "
-                  "certificate slots, verify parameters)",
+    "certificate slots, verify parameters)",
     "context": "the SSL_CTX object itself and its settings (cipher lists, certificate slots, callbacks)",
     "thread_state": "per-thread state: error queues and per-thread random generators (process-wide)",
     "library": "OpenSSL's one-time state: configuration, providers, method caches, object names, error "
-               "strings (process-wide, never charged to a context or connection)",
+    "strings (process-wide, never charged to a context or connection)",
     "other": "OpenSSL allocations no other cause claims",
 }
 

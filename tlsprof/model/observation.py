@@ -6,6 +6,7 @@ with what the session learnt beside it at the same moment: the Python agent's an
 monotonic times, RSS and the kernel's memory view, the process title and parent, and how long each
 connection has been idle. `Observation` is one poll of a process tree: {pid: ProcessObservation}.
 """
+
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -80,6 +81,7 @@ class ProcessObservation:
 @dataclass(frozen=True, eq=False)  # identity: a poll is itself, however alike two look
 class Observation:
     """One poll of the tree: {pid: ProcessObservation} of every process that answered, and sums."""
+
     snaps: MappingProxyType
     taken_at: float
     t: float  # seconds since the session started

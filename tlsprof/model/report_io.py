@@ -1,6 +1,7 @@
 """Reading and writing report files. Whatever is wrong with a file becomes one BadReport line
 that names the file; a report is only ever written whole (temp file in the same directory, fsync,
 rename, fsync of the directory): a reader, or a crash at any point, sees the old file or the new one."""
+
 import json
 import os
 import tempfile
@@ -44,8 +45,9 @@ def parse_report(data: bytes, path="<report>") -> dict:
         doc = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         if exc.pos >= len(text.rstrip()):
-            raise BadReport(f"{path}: truncated JSON: the file ends at line {exc.lineno} "
-                            f"before the document does") from None
+            raise BadReport(
+                f"{path}: truncated JSON: the file ends at line {exc.lineno} before the document does"
+            ) from None
         raise BadReport(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise BadReport(f"{path}: not a tlsprof report: JSON nested too deeply") from None

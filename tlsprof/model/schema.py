@@ -7,6 +7,7 @@ minimum, minLength, pattern). Tests check that `jsonschema` agrees with it.
 After the structure, `validate_report` checks what JSON Schema cannot say (dates, sums, sizes).
 Every failure is one `BadReport` line naming the first offending key.
 """
+
 import functools
 import json
 import math
@@ -24,7 +25,7 @@ SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema",
 
 # Byte and block counts are 64-bit in the shim; anything larger is corruption, and would overflow
 # float arithmetic in the renderers.
-MAX_NUMBER = 2 ** 63
+MAX_NUMBER = 2**63
 _IGNORED = {"$schema", "$id", "$defs", "$comment", "title", "description", "format", "examples"}
 
 
@@ -156,16 +157,27 @@ class _Checker:
                 self.check(value[key], extra, _join(path, key))
 
 
-_HANDLED = {"$ref", "type", "const", "enum", "minimum", "minLength", "pattern", "items", "required",
-            "properties", "propertyNames", "additionalProperties"}
+_HANDLED = {
+    "$ref",
+    "type",
+    "const",
+    "enum",
+    "minimum",
+    "minLength",
+    "pattern",
+    "items",
+    "required",
+    "properties",
+    "propertyNames",
+    "additionalProperties",
+}
 
 
 def _equal(a, b) -> bool:
     # JSON equality: True is not 1.
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
-    return type(a) is type(b) and a == b or (
-        isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b)
+    return type(a) is type(b) and a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b)
 
 
 def check_structure(doc) -> None:
@@ -208,8 +220,7 @@ def _check_semantics(doc: dict) -> None:
     per = doc["per_connection"]
     parts = per["own_bytes"] + per["context_share_bytes"]
     if abs(per["bytes"] - parts) > 1 + 1e-6 * parts:
-        raise BadReport(f"per_connection.bytes ({per['bytes']}) is not own_bytes + context_share_bytes "
-                        f"({parts})")
+        raise BadReport(f"per_connection.bytes ({per['bytes']}) is not own_bytes + context_share_bytes ({parts})")
 
 
 def validate_report(doc) -> None:

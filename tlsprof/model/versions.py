@@ -5,6 +5,7 @@ OpenSSL since 1.1.0 has; the split of those bytes by cause is read from OpenSSL'
 (hooks/causes.c), which move between versions. A version outside CHECKED gets one line saying so
 (report notes, and a stderr line from `run` and `attach`); nothing else changes.
 """
+
 import re
 
 # series -> what was measured on it (docs/compatibility.md, "Versions"; tests/integration/test_openssl_versions.py)
@@ -35,7 +36,9 @@ def unchecked_version_note(version_text):
     if series_of(version_text) in CHECKED:
         return None
     name = " ".join(version_text.split()[:2])
-    return (f"{name} is not a version tlsprof has been checked against ({', '.join(CHECKED)}): "
-            "contexts, connections and their bytes are measured as on any version and can be "
-            "trusted; the split by cause is read from OpenSSL's source paths, which move between "
-            "versions, so some bytes may show as `other` or under a neighbouring cause")
+    return (
+        f"{name} is not a version tlsprof has been checked against ({', '.join(CHECKED)}): "
+        "contexts, connections and their bytes are measured as on any version and can be "
+        "trusted; the split by cause is read from OpenSSL's source paths, which move between "
+        "versions, so some bytes may show as `other` or under a neighbouring cause"
+    )

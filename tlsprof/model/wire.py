@@ -9,6 +9,7 @@ cause, one `F` line of facts per live connection, one `S` line per live call sit
 static OpenSSL copies. `WALK` answers the heap walk's text (hooks/heapwalk.c, docs/heap-walk.md).
 Readers skip keys and tags they do not know.
 """
+
 import gc
 import re
 from collections import defaultdict
@@ -24,17 +25,37 @@ from tlsprof.errors import ChannelError
 # only the fallback; tests/integration/test_causes.py checks they equal what a real shim states)
 KIND_NAMES = {0: "process", 1: "context", 2: "connection"}
 STATE_NAMES = {0: "handshake", 1: "established", 2: "shutdown"}
-SCOPE_NAMES = ("none", "ctx_new", "ctx", "ca_store", "own_cert", "ssl_new", "handshake", "io",
-               "shutdown", "ssl_ctrl", "ssl_free", "static", "library", "thread")
+SCOPE_NAMES = (
+    "none",
+    "ctx_new",
+    "ctx",
+    "ca_store",
+    "own_cert",
+    "ssl_new",
+    "handshake",
+    "io",
+    "shutdown",
+    "ssl_ctrl",
+    "ssl_free",
+    "static",
+    "library",
+    "thread",
+)
 MEASURE_NAMES = ("glibc_footprint", "usable_size", "requested")
-FALLBACK_VOCAB = {"causes": tuple(CAUSES), "scopes": SCOPE_NAMES, "kinds": tuple(KIND_NAMES.values()),
-                  "states": tuple(STATE_NAMES.values()), "measures": MEASURE_NAMES}
+FALLBACK_VOCAB = {
+    "causes": tuple(CAUSES),
+    "scopes": SCOPE_NAMES,
+    "kinds": tuple(KIND_NAMES.values()),
+    "states": tuple(STATE_NAMES.values()),
+    "measures": MEASURE_NAMES,
+}
 SSL_MODE_RELEASE_BUFFERS = 0x10
 
 
 class Counters(tuple):
     """(bytes, requested, blocks) of one cause. A tuple, so that the parser builds tens of
     thousands of them with one C call each; read by name."""
+
     __slots__ = ()
 
     def __new__(cls, bytes=0, requested=0, blocks=0):
@@ -142,11 +163,36 @@ OWNER_MAGIC = "tlsprof-owner 2"
 # The keys of an O line in the order this shim writes them: when every O line has exactly these,
 # the lines are read column by column (_O_LINE); otherwise (a key added by a newer shim, an optional
 # one missing) each O line is read by name. docs/snapshot-format.md
-_O_KEYS = ["idx", "serial", "kind", "ptr", "ctx", "state", "fd", "alive", "pre_attach", "age_ns", "mode",
-           "mode_known", "peer", "causes"]
+_O_KEYS = [
+    "idx",
+    "serial",
+    "kind",
+    "ptr",
+    "ctx",
+    "state",
+    "fd",
+    "alive",
+    "pre_attach",
+    "age_ns",
+    "mode",
+    "mode_known",
+    "peer",
+    "causes",
+]
 _O_REQUIRED = ("idx", "serial", "kind")
-_O_DEFAULTS = {"ptr": "0", "ctx": "0", "state": "0", "fd": "-1", "alive": "1", "pre_attach": "0",
-               "age_ns": "0", "mode": "0", "mode_known": "0", "peer": "-", "causes": ""}
+_O_DEFAULTS = {
+    "ptr": "0",
+    "ctx": "0",
+    "state": "0",
+    "fd": "-1",
+    "alive": "1",
+    "pre_attach": "0",
+    "age_ns": "0",
+    "mode": "0",
+    "mode_known": "0",
+    "peer": "-",
+    "causes": "",
+}
 _O_BY_NAME = itemgetter(*_O_KEYS)
 
 
@@ -188,8 +234,9 @@ def _parse_snapshot(text: str) -> Snapshot:
         first = lines[0][:60]
         if first.startswith("tlsprof-snapshot "):
             raise ChannelError(f"the shim speaks {first!r}; this tlsprof reads {SNAPSHOT_MAGIC!r}")
-        raise ChannelError(f"the shim answered {first!r}, not a snapshot" if first else
-                           "the shim answered nothing, not a snapshot")
+        raise ChannelError(
+            f"the shim answered {first!r}, not a snapshot" if first else "the shim answered nothing, not a snapshot"
+        )
     if "END" not in lines:
         raise ChannelError("the shim's snapshot was cut short")
     pid = mono = 0
@@ -209,11 +256,19 @@ def _parse_snapshot(text: str) -> Snapshot:
             elif tag == "S":
                 kv = _fields(rest, line)
                 library = unescape(kv.get("library", "-"))
-                sites.append(Site(file=unescape(kv.get("file", "?")), line=int(kv.get("line", 0)),
-                                  cause=causes.get(kv.get("cause", ""), "other"),
-                                  scope=scopes.get(kv.get("scope", ""), "none"), bytes=int(kv["bytes"]),
-                                  requested=int(kv.get("requested", 0)), blocks=int(kv["blocks"]),
-                                  library=None if library == "-" else library, id=int(kv["id"])))
+                sites.append(
+                    Site(
+                        file=unescape(kv.get("file", "?")),
+                        line=int(kv.get("line", 0)),
+                        cause=causes.get(kv.get("cause", ""), "other"),
+                        scope=scopes.get(kv.get("scope", ""), "none"),
+                        bytes=int(kv["bytes"]),
+                        requested=int(kv.get("requested", 0)),
+                        blocks=int(kv["blocks"]),
+                        library=None if library == "-" else library,
+                        id=int(kv["id"]),
+                    )
+                )
             elif tag == "stat":
                 for key, value in _fields(rest, line).items():
                     stats[key] = int(value)
@@ -231,8 +286,9 @@ def _parse_snapshot(text: str) -> Snapshot:
                 states = _tokens(vocab["states"], STATE_NAMES.values(), "handshake")
             elif tag == "C":
                 kv = _fields(rest, line)
-                copies.append({"path": unescape(kv["path"]), "kind": kv.get("kind", "?"),
-                               "tracking": kv.get("tracking", "?")})
+                copies.append(
+                    {"path": unescape(kv["path"]), "kind": kv.get("kind", "?"), "tracking": kv.get("tracking", "?")}
+                )
             elif tag == "END":
                 break
             # any other tag is a line type a newer shim added: skipped
@@ -242,8 +298,9 @@ def _parse_snapshot(text: str) -> Snapshot:
             _facts(line, by_index)
     except (ValueError, IndexError, KeyError, TypeError) as exc:
         raise ChannelError(f"unreadable snapshot line ({type(exc).__name__}: {exc}): {line[:120]!r}") from None
-    return Snapshot(pid=pid, mono_ns=mono, openssl=openssl, stats=stats, owners=owners, sites=sites,
-                    copies=copies, vocab=vocab)
+    return Snapshot(
+        pid=pid, mono_ns=mono, openssl=openssl, stats=stats, owners=owners, sites=sites, copies=copies, vocab=vocab
+    )
 
 
 # One O line exactly as this shim writes it (_O_KEYS in order): a snapshot whose O lines all match
@@ -281,16 +338,47 @@ def _owners_by_column(rows, causes, kinds, states) -> list:
     seen = {}
     owners = []
     for index, serial, kind, ptr, ctx, state, fd, alive, pre, age, mode, mode_known, peer, text in zip(
-            map(int, c[0]), map(int, c[1]), map(kind_of, c[2]), map(int, c[3], repeat(16)), map(int, c[4]),
-            map(state_of, c[5]), map(int, c[6]), map(one, c[7]), map(one, c[8]), map(int, c[9]),
-            map(int, c[10], repeat(16)), map(one, c[11]), c[12], c[13]):
+        map(int, c[0]),
+        map(int, c[1]),
+        map(kind_of, c[2]),
+        map(int, c[3], repeat(16)),
+        map(int, c[4]),
+        map(state_of, c[5]),
+        map(int, c[6]),
+        map(one, c[7]),
+        map(one, c[8]),
+        map(int, c[9]),
+        map(int, c[10], repeat(16)),
+        map(one, c[11]),
+        c[12],
+        c[13],
+    ):
         known = seen.get(text)
         if known is None:
             known = seen[text] = _counters(text, cause_of)
         by_cause, live, requested, blocks = known
         by_cause = by_cause.copy()  # Counters are immutable; the dict is each owner's own
-        owners.append(Owner(index, serial, kind, ptr, ctx, state, fd, alive, pre, age / 1e9, mode, mode_known,
-                            None if peer == "-" else unescape(peer), by_cause, live, requested, blocks))
+        owners.append(
+            Owner(
+                index,
+                serial,
+                kind,
+                ptr,
+                ctx,
+                state,
+                fd,
+                alive,
+                pre,
+                age / 1e9,
+                mode,
+                mode_known,
+                None if peer == "-" else unescape(peer),
+                by_cause,
+                live,
+                requested,
+                blocks,
+            )
+        )
     return owners
 
 
@@ -331,10 +419,25 @@ def _owner(f, causes=_CAUSE_TOKENS, kinds=_KIND_TOKENS, states=_STATE_TOKENS) ->
     """The 14 values of an O line in _O_KEYS order -> Owner (the line-by-line path)."""
     by_cause, live, requested, blocks = _counters(f[13], defaultdict(lambda: "other", causes).__getitem__)
     peer = f[12]
-    return Owner(int(f[0]), int(f[1]), kinds.get(f[2], "process"), int(f[3], 16), int(f[4]),
-                 states.get(f[5], "handshake"), int(f[6]), f[7] == "1", f[8] == "1",
-                 int(f[9]) / 1e9, int(f[10], 16), f[11] == "1", None if peer == "-" else unescape(peer),
-                 by_cause, live, requested, blocks)
+    return Owner(
+        int(f[0]),
+        int(f[1]),
+        kinds.get(f[2], "process"),
+        int(f[3], 16),
+        int(f[4]),
+        states.get(f[5], "handshake"),
+        int(f[6]),
+        f[7] == "1",
+        f[8] == "1",
+        int(f[9]) / 1e9,
+        int(f[10], 16),
+        f[11] == "1",
+        None if peer == "-" else unescape(peer),
+        by_cause,
+        live,
+        requested,
+        blocks,
+    )
 
 
 def _counters(value: str, cause_of):
@@ -373,7 +476,7 @@ def parse_owner_sites(text: str) -> list:
     out = []
     line = ""
     try:
-        for line in lines[1:lines.index("END")]:
+        for line in lines[1 : lines.index("END")]:
             tag, _, rest = line.partition(" ")
             if tag == "W":
                 kv = _fields(rest, line)
@@ -381,83 +484,3 @@ def parse_owner_sites(text: str) -> list:
     except (ValueError, KeyError) as exc:
         raise ChannelError(f"unreadable OWNER answer line ({type(exc).__name__}: {exc}): {line[:120]!r}") from None
     return out
-
-
-@dataclass
-class WalkedObject:
-    """A context or connection the heap walk found, with the bytes it reaches first."""
-    kind: str                 # "context" | "connection"
-    ptr: int
-    bytes: int
-    blocks: int
-    by_cause: dict            # cause -> Counters(bytes, 0, blocks)
-    ctx_ptr: int | None = None  # a connection's SSL_CTX
-    state: str | None = None
-    fd: int | None = None
-    peer: str | None = None
-    copy: int = 0                    # index in Walk.copies: which OpenSSL of the process it belongs to
-    app_ctx_ptr: int | None = None   # the context the application holds for it, when not ctx_ptr (node's SNI)
-
-
-@dataclass
-class Walk:
-    status: str               # "ok" | "unavailable" | "failed"
-    reason: str | None = None
-    stats: dict = field(default_factory=dict)
-    objects: list = field(default_factory=list)
-    process: dict = field(default_factory=dict)  # what -> (bytes, blocks)
-    copies: dict = field(default_factory=dict)   # index -> path of the object holding it ("shared": libssl)
-    skipped: list = field(default_factory=list)  # "<path>: <why>" for each OpenSSL copy the walk could not read
-
-    @property
-    def ok(self):
-        return self.status == "ok"
-
-
-_WALK_KINDS = {"ctx": "context", "ssl": "connection"}
-
-
-def parse_walk(text: str) -> Walk:
-    """The WALK answer. Unknown keys and line tags are ignored (the format grows by adding keys)."""
-    lines = text.split("\n")
-    if not lines or lines[0] != "tlsprof-walk 1":
-        first = text.strip().splitlines()[0] if text.strip() else "nothing"
-        raise ChannelError(f"the shim answered WALK with {first!r} (a shim without the heap walk?)")
-    if "END" not in lines:
-        raise ChannelError("the shim's heap walk answer was cut short")
-    walk = Walk(status="failed")
-    try:
-        for line in lines[1:lines.index("END")]:
-            tag, _, rest = line.partition(" ")
-            if tag == "status":
-                walk.status = rest.strip()
-            elif tag == "reason":
-                walk.reason = rest.strip()
-            elif tag == "stat":
-                k, v = rest.split()
-                walk.stats[k] = int(v)
-            elif tag == "skipped":
-                walk.skipped.append(rest.strip())
-            elif tag == "C":
-                kv = dict(item.partition("=")[::2] for item in rest.split(" ") if "=" in item)
-                walk.copies[int(kv["index"])] = rest.split(" path=", 1)[1] if " path=" in rest else "shared"
-            elif tag in ("X", "P"):
-                kv = dict(item.partition("=")[::2] for item in rest.split(" ") if "=" in item)
-                if tag == "P":
-                    walk.process[kv["what"]] = (int(kv["bytes"]), int(kv["blocks"]))
-                    continue
-                by_cause = {}
-                for cause in CAUSES:
-                    if cause in kv:
-                        b, n = kv[cause].split(":")
-                        by_cause[cause] = Counters(int(b), 0, int(n))
-                walk.objects.append(WalkedObject(
-                    kind=_WALK_KINDS.get(kv.get("kind", ""), "other"), ptr=int(kv["ptr"], 16),
-                    bytes=int(kv["bytes"]), blocks=int(kv["blocks"]), by_cause=by_cause,
-                    ctx_ptr=int(kv["ctx"], 16) if kv.get("ctx") else None, state=kv.get("state"),
-                    fd=int(kv["fd"]) if kv.get("fd") else None, peer=kv.get("peer"),
-                    copy=int(kv.get("copy") or 0),
-                    app_ctx_ptr=int(kv["app_ctx"], 16) if kv.get("app_ctx") else None))
-    except (ValueError, KeyError, IndexError) as exc:
-        raise ChannelError(f"unreadable heap walk line: {exc}") from None
-    return walk

@@ -31,7 +31,13 @@ def human_age(seconds) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
-MEMORY_LABELS = {"openssl_heap": "OpenSSL heap", "python_connections": "Python, connections",
-                 "tlsprof_tracker": "tlsprof tracker", "other_heap": "other heap",
-                 "malloc_free": "free heap (malloc)", "thread_stacks": "thread stacks",
-                 "other_anonymous": "other anonymous", "file_backed": "code and files"}
+MEMORY_LABELS = {
+    "openssl_heap": "OpenSSL heap",
+    "python_connections": "Python, connections",
+    "tlsprof_tracker": "tlsprof tracker",
+    "other_heap": "other heap",
+    "malloc_free": "free heap (malloc)",
+    "thread_stacks": "thread stacks",
+    "other_anonymous": "other anonymous",
+    "file_backed": "code and files",
+}

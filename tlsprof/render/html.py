@@ -4,34 +4,12 @@ No script and no fetch of any kind: the charts are inline SVG, the style is inli
 Content-Security-Policy forbids loading anything, so the page can be mailed or attached to a ticket.
 Every string taken from the report goes through `_e` (HTML-escaped, quotes included).
 """
-import html
 
 from tlsprof.analysis import grouping
 from tlsprof.model.causes import CAUSES, description, label
+from tlsprof.render.html_charts import BYTES_COLOUR, COLOURS, _e, _history_chart, _num, _stacked_chart  # noqa: F401
 from tlsprof.render.text import MEMORY_LABELS, _top_cause, human_bytes
 
-# One colour per cause, in CAUSES order (colour-blind-friendly Tableau 10). Tests look for these.
-COLOURS = {
-    "ca_store": "#4e79a7",
-    "own_certificate": "#f28e2b",
-    "peer_certificate": "#e15759",
-    "record_buffers": "#76b7b2",
-    "compression": "#59a14f",
-    "handshake": "#edc948",
-    "session": "#b07aa1",
-    "cipher_state": "#ff9da7",
-    "bio": "#9c755f",
-    "connection": "#86bcb6",
-    "context": "#d4a6c8",
-    "thread_state": "#fabfd2",
-    "library": "#79706e",
-    "other": "#bab0ac",
-}
-assert set(COLOURS) == set(CAUSES)
-BYTES_COLOUR = "#4e79a7"
-CONNS_COLOUR = "#e15759"
-
-MAX_BARS = 30
 MAX_CONTEXTS = 100
 MAX_CONNECTIONS = 200
 MAX_SITES = 50
@@ -51,184 +29,52 @@ margin-right:4px;vertical-align:-1px}code{font-size:13px}svg text{font:12px syst
 """
 
 
-def _e(value) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _num(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and not value.is_integer():
-        return f"{value:,.1f}"
-    return f"{int(value):,}"
-
-
-def _bar_rows(report):
-    """(label, tooltip, {cause: bytes}) per bar: the mean, then the largest connections with their
-    context share split by the context's causes."""
-    per = report.get("per_connection") or {}
-    conns = report.get("connections") or []
-    rows = []
-    if not conns:
-        totals = report.get("totals") or {}
-        rows.append(("all live bytes", "every live OpenSSL byte (no live connection)",
-                     dict(totals.get("by_cause") or {})))
-        return rows, 0
-    rows.append(("mean per connection", f"mean over {per.get('connections', len(conns))} live connections",
-                 dict(per.get("by_cause") or {})))
-    contexts = {c.get("id"): c for c in report.get("contexts") or []}
-
-    def stacked(conn):
-        parts = {k: float(v) for k, v in (conn.get("by_cause") or {}).items()}
-        ctx = contexts.get(conn.get("context"))
-        if ctx and ctx.get("connections"):
-            n = ctx["connections"]
-            for k, v in (ctx.get("by_cause") or {}).items():
-                parts[k] = parts.get(k, 0.0) + float(v) / n
-        return parts
-
-    bars = sorted(((stacked(c), c) for c in conns), key=lambda pc: -sum(pc[0].values()))
-    for parts, c in bars[:MAX_BARS]:
-        tip = f"{c.get('id')} (context {c.get('context')}, {c.get('state')}, peer {c.get('peer') or '-'})"
-        rows.append((str(c.get("id")), tip, parts))
-    return rows, max(0, len(bars) - MAX_BARS)
-
-
-def _stacked_chart(report) -> str:
-    rows, hidden = _bar_rows(report)
-    width, left, right, row_h, gap = 1100, 170, 90, 20, 6
-    top = 8
-    scale_max = max([sum(parts.values()) for _, _, parts in rows] + [1])
-    plot_w = width - left - right
-    height = top + len(rows) * (row_h + gap) + 10
-    out = [f'<svg id="per-connection-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-           f'height="{height}" role="img" aria-label="bytes per connection by cause">']
-    for i, (name, tip, parts) in enumerate(rows):
-        y = top + i * (row_h + gap)
-        out.append(f'<text x="{left - 8}" y="{y + row_h - 5}" text-anchor="end">{_e(name)}</text>')
-        x = float(left)
-        total = sum(parts.values())
-        for cause in CAUSES:
-            v = parts.get(cause, 0)
-            if not v:
-                continue
-            w = plot_w * v / scale_max
-            out.append(f'<rect class="seg" data-cause="{cause}" x="{x:.2f}" y="{y}" width="{max(w, 0.5):.2f}" '
-                       f'height="{row_h}" fill="{COLOURS[cause]}"><title>{_e(tip)}: {_e(label(cause))} '
-                       f'{_e(human_bytes(v))}</title></rect>')
-            x += w
-        out.append(f'<text x="{x + 6:.2f}" y="{y + row_h - 5}">{_e(human_bytes(total))}</text>')
-    out.append("</svg>")
-    legend = "".join(f'<span><i class="sw" style="background:{COLOURS[c]}"></i>{_e(label(c))}</span>'
-                     for c in CAUSES)
-    more = f'<p class="muted">{hidden} smaller connections not drawn.</p>' if hidden else ""
-    return "".join(out) + f'<div class="legend">{legend}</div>' + more
-
-
-def _moment_marks(moments, t0, span, left, pw, top, ph) -> str:
-    """A labelled vertical line at each moment the report keeps (steady state, peak, last)."""
-    out = []
-    for i, name in enumerate(("steady", "peak", "last")):
-        m = (moments or {}).get(name)
-        if not isinstance(m, dict) or not isinstance(m.get("t"), (int, float)):
-            continue
-        x = left + pw * min(max((m["t"] - t0) / span, 0), 1)
-        out.append(f'<line class="moment-{name}" x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + ph}" '
-                   f'stroke="#555" stroke-dasharray="2 2"/><text x="{x + 3:.1f}" y="{top + 12 + 12 * i}" '
-                   f'font-size="11">{_e(name)}</text>')
-    return "".join(out)
-
-
-def _history_chart(history, moments=None) -> str:
-    """Live OpenSSL bytes over time, stacked by cause where the history has them (left axis, blue
-    labels), and the connection count as a dashed red line (right axis, red labels)."""
-    pts = [h for h in history if isinstance(h, dict) and h.get("t") is not None]
-    if len(pts) < 2:
-        return '<p class="muted">This report carries no history (fewer than two snapshots).</p>'
-    width, height, left, right, top, bottom = 1100, 260, 90, 90, 12, 30
-    pw, ph = width - left - right, height - top - bottom
-    t0, t1 = pts[0]["t"], pts[-1]["t"]
-    span = (t1 - t0) or 1
-    bmax = max(max(h.get("live_bytes", 0) for h in pts), 1)
-    cmax = max(max(h.get("connections", 0) for h in pts), 1)
-
-    def x(h):
-        return left + pw * (h["t"] - t0) / span
-
-    def y(v, vmax):
-        return top + ph - ph * v / vmax
-
-    def line(key, vmax):
-        return " ".join(f"{x(h):.1f},{y(h.get(key, 0), vmax):.1f}" for h in pts)
-
-    layers = []
-    if all(isinstance(h.get("by_cause"), dict) for h in pts):
-        below = [0.0] * len(pts)
-        for cause in CAUSES:
-            values = [float(h["by_cause"].get(cause, 0)) for h in pts]
-            if not any(values):
-                continue
-            above = [b + v for b, v in zip(below, values)]
-            upper = [f"{x(h):.1f},{y(a, bmax):.1f}" for h, a in zip(pts, above)]
-            lower = [f"{x(h):.1f},{y(b, bmax):.1f}" for h, b in reversed(list(zip(pts, below)))]
-            layers.append(f'<polygon class="history-cause" data-cause="{cause}" points="{" ".join(upper + lower)}" '
-                          f'fill="{COLOURS[cause]}" fill-opacity="0.85"><title>{_e(label(cause))}</title></polygon>')
-            below = above
-        bytes_line = ""
-    else:  # a report from before histories carried causes
-        bytes_line = (f'<polyline points="{line("live_bytes", bmax)}" fill="none" stroke="{BYTES_COLOUR}" '
-                      f'stroke-width="2"/>')
-    legend = ('<div class="legend">' + (f'<span>areas: live OpenSSL bytes by cause (left axis, '
-                                          f'<b style="color:{BYTES_COLOUR}">blue</b> labels)</span>' if layers else
-                                          f'<span><i class="sw" style="background:{BYTES_COLOUR}"></i>live OpenSSL '
-                                          f'bytes (left axis)</span>')
-              + f'<span><i class="sw" style="background:{CONNS_COLOUR}"></i>connections, dashed (right axis, '
-                f'<b style="color:{CONNS_COLOUR}">red</b> labels)</span></div>')
-    return "".join([
-        f'<svg id="history-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'role="img" aria-label="live bytes by cause and connections over time">',
-        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#ccc"/>',
-        *layers, bytes_line,
-        f'<polyline points="{line("connections", cmax)}" fill="none" stroke="{CONNS_COLOUR}" '
-        f'stroke-width="2.5" stroke-dasharray="6 3"/>',
-        f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" fill="{BYTES_COLOUR}">{_e(human_bytes(bmax))}</text>',
-        f'<text x="{left - 6}" y="{top + ph}" text-anchor="end" fill="{BYTES_COLOUR}">0 B</text>',
-        f'<text x="{left - 6}" y="{top + ph / 2:.0f}" text-anchor="end" fill="{BYTES_COLOUR}">bytes</text>',
-        f'<text x="{left + pw + 6}" y="{top + 10}" fill="{CONNS_COLOUR}">{_num(cmax)} conns</text>',
-        f'<text x="{left + pw + 6}" y="{top + ph}" fill="{CONNS_COLOUR}">0 conns</text>',
-        f'<text x="{left}" y="{height - 8}">{t0:.1f} s</text>',
-        f'<text x="{left + pw}" y="{height - 8}" text-anchor="end">{t1:.1f} s</text>',
-        _moment_marks(moments, t0, span, left, pw, top, ph),
-        "</svg>", legend,
-    ])
-
-
 def _memory_section(report) -> str:
     memory = report.get("memory")
     if not isinstance(memory, dict) or not memory.get("parts"):
         return ""
     rss = memory.get("rss_bytes") or 0
-    rows = [[_e(MEMORY_LABELS.get(p["name"], p["name"])), _e(human_bytes(p["bytes"])),
-             f"{100.0 * p['bytes'] / rss:.1f}%" if rss else "-", _e(p.get("what")), _e(p.get("measured"))]
-            for p in memory["parts"]]
+    rows = [
+        [
+            _e(MEMORY_LABELS.get(p["name"], p["name"])),
+            _e(human_bytes(p["bytes"])),
+            f"{100.0 * p['bytes'] / rss:.1f}%" if rss else "-",
+            _e(p.get("what")),
+            _e(p.get("measured")),
+        ]
+        for p in memory["parts"]
+    ]
     per = memory.get("per_connection") or {}
     lines = ""
     if per:
-        lines = (f'<p>Per connection: {_e(human_bytes(per.get("native_bytes")))} in OpenSSL + '
-                 f'{_e(human_bytes(per.get("python_bytes")))} on the Python side = '
-                 f'<b>{_e(human_bytes(per.get("total_bytes")))}</b>')
+        lines = (
+            f"<p>Per connection: {_e(human_bytes(per.get('native_bytes')))} in OpenSSL + "
+            f"{_e(human_bytes(per.get('python_bytes')))} on the Python side = "
+            f"<b>{_e(human_bytes(per.get('total_bytes')))}</b>"
+        )
         largest = per.get("largest")
         if largest:
-            lines += (f'; the largest part: <b>{_e(largest.get("label") or largest.get("name"))}</b> '
-                      f'{_e(human_bytes(largest.get("bytes")))}')
+            lines += (
+                f"; the largest part: <b>{_e(largest.get('label') or largest.get('name'))}</b> "
+                f"{_e(human_bytes(largest.get('bytes')))}"
+            )
         lines += "</p>"
         if per.get("python_parts"):
-            lines += _table(["Python object (largest per connection)", "bytes per connection"],
-                            [[f"<code>{_e(p['holder'])}</code>", _e(human_bytes(p["bytes_per_connection"]))]
-                             for p in per["python_parts"]], (1,))
+            lines += _table(
+                ["Python object (largest per connection)", "bytes per connection"],
+                [
+                    [f"<code>{_e(p['holder'])}</code>", _e(human_bytes(p["bytes_per_connection"]))]
+                    for p in per["python_parts"]
+                ],
+                (1,),
+            )
     note = f'<p class="muted">{_e(memory["note"])}</p>' if memory.get("note") else ""
-    return (f"<h2>Memory: RSS {_e(human_bytes(rss))} explained</h2>" + lines
-            + _table(["part", "bytes", "share", "what", "measured by"], rows, (1, 2)) + note)
+    return (
+        f"<h2>Memory: RSS {_e(human_bytes(rss))} explained</h2>"
+        + lines
+        + _table(["part", "bytes", "share", "what", "measured by"], rows, (1, 2))
+        + note
+    )
 
 
 def _causes_text(by_cause) -> str:
@@ -237,10 +83,15 @@ def _causes_text(by_cause) -> str:
 
 
 def _table(headers, rows, numeric=()) -> str:
-    head = "".join(f'<th class="n">{_e(h)}</th>' if i in numeric else f"<th>{_e(h)}</th>"
-                   for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(f'<td class="n">{cell}</td>' if i in numeric else f"<td>{cell}</td>"
-                                    for i, cell in enumerate(r)) + "</tr>" for r in rows)
+    head = "".join(
+        f'<th class="n">{_e(h)}</th>' if i in numeric else f"<th>{_e(h)}</th>" for i, h in enumerate(headers)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="n">{cell}</td>' if i in numeric else f"<td>{cell}</td>" for i, cell in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -260,11 +111,13 @@ def _findings(findings) -> str:
             extra.append(f"{_e(human_bytes(f['bytes_per_connection']))} per connection")
         if f.get("saving_bytes") is not None:
             extra.append(f"fixing it frees {_e(human_bytes(f['saving_bytes']))}")
-        out.append(f'<div class="finding"><div><span class="sev-{sev_cls}">{_e(sev)}</span> '
-                   f'<b>{_e(f.get("title"))}</b> <code class="muted">{_e(f.get("id"))}</code>'
-                   f'{" <b>(at the peak only)</b>" if f.get("only_at") == "peak" else ""}</div>'
-                   f'<p>{_e(f.get("detail"))}</p><p><b>Fix:</b> {_e(f.get("fix"))}</p>'
-                   f'<p class="muted">{"; ".join(extra)}</p></div>')
+        out.append(
+            f'<div class="finding"><div><span class="sev-{sev_cls}">{_e(sev)}</span> '
+            f'<b>{_e(f.get("title"))}</b> <code class="muted">{_e(f.get("id"))}</code>'
+            f"{' <b>(at the peak only)</b>' if f.get('only_at') == 'peak' else ''}</div>"
+            f"<p>{_e(f.get('detail'))}</p><p><b>Fix:</b> {_e(f.get('fix'))}</p>"
+            f'<p class="muted">{"; ".join(extra)}</p></div>'
+        )
     return "".join(out)
 
 
@@ -278,103 +131,184 @@ def render_html(report) -> str:
     command = " ".join(str(a) for a in target.get("command") or []) or "(unknown command)"
     peak = report.get("peak") or {}
 
-    summary = _table(["", ""], [
-        ["target", f"pid {_e(target.get('pid'))}, <code>{_e(command)}</code> ({_e(target.get('mode'))})"],
-        ["OpenSSL", _e(target.get("openssl") or "unknown")],
-        ["captured", f"{_e(report.get('captured_at'))} ({_e(peak.get('chosen', 'snapshot'))} of "
-                     f"{_e(peak.get('snapshots', '?'))} snapshots)" + (" — <b>partial</b>" if report.get("partial")
-                                                                       else "")],
-        ["live OpenSSL bytes", f"{_e(human_bytes(totals.get('live_bytes')))} in {_num(totals.get('live_blocks'))} "
-                               f"blocks; untracked {_e(human_bytes(totals.get('untracked_bytes', 0)))}"],
-        ["target RSS", _e(human_bytes(target.get("rss_bytes")))],
-        ["per connection", f"{_e(human_bytes(per.get('bytes')))} over {_num(per.get('connections'))} connections "
-                           f"(own {_e(human_bytes(per.get('own_bytes')))} + context share "
-                           f"{_e(human_bytes(per.get('context_share_bytes')))})"
-                           + (f" + Python side {_e(human_bytes(per.get('python_bytes')))} = "
-                              f"<b>{_e(human_bytes(per.get('total_bytes')))}</b>"
-                              if per.get("python_bytes") is not None else "")],
-    ])
+    summary = _table(
+        ["", ""],
+        [
+            ["target", f"pid {_e(target.get('pid'))}, <code>{_e(command)}</code> ({_e(target.get('mode'))})"],
+            ["OpenSSL", _e(target.get("openssl") or "unknown")],
+            [
+                "captured",
+                f"{_e(report.get('captured_at'))} ({_e(peak.get('chosen', 'snapshot'))} of "
+                f"{_e(peak.get('snapshots', '?'))} snapshots)" + (" — <b>partial</b>" if report.get("partial") else ""),
+            ],
+            [
+                "live OpenSSL bytes",
+                f"{_e(human_bytes(totals.get('live_bytes')))} in {_num(totals.get('live_blocks'))} "
+                f"blocks; untracked {_e(human_bytes(totals.get('untracked_bytes', 0)))}",
+            ],
+            ["target RSS", _e(human_bytes(target.get("rss_bytes")))],
+            [
+                "per connection",
+                f"{_e(human_bytes(per.get('bytes')))} over {_num(per.get('connections'))} connections "
+                f"(own {_e(human_bytes(per.get('own_bytes')))} + context share "
+                f"{_e(human_bytes(per.get('context_share_bytes')))})"
+                + (
+                    f" + Python side {_e(human_bytes(per.get('python_bytes')))} = "
+                    f"<b>{_e(human_bytes(per.get('total_bytes')))}</b>"
+                    if per.get("python_bytes") is not None
+                    else ""
+                ),
+            ],
+        ],
+    )
     from tlsprof.analysis.moments import words
+
     moment = words(report)
     if moment:
         summary = f'<p class="moment"><b>{_e(moment[0].upper() + moment[1:])}</b></p>' + summary
     notes = "".join(f"<li>{_e(n)}</li>" for n in report.get("notes") or [])
     processes = report.get("processes") or []
-    proc_rows = [[_e(p.get("pid")), _e(p.get("role") or "-"), f"<code>{_e(' '.join(p.get('command') or []))}</code>",
-                  _num(p.get("connections")),
-                  _e(human_bytes((p.get("per_connection") or {}).get("bytes"))) if p.get("connections") else "-",
-                  _e(human_bytes(p.get("live_bytes"))),
-                  _causes_text((p.get("per_connection") or {}).get("by_cause") if p.get("connections")
-                               else p.get("by_cause"))]
-                 for p in sorted(processes, key=lambda p: (-(p.get("connections") or 0), p.get("pid") or 0))]
-    proc_section = "" if len(processes) < 2 else "".join([
-        f"<h2>Processes ({len(processes)}; {sum(1 for p in processes if p.get('connections'))} with connections)</h2>",
-        '<p class="muted">The headline is over every connection of every process; causes are per connection '
-        'for processes with connections, else the process\'s live bytes.</p>',
-        _table(["pid", "role", "command", "connections", "per connection", "live bytes", "causes"],
-               proc_rows, (3, 4, 5))])
+    proc_rows = [
+        [
+            _e(p.get("pid")),
+            _e(p.get("role") or "-"),
+            f"<code>{_e(' '.join(p.get('command') or []))}</code>",
+            _num(p.get("connections")),
+            _e(human_bytes((p.get("per_connection") or {}).get("bytes"))) if p.get("connections") else "-",
+            _e(human_bytes(p.get("live_bytes"))),
+            _causes_text(
+                (p.get("per_connection") or {}).get("by_cause") if p.get("connections") else p.get("by_cause")
+            ),
+        ]
+        for p in sorted(processes, key=lambda p: (-(p.get("connections") or 0), p.get("pid") or 0))
+    ]
+    proc_section = (
+        ""
+        if len(processes) < 2
+        else "".join(
+            [
+                f"<h2>Processes ({len(processes)}; {sum(1 for p in processes if p.get('connections'))} with connections)</h2>",
+                '<p class="muted">The headline is over every connection of every process; causes are per connection '
+                "for processes with connections, else the process's live bytes.</p>",
+                _table(
+                    ["pid", "role", "command", "connections", "per connection", "live bytes", "causes"],
+                    proc_rows,
+                    (3, 4, 5),
+                ),
+            ]
+        )
+    )
 
     ctx_groups = grouping.groups(contexts, lambda c: grouping.context_key(c, _top_cause))
-    ctx_rows = [[_e(grouping.group_id(m)), _num(c.get("connections")),
-                 _e(human_bytes(grouping.mean(m, "live_bytes"))),
-                 _e(human_bytes(sum(grouping.ca_store_bytes(x) for x in m) / len(m))),
-                 _causes_text(c.get("by_cause")), _e(grouping.created_at(c) or "-"),
-                 "yes" if c.get("alive", True) is not False else "freed"]
-                for c, m in ctx_groups[:MAX_CONTEXTS]]
+    ctx_rows = [
+        [
+            _e(grouping.group_id(m)),
+            _num(c.get("connections")),
+            _e(human_bytes(grouping.mean(m, "live_bytes"))),
+            _e(human_bytes(sum(grouping.ca_store_bytes(x) for x in m) / len(m))),
+            _causes_text(c.get("by_cause")),
+            _e(grouping.created_at(c) or "-"),
+            "yes" if c.get("alive", True) is not False else "freed",
+        ]
+        for c, m in ctx_groups[:MAX_CONTEXTS]
+    ]
     conn_groups = grouping.groups(conns, lambda c: grouping.connection_key(c, _top_cause))
     conn_rows = []
     for c, m in conn_groups[:MAX_CONNECTIONS]:
         ages = [x["age_s"] for x in m if isinstance(x.get("age_s"), (int, float))]
-        age = c.get("age") or ("?" if not ages else f"{min(ages):.1f} s" if len(ages) == 1 or min(ages) == max(ages)
-                                else f"{min(ages):.1f}–{max(ages):.1f} s")
-        conn_rows.append([_e(grouping.group_id(m)), _e(grouping.contexts_text(m)), _e(grouping.peers_text(m)),
-                          _e(c.get("state")), _e(age), _e(human_bytes(grouping.mean(m, "live_bytes"))),
-                          _e(human_bytes(grouping.mean(m, "context_share_bytes"))) if "context_share_bytes" in c
-                          else "-", _causes_text(c.get("by_cause"))])
-    site_rows = [[f"<code>{_e(s.get('file'))}:{_e(s.get('line'))}</code>", _e(s.get("library") or ""),
-                  _e(label(s.get("cause"))), _e(human_bytes(s.get("live_bytes"))), _num(s.get("live_blocks"))]
-                 for s in sites[:MAX_SITES]]
-    cause_rows = [[f'<i class="sw" style="background:{COLOURS[c]}"></i>{_e(label(c))}',
-                   _e(human_bytes((totals.get("by_cause") or {}).get(c, 0))),
-                   _e(human_bytes((per.get("by_cause") or {}).get(c, 0))), _e(description(c))]
-                  for c in CAUSES if (totals.get("by_cause") or {}).get(c) or (per.get("by_cause") or {}).get(c)]
+        age = c.get("age") or (
+            "?"
+            if not ages
+            else f"{min(ages):.1f} s"
+            if len(ages) == 1 or min(ages) == max(ages)
+            else f"{min(ages):.1f}–{max(ages):.1f} s"
+        )
+        conn_rows.append(
+            [
+                _e(grouping.group_id(m)),
+                _e(grouping.contexts_text(m)),
+                _e(grouping.peers_text(m)),
+                _e(c.get("state")),
+                _e(age),
+                _e(human_bytes(grouping.mean(m, "live_bytes"))),
+                _e(human_bytes(grouping.mean(m, "context_share_bytes"))) if "context_share_bytes" in c else "-",
+                _causes_text(c.get("by_cause")),
+            ]
+        )
+    site_rows = [
+        [
+            f"<code>{_e(s.get('file'))}:{_e(s.get('line'))}</code>",
+            _e(s.get("library") or ""),
+            _e(label(s.get("cause"))),
+            _e(human_bytes(s.get("live_bytes"))),
+            _num(s.get("live_blocks")),
+        ]
+        for s in sites[:MAX_SITES]
+    ]
+    cause_rows = [
+        [
+            f'<i class="sw" style="background:{COLOURS[c]}"></i>{_e(label(c))}',
+            _e(human_bytes((totals.get("by_cause") or {}).get(c, 0))),
+            _e(human_bytes((per.get("by_cause") or {}).get(c, 0))),
+            _e(description(c)),
+        ]
+        for c in CAUSES
+        if (totals.get("by_cause") or {}).get(c) or (per.get("by_cause") or {}).get(c)
+    ]
 
     title = f"tlsprof report — pid {target.get('pid')}"
-    return "".join([
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
-        f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{_e(title)}</h1>", summary,
-        f"<ul>{notes}</ul>" if notes else "",
-        proc_section,
-        "<h2>Bytes per connection by cause</h2>",
-        '<p class="muted">Each bar: a connection\'s own bytes plus its share of its context, by cause.</p>',
-        _stacked_chart(report),
-        "<h2>Findings</h2>", _findings(report.get("findings") or []),
-        "<h2>History</h2>", _history_chart(report.get("history") or [], report.get("moments")),
-        "<h2>By cause</h2>", _table(["cause", "total", "per connection", "what it is"], cause_rows, (1, 2)),
-        _memory_section(report),
-        f"<h2>Contexts ({len(contexts)}, alike ones grouped)</h2>",
-        '<div class="scroll">', _table(["id", "connections", "live bytes", "CA store", "largest causes",
-                                        "created at", "alive"], ctx_rows, (1, 2, 3)), "</div>",
-        _more(len(ctx_groups), MAX_CONTEXTS, "groups of contexts"),
-        f"<h2>Connections ({len(conns)}, alike ones grouped)</h2>",
-        '<div class="scroll">', _table(["id", "context", "peer", "state", "age", "own bytes", "context share",
-                                        "largest causes"], conn_rows, (4, 5, 6)), "</div>",
-        _more(len(conn_groups), MAX_CONNECTIONS, "groups of connections"),
-        f"<h2>Sites ({len(sites)})</h2>",
-        _table(["site", "library", "cause", "live bytes", "blocks"], site_rows, (3, 4)),
-        _more(len(sites), MAX_SITES, "sites"),
-        f'<p class="muted">{_e((report.get("tool") or {}).get("name", "tlsprof"))} '
-        f'{_e((report.get("tool") or {}).get("version", ""))}, schema {_e(report.get("schema"))}</p>',
-        "</body></html>\n",
-    ])
+    return "".join(
+        [
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+            f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>",
+            f"<h1>{_e(title)}</h1>",
+            summary,
+            f"<ul>{notes}</ul>" if notes else "",
+            proc_section,
+            "<h2>Bytes per connection by cause</h2>",
+            '<p class="muted">Each bar: a connection\'s own bytes plus its share of its context, by cause.</p>',
+            _stacked_chart(report),
+            "<h2>Findings</h2>",
+            _findings(report.get("findings") or []),
+            "<h2>History</h2>",
+            _history_chart(report.get("history") or [], report.get("moments")),
+            "<h2>By cause</h2>",
+            _table(["cause", "total", "per connection", "what it is"], cause_rows, (1, 2)),
+            _memory_section(report),
+            f"<h2>Contexts ({len(contexts)}, alike ones grouped)</h2>",
+            '<div class="scroll">',
+            _table(
+                ["id", "connections", "live bytes", "CA store", "largest causes", "created at", "alive"],
+                ctx_rows,
+                (1, 2, 3),
+            ),
+            "</div>",
+            _more(len(ctx_groups), MAX_CONTEXTS, "groups of contexts"),
+            f"<h2>Connections ({len(conns)}, alike ones grouped)</h2>",
+            '<div class="scroll">',
+            _table(
+                ["id", "context", "peer", "state", "age", "own bytes", "context share", "largest causes"],
+                conn_rows,
+                (4, 5, 6),
+            ),
+            "</div>",
+            _more(len(conn_groups), MAX_CONNECTIONS, "groups of connections"),
+            f"<h2>Sites ({len(sites)})</h2>",
+            _table(["site", "library", "cause", "live bytes", "blocks"], site_rows, (3, 4)),
+            _more(len(sites), MAX_SITES, "sites"),
+            f'<p class="muted">{_e((report.get("tool") or {}).get("name", "tlsprof"))} '
+            f"{_e((report.get('tool') or {}).get('version', ''))}, schema {_e(report.get('schema'))}</p>",
+            "</body></html>\n",
+        ]
+    )
 
 
 def write_html(report, path) -> None:
     """Write the page atomically (temp file in the same directory, then rename)."""
     import os
     import tempfile
+
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tlsprof-", suffix=".html", dir=directory)
     try:

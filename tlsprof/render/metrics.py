@@ -5,6 +5,7 @@ Both read only a report dict (tlsprof.report/1): the endpoint asks the session f
 newest snapshot at scrape time and never talks to the target itself (the session polls it). The
 metric names, labels and meanings are listed in docs/exports.md.
 """
+
 import datetime
 import ipaddress
 import threading
@@ -43,15 +44,21 @@ def report_metrics(report, pid=None):
     out = []
     rows = _process_rows(report, p)
 
-    live = _g("live_bytes", "Live OpenSSL heap bytes in the process by cause (footprint: usable size + "
-              "chunk header).", ["pid", "cause"])
+    live = _g(
+        "live_bytes",
+        "Live OpenSSL heap bytes in the process by cause (footprint: usable size + chunk header).",
+        ["pid", "cause"],
+    )
     for row in rows:
         for c in CAUSES:
             live.add_metric([row["pid"], c], row["by_cause"].get(c, 0))
     out.append(live)
 
-    conn = _g("connection_bytes", "Mean OpenSSL bytes per live connection of the process by cause, its "
-              "share of its context included.", ["pid", "cause"])
+    conn = _g(
+        "connection_bytes",
+        "Mean OpenSSL bytes per live connection of the process by cause, its share of its context included.",
+        ["pid", "cause"],
+    )
     for row in rows:
         per_cause = row["per"].get("by_cause") or {}
         for c in CAUSES:
@@ -59,9 +66,13 @@ def report_metrics(report, pid=None):
     out.append(conn)
 
     for name, key, doc in (
-            ("connection_own_bytes", "own_bytes", "Mean bytes a live connection owns itself (no context share)."),
-            ("connection_context_share_bytes", "context_share_bytes",
-             "Mean share of its context's bytes per live connection.")):
+        ("connection_own_bytes", "own_bytes", "Mean bytes a live connection owns itself (no context share)."),
+        (
+            "connection_context_share_bytes",
+            "context_share_bytes",
+            "Mean share of its context's bytes per live connection.",
+        ),
+    ):
         g = _g(name, doc, ["pid"])
         for row in rows:
             g.add_metric([row["pid"]], row["per"].get(key, 0) or 0)
@@ -79,14 +90,20 @@ def report_metrics(report, pid=None):
 
     if len(rows) > 1:  # a mean is not a sum: the tree's own per-connection figure
         per = report.get("per_connection") or {}
-        g = _g("tree_connection_bytes", "Mean OpenSSL bytes per live connection over every process of the "
-               "tree by cause (the report's headline).", ["pid", "cause"])
+        g = _g(
+            "tree_connection_bytes",
+            "Mean OpenSSL bytes per live connection over every process of the tree by cause (the report's headline).",
+            ["pid", "cause"],
+        )
         for c in CAUSES:
             g.add_metric([p, c], (per.get("by_cause") or {}).get(c, 0))
         out.append(g)
 
-    g = _g("finding_active", "1 for each finding the newest snapshot shows (by finding id).",
-           ["pid", "finding", "severity"])
+    g = _g(
+        "finding_active",
+        "1 for each finding the newest snapshot shows (by finding id).",
+        ["pid", "finding", "severity"],
+    )
     for f in report.get("findings") or []:
         g.add_metric([p, str(f.get("id")), str(f.get("severity"))], 1)
     out.append(g)
@@ -104,26 +121,37 @@ def report_metrics(report, pid=None):
 
     memory = report.get("memory") or {}
     if memory.get("parts"):
-        g = _g("memory_bytes", "The target's RSS split into measured parts (openssl_heap, python_connections, "
-               "tlsprof_tracker, other_heap, malloc_free, thread_stacks, other_anonymous, file_backed); "
-               "summed over the processes of a tree.", ["pid", "part"])
+        g = _g(
+            "memory_bytes",
+            "The target's RSS split into measured parts (openssl_heap, python_connections, "
+            "tlsprof_tracker, other_heap, malloc_free, thread_stacks, other_anonymous, file_backed); "
+            "summed over the processes of a tree.",
+            ["pid", "part"],
+        )
         for part in memory["parts"]:
             g.add_metric([p, str(part.get("name"))], part.get("bytes", 0))
         out.append(g)
     per = report.get("per_connection") or {}
     if per.get("python_bytes") is not None:
-        g = _g("connection_python_bytes", "Mean Python-side bytes per live connection (its buffers, socket, "
-               "protocol objects), from the in-target agent.", ["pid"])
+        g = _g(
+            "connection_python_bytes",
+            "Mean Python-side bytes per live connection (its buffers, socket, "
+            "protocol objects), from the in-target agent.",
+            ["pid"],
+        )
         g.add_metric([p], per.get("python_bytes") or 0)
         out.append(g)
-        g = _g("connection_total_bytes", "Mean bytes per live connection, OpenSSL and Python sides together.",
-               ["pid"])
+        g = _g("connection_total_bytes", "Mean bytes per live connection, OpenSSL and Python sides together.", ["pid"])
         g.add_metric([p], per.get("total_bytes") or 0)
         out.append(g)
     largest = (memory.get("per_connection") or {}).get("largest")
     if largest:
-        g = _g("connection_largest_part_bytes", "The largest single part of a connection's memory on either "
-               "side (e.g. asyncio's read buffer, the CA store), by side and name.", ["pid", "side", "part"])
+        g = _g(
+            "connection_largest_part_bytes",
+            "The largest single part of a connection's memory on either "
+            "side (e.g. asyncio's read buffer, the CA store), by side and name.",
+            ["pid", "side", "part"],
+        )
         g.add_metric([p, str(largest.get("side")), str(largest.get("name"))], largest.get("bytes", 0))
         out.append(g)
 
@@ -144,13 +172,27 @@ def _process_rows(report, root_pid) -> list:
     """One row per process: the report's `processes` of a tree, or the report itself (one process)."""
     processes = report.get("processes") or []
     if len(processes) > 1:
-        return [{"pid": str(q.get("pid")), "by_cause": q.get("by_cause") or {}, "per": q.get("per_connection") or {},
-                 "connections": q.get("connections", 0), "contexts": q.get("contexts", 0),
-                 "rss_bytes": q.get("rss_bytes")} for q in processes]
-    return [{"pid": root_pid, "by_cause": (report.get("totals") or {}).get("by_cause") or {},
-             "per": report.get("per_connection") or {}, "connections": len(report.get("connections") or []),
-             "contexts": sum(1 for c in report.get("contexts") or [] if c.get("alive", True) is not False),
-             "rss_bytes": (report.get("target") or {}).get("rss_bytes")}]
+        return [
+            {
+                "pid": str(q.get("pid")),
+                "by_cause": q.get("by_cause") or {},
+                "per": q.get("per_connection") or {},
+                "connections": q.get("connections", 0),
+                "contexts": q.get("contexts", 0),
+                "rss_bytes": q.get("rss_bytes"),
+            }
+            for q in processes
+        ]
+    return [
+        {
+            "pid": root_pid,
+            "by_cause": (report.get("totals") or {}).get("by_cause") or {},
+            "per": report.get("per_connection") or {},
+            "connections": len(report.get("connections") or []),
+            "contexts": sum(1 for c in report.get("contexts") or [] if c.get("alive", True) is not False),
+            "rss_bytes": (report.get("target") or {}).get("rss_bytes"),
+        }
+    ]
 
 
 class ReportCollector:

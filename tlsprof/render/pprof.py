@@ -19,6 +19,7 @@ Reads only a report dict (tlsprof.report/1), like every other export. What a sam
 - Labels: cause, owner_kind (context/connection/process), connection, context, peer, pid; context
   samples also carry the number `connections` (live connections sharing it).
 """
+
 import datetime
 import gzip
 import os
@@ -109,8 +110,7 @@ class _Builder:
         fid = self._functions.get(key)
         if fid is None:
             fid = self._functions[key] = len(self._functions) + 1
-            self.profile.function.add(id=fid, name=self.s(name), system_name=self.s(name),
-                                      filename=self.s(filename))
+            self.profile.function.add(id=fid, name=self.s(name), system_name=self.s(name), filename=self.s(filename))
         return fid
 
     def mapping(self, library):
@@ -120,8 +120,14 @@ class _Builder:
         if mid is None:
             mid = self._mappings[library] = len(self._mappings) + 1
             # symbolized already: a reader must not look for the library's binary to symbolize it
-            self.profile.mapping.add(id=mid, filename=self.s(library), has_functions=True, has_filenames=True,
-                                     has_line_numbers=True, has_inline_frames=True)
+            self.profile.mapping.add(
+                id=mid,
+                filename=self.s(library),
+                has_functions=True,
+                has_filenames=True,
+                has_line_numbers=True,
+                has_inline_frames=True,
+            )
         return mid
 
     def location(self, key, name, filename, line, library=None) -> int:
@@ -168,13 +174,28 @@ def _owners(report, builder):
 
     owners = []
     for ctx in report.get("contexts") or []:
-        owners.append(_Owner([("owner_kind", "context"), ("context", ctx.get("id")), ("pid", pid_of(ctx))],
-                             ctx.get("by_cause"), _frames(ctx, builder),
-                             num_labels=[("connections", int(ctx.get("connections") or 0), "connections")]))
+        owners.append(
+            _Owner(
+                [("owner_kind", "context"), ("context", ctx.get("id")), ("pid", pid_of(ctx))],
+                ctx.get("by_cause"),
+                _frames(ctx, builder),
+                num_labels=[("connections", int(ctx.get("connections") or 0), "connections")],
+            )
+        )
     for conn in report.get("connections") or []:
-        owners.append(_Owner([("owner_kind", "connection"), ("connection", conn.get("id")),
-                              ("context", conn.get("context")), ("peer", conn.get("peer")), ("pid", pid_of(conn))],
-                             conn.get("by_cause"), _frames(conn, builder)))
+        owners.append(
+            _Owner(
+                [
+                    ("owner_kind", "connection"),
+                    ("connection", conn.get("id")),
+                    ("context", conn.get("context")),
+                    ("peer", conn.get("peer")),
+                    ("pid", pid_of(conn)),
+                ],
+                conn.get("by_cause"),
+                _frames(conn, builder),
+            )
+        )
     process = dict((report.get("process") or {}).get("by_cause") or {})
     # bytes in the totals that no listed owner accounts for (none with today's model) stay in the
     # profile under the process, so that its total is the report's, always
@@ -195,8 +216,11 @@ def _process_owners(report, owners, process, target_pid):
     """The `process` owner: one per process when the report has a section per process with its
     bytes by cause (a process tree) that its own contexts and connections leave a part of, and those
     parts add up to `process`; else one, labelled with the target's pid."""
-    sections = [p for p in report.get("processes") or []
-                if isinstance(p, dict) and p.get("pid") is not None and isinstance(p.get("by_cause"), dict)]
+    sections = [
+        p
+        for p in report.get("processes") or []
+        if isinstance(p, dict) and p.get("pid") is not None and isinstance(p.get("by_cause"), dict)
+    ]
     if len(sections) > 1:
         rest = {}
         for section in sections:
@@ -210,8 +234,9 @@ def _process_owners(report, owners, process, target_pid):
         for left in rest.values():
             for c, v in left.items():
                 summed[c] = summed.get(c, 0) + v
-        if all(v >= 0 for left in rest.values() for v in left.values()) and \
-                {c: v for c, v in summed.items() if v} == {c: v for c, v in process.items() if v}:
+        if all(v >= 0 for left in rest.values() for v in left.values()) and {c: v for c, v in summed.items() if v} == {
+            c: v for c, v in process.items() if v
+        }:
             return [_Owner([("owner_kind", "process"), ("pid", pid)], left, []) for pid, left in rest.items()]
     return [_Owner([("owner_kind", "process"), ("pid", target_pid)], process, [])]
 
@@ -252,11 +277,13 @@ def _columns(report, builder, keep):
 def _comments(report):
     target = report.get("target") or {}
     peak = report.get("peak") or {}
-    out = [f"tlsprof {(report.get('tool') or {}).get('version', '?')}: live OpenSSL heap of pid "
-           f"{target.get('pid')} ({target.get('mode')}), {peak.get('chosen', 'peak')} snapshot of "
-           f"{peak.get('snapshots', '?')}, captured {report.get('captured_at')}",
-           "bytes are heap footprint (malloc_usable_size + 8); a site's bytes are split over the owners "
-           "of its cause in proportion (docs/exports.md)"]
+    out = [
+        f"tlsprof {(report.get('tool') or {}).get('version', '?')}: live OpenSSL heap of pid "
+        f"{target.get('pid')} ({target.get('mode')}), {peak.get('chosen', 'peak')} snapshot of "
+        f"{peak.get('snapshots', '?')}, captured {report.get('captured_at')}",
+        "bytes are heap footprint (malloc_usable_size + 8); a site's bytes are split over the owners "
+        "of its cause in proportion (docs/exports.md)",
+    ]
     if report.get("partial"):
         out.append("partial: collection did not finish")
     for f in report.get("findings") or []:
@@ -289,11 +316,14 @@ def build_profile(report):
     owners = _owners(report, b)
     columns = _columns(report, b, _sites_per_cause(owners))
     for o in owners:
-        o.messages = [Label(key=b.s(k), str=b.s(v)) for k, v in o.labels] + \
-                     [Label(key=b.s(k), num=n, num_unit=b.s(u)) for k, n, u in o.num_labels]
+        o.messages = [Label(key=b.s(k), str=b.s(v)) for k, v in o.labels] + [
+            Label(key=b.s(k), num=n, num_unit=b.s(u)) for k, n, u in o.num_labels
+        ]
     cause_keys = {c: Label(key=b.s("cause"), str=b.s(c)) for c in CAUSES}
-    for cause in sorted({c for o in owners for c, v in o.by_cause.items() if v > 0},
-                        key=lambda c: CAUSES.index(c) if c in CAUSES else len(CAUSES)):
+    for cause in sorted(
+        {c for o in owners for c, v in o.by_cause.items() if v > 0},
+        key=lambda c: CAUSES.index(c) if c in CAUSES else len(CAUSES),
+    ):
         rows = [o for o in owners if (o.by_cause.get(cause) or 0) > 0]
         cols = columns.get(cause)
         if not cols:  # bytes of a cause with no site listed: one location says so

@@ -5,6 +5,7 @@ step, no hand-written encoder (docs/exports.md says why).
 Field numbers are the published ones (github.com/google/pprof, proto/profile.proto). Only the
 fields every pprof reader knows are declared; a reader ignores the ones it does not know anyway.
 """
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 PACKAGE = "perftools.profiles"
@@ -94,7 +95,6 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
 # A private pool: a program that also imports a generated profile_pb2 keeps its own classes.
 _pool = descriptor_pool.DescriptorPool()
 _pool.Add(_file_descriptor())
-
 
 
 def _message(name):

@@ -9,6 +9,7 @@ tlsprof installed): the agent module is loaded from its file next to this direct
 def _tlsprof_start():
     import os
     import sys
+
     here = os.path.dirname(os.path.abspath(__file__))
     directory = os.environ.get("TLSPROF_DIR")
     if not directory or os.environ.get("TLSPROF_AGENT", "1") == "0":
@@ -18,6 +19,7 @@ def _tlsprof_start():
         if directory is None:
             return
         import importlib.util
+
         path = os.path.join(os.path.dirname(here), "agent.py")
         mod = sys.modules.get("_tlsprof_agent")
         if mod is None:
@@ -25,8 +27,7 @@ def _tlsprof_start():
             mod = importlib.util.module_from_spec(spec)
             sys.modules["_tlsprof_agent"] = mod
             spec.loader.exec_module(mod)
-        mod.start(directory, tracemalloc_ext=os.environ.get("TLSPROF_TRACEMALLOC") == "1",
-                  capture=True)
+        mod.start(directory, tracemalloc_ext=os.environ.get("TLSPROF_TRACEMALLOC") == "1", capture=True)
     except BaseException:  # noqa: BLE001 - the target comes first
         pass
 
@@ -37,6 +38,7 @@ def _own_channel_dir(directory):
     0700 directory owned by us."""
     import os
     import stat
+
     for candidate in (directory, None):
         if candidate is None:
             base = os.environ.get("TLSPROF_UID_DIRS", "")
@@ -60,10 +62,12 @@ def _tlsprof_chain():
     """Run the sitecustomize that would have run without us (e.g. Debian's /etc/python3.x one)."""
     import os
     import sys
+
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         import importlib.machinery
         import importlib.util
+
         others = [p for p in sys.path if os.path.abspath(p or ".") != here]
         spec = importlib.machinery.PathFinder.find_spec("sitecustomize", others)
         if spec is None or not spec.origin or os.path.dirname(os.path.abspath(spec.origin)) == here:
@@ -73,6 +77,7 @@ def _tlsprof_chain():
         spec.loader.exec_module(mod)
     except Exception:
         import traceback
+
         sys.stderr.write("Error in sitecustomize (chained by tlsprof):\n")
         traceback.print_exc()
 

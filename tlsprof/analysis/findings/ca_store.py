@@ -1,8 +1,15 @@
 """ca-store-per-connection: a parsed CA store per context, few connections per context."""
+
 from tlsprof.analysis.creation import place, place_text  # noqa: F401
 from tlsprof.analysis.findings.registry import KiB, MiB, finding, human  # noqa: F401
-from tlsprof.analysis.findings.common import (_cause, _contexts_by_id, _count, _live_connections,  # noqa: F401
-                                              _place_connections, _placed)
+from tlsprof.analysis.findings.common import (
+    _cause,
+    _contexts_by_id,
+    _count,
+    _live_connections,  # noqa: F401
+    _place_connections,
+    _placed,
+)
 
 
 def _ca_store_bytes(ctx: dict) -> int:
@@ -36,31 +43,32 @@ CA_STORE_FIX = (
 # The fix for the API the creating line uses (tlsprof/analysis/creation.py); CA_STORE_FIX when unknown.
 CA_STORE_FIX_BY_API = {
     "ssl": "Build the SSLContext once, at start-up, and reuse that same object for every "
-           "wrap_socket(), start_tls() or asyncio server/connection; never call "
-           "ssl.create_default_context() or SSLContext() per connection or request.",
+    "wrap_socket(), start_tls() or asyncio server/connection; never call "
+    "ssl.create_default_context() or SSLContext() per connection or request.",
     "urllib3/requests": "Reuse one requests.Session (or urllib3.PoolManager) for every request "
-                        "instead of requests.get()/Session() per call, or give the adapter/pool one "
-                        "shared context: urllib3.PoolManager(ssl_context=ctx) built once with "
-                        "ssl.create_default_context().",
+    "instead of requests.get()/Session() per call, or give the adapter/pool one "
+    "shared context: urllib3.PoolManager(ssl_context=ctx) built once with "
+    "ssl.create_default_context().",
     "aiohttp": "Reuse one aiohttp.ClientSession for every request (each new session or TCPConnector "
-               "builds its own context), or pass one shared context: "
-               "aiohttp.TCPConnector(ssl=ctx) with ctx = ssl.create_default_context() made once.",
+    "builds its own context), or pass one shared context: "
+    "aiohttp.TCPConnector(ssl=ctx) with ctx = ssl.create_default_context() made once.",
     "httpx": "Reuse one httpx.Client/AsyncClient (each client builds its own context), or pass "
-             "verify=ctx with one ssl.create_default_context() made at start-up.",
+    "verify=ctx with one ssl.create_default_context() made at start-up.",
     "pyOpenSSL": "Create one OpenSSL.SSL.Context at start-up and pass it to every "
-                 "OpenSSL.SSL.Connection (Twisted: build one CertificateOptions/"
-                 "optionsForClientTLS and reuse it for every connection).",
+    "OpenSSL.SSL.Connection (Twisted: build one CertificateOptions/"
+    "optionsForClientTLS and reuse it for every connection).",
     "C": "Create one SSL_CTX, load the trust store into it once (SSL_CTX_set_default_verify_paths "
-         "or SSL_CTX_load_verify_locations), and call SSL_new(ctx) for each connection.",
+    "or SSL_CTX_load_verify_locations), and call SSL_new(ctx) for each connection.",
 }
 
 
 @finding("ca-store-per-connection")
 def ca_store_per_connection(report: dict):
-    heavy = [ctx for ctx in report.get("contexts", [])
-             if ctx.get("alive", True)
-             and ctx.get("connections", 0) >= 1
-             and _ca_store_bytes(ctx) > CA_MIN_STORE_BYTES]
+    heavy = [
+        ctx
+        for ctx in report.get("contexts", [])
+        if ctx.get("alive", True) and ctx.get("connections", 0) >= 1 and _ca_store_bytes(ctx) > CA_MIN_STORE_BYTES
+    ]
     if len(heavy) < CA_MIN_CONTEXTS:
         return None
     connections = sum(ctx["connections"] for ctx in heavy)
@@ -83,7 +91,10 @@ def ca_store_per_connection(report: dict):
         f"({human(mean_store)} each on average) and serve {per_context:.1f} connections each "
         f"({connections} in all): the CA store costs {human(per_connection)} per connection. "
         f"Sharing one context would save {human(saving)} ({human(ca_saving)} of it CA stores).",
-        CA_STORE_FIX, where, CA_STORE_FIX_BY_API)
+        CA_STORE_FIX,
+        where,
+        CA_STORE_FIX_BY_API,
+    )
     return {
         "id": "ca-store-per-connection",
         "severity": "critical" if many else "warning",

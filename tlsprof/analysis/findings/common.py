@@ -1,12 +1,13 @@
 """Helpers the findings share: where a line of the user's code created an object, counts."""
+
 from tlsprof.analysis.creation import place, place_text
+
 
 def _placed(detail: str, fix: str, where, fixes: dict):
     """Name the user's creating line in the detail and give the fix for the API on that line."""
     if where is None:
         return detail, fix
-    detail += (f" {where['objects']} of {where['of']} were created at {place_text(where)} "
-               f"({where['api']}).")
+    detail += f" {where['objects']} of {where['of']} were created at {place_text(where)} ({where['api']})."
     specific = fixes.get(where["api"])
     if specific:
         fix = f"At {place_text(where)}: {specific}"
@@ -14,6 +15,7 @@ def _placed(detail: str, fix: str, where, fixes: dict):
 
 
 # --- shared helpers for the per-connection findings -------------------------------------------
+
 
 def _live_connections(report: dict) -> list:
     return [c for c in report.get("connections", []) if c.get("alive", True)]

@@ -1,7 +1,14 @@
 """compression-enabled: a zlib state per connection."""
+
 from tlsprof.analysis.findings.registry import KiB, MiB, finding, human  # noqa: F401
-from tlsprof.analysis.findings.common import (_cause, _contexts_by_id, _count, _live_connections,  # noqa: F401
-                                              _place_connections, _placed)
+from tlsprof.analysis.findings.common import (
+    _cause,
+    _contexts_by_id,
+    _count,
+    _live_connections,  # noqa: F401
+    _place_connections,
+    _placed,
+)
 from tlsprof.analysis.findings.count_trend import _count_trend
 
 # --- compression-enabled ----------------------------------------------------------------------
@@ -27,9 +34,8 @@ COMPRESSION_FIX = (
 _CRIME = " Compression is also the CRIME attack (CVE-2012-4929) on cookies and tokens."
 COMPRESSION_FIX_BY_API = {
     "ssl": "keep ssl.OP_NO_COMPRESSION (OpenSSL's SSL_OP_NO_COMPRESSION) set on this context: it is "
-           "the default, so remove the `options &= ~ssl.OP_NO_COMPRESSION` that clears it." + _CRIME,
-    "pyOpenSSL": "ctx.set_options(OpenSSL.SSL.OP_NO_COMPRESSION) (SSL_OP_NO_COMPRESSION) on this "
-                 "context." + _CRIME,
+    "the default, so remove the `options &= ~ssl.OP_NO_COMPRESSION` that clears it." + _CRIME,
+    "pyOpenSSL": "ctx.set_options(OpenSSL.SSL.OP_NO_COMPRESSION) (SSL_OP_NO_COMPRESSION) on this context." + _CRIME,
     "C": "SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION), and no SSL_CTX_clear_options with it." + _CRIME,
 }
 
@@ -48,7 +54,10 @@ def compression_enabled(report: dict):
         f"{len(conns)} of {all_conns} live connections negotiated TLS compression: each holds "
         f"{human(per_connection)} of zlib compression state ({human(total)} in all). "
         f"Disabling compression would free {human(total)} now and remove the CRIME exposure.",
-        COMPRESSION_FIX, where, COMPRESSION_FIX_BY_API)
+        COMPRESSION_FIX,
+        where,
+        COMPRESSION_FIX_BY_API,
+    )
     return {
         "id": "compression-enabled",
         "severity": "critical" if critical else "warning",

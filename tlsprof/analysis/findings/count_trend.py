@@ -1,5 +1,6 @@
 """The count trend of live connections against traffic, from the session's history: read by
 leaked-connections (the leak) and compression-enabled (its evidence)."""
+
 # how many leaked connections make a finding (leaked-connections says why)
 LEAK_MIN_CONNECTIONS = 5
 
@@ -18,16 +19,20 @@ TREND_SILENT_S = 10.0
 
 def _count_trend(report: dict):
     """Evidence that live connections grew while traffic was flat, or None."""
-    points = [p for p in report.get("history") or [] if isinstance(p, dict)
-              and isinstance(p.get("t"), (int, float)) and isinstance(p.get("connections"), int)
-              and isinstance(p.get("io_calls"), int)]
+    points = [
+        p
+        for p in report.get("history") or []
+        if isinstance(p, dict)
+        and isinstance(p.get("t"), (int, float))
+        and isinstance(p.get("connections"), int)
+        and isinstance(p.get("io_calls"), int)
+    ]
     if len(points) < TREND_MIN_POINTS:
         return None
     start, span = points[0]["t"], points[-1]["t"] - points[0]["t"]
     if span < TREND_MIN_SPAN_S:
         return None
-    thirds = [[p for p in points if start + k * span / 3 <= p["t"] <= start + (k + 1) * span / 3]
-              for k in range(3)]
+    thirds = [[p for p in points if start + k * span / 3 <= p["t"] <= start + (k + 1) * span / 3] for k in range(3)]
     if any(len(third) < 2 for third in thirds):
         return None
     counts = [sum(p["connections"] for p in third) / len(third) for third in thirds]
@@ -39,5 +44,8 @@ def _count_trend(report: dict):
     flat = min(rates) > 0 and max(rates) <= TREND_FLAT_RATIO * min(rates)
     if not (growing and flat):
         return None
-    return {"span_s": round(span, 1), "mean_connections": [round(c, 1) for c in counts],
-            "io_calls_per_s": [round(r, 1) for r in rates]}
+    return {
+        "span_s": round(span, 1),
+        "mean_connections": [round(c, 1) for c in counts],
+        "io_calls_per_s": [round(r, 1) for r in rates],
+    }

@@ -1,7 +1,14 @@
 """handshake-state-retained: handshake state kept by stuck or finished connections."""
+
 from tlsprof.analysis.findings.registry import KiB, MiB, finding, human  # noqa: F401
-from tlsprof.analysis.findings.common import (_cause, _contexts_by_id, _count, _live_connections,  # noqa: F401
-                                              _place_connections, _placed)
+from tlsprof.analysis.findings.common import (
+    _cause,
+    _contexts_by_id,
+    _count,
+    _live_connections,  # noqa: F401
+    _place_connections,
+    _placed,
+)
 
 # --- handshake-state-retained ---------------------------------------------------------------
 # Handshake-time state should be gone once a connection is established: OpenSSL keeps well under
@@ -41,8 +48,11 @@ def handshake_state_retained(report: dict):
     holders = [c for c in established if _cause(c, "handshake") >= HS_MIN_BYTES]
     if len(holders) < HS_MIN_CONNECTIONS or len(holders) < HS_MIN_SHARE * len(established):
         holders = []
-    stuck = [c for c in live if c.get("state") == "handshake"
-             and isinstance(c.get("age_s"), (int, float)) and c["age_s"] >= HS_STUCK_S]
+    stuck = [
+        c
+        for c in live
+        if c.get("state") == "handshake" and isinstance(c.get("age_s"), (int, float)) and c["age_s"] >= HS_STUCK_S
+    ]
     if len(stuck) < HS_MIN_STUCK:
         stuck = []
     if not holders and not stuck:
@@ -53,13 +63,17 @@ def handshake_state_retained(report: dict):
     per_connection = total / (len(holders) + len(stuck))
     parts = []
     if holders:
-        parts.append(f"{len(holders)} of {len(established)} established connections still hold "
-                     f"{human(held / len(holders))} each of handshake-time state (a finished "
-                     f"handshake normally leaves under 1 KiB)")
+        parts.append(
+            f"{len(holders)} of {len(established)} established connections still hold "
+            f"{human(held / len(holders))} each of handshake-time state (a finished "
+            f"handshake normally leaves under 1 KiB)"
+        )
     if stuck:
         oldest = max(c["age_s"] for c in stuck)
-        parts.append(f"{len(stuck)} connections have been in the handshake for {HS_STUCK_S:.0f} s "
-                     f"or more (oldest {oldest:.0f} s), holding {human(stuck_bytes / len(stuck))} each")
+        parts.append(
+            f"{len(stuck)} connections have been in the handshake for {HS_STUCK_S:.0f} s "
+            f"or more (oldest {oldest:.0f} s), holding {human(stuck_bytes / len(stuck))} each"
+        )
     return {
         "id": "handshake-state-retained",
         "severity": "warning" if total >= 4 * MiB or len(stuck) >= 100 else "info",
@@ -68,7 +82,12 @@ def handshake_state_retained(report: dict):
         "bytes_per_connection": per_connection,
         "saving_bytes": int(total),
         "fix": HANDSHAKE_FIX,
-        "evidence": {"established_holding": len(holders), "established": len(established),
-                     "handshake_bytes_established": int(held), "stuck_in_handshake": len(stuck),
-                     "stuck_bytes": int(stuck_bytes), "stuck_after_s": HS_STUCK_S},
+        "evidence": {
+            "established_holding": len(holders),
+            "established": len(established),
+            "handshake_bytes_established": int(held),
+            "stuck_in_handshake": len(stuck),
+            "stuck_bytes": int(stuck_bytes),
+            "stuck_after_s": HS_STUCK_S,
+        },
     }

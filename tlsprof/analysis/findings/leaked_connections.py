@@ -1,10 +1,22 @@
 """leaked-connections: connections whose socket is gone or that stay silent while their count grows."""
+
 from tlsprof.analysis.findings.registry import KiB, MiB, finding, human  # noqa: F401
-from tlsprof.analysis.findings.common import (_cause, _contexts_by_id, _count, _live_connections,  # noqa: F401
-                                              _place_connections, _placed)
-from tlsprof.analysis.findings.count_trend import (LEAK_MIN_CONNECTIONS, TREND_FLAT_RATIO,  # noqa: F401
-                                                   TREND_MIN_POINTS, TREND_MIN_SPAN_S, TREND_SILENT_S,
-                                                   _count_trend)
+from tlsprof.analysis.findings.common import (
+    _cause,
+    _contexts_by_id,
+    _count,
+    _live_connections,  # noqa: F401
+    _place_connections,
+    _placed,
+)
+from tlsprof.analysis.findings.count_trend import (
+    LEAK_MIN_CONNECTIONS,
+    TREND_FLAT_RATIO,  # noqa: F401
+    TREND_MIN_POINTS,
+    TREND_MIN_SPAN_S,
+    TREND_SILENT_S,
+    _count_trend,
+)
 from tlsprof.analysis.creation import place
 
 # --- leaked-connections -----------------------------------------------------------------------
@@ -72,17 +84,24 @@ def leaked_connections(report: dict):
     reasons = {}
     for reason in leaked.values():
         reasons[reason] = reasons.get(reason, 0) + 1
-    words = {"fd_closed": "socket fd already closed", "fd_reused": "fd number reused by a newer connection",
-             "python:unreachable": "Python object unreachable", "python:fd_closed": "Python socket closed",
-             "silent_while_count_grows": f"no data moved for {TREND_SILENT_S:.0f} s or more while the "
-                                         f"connection count kept growing and traffic stayed flat"}
+    words = {
+        "fd_closed": "socket fd already closed",
+        "fd_reused": "fd number reused by a newer connection",
+        "python:unreachable": "Python object unreachable",
+        "python:fd_closed": "Python socket closed",
+        "silent_while_count_grows": f"no data moved for {TREND_SILENT_S:.0f} s or more while the "
+        f"connection count kept growing and traffic stayed flat",
+    }
     why = ", ".join(f"{n} {words.get(r, r)}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
     where = place(conns)
     detail, fix = _placed(
         f"{_count(len(conns), 'connection')} are alive in OpenSSL but nothing uses them any more "
         f"({why}); each holds {human(per_connection)} of its own ({human(own)} in all), and they "
         f"keep their contexts alive. Freeing them would save {human(own)}.",
-        LEAKED_CONNECTIONS_FIX, where, {})
+        LEAKED_CONNECTIONS_FIX,
+        where,
+        {},
+    )
     return {
         "id": "leaked-connections",
         "severity": "critical" if len(conns) >= 100 or own >= 8 * MiB else "warning",

@@ -1,7 +1,14 @@
 """leaked-contexts: contexts that serve no connection and pile up."""
+
 from tlsprof.analysis.findings.registry import KiB, MiB, finding, human  # noqa: F401
-from tlsprof.analysis.findings.common import (_cause, _contexts_by_id, _count, _live_connections,  # noqa: F401
-                                              _place_connections, _placed)
+from tlsprof.analysis.findings.common import (
+    _cause,
+    _contexts_by_id,
+    _count,
+    _live_connections,  # noqa: F401
+    _place_connections,
+    _placed,
+)
 from tlsprof.analysis.creation import place
 from tlsprof.analysis.findings.ca_store import CA_STORE_FIX_BY_API, _ca_store_bytes
 
@@ -27,10 +34,10 @@ LEAKED_CONTEXTS_FIX = (
 @finding("leaked-contexts")
 def leaked_contexts(report: dict):
     live = [ctx for ctx in report.get("contexts", []) if ctx.get("alive", True)]
-    idle = [ctx for ctx in live if ctx.get("connections", 0) == 0
-            and ctx.get("live_bytes", 0) > LEAK_MIN_CONTEXT_BYTES]
-    py_leaked = [ctx for ctx in live if isinstance(ctx.get("python"), dict)
-                 and ctx["python"].get("leak") in ("unreachable",)]
+    idle = [ctx for ctx in live if ctx.get("connections", 0) == 0 and ctx.get("live_bytes", 0) > LEAK_MIN_CONTEXT_BYTES]
+    py_leaked = [
+        ctx for ctx in live if isinstance(ctx.get("python"), dict) and ctx["python"].get("leak") in ("unreachable",)
+    ]
     if len(idle) < LEAK_MIN_CONTEXTS or len(idle) * 2 <= len(live):
         idle = []
     suspects = {id(c): c for c in idle + py_leaked}.values()
@@ -45,8 +52,11 @@ def leaked_contexts(report: dict):
         f"{len(suspects)} of {len(live)} live contexts serve no connection "
         f"({n_conns} connections are live in all) yet hold {human(total / len(suspects))} each "
         f"({human(total)} in all, {human(sum(_ca_store_bytes(c) for c in suspects))} of it CA "
-        f"stores). Freeing them would save {human(total)}.", LEAKED_CONTEXTS_FIX, where,
-        CA_STORE_FIX_BY_API)
+        f"stores). Freeing them would save {human(total)}.",
+        LEAKED_CONTEXTS_FIX,
+        where,
+        CA_STORE_FIX_BY_API,
+    )
     return {
         "id": "leaked-contexts",
         "severity": "critical" if total >= 64 * MiB else "warning",

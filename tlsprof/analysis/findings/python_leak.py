@@ -1,18 +1,25 @@
 """python-leak: SSL objects whose Python side (the in-target agent's answer) says they should be gone."""
+
 from tlsprof.analysis.creation import frame_text, user_frame
 from tlsprof.analysis.findings.registry import finding, human
 
-_LEAK_WORDS = {"unreachable": "kept alive only by a reference cycle (freed at the next full gc)",
-               "fd_closed": "alive after its socket was closed",
-               "no_python_object": "alive in OpenSSL with no Python object holding it",
-               "no_wrapper": "a bare _ssl._SSLSocket that outlived its SSLSocket/SSLObject"}
+_LEAK_WORDS = {
+    "unreachable": "kept alive only by a reference cycle (freed at the next full gc)",
+    "fd_closed": "alive after its socket was closed",
+    "no_python_object": "alive in OpenSSL with no Python object holding it",
+    "no_wrapper": "a bare _ssl._SSLSocket that outlived its SSLSocket/SSLObject",
+}
 
 
 @finding("python-leak")
 def python_leak(report):
     """SSL objects whose Python side says they should be gone."""
-    items = [(kind, e) for kind, key in (("connection", "connections"), ("context", "contexts"))
-             for e in report.get(key, []) if isinstance(e.get("python"), dict) and e["python"].get("leak")]
+    items = [
+        (kind, e)
+        for kind, key in (("connection", "connections"), ("context", "contexts"))
+        for e in report.get(key, [])
+        if isinstance(e.get("python"), dict) and e["python"].get("leak")
+    ]
     if not items:
         return None
     by_leak = {}
@@ -39,6 +46,6 @@ def python_leak(report):
         "bytes_per_connection": None,
         "saving_bytes": native,
         "fix": "break the cycle or clear the container named in the referrer chain (close() the socket "
-               "and drop the reference); for cycles, avoid storing the connection on objects it refers back to",
+        "and drop the reference); for cycles, avoid storing the connection on objects it refers back to",
         "evidence": {"objects": [str(e["id"]) for _, e in items][:50]},
     }

@@ -1,7 +1,14 @@
 """idle-record-buffers: record buffers kept by idle connections."""
+
 from tlsprof.analysis.findings.registry import KiB, MiB, finding, human  # noqa: F401
-from tlsprof.analysis.findings.common import (_cause, _contexts_by_id, _count, _live_connections,  # noqa: F401
-                                              _place_connections, _placed)
+from tlsprof.analysis.findings.common import (
+    _cause,
+    _contexts_by_id,
+    _count,
+    _live_connections,  # noqa: F401
+    _place_connections,
+    _placed,
+)
 from tlsprof.analysis.findings.compression import COMP_MIN_BYTES
 
 # --- idle-record-buffers ----------------------------------------------------------------------
@@ -30,7 +37,7 @@ RECORD_BUFFERS_FIX = (
 
 
 def _release_buffers_state(ctx: dict, mode) -> str:
-    """"on", "off" or "unknown" for a context entry of the report."""
+    """ "on", "off" or "unknown" for a context entry of the report."""
     if "release_buffers" not in ctx:
         return "unknown"  # a report from a collector that does not record SSL_MODE_* calls
     rb = ctx["release_buffers"]
@@ -51,8 +58,7 @@ def idle_record_buffers(report: dict):
     for c in established:
         if _cause(c, "record_buffers") < RB_MIN_BYTES or _cause(c, "compression") > COMP_MIN_BYTES:
             continue
-        state = _release_buffers_state(contexts.get(c.get("context")) or {},
-                                       report.get("target", {}).get("mode"))
+        state = _release_buffers_state(contexts.get(c.get("context")) or {}, report.get("target", {}).get("mode"))
         states[state] = states.get(state, 0) + 1
         if state != "off":
             continue  # on: nothing the mode can free; unknown: never claim a fix we cannot see
@@ -63,8 +69,9 @@ def idle_record_buffers(report: dict):
     per_connection = total / len(holders)
     said = "SSL_MODE_RELEASE_BUFFERS is off on their contexts (no SSL_CTX_set_mode call seen)"
     if states.get("unknown"):
-        said += (f"; {states['unknown']} more hold buffers on contexts whose mode is unknown "
-                 f"(set before tlsprof attached)")
+        said += (
+            f"; {states['unknown']} more hold buffers on contexts whose mode is unknown (set before tlsprof attached)"
+        )
     return {
         "id": "idle-record-buffers",
         "severity": "warning" if total >= 4 * MiB else "info",

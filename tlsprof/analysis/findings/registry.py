@@ -1,4 +1,5 @@
 """The findings registry: every finding registers here with @finding; compute_findings runs them."""
+
 from tlsprof.errors import TlsprofError
 
 KiB = 1024
@@ -12,12 +13,14 @@ REGISTRY = {}
 
 def finding(finding_id: str):
     """Register a finding function under its id (lowercase words joined by '-')."""
+
     def register(fn):
         if finding_id in REGISTRY:
             raise ValueError(f"finding {finding_id!r} registered twice")
         REGISTRY[finding_id] = fn
         fn.finding_id = finding_id
         return fn
+
     return register
 
 
@@ -34,8 +37,7 @@ def compute_findings(report: dict) -> list:
         if result.get("id") != finding_id:
             raise TlsprofError(f"finding function {fn.__name__} returned id {result.get('id')!r}")
         results.append(result)
-    results.sort(key=lambda f: (SEVERITY_ORDER.get(f["severity"], 9),
-                                -(f.get("bytes_per_connection") or 0)))
+    results.sort(key=lambda f: (SEVERITY_ORDER.get(f["severity"], 9), -(f.get("bytes_per_connection") or 0)))
     return results
 
 

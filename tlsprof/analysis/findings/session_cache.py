@@ -1,7 +1,14 @@
 """session-cache-growth: TLS sessions retained past their connections."""
+
 from tlsprof.analysis.findings.registry import KiB, MiB, finding, human  # noqa: F401
-from tlsprof.analysis.findings.common import (_cause, _contexts_by_id, _count, _live_connections,  # noqa: F401
-                                              _place_connections, _placed)
+from tlsprof.analysis.findings.common import (
+    _cause,
+    _contexts_by_id,
+    _count,
+    _live_connections,  # noqa: F401
+    _place_connections,
+    _placed,
+)
 
 # --- session-cache-growth ---------------------------------------------------------------------
 # Sessions that outlive their connections (the server's session cache, or tickets/sessions a
@@ -40,11 +47,14 @@ def session_cache_growth(report: dict):
     live = sum(_cause(c, "session") for c in _live_connections(report))
     if retained <= SC_MIN_BYTES or retained <= SC_MIN_RATIO * live:
         return None
-    points = [p["session_bytes"] for p in report.get("history", [])
-              if isinstance(p, dict) and isinstance(p.get("session_bytes"), (int, float))]
+    points = [
+        p["session_bytes"]
+        for p in report.get("history", [])
+        if isinstance(p, dict) and isinstance(p.get("session_bytes"), (int, float))
+    ]
     growth = None
     if len(points) >= 2:
-        first = max(min(points[:max(1, len(points) // 4)]), 1)
+        first = max(min(points[: max(1, len(points) // 4)]), 1)
         growth = (points[-1] - first) / first
         if growth < SC_MIN_GROWTH:
             return None

@@ -58,6 +58,7 @@ in-gdb timer ends the wait long before the hard deadline so this is only a last 
 `eject` asks the shim over its socket ("DETACH") and falls back to gdb calling `tlsprof_stop()`
 (found with `dlopen(RTLD_NOLOAD)` + `dlsym`) at a safe point chosen the same way.
 """
+
 import os
 import time
 
@@ -65,13 +66,25 @@ from tlsprof.collect import client, shim_copy
 from tlsprof.collect.channel_paths import channel_dir_path, socket_path
 from tlsprof.errors import AttachError, ChannelError, NoOpenSSL, NoSuchProcess
 from tlsprof.collect.inject.gdb import _gdb_failure, _result, _run_gdb, _threads
-from tlsprof.collect.inject.target_facts import (RTLD_NOLOAD, RTLD_NOW, TargetInfo, _alive,
-                                                 _check_permission, _find_shim, _maps,
-                                                 _static_openssl, _status, _stripped_openssl, gdb_path, syscall_names,
-                                                 threads_sentence)
+from tlsprof.collect.inject.target_facts import (
+    RTLD_NOLOAD,
+    RTLD_NOW,
+    TargetInfo,
+    _alive,
+    _check_permission,
+    _find_shim,
+    _maps,
+    _static_openssl,
+    _status,
+    _stripped_openssl,
+    gdb_path,
+    syscall_names,
+    threads_sentence,
+)
 
 
 # ----------------------------------------------------------------------------- channel
+
 
 def ping(pid: int, channel_dir: str, timeout: float = 2.0) -> bool:
     """True if the shim in `pid` answers PING with its pid."""
@@ -80,8 +93,10 @@ def ping(pid: int, channel_dir: str, timeout: float = 2.0) -> bool:
 
 # ----------------------------------------------------------------------------- preflight
 
+
 def _default_shim() -> str:
     from tlsprof.collect.shim import shim_path
+
     return shim_path()
 
 
@@ -103,8 +118,9 @@ def preflight(pid: int, shim_path: str | None = None, channel_dir: str | None = 
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         exe = ""
-    info = TargetInfo(pid=pid, uid=uid, comm=status.get("Name", "?"), exe=exe,
-                      channel_dir=channel_dir or channel_dir_path(uid))
+    info = TargetInfo(
+        pid=pid, uid=uid, comm=status.get("Name", "?"), exe=exe, channel_dir=channel_dir or channel_dir_path(uid)
+    )
     maps = _maps(pid)
     for _perms, path in maps:
         base = os.path.basename(path)
@@ -121,11 +137,14 @@ def preflight(pid: int, shim_path: str | None = None, channel_dir: str | None = 
     if not (info.libssl or info.libcrypto or info.static_openssl):
         stripped = _stripped_openssl(pid, maps)
         if stripped:
-            raise NoOpenSSL(f"pid {pid} ({info.comm}): {stripped} links OpenSSL statically without symbols "
-                            f"(no SSL_new in .dynsym or .symtab): its contexts and connections cannot be "
-                            f"found, and after an attach none of its memory is seen")
-        raise NoOpenSSL(f"pid {pid} ({info.comm}) has no libssl/libcrypto loaded: it does not use a shared "
-                        f"OpenSSL (yet)")
+            raise NoOpenSSL(
+                f"pid {pid} ({info.comm}): {stripped} links OpenSSL statically without symbols "
+                f"(no SSL_new in .dynsym or .symtab): its contexts and connections cannot be "
+                f"found, and after an attach none of its memory is seen"
+            )
+        raise NoOpenSSL(
+            f"pid {pid} ({info.comm}) has no libssl/libcrypto loaded: it does not use a shared OpenSSL (yet)"
+        )
 
     if shim_path is None:
         try:
@@ -134,21 +153,26 @@ def preflight(pid: int, shim_path: str | None = None, channel_dir: str | None = 
             shim_path = None
     info.shim_mapped = _find_shim(maps, shim_path)
     if info.shim_mapped and ping(pid, info.channel_dir):
-        raise AttachError(f"pid {pid} is already attached (tlsprof's socket "
-                          f"{socket_path(info.channel_dir, pid)} answers); "
-                          f"use `tlsprof detach {pid}` first")
+        raise AttachError(
+            f"pid {pid} is already attached (tlsprof's socket "
+            f"{socket_path(info.channel_dir, pid)} answers); "
+            f"use `tlsprof detach {pid}` first"
+        )
     gdb_path()
     return info
 
 
 def _static_sentence(path: str, how: str) -> str:
     where = "exports" if how == "exports" else "has as a local .symtab symbol"
-    return (f"{path} {where} CRYPTO_malloc: a statically linked OpenSSL copy; its contexts and "
-            f"connections are measured by the heap walk (what it allocates after the attach is not tracked)")
+    return (
+        f"{path} {where} CRYPTO_malloc: a statically linked OpenSSL copy; its contexts and "
+        f"connections are measured by the heap walk (what it allocates after the attach is not tracked)"
+    )
 
 
-def inject(pid: int, shim_path: str, channel_dir: str, timeout: float = 20,
-           on_stage=None, wait_ready: bool = True) -> None:
+def inject(
+    pid: int, shim_path: str, channel_dir: str, timeout: float = 20, on_stage=None, wait_ready: bool = True
+) -> None:
     """Load `shim_path` into `pid` at a safe point and call tlsprof_start(channel_dir).
 
     Returns once the shim's socket answers PING (unless wait_ready is False). A target that cannot
@@ -170,9 +194,15 @@ def inject(pid: int, shim_path: str, channel_dir: str, timeout: float = 20,
     try:
         shim_copy.check_same_view(pid, channel_dir)
         shim_path = bundle.shim
-        params = {"mode": "start", "shim": shim_path, "channel_dir": channel_dir,
-                  "rtld_now": RTLD_NOW, "rtld_noload": RTLD_NOLOAD,
-                  "wait": max(1.0, timeout * 0.6 - 2), "syscalls": syscall_names()}
+        params = {
+            "mode": "start",
+            "shim": shim_path,
+            "channel_dir": channel_dir,
+            "rtld_now": RTLD_NOW,
+            "rtld_noload": RTLD_NOLOAD,
+            "wait": max(1.0, timeout * 0.6 - 2),
+            "syscalls": syscall_names(),
+        }
         records, output = _run_gdb(pid, params, timeout, on_stage)
     finally:
         bundle.release()  # once mapped by the target, the copy stays until no process maps it
@@ -183,8 +213,10 @@ def inject(pid: int, shim_path: str, channel_dir: str, timeout: float = 20,
         if rc == 1:
             raise AttachError(f"pid {pid} is already attached (tlsprof_start returned 1)")
         if rc != 0:
-            raise AttachError(f"tlsprof_start returned {rc} in pid {pid}: the shim could not "
-                              f"install its hooks or open its socket in {channel_dir}")
+            raise AttachError(
+                f"tlsprof_start returned {rc} in pid {pid}: the shim could not "
+                f"install its hooks or open its socket in {channel_dir}"
+            )
     elif kind == "exited" or (kind and not _alive(pid)):
         raise AttachError(f"pid {pid} exited during attach")
     elif kind == "dlopen-failed":
@@ -195,13 +227,15 @@ def inject(pid: int, shim_path: str, channel_dir: str, timeout: float = 20,
         raise AttachError(
             f"no safe point in pid {pid} within {params['wait']:.0f}s: no thread was blocked in a "
             f"system call it can be interrupted in and none entered malloc ("
-            f"{threads_sentence(_threads(records)) or 'no thread seen'}); retry, or raise --timeout")
+            f"{threads_sentence(_threads(records)) or 'no thread seen'}); retry, or raise --timeout"
+        )
     elif kind == "call-failed":
-        raise AttachError(f"calling into pid {pid} failed, target left as it was: "
-                          f"{res.get('error')}")
+        raise AttachError(f"calling into pid {pid} failed, target left as it was: {res.get('error')}")
     elif kind == "gdb-timeout":
-        raise AttachError(f"gdb did not finish within {timeout:.0f}s; it was stopped and "
-                          f"pid {pid} {'resumed' if _alive(pid) else 'has exited'}")
+        raise AttachError(
+            f"gdb did not finish within {timeout:.0f}s; it was stopped and "
+            f"pid {pid} {'resumed' if _alive(pid) else 'has exited'}"
+        )
     elif kind == "script-error":
         raise AttachError(f"tlsprof's gdb script failed: {res.get('error')}")
     else:
@@ -222,8 +256,7 @@ def inject(pid: int, shim_path: str, channel_dir: str, timeout: float = 20,
     raise ChannelError(f"the shim started in pid {pid} but its socket {sock} does not answer")
 
 
-def eject(pid: int, channel_dir: str | None = None, shim_path: str | None = None,
-          timeout: float = 20) -> str:
+def eject(pid: int, channel_dir: str | None = None, shim_path: str | None = None, timeout: float = 20) -> str:
     """Remove tlsprof's hooks from `pid`. Returns "socket" or "gdb" (how it was done).
 
     Asks the shim with DETACH over its socket; if the socket does not answer, calls
@@ -253,9 +286,15 @@ def eject(pid: int, channel_dir: str | None = None, shim_path: str | None = None
     if not mapped:
         raise AttachError(f"tlsprof is not loaded in pid {pid}: nothing to detach")
     _check_permission(pid, _status(pid))
-    params = {"mode": "stop", "shim": mapped, "channel_dir": channel_dir,
-              "rtld_now": RTLD_NOW, "rtld_noload": RTLD_NOLOAD,
-              "wait": max(1.0, timeout * 0.6 - 2), "syscalls": syscall_names()}
+    params = {
+        "mode": "stop",
+        "shim": mapped,
+        "channel_dir": channel_dir,
+        "rtld_now": RTLD_NOW,
+        "rtld_noload": RTLD_NOLOAD,
+        "wait": max(1.0, timeout * 0.6 - 2),
+        "syscalls": syscall_names(),
+    }
     records, output = _run_gdb(pid, params, timeout)
     res = _result(records)
     kind = res.get("result")
@@ -266,10 +305,11 @@ def eject(pid: int, channel_dir: str | None = None, shim_path: str | None = None
     if kind == "not-loaded":
         raise AttachError(f"tlsprof is not loaded in pid {pid}: nothing to detach")
     if kind == "no-safe-point":
-        raise AttachError(f"no safe point in pid {pid} within {params['wait']:.0f}s to call "
-                          f"tlsprof_stop ({threads_sentence(_threads(records)) or 'no thread seen'}); "
-                          f"retry")
+        raise AttachError(
+            f"no safe point in pid {pid} within {params['wait']:.0f}s to call "
+            f"tlsprof_stop ({threads_sentence(_threads(records)) or 'no thread seen'}); "
+            f"retry"
+        )
     if kind in ("call-failed", "script-error", "no-entry", "gdb-timeout"):
-        raise AttachError(f"could not call tlsprof_stop in pid {pid}: "
-                          f"{res.get('error') or res.get('entry') or kind}")
+        raise AttachError(f"could not call tlsprof_stop in pid {pid}: {res.get('error') or res.get('entry') or kind}")
     raise _gdb_failure(pid, output, "detach from")

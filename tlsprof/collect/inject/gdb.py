@@ -1,5 +1,6 @@
 """Runs tlsprof/collect/inject/gdb_script.py in gdb against a pid, reads its records back, and never
 leaves the target stopped."""
+
 import json
 import os
 import signal
@@ -7,7 +8,7 @@ import subprocess
 import threading
 import time
 
-from tlsprof.errors import (AccessDenied, AttachError, NoSuchProcess)
+from tlsprof.errors import AccessDenied, AttachError, NoSuchProcess
 from importlib import resources
 
 from tlsprof.collect.inject.target_facts import _alive, _ptrace_hint, _state, _status, gdb_path
@@ -23,17 +24,46 @@ def _run_gdb(pid: int, params: dict, timeout: float, on_stage=None) -> tuple[lis
     gdb = gdb_path()
     # the script travels in the environment: nothing is written, so a read-only or full /tmp
     # cannot stop an attach or a detach half-way
-    env = dict(os.environ, TLSPROF_GDB_PARAMS=json.dumps(params), TLSPROF_GDB_SCRIPT=_gdb_script(),
-               DEBUGINFOD_URLS="", LC_ALL="C", LANG="C")
-    cmd = [gdb, "-nx", "-nw", "-q", "-batch",
-           "-iex", "set debuginfod enabled off", "-iex", "set pagination off",
-           "-iex", "set confirm off", "-iex", "set breakpoint pending off",
-           "-iex", "set auto-load off",
-           "-p", str(pid), "-ex", "python exec(__import__('os').environ['TLSPROF_GDB_SCRIPT'])"]
+    env = dict(
+        os.environ,
+        TLSPROF_GDB_PARAMS=json.dumps(params),
+        TLSPROF_GDB_SCRIPT=_gdb_script(),
+        DEBUGINFOD_URLS="",
+        LC_ALL="C",
+        LANG="C",
+    )
+    cmd = [
+        gdb,
+        "-nx",
+        "-nw",
+        "-q",
+        "-batch",
+        "-iex",
+        "set debuginfod enabled off",
+        "-iex",
+        "set pagination off",
+        "-iex",
+        "set confirm off",
+        "-iex",
+        "set breakpoint pending off",
+        "-iex",
+        "set auto-load off",
+        "-p",
+        str(pid),
+        "-ex",
+        "python exec(__import__('os').environ['TLSPROF_GDB_SCRIPT'])",
+    ]
     was_stopped = _state(pid) in ("T", "t")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace",
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        env=env,
+        start_new_session=True,
+    )
     records, lines = [], []
 
     def reader():
@@ -41,7 +71,7 @@ def _run_gdb(pid: int, params: dict, timeout: float, on_stage=None) -> tuple[lis
             lines.append(line)
             if line.startswith("TLSPROF-GDB "):
                 try:
-                    rec = json.loads(line[len("TLSPROF-GDB "):])
+                    rec = json.loads(line[len("TLSPROF-GDB ") :])
                 except ValueError:
                     continue
                 records.append(rec)
@@ -117,9 +147,7 @@ def _gdb_failure(pid: int, output: str, what: str) -> Exception:
             return NoSuchProcess(pid)
         return AccessDenied(pid, f"not permitted to ptrace pid {pid}: {_ptrace_hint(pid)}")
     if "ptrace: No such process" in output or not _alive(pid):
-        return AttachError(f"pid {pid} exited during {what}") if "attached" in output \
-            else NoSuchProcess(pid)
-    last = [ln.strip() for ln in output.splitlines()
-            if ln.strip() and not ln.startswith("TLSPROF-GDB")]
+        return AttachError(f"pid {pid} exited during {what}") if "attached" in output else NoSuchProcess(pid)
+    last = [ln.strip() for ln in output.splitlines() if ln.strip() and not ln.startswith("TLSPROF-GDB")]
     detail = last[-1] if last else "no output"
     return AttachError(f"gdb could not {what} pid {pid}: {detail}")

@@ -14,7 +14,8 @@ P = json.loads(os.environ["TLSPROF_GDB_PARAMS"])
 WAIT_SYSCALLS = {7, 23, 34, 35, 43, 128, 130, 230, 232, 270, 271, 281, 288, 441}
 # libc entry points that block in the kernel holding no libc-internal lock (malloc's, the
 # loader's, stdio's, the atfork or setxid locks): the program called them directly.
-ENTRY_OK = set("""read readv pread pread64 preadv preadv2 write writev pwrite pwrite64 recv recvfrom
+ENTRY_OK = set(
+    """read readv pread pread64 preadv preadv2 write writev pwrite pwrite64 recv recvfrom
     recvmsg recvmmsg send sendto sendmsg sendmmsg accept accept4 connect poll ppoll select pselect
     epoll_wait epoll_pwait epoll_pwait2 nanosleep clock_nanosleep sleep usleep pause sigsuspend
     sigwait sigwaitinfo sigtimedwait wait waitpid wait3 wait4 waitid pthread_cond_wait
@@ -24,10 +25,23 @@ ENTRY_OK = set("""read readv pread pread64 preadv preadv2 write writev pwrite pw
     pthread_rwlock_clockwrlock pthread_join pthread_timedjoin_np pthread_clockjoin_np
     pthread_clockjoin_ex pthread_barrier_wait sem_wait sem_timedwait sem_clockwait
     sem_wait_slow msgrcv msgsnd semop semtimedop mq_receive mq_timedreceive mq_send
-    mq_timedsend flock lockf fcntl ioctl syscall io_getevents""".split())
+    mq_timedsend flock lockf fcntl ioctl syscall io_getevents""".split()
+)
 FUTEX = 202
-HOLDS_LOCK_OVER_CALLBACK = {"dl_iterate_phdr", "dlopen", "dlclose", "dlsym", "dladdr", "fork",
-                            "system", "popen", "malloc", "free", "realloc", "calloc"}
+HOLDS_LOCK_OVER_CALLBACK = {
+    "dl_iterate_phdr",
+    "dlopen",
+    "dlclose",
+    "dlsym",
+    "dladdr",
+    "fork",
+    "system",
+    "popen",
+    "malloc",
+    "free",
+    "realloc",
+    "calloc",
+}
 BREAK_AT = ["malloc", "calloc", "realloc", "free", "CRYPTO_malloc", "CRYPTO_zalloc", "CRYPTO_free"]
 state = {"exited": False, "stop": None}
 
@@ -99,7 +113,7 @@ def plain_name(name):
         changed = False
         for prefix in ("__GI_", "_", "libc_", "new_", "GI_", "IO_"):
             if name.startswith(prefix):
-                name, changed = name[len(prefix):], True
+                name, changed = name[len(prefix) :], True
     if name.endswith("64") and name[:-2] in ENTRY_OK:
         name = name[:-2]
     return name
@@ -178,8 +192,7 @@ def blocked_thread(inf):
     for kind in ("wait", "entry"):
         if kind in best:
             th, facts = best[kind]
-            emit(stage="safe-point", how="syscall", syscall=facts.get("syscall"),
-                 via=facts.get("via"), tid=th.ptid[1])
+            emit(stage="safe-point", how="syscall", syscall=facts.get("syscall"), via=facts.get("via"), tid=th.ptid[1])
             return th
     return None
 
@@ -224,9 +237,12 @@ def wait_at_breakpoint(inf):
     deadline = time.monotonic() + P["wait"]
     # The wake-up comes from a separate process: gdb holds the GIL while `continue` runs, so a
     # Python thread here would never get to send it.
-    waker = subprocess.Popen(["/bin/sh", "-c", "sleep %.1f; kill -URG %d" % (P["wait"], inf.pid)],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    waker = subprocess.Popen(
+        ["/bin/sh", "-c", "sleep %.1f; kill -URG %d" % (P["wait"], inf.pid)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     run("handle SIGURG stop print nopass")  # noprint would imply nostop
     found = None
     try:
@@ -246,12 +262,10 @@ def wait_at_breakpoint(inf):
             if isinstance(ev, gdb.BreakpointEvent):
                 th = gdb.selected_thread()
                 if frames_ok(gdb.newest_frame()):
-                    emit(stage="safe-point", how="breakpoint",
-                         function=str(ev.breakpoints[0].location), tid=th.ptid[1])
+                    emit(stage="safe-point", how="breakpoint", function=str(ev.breakpoints[0].location), tid=th.ptid[1])
                     found = th
                     break
-            elif isinstance(ev, gdb.SignalEvent) and ev.stop_signal == "SIGURG" \
-                    and time.monotonic() >= deadline:
+            elif isinstance(ev, gdb.SignalEvent) and ev.stop_signal == "SIGURG" and time.monotonic() >= deadline:
                 break
             if time.monotonic() >= deadline:
                 break
@@ -276,8 +290,26 @@ def wait_at_breakpoint(inf):
     return found
 
 
-GREGS = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11",
-         "r12", "r13", "r14", "r15", "rip", "eflags"]
+GREGS = [
+    "rax",
+    "rbx",
+    "rcx",
+    "rdx",
+    "rsi",
+    "rdi",
+    "rbp",
+    "rsp",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+    "rip",
+    "eflags",
+]
 ARG_REGS = ["rdi", "rsi", "rdx", "rcx", "r8", "r9"]
 
 
@@ -293,9 +325,9 @@ def entry_point(pid):
     with open("/proc/%d/auxv" % pid, "rb") as f:
         data = f.read()
     for i in range(0, len(data) - 15, 16):
-        key = int.from_bytes(data[i:i + 8], "little")
+        key = int.from_bytes(data[i : i + 8], "little")
         if key == 9:  # AT_ENTRY
-            return int.from_bytes(data[i + 8:i + 16], "little")
+            return int.from_bytes(data[i + 8 : i + 16], "little")
     raise CallFailed("no AT_ENTRY in auxv")
 
 
@@ -333,7 +365,7 @@ def call(th, addr, args, deadline):
     inf.write_memory(sp, ret_addr.to_bytes(8, "little"))
     bp = gdb.Breakpoint("*0x%x" % ret_addr, internal=True)
     try:
-        setreg("orig_rax", -1)   # no syscall restart may rewind our new rip
+        setreg("orig_rax", -1)  # no syscall restart may rewind our new rip
         for reg, v in zip(ARG_REGS, ints):
             setreg(reg, v)
         setreg("rax", 0)
@@ -355,8 +387,7 @@ def call(th, addr, args, deadline):
                 return value("$rax") & 0xFFFFFFFFFFFFFFFF
             if isinstance(ev, gdb.SignalEvent) and cur.ptid == th.ptid:
                 run("handle %s nopass" % ev.stop_signal)  # do not deliver our crash on detach
-                raise CallFailed("the target got %s while in the called function"
-                                 % ev.stop_signal)
+                raise CallFailed("the target got %s while in the called function" % ev.stop_signal)
     finally:
         try:
             bp.delete()

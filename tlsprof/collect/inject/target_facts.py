@@ -1,5 +1,6 @@
 """What an attach needs to know about the target before gdb touches it: /proc facts, ptrace
 permission, the ELF objects holding OpenSSL, a tlsprof shim already mapped, its threads' system calls."""
+
 import mmap
 import os
 import re
@@ -8,8 +9,7 @@ import struct
 from dataclasses import dataclass, field
 
 from tlsprof.collect import shim_copy
-from tlsprof.errors import (AccessDenied, AttachError, NoSuchProcess,
-                            ToolMissing)
+from tlsprof.errors import AccessDenied, AttachError, NoSuchProcess, ToolMissing
 
 CAP_SYS_PTRACE = 19
 RTLD_NOW = 0x2
@@ -28,12 +28,13 @@ class TargetInfo:
     is_python: bool = False
     # ELF objects in the target holding their own OpenSSL: (path, "exports"|"symtab") pairs.
     static_openssl: list = field(default_factory=list)
-    shim_mapped: str | None = None   # path of a tlsprof shim already mapped in the target
-    channel_dir: str = ""            # where the target's socket lives (not created by preflight)
+    shim_mapped: str | None = None  # path of a tlsprof shim already mapped in the target
+    channel_dir: str = ""  # where the target's socket lives (not created by preflight)
     warnings: list = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- /proc helpers
+
 
 def _read(path: str) -> str:
     with open(path, "r", errors="replace") as f:
@@ -54,7 +55,7 @@ def _state(pid: int) -> str | None:
         stat = _read(f"/proc/{pid}/stat")
     except (FileNotFoundError, ProcessLookupError):
         return None
-    st = stat[stat.rfind(")") + 2:stat.rfind(")") + 3]
+    st = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3]
     return None if st in ("Z", "X") else st
 
 
@@ -81,20 +82,27 @@ def _ptrace_hint(pid: int) -> str:
     scope = _ptrace_scope()
     cap = _have_cap_sys_ptrace()
     if scope == 3:
-        return ("kernel.yama.ptrace_scope=3 forbids all ptrace attach until reboot; "
-                "tlsprof attach cannot work on this boot (use `tlsprof run` instead)")
+        return (
+            "kernel.yama.ptrace_scope=3 forbids all ptrace attach until reboot; "
+            "tlsprof attach cannot work on this boot (use `tlsprof run` instead)"
+        )
     if scope == 2 and not cap:
-        return ("kernel.yama.ptrace_scope=2 allows ptrace only with CAP_SYS_PTRACE; "
-                "run tlsprof as root (or with CAP_SYS_PTRACE)")
+        return (
+            "kernel.yama.ptrace_scope=2 allows ptrace only with CAP_SYS_PTRACE; "
+            "run tlsprof as root (or with CAP_SYS_PTRACE)"
+        )
     if scope == 1 and not cap:
-        return ("kernel.yama.ptrace_scope=1 allows ptrace only of your own child processes; "
-                "allow it with `sysctl kernel.yama.ptrace_scope=0` or run tlsprof as root / with "
-                "CAP_SYS_PTRACE")
+        return (
+            "kernel.yama.ptrace_scope=1 allows ptrace only of your own child processes; "
+            "allow it with `sysctl kernel.yama.ptrace_scope=0` or run tlsprof as root / with "
+            "CAP_SYS_PTRACE"
+        )
     if os.geteuid() == 0 and not cap:
-        return ("root here lacks CAP_SYS_PTRACE (a container?); grant it "
-                "(e.g. `docker run --cap-add SYS_PTRACE`)")
-    return ("you most likely lack permission to trace it: run tlsprof as the process's user, "
-            "as root, or with CAP_SYS_PTRACE")
+        return "root here lacks CAP_SYS_PTRACE (a container?); grant it (e.g. `docker run --cap-add SYS_PTRACE`)"
+    return (
+        "you most likely lack permission to trace it: run tlsprof as the process's user, "
+        "as root, or with CAP_SYS_PTRACE"
+    )
 
 
 def _check_permission(pid: int, status: dict) -> None:
@@ -106,18 +114,21 @@ def _check_permission(pid: int, status: dict) -> None:
     same = uids == {me} and gids == {os.getgid()}
     if not (same or cap):
         owner = min(uids) if uids else "?"
-        raise AccessDenied(pid, f"cannot trace pid {pid} (owned by uid {owner}, you are uid {me}): "
-                                f"run tlsprof as that user, as root, or with CAP_SYS_PTRACE")
+        raise AccessDenied(
+            pid,
+            f"cannot trace pid {pid} (owned by uid {owner}, you are uid {me}): "
+            f"run tlsprof as that user, as root, or with CAP_SYS_PTRACE",
+        )
     scope = _ptrace_scope()
     if scope == 3 or (scope in (1, 2) and not cap):
         raise AccessDenied(pid, f"cannot trace pid {pid}: {_ptrace_hint(pid)}")
     tracer = int(status.get("TracerPid", "0") or 0)
     if tracer:
-        raise AttachError(f"pid {pid} is already being traced by pid {tracer} (a debugger?); "
-                          f"detach it first")
+        raise AttachError(f"pid {pid} is already being traced by pid {tracer} (a debugger?); detach it first")
 
 
 # ----------------------------------------------------------------------------- ELF scanning
+
 
 def _maps(pid: int) -> list:
     """[(perms, path)] of the file-backed mappings of `pid`."""
@@ -142,7 +153,7 @@ def _elf_defines(path: str, name: bytes) -> str | None:
             hdr = f.read(64)
             if len(hdr) < 64 or hdr[:4] != b"\x7fELF" or hdr[4] != 2 or hdr[5] != 1:
                 return None  # only 64-bit little-endian ELF
-            shoff, = struct.unpack_from("<Q", hdr, 0x28)
+            (shoff,) = struct.unpack_from("<Q", hdr, 0x28)
             shentsize, shnum = struct.unpack_from("<HH", hdr, 0x3A)
             if not shoff or shentsize != 64 or not shnum:
                 return None
@@ -198,8 +209,7 @@ def _find_shim(maps: list, shim_path: str | None) -> str | None:
             return path
         if shim_copy.is_copy(path):
             return path
-        if os.path.basename(path).startswith("_shim") and \
-                os.path.basename(os.path.dirname(path)) == "tlsprof":
+        if os.path.basename(path).startswith("_shim") and os.path.basename(os.path.dirname(path)) == "tlsprof":
             return path
     return None
 
@@ -207,13 +217,39 @@ def _find_shim(maps: list, shim_path: str | None) -> str | None:
 # ----------------------------------------------------------------------------- preflight
 
 # The calls a blocked thread is most often in, when the kernel headers are not installed.
-_SYSCALLS_FALLBACK = {0: "read", 1: "write", 7: "poll", 16: "ioctl", 17: "pread64", 19: "readv",
-                      23: "select", 34: "pause", 35: "nanosleep", 42: "connect", 43: "accept",
-                      44: "sendto", 45: "recvfrom", 46: "sendmsg", 47: "recvmsg", 61: "wait4",
-                      72: "fcntl", 73: "flock", 128: "rt_sigtimedwait", 130: "rt_sigsuspend",
-                      202: "futex", 219: "restart_syscall", 230: "clock_nanosleep",
-                      232: "epoll_wait", 247: "waitid", 270: "pselect6", 271: "ppoll",
-                      281: "epoll_pwait", 288: "accept4", 299: "recvmmsg", 441: "epoll_pwait2"}
+_SYSCALLS_FALLBACK = {
+    0: "read",
+    1: "write",
+    7: "poll",
+    16: "ioctl",
+    17: "pread64",
+    19: "readv",
+    23: "select",
+    34: "pause",
+    35: "nanosleep",
+    42: "connect",
+    43: "accept",
+    44: "sendto",
+    45: "recvfrom",
+    46: "sendmsg",
+    47: "recvmsg",
+    61: "wait4",
+    72: "fcntl",
+    73: "flock",
+    128: "rt_sigtimedwait",
+    130: "rt_sigsuspend",
+    202: "futex",
+    219: "restart_syscall",
+    230: "clock_nanosleep",
+    232: "epoll_wait",
+    247: "waitid",
+    270: "pselect6",
+    271: "ppoll",
+    281: "epoll_pwait",
+    288: "accept4",
+    299: "recvmmsg",
+    441: "epoll_pwait2",
+}
 _UNISTD = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h"
 
 
@@ -224,8 +260,7 @@ def syscall_names() -> dict:
         with open(_UNISTD) as f:
             for line in f:
                 parts = line.split()
-                if len(parts) == 3 and parts[0] == "#define" and parts[1].startswith("__NR_") \
-                        and parts[2].isdigit():
+                if len(parts) == 3 and parts[0] == "#define" and parts[1].startswith("__NR_") and parts[2].isdigit():
                     names[int(parts[2])] = parts[1][5:]
     except OSError:
         pass
@@ -270,8 +305,10 @@ def _stripped_openssl(pid: int, maps: list) -> str | None:
             continue
         real = f"/proc/{pid}/root{path}"
         try:
-            with open(real if os.path.exists(real) else path, "rb") as f, \
-                    mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            with (
+                open(real if os.path.exists(real) else path, "rb") as f,
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m,
+            ):
                 if _OPENSSL_VERSION_TEXT.search(m):
                     return path
         except (OSError, ValueError):

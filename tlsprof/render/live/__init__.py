@@ -16,15 +16,53 @@ Quitting (`q`):
 - the target has exited: the view closes; `run` writes the report as usual.
 See docs/live-view.md.
 """
-from tlsprof.render.live.rows import (CONN_COLUMNS, CTX_COLUMNS, PAGE_SIZE, SPARK, TOP_SITES, TREND_WINDOW_S,
-                                      ConnRow, CtxRow, ViewData, _top_cause)
+
+from tlsprof.render.live.rows import (
+    CONN_COLUMNS,
+    CTX_COLUMNS,
+    PAGE_SIZE,
+    SPARK,
+    TOP_SITES,
+    TREND_WINDOW_S,
+    ConnRow,
+    CtxRow,
+    ViewData,
+    _top_cause,
+)
 from tlsprof.render.live.messages import NewData, PollError, TargetExited
 from tlsprof.render.live.widgets import CauseBars, PagedTable, sparkline
-from tlsprof.render.live.screens import (ConnectionScreen, HelpScreen, QuitScreen, render_connection_detail,
-                                         render_connection_head, render_findings)
+from tlsprof.render.live.screens import (
+    ConnectionScreen,
+    HelpScreen,
+    QuitScreen,
+    render_connection_detail,
+    render_connection_head,
+    render_findings,
+)
 from tlsprof.render.live.app import LiveApp
 
-__all__ = ["CONN_COLUMNS", "CTX_COLUMNS", "PAGE_SIZE", "SPARK", "TOP_SITES", "TREND_WINDOW_S", "ConnRow", "CtxRow",
-           "ViewData", "_top_cause", "NewData", "PollError", "TargetExited", "CauseBars", "PagedTable", "sparkline",
-           "ConnectionScreen", "HelpScreen", "QuitScreen", "render_connection_detail", "render_connection_head",
-           "render_findings", "LiveApp"]
+__all__ = [
+    "CONN_COLUMNS",
+    "CTX_COLUMNS",
+    "PAGE_SIZE",
+    "SPARK",
+    "TOP_SITES",
+    "TREND_WINDOW_S",
+    "ConnRow",
+    "CtxRow",
+    "ViewData",
+    "_top_cause",
+    "NewData",
+    "PollError",
+    "TargetExited",
+    "CauseBars",
+    "PagedTable",
+    "sparkline",
+    "ConnectionScreen",
+    "HelpScreen",
+    "QuitScreen",
+    "render_connection_detail",
+    "render_connection_head",
+    "render_findings",
+    "LiveApp",
+]

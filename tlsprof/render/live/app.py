@@ -1,5 +1,6 @@
 """The live view's app: the layout, the head line, key bindings; data arrive from the collector
 thread as messages."""
+
 import datetime
 import os
 import time
@@ -13,14 +14,14 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
 
 from tlsprof.model.words import MEMORY_LABELS, human_bytes
-from tlsprof.render.live.rows import (CONN_COLUMNS, CTX_COLUMNS, TREND_WINDOW_S,
-                                      ViewData)
+from tlsprof.render.live.rows import CONN_COLUMNS, CTX_COLUMNS, TREND_WINDOW_S, ViewData
 from tlsprof.render.live.messages import NewData, PollError, TargetExited
 from tlsprof.render.live.widgets import CauseBars, PagedTable, sparkline
-from tlsprof.render.live.screens import (_uptime, ConnectionScreen, HelpScreen, QuitScreen, render_findings)
+from tlsprof.render.live.screens import _uptime, ConnectionScreen, HelpScreen, QuitScreen, render_findings
 
 
 # --- the app --------------------------------------------------------------------------------------
+
 
 class LiveApp(App):
     """Full-screen live view. Result of run(): "exited" (target gone), "quit" (attach: detach),
@@ -80,15 +81,21 @@ class LiveApp(App):
                 with Vertical():
                     yield Static(id="ctx-status", classes="status")
                     yield PagedTable(CTX_COLUMNS, id="ctx-table")
-        yield Input(placeholder="filter by id, peer or cause (Enter applies, empty clears, Esc cancels)",
-                    id="filter", disabled=True)
+        yield Input(
+            placeholder="filter by id, peer or cause (Enter applies, empty clears, Esc cancels)",
+            id="filter",
+            disabled=True,
+        )
         yield Footer()
 
     def on_mount(self):
         self.set_interval(1.0, self._tick)  # uptime and staleness, independent of the target
         if self.poller is not None:
-            self.poller.start(on_observation=self._observed, on_exit=lambda rc: self.post_message(TargetExited(rc)),
-                              on_error=lambda exc: self.post_message(PollError(f"{type(exc).__name__}: {exc}")))
+            self.poller.start(
+                on_observation=self._observed,
+                on_exit=lambda rc: self.post_message(TargetExited(rc)),
+                on_error=lambda exc: self.post_message(PollError(f"{type(exc).__name__}: {exc}")),
+            )
         self._render_head()
 
     def on_unmount(self):
@@ -126,8 +133,7 @@ class LiveApp(App):
         self.returncode = message.returncode
         self._render_head()
         if self.target.owned:
-            self.notify("the target exited: the last data stays on screen; q quits and writes the report",
-                        timeout=8)
+            self.notify("the target exited: the last data stays on screen; q quits and writes the report", timeout=8)
         else:
             self.notify("the target exited: the last data stays on screen; q quits", timeout=8)
 
@@ -163,8 +169,11 @@ class LiveApp(App):
         status = ""
         if self.exited:
             rc = self.returncode
-            how = f"status {rc}" if rc is not None and rc >= 0 else (
-                f"signal {-rc}" if rc is not None else "exit status unknown")
+            how = (
+                f"status {rc}"
+                if rc is not None and rc >= 0
+                else (f"signal {-rc}" if rc is not None else "exit status unknown")
+            )
             status = f"TARGET EXITED ({how}) — last data kept; q quits"
         pid = self.data.report["target"]["pid"] if self.data else self.target.pid
         t.append(f"pid {pid} ({self.mode}) · up {_uptime(up)} · ", style="bold")
@@ -175,28 +184,44 @@ class LiveApp(App):
         if status:
             lines.append(Text(status, style="bold white on red"))
         if self.data is None:
-            lines.append(Text("waiting for the first snapshot…" if not self.exited else
-                              "no snapshot was taken", style="dim"))
+            lines.append(
+                Text("waiting for the first snapshot…" if not self.exited else "no snapshot was taken", style="dim")
+            )
         else:
             r = self.data.report
             rss = r["target"].get("rss_bytes")
             per = r["per_connection"]
             age = time.time() - self.data.taken_at
             stale = f" · snapshot {age:.0f}s old" if age >= max(3 * self.interval, 3) and not self.exited else ""
-            lines.append(Text(f"RSS {human_bytes(rss) if rss else '?'} · OpenSSL live "
-                              f"{human_bytes(r['totals']['live_bytes'])} · {len(r['contexts'])} contexts · "
-                              f"{per['connections']} connections{stale}"))
-            python = (f" + Python side {human_bytes(per['python_bytes'])} = {human_bytes(per.get('total_bytes'))}"
-                      if per.get("python_bytes") is not None else "")
-            lines.append(Text(f"per connection {human_bytes(per['bytes'])} (own {human_bytes(per['own_bytes'])}"
-                              f" + ctx share {human_bytes(per['context_share_bytes'])}){python}"
-                              f"{self._trend_text()}", style="bold"))
+            lines.append(
+                Text(
+                    f"RSS {human_bytes(rss) if rss else '?'} · OpenSSL live "
+                    f"{human_bytes(r['totals']['live_bytes'])} · {len(r['contexts'])} contexts · "
+                    f"{per['connections']} connections{stale}"
+                )
+            )
+            python = (
+                f" + Python side {human_bytes(per['python_bytes'])} = {human_bytes(per.get('total_bytes'))}"
+                if per.get("python_bytes") is not None
+                else ""
+            )
+            lines.append(
+                Text(
+                    f"per connection {human_bytes(per['bytes'])} (own {human_bytes(per['own_bytes'])}"
+                    f" + ctx share {human_bytes(per['context_share_bytes'])}){python}"
+                    f"{self._trend_text()}",
+                    style="bold",
+                )
+            )
             memory = r.get("memory") or {}
             if memory.get("parts"):  # the RSS explained (tlsprof/analysis/memory.py), largest parts first
                 parts = sorted(memory["parts"], key=lambda p: -p["bytes"])[:5]
                 largest = (memory.get("per_connection") or {}).get("largest")
-                text = "RSS = " + " + ".join(f"{MEMORY_LABELS.get(p['name'], p['name'])} {human_bytes(p['bytes'])}"
-                                             for p in parts) + " + …"
+                text = (
+                    "RSS = "
+                    + " + ".join(f"{MEMORY_LABELS.get(p['name'], p['name'])} {human_bytes(p['bytes'])}" for p in parts)
+                    + " + …"
+                )
                 if largest:
                     text += f" · largest per connection: {largest.get('label') or largest.get('name')}"
                 lines.append(Text(text, style="dim"))
@@ -204,6 +229,7 @@ class LiveApp(App):
             if view:
                 lines.append(Text(view))
             from tlsprof.analysis.moments import words
+
             said = words(r)
             if said:
                 lines.append(Text(said.replace("showing the last snapshot", "newest snapshot", 1), style="dim"))
@@ -214,7 +240,8 @@ class LiveApp(App):
     def _render_overview(self):
         r = self.data.report
         self.query_one("#causes", Static).update(
-            CauseBars(r["per_connection"].get("by_cause", {}), r["totals"].get("by_cause", {})))
+            CauseBars(r["per_connection"].get("by_cause", {}), r["totals"].get("by_cause", {}))
+        )
         hist = self.data.history
         width = max(10, self.size.width - 30)
         lb = [h["live_bytes"] for h in hist]
@@ -238,6 +265,7 @@ class LiveApp(App):
             return f"view: whole tree, {len(processes)} processes ({holding} with connections) · p: one process"
         p = next((p for p in processes if p.get("pid") == self.process_pid), {"pid": self.process_pid})
         from tlsprof.render.text import process_label
+
         return f"view: {process_label(p)} only ({p.get('connections', 0)} connections) · p: next"
 
     def session_processes(self) -> list:
@@ -257,8 +285,9 @@ class LiveApp(App):
     def _refresh_process_view(self):
         report = self.source.latest_report(pid=self.process_pid)
         if report is not None:
-            self.call_from_thread(self.post_message,
-                                  NewData(ViewData(report, self.source.history, time.time(), self.process_pid)))
+            self.call_from_thread(
+                self.post_message, NewData(ViewData(report, self.source.history, time.time(), self.process_pid))
+            )
 
     def check_action(self, action: str, parameters) -> bool:
         if action in ("drill", "filter", "tab"):
@@ -335,13 +364,15 @@ class LiveApp(App):
     @work(thread=True, exclusive=True, group="save")
     def _save(self):
         from tlsprof.model.report_io import save_report
+
         report = self.source.report(at="last")
         if report is None:
             self.call_from_thread(self.notify, "nothing to save yet: no snapshot taken", severity="warning")
             return
         pid = report["target"]["pid"]
         path = self.output or os.path.join(
-            os.getcwd(), f"tlsprof-{pid}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
+            os.getcwd(), f"tlsprof-{pid}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+        )
         try:
             save_report(report, path)
         except Exception as exc:
@@ -366,4 +397,5 @@ class LiveApp(App):
                 self.exit("wait")
             elif choice == "wait":
                 self.exit("wait")
+
         self.push_screen(QuitScreen(self.target.pid), chosen)

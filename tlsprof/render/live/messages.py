@@ -2,7 +2,7 @@
 
 from textual.message import Message
 
-from tlsprof.render.live.rows import (ViewData)
+from tlsprof.render.live.rows import ViewData
 
 
 class NewData(Message):

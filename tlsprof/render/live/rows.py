@@ -5,8 +5,8 @@ from rich.text import Text
 from tlsprof.model.causes import CAUSES, label
 from tlsprof.model.words import human_age, human_bytes
 
-PAGE_SIZE = 200           # rows a table holds at once: the rest is paged ([ and ])
-TREND_WINDOW_S = 30.0     # the per-connection trend compares with the value this long ago
+PAGE_SIZE = 200  # rows a table holds at once: the rest is paged ([ and ])
+TREND_WINDOW_S = 30.0  # the per-connection trend compares with the value this long ago
 SPARK = "▁▂▃▄▅▆▇█"
 TOP_SITES = 8
 
@@ -35,6 +35,7 @@ _STATE_SHORT = {"established": "estab", "handshake": "hshake", "shutdown": "shut
 
 class ConnRow:
     """One connection as the table needs it (built in the poller thread)."""
+
     __slots__ = ("id", "peer", "fd", "state", "age", "bytes", "top", "causes", "search")
 
     def __init__(self, c: dict):
@@ -46,14 +47,19 @@ class ConnRow:
         self.bytes = (c.get("live_bytes") or 0) + (c.get("context_share_bytes") or 0)
         self.top = _top_cause(c.get("by_cause") or {})
         self.causes = {k for k, v in (c.get("by_cause") or {}).items() if v}
-        self.search = " ".join([str(self.id), self.peer, *self.causes,
-                                *(label(k) for k in self.causes)]).lower()
+        self.search = " ".join([str(self.id), self.peer, *self.causes, *(label(k) for k in self.causes)]).lower()
 
     def cells(self):
         star = "*" if self.age is None else ""
-        return (Text(f"{self.id}{star}"), Text(self.peer or "-"), "-" if self.fd is None else str(self.fd),
-                _STATE_SHORT.get(self.state, self.state), human_age(self.age),
-                Text(human_bytes(self.bytes), justify="right"), label(self.top) if self.top else "-")
+        return (
+            Text(f"{self.id}{star}"),
+            Text(self.peer or "-"),
+            "-" if self.fd is None else str(self.fd),
+            _STATE_SHORT.get(self.state, self.state),
+            human_age(self.age),
+            Text(human_bytes(self.bytes), justify="right"),
+            label(self.top) if self.top else "-",
+        )
 
 
 class CtxRow:
@@ -70,8 +76,13 @@ class CtxRow:
 
     def cells(self):
         name = str(self.id) + ("" if self.alive is not False else " (freed)")
-        return (Text(name), str(self.conns), Text(human_bytes(self.bytes), justify="right"),
-                Text(human_bytes(self.ca), justify="right"), label(self.top) if self.top else "-")
+        return (
+            Text(name),
+            str(self.conns),
+            Text(human_bytes(self.bytes), justify="right"),
+            Text(human_bytes(self.ca), justify="right"),
+            label(self.top) if self.top else "-",
+        )
 
 
 CONN_COLUMNS = [  # (label, key, sort key on ConnRow, descending first)

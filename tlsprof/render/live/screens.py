@@ -12,7 +12,7 @@ from textual.widgets import Footer, Static
 
 from tlsprof.model.causes import CAUSES, label
 from tlsprof.model.words import human_age, human_bytes
-from tlsprof.render.live.rows import (PAGE_SIZE, TOP_SITES, ViewData)
+from tlsprof.render.live.rows import PAGE_SIZE, TOP_SITES, ViewData
 
 
 class HelpScreen(ModalScreen):
@@ -44,20 +44,26 @@ sharing it). A * after an id: opened before attach, undercounted.
 
 class QuitScreen(ModalScreen):
     """Run mode, target still running: close the view and keep profiling, or terminate it."""
-    BINDINGS = [Binding("w", "choose('wait')", "keep profiling"),
-                Binding("t", "choose('terminate')", "terminate target"),
-                Binding("escape,n", "choose(None)", "stay")]
+
+    BINDINGS = [
+        Binding("w", "choose('wait')", "keep profiling"),
+        Binding("t", "choose('terminate')", "terminate target"),
+        Binding("escape,n", "choose(None)", "stay"),
+    ]
 
     def __init__(self, pid: int):
         super().__init__()
         self.pid = pid
 
     def compose(self) -> ComposeResult:
-        yield Static(f"pid {self.pid} is still running.\n\n"
-                     f"  w    close the view and keep profiling until it exits\n"
-                     f"       (the report is written then; Ctrl-C stops it)\n"
-                     f"  t    terminate it now (SIGTERM), then write the report\n"
-                     f"  Esc  stay in the view", id="quit-box")
+        yield Static(
+            f"pid {self.pid} is still running.\n\n"
+            f"  w    close the view and keep profiling until it exits\n"
+            f"       (the report is written then; Ctrl-C stops it)\n"
+            f"  t    terminate it now (SIGTERM), then write the report\n"
+            f"  Esc  stay in the view",
+            id="quit-box",
+        )
 
     def action_choose(self, choice):
         self.dismiss(choice)
@@ -65,10 +71,13 @@ class QuitScreen(ModalScreen):
 
 class ConnectionScreen(Screen):
     """Drill-down on one connection; follows the newest snapshot while the connection lives."""
-    BINDINGS = [Binding("escape,backspace,left", "app.pop_screen", "back"),
-                Binding("s", "app.save", "save"),
-                Binding("q", "app.quit_view", "quit"),
-                Binding("question_mark", "app.help", "help")]
+
+    BINDINGS = [
+        Binding("escape,backspace,left", "app.pop_screen", "back"),
+        Binding("s", "app.save", "save"),
+        Binding("q", "app.quit_view", "quit"),
+        Binding("question_mark", "app.help", "help"),
+    ]
 
     def __init__(self, conn_id, data: ViewData):
         super().__init__()
@@ -129,8 +138,10 @@ def _where(site: dict) -> str:
 
 def render_connection_head(conn: dict, closed: bool) -> Text:
     t = Text(f"{conn['id']}", style="bold")
-    t.append(f" · peer {conn.get('peer') or '-'} · fd {conn.get('fd') if conn.get('fd') is not None else '-'}"
-             f" · {conn.get('state')} · age {human_age(conn.get('age_s'))}")
+    t.append(
+        f" · peer {conn.get('peer') or '-'} · fd {conn.get('fd') if conn.get('fd') is not None else '-'}"
+        f" · {conn.get('state')} · age {human_age(conn.get('age_s'))}"
+    )
     if closed:
         t.append("\nclosed: gone from the newest snapshot; this is its last data", style="bold yellow")
     return t
@@ -141,15 +152,20 @@ def render_connection_detail(conn: dict, data: ViewData, own_sites=None):
     own = conn.get("live_bytes", 0)
     share = conn.get("context_share_bytes", 0) or 0
     ctx = data.ctxs.get(conn.get("context"))
-    parts.append(Text(f"{human_bytes(own + share)} = own {human_bytes(own)} + context share {human_bytes(share)}",
-                      style="bold"))
+    parts.append(
+        Text(f"{human_bytes(own + share)} = own {human_bytes(own)} + context share {human_bytes(share)}", style="bold")
+    )
     share_cause = {}
     if ctx is not None:
         n = max(1, ctx.get("connections", 1))
         share_cause = {k: v / n for k, v in (ctx.get("by_cause") or {}).items()}
-        parts.append(Text(f"context {ctx['id']}: shared by {ctx.get('connections', 0)} connection(s), "
-                          f"{human_bytes(ctx.get('live_bytes', 0))} live, CA store "
-                          f"{human_bytes(ctx.get('ca_store_bytes', 0))}"))
+        parts.append(
+            Text(
+                f"context {ctx['id']}: shared by {ctx.get('connections', 0)} connection(s), "
+                f"{human_bytes(ctx.get('live_bytes', 0))} live, CA store "
+                f"{human_bytes(ctx.get('ca_store_bytes', 0))}"
+            )
+        )
     else:
         parts.append(Text(f"context {conn.get('context') or 'unknown'}"))
     if conn.get("age_s") is None:  # the contract: age_s is null when it predates attach
@@ -170,9 +186,14 @@ def render_connection_detail(conn: dict, data: ViewData, own_sites=None):
     parts.append(Text(""))
     held = set(causes)
     if own_sites is not None:
-        st = Table(title="Call sites of this connection's own blocks (counts exact; bytes ≈ count × "
-                         "the site's mean block size)", title_justify="left", title_style="bold",
-                   box=None, pad_edge=False)
+        st = Table(
+            title="Call sites of this connection's own blocks (counts exact; bytes ≈ count × "
+            "the site's mean block size)",
+            title_justify="left",
+            title_style="bold",
+            box=None,
+            pad_edge=False,
+        )
         for name, justify in (("Site", "left"), ("Cause", "left"), ("Blocks", "right"), ("≈ Bytes", "right")):
             st.add_column(name, justify=justify)
         for s in own_sites[:TOP_SITES]:
@@ -181,8 +202,13 @@ def render_connection_detail(conn: dict, data: ViewData, own_sites=None):
             st.add_row("(no live blocks of its own)", "", "", "")
     else:
         sites = [s for s in data.report.get("sites", []) if s.get("cause") in held][:TOP_SITES]
-        st = Table(title="Top call sites of these causes (process-wide)", title_justify="left",
-                   title_style="bold", box=None, pad_edge=False)
+        st = Table(
+            title="Top call sites of these causes (process-wide)",
+            title_justify="left",
+            title_style="bold",
+            box=None,
+            pad_edge=False,
+        )
         for name, justify in (("Site", "left"), ("Cause", "left"), ("Live", "right")):
             st.add_column(name, justify=justify)
         for s in sites:

@@ -7,10 +7,11 @@ from textual.widgets import DataTable
 
 from tlsprof.model.causes import CAUSES, label
 from tlsprof.model.words import human_bytes
-from tlsprof.render.live.rows import (PAGE_SIZE, SPARK)
+from tlsprof.render.live.rows import PAGE_SIZE, SPARK
 
 
 # --- rich renderables -----------------------------------------------------------------------------
+
 
 def sparkline(values, width: int) -> str:
     values = list(values)[-width:]
@@ -33,8 +34,7 @@ class CauseBars:
         causes = [c for c in CAUSES if self.per_cause.get(c) or self.total_cause.get(c)]
         basis = self.per_cause if any(self.per_cause.values()) else self.total_cause
         causes.sort(key=lambda c: (-basis.get(c, 0), -self.total_cause.get(c, 0)))
-        yield Text(f"{self.title:<{max(0, width - 30)}}{'per conn':>10} {'all live':>10}"[:width],
-                   style="bold")
+        yield Text(f"{self.title:<{max(0, width - 30)}}{'per conn':>10} {'all live':>10}"[:width], style="bold")
         if not causes:
             yield Text("(no OpenSSL bytes live yet)", style="dim")
             return
@@ -51,6 +51,7 @@ class CauseBars:
 
 
 # --- widgets --------------------------------------------------------------------------------------
+
 
 class PagedTable(DataTable):
     """A DataTable holding one page (PAGE_SIZE rows) of a sorted, filtered list of rows."""
@@ -96,7 +97,7 @@ class PagedTable(DataTable):
             except Exception:
                 pass
         cursor = self.cursor_row
-        chunk = self.view[self.page * PAGE_SIZE:(self.page + 1) * PAGE_SIZE]
+        chunk = self.view[self.page * PAGE_SIZE : (self.page + 1) * PAGE_SIZE]
         self.clear()
         for r in chunk:
             self.add_row(*r.cells(), key=str(r.id))

@@ -32,14 +32,23 @@ int main(void)
 """
 
 
+def _function(source: str, name: str) -> str:
+    """The definition of `static inline ... name(...)` in source, to its matching brace (one line
+    or many: whatever layout clang-format gives it)."""
+    start = re.search(r"static inline \w+ %s\(" % name, source).start()
+    depth, i = 0, source.index("{", start)
+    while True:
+        depth += {"{": 1, "}": -1}.get(source[i], 0)
+        if depth == 0:
+            return source[start : i + 1] + "\n"
+        i += 1
+
+
 @pytest.mark.skipif(not shutil.which("cc"), reason="needs a C compiler")
 def test_requested_sizes_round_trip_through_16_bits(tmp_path):
     with open(f"{REPO_ROOT}/hooks/measure.h") as f:
         source = f.read()
-    functions = [
-        re.search(r"static inline \w+ %s\(.*?\n}\n" % name, source, re.S).group(0)
-        for name in ("size_encode", "size_decode")
-    ]
+    functions = [_function(source, name) for name in ("size_encode", "size_decode")]
     program = tmp_path / "check.c"
     program.write_text(CHECK % "\n".join(functions))
     subprocess.run(

@@ -8,7 +8,7 @@ import tempfile
 import _common  # noqa: F401  (sys.path)
 import tlsenv
 
-MODES = ("bare", "tlsprof", "memray", "heaptrack")
+MODES = ("bare", "preload", "tlsprof", "memray", "heaptrack")
 
 
 def start(mode, *server_args, workdir=None, env=None, wrapper=()):
@@ -18,6 +18,12 @@ def start(mode, *server_args, workdir=None, env=None, wrapper=()):
     args = ["--host", "127.0.0.1", "--port", "0", "--ready-file", "{ready}", "--certdir", certdir, *server_args]
     out = None
     if mode == "bare":
+        argv = [*wrapper, sys.executable, tlsenv.ECHO_SERVER, *args]
+    elif mode == "preload":  # the shim alone, no Python agent and nobody polling: what `run` adds beside it
+        from tlsprof.collect.shim import shim_path
+
+        channel = tempfile.mkdtemp(prefix="tlsprof-bench-chan-")
+        env = {**(env or os.environ), "LD_PRELOAD": shim_path(), "TLSPROF_DIR": channel}
         argv = [*wrapper, sys.executable, tlsenv.ECHO_SERVER, *args]
     elif mode == "tlsprof":
         out = os.path.join(workdir, "tlsprof.json")

@@ -18,7 +18,7 @@ static void *new_ctx_common(void *a, const char *b, const void *c, int ex)
     }
     __atomic_store_n(&owner_at(o)->ptr, (uintptr_t)ctx, __ATOMIC_RELAXED);
     objects_bind((uintptr_t)ctx, o);
-    blocks_mark_object((uintptr_t)ctx);
+    mark_object((uintptr_t)ctx);
     return ctx;
 }
 

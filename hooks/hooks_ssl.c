@@ -18,7 +18,7 @@ void *hook_SSL_new(void *ctx)
     }
     __atomic_store_n(&owner_at(o)->ptr, (uintptr_t)ssl, __ATOMIC_RELAXED);
     objects_bind((uintptr_t)ssl, o);
-    blocks_mark_object((uintptr_t)ssl);
+    mark_object((uintptr_t)ssl);
     return ssl;
 }
 

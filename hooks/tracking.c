@@ -6,6 +6,7 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "shim.h"
 
@@ -21,7 +22,8 @@ __thread struct tstate tls;
  * when it exits (a key destructor), and counts on the shared stripe from then on (OpenSSL frees
  * its per-thread state in destructors that may run after ours). */
 #define SHARED_STRIPE (SITE_STRIPES - 1)
-static uint32_t stripes_owned; /* atomic bitmask */
+static uint32_t stripes_owned;                  /* atomic bitmask */
+static struct nursery nurseries[SHARED_STRIPE]; /* one per owned stripe */
 static pthread_key_t stripe_key;
 static pthread_once_t stripe_key_once = PTHREAD_ONCE_INIT;
 static int stripe_key_ok;
@@ -29,6 +31,10 @@ static int stripe_key_ok;
 static void stripe_release(void *unused)
 {
     struct tstate *t = &tls;
+    if (t->nursery) {
+        nursery_flush(t->nursery);
+        t->nursery = NULL;
+    }
     if (t->stripe_own) __atomic_and_fetch(&stripes_owned, ~(1u << (t->stripe - 1)), __ATOMIC_RELEASE);
     t->stripe_own = 0;
     t->stripe = 1 + SHARED_STRIPE;
@@ -51,6 +57,7 @@ static void stripe_claim(struct tstate *t)
             }
             t->stripe = 1 + k;
             t->stripe_own = 1;
+            t->nursery = &nurseries[k];
             return;
         }
     }
@@ -61,6 +68,16 @@ void stripes_after_fork_child(void)
 {
     struct tstate *t = &tls;
     __atomic_store_n(&stripes_owned, t->stripe_own ? 1u << (t->stripe - 1) : 0, __ATOMIC_RELAXED);
+    /* the other threads' nurseries: their blocks stay untracked in the child (a lock may have
+     * been held at the fork) */
+    for (int k = 0; k < SHARED_STRIPE; k++) {
+        if (&nurseries[k] == t->nursery) continue;
+        memset(nurseries[k].index, 0, sizeof nurseries[k].index);
+        for (int i = 0; i < NURSERY_SIZE; i++) nurseries[k].e[i].p = 0;
+        nurseries[k].head = nurseries[k].tail = 0;
+        nurseries[k].live = 0;
+        nurseries[k].lock = 0;
+    }
 }
 
 #define ADD_OWNED(field, v) \
@@ -112,7 +129,7 @@ void untrack(const struct block *b, void *p, size_t usable)
     count(b->owner, b->site, -bytes, -req, -1);
 }
 
-void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
+static void track_now(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
 {
     if (cause_is_process_wide(site_at(site & BLOCK_SITE_MASK)->cause)) owner = 0;
     size_t usable = 0;
@@ -143,22 +160,153 @@ void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
     count(owner, mine.site, bytes, req, 1);
 }
 
+/* ---- the nursery (tracking.h) ---- */
+static inline void nursery_lock(struct nursery *ns)
+{
+    while (__atomic_exchange_n(&ns->lock, 1, __ATOMIC_ACQUIRE))
+        while (__atomic_load_n(&ns->lock, __ATOMIC_RELAXED)) __builtin_ia32_pause();
+}
+
+static inline void nursery_unlock(struct nursery *ns) { __atomic_store_n(&ns->lock, 0, __ATOMIC_RELEASE); }
+
+static inline unsigned index_home(uintptr_t p)
+{
+    return (unsigned)(((uint64_t)(p >> 4) * 0x9E3779B97F4A7C15ull) >> 32) & (NURSERY_INDEX - 1);
+}
+
+static inline struct young *at_ring(struct nursery *ns, uint32_t pos) { return &ns->e[pos & (NURSERY_SIZE - 1)]; }
+
+/* Empty index slot `hole`; backward shift keeps every probe run unbroken (no tombstones). */
+static void index_remove(struct nursery *ns, unsigned hole)
+{
+    ns->index[hole] = 0;
+    for (unsigned j = (hole + 1) & (NURSERY_INDEX - 1); ns->index[j]; j = (j + 1) & (NURSERY_INDEX - 1)) {
+        struct young *y = &ns->e[ns->index[j] - 1];
+        unsigned home = index_home(y->p);
+        /* j's entry may move back to the hole unless its home lies cyclically in (hole, j] */
+        if (((j - home) & (NURSERY_INDEX - 1)) < ((j - hole) & (NURSERY_INDEX - 1))) continue;
+        ns->index[hole] = ns->index[j];
+        y->at = (uint16_t)hole;
+        ns->index[j] = 0;
+        hole = j;
+    }
+}
+
+static inline void set_live(struct nursery *ns, int live) { __atomic_store_n(&ns->live, live, __ATOMIC_RELEASE); }
+
+/* Count the blocks of the ring's oldest k positions that are still alive. Called with the lock held:
+ * a thread that frees one of them meanwhile finds it either here or, after us, in the table. */
+static void nursery_spill(struct nursery *ns, uint32_t k, int clear_index)
+{
+    int live = ns->live;
+    for (uint32_t end = ns->head + k; ns->head != end; ns->head++) {
+        struct young *y = at_ring(ns, ns->head);
+        if (!y->p) continue;
+        track_now((void *)y->p, y->n, y->owner, y->site & BLOCK_SITE_MASK, y->site >> BLOCK_MEASURE_SHIFT);
+        if (clear_index) ns->index[y->at] = 0; /* the whole ring goes: no run needs keeping */
+        else index_remove(ns, y->at);
+        y->p = 0;
+        live--;
+    }
+    set_live(ns, live);
+}
+
+void nursery_flush(struct nursery *ns)
+{
+    nursery_lock(ns);
+    nursery_spill(ns, ns->tail - ns->head, 1);
+    ns->head = ns->tail = 0;
+    nursery_unlock(ns);
+}
+
+static void nursery_add(struct nursery *ns, void *p, size_t n, uint32_t owner, uint16_t site, int measure)
+{
+    nursery_lock(ns);
+    if (ns->tail - ns->head == NURSERY_SIZE) nursery_spill(ns, NURSERY_SPILL, 0);
+    unsigned j = index_home((uintptr_t)p);
+    while (ns->index[j]) j = (j + 1) & (NURSERY_INDEX - 1);
+    uint32_t pos = ns->tail++ & (NURSERY_SIZE - 1);
+    ns->e[pos] =
+        (struct young){(uintptr_t)p, n, owner, (uint16_t)(site | (measure << BLOCK_MEASURE_SHIFT)), (uint16_t)j};
+    ns->index[j] = (uint16_t)(pos + 1);
+    set_live(ns, ns->live + 1);
+    nursery_unlock(ns);
+}
+
+int nursery_take(struct nursery *ns, uintptr_t p, struct block *out, size_t *requested)
+{
+    int found = 0;
+    nursery_lock(ns);
+    for (unsigned j = index_home(p); ns->index[j]; j = (j + 1) & (NURSERY_INDEX - 1)) {
+        struct young *y = &ns->e[ns->index[j] - 1];
+        if (y->p != p) continue;
+        *out = (struct block){p, y->owner, y->site, 0};
+        *requested = y->n;
+        y->p = 0;
+        index_remove(ns, j);
+        set_live(ns, ns->live - 1);
+        found = 1;
+        break;
+    }
+    nursery_unlock(ns);
+    return found;
+}
+
+/* Not in the table: a block another thread allocated in an OpenSSL call it is still inside, or one
+ * that thread was counting just now (look in the table again once its nursery is seen), or a block
+ * never tracked. */
+int take_slow(uintptr_t p, struct block *out, size_t *young_n)
+{
+    for (int k = 0; k < SHARED_STRIPE; k++) {
+        struct nursery *ns = &nurseries[k];
+        if (ns == tls.nursery) continue;
+        if (!__atomic_load_n(&ns->live, __ATOMIC_ACQUIRE) || !nursery_take(ns, p, out, young_n)) continue;
+        /* found young: counted nowhere, so nothing to subtract; the caller learns it from *counted */
+        return -1;
+    }
+    return blocks_remove(p, out);
+}
+
+void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
+{
+    struct tstate *t = &tls;
+    if (t->depth > 0) {
+        if (UNLIKELY(!t->stripe)) stripe_claim(t);
+        if (t->nursery) {
+            nursery_add(t->nursery, p, n, owner, site & BLOCK_SITE_MASK, measure);
+            return;
+        }
+    }
+    track_now(p, n, owner, site, measure);
+}
+
+void mark_object(uintptr_t p)
+{
+    if (nursery_waiting(tls.nursery)) nursery_flush(tls.nursery);
+    blocks_mark_object(p);
+}
+
 /* A grown block keeps its owner and site: it is the same object getting bigger. */
 void *realloc_common(void *old, size_t n, const char *file, int line, enum realloc_via via, size_t old_num)
 {
     struct block b;
-    int had = 0;
+    int had = 0, counted = 0;
+    size_t young_n = 0;
     int64_t old_bytes = 0, old_req = 0;
-    if (old && blocks_remove((uintptr_t)old, &b)) {
+    if (old && take((uintptr_t)old, &b, &counted, &young_n)) {
         had = 1;
-        block_sizes(&b, old, 0, &old_bytes, &old_req);
-        count(b.owner, b.site, -old_bytes, -old_req, -1);
+        if (counted) {
+            block_sizes(&b, old, 0, &old_bytes, &old_req);
+            count(b.owner, b.site, -old_bytes, -old_req, -1);
+        }
     }
     void *p = via == VIA_LIBC                   ? realloc(old, n)
               : via == VIA_CRYPTO_CLEAR_REALLOC ? real_CRYPTO_clear_realloc(old, old_num, n, file, line)
                                                 : real_CRYPTO_realloc(old, n, file, line);
     if (!p) {
-        if (had && n) { /* failed: the old block is still there */
+        if (had && n && !counted) { /* failed: the old block is still there, young as it was */
+            track_as(old, young_n, b.owner, b.site, b.site >> BLOCK_MEASURE_SHIFT);
+        } else if (had && n) {
             struct block stale;
             if (blocks_insert((uintptr_t)old, b.owner, b.site, b.slack, &stale) >= 0)
                 count(b.owner, b.site, old_bytes, old_req, 1);

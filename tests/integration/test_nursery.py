@@ -1,0 +1,67 @@
+"""Issue 18's nursery: blocks allocated inside an OpenSSL call wait in a per-thread nursery until
+the call returns, and a block freed meanwhile never reaches the shared table. The hard case is a
+block that another thread frees while the allocating thread is still inside the call: it must
+leave no phantom behind, and the blocks that survive must all be counted.
+
+tests/workloads/young_cross_thread.c hands such a block to a second thread at every info callback
+of a handshake (inside SSL_do_handshake) and keeps another one. Checked from the shim's own
+snapshot: the handed site has no live block, the kept site has exactly what the program kept, and
+every live block is found again through its owner."""
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from shim_harness.hardening_util import wait_for
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workloads", "young_cross_thread.c")
+
+
+def _line_of(marker):
+    with open(SRC) as f:
+        for number, text in enumerate(f, 1):
+            if f"/* {marker}" in text:
+                return number
+    raise AssertionError(f"no {marker} line in {SRC}")
+
+
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc (make test installs it)")
+def test_block_freed_by_another_thread_while_young_leaves_no_phantom(cert_pair, tmp_path):
+    from tlsprof.collect import launch
+    from tlsprof.collect.client import ask, parse_snapshot
+
+    exe = tmp_path / "young_cross_thread"
+    subprocess.run(["gcc", "-O1", "-o", str(exe), SRC, "-lssl", "-lcrypto", "-lpthread"], check=True, timeout=120)
+    channel_dir = tempfile.mkdtemp(prefix="tlsprof-nursery-")
+    proc = subprocess.Popen(
+        [str(exe), *cert_pair],
+        env=launch.preload_env(channel_dir),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready = proc.stdout.readline()
+        m = re.match(r"ready handed=(\d+) kept=(\d+)", ready)
+        assert m, ready
+        handed, kept = int(m.group(1)), int(m.group(2))
+        assert handed >= 10 and kept == handed
+        sock = os.path.join(channel_dir, f"{proc.pid}.sock")
+        wait_for(lambda: os.path.exists(sock), 10, "the workload's channel socket")
+        snap = parse_snapshot(ask(sock, "SNAPSHOT", timeout=30))
+        mine = {s.line: s for s in snap.sites if s.file and s.file.endswith("young_cross_thread.c")}
+        assert _line_of("HANDED") not in mine, mine  # every handed block freed: no live block left
+        assert mine[_line_of("KEPT")].blocks == kept, mine
+        assert snap.stats["untracked_blocks"] == 0
+        assert sum(o.live_blocks for o in snap.owners) == snap.stats["blocks"]
+        # the kept blocks are the connections' (allocated inside their handshakes)
+        connections = [o for o in snap.owners if o.kind == "connection"]
+        assert len(connections) == 2
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=20)
+        shutil.rmtree(channel_dir, ignore_errors=True)

@@ -35,7 +35,7 @@ shim = Extension(
     sources=sorted(glob("hooks/*.c")),
     depends=sorted(glob("hooks/*.h")),
     libraries=["dl", "pthread"],
-    extra_compile_args=["-std=gnu11", "-O2", "-fvisibility=hidden", "-Wall", "-Wextra",
+    extra_compile_args=["-std=gnu11", "-O2", "-fvisibility=hidden", "-mtls-dialect=gnu2", "-Wall", "-Wextra",
                         "-Wno-unused-parameter", "-fno-omit-frame-pointer"],
     # nodelete: hooks may still be running when someone dlcloses us; no-undefined: a missing
     # symbol must fail the build, not the target at its first allocation

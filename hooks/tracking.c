@@ -176,6 +176,14 @@ static inline unsigned index_home(uintptr_t p)
 
 static inline struct young *at_ring(struct nursery *ns, uint32_t pos) { return &ns->e[pos & (NURSERY_SIZE - 1)]; }
 
+/* A young block that survived: counted now, its site interned now. */
+static void count_young(const struct young *y)
+{
+    int measure = y->measure & ~YOUNG_SITE_KNOWN;
+    uint16_t site = y->measure & YOUNG_SITE_KNOWN ? y->site : site_of(y->file, y->line, y->scope, y->n);
+    track_now((void *)y->p, y->n, y->owner, site, measure);
+}
+
 /* Empty index slot `hole`; backward shift keeps every probe run unbroken (no tombstones). */
 static void index_remove(struct nursery *ns, unsigned hole)
 {
@@ -202,7 +210,7 @@ static void nursery_spill(struct nursery *ns, uint32_t k, int clear_index)
     for (uint32_t end = ns->head + k; ns->head != end; ns->head++) {
         struct young *y = at_ring(ns, ns->head);
         if (!y->p) continue;
-        track_now((void *)y->p, y->n, y->owner, y->site & BLOCK_SITE_MASK, y->site >> BLOCK_MEASURE_SHIFT);
+        count_young(y);
         if (clear_index) ns->index[y->at] = 0; /* the whole ring goes: no run needs keeping */
         else index_remove(ns, y->at);
         y->p = 0;
@@ -219,29 +227,28 @@ void nursery_flush(struct nursery *ns)
     nursery_unlock(ns);
 }
 
-static void nursery_add(struct nursery *ns, void *p, size_t n, uint32_t owner, uint16_t site, int measure)
+static void nursery_add(struct nursery *ns, const struct young *y)
 {
     nursery_lock(ns);
     if (ns->tail - ns->head == NURSERY_SIZE) nursery_spill(ns, NURSERY_SPILL, 0);
-    unsigned j = index_home((uintptr_t)p);
+    unsigned j = index_home(y->p);
     while (ns->index[j]) j = (j + 1) & (NURSERY_INDEX - 1);
     uint32_t pos = ns->tail++ & (NURSERY_SIZE - 1);
-    ns->e[pos] =
-        (struct young){(uintptr_t)p, n, owner, (uint16_t)(site | (measure << BLOCK_MEASURE_SHIFT)), (uint16_t)j};
+    ns->e[pos] = *y;
+    ns->e[pos].at = (uint16_t)j;
     ns->index[j] = (uint16_t)(pos + 1);
     set_live(ns, ns->live + 1);
     nursery_unlock(ns);
 }
 
-int nursery_take(struct nursery *ns, uintptr_t p, struct block *out, size_t *requested)
+int nursery_take(struct nursery *ns, uintptr_t p, struct young *out)
 {
     int found = 0;
     nursery_lock(ns);
     for (unsigned j = index_home(p); ns->index[j]; j = (j + 1) & (NURSERY_INDEX - 1)) {
         struct young *y = &ns->e[ns->index[j] - 1];
         if (y->p != p) continue;
-        *out = (struct block){p, y->owner, y->site, 0};
-        *requested = y->n;
+        *out = *y;
         y->p = 0;
         index_remove(ns, j);
         set_live(ns, ns->live - 1);
@@ -255,27 +262,45 @@ int nursery_take(struct nursery *ns, uintptr_t p, struct block *out, size_t *req
 /* Not in the table: a block another thread allocated in an OpenSSL call it is still inside, or one
  * that thread was counting just now (look in the table again once its nursery is seen), or a block
  * never tracked. */
-int take_slow(uintptr_t p, struct block *out, size_t *young_n)
+int take_slow(uintptr_t p, struct block *out, struct young *young)
 {
     for (int k = 0; k < SHARED_STRIPE; k++) {
         struct nursery *ns = &nurseries[k];
         if (ns == tls.nursery) continue;
-        if (!__atomic_load_n(&ns->live, __ATOMIC_ACQUIRE) || !nursery_take(ns, p, out, young_n)) continue;
+        if (!__atomic_load_n(&ns->live, __ATOMIC_ACQUIRE) || !nursery_take(ns, p, young)) continue;
         /* found young: counted nowhere, so nothing to subtract; the caller learns it from *counted */
         return -1;
     }
     return blocks_remove(p, out);
 }
 
-void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
+static inline struct nursery *nursery_for_this_call(struct tstate *t)
+{
+    if (t->depth <= 0) return NULL;
+    if (UNLIKELY(!t->stripe)) stripe_claim(t);
+    return t->nursery;
+}
+
+void track_at(void *p, size_t n, uint32_t owner, const char *file, int line, uint8_t scope, int measure)
 {
     struct tstate *t = &tls;
-    if (t->depth > 0) {
-        if (UNLIKELY(!t->stripe)) stripe_claim(t);
-        if (t->nursery) {
-            nursery_add(t->nursery, p, n, owner, site & BLOCK_SITE_MASK, measure);
-            return;
-        }
+    struct nursery *ns = nursery_for_this_call(t);
+    if (ns) {
+        struct young y = {(uintptr_t)p, n, file, line, owner, 0, scope, (uint8_t)measure, 0};
+        nursery_add(ns, &y);
+        return;
+    }
+    track_now(p, n, owner, site_of(file, line, scope, n), measure);
+}
+
+void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
+{
+    struct nursery *ns = nursery_for_this_call(&tls);
+    if (ns) {
+        struct young y = {
+            (uintptr_t)p, n, NULL, 0, owner, site & BLOCK_SITE_MASK, 0, (uint8_t)(measure | YOUNG_SITE_KNOWN), 0};
+        nursery_add(ns, &y);
+        return;
     }
     track_now(p, n, owner, site, measure);
 }
@@ -286,14 +311,23 @@ void mark_object(uintptr_t p)
     blocks_mark_object(p);
 }
 
+/* A young block taken out for a realloc goes back, as it was or moved: to this thread's nursery
+ * inside a call, else counted now. */
+static void track_young(const struct young *y)
+{
+    struct nursery *ns = nursery_for_this_call(&tls);
+    if (ns) nursery_add(ns, y);
+    else count_young(y);
+}
+
 /* A grown block keeps its owner and site: it is the same object getting bigger. */
 void *realloc_common(void *old, size_t n, const char *file, int line, enum realloc_via via, size_t old_num)
 {
     struct block b;
+    struct young young;
     int had = 0, counted = 0;
-    size_t young_n = 0;
     int64_t old_bytes = 0, old_req = 0;
-    if (old && take((uintptr_t)old, &b, &counted, &young_n)) {
+    if (old && take((uintptr_t)old, &b, &counted, &young)) {
         had = 1;
         if (counted) {
             block_sizes(&b, old, 0, &old_bytes, &old_req);
@@ -305,7 +339,7 @@ void *realloc_common(void *old, size_t n, const char *file, int line, enum reall
                                                 : real_CRYPTO_realloc(old, n, file, line);
     if (!p) {
         if (had && n && !counted) { /* failed: the old block is still there, young as it was */
-            track_as(old, young_n, b.owner, b.site, b.site >> BLOCK_MEASURE_SHIFT);
+            track_young(&young);
         } else if (had && n) {
             struct block stale;
             if (blocks_insert((uintptr_t)old, b.owner, b.site, b.slack, &stale) >= 0)
@@ -318,9 +352,18 @@ void *realloc_common(void *old, size_t n, const char *file, int line, enum reall
         return p;
     }
     int measure = via == VIA_LIBC ? malloc_measure : libcrypto_measure();
-    if (had) track_as(p, n, b.owner, b.site, measure);
-    else if (via == VIA_LIBC) track_static(p, n, file, line);
-    else track(p, n, file, line);
+    if (had && !counted) {
+        young.p = (uintptr_t)p;
+        young.n = n;
+        young.measure = (uint8_t)(measure | (young.measure & YOUNG_SITE_KNOWN));
+        track_young(&young);
+    } else if (had) {
+        track_as(p, n, b.owner, b.site, measure);
+    } else if (via == VIA_LIBC) {
+        track_static(p, n, file, line);
+    } else {
+        track(p, n, file, line);
+    }
     return p;
 }
 

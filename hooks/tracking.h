@@ -33,10 +33,15 @@ struct scope {
 struct young {
     uintptr_t p; /* 0: freed while young */
     size_t n;
+    const char *file; /* the call site, interned only if the block survives (most never do) */
+    int line;
     uint32_t owner;
-    uint16_t site; /* site id | measure << BLOCK_MEASURE_SHIFT */
-    uint16_t at;   /* its slot in the index */
+    uint16_t site;   /* YOUNG_SITE_KNOWN: an interned site id (a moved block keeps its own) */
+    uint8_t scope;   /* enum scope_kind at the allocation */
+    uint8_t measure; /* enum byte_measure | YOUNG_SITE_KNOWN */
+    uint16_t at;     /* its slot in the index */
 };
+#define YOUNG_SITE_KNOWN 0x80
 struct nursery {
     int lock;
     int live;            /* written under lock; its own thread may read it without */
@@ -95,6 +100,8 @@ static inline uint32_t inherited_owner(void) { return current().owner; }
 
 /* Count a block to an owner and site (measure: enum byte_measure), and take it back. */
 void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure);
+/* The same from the call site: inside an OpenSSL call the block waits in the nursery uninterned. */
+void track_at(void *p, size_t n, uint32_t owner, const char *file, int line, uint8_t scope, int measure);
 void untrack(const struct block *b, void *p, size_t usable);
 
 /* Inline, as they were before the split: the hook and these share one look-up of the thread's state
@@ -117,32 +124,32 @@ static inline uint16_t site_of(const char *file, int line, uint8_t scope, size_t
 static inline void track(void *p, size_t n, const char *file, int line)
 {
     struct scope s = current();
-    track_as(p, n, s.owner, site_of(file, line, s.kind, n), libcrypto_measure());
+    track_at(p, n, s.owner, file, line, s.kind, libcrypto_measure());
 }
 
 /* A block of a statically linked copy: outside any scope, its source file alone decides. */
 static inline void track_static(void *p, size_t n, const char *file, int line)
 {
     struct scope s = current();
-    track_as(p, n, s.owner, site_of(file, line, s.kind == SC_NONE ? SC_STATIC : s.kind, n), malloc_measure);
+    track_at(p, n, s.owner, file, line, s.kind == SC_NONE ? SC_STATIC : s.kind, malloc_measure);
 }
 
-int nursery_take(struct nursery *ns, uintptr_t p, struct block *out, size_t *requested);
+int nursery_take(struct nursery *ns, uintptr_t p, struct young *out);
 /* 1: counted, in the table after all; -1: young in another thread's nursery; 0: never tracked */
-int take_slow(uintptr_t p, struct block *out, size_t *young_n);
+int take_slow(uintptr_t p, struct block *out, struct young *young);
 
-/* Take p out of tracking: 1 and its entry if it was tracked, with *counted set if it was counted
- * (the table; a block still in a nursery was not, and its requested size goes to *young_n). */
-static inline int take(uintptr_t p, struct block *out, int *counted, size_t *young_n)
+/* Take p out of tracking: 1 if it was tracked, with *counted set and *out filled if it was counted
+ * (the table), else *young filled (a block still in a nursery was counted nowhere). */
+static inline int take(uintptr_t p, struct block *out, int *counted, struct young *young)
 {
     struct nursery *ns = tls.nursery;
     *counted = 0;
-    if (nursery_waiting(ns) && nursery_take(ns, p, out, young_n)) return 1;
+    if (nursery_waiting(ns) && nursery_take(ns, p, young)) return 1;
     if (blocks_remove(p, out)) {
         *counted = 1;
         return 1;
     }
-    int r = take_slow(p, out, young_n);
+    int r = take_slow(p, out, young);
     *counted = r > 0;
     return r != 0;
 }
@@ -151,9 +158,9 @@ static inline int take(uintptr_t p, struct block *out, int *counted, size_t *you
 static inline void forget(void *p)
 {
     struct block b;
+    struct young young;
     int counted;
-    size_t young_n;
-    if (!take((uintptr_t)p, &b, &counted, &young_n) || !counted) return;
+    if (!take((uintptr_t)p, &b, &counted, &young) || !counted) return;
     untrack(&b, p, 0);
     if (b.key & BLOCK_F_OBJECT) {
         /* the SSL/SSL_CTX struct itself: the object is really gone (refcounts reached zero); what

@@ -11,6 +11,9 @@
 #include "shim.h"
 
 volatile int tlsprof_active;
+/* Bumped at every (re)start: a block still waiting in a nursery from an earlier attach may have
+ * been freed unseen since, like the table's entries that the start resets. */
+static uint32_t tracking_epoch;
 int64_t untracked_bytes, untracked_blocks;
 
 __thread struct tstate tls;
@@ -207,10 +210,11 @@ static inline void set_live(struct nursery *ns, int live) { __atomic_store_n(&ns
 static void nursery_spill(struct nursery *ns, uint32_t k, int clear_index)
 {
     int live = ns->live;
+    int stale = ns->epoch != __atomic_load_n(&tracking_epoch, __ATOMIC_RELAXED);
     for (uint32_t end = ns->head + k; ns->head != end; ns->head++) {
         struct young *y = at_ring(ns, ns->head);
         if (!y->p) continue;
-        count_young(y);
+        if (!stale) count_young(y);
         if (clear_index) ns->index[y->at] = 0; /* the whole ring goes: no run needs keeping */
         else index_remove(ns, y->at);
         y->p = 0;
@@ -230,6 +234,12 @@ void nursery_flush(struct nursery *ns)
 static void nursery_add(struct nursery *ns, const struct young *y)
 {
     nursery_lock(ns);
+    uint32_t epoch = __atomic_load_n(&tracking_epoch, __ATOMIC_RELAXED);
+    if (UNLIKELY(ns->epoch != epoch)) {
+        nursery_spill(ns, ns->tail - ns->head, 1); /* drops them: they are from before */
+        ns->head = ns->tail = 0;
+        ns->epoch = epoch;
+    }
     if (ns->tail - ns->head == NURSERY_SIZE) nursery_spill(ns, NURSERY_SPILL, 0);
     unsigned j = index_home(y->p);
     while (ns->index[j]) j = (j + 1) & (NURSERY_INDEX - 1);
@@ -395,6 +405,7 @@ void tracked_libc_free(void *p, const char *file, int line)
 
 void hooks_reset(void)
 {
+    __atomic_add_fetch(&tracking_epoch, 1, __ATOMIC_RELAXED);
     measure_reset();
     __atomic_store_n(&untracked_bytes, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&untracked_blocks, 0, __ATOMIC_RELAXED);

@@ -46,6 +46,7 @@ struct nursery {
     int lock;
     int live;            /* written under lock; its own thread may read it without */
     uint32_t head, tail; /* ring positions, counting up */
+    uint32_t epoch;      /* tracking_epoch of its entries: older ones are dropped, never counted */
     struct young e[NURSERY_SIZE];
     uint16_t index[NURSERY_INDEX]; /* ring position + 1, 0 empty */
 } __attribute__((aligned(64)));

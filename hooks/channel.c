@@ -110,6 +110,19 @@ static void format_peer(int fd, char *out, size_t n)
     }
 }
 
+struct cause_list {
+    struct buf *b;
+    const char *sep;
+};
+
+static void put_cause(uint8_t cause, int64_t bytes, int64_t requested, int64_t blocks, void *arg)
+{
+    struct cause_list *list = arg;
+    if (!blocks && !bytes) return;
+    put(list->b, "%s%d:%lld:%lld:%lld", list->sep, cause, (long long)bytes, (long long)requested, (long long)blocks);
+    list->sep = ",";
+}
+
 static void put_owner(struct buf *b, uint32_t idx, uint64_t now)
 {
     struct owner *o = owner_at(idx);
@@ -135,15 +148,8 @@ static void put_owner(struct buf *b, uint32_t idx, uint64_t now)
     put_escaped(b, peer);
 #undef RD
     put(b, " causes=");
-    const char *sep = "";
-    for (int c = 0; c < N_CAUSES; c++) {
-        int64_t blocks = __atomic_load_n(&o->c[c].blocks, __ATOMIC_RELAXED);
-        int64_t bytes = __atomic_load_n(&o->c[c].bytes, __ATOMIC_RELAXED);
-        if (!blocks && !bytes) continue;
-        put(b, "%s%d:%lld:%lld:%lld", sep, c, (long long)bytes,
-            (long long)__atomic_load_n(&o->c[c].requested, __ATOMIC_RELAXED), (long long)blocks);
-        sep = ",";
-    }
+    struct cause_list list = {b, ""};
+    owner_visit_causes(o, put_cause, &list);
     put(b, "\n");
 }
 
@@ -205,14 +211,16 @@ static void put_header(struct buf *b)
         (long long)__atomic_load_n(&untracked_bytes, __ATOMIC_RELAXED),
         (long long)__atomic_load_n(&untracked_blocks, __ATOMIC_RELAXED),
         (unsigned long long)__atomic_load_n(&io_calls_of_dead, __ATOMIC_RELAXED));
-    size_t table = blocks_memory() + (size_t)owner_count_slots() * sizeof(struct owner) +
-                   (size_t)sites_used() * (sizeof(struct site) + sizeof(site_counts[0])) +
+    size_t owners =
+        (size_t)owner_count_slots() * sizeof(struct owner) + __atomic_load_n(&owner_wide_bytes, __ATOMIC_RELAXED);
+    size_t table = blocks_memory() + owners + (size_t)sites_used() * (sizeof(struct site) + sizeof(site_counts[0])) +
                    (size_t)MAX_SITES * 2 /* the site index */;
     put(b, "stat tracker_bytes=%zu blocks=%zu slots_patched=%d slots_foreign=%d\n", table, blocks_count(),
         interpose_slots(), interpose_foreign());
     put(b, "stat byte_measure=%d\n", hooks_byte_measure());
-    /* the per-block part of tracker_bytes, apart from the per-owner and per-site parts (issue 18) */
-    put(b, "stat tracker_table_bytes=%zu blocks_wide=%zu\n", blocks_memory(), blocks_count_wide());
+    /* the per-block part of tracker_bytes and the per-owner part, apart from the sites' (issue 18) */
+    put(b, "stat tracker_table_bytes=%zu blocks_wide=%zu tracker_owner_bytes=%zu\n", blocks_memory(),
+        blocks_count_wide(), owners);
     /* glibc's own view of its heap, so the front end can explain RSS: what is in use (arenas and
      * mmapped chunks, tlsprof's table included) and what sits free inside the arenas */
     struct mallinfo2 mi = mallinfo2();

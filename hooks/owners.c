@@ -50,6 +50,61 @@ void owners_sweep(void)
     pthread_mutex_unlock(&owners_mutex);
 }
 
+/* A recycled or reset record: its slots free, every counter zero (a wide array made for an
+ * earlier owner of the record stays, zeroed: a hook may still hold its address). */
+static void clear_counters(struct owner *o)
+{
+    for (int k = 0; k < OWNER_SLOTS; k++) {
+        __atomic_store_n(&o->slot[k].bytes, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&o->slot[k].over, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&o->slot[k].blocks, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&o->slot_cause[k], 0, __ATOMIC_RELEASE);
+    }
+    struct cause_counters *wide = __atomic_load_n(&o->wide, __ATOMIC_ACQUIRE);
+    for (int k = 0; wide && k < N_CAUSES; k++) {
+        __atomic_store_n(&wide[k].bytes, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&wide[k].requested, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&wide[k].blocks, 0, __ATOMIC_RELAXED);
+    }
+}
+
+size_t owner_wide_bytes;
+static struct cause_counters wide_lost[N_CAUSES]; /* an array could not be made: counted here */
+
+struct cause_counters *owner_wide(struct owner *o, uint8_t cause)
+{
+    struct cause_counters *wide = __atomic_load_n(&o->wide, __ATOMIC_ACQUIRE);
+    if (UNLIKELY(!wide)) {
+        struct cause_counters *made = calloc(N_CAUSES, sizeof *made), *none = NULL;
+        if (!made) return &wide_lost[cause];
+        if (__atomic_compare_exchange_n(&o->wide, &none, made, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            __atomic_add_fetch(&owner_wide_bytes, N_CAUSES * sizeof *made, __ATOMIC_RELAXED);
+            wide = made;
+        } else {
+            free(made); /* another thread made it first */
+            wide = none;
+        }
+    }
+    return &wide[cause];
+}
+
+void owner_visit_causes(struct owner *o, cause_visit_fn fn, void *arg)
+{
+    for (int k = 0; k < OWNER_SLOTS; k++) {
+        uint8_t c = __atomic_load_n(&o->slot_cause[k], __ATOMIC_ACQUIRE);
+        if (!c) break;
+        const struct slot_counters *s = &o->slot[k];
+        int64_t bytes = __atomic_load_n(&s->bytes, __ATOMIC_RELAXED);
+        fn((uint8_t)(c - 1), bytes, bytes - __atomic_load_n(&s->over, __ATOMIC_RELAXED),
+           __atomic_load_n(&s->blocks, __ATOMIC_RELAXED), arg);
+    }
+    const struct cause_counters *wide = __atomic_load_n(&o->wide, __ATOMIC_ACQUIRE);
+    for (int c = 0; wide && c < N_CAUSES; c++)
+        fn((uint8_t)c, __atomic_load_n(&wide[c].bytes, __ATOMIC_RELAXED),
+           __atomic_load_n(&wide[c].requested, __ATOMIC_RELAXED), __atomic_load_n(&wide[c].blocks, __ATOMIC_RELAXED),
+           arg);
+}
+
 uint32_t owner_new(uint8_t kind, uintptr_t ptr, uint32_t ctx, int pre_attach)
 {
     pthread_mutex_lock(&owners_mutex);
@@ -86,11 +141,7 @@ uint32_t owner_new(uint8_t kind, uintptr_t ptr, uint32_t ctx, int pre_attach)
         WR(pre_attach, (uint8_t)pre_attach);
         WR(created_ns, now_ns());
         WR(total_blocks, 0);
-        for (int k = 0; k < N_CAUSES; k++) {
-            WR(c[k].bytes, 0);
-            WR(c[k].requested, 0);
-            WR(c[k].blocks, 0);
-        }
+        clear_counters(o);
 #undef WR
         __atomic_store_n(&o->flags, OWNER_F_IN_USE, __ATOMIC_RELEASE);
     }
@@ -110,10 +161,16 @@ void owner_mark_dead(uint32_t idx)
 static void owners_reset(void)
 {
     pthread_mutex_lock(&owners_mutex);
-    for (uint32_t i = 1; i < n_slots_used; i++) memset(owner_at(i), 0, sizeof(struct owner));
+    for (uint32_t i = 1; i < n_slots_used; i++) {
+        struct owner *o = owner_at(i);
+        struct cause_counters *wide = o->wide;
+        clear_counters(o);
+        memset(o, 0, sizeof *o);
+        o->wide = wide;
+    }
     n_slots_used = 1;
     n_free = 0;
-    memset(process_owner.c, 0, sizeof process_owner.c);
+    clear_counters(&process_owner);
     process_owner.total_blocks = 0;
     __atomic_store_n(&io_calls_of_dead, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&owners_mutex);

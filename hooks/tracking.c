@@ -91,11 +91,7 @@ static inline void count(uint32_t owner, uint16_t site, int64_t bytes, int64_t r
     site &= BLOCK_SITE_MASK; /* a block's site id carries its measure in the top bits */
     struct owner *o = owner_at(owner);
     struct site *s = site_at(site);
-    struct cause_counters *c = &o->c[s->cause];
-    __atomic_add_fetch(&c->bytes, bytes, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&c->requested, req, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&c->blocks, blocks, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&o->total_blocks, blocks, __ATOMIC_RELEASE);
+    owner_add(o, s->cause, bytes, req, blocks);
     struct tstate *t = &tls;
     if (UNLIKELY(!t->stripe)) stripe_claim(t);
     struct site_counts *sc = &site_counts[site][t->stripe - 1];

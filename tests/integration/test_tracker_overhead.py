@@ -1,10 +1,11 @@
 """Issue 18: what the shim's block tracker costs per live OpenSSL block, from its own accounting.
 
 Not a timing: fixed workloads, and the shim's `stat` lines — tracker_table_bytes (the block table,
-hooks/table.c), tracker_bytes (that plus the per-owner and per-site tables) and blocks (live blocks
-tracked). Goal: at most 16 B of table per live block. On the CA-store workload (many blocks per
-owner) the whole tracker stays under 16 B a block too; with many small connections the per-owner
-record (~400 B a connection, ~46 blocks) adds ~8 B a block on top, reported by bench/overhead_goals.py.
+hooks/table.c), tracker_owner_bytes (the owner records and their counter arrays), tracker_bytes
+(those plus the per-site tables) and blocks (live blocks tracked). Goal: at most 16 B per live block.
+On the CA-store workload (many blocks per owner) the whole tracker stays under it; with many small
+connections the table and the owner records (184 B a connection, ~46 blocks) do, and the site
+tables are a fixed ~0.2 MiB that 1000 connections do not amortise (10k do: bench/overhead_goals.py).
 """
 
 import os
@@ -65,6 +66,9 @@ def test_many_connections_block_table_stays_under_16_bytes_per_block(cert_dir):
         assert stats["blocks"] >= CONNECTIONS * 20, stats
         assert stats["untracked_blocks"] == 0
         assert _per_block(stats, "tracker_table_bytes") <= GOAL_TABLE_BYTES_PER_BLOCK, stats
+        per_block = (stats["tracker_table_bytes"] + stats["tracker_owner_bytes"]) / stats["blocks"]
+        print(f"table + owner records: {per_block:.1f} B/block")
+        assert per_block <= GOAL_TABLE_BYTES_PER_BLOCK, stats
         # every tracked block is found again through its owner: the packed slots decode right
         assert sum(o.live_blocks for o in snap.owners) == stats["blocks"]
 

@@ -6,32 +6,32 @@
 /* ---- allocator hooks ---- */
 void *hook_CRYPTO_malloc(size_t n, const char *file, int line)
 {
-    struct tstate *t = &tls;
+    struct tstate *t = this_thread();
     if (t->in_alloc || !tlsprof_active) return real_CRYPTO_malloc(n, file, line);
     t->in_alloc = 1;
     void *p = real_CRYPTO_malloc(n, file, line);
-    if (p) track(p, n, file, line);
+    if (p) track_in(t, p, n, file, line);
     t->in_alloc = 0;
     return p;
 }
 
 void *hook_CRYPTO_zalloc(size_t n, const char *file, int line)
 {
-    struct tstate *t = &tls;
+    struct tstate *t = this_thread();
     if (t->in_alloc || !tlsprof_active) return real_CRYPTO_zalloc(n, file, line);
     t->in_alloc = 1;
     void *p = real_CRYPTO_zalloc(n, file, line);
-    if (p) track(p, n, file, line);
+    if (p) track_in(t, p, n, file, line);
     t->in_alloc = 0;
     return p;
 }
 
 void hook_CRYPTO_free(void *p, const char *file, int line)
 {
-    struct tstate *t = &tls;
+    struct tstate *t = this_thread();
     if (p && !t->in_alloc && tlsprof_active) {
         t->in_alloc = 1;
-        forget(p);
+        forget_in(t, p);
         real_CRYPTO_free(p, file, line);
         t->in_alloc = 0;
         return;
@@ -41,10 +41,10 @@ void hook_CRYPTO_free(void *p, const char *file, int line)
 
 void hook_CRYPTO_clear_free(void *p, size_t num, const char *file, int line)
 {
-    struct tstate *t = &tls;
+    struct tstate *t = this_thread();
     if (p && !t->in_alloc && tlsprof_active) {
         t->in_alloc = 1;
-        forget(p);
+        forget_in(t, p);
         real_CRYPTO_clear_free(p, num, file, line);
         t->in_alloc = 0;
         return;
@@ -54,7 +54,7 @@ void hook_CRYPTO_clear_free(void *p, size_t num, const char *file, int line)
 
 void *hook_CRYPTO_realloc(void *old, size_t n, const char *file, int line)
 {
-    struct tstate *t = &tls;
+    struct tstate *t = this_thread();
     if (t->in_alloc || !tlsprof_active) return real_CRYPTO_realloc(old, n, file, line);
     t->in_alloc = 1;
     void *p = realloc_common(old, n, file, line, VIA_CRYPTO_REALLOC, 0);
@@ -64,7 +64,7 @@ void *hook_CRYPTO_realloc(void *old, size_t n, const char *file, int line)
 
 void *hook_CRYPTO_clear_realloc(void *old, size_t old_num, size_t n, const char *file, int line)
 {
-    struct tstate *t = &tls;
+    struct tstate *t = this_thread();
     if (t->in_alloc || !tlsprof_active) return real_CRYPTO_clear_realloc(old, old_num, n, file, line);
     t->in_alloc = 1;
     void *p = realloc_common(old, n, file, line, VIA_CRYPTO_CLEAR_REALLOC, old_num);

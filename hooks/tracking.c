@@ -287,16 +287,16 @@ static inline struct nursery *nursery_for_this_call(struct tstate *t)
     return t->nursery;
 }
 
-void track_at(void *p, size_t n, uint32_t owner, const char *file, int line, uint8_t scope, int measure)
+void track_at(struct tstate *t, void *p, size_t n, uint32_t owner, const char *file, int line, uint8_t scope,
+              int measure)
 {
-    struct tstate *t = &tls;
     struct nursery *ns = nursery_for_this_call(t);
     if (ns) {
         struct young y = {(uintptr_t)p, n, file, line, owner, 0, scope, (uint8_t)measure, 0};
         nursery_add(ns, &y);
         return;
     }
-    track_now(p, n, owner, site_of(file, line, scope, n), measure);
+    track_now(p, n, owner, site_of_in(t, file, line, scope, n), measure);
 }
 
 void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
@@ -333,7 +333,7 @@ void *realloc_common(void *old, size_t n, const char *file, int line, enum reall
     struct young young;
     int had = 0, counted = 0;
     int64_t old_bytes = 0, old_req = 0;
-    if (old && take((uintptr_t)old, &b, &counted, &young)) {
+    if (old && take(&tls, (uintptr_t)old, &b, &counted, &young)) {
         had = 1;
         if (counted) {
             block_sizes(&b, old, 0, &old_bytes, &old_req);

@@ -69,6 +69,15 @@ struct tstate {
 /* hidden: one TLS block of this library, no lookup through the GOT */
 extern __thread struct tstate tls __attribute__((visibility("hidden")));
 
+/* The thread's state, looked up once: with TLS descriptors each lookup is a call, and the compiler
+ * would rather repeat it after every call than keep the address (the empty asm makes it opaque). */
+static inline struct tstate *this_thread(void)
+{
+    struct tstate *t = &tls;
+    __asm__("" : "+r"(t));
+    return t;
+}
+
 /* ---- the scope stack: what the thread is doing inside OpenSSL, for whom ---- */
 static inline void push(uint32_t owner, uint8_t kind)
 {
@@ -87,13 +96,14 @@ static inline void pop(void)
     if (--t->depth == 0 && nursery_waiting(t->nursery)) nursery_flush(t->nursery);
 }
 
-static inline struct scope current(void)
+static inline struct scope current_of(const struct tstate *t)
 {
-    struct tstate *t = &tls;
     if (t->depth <= 0) return (struct scope){0, SC_NONE};
     int top = t->depth <= MAX_DEPTH ? t->depth - 1 : MAX_DEPTH - 1;
     return t->stack[top];
 }
+
+static inline struct scope current(void) { return current_of(&tls); }
 
 /* Scopes nested in a scope of another owner (X509_STORE_load_file inside a context's trust-store
  * load) keep the outer owner. */
@@ -102,14 +112,16 @@ static inline uint32_t inherited_owner(void) { return current().owner; }
 /* Count a block to an owner and site (measure: enum byte_measure), and take it back. */
 void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure);
 /* The same from the call site: inside an OpenSSL call the block waits in the nursery uninterned. */
-void track_at(void *p, size_t n, uint32_t owner, const char *file, int line, uint8_t scope, int measure);
+/* Every thread-state access through the TLS descriptor is a call (the shim may be dlopened): the
+ * hooks look it up once and hand it down. */
+void track_at(struct tstate *t, void *p, size_t n, uint32_t owner, const char *file, int line, uint8_t scope,
+              int measure);
 void untrack(const struct block *b, void *p, size_t usable);
 
 /* Inline, as they were before the split: the hook and these share one look-up of the thread's state
  * on every allocation (a call here cost ~15 instructions per block, callgrind). */
-static inline uint16_t site_of(const char *file, int line, uint8_t scope, size_t n)
+static inline uint16_t site_of_in(struct tstate *t, const char *file, int line, uint8_t scope, size_t n)
 {
-    struct tstate *t = &tls;
     if (t->site_file == file && t->site_line == line && t->site_scope == scope && file) return t->site_id;
     uint16_t id = site_intern(file, line, scope, n);
     if (id) { /* 0 = the index is full: ask again next time */
@@ -121,18 +133,26 @@ static inline uint16_t site_of(const char *file, int line, uint8_t scope, size_t
     return id;
 }
 
-/* A new block: owner and cause from the top of the scope stack. */
-static inline void track(void *p, size_t n, const char *file, int line)
+static inline uint16_t site_of(const char *file, int line, uint8_t scope, size_t n)
 {
-    struct scope s = current();
-    track_at(p, n, s.owner, file, line, s.kind, libcrypto_measure());
+    return site_of_in(&tls, file, line, scope, n);
 }
+
+/* A new block: owner and cause from the top of the scope stack. */
+static inline void track_in(struct tstate *t, void *p, size_t n, const char *file, int line)
+{
+    struct scope s = current_of(t);
+    track_at(t, p, n, s.owner, file, line, s.kind, libcrypto_measure());
+}
+
+static inline void track(void *p, size_t n, const char *file, int line) { track_in(&tls, p, n, file, line); }
 
 /* A block of a statically linked copy: outside any scope, its source file alone decides. */
 static inline void track_static(void *p, size_t n, const char *file, int line)
 {
-    struct scope s = current();
-    track_at(p, n, s.owner, file, line, s.kind == SC_NONE ? SC_STATIC : s.kind, malloc_measure);
+    struct tstate *t = &tls;
+    struct scope s = current_of(t);
+    track_at(t, p, n, s.owner, file, line, s.kind == SC_NONE ? SC_STATIC : s.kind, malloc_measure);
 }
 
 int nursery_take(struct nursery *ns, uintptr_t p, struct young *out);
@@ -141,9 +161,9 @@ int take_slow(uintptr_t p, struct block *out, struct young *young);
 
 /* Take p out of tracking: 1 if it was tracked, with *counted set and *out filled if it was counted
  * (the table), else *young filled (a block still in a nursery was counted nowhere). */
-static inline int take(uintptr_t p, struct block *out, int *counted, struct young *young)
+static inline int take(struct tstate *t, uintptr_t p, struct block *out, int *counted, struct young *young)
 {
-    struct nursery *ns = tls.nursery;
+    struct nursery *ns = t->nursery;
     *counted = 0;
     if (nursery_waiting(ns) && nursery_take(ns, p, young)) return 1;
     if (blocks_remove(p, out)) {
@@ -156,22 +176,24 @@ static inline int take(uintptr_t p, struct block *out, int *counted, struct youn
 }
 
 /* Before the block goes back to the allocator (another thread may get the address at once). */
-static inline void forget(void *p)
+static inline void forget_in(struct tstate *t, void *p)
 {
     struct block b;
     struct young young;
     int counted;
-    if (!take((uintptr_t)p, &b, &counted, &young) || !counted) return;
+    if (!take(t, (uintptr_t)p, &b, &counted, &young) || !counted) return;
     untrack(&b, p, 0);
     if (b.key & BLOCK_F_OBJECT) {
         /* the SSL/SSL_CTX struct itself: the object is really gone (refcounts reached zero); what
          * this thread's nursery holds for it is counted first, while the owner is still its own */
         struct owner *o = owner_at(b.owner);
-        if (nursery_waiting(tls.nursery)) nursery_flush(tls.nursery);
+        if (nursery_waiting(t->nursery)) nursery_flush(t->nursery);
         objects_unbind((uintptr_t)p, b.owner);
         if (__atomic_load_n(&o->ptr, __ATOMIC_RELAXED) == (uintptr_t)p) owner_mark_dead(b.owner);
     }
 }
+
+static inline void forget(void *p) { forget_in(&tls, p); }
 
 /* The SSL/SSL_CTX struct itself, once its constructor returned (it may still wait in the nursery). */
 void mark_object(uintptr_t p);

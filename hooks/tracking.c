@@ -219,12 +219,18 @@ static void nursery_spill(struct nursery *ns, uint32_t k, int clear_index)
     set_live(ns, live);
 }
 
+/* This thread's own nursery, from outside the allocator hooks (pop, mark_object, thread exit): an
+ * OpenSSL allocation from a signal handler meanwhile must pass through, not wait on our lock. */
 void nursery_flush(struct nursery *ns)
 {
+    struct tstate *t = this_thread();
+    int was_in_alloc = t->in_alloc;
+    t->in_alloc = 1;
     nursery_lock(ns);
     nursery_spill(ns, ns->tail - ns->head, 1);
     ns->head = ns->tail = 0;
     nursery_unlock(ns);
+    t->in_alloc = was_in_alloc;
 }
 
 static void nursery_add(struct nursery *ns, const struct young *y)
@@ -313,7 +319,8 @@ void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
 
 void mark_object(uintptr_t p)
 {
-    if (nursery_waiting(tls.nursery)) nursery_flush(tls.nursery);
+    struct tstate *t = this_thread();
+    if (!t->in_alloc && nursery_waiting(t->nursery)) nursery_flush(t->nursery);
     blocks_mark_object(p);
 }
 

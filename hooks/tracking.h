@@ -93,7 +93,9 @@ static inline int nursery_waiting(struct nursery *ns) { return ns && __atomic_lo
 static inline void pop(void)
 {
     struct tstate *t = &tls;
-    if (--t->depth == 0 && nursery_waiting(t->nursery)) nursery_flush(t->nursery);
+    /* not from a signal handler that interrupted this thread's own flush or allocator hook (it holds
+     * the nursery's lock): the next return counts them */
+    if (--t->depth == 0 && !t->in_alloc && nursery_waiting(t->nursery)) nursery_flush(t->nursery);
 }
 
 static inline struct scope current_of(const struct tstate *t)

@@ -150,11 +150,12 @@ def attach_cycles(pid, period, end, workdir, results, stop):
             text=True,
             timeout=period * 2 + 60,
         )
-        report_ok = False
+        report_ok, tracker, memory = False, None, None
         if os.path.exists(out):
             try:
                 rep = json.load(open(out))
                 report_ok = rep["target"]["mode"] == "attach"
+                tracker, memory = rep.get("tracker"), rep.get("memory")
             except (ValueError, KeyError):
                 pass
         results.append(
@@ -162,6 +163,8 @@ def attach_cycles(pid, period, end, workdir, results, stop):
                 "cycle": k,
                 "rc": p.returncode,
                 "report": report_ok,
+                "tracker": tracker,  # the shim's own table and blocks at the report's moment
+                "memory": memory,
                 "seconds": round(time.monotonic() - t0, 1),
                 "stderr": p.stderr.strip().splitlines()[-1:] if p.returncode else [],
             }

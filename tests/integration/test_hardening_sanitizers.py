@@ -57,16 +57,26 @@ def _fd_table_race(rep):
     }
 
 
+def _racing_stacks(rep):
+    """A ThreadSanitizer report's two access stacks, without the sections after them (where the
+    block was allocated, where a mutex or a thread was created): a race between two OpenSSL
+    accesses to a block the shim's CRYPTO_malloc hook allocated names hooks/ only in the
+    allocation stack, and is OpenSSL's, not the shim's."""
+    cut = re.search(r"\n\s*(Location is |Mutex M\d+ |Thread T\d+ )", rep)
+    return rep[: cut.start()] if cut else rep
+
+
 def shim_reports(log_dir):
-    """Sanitizer reports (text) whose stack includes a frame in hooks/*.c (fd-table races of the
-    snapshot's fd facts aside, see _fd_table_race)."""
+    """Sanitizer reports (text) whose stack includes a frame in hooks/*.c (for ThreadSanitizer,
+    a racing access's stack; fd-table races of the snapshot's fd facts aside, see _fd_table_race)."""
     out = []
     for name in os.listdir(log_dir):
         text = open(os.path.join(log_dir, name), errors="replace").read()
         for rep in re.split(r"={10,}\n", text):
+            tsan = "WARNING: ThreadSanitizer" in rep
             if (
-                ("WARNING: ThreadSanitizer" in rep or "ERROR: AddressSanitizer" in rep or "runtime error" in rep)
-                and "hooks/" in rep
+                (tsan or "ERROR: AddressSanitizer" in rep or "runtime error" in rep)
+                and "hooks/" in (_racing_stacks(rep) if tsan else rep)
                 and not _fd_table_race(rep)
             ):
                 out.append(rep)

@@ -286,9 +286,17 @@ int take_slow(uintptr_t p, struct block *out, struct young *young)
     return blocks_remove(p, out);
 }
 
+static int nursery_on;
+
+void tracking_use_nursery(int on) { __atomic_store_n(&nursery_on, on, __ATOMIC_RELAXED); }
+
 static inline struct nursery *nursery_for_this_call(struct tstate *t)
 {
-    if (t->depth <= 0) return NULL;
+    if (t->depth <= 0 || !__atomic_load_n(&nursery_on, __ATOMIC_RELAXED)) return NULL;
+    /* not inside a call that may wait on the network (a blocking SSL_read holds the connection's
+     * read buffer for as long as the peer is quiet): what it allocates must show in snapshots now */
+    uint8_t outer = t->stack[0].kind;
+    if (outer == SC_HANDSHAKE || outer == SC_IO || outer == SC_SHUTDOWN) return NULL;
     if (UNLIKELY(!t->stripe)) stripe_claim(t);
     return t->nursery;
 }

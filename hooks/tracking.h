@@ -87,6 +87,7 @@ static inline void push(uint32_t owner, uint8_t kind)
 }
 
 void nursery_flush(struct nursery *ns);
+void tracking_use_nursery(int on);
 static inline int nursery_waiting(struct nursery *ns) { return ns && __atomic_load_n(&ns->live, __ATOMIC_RELAXED); }
 
 /* Leaving the outermost OpenSSL call: what survived it is counted now. */

@@ -46,7 +46,7 @@ def test_block_freed_by_another_thread_while_young_leaves_no_phantom(cert_pair, 
     channel_dir = tempfile.mkdtemp(prefix="tlsprof-nursery-")
     proc = subprocess.Popen(
         [str(exe), str(key), "young"],
-        env=launch.preload_env(channel_dir),
+        env={**launch.preload_env(channel_dir), "TLSPROF_NURSERY": "1"},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

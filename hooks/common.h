@@ -2,6 +2,7 @@
  * few helpers. No module above it is known here. */
 #pragma once
 #include <pthread.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -9,6 +10,20 @@
 #define EXPORT __attribute__((visibility("default")))
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* A test-and-test-and-set spinlock for locks held a few instructions (a table shard for one probe,
+ * a thread's nursery): a mutex's call and futex bookkeeping cost more than the work it guards. */
+static inline void spin_lock(int *l)
+{
+    for (unsigned spins = 0; __atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE);) {
+        while (__atomic_load_n(l, __ATOMIC_RELAXED)) {
+            if (++spins < 64) __builtin_ia32_pause();
+            else sched_yield(); /* the holder was preempted: let it run */
+        }
+    }
+}
+
+static inline void spin_unlock(int *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
 
 /* Fixed cause vocabulary; the order is the wire order (see tlsprof/causes.py). */
 enum cause {

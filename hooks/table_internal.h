@@ -1,23 +1,7 @@
 /* The block table's private header: what the packed table (table.c) and the wide one
  * (table_wide.c) share. Only these two include it. */
 #pragma once
-#include <sched.h>
-
 #include "shim.h"
-
-/* A test-and-test-and-set spinlock: a shard is held for one probe (a grow is the rare long case),
- * and a mutex's call and futex bookkeeping cost more than the work it guards. */
-static inline void spin_lock(int *l)
-{
-    for (unsigned spins = 0; __atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE);) {
-        while (__atomic_load_n(l, __ATOMIC_RELAXED)) {
-            if (++spins < 64) __builtin_ia32_pause();
-            else sched_yield(); /* the holder was preempted: let it run */
-        }
-    }
-}
-
-static inline void spin_unlock(int *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
 
 /* TLSPROF_MAX_BLOCKS caps the live blocks tracked (0 = no cap): bounds the shim's own memory and
  * lets tests prove the degraded mode. Past the cap inserts fail like a failed grow. */

@@ -160,13 +160,9 @@ static void track_now(void *p, size_t n, uint32_t owner, uint16_t site, int meas
 }
 
 /* ---- the nursery (tracking.h) ---- */
-static inline void nursery_lock(struct nursery *ns)
-{
-    while (__atomic_exchange_n(&ns->lock, 1, __ATOMIC_ACQUIRE))
-        while (__atomic_load_n(&ns->lock, __ATOMIC_RELAXED)) __builtin_ia32_pause();
-}
+static inline void nursery_lock(struct nursery *ns) { spin_lock(&ns->lock); }
 
-static inline void nursery_unlock(struct nursery *ns) { __atomic_store_n(&ns->lock, 0, __ATOMIC_RELEASE); }
+static inline void nursery_unlock(struct nursery *ns) { spin_unlock(&ns->lock); }
 
 static inline unsigned index_home(uintptr_t p)
 {

@@ -27,6 +27,11 @@ __thread struct tstate tls;
 #define SHARED_STRIPE (SITE_STRIPES - 1)
 static uint32_t stripes_owned;                  /* atomic bitmask */
 static struct nursery nurseries[SHARED_STRIPE]; /* one per owned stripe */
+/* Set at start, before any thread claims a stripe: with it off no thread gets a nursery, and a free
+ * the table does not know has nowhere else to look. */
+static int nursery_on;
+
+void tracking_use_nursery(int on) { __atomic_store_n(&nursery_on, on, __ATOMIC_RELAXED); }
 static pthread_key_t stripe_key;
 static pthread_once_t stripe_key_once = PTHREAD_ONCE_INIT;
 static int stripe_key_ok;
@@ -60,7 +65,7 @@ static void stripe_claim(struct tstate *t)
             }
             t->stripe = 1 + k;
             t->stripe_own = 1;
-            t->nursery = &nurseries[k];
+            t->nursery = __atomic_load_n(&nursery_on, __ATOMIC_RELAXED) ? &nurseries[k] : NULL;
             return;
         }
     }
@@ -272,6 +277,7 @@ int nursery_take(struct nursery *ns, uintptr_t p, struct young *out)
  * never tracked. */
 int take_slow(uintptr_t p, struct block *out, struct young *young)
 {
+    if (!__atomic_load_n(&nursery_on, __ATOMIC_RELAXED)) return 0;
     for (int k = 0; k < SHARED_STRIPE; k++) {
         struct nursery *ns = &nurseries[k];
         if (ns == tls.nursery) continue;
@@ -282,13 +288,9 @@ int take_slow(uintptr_t p, struct block *out, struct young *young)
     return blocks_remove(p, out);
 }
 
-static int nursery_on;
-
-void tracking_use_nursery(int on) { __atomic_store_n(&nursery_on, on, __ATOMIC_RELAXED); }
-
 static inline struct nursery *nursery_for_this_call(struct tstate *t)
 {
-    if (t->depth <= 0 || !__atomic_load_n(&nursery_on, __ATOMIC_RELAXED)) return NULL;
+    if (t->depth <= 0) return NULL;
     /* not inside a call that may wait on the network (a blocking SSL_read holds the connection's
      * read buffer for as long as the peer is quiet): what it allocates must show in snapshots now */
     uint8_t outer = t->stack[0].kind;

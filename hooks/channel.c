@@ -29,6 +29,11 @@ static char sock_dir[96];
 static pid_t sock_pid;
 
 static int (*detach_stop)(void); /* main.c's stop, handed down: the channel never calls up */
+static int exiting;
+
+/* Called by the Python agent from its atexit hook: what the process frees from then on is its
+ * teardown, not its working state, and each snapshot says so (the session keeps the one before). */
+EXPORT void tlsprof_mark_exiting(void) { __atomic_store_n(&exiting, 1, __ATOMIC_RELAXED); }
 
 void channel_on_detach(int (*stop)(void)) { detach_stop = stop; }
 
@@ -217,7 +222,7 @@ static void put_header(struct buf *b)
                    (size_t)MAX_SITES * 2 /* the site index */;
     put(b, "stat tracker_bytes=%zu blocks=%zu slots_patched=%d slots_foreign=%d\n", table, blocks_count(),
         interpose_slots(), interpose_foreign());
-    put(b, "stat byte_measure=%d\n", hooks_byte_measure());
+    put(b, "stat byte_measure=%d exiting=%d\n", hooks_byte_measure(), __atomic_load_n(&exiting, __ATOMIC_RELAXED));
     /* the per-block part of tracker_bytes and the per-owner part, apart from the sites' (issue 18) */
     put(b, "stat tracker_table_bytes=%zu blocks_wide=%zu tracker_owner_bytes=%zu\n", blocks_memory(),
         blocks_count_wide(), owners);

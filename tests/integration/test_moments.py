@@ -169,3 +169,36 @@ def test_a_finding_only_the_peak_shows_is_marked_and_saves_nothing_in_the_steady
     )
     assert text.returncode == 0, text.stderr
     assert "at the peak only" in text.stdout
+
+
+TEARDOWN_TARGET = """
+import ssl, time
+class Holder:
+    def __init__(self):
+        self.ctx = ssl.create_default_context()
+    def __del__(self, sleep=time.sleep):
+        self.ctx = None  # the interpreter's teardown frees the context, then lingers
+        sleep(1.0)
+holder = Holder()
+sleep = time.sleep
+sleep(1.0)
+"""
+
+
+def test_a_python_targets_teardown_is_never_the_reported_moment(tmp_path):
+    """A Python target that exits by itself frees its contexts during interpreter teardown; the
+    snapshots taken then (ten here, the teardown lingers 1 s) describe no working state: every
+    moment, the last included, is the state before it (the agent's atexit hook marks the shim)."""
+    report_path = tmp_path / "r.json"
+    proc = subprocess.run(
+        [*TLSPROF, "run", "-o", str(report_path), "--interval", "0.1", "--", sys.executable, "-c", TEARDOWN_TARGET],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = load_checked(report_path)
+    for name in ("steady", "peak", "last"):
+        body = check_report(select(report, name))
+        assert body["totals"]["by_cause"].get("ca_store", 0) > 500 * 1024, (name, body["totals"]["by_cause"])
+    assert report["moments"]["last"]["t"] > 1.5, report["moments"]  # snapshots were taken in the teardown

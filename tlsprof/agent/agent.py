@@ -409,10 +409,32 @@ def _listen(directory):
 
 def _cleanup(path, pid):
     if os.getpid() == pid:
+        _tell_shim_exiting()
         try:
             os.unlink(path)
         except OSError:
             pass
+
+
+def _tell_shim_exiting():
+    """The interpreter's teardown starts after the atexit hooks (ours, registered first, runs
+    last): it frees every context and connection, and a snapshot taken then would describe no
+    working state. The shim marks its snapshots from now on so the collector keeps the one before."""
+    try:
+        import ctypes
+
+        mark = getattr(ctypes.CDLL(None), "tlsprof_mark_exiting", None)
+        if mark is None:  # injected by attach: the shim is not in the global namespace
+            with open("/proc/self/maps") as f:
+                shims = {line.split()[-1] for line in f if "/_shim" in line and line.rstrip().endswith(".so")}
+            for shim in shims:
+                mark = getattr(ctypes.CDLL(shim), "tlsprof_mark_exiting", None)
+                if mark is not None:
+                    break
+        if mark is not None:
+            mark()
+    except Exception:
+        pass  # never in the target's way
 
 
 def _after_fork():

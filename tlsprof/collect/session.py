@@ -91,6 +91,11 @@ class Session:
                 if pid in previous and psutil.pid_exists(pid):
                     snaps[pid] = previous[pid]
                 continue
+            if snap.stats.get("exiting") and pid in previous:
+                # the process is tearing itself down (its interpreter frees every context): the
+                # working state it had is the snapshot before
+                snaps[pid] = previous[pid]
+                continue
             snaps[pid] = self._observe(snap, fresh_agent)
         if not snaps:
             return None

@@ -240,7 +240,9 @@ static void snapshot(struct buf *b)
     uint64_t now = now_ns();
     uint32_t n = owner_count_slots();
     for (uint32_t i = 0; i < n; i++) put_owner(b, i, now);
-    for (uint32_t i = 0; i < n; i++) put_facts(b, i);
+    /* the sites right after the owners: both count the same blocks, and every syscall between the
+     * two reads widens how far a busy target's totals drift apart (the facts below make three per
+     * connection) */
     uint32_t ns = sites_used();
     for (uint32_t i = 0; i < ns; i++) {
         struct site *s = site_at((uint16_t)i);
@@ -255,6 +257,7 @@ static void snapshot(struct buf *b)
         put_escaped(b, s->name ? s->name : "?");
         put(b, "\n");
     }
+    for (uint32_t i = 0; i < n; i++) put_facts(b, i);
     for (int i = 0; i < static_copies_count(); i++) {
         const char *kind, *status, *path;
         static_copy_describe(i, &kind, &status, &path);

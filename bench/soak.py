@@ -14,6 +14,10 @@ target is alive at the end, and its RSS is flat after warm-up: the median of the
 samples is within --rss-slack (default 10 %, at least 8 MiB) of the median just after warm-up
 (a quarter of the run and at least two attach cycles, at most half of it). Prints a JSON summary either way.
 The 30-minute run is for bench/ (not CI); tests/integration/test_hardening_soak.py runs a 2-minute version.
+
+`--under-run`: the server starts under `tlsprof run -o REPORT` instead (the shim preloaded from the
+start, the nursery on unless TLSPROF_NURSERY=0), with no attach cycles; the RSS is the server's, and
+the report written when tlsprof is stopped stands in for the attaches' check.
 """
 
 import argparse
@@ -48,11 +52,13 @@ def rss(pid):
     return None
 
 
-def start_server(workdir):
+def start_server(workdir, under_run=False):
     ready = os.path.join(workdir, "ready")
     log = open(os.path.join(workdir, "server.log"), "wb")
+    wrapper = [sys.executable, "-m", "tlsprof", "run", "-o", os.path.join(workdir, "run.json"), "--"]
     proc = subprocess.Popen(
         [
+            *(wrapper if under_run else []),
             sys.executable,
             ECHO_SERVER,
             "--host",
@@ -126,6 +132,26 @@ class Load:
         await asyncio.gather(*(self.one_loop(ctx, i) for i in range(self.n)))
 
 
+def _only_child(pid, timeout=30):
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = psutil.Process(pid).children()
+        if children:
+            return children[0].pid
+        time.sleep(0.05)
+    raise SystemExit("tlsprof run started no server")
+
+
+def _run_report_ok(workdir):
+    try:
+        with open(os.path.join(workdir, "run.json")) as f:
+            return json.load(f)["target"]["mode"] == "run"
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def attach_cycles(pid, period, end, workdir, results, stop):
     k = 0
     while not stop.is_set() and time.monotonic() + period / 2 + 5 < end:
@@ -180,11 +206,14 @@ def main():
     ap.add_argument("--sample-every", type=float, default=3.0, metavar="S")
     ap.add_argument("--rss-slack", type=float, default=0.10)
     ap.add_argument("--json", metavar="OUT", help="also write the summary here")
+    ap.add_argument("--under-run", action="store_true", help="the server under `tlsprof run`, no attaches")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     workdir = tempfile.mkdtemp(prefix="tlsprof-soak-")
-    server, port = start_server(workdir)
+    server, port = start_server(workdir, args.under_run)
+    # under run, the server is tlsprof's child: its RSS is the one that counts
+    target_pid = _only_child(server.pid) if args.under_run else server.pid
     duration = args.minutes * 60
     start = time.monotonic()
     end = start + duration
@@ -194,17 +223,18 @@ def main():
 
     def sampler():
         while not stop.is_set():
-            r = rss(server.pid)
+            r = rss(target_pid)
             if r:
                 samples.append((time.monotonic() - start, r))
             stop.wait(args.sample_every)
 
-    threads = [
-        threading.Thread(target=sampler, daemon=True),
-        threading.Thread(
-            target=attach_cycles, args=(server.pid, args.attach_every, end, workdir, attaches, stop), daemon=True
-        ),
-    ]
+    threads = [threading.Thread(target=sampler, daemon=True)]
+    if not args.under_run:
+        threads.append(
+            threading.Thread(
+                target=attach_cycles, args=(server.pid, args.attach_every, end, workdir, attaches, stop), daemon=True
+            )
+        )
     for t in threads:
         t.start()
     load = Load(port, args.connections, end)
@@ -246,7 +276,9 @@ def main():
     }
     checks = {
         "no_failed_handshakes": load.failed == 0 and load.ok > 0,
-        "attaches_ok": bool(attaches) and all(a["rc"] == 0 and a["report"] for a in attaches),
+        "attaches_ok": _run_report_ok(workdir)
+        if args.under_run
+        else bool(attaches) and all(a["rc"] == 0 and a["report"] for a in attaches),
         "target_alive": alive,
         "rss_flat": growth is not None and growth <= allowed,
     }

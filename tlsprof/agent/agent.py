@@ -421,18 +421,9 @@ def _tell_shim_exiting():
     last): it frees every context and connection, and a snapshot taken then would describe no
     working state. The shim marks its snapshots from now on so the collector keeps the one before."""
     try:
-        import ctypes
-
-        mark = getattr(ctypes.CDLL(None), "tlsprof_mark_exiting", None)
-        if mark is None:  # injected by attach: the shim is not in the global namespace
-            with open("/proc/self/maps") as f:
-                shims = {line.split()[-1] for line in f if "/_shim" in line and line.rstrip().endswith(".so")}
-            for shim in shims:
-                mark = getattr(ctypes.CDLL(shim), "tlsprof_mark_exiting", None)
-                if mark is not None:
-                    break
-        if mark is not None:
-            mark()
+        lib = _load_sibling("tracemalloc_ext").shim_lib()
+        if lib is not None:
+            lib.tlsprof_mark_exiting()
     except Exception:
         pass  # never in the target's way
 

@@ -6,7 +6,7 @@ import ctypes
 import os
 
 
-def _shim_lib():
+def shim_lib():
     try:
         with open("/proc/self/maps") as f:
             for line in f:
@@ -29,7 +29,7 @@ _TM_ERRORS = {
 def install(state, domain):
     """Before `import ssl`: put the shim's tracemalloc wrappers under CRYPTO_malloc; the outcome
     goes to state["tm"]."""
-    lib = _shim_lib()
+    lib = shim_lib()
     if lib is None:
         state["tm"] = {"enabled": False, "message": "the tlsprof shim is not loaded in this process"}
         return

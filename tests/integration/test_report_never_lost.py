@@ -7,6 +7,7 @@ tlsprof's exit status under `run` is the target's (128+N when a signal N ended i
 under `attach` it is 0 when the session ends on a signal."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -201,13 +202,17 @@ def test_sigterm_before_the_first_snapshot(cert_dir, tmp_path):
     assert "Traceback" not in err
 
 
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc (make test installs it)")
 def test_target_gone_before_any_snapshot_still_gives_a_report(tmp_path):
-    """A target that exits at once never answers: the report is still written, empty, partial,
-    and says why."""
+    """A target that exits at once and never answers: the report is still written, empty, partial,
+    and says why. The target is statically linked, so the shim cannot load into it and no snapshot
+    can race its exit (`sh -c "exit 4"` sometimes answered once before it was gone)."""
+    src = tmp_path / "exit4.c"
+    src.write_text("int main(void) { return 4; }\n")
+    exe = tmp_path / "exit4"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(exe), str(src)], check=True, timeout=120)
     report_path = tmp_path / "r.json"
-    p = subprocess.run(
-        [*run_wrapper(report_path), "sh", "-c", "exit 4"], capture_output=True, text=True, timeout=EXIT_WAIT
-    )
+    p = subprocess.run([*run_wrapper(report_path), str(exe)], capture_output=True, text=True, timeout=EXIT_WAIT)
     assert p.returncode == 4, p.stderr
     report = load_checked(report_path)
     assert report["partial"] is True and report["connections"] == []

@@ -77,14 +77,14 @@ void stripes_after_fork_child(void)
     struct tstate *t = &tls;
     __atomic_store_n(&stripes_owned, t->stripe_own ? 1u << (t->stripe - 1) : 0, __ATOMIC_RELAXED);
     /* the other threads' nurseries: their blocks stay untracked in the child (a lock may have
-     * been held at the fork) */
+     * been mid-change at the fork) */
     for (int k = 0; k < SHARED_STRIPE; k++) {
         if (&nurseries[k] == t->nursery) continue;
         memset(nurseries[k].index, 0, sizeof nurseries[k].index);
-        for (int i = 0; i < NURSERY_SIZE; i++) nurseries[k].e[i].p = 0;
+        memset(nurseries[k].claim, 0, sizeof nurseries[k].claim);
+        for (int i = 0; i < NURSERY_SIZE; i++) nurseries[k].e[i].at = YOUNG_NOT_INDEXED;
         nurseries[k].head = nurseries[k].tail = 0;
         nurseries[k].live = 0;
-        nurseries[k].lock = 0;
     }
 }
 
@@ -165,16 +165,37 @@ static void track_now(void *p, size_t n, uint32_t owner, uint16_t site, int meas
 }
 
 /* ---- the nursery (tracking.h) ---- */
-static inline void nursery_lock(struct nursery *ns) { spin_lock(&ns->lock); }
-
-static inline void nursery_unlock(struct nursery *ns) { spin_unlock(&ns->lock); }
-
 static inline unsigned index_home(uintptr_t p)
 {
     return (unsigned)(((uint64_t)(p >> 4) * 0x9E3779B97F4A7C15ull) >> 32) & (NURSERY_INDEX - 1);
 }
 
-static inline struct young *at_ring(struct nursery *ns, uint32_t pos) { return &ns->e[pos & (NURSERY_SIZE - 1)]; }
+static inline uint32_t ring_slot(uint32_t pos) { return pos & (NURSERY_SIZE - 1); }
+
+static inline uintptr_t claim_load(struct nursery *ns, uint32_t i)
+{
+    return __atomic_load_n(&ns->claim[i], __ATOMIC_ACQUIRE);
+}
+
+static inline void claim_store(struct nursery *ns, uint32_t i, uintptr_t v)
+{
+    __atomic_store_n(&ns->claim[i], v, __ATOMIC_RELEASE);
+}
+
+static inline int claim_swap(struct nursery *ns, uint32_t i, uintptr_t *expected, uintptr_t v)
+{
+    return __atomic_compare_exchange_n(&ns->claim[i], expected, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* Until slot i no longer reads `v`: the other side's step is a few instructions, unless it was
+ * preempted in between. */
+static void claim_wait_past(struct nursery *ns, uint32_t i, uintptr_t v)
+{
+    for (unsigned spins = 0; claim_load(ns, i) == v;) {
+        if (++spins < 64) __builtin_ia32_pause();
+        else sched_yield();
+    }
+}
 
 /* A young block that survived: counted now, its site interned now. */
 static void count_young(const struct young *y)
@@ -184,7 +205,9 @@ static void count_young(const struct young *y)
     track_now((void *)y->p, y->n, y->owner, site, measure);
 }
 
-/* Empty index slot `hole`; backward shift keeps every probe run unbroken (no tombstones). */
+/* Empty index slot `hole`; backward shift keeps every probe run unbroken (no tombstones). Entries
+ * another thread claimed stay indexed until the ring's head passes them: their `p` is still the
+ * home they were filed under. */
 static void index_remove(struct nursery *ns, unsigned hole)
 {
     ns->index[hole] = 0;
@@ -202,41 +225,46 @@ static void index_remove(struct nursery *ns, unsigned hole)
 
 static inline void set_live(struct nursery *ns, int live) { __atomic_store_n(&ns->live, live, __ATOMIC_RELEASE); }
 
-/* Count the blocks of the ring's oldest k positions that are still alive. Called with the lock held:
- * a thread that frees one of them meanwhile finds it either here or, after us, in the table. */
+/* Count the blocks of the ring's oldest k positions that are still alive. A thread that frees one
+ * of them meanwhile either claims it first (then it is counted nowhere) or, seeing CLAIM_COUNTING,
+ * waits and finds it in the table. */
 static void nursery_spill(struct nursery *ns, uint32_t k, int clear_index)
 {
     int live = ns->live;
     int stale = ns->epoch != __atomic_load_n(&tracking_epoch, __ATOMIC_RELAXED);
     for (uint32_t end = ns->head + k; ns->head != end; ns->head++) {
-        struct young *y = at_ring(ns, ns->head);
-        if (!y->p) continue;
-        if (!stale) count_young(y);
+        uint32_t i = ring_slot(ns->head);
+        struct young *y = &ns->e[i];
+        if (y->at == YOUNG_NOT_INDEXED) continue; /* freed by this thread */
+        uintptr_t mine = y->p;
+        if (claim_swap(ns, i, &mine, y->p | CLAIM_COUNTING)) {
+            if (!stale) count_young(y);
+        } else if (mine == (y->p | CLAIM_TAKING)) {
+            claim_wait_past(ns, i, mine); /* another thread is copying it out: let it finish */
+        }
+        claim_store(ns, i, 0);
         if (clear_index) ns->index[y->at] = 0; /* the whole ring goes: no run needs keeping */
         else index_remove(ns, y->at);
-        y->p = 0;
+        y->at = YOUNG_NOT_INDEXED;
         live--;
     }
     set_live(ns, live);
 }
 
 /* This thread's own nursery, from outside the allocator hooks (pop, mark_object, thread exit): an
- * OpenSSL allocation from a signal handler meanwhile must pass through, not wait on our lock. */
+ * OpenSSL allocation from a signal handler meanwhile must pass through, not see a ring half moved. */
 void nursery_flush(struct nursery *ns)
 {
     struct tstate *t = this_thread();
     int was_in_alloc = t->in_alloc;
     t->in_alloc = 1;
-    nursery_lock(ns);
     nursery_spill(ns, ns->tail - ns->head, 1);
     ns->head = ns->tail = 0;
-    nursery_unlock(ns);
     t->in_alloc = was_in_alloc;
 }
 
-static void nursery_add(struct nursery *ns, const struct young *y)
+static inline __attribute__((always_inline)) void nursery_add(struct nursery *ns, const struct young *y)
 {
-    nursery_lock(ns);
     uint32_t epoch = __atomic_load_n(&tracking_epoch, __ATOMIC_RELAXED);
     if (UNLIKELY(ns->epoch != epoch)) {
         nursery_spill(ns, ns->tail - ns->head, 1); /* drops them: they are from before */
@@ -246,30 +274,51 @@ static void nursery_add(struct nursery *ns, const struct young *y)
     if (ns->tail - ns->head == NURSERY_SIZE) nursery_spill(ns, NURSERY_SPILL, 0);
     unsigned j = index_home(y->p);
     while (ns->index[j]) j = (j + 1) & (NURSERY_INDEX - 1);
-    uint32_t pos = ns->tail++ & (NURSERY_SIZE - 1);
-    ns->e[pos] = *y;
-    ns->e[pos].at = (uint16_t)j;
-    ns->index[j] = (uint16_t)(pos + 1);
+    uint32_t i = ring_slot(ns->tail++);
+    ns->e[i] = *y;
+    ns->e[i].at = (uint16_t)j;
+    ns->index[j] = (uint16_t)(i + 1);
+    claim_store(ns, i, y->p); /* after the entry: a thread that claims it reads it whole */
     set_live(ns, ns->live + 1);
-    nursery_unlock(ns);
 }
 
-int nursery_take(struct nursery *ns, uintptr_t p, struct young *out)
+/* A block this thread allocated, freed by this thread: no other thread can be freeing it too, so
+ * a plain store ends its claim. */
+int nursery_take_own(struct nursery *ns, uintptr_t p, struct young *out)
 {
-    int found = 0;
-    nursery_lock(ns);
     for (unsigned j = index_home(p); ns->index[j]; j = (j + 1) & (NURSERY_INDEX - 1)) {
-        struct young *y = &ns->e[ns->index[j] - 1];
-        if (y->p != p) continue;
+        uint32_t i = ns->index[j] - 1u;
+        struct young *y = &ns->e[i];
+        if (y->p != p || __atomic_load_n(&ns->claim[i], __ATOMIC_RELAXED) != p) continue;
         *out = *y;
-        y->p = 0;
+        __atomic_store_n(&ns->claim[i], 0, __ATOMIC_RELAXED);
         index_remove(ns, j);
+        y->at = YOUNG_NOT_INDEXED;
         set_live(ns, ns->live - 1);
-        found = 1;
-        break;
+        return 1;
     }
-    nursery_unlock(ns);
-    return found;
+    return 0;
+}
+
+/* A block another thread may hold young: found by its claim word (that thread's index is its
+ * own), taken with a compare-and-swap. 1: taken, *out filled; 0: not there, or its thread was
+ * counting it (it is in the table once we return). */
+static int nursery_take_other(struct nursery *ns, uintptr_t p, struct young *out)
+{
+    for (uint32_t i = 0; i < NURSERY_SIZE; i++) {
+        uintptr_t seen = __atomic_load_n(&ns->claim[i], __ATOMIC_RELAXED);
+        if ((seen & ~(uintptr_t)(CLAIM_COUNTING | CLAIM_TAKING)) != p) continue;
+        if (seen == p && claim_swap(ns, i, &seen, p | CLAIM_TAKING)) {
+            /* field by field: its thread may be rewriting `at` meanwhile, nothing else */
+            const struct young *y = &ns->e[i];
+            *out = (struct young){y->p, y->n, y->file, y->line, y->owner, y->site, y->scope, y->measure, 0};
+            claim_store(ns, i, 0);
+            return 1;
+        }
+        if (seen == (p | CLAIM_COUNTING)) claim_wait_past(ns, i, seen);
+        return 0;
+    }
+    return 0;
 }
 
 /* Not in the table: a block another thread allocated in an OpenSSL call it is still inside, or one
@@ -281,7 +330,7 @@ int take_slow(uintptr_t p, struct block *out, struct young *young)
     for (int k = 0; k < SHARED_STRIPE; k++) {
         struct nursery *ns = &nurseries[k];
         if (ns == tls.nursery) continue;
-        if (!__atomic_load_n(&ns->live, __ATOMIC_ACQUIRE) || !nursery_take(ns, p, young)) continue;
+        if (!__atomic_load_n(&ns->live, __ATOMIC_ACQUIRE) || !nursery_take_other(ns, p, young)) continue;
         /* found young: counted nowhere, so nothing to subtract; the caller learns it from *counted */
         return -1;
     }

@@ -23,8 +23,8 @@ struct scope {
  * most of what it allocates before it returns), and a block freed while still here never touches
  * the shared table or any counter (issue 18). The survivors are counted when the outermost call
  * returns, or, oldest first, when the ring is full. A snapshot taken meanwhile misses at most
- * NURSERY_SIZE blocks per thread. Another thread that frees a block still waiting here takes it
- * out under the nursery's lock (take_slow). Only threads that own a site stripe have one.
+ * NURSERY_SIZE blocks per thread. Another thread that frees a block still waiting here claims it
+ * (take_slow). Only threads that own a site stripe have one.
  * Entries sit in a ring in the order they came (dead ones keep their place until the ring's head
  * passes them) and an open-addressing index finds them by pointer. */
 #define NURSERY_SIZE 1024 /* a power of two; 64 let 39 % of a CA store load's blocks through, 1024 5 % */
@@ -42,13 +42,22 @@ struct young {
     uint16_t at;     /* its slot in the index */
 };
 #define YOUNG_SITE_KNOWN 0x80
+#define YOUNG_NOT_INDEXED 0xffff /* `at` of an entry its own thread took out of the index */
+/* A nursery has no lock: its own thread alone writes the ring and the index. Another thread that
+ * frees a young block finds it by scanning `claim` and takes it with one compare-and-swap; the own
+ * thread needs a locked instruction only to count a survivor (a few % of the blocks), never to add
+ * or free one (two locked instructions per block before, most of what the nursery cost). */
+#define CLAIM_COUNTING 1u /* its own thread is counting the block: it will be in the table */
+#define CLAIM_TAKING 2u   /* another thread is copying the entry out: the slot is not reused yet */
 struct nursery {
-    int lock;
-    int live;            /* written under lock; its own thread may read it without */
+    int live;            /* entries in the index; written by its own thread only, read by others */
     uint32_t head, tail; /* ring positions, counting up */
     uint32_t epoch;      /* tracking_epoch of its entries: older ones are dropped, never counted */
     struct young e[NURSERY_SIZE];
     uint16_t index[NURSERY_INDEX]; /* ring position + 1, 0 empty */
+    /* claim[i]: e[i].p while that block is young and alive, 0 once it is freed or counted, or
+     * e[i].p | CLAIM_COUNTING / CLAIM_TAKING in passing; the one word other threads touch */
+    uintptr_t claim[NURSERY_SIZE];
 } __attribute__((aligned(64)));
 
 struct tstate {
@@ -158,7 +167,7 @@ static inline void track_static(void *p, size_t n, const char *file, int line)
     track_at(t, p, n, s.owner, file, line, s.kind == SC_NONE ? SC_STATIC : s.kind, malloc_measure);
 }
 
-int nursery_take(struct nursery *ns, uintptr_t p, struct young *out);
+int nursery_take_own(struct nursery *ns, uintptr_t p, struct young *out);
 /* 1: counted, in the table after all; -1: young in another thread's nursery; 0: never tracked */
 int take_slow(uintptr_t p, struct block *out, struct young *young);
 
@@ -168,7 +177,7 @@ static inline int take(struct tstate *t, uintptr_t p, struct block *out, int *co
 {
     struct nursery *ns = t->nursery;
     *counted = 0;
-    if (nursery_waiting(ns) && nursery_take(ns, p, young)) return 1;
+    if (nursery_waiting(ns) && nursery_take_own(ns, p, young)) return 1;
     if (blocks_remove(p, out)) {
         *counted = 1;
         return 1;

@@ -222,7 +222,8 @@ static void put_header(struct buf *b)
                    (size_t)MAX_SITES * 2 /* the site index */;
     put(b, "stat tracker_bytes=%zu blocks=%zu slots_patched=%d slots_foreign=%d\n", table, blocks_count(),
         interpose_slots(), interpose_foreign());
-    put(b, "stat byte_measure=%d exiting=%d\n", hooks_byte_measure(), __atomic_load_n(&exiting, __ATOMIC_RELAXED));
+    put(b, "stat byte_measure=%d exiting=%d nursery_passed=%llu\n", hooks_byte_measure(),
+        __atomic_load_n(&exiting, __ATOMIC_RELAXED), (unsigned long long)nursery_passed());
     /* the per-block part of tracker_bytes and the per-owner part, apart from the sites' (issue 18) */
     put(b, "stat tracker_table_bytes=%zu blocks_wide=%zu tracker_owner_bytes=%zu\n", blocks_memory(),
         blocks_count_wide(), owners);

@@ -36,12 +36,21 @@ void hook_SSL_free(void *ssl)
     }
 }
 
+/* A handshake, I/O or shutdown over a socket may wait on the peer; over memory BIOs (asyncio's
+ * SSLObject) it returns at once, so its blocks may wait in the nursery (tracking.h) like a context
+ * build's. */
+static inline int call_may_wait(uint32_t o, uint8_t kind)
+{
+    if (kind != SC_HANDSHAKE && kind != SC_IO && kind != SC_SHUTDOWN) return 0;
+    return !o || !(__atomic_load_n(&owner_at(o)->flags, __ATOMIC_RELAXED) & OWNER_F_MEMORY_BIOS);
+}
+
 #define SSL_SCOPED(ret, name, kind, params, args, after) \
     ret hook_##name params                               \
     {                                                    \
         if (!tlsprof_active) return real_##name args;    \
         uint32_t o = ssl_owner(ssl);                     \
-        push(o, kind);                                   \
+        push_call(o, kind, call_may_wait(o, kind));      \
         ret r = real_##name args;                        \
         pop();                                           \
         after;                                           \
@@ -84,16 +93,23 @@ SSL_SCOPED(int, SSL_set_wfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), NOTHIN
 static int (*real_BIO_method_type)(const void *);
 static long (*real_BIO_ctrl)(void *, int, long, void *);
 
+#define BIO_TYPE_MEM 0x0401
+
+static int bio_type(void *bio)
+{
+    if (!bio) return 0;
+    int (*type)(const void *) = __atomic_load_n(&real_BIO_method_type, __ATOMIC_ACQUIRE);
+    if (!type) __atomic_store_n(&real_BIO_method_type, type = interpose_lookup("BIO_method_type"), __ATOMIC_RELEASE);
+    return type ? type(bio) : 0;
+}
+
 static int socket_bio_fd(void *bio)
 {
-    if (!bio) return -1;
-    int (*type)(const void *) = __atomic_load_n(&real_BIO_method_type, __ATOMIC_ACQUIRE);
+    if (bio_type(bio) != BIO_TYPE_SOCKET) return -1;
     long (*ctrl)(void *, int, long, void *) = __atomic_load_n(&real_BIO_ctrl, __ATOMIC_ACQUIRE);
-    if (!type) __atomic_store_n(&real_BIO_method_type, type = interpose_lookup("BIO_method_type"), __ATOMIC_RELEASE);
     if (!ctrl) __atomic_store_n(&real_BIO_ctrl, ctrl = interpose_lookup("BIO_ctrl"), __ATOMIC_RELEASE);
-    if (!type || !ctrl || type(bio) != BIO_TYPE_SOCKET) return -1;
     int fd = -1;
-    return ctrl(bio, BIO_C_GET_FD, 0, &fd) >= 0 ? fd : -1;
+    return ctrl && ctrl(bio, BIO_C_GET_FD, 0, &fd) >= 0 ? fd : -1;
 }
 
 void hook_SSL_set_bio(void *ssl, void *rbio, void *wbio)
@@ -105,6 +121,10 @@ void hook_SSL_set_bio(void *ssl, void *rbio, void *wbio)
     pop();
     int fd = socket_bio_fd(rbio);
     if (fd >= 0) note_fd(o, fd);
+    if (!o) return;
+    if (bio_type(rbio) == BIO_TYPE_MEM && bio_type(wbio) == BIO_TYPE_MEM)
+        __atomic_or_fetch(&owner_at(o)->flags, OWNER_F_MEMORY_BIOS, __ATOMIC_RELAXED);
+    else __atomic_and_fetch(&owner_at(o)->flags, ~OWNER_F_MEMORY_BIOS, __ATOMIC_RELAXED);
 }
 
 void *hook_SSL_set_SSL_CTX(void *ssl, void *ctx)

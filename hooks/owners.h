@@ -38,6 +38,7 @@ struct owner {
 };
 #define OWNER_F_IN_USE 1u
 #define OWNER_F_MODE_KNOWN 2u
+#define OWNER_F_MEMORY_BIOS 4u /* both BIOs are memory BIOs (asyncio's SSLObject): no call ever waits */
 #define MAX_OWNERS (1u << 20)
 
 void owners_and_objects_reset(void);

@@ -280,6 +280,14 @@ static inline __attribute__((always_inline)) void nursery_add(struct nursery *ns
     ns->index[j] = (uint16_t)(i + 1);
     claim_store(ns, i, y->p); /* after the entry: a thread that claims it reads it whole */
     set_live(ns, ns->live + 1);
+    __atomic_store_n(&ns->passed, ns->passed + 1, __ATOMIC_RELAXED);
+}
+
+uint64_t nursery_passed(void)
+{
+    uint64_t n = 0;
+    for (int k = 0; k < SHARED_STRIPE; k++) n += __atomic_load_n(&nurseries[k].passed, __ATOMIC_RELAXED);
+    return n;
 }
 
 /* A block this thread allocated, freed by this thread: no other thread can be freeing it too, so
@@ -342,8 +350,7 @@ static inline struct nursery *nursery_for_this_call(struct tstate *t)
     if (t->depth <= 0) return NULL;
     /* not inside a call that may wait on the network (a blocking SSL_read holds the connection's
      * read buffer for as long as the peer is quiet): what it allocates must show in snapshots now */
-    uint8_t outer = t->stack[0].kind;
-    if (outer == SC_HANDSHAKE || outer == SC_IO || outer == SC_SHUTDOWN) return NULL;
+    if (t->stack[0].waits) return NULL;
     if (UNLIKELY(!t->stripe)) stripe_claim(t);
     return t->nursery;
 }

@@ -16,6 +16,7 @@ void hooks_reset(void);
 struct scope {
     uint32_t owner;
     uint8_t kind;
+    uint8_t waits; /* a call that may wait on the network: what it allocates must show at once */
 };
 
 /* The nursery: blocks allocated inside an OpenSSL call wait here, per thread, until that call
@@ -53,6 +54,7 @@ struct nursery {
     int live;            /* entries in the index; written by its own thread only, read by others */
     uint32_t head, tail; /* ring positions, counting up */
     uint32_t epoch;      /* tracking_epoch of its entries: older ones are dropped, never counted */
+    uint64_t passed;     /* blocks that ever waited here: written by its own thread only */
     struct young e[NURSERY_SIZE];
     uint16_t index[NURSERY_INDEX]; /* ring position + 1, 0 empty */
     /* claim[i]: e[i].p while that block is young and alive, 0 once it is freed or counted, or
@@ -88,15 +90,18 @@ static inline struct tstate *this_thread(void)
 }
 
 /* ---- the scope stack: what the thread is doing inside OpenSSL, for whom ---- */
-static inline void push(uint32_t owner, uint8_t kind)
+static inline void push_call(uint32_t owner, uint8_t kind, int waits)
 {
     struct tstate *t = &tls;
-    if (t->depth < MAX_DEPTH) t->stack[t->depth] = (struct scope){owner, kind};
+    if (t->depth < MAX_DEPTH) t->stack[t->depth] = (struct scope){owner, kind, (uint8_t)waits};
     t->depth++;
 }
 
+static inline void push(uint32_t owner, uint8_t kind) { push_call(owner, kind, 0); }
+
 void nursery_flush(struct nursery *ns);
 void tracking_use_nursery(int on);
+uint64_t nursery_passed(void); /* blocks that waited in any nursery since the process started */
 static inline int nursery_waiting(struct nursery *ns) { return ns && __atomic_load_n(&ns->live, __ATOMIC_RELAXED); }
 
 /* Leaving the outermost OpenSSL call: what survived it is counted now. */
@@ -110,7 +115,7 @@ static inline void pop(void)
 
 static inline struct scope current_of(const struct tstate *t)
 {
-    if (t->depth <= 0) return (struct scope){0, SC_NONE};
+    if (t->depth <= 0) return (struct scope){0, SC_NONE, 0};
     int top = t->depth <= MAX_DEPTH ? t->depth - 1 : MAX_DEPTH - 1;
     return t->stack[top];
 }

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -91,3 +92,87 @@ def test_frees_racing_the_nurserys_own_spills_leave_no_phantom(cert_pair, tmp_pa
     claims the young block or finds it counted, never neither."""
     handed, kept = _check_handed_and_kept("young_race", cert_pair, tmp_path)
     assert handed == 80000 and kept > 1000
+
+
+HANDSHAKES = r"""
+import socket, ssl, sys, threading
+cert, key, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+server_ctx.load_cert_chain(cert, key)
+client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+client_ctx.check_hostname = False
+client_ctx.verify_mode = ssl.CERT_NONE
+
+def over_memory_bios():
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    c = client_ctx.wrap_bio(bios[0], bios[1], server_side=False)
+    s = server_ctx.wrap_bio(bios[2], bios[3], server_side=True)
+    done = set()
+    for _ in range(50):  # a TLS 1.3 handshake takes a few flights
+        for name, obj, out, peer_in in (("c", c, bios[1], bios[2]), ("s", s, bios[3], bios[0])):
+            if name not in done:
+                try:
+                    obj.do_handshake()
+                    done.add(name)
+                except ssl.SSLWantReadError:
+                    pass
+            peer_in.write(out.read())
+        if done == {"c", "s"}:
+            return
+    raise SystemExit("memory-BIO handshake did not finish")
+
+def over_blocking_sockets():
+    a, b = socket.socketpair()
+    t = threading.Thread(target=lambda: server_ctx.wrap_socket(a, server_side=True).close())
+    t.start()
+    client_ctx.wrap_socket(b).close()
+    t.join(30)
+
+print("ready", flush=True)
+for line in sys.stdin:
+    for _ in range(rounds):
+        (over_memory_bios if line.strip() == "membio" else over_blocking_sockets)()
+    print("done", flush=True)
+"""
+
+
+def test_calls_over_memory_bios_use_the_nursery_and_socket_calls_do_not(cert_pair, tmp_path):
+    """A handshake over memory BIOs (asyncio's SSLObject) returns at once, so its blocks may wait in
+    the nursery; one over a blocking socket may wait on the peer, so its blocks are counted at once.
+    Measured by the shim's own `stat nursery_passed`, per handshake of each kind."""
+    from tlsprof.collect import launch
+    from tlsprof.collect.client import ask, parse_snapshot
+
+    rounds = 20
+    channel_dir = tempfile.mkdtemp(prefix="tlsprof-nursery-")
+    script = tmp_path / "handshakes.py"
+    script.write_text(HANDSHAKES)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), cert_pair[0], cert_pair[1], str(rounds)],
+        env=launch.preload_env(channel_dir),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        sock = os.path.join(channel_dir, f"{proc.pid}.sock")
+        wait_for(lambda: os.path.exists(sock), 10, "the workload's channel socket")
+
+        def passed_during(kind):
+            before = parse_snapshot(ask(sock, "SNAPSHOT", timeout=30)).stats["nursery_passed"]
+            proc.stdin.write(kind + "\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "done"
+            return (parse_snapshot(ask(sock, "SNAPSHOT", timeout=30)).stats["nursery_passed"] - before) / rounds
+
+        over_sockets = passed_during("socket")
+        over_memory = passed_during("membio")
+        # both sides of each handshake are in this process: ~3,000 blocks through the nursery over
+        # memory BIOs, ~20 over sockets (what SSL_new allocates) on OpenSSL 3.0
+        assert over_memory > 1000, (over_memory, over_sockets)
+        assert over_sockets < over_memory / 20, (over_memory, over_sockets)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=20)
+        shutil.rmtree(channel_dir, ignore_errors=True)

@@ -81,7 +81,7 @@ void stripes_after_fork_child(void)
     for (int k = 0; k < SHARED_STRIPE; k++) {
         if (&nurseries[k] == t->nursery) continue;
         memset(nurseries[k].index, 0, sizeof nurseries[k].index);
-        memset(nurseries[k].claim, 0, sizeof nurseries[k].claim);
+        memset(nurseries[k].claims, 0, sizeof nurseries[k].claims);
         for (int i = 0; i < NURSERY_SIZE; i++) nurseries[k].e[i].at = YOUNG_NOT_INDEXED;
         nurseries[k].head = nurseries[k].tail = 0;
         nurseries[k].live = 0;
@@ -174,17 +174,17 @@ static inline uint32_t ring_slot(uint32_t pos) { return pos & (NURSERY_SIZE - 1)
 
 static inline uintptr_t claim_load(struct nursery *ns, uint32_t i)
 {
-    return __atomic_load_n(&ns->claim[i], __ATOMIC_ACQUIRE);
+    return __atomic_load_n(&ns->claims[i], __ATOMIC_ACQUIRE);
 }
 
 static inline void claim_store(struct nursery *ns, uint32_t i, uintptr_t v)
 {
-    __atomic_store_n(&ns->claim[i], v, __ATOMIC_RELEASE);
+    __atomic_store_n(&ns->claims[i], v, __ATOMIC_RELEASE);
 }
 
 static inline int claim_swap(struct nursery *ns, uint32_t i, uintptr_t *expected, uintptr_t v)
 {
-    return __atomic_compare_exchange_n(&ns->claim[i], expected, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    return __atomic_compare_exchange_n(&ns->claims[i], expected, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 
 /* Until slot i no longer reads `v`: the other side's step is a few instructions, unless it was
@@ -297,9 +297,9 @@ int nursery_take_own(struct nursery *ns, uintptr_t p, struct young *out)
     for (unsigned j = index_home(p); ns->index[j]; j = (j + 1) & (NURSERY_INDEX - 1)) {
         uint32_t i = ns->index[j] - 1u;
         struct young *y = &ns->e[i];
-        if (y->p != p || __atomic_load_n(&ns->claim[i], __ATOMIC_RELAXED) != p) continue;
+        if (y->p != p || __atomic_load_n(&ns->claims[i], __ATOMIC_RELAXED) != p) continue;
         *out = *y;
-        __atomic_store_n(&ns->claim[i], 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&ns->claims[i], 0, __ATOMIC_RELAXED);
         index_remove(ns, j);
         y->at = YOUNG_NOT_INDEXED;
         set_live(ns, ns->live - 1);
@@ -314,7 +314,7 @@ int nursery_take_own(struct nursery *ns, uintptr_t p, struct young *out)
 static int nursery_take_other(struct nursery *ns, uintptr_t p, struct young *out)
 {
     for (uint32_t i = 0; i < NURSERY_SIZE; i++) {
-        uintptr_t seen = __atomic_load_n(&ns->claim[i], __ATOMIC_RELAXED);
+        uintptr_t seen = __atomic_load_n(&ns->claims[i], __ATOMIC_RELAXED);
         if ((seen & ~(uintptr_t)(CLAIM_COUNTING | CLAIM_TAKING)) != p) continue;
         if (seen == p && claim_swap(ns, i, &seen, p | CLAIM_TAKING)) {
             /* field by field: its thread may be rewriting `at` meanwhile, nothing else */

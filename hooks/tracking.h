@@ -45,7 +45,7 @@ struct young {
 #define YOUNG_SITE_KNOWN 0x80
 #define YOUNG_NOT_INDEXED 0xffff /* `at` of an entry its own thread took out of the index */
 /* A nursery has no lock: its own thread alone writes the ring and the index. Another thread that
- * frees a young block finds it by scanning `claim` and takes it with one compare-and-swap; the own
+ * frees a young block finds it by scanning `claims` and takes it with one compare-and-swap; the own
  * thread needs a locked instruction only to count a survivor (a few % of the blocks), never to add
  * or free one (two locked instructions per block before, most of what the nursery cost). */
 #define CLAIM_COUNTING 1u /* its own thread is counting the block: it will be in the table */
@@ -57,9 +57,9 @@ struct nursery {
     uint64_t passed;     /* blocks that ever waited here: written by its own thread only */
     struct young e[NURSERY_SIZE];
     uint16_t index[NURSERY_INDEX]; /* ring position + 1, 0 empty */
-    /* claim[i]: e[i].p while that block is young and alive, 0 once it is freed or counted, or
+    /* claims[i]: e[i].p while that block is young and alive, 0 once it is freed or counted, or
      * e[i].p | CLAIM_COUNTING / CLAIM_TAKING in passing; the one word other threads touch */
-    uintptr_t claim[NURSERY_SIZE];
+    uintptr_t claims[NURSERY_SIZE];
 } __attribute__((aligned(64)));
 
 struct tstate {

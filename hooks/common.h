@@ -11,16 +11,20 @@
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
 
-/* A test-and-test-and-set spinlock for locks held a few instructions (a table shard for one probe,
- * a thread's nursery): a mutex's call and futex bookkeeping cost more than the work it guards. */
+/* One turn of a wait for another thread's step of a few instructions: pause, and after 64 turns
+ * yield (that thread was preempted: let it run). */
+static inline void spin_backoff(unsigned *spins)
+{
+    if (++*spins < 64) __builtin_ia32_pause();
+    else sched_yield();
+}
+
+/* A test-and-test-and-set spinlock for locks held a few instructions (a table shard for one probe):
+ * a mutex's call and futex bookkeeping cost more than the work it guards. */
 static inline void spin_lock(int *l)
 {
-    for (unsigned spins = 0; __atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE);) {
-        while (__atomic_load_n(l, __ATOMIC_RELAXED)) {
-            if (++spins < 64) __builtin_ia32_pause();
-            else sched_yield(); /* the holder was preempted: let it run */
-        }
-    }
+    for (unsigned spins = 0; __atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE);)
+        while (__atomic_load_n(l, __ATOMIC_RELAXED)) spin_backoff(&spins);
 }
 
 static inline void spin_unlock(int *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }

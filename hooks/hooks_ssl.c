@@ -103,9 +103,9 @@ static int bio_type(void *bio)
     return type ? type(bio) : 0;
 }
 
+/* the fd a socket BIO carries */
 static int socket_bio_fd(void *bio)
 {
-    if (bio_type(bio) != BIO_TYPE_SOCKET) return -1;
     long (*ctrl)(void *, int, long, void *) = __atomic_load_n(&real_BIO_ctrl, __ATOMIC_ACQUIRE);
     if (!ctrl) __atomic_store_n(&real_BIO_ctrl, ctrl = interpose_lookup("BIO_ctrl"), __ATOMIC_RELEASE);
     int fd = -1;
@@ -119,10 +119,11 @@ void hook_SSL_set_bio(void *ssl, void *rbio, void *wbio)
     push(o, SC_SSL_CTRL);
     real_SSL_set_bio(ssl, rbio, wbio);
     pop();
-    int fd = socket_bio_fd(rbio);
+    int rtype = bio_type(rbio);
+    int fd = rtype == BIO_TYPE_SOCKET ? socket_bio_fd(rbio) : -1;
     if (fd >= 0) note_fd(o, fd);
     if (!o) return;
-    if (bio_type(rbio) == BIO_TYPE_MEM && bio_type(wbio) == BIO_TYPE_MEM)
+    if (rtype == BIO_TYPE_MEM && (wbio == rbio || bio_type(wbio) == BIO_TYPE_MEM))
         __atomic_or_fetch(&owner_at(o)->flags, OWNER_F_MEMORY_BIOS, __ATOMIC_RELAXED);
     else __atomic_and_fetch(&owner_at(o)->flags, ~OWNER_F_MEMORY_BIOS, __ATOMIC_RELAXED);
 }

@@ -82,7 +82,6 @@ void stripes_after_fork_child(void)
         if (&nurseries[k] == t->nursery) continue;
         memset(nurseries[k].index, 0, sizeof nurseries[k].index);
         memset(nurseries[k].claims, 0, sizeof nurseries[k].claims);
-        for (int i = 0; i < NURSERY_SIZE; i++) nurseries[k].e[i].at = YOUNG_NOT_INDEXED;
         nurseries[k].head = nurseries[k].tail = 0;
         nurseries[k].live = 0;
     }
@@ -187,14 +186,10 @@ static inline int claim_swap(struct nursery *ns, uint32_t i, uintptr_t *expected
     return __atomic_compare_exchange_n(&ns->claims[i], expected, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 
-/* Until slot i no longer reads `v`: the other side's step is a few instructions, unless it was
- * preempted in between. */
+/* Until slot i no longer reads `v`: the other side's step is a few instructions. */
 static void claim_wait_past(struct nursery *ns, uint32_t i, uintptr_t v)
 {
-    for (unsigned spins = 0; claim_load(ns, i) == v;) {
-        if (++spins < 64) __builtin_ia32_pause();
-        else sched_yield();
-    }
+    for (unsigned spins = 0; claim_load(ns, i) == v;) spin_backoff(&spins);
 }
 
 /* A young block that survived: counted now, its site interned now. */

@@ -3,6 +3,10 @@ server in one thread, every OpenSSL allocation of both sides tracked), CPU time 
 
     python bench/shim_ab.py --a OLD.so --b NEW.so [--rounds 14] [-n 300]
     python bench/shim_ab.py --a OLD.so --b NEW.so --server asyncio|threaded [--rounds 10] [-n 1500]
+    python bench/shim_ab.py --a OLD.so --b NEW.so --ctx [--rounds 10] [-n 20]
+
+With --ctx: ssl.create_default_context() n times a run (each context kept, as overhead_goals.py's
+ctx row does), CPU per context.
 
 With --server: the seed echo server started with each shim preloaded (no Python agent), loaded
 with `hsload` handshakes; the figure is the server's CPU per handshake.
@@ -63,6 +67,18 @@ print((time.process_time() - t0) / n * 1e6)
 """
 
 
+CTX_LOOP = r"""
+import ssl, sys, time
+n = int(sys.argv[3])
+ssl.create_default_context()  # one-time library and provider set-up, outside the timing
+keep = []
+t0 = time.process_time()
+for _ in range(n):
+    keep.append(ssl.create_default_context())
+print((time.process_time() - t0) / n * 1e6)
+"""
+
+
 def _server_cpu(lib, chan, threaded, n):
     """CPU ms per handshake of the echo server with `lib` preloaded (None: bare)."""
     import _servers
@@ -87,8 +103,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=14)
     p.add_argument("-n", type=int, default=None, help="handshake pairs per run (300; --server: 1500 handshakes)")
     p.add_argument("--server", choices=("asyncio", "threaded"), help="measure the echo server instead")
+    p.add_argument("--ctx", action="store_true", help="measure create_default_context() instead")
     a = p.parse_args(argv)
-    a.n = a.n or (1500 if a.server else 300)
+    a.n = a.n or (1500 if a.server else 20 if a.ctx else 300)
     sys.path.insert(0, os.path.join(_common.REPO_ROOT, "examples"))
     import certs
 
@@ -98,7 +115,7 @@ def main(argv=None):
     os.mkdir(chan, 0o700)
     libs = {"bare": None, "A": os.path.abspath(a.a), "B": os.path.abspath(a.b)}
     runs = []
-    unit = "handshake" if a.server else "pair"
+    unit = "handshake" if a.server else "context" if a.ctx else "pair"
     for r in range(a.rounds):
         row = {}
         for mode in _common.rotate(list(libs), r):
@@ -109,7 +126,11 @@ def main(argv=None):
             if libs[mode]:
                 env.update(LD_PRELOAD=libs[mode], TLSPROF_DIR=chan)
             out = subprocess.run(
-                [sys.executable, "-c", LOOP, crt, key, str(a.n)], env=env, capture_output=True, text=True, timeout=600
+                [sys.executable, "-c", CTX_LOOP if a.ctx else LOOP, crt, key, str(a.n)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
             )
             if out.returncode != 0:
                 print(f"[shim_ab] {mode} failed: {out.stderr.strip()[-300:]}", file=sys.stderr)
@@ -132,7 +153,7 @@ def main(argv=None):
         f"A/B {paired['B vs A']:.3f}x (> 1: B is cheaper)"
     )
     _common.save(
-        f"shim_ab_{a.server}" if a.server else "shim_ab",
+        f"shim_ab_{a.server}" if a.server else "shim_ab_ctx" if a.ctx else "shim_ab",
         {"params": vars(a), "median_us": med, "paired": paired, "rounds": runs},
     )
     return 0

@@ -9,6 +9,7 @@
 int malloc_measure;               /* the process's malloc, decided when tlsprof starts */
 int crypto_measure = -1;          /* blocks from the dynamic libcrypto; -1 = decide at the next one */
 size_t (*usable_size_of)(void *); /* MEASURE_USABLE: the allocator's own malloc_usable_size */
+int glibc_header_agrees;
 static void (*real_CRYPTO_get_mem_functions)(void **, void **, void **);
 /* tlsprof's own allocator functions (the CRYPTO_malloc hook, the one static copies get): a libcrypto
  * handed one of them allocates with the process's malloc. Registered by main.c, from above. */
@@ -42,6 +43,19 @@ static const void *definer_of(void *sym)
     return sym && dladdr(sym, &info) ? info.dli_fbase : NULL;
 }
 
+/* a small chunk and an mmapped one (above any mmap threshold glibc picks by itself) */
+static void decide_glibc_header(void)
+{
+    int agrees = 1;
+    static const size_t sizes[] = {100, 64 << 20};
+    for (unsigned i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        void *p = malloc(sizes[i]);
+        if (p) agrees &= glibc_header_usable(p) == malloc_usable_size(p);
+        free(p);
+    }
+    __atomic_store_n(&glibc_header_agrees, agrees, __ATOMIC_RELAXED);
+}
+
 static void decide_malloc_measure(void)
 {
     void *libc = dlopen("libc.so.6", RTLD_NOLOAD | RTLD_LAZY);
@@ -52,6 +66,7 @@ static void decide_malloc_measure(void)
     if (libc) dlclose(libc);
     if (!process_malloc || process_malloc == libc_malloc) {
         malloc_measure = MEASURE_GLIBC;
+        decide_glibc_header();
         return;
     }
     /* trust a usable-size call only from the object whose malloc the process uses */

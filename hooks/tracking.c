@@ -132,15 +132,15 @@ void untrack(const struct block *b, void *p, size_t usable)
     count(b->owner, b->site, -bytes, -req, -1);
 }
 
-static void track_now(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
+/* usable: the allocator's answer for p if known, else 0 (then p must be alive: it is asked now) */
+static void track_now(void *p, size_t n, uint32_t owner, uint16_t site, int measure, size_t usable)
 {
     if (cause_is_process_wide(site_at(site & BLOCK_SITE_MASK)->cause)) owner = 0;
-    size_t usable = 0;
     uint16_t slack;
     if (measure == MEASURE_REQUESTED) {
         slack = size_encode(n);
     } else {
-        usable = usable_size(p, measure);
+        if (!usable) usable = usable_size(p, measure);
         size_t over = usable >= n ? usable - n : 0;
         slack = (uint16_t)(over > 0xffff ? 0xffff : over);
     }
@@ -192,12 +192,12 @@ static void claim_wait_past(struct nursery *ns, uint32_t i, uintptr_t v)
     for (unsigned spins = 0; claim_load(ns, i) == v;) spin_backoff(&spins);
 }
 
-/* A young block that survived: counted now, its site interned now. */
-static void count_young(const struct young *y)
+/* A young block counted now, its site interned now. usable: as track_now's. */
+static void count_young(const struct young *y, size_t usable)
 {
     int measure = y->measure & ~YOUNG_SITE_KNOWN;
     uint16_t site = y->measure & YOUNG_SITE_KNOWN ? y->site : site_of(y->file, y->line, y->scope, y->n);
-    track_now((void *)y->p, y->n, y->owner, site, measure);
+    track_now((void *)y->p, y->n, y->owner, site, measure, usable);
 }
 
 /* Empty index slot `hole`; backward shift keeps every probe run unbroken (no tombstones). Entries
@@ -233,7 +233,9 @@ static void nursery_spill(struct nursery *ns, uint32_t k, int clear_index)
         if (y->at == YOUNG_NOT_INDEXED) continue; /* freed by this thread */
         uintptr_t mine = y->p;
         if (claim_swap(ns, i, &mine, y->p | CLAIM_COUNTING)) {
-            if (!stale) count_young(y);
+            /* with the usable size it had when it came: it may have been freed behind the hooks
+             * since, its memory reused or unmapped */
+            if (!stale) count_young(y, y->n + y->slack);
         } else if (mine == (y->p | CLAIM_TAKING)) {
             claim_wait_past(ns, i, mine); /* another thread is copying it out: let it finish */
         }
@@ -258,8 +260,12 @@ void nursery_flush(struct nursery *ns)
     t->in_alloc = was_in_alloc;
 }
 
-static inline __attribute__((always_inline)) void nursery_add(struct nursery *ns, const struct young *y)
+/* 0: not taken (its slack does not fit an entry): the caller counts it at once. */
+static inline __attribute__((always_inline)) int nursery_add(struct nursery *ns, const struct young *y)
 {
+    int measure = y->measure & ~YOUNG_SITE_KNOWN;
+    size_t slack = measure == MEASURE_REQUESTED ? 0 : usable_size_fresh((void *)y->p, measure) - y->n;
+    if (UNLIKELY(slack > 0xffff)) return 0; /* also a usable size below n */
     uint32_t epoch = __atomic_load_n(&tracking_epoch, __ATOMIC_RELAXED);
     if (UNLIKELY(ns->epoch != epoch)) {
         nursery_spill(ns, ns->tail - ns->head, 1); /* drops them: they are from before */
@@ -272,10 +278,12 @@ static inline __attribute__((always_inline)) void nursery_add(struct nursery *ns
     uint32_t i = ring_slot(ns->tail++);
     ns->e[i] = *y;
     ns->e[i].at = (uint16_t)j;
+    ns->e[i].slack = (uint16_t)slack;
     ns->index[j] = (uint16_t)(i + 1);
     claim_store(ns, i, y->p); /* after the entry: a thread that claims it reads it whole */
     set_live(ns, ns->live + 1);
     __atomic_store_n(&ns->passed, ns->passed + 1, __ATOMIC_RELAXED);
+    return 1;
 }
 
 uint64_t nursery_passed(void)
@@ -314,7 +322,7 @@ static int nursery_take_other(struct nursery *ns, uintptr_t p, struct young *out
         if (seen == p && claim_swap(ns, i, &seen, p | CLAIM_TAKING)) {
             /* field by field: its thread may be rewriting `at` meanwhile, nothing else */
             const struct young *y = &ns->e[i];
-            *out = (struct young){y->p, y->n, y->file, y->line, y->owner, y->site, y->scope, y->measure, 0};
+            *out = (struct young){y->p, y->n, y->file, y->line, y->owner, y->site, y->scope, y->measure, 0, y->slack};
             claim_store(ns, i, 0);
             return 1;
         }
@@ -355,11 +363,10 @@ void track_at(struct tstate *t, void *p, size_t n, uint32_t owner, const char *f
 {
     struct nursery *ns = nursery_for_this_call(t);
     if (ns) {
-        struct young y = {(uintptr_t)p, n, file, line, owner, 0, scope, (uint8_t)measure, 0};
-        nursery_add(ns, &y);
-        return;
+        struct young y = {(uintptr_t)p, n, file, line, owner, 0, scope, (uint8_t)measure, 0, 0};
+        if (nursery_add(ns, &y)) return;
     }
-    track_now(p, n, owner, site_of_in(t, file, line, scope, n), measure);
+    track_now(p, n, owner, site_of_in(t, file, line, scope, n), measure, 0);
 }
 
 void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
@@ -367,11 +374,10 @@ void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure)
     struct nursery *ns = nursery_for_this_call(&tls);
     if (ns) {
         struct young y = {
-            (uintptr_t)p, n, NULL, 0, owner, site & BLOCK_SITE_MASK, 0, (uint8_t)(measure | YOUNG_SITE_KNOWN), 0};
-        nursery_add(ns, &y);
-        return;
+            (uintptr_t)p, n, NULL, 0, owner, site & BLOCK_SITE_MASK, 0, (uint8_t)(measure | YOUNG_SITE_KNOWN), 0, 0};
+        if (nursery_add(ns, &y)) return;
     }
-    track_now(p, n, owner, site, measure);
+    track_now(p, n, owner, site, measure, 0);
 }
 
 void mark_object(uintptr_t p)
@@ -386,8 +392,8 @@ void mark_object(uintptr_t p)
 static void track_young(const struct young *y)
 {
     struct nursery *ns = nursery_for_this_call(&tls);
-    if (ns) nursery_add(ns, y);
-    else count_young(y);
+    if (ns && nursery_add(ns, y)) return;
+    count_young(y, 0); /* alive now: its size is asked afresh */
 }
 
 /* A grown block keeps its owner and site: it is the same object getting bigger. */

@@ -41,6 +41,10 @@ struct young {
     uint8_t scope;   /* enum scope_kind at the allocation */
     uint8_t measure; /* enum byte_measure | YOUNG_SITE_KNOWN */
     uint16_t at;     /* its slot in the index */
+    /* usable - n, asked of the allocator when the block came: a block freed behind the hooks
+     * (free() on an OPENSSL_malloc block) may be reused or unmapped by the time it is counted, and
+     * its malloc header must not be read then */
+    uint16_t slack;
 };
 #define YOUNG_SITE_KNOWN 0x80
 #define YOUNG_NOT_INDEXED 0xffff /* `at` of an entry its own thread took out of the index */

@@ -8,7 +8,8 @@ callback of SSL_CTX_use_PrivateKey_file (a call that never waits on the network,
 is used) and keeps another one; young_race.c hands 80,000 to two threads that free them while the
 callback goes on allocating. Checked from the shim's own
 snapshot: the handed site has no live block, the kept site has exactly what the program kept, and
-every live block is found again through its owner."""
+every live block is found again through its owner. young_freed_behind.c frees a young block with
+free() behind the hooks and reuses its memory: counting it later must not read that memory."""
 
 import os
 import re
@@ -92,6 +93,40 @@ def test_frees_racing_the_nurserys_own_spills_leave_no_phantom(cert_pair, tmp_pa
     claims the young block or finds it counted, never neither."""
     handed, kept = _check_handed_and_kept("young_race", cert_pair, tmp_path)
     assert handed == 80000 and kept > 1000
+
+
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc (make test installs it)")
+def test_young_block_freed_behind_the_hooks_and_overwritten_does_not_crash(cert_pair, tmp_path):
+    """free() instead of OPENSSL_free on a block allocated inside the same OpenSSL call, its memory
+    then reused and filled (tests/workloads/young_freed_behind.c): when the call returns, the
+    nursery counts the block with the size it had when it came, never reading its old malloc
+    header (0x4141... by then: the shim of session 7 died of SIGSEGV here)."""
+    from tlsprof.collect import launch
+
+    key = tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "pkey", "-in", cert_pair[1], "-aes128", "-passout", "pass:young", "-out", str(key)],
+        check=True,
+        timeout=60,
+    )
+    exe = tmp_path / "young_freed_behind"
+    src = os.path.join(WORKLOADS, "young_freed_behind.c")
+    subprocess.run(["gcc", "-O1", "-o", str(exe), src, "-lssl", "-lcrypto"], check=True, timeout=120)
+    bare = subprocess.run([str(exe), str(key), "young"], capture_output=True, text=True, timeout=60)
+    # the layout that overwrites the block's header: the freed block followed the other one
+    assert bare.returncode == 0 and bare.stdout.split() == ["adjacent=1", "done"], bare
+    channel_dir = tempfile.mkdtemp(prefix="tlsprof-nursery-")
+    try:
+        tracked = subprocess.run(
+            [str(exe), str(key), "young"],
+            env={**launch.preload_env(channel_dir), "TLSPROF_NURSERY": "1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        shutil.rmtree(channel_dir, ignore_errors=True)
+    assert tracked.returncode == 0 and tracked.stdout.split() == ["adjacent=1", "done"], tracked
 
 
 HANDSHAKES = r"""

@@ -294,18 +294,22 @@ uint64_t nursery_passed(void)
 }
 
 /* A block this thread allocated, freed by this thread: no other thread can be freeing it too, so
- * a plain store ends its claim. */
+ * a plain store ends its claim. *out (if not NULL) gets its entry. */
 int nursery_take_own(struct nursery *ns, uintptr_t p, struct young *out)
 {
     for (unsigned j = index_home(p); ns->index[j]; j = (j + 1) & (NURSERY_INDEX - 1)) {
         uint32_t i = ns->index[j] - 1u;
         struct young *y = &ns->e[i];
         if (y->p != p || __atomic_load_n(&ns->claims[i], __ATOMIC_RELAXED) != p) continue;
-        *out = *y;
+        if (out) *out = *y;
         __atomic_store_n(&ns->claims[i], 0, __ATOMIC_RELAXED);
         index_remove(ns, j);
         y->at = YOUNG_NOT_INDEXED;
         set_live(ns, ns->live - 1);
+        /* the newest entries, once dead, give their places back: nearly half the frees are of the
+         * block allocated last, so the ring then moves on half as fast (fewer spills and survivors,
+         * and the same few cache lines reused) */
+        while (ns->tail != ns->head && ns->e[ring_slot(ns->tail - 1)].at == YOUNG_NOT_INDEXED) ns->tail--;
         return 1;
     }
     return 0;

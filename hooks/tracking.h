@@ -181,7 +181,8 @@ int nursery_take_own(struct nursery *ns, uintptr_t p, struct young *out);
 int take_slow(uintptr_t p, struct block *out, struct young *young);
 
 /* Take p out of tracking: 1 if it was tracked, with *counted set and *out filled if it was counted
- * (the table), else *young filled (a block still in a nursery was counted nowhere). */
+ * (the table), else *young filled unless it is NULL (a block still in a nursery was counted
+ * nowhere; a free does not need its entry). */
 static inline int take(struct tstate *t, uintptr_t p, struct block *out, int *counted, struct young *young)
 {
     struct nursery *ns = t->nursery;
@@ -191,7 +192,8 @@ static inline int take(struct tstate *t, uintptr_t p, struct block *out, int *co
         *counted = 1;
         return 1;
     }
-    int r = take_slow(p, out, young);
+    struct young unused;
+    int r = take_slow(p, out, young ? young : &unused);
     *counted = r > 0;
     return r != 0;
 }
@@ -200,9 +202,8 @@ static inline int take(struct tstate *t, uintptr_t p, struct block *out, int *co
 static inline void forget_in(struct tstate *t, void *p)
 {
     struct block b;
-    struct young young;
     int counted;
-    if (!take(t, (uintptr_t)p, &b, &counted, &young) || !counted) return;
+    if (!take(t, (uintptr_t)p, &b, &counted, NULL) || !counted) return;
     untrack(&b, p, 0);
     if (b.key & BLOCK_F_OBJECT) {
         /* the SSL/SSL_CTX struct itself: the object is really gone (refcounts reached zero); what

@@ -1,5 +1,7 @@
 /* Connection hooks: SSL_* entry points push the connection and what it is doing (handshake, I/O,
  * shutdown...), and note its state, fd and traffic on the way out. */
+#include <fcntl.h>
+
 #include "shim.h"
 
 /* ---- connections ---- */
@@ -36,13 +38,43 @@ void hook_SSL_free(void *ssl)
     }
 }
 
-/* A handshake, I/O or shutdown over a socket may wait on the peer; over memory BIOs (asyncio's
- * SSLObject) it returns at once, so its blocks may wait in the nursery (tracking.h) like a context
+/* A handshake, I/O or shutdown over a blocking socket may wait on the peer; over memory BIOs
+ * (asyncio's SSLObject) or a socket that does not block (nginx, Mosquitto, Python's sockets with a
+ * timeout) it returns at once, so its blocks may wait in the nursery (tracking.h) like a context
  * build's. */
 static inline int call_may_wait(uint32_t o, uint8_t kind)
 {
     if (kind != SC_HANDSHAKE && kind != SC_IO && kind != SC_SHUTDOWN) return 0;
-    return !o || !(__atomic_load_n(&owner_at(o)->flags, __ATOMIC_RELAXED) & OWNER_F_MEMORY_BIOS);
+    return !o ||
+           !(__atomic_load_n(&owner_at(o)->flags, __ATOMIC_RELAXED) & (OWNER_F_MEMORY_BIOS | OWNER_F_NONBLOCKING));
+}
+
+static inline void set_flag(uint32_t o, uint32_t flag, int on)
+{
+    if (on) __atomic_or_fetch(&owner_at(o)->flags, flag, __ATOMIC_RELAXED);
+    else __atomic_and_fetch(&owner_at(o)->flags, ~flag, __ATOMIC_RELAXED);
+}
+
+static int fd_blocks(int fd)
+{
+    int fl = fd >= 0 ? fcntl(fd, F_GETFL) : -1;
+    return fl < 0 || !(fl & O_NONBLOCK);
+}
+
+/* Asked when the fd is set and again at every handshake call: a server that switches a socket's
+ * mode does it before the handshake, if at all. A socket made blocking after its handshake would
+ * hide a blocked read's buffer from snapshots until the read returns. */
+static void note_blocking(uint32_t o, int fd)
+{
+    if (o) set_flag(o, OWNER_F_NONBLOCKING, !fd_blocks(fd));
+}
+
+static inline void before_call(uint32_t o, uint8_t kind)
+{
+    if (kind != SC_HANDSHAKE || !o) return;
+    int fd = __atomic_load_n(&owner_at(o)->fd, __ATOMIC_RELAXED);
+    if (fd >= 0 && !(__atomic_load_n(&owner_at(o)->flags, __ATOMIC_RELAXED) & OWNER_F_MEMORY_BIOS))
+        note_blocking(o, fd);
 }
 
 #define SSL_SCOPED(ret, name, kind, params, args, after) \
@@ -50,6 +82,7 @@ static inline int call_may_wait(uint32_t o, uint8_t kind)
     {                                                    \
         if (!tlsprof_active) return real_##name args;    \
         uint32_t o = ssl_owner(ssl);                     \
+        before_call(o, kind);                            \
         push_call(o, kind, call_may_wait(o, kind));      \
         ret r = real_##name args;                        \
         pop();                                           \
@@ -82,9 +115,15 @@ SSL_SCOPED(int, SSL_clear, SC_SSL_CTRL, (void *ssl), (ssl), set_state(o, STATE_H
 SSL_SCOPED(long, SSL_ctrl, SC_SSL_CTRL, (void *ssl, int cmd, long l, void *p), (ssl, cmd, l, p), note_mode(o, cmd, l))
 SSL_SCOPED(int, SSL_set_session, SC_HANDSHAKE, (void *ssl, void *s), (ssl, s), NOTHING)
 
-SSL_SCOPED(int, SSL_set_fd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), note_fd(o, fd))
-SSL_SCOPED(int, SSL_set_rfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), note_fd(o, fd))
-SSL_SCOPED(int, SSL_set_wfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), NOTHING)
+#define NOTE_FD(fd) \
+    note_fd(o, fd); \
+    note_blocking(o, fd)
+/* a write fd that blocks makes the connection's calls wait whatever its read fd does */
+#define NOTE_WRITE_FD(fd) \
+    if (o && fd_blocks(fd)) set_flag(o, OWNER_F_NONBLOCKING, 0)
+SSL_SCOPED(int, SSL_set_fd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), NOTE_FD(fd))
+SSL_SCOPED(int, SSL_set_rfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), NOTE_FD(fd))
+SSL_SCOPED(int, SSL_set_wfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), NOTE_WRITE_FD(fd))
 
 /* A socket BIO (openssl s_server, many C servers) carries the connection's fd: learn it here, on
  * the caller's thread, through two getters. Other BIO types are never asked anything. */
@@ -123,9 +162,10 @@ void hook_SSL_set_bio(void *ssl, void *rbio, void *wbio)
     int fd = rtype == BIO_TYPE_SOCKET ? socket_bio_fd(rbio) : -1;
     if (fd >= 0) note_fd(o, fd);
     if (!o) return;
-    if (rtype == BIO_TYPE_MEM && (wbio == rbio || bio_type(wbio) == BIO_TYPE_MEM))
-        __atomic_or_fetch(&owner_at(o)->flags, OWNER_F_MEMORY_BIOS, __ATOMIC_RELAXED);
-    else __atomic_and_fetch(&owner_at(o)->flags, ~OWNER_F_MEMORY_BIOS, __ATOMIC_RELAXED);
+    int wtype = wbio == rbio ? rtype : bio_type(wbio);
+    set_flag(o, OWNER_F_MEMORY_BIOS, rtype == BIO_TYPE_MEM && wtype == BIO_TYPE_MEM);
+    int wfd = wbio == rbio ? fd : wtype == BIO_TYPE_SOCKET ? socket_bio_fd(wbio) : -1;
+    set_flag(o, OWNER_F_NONBLOCKING, fd >= 0 && wfd >= 0 && !fd_blocks(fd) && !fd_blocks(wfd));
 }
 
 void *hook_SSL_set_SSL_CTX(void *ssl, void *ctx)

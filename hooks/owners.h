@@ -39,6 +39,7 @@ struct owner {
 #define OWNER_F_IN_USE 1u
 #define OWNER_F_MODE_KNOWN 2u
 #define OWNER_F_MEMORY_BIOS 4u /* both BIOs are memory BIOs (asyncio's SSLObject): no call ever waits */
+#define OWNER_F_NONBLOCKING 8u /* its socket did not block when last looked at: no call waits either */
 #define MAX_OWNERS (1u << 20)
 
 void owners_and_objects_reset(void);

@@ -156,25 +156,33 @@ def over_memory_bios():
             return
     raise SystemExit("memory-BIO handshake did not finish")
 
-def over_blocking_sockets():
+def over_sockets(timeout):
     a, b = socket.socketpair()
+    a.settimeout(timeout)  # a timeout makes Python's socket non-blocking (it waits in poll())
+    b.settimeout(timeout)
     t = threading.Thread(target=lambda: server_ctx.wrap_socket(a, server_side=True).close())
     t.start()
     client_ctx.wrap_socket(b).close()
     t.join(30)
 
+KINDS = {
+    "membio": over_memory_bios,
+    "socket": lambda: over_sockets(None),
+    "nonblocking": lambda: over_sockets(30),
+}
 print("ready", flush=True)
 for line in sys.stdin:
     for _ in range(rounds):
-        (over_memory_bios if line.strip() == "membio" else over_blocking_sockets)()
+        KINDS[line.strip()]()
     print("done", flush=True)
 """
 
 
-def test_calls_over_memory_bios_use_the_nursery_and_socket_calls_do_not(cert_pair, tmp_path):
-    """A handshake over memory BIOs (asyncio's SSLObject) returns at once, so its blocks may wait in
-    the nursery; one over a blocking socket may wait on the peer, so its blocks are counted at once.
-    Measured by the shim's own `stat nursery_passed`, per handshake of each kind."""
+def test_calls_that_cannot_wait_use_the_nursery_and_blocking_socket_calls_do_not(cert_pair, tmp_path):
+    """A handshake over memory BIOs (asyncio's SSLObject) or over a socket that does not block
+    (nginx's; Python's with a timeout) returns at once, so its blocks may wait in the nursery; one
+    over a blocking socket may wait on the peer, so its blocks are counted at once. Measured by the
+    shim's own `stat nursery_passed`, per handshake of each kind."""
     from tlsprof.collect import launch
     from tlsprof.collect.client import ask, parse_snapshot
 
@@ -203,10 +211,13 @@ def test_calls_over_memory_bios_use_the_nursery_and_socket_calls_do_not(cert_pai
 
         over_sockets = passed_during("socket")
         over_memory = passed_during("membio")
+        over_nonblocking = passed_during("nonblocking")
         # both sides of each handshake are in this process: ~3,000 blocks through the nursery over
-        # memory BIOs, ~20 over sockets (what SSL_new allocates) on OpenSSL 3.0
+        # memory BIOs and non-blocking sockets, ~20 over blocking sockets (what SSL_new allocates)
+        # on OpenSSL 3.0
         assert over_memory > 1000, (over_memory, over_sockets)
         assert over_sockets < over_memory / 20, (over_memory, over_sockets)
+        assert over_nonblocking > over_memory / 2, (over_nonblocking, over_memory)
     finally:
         proc.stdin.close()
         proc.wait(timeout=20)

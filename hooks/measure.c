@@ -43,7 +43,8 @@ static const void *definer_of(void *sym)
     return sym && dladdr(sym, &info) ? info.dli_fbase : NULL;
 }
 
-/* a small chunk and an mmapped one (above any mmap threshold glibc picks by itself) */
+/* a small chunk and an mmapped one: 64 MiB is above the largest mmap threshold glibc picks by
+ * itself (32 MiB), so freeing it leaves the target's threshold as it was */
 static void decide_glibc_header(void)
 {
     int agrees = 1;

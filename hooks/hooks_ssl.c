@@ -61,20 +61,24 @@ static int fd_blocks(int fd)
     return fl < 0 || !(fl & O_NONBLOCK);
 }
 
-/* Asked when the fd is set and again at every handshake call: a server that switches a socket's
- * mode does it before the handshake, if at all. A socket made blocking after its handshake would
- * hide a blocked read's buffer from snapshots until the read returns. */
-static void note_blocking(uint32_t o, int fd)
+/* The BIOs the connection reads and writes through: memory BIOs, or socket BIOs on one fd (-1:
+ * neither; then a call may wait). A socket's mode is asked now and again at every handshake call:
+ * a server that switches it does so before the handshake, if at all. A socket made blocking after
+ * its handshake would hide a blocked read's buffer from snapshots until the read returns. */
+static void note_bios(uint32_t o, int memory, int socket_fd)
 {
-    if (o) set_flag(o, OWNER_F_NONBLOCKING, !fd_blocks(fd));
+    if (!o) return;
+    set_flag(o, OWNER_F_MEMORY_BIOS, memory);
+    set_flag(o, OWNER_F_SOCKET_BIOS, socket_fd >= 0);
+    set_flag(o, OWNER_F_NONBLOCKING, socket_fd >= 0 && !fd_blocks(socket_fd));
 }
 
 static inline void before_call(uint32_t o, uint8_t kind)
 {
     if (kind != SC_HANDSHAKE || !o) return;
-    int fd = __atomic_load_n(&owner_at(o)->fd, __ATOMIC_RELAXED);
-    if (fd >= 0 && !(__atomic_load_n(&owner_at(o)->flags, __ATOMIC_RELAXED) & OWNER_F_MEMORY_BIOS))
-        note_blocking(o, fd);
+    struct owner *w = owner_at(o);
+    if (__atomic_load_n(&w->flags, __ATOMIC_RELAXED) & OWNER_F_SOCKET_BIOS)
+        set_flag(o, OWNER_F_NONBLOCKING, !fd_blocks(__atomic_load_n(&w->fd, __ATOMIC_RELAXED)));
 }
 
 #define SSL_SCOPED(ret, name, kind, params, args, after) \
@@ -115,15 +119,14 @@ SSL_SCOPED(int, SSL_clear, SC_SSL_CTRL, (void *ssl), (ssl), set_state(o, STATE_H
 SSL_SCOPED(long, SSL_ctrl, SC_SSL_CTRL, (void *ssl, int cmd, long l, void *p), (ssl, cmd, l, p), note_mode(o, cmd, l))
 SSL_SCOPED(int, SSL_set_session, SC_HANDSHAKE, (void *ssl, void *s), (ssl, s), NOTHING)
 
-#define NOTE_FD(fd) \
-    note_fd(o, fd); \
-    note_blocking(o, fd)
-/* a write fd that blocks makes the connection's calls wait whatever its read fd does */
-#define NOTE_WRITE_FD(fd) \
-    if (o && fd_blocks(fd)) set_flag(o, OWNER_F_NONBLOCKING, 0)
-SSL_SCOPED(int, SSL_set_fd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), NOTE_FD(fd))
-SSL_SCOPED(int, SSL_set_rfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), NOTE_FD(fd))
-SSL_SCOPED(int, SSL_set_wfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), NOTE_WRITE_FD(fd))
+/* SSL_set_fd puts socket BIOs on fd for both ways; after SSL_set_rfd or SSL_set_wfd alone the other
+ * way's BIO is whatever it was: a call may wait */
+#define NOTE_FD(fd, both) \
+    note_fd(o, fd);       \
+    note_bios(o, 0, both ? fd : -1)
+SSL_SCOPED(int, SSL_set_fd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), NOTE_FD(fd, r == 1))
+SSL_SCOPED(int, SSL_set_rfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), NOTE_FD(fd, 0))
+SSL_SCOPED(int, SSL_set_wfd, SC_SSL_CTRL, (void *ssl, int fd), (ssl, fd), note_bios(o, 0, -1))
 
 /* A socket BIO (openssl s_server, many C servers) carries the connection's fd: learn it here, on
  * the caller's thread, through two getters. Other BIO types are never asked anything. */
@@ -163,9 +166,8 @@ void hook_SSL_set_bio(void *ssl, void *rbio, void *wbio)
     if (fd >= 0) note_fd(o, fd);
     if (!o) return;
     int wtype = wbio == rbio ? rtype : bio_type(wbio);
-    set_flag(o, OWNER_F_MEMORY_BIOS, rtype == BIO_TYPE_MEM && wtype == BIO_TYPE_MEM);
     int wfd = wbio == rbio ? fd : wtype == BIO_TYPE_SOCKET ? socket_bio_fd(wbio) : -1;
-    set_flag(o, OWNER_F_NONBLOCKING, fd >= 0 && wfd >= 0 && !fd_blocks(fd) && !fd_blocks(wfd));
+    note_bios(o, rtype == BIO_TYPE_MEM && wtype == BIO_TYPE_MEM, fd >= 0 && wfd == fd ? fd : -1);
 }
 
 void *hook_SSL_set_SSL_CTX(void *ssl, void *ctx)

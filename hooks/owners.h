@@ -38,8 +38,9 @@ struct owner {
 };
 #define OWNER_F_IN_USE 1u
 #define OWNER_F_MODE_KNOWN 2u
-#define OWNER_F_MEMORY_BIOS 4u /* both BIOs are memory BIOs (asyncio's SSLObject): no call ever waits */
-#define OWNER_F_NONBLOCKING 8u /* its socket did not block when last looked at: no call waits either */
+#define OWNER_F_MEMORY_BIOS 4u  /* both BIOs are memory BIOs (asyncio's SSLObject): no call ever waits */
+#define OWNER_F_SOCKET_BIOS 8u  /* both BIOs are socket BIOs on one fd (SSL_set_fd, or SSL_set_bio) */
+#define OWNER_F_NONBLOCKING 16u /* ... and that fd did not block when last looked at: no call waits */
 #define MAX_OWNERS (1u << 20)
 
 void owners_and_objects_reset(void);

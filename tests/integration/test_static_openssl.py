@@ -336,7 +336,11 @@ def test_node_context_per_connection_gets_ca_store_finding(tmp_path, cert_pair, 
         tmp_path,
         client_args=sni,
     )
-    assert report["per_connection"]["connections"] >= 0.95 * NODE_CONNECTIONS
+    # seen once in CI (0 connections, not reproduced): say whether the last look's walk ran
+    assert report["per_connection"]["connections"] >= 0.95 * NODE_CONNECTIONS, (
+        report.get("notes"),
+        report["_stderr"][-2000:],
+    )
     [finding] = [f for f in report["findings"] if f["id"] == "ca-store-per-connection"]
     assert finding["evidence"]["contexts"] >= 0.95 * NODE_CONNECTIONS
     assert _within(finding["saving_bytes"], measured), (

@@ -23,7 +23,7 @@ def start(mode, *server_args, workdir=None, env=None, wrapper=()):
         from tlsprof.collect.shim import shim_path
 
         channel = tempfile.mkdtemp(prefix="tlsprof-bench-chan-")
-        env = {**(env or os.environ), "LD_PRELOAD": shim_path(), "TLSPROF_DIR": channel}
+        env = {**(env or os.environ), "LD_PRELOAD": shim_path(preload=True), "TLSPROF_DIR": channel}
         argv = [*wrapper, sys.executable, tlsenv.ECHO_SERVER, *args]
     elif mode == "tlsprof":
         out = os.path.join(workdir, "tlsprof.json")

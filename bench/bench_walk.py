@@ -43,7 +43,7 @@ def main():
     channel = tempfile.mkdtemp(prefix="tlsprof-bench-walk-")
     os.chmod(channel, 0o700)
     server = tlsenv.start_echo_server(
-        "--threaded", "--ctx-per-conn", env={"LD_PRELOAD": shim_path(), "TLSPROF_DIR": channel}
+        "--threaded", "--ctx-per-conn", env={"LD_PRELOAD": shim_path(preload=True), "TLSPROF_DIR": channel}
     )
     clients, rows = [], []
     stop = threading.Event()

@@ -84,8 +84,9 @@ struct tstate {
 /* hidden: one TLS block of this library, no lookup through the GOT */
 extern __thread struct tstate tls __attribute__((visibility("hidden")));
 
-/* The thread's state, looked up once: with TLS descriptors each lookup is a call, and the compiler
- * would rather repeat it after every call than keep the address (the empty asm makes it opaque). */
+/* The thread's state, looked up once: in the build `attach` injects (TLS descriptors, setup.py)
+ * each lookup is a call, and the compiler would rather repeat it after every call than keep the
+ * address (the empty asm makes it opaque). The build `run` preloads reads it at a fixed offset. */
 static inline struct tstate *this_thread(void)
 {
     struct tstate *t = &tls;
@@ -133,8 +134,8 @@ static inline uint32_t inherited_owner(void) { return current().owner; }
 /* Count a block to an owner and site (measure: enum byte_measure), and take it back. */
 void track_as(void *p, size_t n, uint32_t owner, uint16_t site, int measure);
 /* The same from the call site: inside an OpenSSL call the block waits in the nursery uninterned. */
-/* Every thread-state access through the TLS descriptor is a call (the shim may be dlopened): the
- * hooks look it up once and hand it down. */
+/* Every thread-state access through a TLS descriptor is a call (the injected build): the hooks
+ * look it up once and hand it down. */
 void track_at(struct tstate *t, void *p, size_t n, uint32_t owner, const char *file, int line, uint8_t scope,
               int measure);
 void untrack(const struct block *b, void *p, size_t usable);

@@ -223,6 +223,31 @@ def test_detach_cli_falls_back_to_gdb_when_socket_is_gone(targets, shim, chan):
     assert t.proc.poll() is None
 
 
+def _tlsprof_shims_mapped(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        return {line.split()[-1] for line in f if "/_shim" in line}
+
+
+def test_attach_starts_the_preloaded_build_not_a_second_shim(targets, chan):
+    """`run` preloads the _shim_preload build; attach to such a process (its shim loaded, not
+    started) must start that one: dlopen of the injectable build would load a second shim."""
+    from tlsprof.collect.shim import shim_path
+
+    preload, injectable = shim_path(preload=True), shim_path()
+    if preload == injectable:
+        pytest.skip("no separate preload build installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TLSPROF_")}
+    env["LD_PRELOAD"] = preload
+    t = targets([sys.executable, "-c", "import ssl, time\nwhile True: time.sleep(0.2)\n"], env=env)
+    _wait_libssl(t.pid)
+    assert _tlsprof_shims_mapped(t.pid) == {os.path.realpath(preload)}
+    inject.inject(t.pid, injectable, chan)
+    assert inject.ping(t.pid, chan)
+    assert _tlsprof_shims_mapped(t.pid) == {os.path.realpath(preload)}
+    assert inject.eject(t.pid, chan, injectable) == "socket"
+    assert t.proc.poll() is None
+
+
 def test_no_such_pid_is_one_line_with_exit_code():
     r = _run_cli("detach", "999999")
     assert r.returncode == NoSuchProcess.exit_code

@@ -6,6 +6,7 @@ import tempfile
 import threading
 
 from tlsprof.collect import channel_paths, shim_copy
+from tlsprof.collect.shim import shim_path
 from tlsprof.errors import LaunchError
 
 UID_BRIDGE_PERIOD_S = 0.2
@@ -18,7 +19,7 @@ def private_dir(prefix="tlsprof-run-") -> str:
 
 def _bundle():
     if not _bundles:
-        _bundles.append(shim_copy.for_anyone())
+        _bundles.append(shim_copy.for_anyone(shim_path(preload=True)))
     return _bundles[0]
 
 

@@ -189,6 +189,11 @@ def inject(
         raise AttachError(f"shim library {shim_path} does not exist; reinstall tlsprof")
     gdb_path()
     start = time.monotonic()
+    # a shim already loaded (preloaded by `run`, which loads the _shim_preload build) is the one to
+    # start: dlopen of another file would load a second shim beside it
+    mapped = _find_shim(_maps(pid), shim_path)
+    if mapped and os.path.isfile(mapped):
+        shim_path = mapped
     # the target opens the shim with its own credentials: give it a copy it can read if need be
     bundle = shim_copy.for_pid(pid, shim_path)
     try:

@@ -42,6 +42,11 @@ _recent = {}  # (channel_dir, pid, request) -> (monotonic time of the answer, se
 # by the second, and at 2 % it was most of what an idle profiled server spent (bench/README.md).
 DUTY = {"SNAPSHOT": 0.005, "SNAPSHOT noleaks": 0.02}
 LEAK_KEYS = ("reachable", "leak", "referrers")
+# The first full snapshot waits until the agent has been asked for this long: the first poll comes
+# while the target is still starting (or, in a benchmark, taking its first load), and a full walk of
+# a large heap holds the GIL for up to a second. The session's last look asks one whatever the time.
+FULL_FIRST_AFTER_S = 5.0
+_first_asked = {}  # (channel_dir, pid) -> monotonic time this agent was first asked
 
 
 def _ask_throttled(channel_dir, pid, path, request, timeout):
@@ -64,15 +69,19 @@ def fetch(channel_dir: str, pid: int, timeout: float = 10.0, fresh: bool = False
     """The agent's snapshot for `pid`, or None when that process runs no agent.
 
     An agent snapshot holds the target's GIL while it runs, so requests are throttled: when the last
-    one took T s the previous answer is reused for the next T/DUTY s (DUTY per kind). Objects and pointers come from
-    the cheap request (`SNAPSHOT noleaks`); reachability and referrer chains (a walk over every gc
-    object) from the full one, which is asked less often and merged in by pointer. `fresh` (the
-    session's last look before it ends) asks the full request now whatever the throttle says."""
+    one took T s the previous answer is reused for the next T/DUTY s (DUTY per kind). Objects and
+    pointers come from the cheap request (`SNAPSHOT noleaks`); reachability and referrer chains (a walk over every gc
+    object) from the full one, which is asked less often, first after FULL_FIRST_AFTER_S, and
+    merged in by pointer. `fresh` (the session's last look before it ends) asks the full request
+    now whatever the throttle says."""
     path = agent_socket_path(channel_dir, pid)
     if not os.path.exists(path):
         return None
+    first = _first_asked.setdefault((channel_dir, pid), time.monotonic())
     if fresh:
         _recent.pop((channel_dir, pid, "SNAPSHOT"), None)
+    elif time.monotonic() - first < FULL_FIRST_AFTER_S and (channel_dir, pid, "SNAPSHOT") not in _recent:
+        return _ask_throttled(channel_dir, pid, path, "SNAPSHOT noleaks", timeout)[0]
     full, was_fresh = _ask_throttled(channel_dir, pid, path, "SNAPSHOT", timeout)
     if was_fresh or full is None:
         return full

@@ -1,23 +1,34 @@
-"""Decomposes the shim's cost per handshake: builds copies of hooks/ with parts switched off and
-measures the asyncio echo server's CPU per handshake under each (bare = no shim).
+"""Where `run`'s overhead goes: one workload bare, beside an idle thread, and under copies of the
+shim with parts switched off, all measured side by side in one run (alternating, bare first).
 
-    python bench/shim_variants.py [--rounds 3] [-n 1000] [--threaded] [--variants full,batch,...]
+    python bench/shim_variants.py [--workload ctx,asyncio] [--rounds 6] [--variants bare,thread,...]
 
-Variants (compiled in a temp dir with setup.py's flags; hooks/ itself is never touched):
-  full     hooks/ as is
-  nosite   count() without the 3 per-site atomic adds
-  nocount  count() does nothing (table insert/remove and malloc_usable_size still run)
-  notable  allocations not tracked at all (scope hooks, depth guard, site_intern only)
-  spin     as full, but table.c's per-shard pthread mutex replaced by a 1-byte spinlock
-  batch    as full, but count() batched per thread (64-entry cache, flushed when leaving OpenSSL)
-  lto      as full, built with -flto (owner_at/site_at inlined across files)
-  spinlto  spin + lto
-CPU per handshake (target process only) is robust to other load on the machine; rates are not.
+Variants:
+  bare    no shim
+  thread  no shim, one idle thread started with the interpreter (a sitecustomize): once a process
+          has a second thread, glibc's malloc takes an arena lock where it did not. `run` always
+          adds one (the shim's channel listener, and the Python agent's server)
+  hooks   the shim with its allocator hooks passing each call straight to OpenSSL's: relocations
+          patched, scope hooks (SSL_*, X509_STORE_*) and the listener thread, no block tracked
+  guard   as hooks, but the allocator hooks also look up the thread's state and set its
+          re-entrancy guard, as the real ones do before tracking
+  full    the shim as `run` preloads it (hooks/ as it is, the _shim_preload build)
+  attach-build  the same code in the build `attach` injects (_shim: its thread-local state is reached
+          through TLS descriptors, a call per access; setup.py)
+  run     `tlsprof run` (asyncio only): the shim plus the Python agent and the collector's polling
+
+The shim copies are compiled by setup.py from a copy of hooks/ in a temp dir (hooks/ itself is
+never touched), with -DEXP_PASS or -DEXP_GUARD wrapped around the allocator hooks' bodies.
+Workloads:
+  ctx      ms per ssl.create_default_context() (20 kept per process), bench/overhead_goals.py's row
+  asyncio  the seed asyncio echo server's CPU per handshake (target process only; robust to other
+           load on the machine, unlike rates) under bench/hsload.py's handshakes
+Each line is the median of the rounds; the step column is what that variant adds to the one above.
 """
 
 import argparse
-import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,180 +38,180 @@ import _common
 import _servers
 import hsload
 
-PATCHES = [
-    (
-        "    struct owner *o = owner_at(owner);\n    struct site *s = site_at(site);\n",
-        "#ifdef EXP_NOCOUNT\n    return;\n#endif\n    struct owner *o = owner_at(owner);\n    struct site *s = site_at(site);\n",
-    ),
-    (
-        "    __atomic_add_fetch(&s->bytes, bytes, __ATOMIC_RELAXED);\n"
-        "    __atomic_add_fetch(&s->requested, req, __ATOMIC_RELAXED);\n"
-        "    __atomic_add_fetch(&s->blocks, blocks, __ATOMIC_RELAXED);\n",
-        "#ifndef EXP_NOSITE\n    __atomic_add_fetch(&s->bytes, bytes, __ATOMIC_RELAXED);\n"
-        "    __atomic_add_fetch(&s->requested, req, __ATOMIC_RELAXED);\n"
-        "    __atomic_add_fetch(&s->blocks, blocks, __ATOMIC_RELAXED);\n#endif\n",
-    ),
-    (
-        "    size_t usable = malloc_usable_size(p);\n    size_t slack",
-        "#ifdef EXP_NOTABLE\n    return;\n#endif\n    size_t usable = malloc_usable_size(p);\n    size_t slack",
-    ),
-    (
-        "    struct block b;\n    if (!blocks_remove((uintptr_t)p, &b)) return;",
-        "    struct block b;\n#ifdef EXP_NOTABLE\n    return;\n#endif\n    if (!blocks_remove((uintptr_t)p, &b)) return;",
-    ),
-]
-VARIANTS = {
-    "full": [],
-    "nosite": ["-DEXP_NOSITE"],
-    "nocount": ["-DEXP_NOCOUNT"],
-    "notable": ["-DEXP_NOTABLE"],
-    "spin": ["-DEXP_SPIN"],
-    "batch": ["-DEXP_BATCH"],
-    "lto": ["-flto"],
-    "spinlto": ["-DEXP_SPIN", "-flto"],
-}
-# EXP_BATCH: count() adds into a per-thread 64-entry cache keyed by (owner, site); the cache is
-# flushed into the shared atomics when an entry is evicted and whenever the thread leaves OpenSSL
-# (outermost scope popped, or an allocator call made outside any scope returns).
-BATCH = """
-#ifdef EXP_BATCH
-#define PEND_N 64
-struct pend { uint32_t owner; uint16_t site; int64_t bytes, req, blocks; };
-static __thread struct pend pend[PEND_N];
-static __thread uint64_t pend_dirty;
-static void count_flush_all(void)
-{
-    uint64_t d = pend_dirty;
-    pend_dirty = 0;
-    while (d) {
-        struct pend *p = &pend[__builtin_ctzll(d)];
-        d &= d - 1;
-        count_now(p->owner, p->site, p->bytes, p->req, p->blocks);
-    }
-}
-static inline void count(uint32_t owner, uint16_t site, int64_t bytes, int64_t req, int64_t blocks)
-{
-    unsigned i = (site ^ owner * 31u) & (PEND_N - 1);
-    struct pend *p = &pend[i];
-    if (pend_dirty >> i & 1) {
-        if (p->owner == owner && p->site == site) {
-            p->bytes += bytes; p->req += req; p->blocks += blocks;
-            return;
-        }
-        count_now(p->owner, p->site, p->bytes, p->req, p->blocks);
-    }
-    *p = (struct pend){owner, site, bytes, req, blocks};
-    pend_dirty |= 1ull << i;
-}
-#define BATCH_FLUSH_OUTSIDE(t) do { if (!(t)->depth) count_flush_all(); } while (0)
-#else
-#define BATCH_FLUSH_OUTSIDE(t) do { } while (0)
-#endif
+VARIANTS = ("bare", "thread", "hooks", "guard", "full", "attach-build", "run")
+SHIM_VARIANTS = {"hooks": "-DEXP_PASS", "guard": "-DEXP_GUARD", "full": ""}
+
+CTX_LOOP = """
+import ssl, sys, time
+ssl.create_default_context()  # one-time library and provider set-up, outside the timing
+n = int(sys.argv[1]); keep = []
+t0 = time.perf_counter()
+for _ in range(n):
+    keep.append(ssl.create_default_context())
+print(time.perf_counter() - t0)
 """
-# EXP_SPIN: the table's per-shard pthread mutex replaced by a one-byte test-and-test-and-set lock
-SPIN = """
-#ifdef EXP_SPIN
-typedef struct { volatile char held; } spin_t;
-static inline void spin_lock(spin_t *l)
-{
-    while (__atomic_exchange_n(&l->held, 1, __ATOMIC_ACQUIRE))
-        while (__atomic_load_n(&l->held, __ATOMIC_RELAXED)) __builtin_ia32_pause();
-}
-static inline void spin_unlock(spin_t *l) { __atomic_store_n(&l->held, 0, __ATOMIC_RELEASE); }
-#define pthread_mutex_t spin_t
-#define pthread_mutex_lock(l) spin_lock(l)
-#define pthread_mutex_unlock(l) spin_unlock(l)
-#define pthread_mutex_init(l, a) ((l)->held = 0)
-#endif
-"""
-FLAGS = ["-std=gnu11", "-O2", "-fvisibility=hidden", "-fno-omit-frame-pointer", "-shared", "-fPIC", "-Wl,-z,nodelete"]
+IDLE_THREAD = "import threading, time\nthreading.Thread(target=time.sleep, args=(1e6,), daemon=True).start()\n"
+
+HOOK = re.compile(r"^(void \*|void )hook_(CRYPTO_\w+)\(([^)]*)\)\n\{\n", re.M)
+
+
+def _arg_names(params):
+    return ", ".join(re.split(r"[ *]", p.strip())[-1] for p in params.split(","))
+
+
+def patch_alloc_hooks(text):
+    """hooks_alloc.c with EXP_PASS (return the real call at once) and EXP_GUARD (the guard, no
+    tracking) bodies put in front of each allocator hook's own."""
+    found = HOOK.findall(text)
+    if len(found) < 6:
+        raise RuntimeError("hooks/hooks_alloc.c changed: update bench/shim_variants.py's patch")
+
+    def body(m):
+        returns = m.group(1).startswith("void *")
+        call = f"real_{m.group(2)}({_arg_names(m.group(3))})"
+        done = f"return {call};" if returns else f"{call};\n    return;"
+        guarded = (
+            f"struct tstate *t_ = this_thread();\n    if (t_->in_alloc || !tlsprof_active) {{ {done} }}\n"
+            f"    t_->in_alloc = 1;\n    "
+            + (
+                f"void *r_ = {call};\n    t_->in_alloc = 0;\n    return r_;"
+                if returns
+                else f"{call};\n    t_->in_alloc = 0;\n    return;"
+            )
+        )
+        return f"{m.group(0)}#if defined(EXP_PASS)\n    {done}\n#elif defined(EXP_GUARD)\n    {guarded}\n#endif\n"
+
+    return HOOK.sub(body, text)
 
 
 def build(work):
+    """{variant: path of its shim}: setup.py's own flags, a patched copy of hooks/."""
     src = os.path.join(work, "src")
-    shutil.copytree(os.path.join(_common.REPO_ROOT, "hooks"), src)
-    path = os.path.join(src, "tracking.c")
-    text = open(path).read()
-    for old, new in PATCHES:
-        if old not in text:
-            raise RuntimeError("hooks/tracking.c changed: update bench/shim_variants.py's patches")
-        text = text.replace(old, new)
-    text = text.replace(
-        "static inline void pop(void) { tls.depth--; }",
-        "#ifdef EXP_BATCH\nstatic void count_flush_all(void);\n"
-        "static inline void pop(void) { if (--tls.depth == 0) count_flush_all(); }\n"
-        "#else\nstatic inline void pop(void) { tls.depth--; }\n#endif",
-    )
-    text = text.replace(
-        "static inline void count(uint32_t owner, uint16_t site, int64_t bytes, int64_t req, int64_t blocks)\n{",
-        "#ifdef EXP_BATCH\n#define COUNT_FN count_now\n#else\n#define COUNT_FN count\n#endif\n"
-        "static inline void COUNT_FN(uint32_t owner, uint16_t site, int64_t bytes, int64_t req, "
-        "int64_t blocks)\n{",
-    )
-    text = text.replace(
-        "static void untrack(const struct block *b, size_t usable);\n",
-        BATCH + "static void untrack(const struct block *b, size_t usable);\n",
-        1,
-    )
-    text = text.replace("in_alloc = 0;", "in_alloc = 0; BATCH_FLUSH_OUTSIDE(t);")
-    open(path, "w").write(text)
-    table = os.path.join(src, "table.c")
-    t = open(table).read()
-    marker = '#include "shim.h"\n'
-    if "pthread_mutex_lock(&s->lock)" in t:  # the spinlock variant; the committed table.c has one now
-        open(table, "w").write(t.replace(marker, marker + SPIN, 1))
+    os.makedirs(src)
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(_common.REPO_ROOT, name), src)
+    shutil.copytree(os.path.join(_common.REPO_ROOT, "hooks"), os.path.join(src, "hooks"))
+    path = os.path.join(src, "hooks", "hooks_alloc.c")
+    with open(path) as f:
+        text = patch_alloc_hooks(f.read())
+    with open(path, "w") as f:
+        f.write(text)
     out = {}
-    for name, defs in VARIANTS.items():
-        so = os.path.join(work, f"{name}.so")
+    for name, define in SHIM_VARIANTS.items():
+        dest = os.path.join(work, name)
+        env = {**os.environ, "CFLAGS": define}
         subprocess.run(
-            ["gcc", *FLAGS, *defs, "-o", so, *sorted(glob.glob(os.path.join(src, "*.c"))), "-ldl", "-lpthread"],
+            [sys.executable, "setup.py", "-q", "build_ext", "-b", dest, "-t", os.path.join(work, f"tmp-{name}")],
+            cwd=src,
+            env=env,
             check=True,
+            capture_output=True,
         )
-        out[name] = so
+        built = {f.split(".")[0]: os.path.join(dest, "tlsprof", f) for f in os.listdir(os.path.join(dest, "tlsprof"))}
+        out[name] = built["_shim_preload"]
+        if name == "full":
+            out["attach-build"] = built["_shim"]
+    return out
+
+
+def variant_env(variant, libs, work):
+    """The environment a variant's target starts with (None: inherit), and the directory to remove."""
+    if variant == "bare":
+        return None, None
+    if variant == "thread":
+        site = os.path.join(work, "idle-thread")
+        os.makedirs(site, exist_ok=True)
+        with open(os.path.join(site, "sitecustomize.py"), "w") as f:
+            f.write(IDLE_THREAD)
+        return {**os.environ, "PYTHONPATH": site}, None
+    channel = tempfile.mkdtemp(dir=work, prefix="chan-")
+    return {**os.environ, "LD_PRELOAD": libs[variant], "TLSPROF_DIR": channel}, channel
+
+
+def ctx_once(variant, libs, work, n=20):
+    env, channel = variant_env(variant, libs, work)
+    try:
+        p = subprocess.run(
+            [sys.executable, "-c", CTX_LOOP, str(n)], env=env, capture_output=True, text=True, timeout=300
+        )
+        if p.returncode:
+            raise RuntimeError(f"{variant}: {p.stderr.strip()[-300:]}")
+        return 1000 * float(p.stdout.split()[-1]) / n
+    finally:
+        if channel:
+            shutil.rmtree(channel, ignore_errors=True)
+
+
+def asyncio_once(variant, libs, work, n=1500):
+    if variant == "run":
+        server = _servers.start("tlsprof")
+        channel = None
+    else:
+        env, channel = variant_env(variant, libs, work)
+        server = _servers.start("bare", env=env)
+    try:
+        pid = server.target_pid()
+        ctx = hsload.client_context()
+        hsload.run(server.port, 100, 10, ctx=ctx)
+        c0 = _common.cpu_seconds(pid)
+        res = hsload.run(server.port, n, 10, ctx=ctx)
+        return 1000 * (_common.cpu_seconds(pid) - c0) / max(1, res["handshakes"])
+    finally:
+        _servers.stop(server)
+        if channel:
+            shutil.rmtree(channel, ignore_errors=True)
+
+
+WORKLOADS = {
+    "ctx": (ctx_once, "ms per context built"),
+    "asyncio": (asyncio_once, "ms server CPU per handshake"),
+}
+
+
+def measure(workload, variants, libs, work, rounds):
+    once, unit = WORKLOADS[workload]
+    got = {v: [] for v in variants}
+    for r in range(rounds):
+        line = []
+        for v in variants if r % 2 == 0 else [variants[0], *reversed(variants[1:])]:
+            got[v].append(once(v, libs, work))
+            line.append(f"{v}={got[v][-1]:.3f}")
+        print(f"  round {r + 1} {workload}: {' '.join(line)}", flush=True)
+    bare = _common.median(got[variants[0]])
+    print(f"\n[variants] {workload}: {unit}, median of {rounds} rounds (bare/variant = speed ratio)")
+    out, prev = {}, bare
+    for v in variants:
+        med = _common.median(got[v])
+        out[v] = {"values": got[v], "median": med, "ratio": bare / med, "step": med - prev}
+        print(
+            f"  {v:7s} {med:7.3f}  {bare / med:.3f}x  step {med - prev:+.3f} "
+            f"({100 * (med - prev) / bare:+.1f} % of bare)"
+        )
+        prev = med
+    print()
     return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("-n", type=int, default=1000)
-    p.add_argument("--threaded", action="store_true", help="the thread-per-connection server")
-    p.add_argument("--variants", default="full,nosite,nocount,notable,batch")
+    p.add_argument("--workload", default="ctx,asyncio", help="ctx, asyncio or both (default)")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--variants", default=",".join(VARIANTS))
     a = p.parse_args(argv)
+    workloads = a.workload.split(",")
+    wanted = a.variants.split(",")
+    unknown = [w for w in workloads if w not in WORKLOADS] + [v for v in wanted if v not in VARIANTS]
+    if unknown:
+        print(f"shim_variants: unknown workload or variant: {', '.join(unknown)}", file=sys.stderr)
+        return 2
     work = tempfile.mkdtemp(prefix="tlsprof-variants-")
     try:
-        libs = {k: v for k, v in build(work).items() if k in a.variants.split(",")}
-        modes = ["bare", *libs]
-        cpu = {m: [] for m in modes}
-        for r in range(a.rounds):
-            for mode in _common.rotate(modes, r):
-                env = None
-                if mode != "bare":
-                    chan = tempfile.mkdtemp(dir=work)
-                    env = {"LD_PRELOAD": libs[mode], "TLSPROF_DIR": chan}
-                server = _servers.start("bare", *(["--threaded"] if a.threaded else []), env=env)
-                try:
-                    pid = server.target_pid()
-                    hsload.run(server.port, 100, 10)
-                    c0 = _common.cpu_seconds(pid)
-                    res = hsload.run(server.port, a.n, 10)
-                    cpu[mode].append(1000 * (_common.cpu_seconds(pid) - c0) / max(1, res["handshakes"]))
-                finally:
-                    _servers.stop(server)
-                print(
-                    f"  round {r + 1} {mode:8s} {res['per_s']:6.0f}/s  {cpu[mode][-1]:.3f} ms CPU/handshake", flush=True
-                )
-        bare = _common.median(cpu["bare"])
-        print("\n[variants] target CPU per handshake, median (min-max); bare/variant = the rate ratio with a free CPU")
-        res = {}
-        for m in modes:
-            s = _common.summary(cpu[m])
-            res[m] = {"cpu_ms": s, "ratio": bare / s["median"]}
-            print(
-                f"  {m:8s} {s['median']:.3f} ms ({s['min']:.3f}-{s['max']:.3f})  +{s['median'] - bare:.3f} ms  "
-                f"{bare / s['median']:.3f}x"
-            )
-        _common.save("shim_variants_threaded" if a.threaded else "shim_variants", {"params": vars(a), "results": res})
+        libs = build(work)
+        results = {}
+        for w in workloads:
+            variants = [v for v in VARIANTS if v in wanted and (v != "run" or w == "asyncio")]
+            results[w] = measure(w, variants, libs, work, a.rounds)
+        _common.save("shim_variants", {"params": vars(a), "results": results})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

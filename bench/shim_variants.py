@@ -37,19 +37,11 @@ import tempfile
 import _common
 import _servers
 import hsload
+from overhead_goals import CTX_LOOP  # the ctx row's own loop
 
 VARIANTS = ("bare", "thread", "hooks", "guard", "full", "attach-build", "run")
 SHIM_VARIANTS = {"hooks": "-DEXP_PASS", "guard": "-DEXP_GUARD", "full": ""}
 
-CTX_LOOP = """
-import ssl, sys, time
-ssl.create_default_context()  # one-time library and provider set-up, outside the timing
-n = int(sys.argv[1]); keep = []
-t0 = time.perf_counter()
-for _ in range(n):
-    keep.append(ssl.create_default_context())
-print(time.perf_counter() - t0)
-"""
 IDLE_THREAD = "import threading, time\nthreading.Thread(target=time.sleep, args=(1e6,), daemon=True).start()\n"
 
 HOOK = re.compile(r"^(void \*|void )hook_(CRYPTO_\w+)\(([^)]*)\)\n\{\n", re.M)

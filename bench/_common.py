@@ -92,8 +92,11 @@ def machine():
     try:
         from tlsprof.collect.shim import shim_path
 
-        with open(shim_path(), "rb") as f:
-            shim = hashlib.sha256(f.read()).hexdigest()[:12]
+        h = hashlib.sha256()
+        for path in (shim_path(preload=True), shim_path()):  # what `run` preloads, what `attach` injects
+            with open(path, "rb") as f:
+                h.update(f.read())
+        shim = h.hexdigest()[:12]
     except Exception:
         pass
     head = subprocess.run(

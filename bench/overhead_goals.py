@@ -1,6 +1,6 @@
 """Issue 18: every row of the overhead goal table, measured side by side in one run.
 
-    python bench/overhead_goals.py [--quick] [--only rss,ctx,handshakes,snapshot,synthetic,walk]
+    python bench/overhead_goals.py [--quick] [--only rss,ctx,handshakes,snapshot,synthetic,walk,breakdown]
                                    [--shim OTHER.so]
 
 Rows (bare = the same program without the shim; tracked = the shim preloaded with its channel,
@@ -19,6 +19,8 @@ which is what `tlsprof run` sets up):
               process: this machine's ulimit -n is 20,000): snapshot end to end, split
   walk        heap walk (WALK) of a ~2 GB heap (--quick ~0.5 GB) of SSL objects: the target's pause
               (the fork) and the walk's time
+  breakdown   where the ctx and asyncio rows' time goes (bench/shim_variants.py: an idle thread,
+              hooks, thread-state guard, young blocks, survivors, agent), quoted in their notes
 Prints each figure against its goal; never fails on timing (exit 1 only if a row could not run).
 Results: bench/results/overhead_goals.json.
 """
@@ -35,7 +37,7 @@ import traceback
 import _common
 import tlsenv
 
-ROWS = ("rss", "ctx", "handshakes", "snapshot", "synthetic", "walk")
+ROWS = ("rss", "ctx", "handshakes", "snapshot", "synthetic", "walk", "breakdown")
 
 
 def _use_shim(path):
@@ -203,6 +205,20 @@ def row_handshakes(a, out):
             f"{t['ratio_rounds']['min']:.2f}-{t['ratio_rounds']['max']:.2f}; server CPU ratio {t['cpu_ratio']:.2f}",
             fmt="{:.3f}x",
         )
+
+
+def row_breakdown(a, out):
+    """Where the speed rows' time goes: bench/shim_variants.py's variants side by side, quoted in the
+    ctx and asyncio rows' notes (not a goal row of its own)."""
+    import shim_variants
+
+    wanted = ("bare", "thread", "hooks", "guard", "young", "full", "run")
+    res = shim_variants.breakdown(["ctx", "asyncio"], 4 if a.quick else 6, wanted)
+    out["breakdown"] = res
+    for prefix, workload in (("create_default_context()", "ctx"), ("handshakes/s asyncio", "asyncio")):
+        for row in TABLE:
+            if row["figure"].startswith(prefix):
+                row["note"] += f"; of bare (shim_variants.py): {shim_variants.steps_sentence(res[workload])}"
 
 
 def row_snapshot(a, out):

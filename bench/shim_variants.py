@@ -12,13 +12,16 @@ Variants:
           patched, scope hooks (SSL_*, X509_STORE_*) and the listener thread, no block tracked
   guard   as hooks, but the allocator hooks also look up the thread's state and set its
           re-entrancy guard, as the real ones do before tracking
+  young   the shim tracking every block, but those that outlive their OpenSSL call are never put
+          in the block table nor counted: what the nursery's young blocks cost
   full    the shim as `run` preloads it (hooks/ as it is, the _shim_preload build)
   attach-build  the same code in the build `attach` injects (_shim: its thread-local state is reached
           through TLS descriptors, a call per access; setup.py)
   run     `tlsprof run` (asyncio only): the shim plus the Python agent and the collector's polling
 
 The shim copies are compiled by setup.py from a copy of hooks/ in a temp dir (hooks/ itself is
-never touched), with -DEXP_PASS or -DEXP_GUARD wrapped around the allocator hooks' bodies.
+never touched), with -DEXP_PASS or -DEXP_GUARD wrapped around the allocator hooks' bodies and
+-DEXP_YOUNG_ONLY around the start of tracking.c's track_now.
 Workloads:
   ctx      ms per ssl.create_default_context() (20 kept per process), bench/overhead_goals.py's row
   asyncio  the seed asyncio echo server's CPU per handshake (target process only; robust to other
@@ -39,11 +42,22 @@ import _servers
 import hsload
 from overhead_goals import CTX_LOOP  # the ctx row's own loop
 
-VARIANTS = ("bare", "thread", "hooks", "guard", "full", "attach-build", "run")
-SHIM_VARIANTS = {"hooks": "-DEXP_PASS", "guard": "-DEXP_GUARD", "full": ""}
+VARIANTS = ("bare", "thread", "hooks", "guard", "young", "full", "attach-build", "run")
+SHIM_VARIANTS = {"hooks": "-DEXP_PASS", "guard": "-DEXP_GUARD", "young": "-DEXP_YOUNG_ONLY", "full": ""}
+# what each step adds, for tables that quote the breakdown (overhead_goals.py)
+STEP_NAMES = {
+    "thread": "an idle thread",
+    "hooks": "hooks passing through",
+    "guard": "thread-state guard",
+    "young": "young blocks",
+    "full": "survivors in the table",
+    "attach-build": "TLS descriptors",
+    "run": "agent and polling",
+}
 
 IDLE_THREAD = "import threading, time\nthreading.Thread(target=time.sleep, args=(1e6,), daemon=True).start()\n"
 
+TRACK_NOW = "static void track_now(void *p, size_t n, uint32_t owner, uint16_t site, int measure, size_t usable)\n{\n"
 HOOK = re.compile(r"^(void \*|void )hook_(CRYPTO_\w+)\(([^)]*)\)\n\{\n", re.M)
 
 
@@ -88,6 +102,13 @@ def build(work):
         text = patch_alloc_hooks(f.read())
     with open(path, "w") as f:
         f.write(text)
+    path = os.path.join(src, "hooks", "tracking.c")
+    with open(path) as f:
+        text = f.read()
+    if TRACK_NOW not in text:
+        raise RuntimeError("hooks/tracking.c changed: update bench/shim_variants.py's patch")
+    with open(path, "w") as f:
+        f.write(text.replace(TRACK_NOW, TRACK_NOW + "#ifdef EXP_YOUNG_ONLY\n    return;\n#endif\n"))
     out = {}
     for name, define in SHIM_VARIANTS.items():
         dest = os.path.join(work, name)
@@ -196,17 +217,30 @@ def main(argv=None):
     if unknown:
         print(f"shim_variants: unknown workload or variant: {', '.join(unknown)}", file=sys.stderr)
         return 2
+    results = breakdown(workloads, a.rounds, wanted)
+    _common.save("shim_variants", {"params": vars(a), "results": results})
+    return 0
+
+
+def breakdown(workloads, rounds, wanted=VARIANTS):
+    """{workload: {variant: {values, median, ratio, step}}}, each workload's variants in VARIANTS
+    order, measured side by side."""
     work = tempfile.mkdtemp(prefix="tlsprof-variants-")
     try:
         libs = build(work)
         results = {}
         for w in workloads:
             variants = [v for v in VARIANTS if v in wanted and (v != "run" or w == "asyncio")]
-            results[w] = measure(w, variants, libs, work, a.rounds)
-        _common.save("shim_variants", {"params": vars(a), "results": results})
+            results[w] = measure(w, variants, libs, work, rounds)
+        return results
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+
+
+def steps_sentence(result):
+    """ "an idle thread +4.5 %, ..." : what each variant adds, in % of bare."""
+    bare = result["bare"]["median"]
+    return ", ".join(f"{STEP_NAMES[v]} {100 * r['step'] / bare:+.1f} %" for v, r in result.items() if v != "bare")
 
 
 if __name__ == "__main__":

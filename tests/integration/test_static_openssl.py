@@ -231,7 +231,9 @@ def _within(value, truth, tolerance=TOLERANCE):
 
 def _check_node_walked(report, truth, n=NODE_CONNECTIONS):
     per = report["per_connection"]
-    assert per["connections"] >= 0.95 * n, per
+    # seen twice in CI (0 connections, here and in the ca-store test; not reproduced alone): say
+    # what the last look's walk did
+    assert per["connections"] >= 0.95 * n, (per, report.get("walk"), report.get("notes"), report["_stderr"][-2000:])
     assert per["measured"] == "walked"
     assert report["walk"]["status"] == "ok" and report["walk"]["connections"] >= 0.95 * n
     # the server's context is made before the baseline: the connection's own bytes are its growth

@@ -7,7 +7,7 @@ process. The two differ in how they reach their thread-local state (every alloca
 - _shim (attach: dlopen'ed into a running process) asks through TLS descriptors, a call per access,
   because a library loaded late may find no room left in the static TLS block;
 - _shim_preload (run: LD_PRELOAD) is loaded with the program, when its TLS gets a place in the
-  static block: initial-exec, no call (0.7 ms of a 22 ms context build, bench/shim_variants.py).
+  static block: initial-exec, no call (0.5 ms of a 22 ms context build, bench/shim_variants.py).
 """
 
 import os

@@ -12,8 +12,8 @@ Variants:
           patched, scope hooks (SSL_*, X509_STORE_*) and the listener thread, no block tracked
   guard   as hooks, but the allocator hooks also look up the thread's state and set its
           re-entrancy guard, as the real ones do before tracking
-  young   the shim tracking every block, but those that outlive their OpenSSL call are never put
-          in the block table nor counted: what the nursery's young blocks cost
+  young   the shim tracking every block, but none is ever put in the block table nor counted
+          (those that outlive their OpenSSL call, those counted at once): what young blocks cost
   full    the shim as `run` preloads it (hooks/ as it is, the _shim_preload build)
   attach-build  the same code in the build `attach` injects (_shim: its thread-local state is reached
           through TLS descriptors, a call per access; setup.py)
@@ -52,7 +52,7 @@ STEP_NAMES = {
     "young": "young blocks",
     "full": "survivors in the table",
     "attach-build": "TLS descriptors",
-    "run": "agent and polling",
+    "run": "agent (creation capture, scans) and polling",
 }
 
 IDLE_THREAD = "import threading, time\nthreading.Thread(target=time.sleep, args=(1e6,), daemon=True).start()\n"

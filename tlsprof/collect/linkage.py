@@ -70,9 +70,9 @@ def fetch(channel_dir: str, pid: int, timeout: float = 10.0, fresh: bool = False
 
     An agent snapshot holds the target's GIL while it runs, so requests are throttled: when the last
     one took T s the previous answer is reused for the next T/DUTY s (DUTY per kind). Objects and
-    pointers come from the cheap request (`SNAPSHOT noleaks`); reachability and referrer chains (a walk over every gc
-    object) from the full one, which is asked less often, first after FULL_FIRST_AFTER_S, and
-    merged in by pointer. `fresh` (the session's last look before it ends) asks the full request
+    pointers come from the cheap request (`SNAPSHOT noleaks`); reachability and referrer chains (a
+    walk over every gc object) from the full one, which is asked less often, first after
+    FULL_FIRST_AFTER_S, and merged in by pointer. `fresh` (the session's last look before it ends) asks the full request
     now whatever the throttle says."""
     path = agent_socket_path(channel_dir, pid)
     if not os.path.exists(path):

@@ -1,6 +1,7 @@
 """OpenSSL linked statically into another object (issue: statically linked OpenSSL): pip's
 cryptography wheel under pyOpenSSL/Twisted, node's `tls`; and Debian's Twisted on the system libssl."""
 
+import json
 import os
 import shutil
 import signal
@@ -39,7 +40,7 @@ def _profile(cmd, ready, report, n, tmp_path, client_args=()):
         stderr=errors,
         text=True,
     )
-    clients = None
+    clients, lost_before_stop = None, None
     try:
         port = int(_wait_file(ready, tool))
         clients = start_clients(port, n, *client_args, interval=2)
@@ -47,6 +48,7 @@ def _profile(cmd, ready, report, n, tmp_path, client_args=()):
         import psutil
 
         target = psutil.Process(tool.pid).children()[0]
+        lost_before_stop = "connection lost" in clients.stderr()
         tool.send_signal(signal.SIGTERM)
         try:
             tool.wait(30)
@@ -62,7 +64,31 @@ def _profile(cmd, ready, report, n, tmp_path, client_args=()):
     errors.seek(0)
     report = load_checked(report)
     report["_stderr"] = errors.read()
+    report["_clients_lost_before_stop"] = lost_before_stop
     return report
+
+
+def _walk_digest(report) -> str:
+    """What the last look's walk did, short enough for pytest to print whole (a node run counted
+    0 and 132 of 200 connections twice in CI, never alone); the full report goes to stdout."""
+    print(json.dumps({k: v for k, v in report.items() if k not in ("sites",)}, indent=1, default=str)[:20000])
+    w = report.get("walk") or {}
+    keys = (
+        "status",
+        "reason",
+        "contexts",
+        "connections",
+        "faults",
+        "bad_regions",
+        "chunks",
+        "heap_bytes",
+        "walk_ms_total",
+    )
+    return (
+        f"report: {report['per_connection']['connections']} connections; walk: "
+        + ", ".join(f"{k}={w.get(k)}" for k in keys if k in w)
+        + f"; clients lost a connection before the stop: {report.get('_clients_lost_before_stop')}"
+    )
 
 
 def _copy(report, kind):
@@ -233,7 +259,7 @@ def _check_node_walked(report, truth, n=NODE_CONNECTIONS):
     per = report["per_connection"]
     # seen twice in CI (0 connections, here and in the ca-store test; not reproduced alone): say
     # what the last look's walk did
-    assert per["connections"] >= 0.95 * n, (per, report.get("walk"), report.get("notes"), report["_stderr"][-2000:])
+    assert per["connections"] >= 0.95 * n, _walk_digest(report)
     assert per["measured"] == "walked"
     assert report["walk"]["status"] == "ok" and report["walk"]["connections"] >= 0.95 * n
     # the server's context is made before the baseline: the connection's own bytes are its growth
@@ -339,10 +365,7 @@ def test_node_context_per_connection_gets_ca_store_finding(tmp_path, cert_pair, 
         client_args=sni,
     )
     # seen once in CI (0 connections, not reproduced): say whether the last look's walk ran
-    assert report["per_connection"]["connections"] >= 0.95 * NODE_CONNECTIONS, (
-        report.get("notes"),
-        report["_stderr"][-2000:],
-    )
+    assert report["per_connection"]["connections"] >= 0.95 * NODE_CONNECTIONS, _walk_digest(report)
     [finding] = [f for f in report["findings"] if f["id"] == "ca-store-per-connection"]
     assert finding["evidence"]["contexts"] >= 0.95 * NODE_CONNECTIONS
     assert _within(finding["saving_bytes"], measured), (

@@ -280,12 +280,13 @@ static void child_walk(int fd, uint64_t fork_ns)
     out_put(&o,
             "stat fork_us %llu\nstat walk_ms %llu\nstat chunks %zu\nstat heap_bytes %llu\n"
             "stat in_use_bytes %lld\nstat free_bytes %llu\nstat tcache_chunks %llu\nstat arenas %d\n"
-            "stat thread_heaps %d\nstat mmapped_chunks %d\nstat bad_regions %d\nstat contexts %zu\n"
+            "stat thread_heaps %d\nstat mmapped_chunks %d\nstat arena_pieces %d\nstat bad_regions %d\n"
+            "stat contexts %zu\n"
             "stat connections %zu\nstat ctx_chunk %zu\nstat ssl_chunk %zu\n",
             (unsigned long long)(fork_ns / 1000), (unsigned long long)((now_ns() - t0) / 1000000), w.n,
             (unsigned long long)w.heap_bytes, (long long)in_use, (unsigned long long)w.free_bytes,
-            (unsigned long long)w.tcache_chunks, w.arenas, w.heaps, w.mmapped, w.bad_regions, n_ctx, n_ssl,
-            first_usable()->ctx_chunk, first_usable()->ssl_chunk);
+            (unsigned long long)w.tcache_chunks, w.arenas, w.heaps, w.mmapped, w.arena_pieces, w.bad_regions, n_ctx,
+            n_ssl, first_usable()->ctx_chunk, first_usable()->ssl_chunk);
     /* which OpenSSL each object is from: "shared" (libssl) or the object holding a static copy */
     for (int c = 0; c < n_apis; c++) {
         if (!apis[c].usable) {

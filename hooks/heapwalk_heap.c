@@ -188,15 +188,45 @@ static int walk_thread_heap(struct walk *w, const struct mapping *m)
     return 0;
 }
 
-static void walk_mmapped(struct walk *w, const struct mapping *m)
+/* Where the chain of chunks from p stops: `end` when it reaches it exactly, else the last page
+ * boundary it reached cleanly (glibc maps the main arena's pieces and mmapped chunks in whole
+ * pages), before an mmapped chunk there; p itself when nothing from p is a chain. */
+static uintptr_t piece_end(uintptr_t p, uintptr_t end)
 {
-    uintptr_t p = m->lo;
-    while (p + 4096 <= m->hi) {
-        size_t head = word(p + 8), sz = head & ~(size_t)7;
-        if (word(p) != 0 || (head & 7) != 2 || sz < 4096 || (sz & 4095) || sz > m->hi - p) return;
-        add_chunk(w, p, sz);
-        w->mmapped++;
+    uintptr_t first = p, last_page = p;
+    while (p + 16 <= end) {
+        if (p != first && !(p & (PAGE - 1))) {
+            last_page = p;
+            if (word(p) == 0 && (word(p + 8) & 7) == 2) return p; /* an mmapped chunk begins */
+        }
+        size_t sz = word(p + 8) & ~(size_t)7;
+        if (sz < 16 || (sz & 15) || sz > end - p) break;
         p += sz;
+    }
+    return p == end ? end : last_page;
+}
+
+/* An anonymous mapping that is no thread heap: mmapped chunks (IS_MMAPPED, whole pages), and the
+ * pieces a main arena that could not grow with brk continues in (mapped by glibc, PREV_INUSE on
+ * their first chunk; node's heap meets a mapping of V8's in about one run in ten). The kernel
+ * merges neighbours of both kinds, and the application's own anonymous memory (Python's arenas),
+ * into one mapping: each page that does not continue a chain is looked at as the start of one.
+ * Both kinds start with a zero word (no chunk before them). */
+static void walk_anonymous(struct walk *w, const struct mapping *m)
+{
+    for (uintptr_t p = m->lo; p + 32 <= m->hi;) {
+        size_t head = word(p + 8), sz = head & ~(size_t)7;
+        uintptr_t end = p;
+        if (word(p) == 0 && (head & 7) == 2 && sz >= PAGE && !(sz & (PAGE - 1)) && sz <= m->hi - p) {
+            add_chunk(w, p, sz);
+            w->mmapped++;
+            end = p + sz;
+        } else if (word(p) == 0 && (head & 7) == 1 && sz >= MIN_CHUNK && (end = piece_end(p, m->hi)) > p) {
+            walk_chunks(w, p, end, 0);
+            w->arena_pieces++;
+        }
+        if (end > p) w->heap_bytes += end - p;
+        p = end > p ? end : p + PAGE;
     }
 }
 
@@ -231,9 +261,7 @@ int collect_chunks(struct walk *w)
                 w->heap_bytes += word(m->lo + 16);
                 continue;
             }
-            size_t before = w->n;
-            walk_mmapped(w, m);
-            for (size_t k = before; k < w->n; k++) w->heap_bytes += w->size[k];
+            walk_anonymous(w, m);
         }
     }
     return 0;

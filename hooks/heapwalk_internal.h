@@ -14,6 +14,7 @@
 #define HEAP_MAX (64ul << 20) /* glibc's HEAP_MAX_SIZE on 64-bit: thread heaps are aligned to it */
 #define HEAP_INFO_SIZE 48     /* sizeof(heap_info), padded to MALLOC_ALIGNMENT */
 #define MIN_CHUNK 32
+#define PAGE 4096ul
 #define SIG_WORDS 16            /* words of an SSL_METHOD compared */
 #define EX_DATA_SLOTS 8         /* application ex_data slots treated as barriers */
 #define RECORD_BUFFER_MIN 16384 /* a record buffer holds a whole TLS record (16 KiB + overhead) */
@@ -113,7 +114,7 @@ struct walk {
     uint32_t *queue;
     size_t q_head, q_tail;
     uint64_t heap_bytes, free_bytes, tcache_chunks;
-    int arenas, heaps, mmapped, bad_regions;
+    int arenas, heaps, mmapped, arena_pieces, bad_regions;
 };
 
 static inline uintptr_t word(uintptr_t p) { return *(const uintptr_t *)p; }

@@ -76,6 +76,33 @@ def test_walk_finds_every_context_and_its_ca_store_on_a_ctx_per_connection_serve
     print(f"pause {walk['pause_us']} us, walk {walk['walk_ms_total']} ms, heap {walk['heap_bytes']} B")
 
 
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc (make test installs it)")
+def test_walk_follows_a_main_arena_that_could_not_grow_with_brk(spawn, tmp_path):
+    """A mapping above the heap stops brk; glibc's main arena goes on in pieces it maps, which the
+    kernel merges with Python's own arenas and mmapped chunks (tests/workloads/brk_wall.c). Node
+    meets this in about one run in ten, and the walk then found none of its connections. The walk
+    finds every connection in those pieces, and measures each as it does for the same server
+    without the wall."""
+    wall = tmp_path / "brk_wall.so"
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-O1", "-o", str(wall), os.path.join(WORKLOADS, "brk_wall.c")],
+        check=True,
+        timeout=120,
+    )
+    per = {}
+    for name, env in (("walled", {"LD_PRELOAD": str(wall)}), ("plain", {})):
+        server = spawn.server(env=env)
+        spawn.clients(server.port, N, interval=IDLE)
+        report, _ = _attach_report(server.pid, tmp_path / f"{name}.json", 0.5)
+        walk = report["walk"]
+        assert walk["status"] == "ok" and walk["connections"] == N and walk["contexts"] >= 1, walk
+        assert len(_walked(report["connections"])) == N
+        per[name] = (report["per_connection"]["bytes"], walk.get("arena_pieces", 0))
+        server.stop()
+    assert per["walled"][1] >= 1 and per["plain"][1] == 0, per  # the wall did stop brk
+    assert abs(per["walled"][0] - per["plain"][0]) <= 0.02 * per["plain"][0], per
+
+
 def _tracked_per_connection(spawn, tmp_path, *server_args):
     """What `tlsprof run` tracks per connection for the same workload, from the first byte."""
     path = tmp_path / "tracked.json"

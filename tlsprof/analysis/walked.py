@@ -49,6 +49,7 @@ def walk_summary(walk) -> dict:
         "arenas",
         "thread_heaps",
         "mmapped_chunks",
+        "arena_pieces",
         "tcache_chunks",
         "bad_regions",
         "contexts",

@@ -33,6 +33,17 @@ def tlsprof_bin():
     return exe if os.path.exists(exe) else shutil.which("tlsprof")
 
 
+def wait_channel_socket(channel_dir, pid, timeout=20):
+    """The shim's channel socket of pid in channel_dir, once it exists (RuntimeError after timeout)."""
+    sock = os.path.join(channel_dir, f"{pid}.sock")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(sock):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no channel socket {sock}")
+        time.sleep(0.05)
+    return sock
+
+
 def memray_available(install=True):
     """memray importable in this interpreter; installs it on demand (bench-only dependency)."""
     probe = [sys.executable, "-c", "import memray"]

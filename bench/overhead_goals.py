@@ -63,16 +63,6 @@ def _preload_env():
     return launch.preload_env(channel_dir), channel_dir
 
 
-def _wait_sock(channel_dir, pid, timeout=20):
-    sock = os.path.join(channel_dir, f"{pid}.sock")
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(sock):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no channel socket {sock}")
-        time.sleep(0.05)
-    return sock
-
-
 def _stats(sock, timeout=60):
     from tlsprof.collect import client
 
@@ -107,7 +97,7 @@ def row_rss(a, out):
                 time.sleep(1)
                 res[f"{mode}_rss"] = tlsenv.rss_bytes(client.pid)
                 if mode == "tracked":
-                    res["tracker"] = _tracker_split(_stats(_wait_sock(channel_dir, client.pid)))
+                    res["tracker"] = _tracker_split(_stats(_common.wait_channel_socket(channel_dir, client.pid)))
             finally:
                 client.stop()
                 if channel_dir:
@@ -276,7 +266,7 @@ def _synthetic(n, fn):
         line = p.stdout.readline()  # bounded by the objects' creation; the process exits on error
         if not line.startswith("ready"):
             raise RuntimeError(f"synthetic target did not start: {line!r}")
-        return fn(p.pid, _wait_sock(channel_dir, p.pid))
+        return fn(p.pid, _common.wait_channel_socket(channel_dir, p.pid))
     finally:
         p.stdin.close()
         try:

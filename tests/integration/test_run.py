@@ -210,6 +210,28 @@ def test_bad_run_input_gives_one_line_and_nonzero(argv):
         assert len(lines) == 1 and "/no/such/cmd" in lines[0]
 
 
+def test_long_tmpdir_still_gets_snapshots(tmp_path):
+    """TMPDIR too long for the channel's socket path (a sockaddr_un holds 107 bytes; pytest's own
+    temp directories come close): the channel directory goes to /tmp instead, and the session sees
+    the target's contexts rather than "no snapshot was taken"."""
+    long_tmp = tmp_path / ("t" * (100 - len(str(tmp_path))))
+    long_tmp.mkdir()
+    report_path = tmp_path / "r.json"
+    program = "import ssl, time\nkeep = [ssl.create_default_context() for _ in range(3)]\ntime.sleep(1.5)\n"
+    out = subprocess.run(
+        [*tlsprof_run(report_path, at="last"), sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(long_tmp)},
+    )
+    assert out.returncode == 0, out.stderr
+    report = load_checked(report_path)
+    assert not any("no snapshot" in n for n in report["notes"]), report["notes"]
+    assert len(report["contexts"]) == 3, report["contexts"]
+    assert not any(long_tmp.iterdir()), "a channel directory was made in the long TMPDIR"
+
+
 def test_corrupt_report_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"schema": "tlsprof.report/1", "totals": ')

@@ -20,6 +20,10 @@ import stat
 from tlsprof.errors import ShimNotLoadable, UnsafeChannelDir
 
 BASE = "/tmp"
+# The longest channel directory the shim serves in: its socket `<dir>/<pid>.sock` (and the agent's
+# `<pid>.py.sock`) must fit a sockaddr_un (108 bytes); channel_start (hooks/channel.c) refuses a
+# directory when strlen(dir) + 24 > 108.
+MAX_DIR_LEN = 108 - 24
 
 
 def channel_dir_path(uid: int) -> str:

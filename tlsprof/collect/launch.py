@@ -14,7 +14,14 @@ _bundles = []  # held for as long as tlsprof runs: a child may exec a preloaded 
 
 
 def private_dir(prefix="tlsprof-run-") -> str:
-    return tempfile.mkdtemp(prefix=prefix)  # mode 0700, ours: the shim refuses anything else
+    """A new directory of mode 0700, ours (the shim refuses anything else), in TMPDIR when the
+    sockets' paths fit there, else in /tmp: a Unix socket's path is at most 107 bytes, and the shim
+    gives up on a longer directory (hooks/channel.c) without a word, which would leave the session
+    without a single snapshot."""
+    base = tempfile.gettempdir()
+    if len(os.path.join(base, prefix + "x" * 8)) > channel_paths.MAX_DIR_LEN:
+        base = channel_paths.BASE
+    return tempfile.mkdtemp(prefix=prefix, dir=base)
 
 
 def _bundle():

@@ -362,3 +362,66 @@ def test_signal_during_the_injection(cert_dir, tmp_path):
             p.kill()
             p.wait()
         server.stop()
+
+
+# ---- a report file that cannot be written ------------------------------------------------------
+
+
+def test_unwritable_report_path_is_refused_before_the_target_starts(tmp_path):
+    """-o in a directory that does not exist: one line and exit code 2 before CMD runs, not after
+    it ran for hours (run), and before anything touches the target (attach)."""
+    marker = tmp_path / "started"
+    bad = tmp_path / "missing" / "r.json"
+    p = subprocess.run(
+        [*run_wrapper(bad), sys.executable, "-c", f"open({str(marker)!r}, 'w')"],
+        capture_output=True,
+        text=True,
+        timeout=EXIT_WAIT,
+    )
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.splitlines() == [f"tlsprof: -o: cannot write {bad}: No such file or directory"], p.stderr
+    assert not marker.exists(), "the target was started"
+    p = subprocess.run([*run_wrapper(tmp_path), "true"], capture_output=True, text=True, timeout=EXIT_WAIT)
+    assert p.returncode == 2 and p.stderr.strip() == f"tlsprof: -o: {tmp_path} is a directory, not a report file"
+    target = subprocess.Popen(["sleep", "60"])
+    try:
+        p = subprocess.run(
+            [*TLSPROF, "attach", str(target.pid), "-o", str(bad)], capture_output=True, text=True, timeout=EXIT_WAIT
+        )
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.startswith("tlsprof: -o: cannot write") and "Traceback" not in p.stderr
+    finally:
+        target.kill()
+        target.wait(10)
+
+
+def test_report_directory_gone_at_the_end_keeps_the_report(tmp_path):
+    """The report's directory was writable at the start and is gone when the target exits (a
+    cleanup job, a full disk): the report goes to the temp directory, the error names it, and the
+    exit status says the report is not where it was asked for."""
+    out_dir = tmp_path / "reports"
+    out_dir.mkdir()
+    spare_dir = tmp_path / "tmp"
+    spare_dir.mkdir()
+    program = (
+        "import shutil, ssl, sys, time\n"
+        "keep = [ssl.create_default_context() for _ in range(3)]\n"
+        "time.sleep(1.5)\n"
+        "shutil.rmtree(sys.argv[1])\n"
+    )
+    p = subprocess.run(
+        [*run_wrapper(out_dir / "r.json"), sys.executable, "-c", program, str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=EXIT_WAIT,
+        env={**os.environ, "TMPDIR": str(spare_dir)},
+    )
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"tlsprof: cannot write report {out_dir / 'r.json'}: "), p.stderr
+    spares = list(spare_dir.glob("tlsprof-report-*.json"))
+    assert len(spares) == 1 and last.endswith(f"; the report is in {spares[0]} instead"), (last, spares)
+    report = load_checked(spares[0])
+    assert report["target"]["command"][-1] == str(out_dir)
+    assert len(report["contexts"]) == 3, report["contexts"]

@@ -84,6 +84,10 @@ def run(args) -> int:
         raise UsageError("--duration must be positive")
     if not (0.05 <= args.interval <= 3600):
         raise UsageError("--interval must be between 0.05 and 3600 seconds")
+    if args.output:  # a report file that cannot be written is refused before anything touches the target
+        from tlsprof.model.report_io import check_writable
+
+        check_writable(args.output)
     if args.pprof:  # a directory that cannot be written is refused before anything touches the target
         from tlsprof.render.pprof import check_directory
 

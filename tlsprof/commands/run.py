@@ -84,6 +84,8 @@ def _command(args):
         raise UsageError("no command given: use `tlsprof run -- CMD [ARGS...]`")
     if not (0.05 <= args.interval <= 3600):
         raise UsageError("--interval must be between 0.05 and 3600 seconds")
+    if args.output:  # refused before the target starts, not after it ran for hours
+        report_io.check_writable(args.output)
     return cmd
 
 
@@ -290,7 +292,7 @@ def emit_report(report, args, stream=None):
     `run` shows it on stderr (stdout belongs to the target); `attach` may pass stdout."""
     stream = stream or sys.stderr
     if args.output:
-        report_io.save_report(report, args.output)
+        report_io.save_report_or_elsewhere(report, args.output)
         tell(f"tlsprof: report written to {args.output}")
     elif args.format == "json":
         stream.write(report_io.dumps(report) + "\n")

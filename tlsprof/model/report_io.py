@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 
-from tlsprof.errors import BadReport, TlsprofError
+from tlsprof.errors import BadReport, TlsprofError, UsageError
 from tlsprof.model.schema import validate_report
 
 # A report of 100k connections is a few tens of MB; anything far larger is not a report.
@@ -96,6 +96,39 @@ def write_atomically(path, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def check_writable(path) -> None:
+    """`-o FILE` of a profiling session, asked before anything touches the target: a report that
+    could only fail to be written after an hour of profiling would be lost. Tries what save_report
+    will do (a temp file in the same directory), and refuses a directory or a file it may not replace."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UsageError(f"-o: {path} is a directory, not a report file")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tlsprof-", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise UsageError(f"-o: cannot write {path}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def save_report_or_elsewhere(doc, path) -> None:
+    """save_report, and when `path` cannot be written after all (its directory gone, a full disk),
+    the report is kept in the temp directory: the error says where, and is still an error."""
+    try:
+        save_report(doc, path)
+    except BadReport:
+        raise
+    except TlsprofError as exc:
+        try:
+            fd, spare = tempfile.mkstemp(prefix=f"tlsprof-report-{os.getpid()}-", suffix=".json")
+            os.close(fd)
+            save_report(doc, spare, validate=False)
+        except (OSError, TlsprofError):
+            raise exc from None
+        raise TlsprofError(f"{exc}; the report is in {spare} instead") from None
 
 
 def save_report(doc, path, validate: bool = True) -> None:

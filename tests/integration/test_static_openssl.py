@@ -465,3 +465,22 @@ def test_run_of_stripped_static_copy_says_so(stripped_static_program, tmp_path):
     lines = [line for line in err.splitlines() if "(static, no symbols)" in line]
     assert len(lines) == 1 and "none of its memory or connections is seen" in lines[0]
     assert any("(static, no symbols)" in n for n in load_checked(report)["notes"])
+
+
+def test_shared_libcrypto_is_never_taken_for_a_stripped_copy(stripped_static_program):
+    """A run's first snapshot may be answered before the target loads libcrypto and its maps read
+    just after: the shared libcrypto carries OpenSSL's version text too, but its symbols say it is
+    hooked, and no "(static, no symbols)" note may follow (one did, at --interval 0.1)."""
+    import ssl  # noqa: F401 (this process maps the shared libcrypto)
+
+    from tlsprof.collect.inject.target_facts import _maps, _stripped_openssl
+
+    mine = _maps(os.getpid())
+    assert any(os.path.basename(path).startswith("libcrypto.so") for _perms, path in mine)
+    assert _stripped_openssl(os.getpid(), mine) is None
+    proc = _start_stripped(stripped_static_program)
+    try:
+        assert _stripped_openssl(proc.pid, _maps(proc.pid)) == stripped_static_program
+    finally:
+        proc.kill()
+        proc.wait(30)

@@ -304,13 +304,15 @@ def _stripped_openssl(pid: int, maps: list) -> str | None:
         if os.path.basename(path).startswith(("libc.so", "ld-linux", "libm.so", "libpthread", "_shim")):
             continue
         real = f"/proc/{pid}/root{path}"
+        file = real if os.path.exists(real) else path
         try:
-            with (
-                open(real if os.path.exists(real) else path, "rb") as f,
-                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m,
-            ):
-                if _OPENSSL_VERSION_TEXT.search(m):
-                    return path
+            with open(file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                if not _OPENSSL_VERSION_TEXT.search(m):
+                    continue
         except (OSError, ValueError):
             continue
+        # a copy with its symbols (the shared libcrypto itself, mapped while a snapshot that saw
+        # no OpenSSL yet was being answered) is hooked or walked: not this
+        if not _elf_defines(file, b"CRYPTO_malloc"):
+            return path
     return None

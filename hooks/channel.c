@@ -1,5 +1,5 @@
-/* The channel: one thread blocked in accept() on <dir>/<pid>.sock (no polling: an unwatched target
- * pays no CPU). Each connection sends one command line and gets one text answer, then is closed.
+/* The channel's commands: each connection (accepted by listener.c) sends one command line and gets
+ * one text answer, then is closed.
  * Only the same uid (or root) is served; answers carry sizes, sites, addresses and counts only,
  * never payload or key material. */
 #define _GNU_SOURCE
@@ -21,12 +21,6 @@
 
 #include "shim.h"
 
-static int listen_fd = -1;
-static pthread_t listener;
-static int listener_running;
-static char sock_path[108];
-static char sock_dir[96];
-static pid_t sock_pid;
 
 static int (*detach_stop)(void); /* main.c's stop, handed down: the channel never calls up */
 static int exiting;
@@ -333,8 +327,9 @@ static int peer_allowed(int fd)
     return cred.uid == geteuid() || cred.uid == 0;
 }
 
-/* Returns 1 when the listener must stop. */
-static int serve(int fd)
+/* One connection of the listener's (listener.c): one command in, one answer out. Returns 1 when
+ * the listener must stop. */
+int channel_serve(int fd)
 {
     struct timeval tv = {2, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -381,103 +376,4 @@ static int serve(int fd)
     else if (b.failed) send_all(fd, "ERR out of memory\n", 18);
     free(b.p);
     return stop;
-}
-
-static void *listen_loop(void *arg)
-{
-    int lfd = (int)(intptr_t)arg;
-    for (;;) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED) continue;
-            break; /* closed or shut down by channel_stop */
-        }
-        int stop = serve(fd);
-        close(fd);
-        if (stop) break;
-    }
-    return NULL;
-}
-
-int channel_start(const char *dir)
-{
-    if (!dir || strlen(dir) + 24 > sizeof sock_path) return -1;
-    struct stat st;
-    /* the directory must be private: ours and nobody else's */
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || (st.st_mode & 077) || st.st_uid != geteuid()) return -2;
-    snprintf(sock_dir, sizeof sock_dir, "%s", dir);
-    snprintf(sock_path, sizeof sock_path, "%s/%d.sock", dir, (int)getpid());
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -3;
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock_path);
-    unlink(sock_path);
-    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) != 0 || chmod(sock_path, 0600) != 0 || listen(fd, 16) != 0) {
-        close(fd);
-        unlink(sock_path);
-        return -4;
-    }
-    /* the listener must not take the target's signals */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
-    int rc = pthread_create(&listener, &attr, listen_loop, (void *)(intptr_t)fd);
-    pthread_attr_destroy(&attr);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) {
-        close(fd);
-        unlink(sock_path);
-        return -5;
-    }
-    listen_fd = fd;
-    sock_pid = getpid();
-    listener_running = 1;
-    return 0;
-}
-
-int channel_running(void) { return listener_running; }
-
-/* From any thread but the listener: wake accept(), wait for it, remove the socket. */
-void channel_stop(void)
-{
-    if (!listener_running) return;
-    listener_running = 0;
-    shutdown(listen_fd, SHUT_RDWR);
-    if (!pthread_equal(listener, pthread_self())) pthread_join(listener, NULL);
-    else pthread_detach(listener);
-    close(listen_fd);
-    listen_fd = -1;
-    if (sock_pid == getpid()) unlink(sock_path);
-}
-
-/* The listener ends itself after DETACH: only tidy up. */
-void channel_release_from_listener(void)
-{
-    listener_running = 0;
-    pthread_detach(listener);
-    close(listen_fd);
-    listen_fd = -1;
-    if (sock_pid == getpid()) unlink(sock_path);
-}
-
-/* In a forked child the listener thread does not exist; the socket file is the parent's. */
-void channel_after_fork_child(void)
-{
-    if (!listener_running) return;
-    listener_running = 0;
-    close(listen_fd);
-    listen_fd = -1;
-    /* channel_start copies its argument into sock_dir: never pass sock_dir itself (an overlapping
-     * snprintf emptied it, and the child bound "/<pid>.sock" outside the private directory) */
-    char dir[sizeof sock_dir];
-    memcpy(dir, sock_dir, sizeof dir);
-    channel_start(dir);
-}
-
-__attribute__((destructor)) static void channel_cleanup(void)
-{
-    if (listener_running && sock_pid == getpid()) unlink(sock_path);
 }

@@ -1,9 +1,14 @@
 #pragma once
 #include "common.h"
 
-/* ---- channel.c ---- */
+/* ---- channel.c: the commands ---- */
+int channel_serve(int fd); /* 1: the listener must stop */
+
+/* ---- listener.c: the socket and its thread ---- */
 int channel_start(const char *dir);
 void channel_stop(void);
+int channel_pause(void);  /* 1: paused (setxid.c, through main.c) */
+int channel_resume(void); /* 0: serving again on the socket kept open */
 int channel_running(void);
 void channel_after_fork_child(void);
 void channel_release_from_listener(void); /* the listener ends itself after DETACH */

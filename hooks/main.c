@@ -141,18 +141,17 @@ int tlsprof_channel_pause(void)
 {
     if (!started_by_preload) return 0;
     pthread_mutex_lock(&start_lock);
-    int paused = tlsprof_active && channel_running();
-    if (paused) channel_stop();
+    int paused = tlsprof_active && channel_pause();
     pthread_mutex_unlock(&start_lock);
     return paused;
 }
 
-/* ...and starts it again once they changed: in TLSPROF_DIR if it is still ours, else in the new
- * user's own directory. */
+/* ...and starts it again once they changed: on the socket kept open (the process may have chrooted
+ * since), else in TLSPROF_DIR if it is still ours, else in the new user's own directory. */
 void tlsprof_channel_resume(void)
 {
     pthread_mutex_lock(&start_lock);
-    if (tlsprof_active && !channel_running() && channel_start(preload_dir) == -2) {
+    if (tlsprof_active && !channel_running() && channel_resume() != 0 && channel_start(preload_dir) == -2) {
         char own[96];
         if (own_uid_dir(own, sizeof own) == 0) channel_start(own);
     }

@@ -7,7 +7,8 @@
  * circle runs between the .c files; docs/shim-layout.md draws the same picture.
  *
  *   main.c setxid.c          start, stop, fork safety; hands the tables and callbacks down
- *   channel.c                the socket: commands in, text answers out
+ *   listener.c               the socket and its thread (re-made when the target takes it)
+ *   channel.c                the commands: one line in, one text answer out
  *   heapwalk*.c pyagent.c    WALK (memory older than the hooks); the Python agent after attach
  *   hook_table.c             the patch table, from the one list of hooked functions
  *   hooks_*.c                thin hooks: push a scope, call the real function, hand blocks over

@@ -222,3 +222,106 @@ def test_exec_with_preload_removed_runs_untracked(tmp_path):
         assert len(os.listdir(f"/proc/{p.pid}/task")) == 1  # no listener thread carried along
     finally:
         p.stop()
+
+
+# ---- a daemon that closes every inherited descriptor -----------------------------------------------
+
+DAEMON = textwrap.dedent("""
+    import os, socket, ssl, sys, time
+    port_file, drop = sys.argv[1], sys.argv[2] == "drop"
+    first = ssl.create_default_context()
+    time.sleep(1.0)  # tlsprof has polled shim and agent a few times
+    os.closerange(3, 4096)  # what daemons do: every inherited descriptor goes, ours with them
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(srv.getsockname()[1]))
+    os.rename(port_file + ".tmp", port_file)
+    if drop:  # bind as root, then drop privileges: the shim pauses its channel around setuid
+        os.setgid(65534)
+        os.setuid(65534)
+    srv.settimeout(30)
+    for _ in range(20):
+        c, _ = srv.accept()
+        c.sendall(b"hi")
+        c.close()
+    later = [ssl.create_default_context() for _ in range(2)]
+    time.sleep(2.0)  # snapshots of the contexts made after the descriptors went
+""")
+
+
+@pytest.mark.parametrize("drop", ["keep", "drop"])
+def test_daemon_closing_every_descriptor_keeps_its_sockets_and_the_channel(tmp_path, drop):
+    """The daemon's own listening socket gets the number the shim's socket had. tlsprof must never
+    accept on it, shut it down or close it (the shim's pause around setuid once shut a real server's
+    listening socket down: every client refused), and both channels come back on new descriptors:
+    the contexts made afterwards are in the report and joined to their Python objects."""
+    if drop == "drop" and os.geteuid() != 0:
+        pytest.skip("dropping privileges needs root")
+    script = tmp_path / "daemon.py"
+    script.write_text(DAEMON)
+    os.chmod(tmp_path, 0o755)  # the dropped user reads the script
+    port_file = tmp_path / "port"
+    out = tmp_path / "r.json"
+    p = subprocess.Popen(
+        [*TLSPROF, "run", "-o", str(out), "--interval", "0.2", "--", sys.executable, str(script), str(port_file), drop],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(port_file.exists, 30, "the daemon's port")
+        port = int(port_file.read_text())
+        answers = []
+        for _ in range(20):
+            import socket
+
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+                answers.append(c.recv(2))
+            time.sleep(0.05)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert answers == [b"hi"] * 20, answers
+    assert p.returncode == 0, err
+    report = json.loads(out.read_text())
+    assert len([c for c in report["contexts"] if c["alive"]]) == 3, report["contexts"]
+    assert report["python"]["joined_contexts"] == 3, report["python"]
+
+
+CHROOTED = textwrap.dedent("""
+    import os, ssl, sys, time
+    first = ssl.create_default_context()
+    time.sleep(1.0)
+    os.chroot(sys.argv[1])  # stunnel's and HAProxy's Debian configurations: chroot, then drop root
+    os.chdir("/")
+    os.setgid(65534)
+    os.setuid(65534)
+    later = [ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) for _ in range(2)]
+    time.sleep(2.0)
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot and dropping privileges need root")
+def test_chroot_then_setuid_keeps_the_channel(tmp_path):
+    """The shim pauses its listener around setuid; resumed inside a chroot it could not bind its
+    socket's path again, and tlsprof saw nothing after the chroot. The socket now stays open across
+    the pause: the contexts made in the chroot are in the report."""
+    script = tmp_path / "chrooted.py"
+    script.write_text(CHROOTED)
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    out = tmp_path / "r.json"
+    p = subprocess.run(
+        [*TLSPROF, "run", "-o", str(out), "--interval", "0.2", "--", sys.executable, str(script), str(jail)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    report = json.loads(out.read_text())
+    assert report["history"][-1]["t"] > 2.5, "no snapshot after the chroot"
+    assert len([c for c in report["contexts"] if c["alive"]]) == 3, report["contexts"]

@@ -128,6 +128,7 @@ def test_copy_is_content_named_readonly_and_reused(tmp_path):
             "agent/graph.py",
             "agent/ssl_objects.py",
             "agent/tracemalloc_ext.py",
+            "agent/listener.py",
             "agent/site/sitecustomize.py",
         ):
             path = os.path.join(first.root, rel)

@@ -20,7 +20,6 @@ layout on every object it reads: the `ctx` field of an _SSLSocket must be id() o
 
 import ctypes
 import gc
-import json
 import os
 import socket
 import sys
@@ -347,61 +346,58 @@ def socket_path(directory, pid=None):
     return os.path.join(directory, f"{pid or os.getpid()}.py.sock")
 
 
+_listener = _load_sibling("listener")
+own_channel_dir = _listener.own_channel_dir  # sitecustomize asks it before start()
+
+
+def _ours(sock):
+    return _listener.is_ours(sock, _state.get("sock_id"))
+
+
+def _bind(path):
+    sock, _state["sock_id"] = _listener.bind(path)
+    return sock
+
+
+def _relisten():
+    found = _listener.relisten(_state["dir"], socket_path, lambda: _state.get("stopped"))
+    if found is None:
+        return None
+    sock, _state["sock_id"], directory = found
+    if directory != _state["dir"]:  # the user changed: the new user's directory
+        import atexit
+
+        _state["dir"] = directory
+        atexit.register(_cleanup, socket_path(directory), os.getpid())
+    return sock
+
+
 def _serve(listener):
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        try:
-            conn.settimeout(10)
-            data = b""
-            while b"\n" not in data and len(data) < 256:
-                chunk = conn.recv(256)
-                if not chunk:
-                    break
-                data += chunk
-            words = data.decode("ascii", "replace").split()
-            cmd = words[0].upper() if words else ""
-            if cmd == "PING":
-                answer = {"agent": VERSION, "pid": os.getpid()}
-            elif cmd == "SNAPSHOT":
-                try:
-                    with _lock:
-                        answer = snapshot(want_leaks="noleaks" not in words)
-                except Exception as exc:  # never kill the thread
-                    answer = {"agent": VERSION, "pid": os.getpid(), "error": f"{type(exc).__name__}: {exc}"}
-            else:
-                answer = {"error": f"unknown request {cmd!r}"}
-            conn.sendall(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
-            if cmd == "SNAPSHOT" and "noleaks" not in words:
-                _give_heap_back()
-        except Exception:
-            pass
-        finally:
-            try:
-                conn.close()
-            except OSError:
-                pass
+    _listener.serve(listener, _state, _relisten, _answer)
+
+
+def _answer(words):
+    """(the JSON document for one request line, what to do once it is sent, or None)."""
+    cmd = words[0].upper() if words else ""
+    if cmd == "PING":
+        return {"agent": VERSION, "pid": os.getpid()}, None
+    if cmd != "SNAPSHOT":
+        return {"error": f"unknown request {cmd!r}"}, None
+    full = "noleaks" not in words
+    try:
+        with _lock:
+            return snapshot(want_leaks=full), _give_heap_back if full else None
+    except Exception as exc:  # never kill the thread
+        return {"agent": VERSION, "pid": os.getpid(), "error": f"{type(exc).__name__}: {exc}"}, None
 
 
 def _listen(directory):
     path = socket_path(directory)
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        s.bind(path)
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
-    s.listen(8)
+    s = _bind(path)
+    _state.update(sock=s, pid=os.getpid(), stopped=False)
     t = threading.Thread(target=_serve, args=(s,), name="tlsprof-agent", daemon=True)
     t.start()
-    _state.update(sock=s, thread=t, pid=os.getpid())
+    _state["thread"] = t
     import atexit
 
     atexit.register(_cleanup, path, os.getpid())
@@ -431,6 +427,13 @@ def _tell_shim_exiting():
 def _after_fork():
     try:
         _state["thread"] = None
+        inherited = _state.get("sock")
+        if inherited is not None:  # the parent's socket: closed here unless its number is another's now
+            if _ours(inherited):
+                inherited.close()
+            else:
+                _listener.let_go(inherited)
+        _state["sock"] = None
         if _state["dir"]:
             _listen(_state["dir"])
     except Exception:
@@ -441,9 +444,12 @@ def stop():
     """Undo start() (tlsprof detach): close the socket, restore the ssl classes. Never raises."""
     try:
         sock, directory = _state.get("sock"), _state.get("dir")
-        _state.update(sock=None, thread=None)
-        if sock is not None:
-            sock.close()  # the serving thread's accept() fails and it ends
+        _state.update(sock=None, thread=None, stopped=True)
+        if sock is not None and _ours(sock):
+            sock.shutdown(socket.SHUT_RDWR)  # the serving thread's accept() returns and it ends
+            sock.close()
+        elif sock is not None:
+            _listener.let_go(sock)
         if directory:
             _cleanup(socket_path(directory), os.getpid())
         _uninstall_capture()

@@ -52,6 +52,7 @@ AGENT_FILES = (
     ("agent/tracemalloc_ext.py", os.path.join(_HERE, "agent", "tracemalloc_ext.py")),
     ("agent/pyopenssl_capture.py", os.path.join(_HERE, "agent", "pyopenssl_capture.py")),
     ("agent/capture.py", os.path.join(_HERE, "agent", "capture.py")),
+    ("agent/listener.py", os.path.join(_HERE, "agent", "listener.py")),
     ("agent/site/sitecustomize.py", os.path.join(_HERE, "agent", "site", "sitecustomize.py")),
 )
 NAME_LEN = 16

@@ -15,9 +15,6 @@ def _tlsprof_start():
     if not directory or os.environ.get("TLSPROF_AGENT", "1") == "0":
         return
     try:
-        directory = _own_channel_dir(directory)
-        if directory is None:
-            return
         import importlib.util
 
         path = os.path.join(os.path.dirname(here), "agent.py")
@@ -27,35 +24,12 @@ def _tlsprof_start():
             mod = importlib.util.module_from_spec(spec)
             sys.modules["_tlsprof_agent"] = mod
             spec.loader.exec_module(mod)
+        directory = mod.own_channel_dir(directory)
+        if directory is None:
+            return
         mod.start(directory, tracemalloc_ext=os.environ.get("TLSPROF_TRACEMALLOC") == "1", capture=True)
     except BaseException:  # noqa: BLE001 - the target comes first
         pass
-
-
-def _own_channel_dir(directory):
-    """TLSPROF_DIR when it is ours; after a switch of users (setpriv, runuser) this user's private
-    directory under TLSPROF_UID_DIRS, as the shim does (hooks/main.c); None when neither is a
-    0700 directory owned by us."""
-    import os
-    import stat
-
-    for candidate in (directory, None):
-        if candidate is None:
-            base = os.environ.get("TLSPROF_UID_DIRS", "")
-            if not base.startswith("/"):
-                return None
-            candidate = os.path.join(base, "tlsprof-%d" % os.geteuid())
-            try:
-                os.mkdir(candidate, 0o700)
-            except OSError:
-                pass
-        try:
-            st = os.lstat(candidate)
-        except OSError:
-            continue
-        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
-            return candidate
-    return None
 
 
 def _tlsprof_chain():

@@ -20,12 +20,12 @@ import time
 from servers import base, clients  # noqa: F401  (re-exported)
 from servers.apache import Apache
 from servers.examples import AsyncioEcho, NodeEcho, ThreadedEcho, TwistedEcho
-from servers.haproxy import HAProxy
+from servers.haproxy import HAProxy, HAProxyChrooted
 from servers.mosquitto import Mosquitto
 from servers.nginx import Nginx
 from servers.postgresql import PostgreSQL
 from servers.s_server import OpenSSLSServer
-from servers.stunnel import Stunnel
+from servers.stunnel import Stunnel, StunnelChrooted
 
 SERVERS = {
     cls.name: cls
@@ -33,9 +33,11 @@ SERVERS = {
         Nginx,
         Apache,
         HAProxy,
+        HAProxyChrooted,
         PostgreSQL,
         OpenSSLSServer,
         Stunnel,
+        StunnelChrooted,
         Mosquitto,
         AsyncioEcho,
         ThreadedEcho,

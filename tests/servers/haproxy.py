@@ -47,3 +47,35 @@ class HAProxy(Server):
         with open(conf, "w") as f:
             f.write(CONFIG.format(port=port, pem=pem, backend_port=self.backend_port))
         return ["haproxy", "-db", "-f", conf]
+
+
+class HAProxyChrooted(HAProxy):
+    """As Debian's haproxy.cfg and systemd unit run it: master-worker (`-Ws`), the worker chrooted
+    to an empty directory and running as the `haproxy` user; the shim pauses its channel around
+    each change of credentials, inside the chroot."""
+
+    name = "haproxy-chroot"
+
+    def check_available(self):
+        super().check_available()
+        import pwd
+
+        from servers.base import ServerUnavailable
+
+        if os.geteuid() != 0:
+            raise ServerUnavailable("chroot and the haproxy user need root")
+        try:
+            pwd.getpwnam("haproxy")
+        except KeyError:
+            raise ServerUnavailable("no haproxy user: install the Debian package haproxy") from None
+
+    def command(self, port):
+        argv = super().command(port)
+        jail = os.path.join(self.workdir, "jail")
+        os.makedirs(jail, exist_ok=True)
+        conf = argv[-1]
+        with open(conf) as f:
+            text = f.read()
+        with open(conf, "w") as f:
+            f.write(text.replace("global\n", f"global\n    chroot {jail}\n    user haproxy\n    group haproxy\n", 1))
+        return ["haproxy", "-Ws", "-f", conf]

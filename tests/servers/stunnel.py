@@ -31,3 +31,35 @@ class Stunnel(Server):
         with open(conf, "w") as f:
             f.write(CONFIG.format(dir=self.workdir, port=port, backend_port=self.backend_port, cert=cert, key=key))
         return ["stunnel4", conf]
+
+
+class StunnelChrooted(Stunnel):
+    """As Debian's stunnel4 example configuration runs it: chrooted to an empty directory and
+    running as the `stunnel4` user, both after the configuration (and OpenSSL's contexts) is
+    loaded; the shim pauses its channel around setgid/setuid, inside the chroot."""
+
+    name = "stunnel-chroot"
+
+    def check_available(self):
+        super().check_available()
+        import pwd
+
+        from servers.base import ServerUnavailable
+
+        if os.geteuid() != 0:
+            raise ServerUnavailable("chroot and the stunnel4 user need root")
+        try:
+            pwd.getpwnam("stunnel4")
+        except KeyError:
+            raise ServerUnavailable("no stunnel4 user: install the Debian package stunnel4") from None
+
+    def command(self, port):
+        argv = super().command(port)
+        jail = os.path.join(self.workdir, "jail")
+        os.makedirs(jail, exist_ok=True)
+        conf = argv[-1]
+        with open(conf) as f:
+            text = "".join(line for line in f if not line.startswith("output"))  # no log outside the jail
+        with open(conf, "w") as f:
+            f.write(f"chroot = {jail}\nsetuid = stunnel4\nsetgid = stunnel4\n" + text)
+        return argv

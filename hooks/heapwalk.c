@@ -161,7 +161,13 @@ static void child_walk(int fd, uint64_t fork_ns)
     out_put(&o, "tlsprof-walk 1\n");
     out_flush(&o); /* a fault's own lines follow the header */
     phase = "reading the heap";
-    if (read_maps(&w) != 0 || collect_chunks(&w) != 0) {
+    int maps = read_maps(&w);
+    if (maps == -2) {
+        out_put(&o, "status failed\nreason /proc/self/maps cannot be opened (a chroot without /proc?)\nEND\n");
+        out_flush(&o);
+        return;
+    }
+    if (maps != 0 || collect_chunks(&w) != 0) {
         out_put(&o, "status failed\nreason the walk could not map its own memory\nEND\n");
         out_flush(&o);
         return;

@@ -71,7 +71,7 @@ int read_maps(struct walk *w)
     char *text = region(cap);
     if (!text) return -1;
     int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
+    if (fd < 0) return -2; /* a chroot without /proc (a daemon's jail) */
     size_t len = 0;
     for (;;) {
         ssize_t n = read(fd, text + len, cap - 1 - len);

@@ -165,7 +165,7 @@ const char *allocator_problem(char *why, size_t n);
 void out_flush(struct out *o);
 void out_put(struct out *o, const char *fmt, ...);
 void *region(size_t bytes);
-int read_maps(struct walk *w);
+int read_maps(struct walk *w); /* -2: /proc/self/maps cannot be opened */
 const struct mapping *mapping_of(const struct walk *w, uintptr_t p);
 int collect_chunks(struct walk *w);
 

@@ -276,6 +276,55 @@ def test_nginx_two_workers_200_http_keepalive(cert_pair, tmp_path):
     assert all(r["pid_before"] == r["pid_after"] and r["connections"]["delta"] == 0 for r in rows)
 
 
+# --- a command that daemonizes: nginx as its unit starts it (`daemon on`, the default) ---------------
+
+
+@pytest.mark.skipif(not os.path.exists(NGINX), reason="needs Debian's nginx (make test installs nginx-light)")
+def test_run_follows_a_command_that_daemonizes(cert_pair, tmp_path):
+    """`tlsprof run -- nginx` as people type it: nginx forks its master and exits 0 at once. tlsprof
+    follows what it left running (it ended with an empty report, "nginx exited after 0.0s"), counts
+    the workers' connections, and its SIGTERM stops the daemon it followed."""
+    cert, key = cert_pair
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.replace("daemon off;\n", "").format(dir=tmp_path, port=port, cert=cert, key=key))
+    out = tmp_path / "daemon.json"
+    tool = subprocess.Popen(
+        [*TLSPROF, "run", "-o", str(out), "--interval", "0.3", "--", NGINX, "-c", str(conf), "-p", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    pid_file = tmp_path / "nginx.pid"
+    socks = []
+    master = None
+    try:
+        wait_for(lambda: tool.poll() is None and pid_file.exists() and listening(port), 30, "daemonized nginx")
+        master = int(pid_file.read_text())
+        wait_for(lambda: len(_nginx_workers(master)) == 2, 30, "nginx's workers")
+        workers = sorted(w.pid for w in _nginx_workers(master))
+        socks = _http_keepalive(port, 40)
+        time.sleep(1.5)  # several snapshots of the settled connections
+        assert tool.poll() is None, "tlsprof ended when nginx's launcher exited"
+        stop_tlsprof(tool)
+        err = tool.stderr.read()
+    finally:
+        for s in socks:
+            s.close()
+        _kill_tree(tool)
+        if master is not None and psutil.pid_exists(master):
+            os.kill(master, signal.SIGKILL)
+    assert tool.returncode == 0, err
+    assert "nginx daemonized" in err, err
+    wait_for(lambda: not psutil.pid_exists(master), 30, "nginx's master to stop")
+    report = load_checked(out)
+    procs = {p["pid"]: p for p in report["processes"]}
+    assert report["per_connection"]["connections"] == 40, report["per_connection"]
+    assert set(workers) <= set(procs) and sum(procs[w]["connections"] for w in workers) == 40
+    assert any("daemonized" in n for n in report["notes"]), report["notes"]
+
+
 # --- PostgreSQL: a backend process per connection -------------------------------------------------
 
 

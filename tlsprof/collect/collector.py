@@ -1,5 +1,7 @@
 """The one collector loop: polls a session every `interval` seconds for `run`, `attach` and the live
-view alike, until the target exits, the session is told to stop, or a deadline passes.
+view alike, until the target exits, the session is told to stop, or a deadline passes. A started
+command that exits 0 leaving processes of its tree that serve a channel has daemonized (`nginx`,
+`apachectl start`, `stunnel`): they are the target from then on (target.py `Daemons`).
 
 Started targets (run) and attached ones differ only in what a stop signal means. A signal sent to
 tlsprof for a target it started is forwarded to it after one last snapshot, and no snapshot is taken
@@ -9,6 +11,7 @@ attached target a stop signal ends the session: one last look (with a fresh Pyth
 while the target runs on, as does the end of `--duration`.
 """
 
+import signal
 import subprocess
 import threading
 import time
@@ -73,7 +76,9 @@ def collect(
         wait = min(STEP_S, max(0.0, next_at - time.monotonic()))
         if target.owned:
             try:
-                return target.proc.wait(timeout=wait)
+                returncode = target.proc.wait(timeout=wait)
+                if stopping or not target.follow_daemons(session, returncode):
+                    return returncode
             except subprocess.TimeoutExpired:
                 pass
         elif stop_event is not None:
@@ -97,8 +102,11 @@ def collect(
             if first_stop and on_stop is not None:
                 on_stop()
             continue
-        if stops is not None and target.owned and stops.from_terminal:
+        if stops is not None and target.owned and stops.from_terminal and not stopping:
             stopping = True
+            if target.daemonized:  # out of the terminal's process group: Ctrl-C never reached them
+                _last_look(target, session)
+                target.proc.send_signal(signal.SIGTERM)
         if not target.owned and (
             (stops is not None and stops.stopping) or (until is not None and time.monotonic() >= until)
         ):

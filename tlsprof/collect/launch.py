@@ -7,6 +7,7 @@ import threading
 
 from tlsprof.collect import channel_paths, shim_copy
 from tlsprof.collect.shim import shim_path
+from tlsprof.collect.target import become_subreaper
 from tlsprof.errors import LaunchError
 
 UID_BRIDGE_PERIOD_S = 0.2
@@ -51,15 +52,16 @@ def preload_env(channel_dir: str, base=None, tracemalloc=False) -> dict:
     return env
 
 
-def _bridge_switched_users(proc: subprocess.Popen, channel_dir: str) -> None:
+def _bridge_switched_users(channel_dir: str) -> None:
     """Root only: link the sockets of tree processes that switched users into channel_dir (see
-    channel_paths.link_switched_uid_sockets) until the command ends."""
+    channel_paths.link_switched_uid_sockets) until the session ends. The tree is tlsprof's: the
+    command's, and what a daemonizing command left behind (tlsprof adopts it, target.py)."""
     stop = threading.Event()
 
     def loop():
-        while proc.poll() is None and not stop.wait(UID_BRIDGE_PERIOD_S):
+        while os.path.isdir(channel_dir) and not stop.wait(UID_BRIDGE_PERIOD_S):
             try:
-                channel_paths.link_switched_uid_sockets(channel_dir, proc.pid)
+                channel_paths.link_switched_uid_sockets(channel_dir, os.getpid())
             except OSError:
                 pass  # the run directory is gone: the session is over
 
@@ -92,6 +94,7 @@ def spawn(cmd, channel_dir: str, tracemalloc=False, user=None, **popen_kwargs) -
     if user:
         popen_kwargs.update(as_user(user, channel_dir))
     env = preload_env(channel_dir, tracemalloc=tracemalloc)
+    become_subreaper()  # a daemonizing command's processes stay in our tree
     try:
         proc = subprocess.Popen(cmd, env=env, **popen_kwargs)
     except FileNotFoundError:
@@ -103,5 +106,5 @@ def spawn(cmd, channel_dir: str, tracemalloc=False, user=None, **popen_kwargs) -
     except OSError as exc:
         raise LaunchError(f"cannot run {cmd[0]!r}: {exc.strerror}") from None
     if os.geteuid() == 0:
-        _bridge_switched_users(proc, channel_dir)
+        _bridge_switched_users(channel_dir)
     return proc

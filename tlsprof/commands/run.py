@@ -7,7 +7,10 @@ tlsprof, and SIGINT when not at a terminal, are forwarded to CMD. These signals 
 first snapshot, after CMD exited, with it, or while the report is being written; with -o it is
 written at the first such signal already, and again when CMD exits. Processes CMD starts inherit the
 shim and are tracked with their own channel; the report describes the whole tree: every process
-that loads OpenSSL has a `processes[]` entry and the headline is over all their connections.
+that loads OpenSSL has a `processes[]` entry and the headline is over all their connections. A CMD
+that daemonizes (exits 0 leaving processes running: `nginx`, `stunnel`, `haproxy -D`) is followed:
+tlsprof adopts what it left (a child subreaper), profiles it until it exits, and a stop signal goes to
+it (Ctrl-C too, as it left the terminal's process group).
 `--walk`: at the last look (a stop signal sent to tlsprof) the heap is walked too and each context
 and connection carries its walked bytes beside its tracked ones (docs/heap-walk.md).
 """
@@ -105,6 +108,7 @@ def _run(args, cmd, stops: StopSignals) -> int:
     channel_dir = launch.private_dir()
     live = args.live and sys.stdout.isatty()
     log = None
+    daemonized_note = None
     try:
         session = Session(channel_dir, None, cmd, mode="run")
         source = ReportSource(session)
@@ -150,14 +154,26 @@ def _run(args, cmd, stops: StopSignals) -> int:
                 def last_look():
                     _walk_last_look(session, walk_found, asked=getattr(args, "walk", False))
 
+                target = Target(
+                    proc,
+                    on_daemonized=lambda pids: tell(
+                        f"tlsprof: {cmd[0]} daemonized (it exited 0, pids {', '.join(map(str, pids))} run on): "
+                        f"following them; stop them with Ctrl-C or SIGTERM to tlsprof"
+                    ),
+                )
                 returncode = collect(
                     session,
-                    Target(proc),
+                    target,
                     args.interval,
                     stops,
-                    on_stop=lambda: _write_early(source, args, cmd, proc, stops, walk_found),
+                    on_stop=lambda: _write_early(source, args, cmd, target.proc, stops, walk_found),
                     on_last_look=last_look,
                 )
+                if target.daemonized:
+                    daemonized_note = (
+                        f"{cmd[0]} exited at once (status 0) and left processes running (it daemonized): "
+                        f"tlsprof followed them (pids {', '.join(map(str, target.proc.pids))}) until they exited"
+                    )
         finally:
             if metrics is not None:
                 metrics.stop()
@@ -174,6 +190,8 @@ def _run(args, cmd, stops: StopSignals) -> int:
                 f"({_describe_status(returncode)}); no snapshot was taken after the signal"
             )
         notes += stripped_notes
+        if daemonized_note:
+            notes.append(daemonized_note)
         report = source.report(at=args.at, partial=partial, notes=notes)
         if report is not None and getattr(args, "walk", False):
             _annotate_walk(report, walk_found)

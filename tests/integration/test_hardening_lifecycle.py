@@ -296,7 +296,7 @@ CHROOTED = textwrap.dedent("""
     import os, ssl, sys, time
     first = ssl.create_default_context()
     time.sleep(1.0)
-    os.chroot(sys.argv[1])  # stunnel's and HAProxy's Debian configurations: chroot, then drop root
+    os.chroot(sys.argv[1])  # Debian's haproxy.cfg (and stunnel set up with a jail): chroot, then drop root
     os.chdir("/")
     os.setgid(65534)
     os.setuid(65534)

@@ -34,9 +34,10 @@ class Stunnel(Server):
 
 
 class StunnelChrooted(Stunnel):
-    """As Debian's stunnel4 example configuration runs it: chrooted to an empty directory and
-    running as the `stunnel4` user, both after the configuration (and OpenSSL's contexts) is
-    loaded; the shim pauses its channel around setgid/setuid, inside the chroot."""
+    """As Debian's stunnel4 package prepares it (its sample recommends `setuid = stunnel4`, and it
+    makes /var/lib/stunnel4 for a chroot): chrooted to an empty directory and running as
+    `stunnel4`, both after the configuration (and OpenSSL's contexts) is loaded; the shim pauses its
+    channel around setgid/setuid, inside the chroot."""
 
     name = "stunnel-chroot"
 

@@ -327,6 +327,47 @@ static int peer_allowed(int fd)
     return cred.uid == geteuid() || cred.uid == 0;
 }
 
+/* One command line (up to cap - 1 bytes, through its newline) and at most one descriptor passed
+ * with it (the target's maps for WALK, from a collector outside a chroot without /proc); any other
+ * descriptor is closed at once. */
+static size_t recv_command(int fd, char *cmd, size_t cap, int *passed_fd)
+{
+    size_t got = 0;
+    while (got < cap - 1) {
+        union {
+            struct cmsghdr h;
+            char space[CMSG_SPACE(4 * sizeof(int))];
+        } control;
+        struct iovec iov = {cmd + got, cap - 1 - got};
+        struct msghdr msg = {
+            .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control, .msg_controllen = sizeof control};
+        ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR) continue;
+        for (struct cmsghdr *c = n >= 0 ? CMSG_FIRSTHDR(&msg) : NULL; c; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+            size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < count; i++) {
+                int passed;
+                memcpy(&passed, CMSG_DATA(c) + i * sizeof(int), sizeof passed);
+                if (*passed_fd < 0) *passed_fd = passed;
+                else close(passed);
+            }
+        }
+        if (n <= 0) break;
+        got += (size_t)n;
+        if (memchr(cmd, '\n', got)) break;
+    }
+    return got;
+}
+
+/* The target may close a descriptor we hold and get its number back for its own file (close_range
+ * in another thread): ours is closed only while it is still the file we were passed. */
+static void close_passed(int fd, const struct stat *was)
+{
+    struct stat now;
+    if (fd >= 0 && fstat(fd, &now) == 0 && now.st_dev == was->st_dev && now.st_ino == was->st_ino) close(fd);
+}
+
 /* One connection of the listener's (listener.c): one command in, one answer out. Returns 1 when
  * the listener must stop. */
 int channel_serve(int fd)
@@ -336,18 +377,17 @@ int channel_serve(int fd)
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     if (!peer_allowed(fd)) return 0;
     char cmd[64];
-    size_t got = 0;
-    while (got < sizeof cmd - 1) {
-        ssize_t n = recv(fd, cmd + got, sizeof cmd - 1 - got, 0);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        got += (size_t)n;
-        if (memchr(cmd, '\n', got)) break;
-    }
+    int passed_fd = -1;
+    size_t got = recv_command(fd, cmd, sizeof cmd, &passed_fd);
     cmd[got] = 0;
     char *nl = strchr(cmd, '\n');
-    if (!nl) return 0; /* no complete command: ignore the peer */
+    if (!nl) { /* no complete command: ignore the peer */
+        if (passed_fd >= 0) close(passed_fd);
+        return 0;
+    }
     *nl = 0;
+    struct stat passed_was = {0};
+    if (passed_fd >= 0 && fstat(passed_fd, &passed_was) != 0) passed_fd = -1;
     struct buf b = {0};
     int stop = 0;
     if (!strcmp(cmd, "PING")) {
@@ -359,7 +399,7 @@ int channel_serve(int fd)
     } else if (!strcmp(cmd, "WALK") || !strncmp(cmd, "WALK ", 5)) {
         /* WALK [timeout_ms]: the heap walk runs in a child; this thread waits for it */
         long ms = cmd[4] ? strtol(cmd + 5, NULL, 10) : 0;
-        char *text = heapwalk_run(ms > 0 && ms <= 600000 ? (int)ms : 60000);
+        char *text = heapwalk_run(ms > 0 && ms <= 600000 ? (int)ms : 60000, passed_fd);
         if (text) put(&b, "%s", text);
         else b.failed = 1;
         free(text);
@@ -372,6 +412,7 @@ int channel_serve(int fd)
     } else {
         put(&b, "ERR unknown command\n");
     }
+    close_passed(passed_fd, &passed_was);
     if (!b.failed && b.p) send_all(fd, b.p, b.len);
     else if (b.failed) send_all(fd, "ERR out of memory\n", 18);
     free(b.p);

@@ -151,7 +151,7 @@ static int name_from_tracking(struct walk *w)
 }
 
 
-static void child_walk(int fd, uint64_t fork_ns)
+static void child_walk(int fd, uint64_t fork_ns, const char *given_maps)
 {
     uint64_t t0 = now_ns();
     struct out o = {.fd = fd};
@@ -161,9 +161,10 @@ static void child_walk(int fd, uint64_t fork_ns)
     out_put(&o, "tlsprof-walk 1\n");
     out_flush(&o); /* a fault's own lines follow the header */
     phase = "reading the heap";
-    int maps = read_maps(&w);
+    int maps = read_maps(&w, given_maps);
     if (maps == -2) {
-        out_put(&o, "status failed\nreason /proc/self/maps cannot be opened (a chroot without /proc?)\nEND\n");
+        out_put(&o, "status failed\nreason /proc/self/maps cannot be opened (a chroot without /proc?) and tlsprof "
+                    "passed no descriptor of it\nEND\n");
         out_flush(&o);
         return;
     }
@@ -350,7 +351,20 @@ static char *unavailable(const char *reason)
 
 #define WALK_MAX_ANSWER (256u << 20)
 
-char *heapwalk_run(int timeout_ms)
+/* A process chrooted without /proc cannot open its own maps; the collector passes a descriptor of
+ * them with WALK (SCM_RIGHTS), read here right before the clone. */
+static char *given_maps_text(int maps_fd)
+{
+    if (maps_fd < 0) return NULL;
+    int own = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (own >= 0) {
+        close(own);
+        return NULL; /* the child reads its own: exact, no race with the parent's mappings */
+    }
+    return maps_text(maps_fd);
+}
+
+char *heapwalk_run(int timeout_ms, int maps_fd)
 {
     pthread_mutex_lock(&walk_lock);
     char why[512];
@@ -370,6 +384,7 @@ char *heapwalk_run(int timeout_ms)
     }
     /* every signal blocked across the clone: the child inherits the mask, so no handler of the
      * target ever runs in it and a fault there ends it (the channel thread blocks them already) */
+    char *given_maps = given_maps_text(maps_fd);
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -381,11 +396,12 @@ char *heapwalk_run(int timeout_ms)
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != target) syscall(SYS_exit_group, 0); /* it died before the line above */
         close(fds[0]);
-        child_walk(fds[1], now_ns() - t0);
+        child_walk(fds[1], now_ns() - t0, given_maps);
         syscall(SYS_exit_group, 0);
     }
     uint64_t fork_ns = now_ns() - t0;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (given_maps) maps_text_free(given_maps);
     close(fds[1]);
     if (pid < 0) {
         close(fds[0]);

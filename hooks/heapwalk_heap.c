@@ -65,25 +65,44 @@ static uintptr_t hex(const char **s)
     }
 }
 
-int read_maps(struct walk *w)
+#define MAPS_CAP (64u << 20)
+
+/* The whole text of a maps file, in memory of our own (MAPS_CAP bytes, unmapped by the caller). */
+char *maps_text(int fd)
 {
-    size_t cap = 64u << 20;
-    char *text = region(cap);
-    if (!text) return -1;
-    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -2; /* a chroot without /proc (a daemon's jail) */
+    char *text = region(MAPS_CAP);
+    if (!text) return NULL;
     size_t len = 0;
     for (;;) {
-        ssize_t n = read(fd, text + len, cap - 1 - len);
+        ssize_t n = pread(fd, text + len, MAPS_CAP - 1 - len, (off_t)len);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) break;
         len += (size_t)n;
     }
-    close(fd);
     text[len] = 0;
+    return text;
+}
+
+void maps_text_free(char *text) { munmap(text, MAPS_CAP); }
+
+/* A mapping the parent listed may be gone from the child (unmapped or shrunk between the parent's
+ * read and the clone): msync answers ENOMEM for a range not wholly mapped, and reads nothing. */
+static int still_mapped(const struct mapping *m) { return msync((void *)m->lo, m->hi - m->lo, MS_ASYNC) == 0; }
+
+int read_maps(struct walk *w, const char *given)
+{
+    char *text = (char *)given;
+    if (!given) {
+        int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return -2; /* a chroot without /proc (a daemon's jail), and no text given */
+        text = maps_text(fd);
+        close(fd);
+        if (!text) return -1;
+    }
+    size_t len = strlen(text);
     size_t lines = 0;
     for (size_t i = 0; i < len; i++) lines += text[i] == '\n';
-    w->maps = region((lines + 1) * sizeof *w->maps);
+    w->maps = region((lines + 2) * sizeof *w->maps); /* one line may become two (below) */
     if (!w->maps) return -1;
     const char *s = text;
     while (*s) {
@@ -112,10 +131,22 @@ int read_maps(struct walk *w)
             m.openssl =
                 apis[c].usable && apis[c].path[0] && strlen(apis[c].path) == plen && !memcmp(apis[c].path, path, plen);
         if (*s == '\n') s++;
-        /* our own buffer for this text is in the list too: it is neither the target's nor kept */
-        if (m.hi > m.lo && !(m.lo <= (uintptr_t)text && (uintptr_t)text < m.hi)) w->maps[w->n_maps++] = m;
+        if (m.hi <= m.lo || (given && !still_mapped(&m))) continue;
+        /* our own buffer for this text is in the list too: it is neither the target's nor kept.
+         * The kernel may have merged it with a neighbour of the same flags (a thread arena's heap is
+         * anonymous and MAP_NORESERVE too): only the buffer's own range is left out */
+        uintptr_t own_lo = (uintptr_t)text, own_hi = own_lo + MAPS_CAP;
+        if (own_hi <= m.lo || own_lo >= m.hi) {
+            w->maps[w->n_maps++] = m;
+            continue;
+        }
+        struct mapping below = m, above = m;
+        below.hi = own_lo;
+        above.lo = own_hi;
+        if (below.hi > below.lo) w->maps[w->n_maps++] = below;
+        if (above.hi > above.lo) w->maps[w->n_maps++] = above;
     }
-    munmap(text, cap);
+    if (!given) maps_text_free(text);
     return 0;
 }
 
@@ -257,9 +288,19 @@ int collect_chunks(struct walk *w)
             if (walk_chunks(w, m->lo, hi, 0) != 0) w->bad_regions++;
             w->arenas++;
         } else if (m->anon) {
-            if (!(m->lo & (HEAP_MAX - 1)) && walk_thread_heap(w, m)) {
-                w->heap_bytes += word(m->lo + 16);
-                continue;
+            if (!(m->lo & (HEAP_MAX - 1))) {
+                /* a thread heap shows as several adjacent VMAs too when a process forked after the
+                 * arena was made (HAProxy's master-worker mode): its part and the child's own */
+                struct mapping joined = *m;
+                size_t last = i;
+                while (last + 1 < w->n_maps && w->maps[last + 1].anon && w->maps[last + 1].lo == joined.hi &&
+                       w->maps[last + 1].r && w->maps[last + 1].w && joined.hi - joined.lo < HEAP_MAX)
+                    joined.hi = w->maps[++last].hi;
+                if (walk_thread_heap(w, &joined)) {
+                    w->heap_bytes += word(m->lo + 16);
+                    i = last;
+                    continue;
+                }
             }
             walk_anonymous(w, m);
         }

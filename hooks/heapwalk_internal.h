@@ -165,7 +165,11 @@ const char *allocator_problem(char *why, size_t n);
 void out_flush(struct out *o);
 void out_put(struct out *o, const char *fmt, ...);
 void *region(size_t bytes);
-int read_maps(struct walk *w); /* -2: /proc/self/maps cannot be opened */
+/* given: the parent's maps text (a chroot without /proc), else the child reads /proc/self/maps;
+ * -2: neither */
+int read_maps(struct walk *w, const char *given);
+char *maps_text(int fd); /* a maps file's text in memory of our own, or NULL */
+void maps_text_free(char *text);
 const struct mapping *mapping_of(const struct walk *w, uintptr_t p);
 int collect_chunks(struct walk *w);
 

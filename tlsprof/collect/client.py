@@ -3,6 +3,7 @@ whole answer back (docs/snapshot-format.md lists the commands). The only code th
 socket, the shim's or the Python agent's; what the answers mean is tlsprof.model.wire's.
 """
 
+import os
 import socket
 
 from tlsprof.errors import ChannelError
@@ -24,13 +25,19 @@ from tlsprof.model.wire import (  # noqa: F401  (the records and parsers, import
 from tlsprof.model.wire_walk import Walk, WalkedObject, parse_walk  # noqa: F401
 
 
-def request(path: str, command: str, timeout: float = 5.0) -> bytes:
+def request(path: str, command: str, timeout: float = 5.0, pass_fd: int | None = None) -> bytes:
     """Send one command line to a Unix socket (the shim's or the Python agent's), read the whole
-    answer. Raises OSError (socket.timeout included)."""
+    answer. `pass_fd`: a descriptor sent with the line (SCM_RIGHTS). Raises OSError (socket.timeout
+    included)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
-        s.sendall(command.encode() + b"\n")
+        line = command.encode() + b"\n"
+        if pass_fd is None:
+            s.sendall(line)
+        else:
+            sent = socket.send_fds(s, [line], [pass_fd])
+            s.sendall(line[sent:])
         chunks = []
         while True:
             data = s.recv(1 << 20)
@@ -40,10 +47,10 @@ def request(path: str, command: str, timeout: float = 5.0) -> bytes:
     return b"".join(chunks)
 
 
-def ask(path: str, command: str, timeout: float = 5.0) -> str:
+def ask(path: str, command: str, timeout: float = 5.0, pass_fd: int | None = None) -> str:
     """Ask the shim: one command line, the whole answer as text."""
     try:
-        return request(path, command, timeout).decode("utf-8", "replace")
+        return request(path, command, timeout, pass_fd).decode("utf-8", "replace")
     except (OSError, socket.timeout) as exc:
         raise ChannelError(f"cannot reach the tlsprof shim at {path}: {exc.strerror or exc}") from None
 
@@ -95,7 +102,18 @@ def detach(path: str, timeout: float = 5.0) -> None:
         raise ChannelError("the shim did not confirm DETACH")
 
 
-def walk(path: str, timeout: float = 120.0) -> Walk:
+def walk(path: str, timeout: float = 120.0, maps_of: int | None = None) -> Walk:
     """Ask the shim for a heap walk (it runs in a child of the target; the target pauses only for
-    the fork). The shim bounds the walk to `timeout` too."""
-    return parse_walk(ask(path, f"WALK {int(timeout * 1000) - 2000}", timeout))
+    the fork). The shim bounds the walk to `timeout` too. `maps_of`: the target's pid, whose
+    /proc/PID/maps goes along as a descriptor; the shim reads it only when it cannot open its own
+    (a process chrooted without /proc, tlsprof/collect/jail.py)."""
+    command = f"WALK {int(timeout * 1000) - 2000}"
+    try:
+        maps_fd = os.open(f"/proc/{int(maps_of)}/maps", os.O_RDONLY | os.O_CLOEXEC) if maps_of else None
+    except OSError:
+        maps_fd = None
+    try:
+        return parse_walk(ask(path, command, timeout, pass_fd=maps_fd))
+    finally:
+        if maps_fd is not None:
+            os.close(maps_fd)

@@ -416,7 +416,7 @@ def _walk_last_look(session: Session, found: dict, asked: bool = True) -> None:
         return
     found["observation"] = obs.snaps.get(pid)
     try:
-        found["walk"] = client.walk(path)
+        found["walk"] = client.walk(path, maps_of=pid)
     except Exception as exc:  # noqa: BLE001 - a walk that fails must never lose the report
         found["walk"] = client.Walk(status="failed", reason=str(exc))
     tell(f"tlsprof: {walked.walk_sentence(found['walk'])}")

@@ -1,7 +1,7 @@
 """The seed's TLS echo server: says b"welcome!\\n" on each connection, then echoes what it reads.
 
     python3 examples/echo_server.py [--host 127.0.0.1] [--port 0] [--certdir DIR]
-                                    [--ctx-per-conn] [--threaded] [--ready-file PATH]
+                                    [--ctx-per-conn] [--threaded] [--ready-file PATH] [--jail DIR]
 
 Shared mode (default): ONE SSLContext for every connection. --ctx-per-conn: a fresh context per
 connection, the leak-shaped pattern (each one loads the system CA store, ~0.8 MB).
@@ -9,6 +9,8 @@ Both are built with ssl.create_default_context(Purpose.CLIENT_AUTH) + load_defau
 system CA store), so the shared mode holds the CA store once and --ctx-per-conn once per connection.
 --threaded: a thread per connection over ssl.SSLSocket instead of asyncio (SSLObject + MemoryBIO).
 Prints "listening HOST PORT" once listening; SIGTERM/SIGINT close it and exit 0.
+--jail DIR (root only, shared mode): once listening, chroot into DIR and run as nobody, as Debian's
+HAProxy and Postfix run their TLS daemons (no /proc, no CA files in there).
 """
 
 import argparse
@@ -37,13 +39,20 @@ def make_context(certfile, keyfile):
     return ctx
 
 
-def announce(host, port, ready_file):
+def announce(host, port, ready_file, jail=None):
     print(f"listening {host} {port}", flush=True)
     if ready_file:  # written whole, then renamed: a reader never sees a partial file
         tmp = f"{ready_file}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             f.write(f"{port}\n")
         os.replace(tmp, ready_file)
+    if jail:
+        nobody = 65534
+        os.chroot(jail)
+        os.chdir("/")
+        os.setgroups([])
+        os.setgid(nobody)
+        os.setuid(nobody)
 
 
 # --- asyncio ------------------------------------------------------------------------------------
@@ -72,7 +81,7 @@ async def serve_asyncio(args, certfile, keyfile):
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     server = await asyncio.start_server(handle, args.host, args.port, ssl=shared, backlog=1024)
-    announce(args.host, server.sockets[0].getsockname()[1], args.ready_file)
+    announce(args.host, server.sockets[0].getsockname()[1], args.ready_file, args.jail)
     await stop.wait()
     server.close()
     for writer in list(writers):
@@ -98,7 +107,7 @@ def serve_threaded(args, certfile, keyfile):
             conn.close()
 
     listener = socket.create_server((args.host, args.port), backlog=1024)
-    announce(args.host, listener.getsockname()[1], args.ready_file)
+    announce(args.host, listener.getsockname()[1], args.ready_file, args.jail)
     with listener:
         while True:
             conn, _ = listener.accept()
@@ -113,11 +122,15 @@ def main():
     p.add_argument("--ctx-per-conn", action="store_true", help="a fresh SSLContext per connection")
     p.add_argument("--threaded", action="store_true", help="thread per connection, ssl.SSLSocket")
     p.add_argument("--ready-file", help='write "PORT\\n" here once listening')
+    p.add_argument("--jail", metavar="DIR", help="once listening, chroot into DIR and run as nobody (root only)")
     args = p.parse_args()
+    if args.jail and args.ctx_per_conn:
+        p.error("--jail needs the shared context: a context per connection reads the CA files outside the jail")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one fd per connection
 
-    with tempfile.TemporaryDirectory(prefix="tlsprof-certs-") as tmp:
+    # in a jail the temporary directory is out of reach when it is removed
+    with tempfile.TemporaryDirectory(prefix="tlsprof-certs-", ignore_cleanup_errors=True) as tmp:
         certfile, keyfile = ensure_cert(args.certdir or tmp)
         if args.threaded:
 

@@ -16,7 +16,7 @@ import pytest
 
 from reportcheck import load_checked
 from tlsenv import free_port, tls_connect
-from tlsprof.collect import client
+from tlsprof.collect import client, jail
 from tlsprof.collect.channel_paths import agent_socket_path, channel_dir_for, socket_path
 
 pytestmark = pytest.mark.skipif(not shutil.which("gdb"), reason="attach needs gdb (make test installs it)")
@@ -37,7 +37,8 @@ def shim_answers(pid):
     """The shim serves in the private directory of the target's uid (nginx workers: www-data)."""
     try:
         uid = psutil.Process(pid).uids().effective
-        return client.ping(socket_path(channel_dir_for(uid), pid)) == pid
+        # a chrooted target serves inside its jail (tlsprof/collect/jail.py)
+        return client.ping(socket_path(jail.channel_dir(pid, uid, create=False), pid)) == pid
     except Exception:
         return False
 

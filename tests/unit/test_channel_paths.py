@@ -5,6 +5,7 @@ import importlib.util
 import os
 
 from tlsprof import agent
+from tlsprof.collect import jail
 from tlsprof.collect.channel_paths import agent_socket_path, socket_path, socket_pid
 
 
@@ -26,3 +27,13 @@ def test_the_agents_own_path_is_the_same():
     spec.loader.exec_module(module)  # defining only: the agent starts when start() is called
     assert module.socket_path("/tmp/tlsprof-1000", 42) == agent_socket_path("/tmp/tlsprof-1000", 42)
     assert module.socket_path("/d") == agent_socket_path("/d", os.getpid())
+
+
+def test_a_jailed_process_names_our_paths_from_its_own_root():
+    assert jail.inside("/var/lib/haproxy", "/var/lib/haproxy/tlsprof-103") == "/tlsprof-103"
+    assert jail.inside("/var/lib/haproxy", "/var/lib/haproxy") == "/"
+    assert jail.inside(None, "/tmp/tlsprof-103") == "/tmp/tlsprof-103"
+    # a deep jail is reached through the process's root; the process names the same directory
+    assert jail.target_view(4242, "/proc/4242/root/tlsprof-103") == "/tlsprof-103"
+    assert jail.root_of(os.getpid()) is None  # not chrooted: our own paths
+    assert jail.channel_dir(os.getpid(), 1000, create=False) == "/tmp/tlsprof-1000"

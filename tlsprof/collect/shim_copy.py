@@ -69,6 +69,8 @@ class Bundle:
     copied: bool = False
     root: str | None = None
     _lock_fd: int | None = None
+    # the shim's path as the target names it: inside a chroot, without the jail's prefix
+    target_shim: str | None = None
 
     def release(self) -> None:
         """Drop our hold; remove the copy if nothing else holds or maps it."""
@@ -79,8 +81,8 @@ class Bundle:
                 remove_unused(os.path.dirname(self.root), only=os.path.basename(self.root))
 
 
-def lib_dir(euid: int | None = None) -> str:
-    return os.path.join(BASE, f"tlsprof-lib-{os.geteuid() if euid is None else int(euid)}")
+def lib_dir(euid: int | None = None, base: str = BASE) -> str:
+    return os.path.join(base, f"tlsprof-lib-{os.geteuid() if euid is None else int(euid)}")
 
 
 def installed() -> tuple[str, str]:
@@ -160,13 +162,21 @@ def _content_hash(files: list) -> str:
 
 def for_pid(pid: int, shim: str | None = None) -> Bundle:
     """What `attach` gives process `pid`: the installed files when it can read them, else a copy
-    it can. Raises ShimNotLoadable with one line when neither works."""
+    it can; a chrooted process a copy inside its jail (tlsprof/collect/jail.py). Raises
+    ShimNotLoadable with one line when neither works."""
+    from tlsprof.collect import jail
+
     own_shim, own_site = installed()
     shim = shim or own_shim
     try:
         creds = creds_of_pid(pid)
     except (OSError, KeyError, IndexError, ValueError):
         raise NoSuchProcess(pid) from None
+    root = jail.root_of(pid)
+    if root:
+        bundle = make(shim, base=root)
+        bundle.target_shim = jail.inside(root, bundle.shim)
+        return bundle
     if all(readable_by(p, creds) for _n, p in _files(shim)):
         bundle = Bundle(shim, own_site)
     else:
@@ -227,8 +237,8 @@ def _check_lib_dir(path: str) -> None:
         )
 
 
-def _ensure_lib_dir() -> str:
-    path = lib_dir()
+def _ensure_lib_dir(base: str = BASE) -> str:
+    path = lib_dir(base=base)
     try:
         os.mkdir(path, 0o755)
         os.chmod(path, 0o755)  # the umask filtered mkdir's mode
@@ -291,10 +301,10 @@ def _rmtree(root: str) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def make(shim: str) -> Bundle:
+def make(shim: str, base: str = BASE) -> Bundle:
     """The content-named copy of the shim and agent files, made if absent; held until release()."""
     files = _files(shim)
-    base = _ensure_lib_dir()
+    base = _ensure_lib_dir(base)
     digest = _content_hash(files)
     root = os.path.join(base, digest)
     for _attempt in range(3):
@@ -399,13 +409,9 @@ def mapped_paths() -> tuple[set, float | None]:
 
 
 def is_copy(path: str) -> bool:
-    """True for a shim inside a bundle (any user's lib dir)."""
+    """True for a shim inside a bundle (any user's lib dir, in /tmp or at a jail's root)."""
     parent = os.path.dirname(os.path.dirname(path))
-    return (
-        os.path.dirname(parent) == BASE
-        and os.path.basename(parent).startswith("tlsprof-lib-")
-        and os.path.basename(path).startswith("_shim")
-    )
+    return os.path.basename(parent).startswith("tlsprof-lib-") and os.path.basename(path).startswith("_shim")
 
 
 def remove_unused(base: str, keep: str | None = None, only: str | None = None) -> list:

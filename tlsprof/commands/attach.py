@@ -19,9 +19,10 @@ import time
 
 import psutil
 
-from tlsprof.collect import client, inject, process_tree
+from tlsprof.collect import client, inject, jail, process_tree
 from tlsprof.analysis import walked
-from tlsprof.collect.channel_paths import channel_dir_for, socket_path
+from tlsprof.collect import channel_paths
+from tlsprof.collect.channel_paths import socket_path
 from tlsprof.errors import AttachError, ChannelError, NoOpenSSL, NoSuchProcess, TlsprofError, UsageError
 from tlsprof.analysis.reports import ReportSource
 from tlsprof.collect.collector import collect
@@ -109,7 +110,7 @@ def _attach(args, stops: StopSignals) -> int:
     walks = (
         {}
         if args.no_walk or stops.stopping
-        else {pid: _walk(socket_path(directory, pid)) for pid, directory in attached.items()}
+        else {pid: _walk(socket_path(directory, pid), pid) for pid, directory in attached.items()}
     )
     session = Session(
         channel_dir,
@@ -151,6 +152,7 @@ def _attach(args, stops: StopSignals) -> int:
         for pid in sorted(set(attached) | set(session.sockets())):  # children forked meanwhile too
             if _alive(pid):
                 _detach(pid, session.dir_of(pid) if pid in session.sockets() else attached.get(pid, channel_dir))
+        jail.tidy(attached.values())
     notes = []
     if target_died:
         notes.append("the target exited while attached: this is the last snapshot taken before")
@@ -173,16 +175,36 @@ def _attach(args, stops: StopSignals) -> int:
         )
     elif walks:
         _merge_walks(report, walks, session.chosen().get(args.at) or session.last)
+    _note_jailed_python(report, attached)
     emit_report(report, args, stream=sys.stdout if args.format == "json" else sys.stderr)
     return 0
 
 
-def _walk(sock_path):
+def _note_jailed_python(report, attached) -> None:
+    """A chrooted Python process cannot import what the Python agent needs (ctypes, json: outside
+    its jail), so its connections are not joined to Python objects; say so rather than be silent."""
+    if report.get("python"):
+        return
+    for pid, directory in attached.items():
+        if os.path.dirname(directory) == channel_paths.BASE:
+            continue
+        try:
+            exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        except OSError:
+            continue
+        if exe.startswith("python"):
+            report.setdefault("notes", []).append(
+                f"pid {pid} is a Python process in a chroot: the Python agent cannot import the modules it "
+                f"needs there (ctypes, json), so its OpenSSL objects are not joined to Python objects"
+            )
+
+
+def _walk(sock_path, pid):
     """The heap walk, once, right after the inject: what predates the attach."""
     walk = None
     for attempt in range(3):
         try:
-            walk = client.walk(sock_path)
+            walk = client.walk(sock_path, maps_of=pid)
             break
         except ChannelError as exc:
             # seen in rapid attach/detach cycles on Python targets: right after the inject, an answer
@@ -227,6 +249,7 @@ def _attach_tree(args) -> dict:
             if pid == args.pid:
                 for done, directory in attached.items():
                     _detach(done, directory)
+                jail.tidy(attached.values())
                 raise
             tell(f"tlsprof: note: child {pid} not attached: {exc}")
     return attached
@@ -247,7 +270,7 @@ def _attach_one(pid, timeout) -> str:
         raise AttachError(_already_tracked(pid, tracker))
     for warning in info.warnings:
         tell(f"tlsprof: note: {warning}")
-    channel_dir = channel_dir_for(info.uid)
+    channel_dir = jail.channel_dir(pid, info.uid, create=True)
     started = time.monotonic()
     try:
         inject.inject(pid, shim_path(), channel_dir, timeout=timeout)

@@ -62,8 +62,8 @@ in-gdb timer ends the wait long before the hard deadline so this is only a last 
 import os
 import time
 
-from tlsprof.collect import client, shim_copy
-from tlsprof.collect.channel_paths import channel_dir_path, socket_path
+from tlsprof.collect import client, jail, shim_copy
+from tlsprof.collect.channel_paths import socket_path
 from tlsprof.errors import AttachError, ChannelError, NoOpenSSL, NoSuchProcess
 from tlsprof.collect.inject.gdb import _gdb_failure, _result, _run_gdb, _threads
 from tlsprof.collect.inject.target_facts import (
@@ -79,6 +79,7 @@ from tlsprof.collect.inject.target_facts import (
     _stripped_openssl,
     gdb_path,
     syscall_names,
+    threads_forbidden,
     threads_sentence,
 )
 
@@ -112,6 +113,12 @@ def preflight(pid: int, shim_path: str | None = None, channel_dir: str | None = 
     if pid == os.getpid():
         raise AttachError("tlsprof cannot attach to itself")
     _check_permission(pid, status)
+    forbidden = threads_forbidden(pid, status)
+    if forbidden:
+        raise AttachError(
+            f"{forbidden}; profile it from its start instead (`tlsprof run -- COMMAND`: the shim's "
+            f"thread then comes before the limit)"
+        )
 
     uid = int(status.get("Uid", "0").split()[0])
     try:
@@ -119,7 +126,11 @@ def preflight(pid: int, shim_path: str | None = None, channel_dir: str | None = 
     except OSError:
         exe = ""
     info = TargetInfo(
-        pid=pid, uid=uid, comm=status.get("Name", "?"), exe=exe, channel_dir=channel_dir or channel_dir_path(uid)
+        pid=pid,
+        uid=uid,
+        comm=status.get("Name", "?"),
+        exe=exe,
+        channel_dir=channel_dir or jail.channel_dir(pid, uid, create=False),
     )
     maps = _maps(pid)
     for _perms, path in maps:
@@ -201,8 +212,9 @@ def inject(
         shim_path = bundle.shim
         params = {
             "mode": "start",
-            "shim": shim_path,
-            "channel_dir": channel_dir,
+            # a chrooted target names both inside its jail (tlsprof/collect/jail.py)
+            "shim": bundle.target_shim or shim_path,
+            "channel_dir": jail.target_view(pid, channel_dir),
             "rtld_now": RTLD_NOW,
             "rtld_noload": RTLD_NOLOAD,
             "wait": max(1.0, timeout * 0.6 - 2),
@@ -271,7 +283,7 @@ def eject(pid: int, channel_dir: str | None = None, shim_path: str | None = None
     if not _alive(pid):
         raise NoSuchProcess(pid)
     if channel_dir is None:
-        channel_dir = channel_dir_path(int(_status(pid).get("Uid", "0").split()[0]))
+        channel_dir = jail.channel_dir(pid, int(_status(pid).get("Uid", "0").split()[0]), create=False)
     sock = socket_path(channel_dir, pid)
     try:
         answer = client.request(sock, "DETACH", timeout=min(10.0, timeout)).decode(errors="replace")
@@ -293,8 +305,8 @@ def eject(pid: int, channel_dir: str | None = None, shim_path: str | None = None
     _check_permission(pid, _status(pid))
     params = {
         "mode": "stop",
-        "shim": mapped,
-        "channel_dir": channel_dir,
+        "shim": jail.target_view(pid, mapped),
+        "channel_dir": jail.target_view(pid, channel_dir),
         "rtld_now": RTLD_NOW,
         "rtld_noload": RTLD_NOLOAD,
         "wait": max(1.0, timeout * 0.6 - 2),

@@ -127,6 +127,50 @@ def _check_permission(pid: int, status: dict) -> None:
         raise AttachError(f"pid {pid} is already being traced by pid {tracer} (a debugger?); detach it first")
 
 
+CAP_SYS_ADMIN, CAP_SYS_RESOURCE = 21, 24
+
+
+def threads_forbidden(pid: int, status: dict) -> str | None:
+    """Why `pid` cannot create a thread, or None. The kernel refuses clone() to a process whose
+    real uid already runs RLIMIT_NPROC tasks, root and CAP_SYS_RESOURCE/CAP_SYS_ADMIN aside. HAProxy
+    sets that limit to 0 in its workers (unless `insecure-fork-wanted`), an exploit mitigation; the
+    shim needs one thread for its channel, and the heap walk one process."""
+    try:
+        real_uid = int(status.get("Uid", "0").split()[0])
+        caps = int(status.get("CapEff", "0"), 16)
+        with open(f"/proc/{int(pid)}/limits") as f:
+            line = next((ln for ln in f if ln.startswith("Max processes")), "")
+    except (OSError, ValueError, IndexError):
+        return None
+    if real_uid == 0 or caps & ((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_RESOURCE)):
+        return None
+    fields = line.split()
+    soft = fields[2] if len(fields) > 2 else "unlimited"
+    if soft == "unlimited":
+        return None
+    limit = int(soft)
+    tasks = 0
+    if limit > 0:  # the uid's tasks, threads included, against the limit (kernel: ucounts)
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                st = _status(int(entry.name))
+                if int(st.get("Uid", "-1").split()[0]) == real_uid:
+                    tasks += int(st.get("Threads", "1"))
+            except (OSError, ValueError, IndexError):
+                continue
+            if tasks >= limit:
+                break
+    if tasks < limit:
+        return None
+    return (
+        f"pid {pid} may not create threads or processes (its RLIMIT_NPROC is {limit}"
+        + (", HAProxy's default in its workers unless `insecure-fork-wanted` is set" if limit == 0 else "")
+        + "), and tlsprof needs one thread in it to serve its channel"
+    )
+
+
 # ----------------------------------------------------------------------------- ELF scanning
 
 

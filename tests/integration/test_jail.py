@@ -1,0 +1,182 @@
+"""`tlsprof attach` to a process that chrooted (tlsprof/collect/jail.py): Debian's HAProxy runs its
+worker in /var/lib/haproxy as user haproxy, Postfix its smtpd in /var/spool/postfix. Such a process
+could not open the shim's path ("cannot open shared object file"), nor reach a channel directory in
+/tmp, nor open /proc/self/maps for the heap walk: tlsprof saw none of its connections."""
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from test_attach import TLSPROF, Attached, _http_keepalive, handshakes_ok, wait_for
+from test_heap_walk import _walked
+from tlsenv import free_port
+
+pytestmark = [
+    pytest.mark.skipif(not shutil.which("gdb"), reason="attach needs gdb (make test installs it)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="chroot and dropping privileges need root"),
+]
+
+N = 100
+IDLE = 100000  # seconds between the clients' hellos: the connections stay idle
+
+
+def _jail(tmp_path):
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    os.chmod(jail, 0o755)
+    return jail
+
+
+def _shims_mapped(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        return {line.split()[-1] for line in f if "/_shim" in line}
+
+
+def test_attach_to_a_chrooted_server_walks_its_connections_and_tracks_new_ones(spawn, tmp_path):
+    """The seed's echo server chrooted into an empty directory as nobody, 100 connections held:
+    the walk finds all of them (the collector passes the maps the jail cannot open), new ones are
+    tracked, and the bytes per connection are those of the same server outside a jail. The jail
+    keeps the read-only copy of the shim (mapped for good) and loses the channel directory; a
+    second attach loads the same copy, not a second shim. The Python agent cannot start there (the
+    modules it imports are outside the jail): a note says so."""
+    per = {}
+    for name, args in (("jailed", ["--jail", str(_jail(tmp_path))]), ("plain", [])):
+        server = spawn.server(*args)
+        spawn.clients(server.port, N, interval=IDLE)
+        session = Attached(server.pid, tmp_path / f"{name}.json", 1.5)
+        spawn.clients(server.port, 10, interval=IDLE)  # opened while attached
+        report = session.finish(timeout=120)
+        walk = report["walk"]
+        assert walk["status"] == "ok", walk
+        assert walk["connections"] >= N, walk
+        assert len(_walked(report["connections"])) >= N
+        assert report["per_connection"]["connections"] >= N + 10
+        per[name] = report["per_connection"]["bytes"]
+        # the agent cannot import ctypes and json in the jail, and the report says so
+        jailed_note = [n for n in report.get("notes") or [] if "Python process in a chroot" in n]
+        assert bool(jailed_note) == (name == "jailed") and bool(report.get("python")) == (name == "plain")
+        assert handshakes_ok(server.port, 5) == 0
+        if name == "jailed":
+            root = os.readlink(f"/proc/{server.pid}/root")
+            assert sorted(os.listdir(root)) == ["tlsprof-lib-0"], os.listdir(root)
+            first = _shims_mapped(server.pid)
+            assert len(first) == 1 and next(iter(first)).startswith(root + "/tlsprof-lib-0/"), first
+            again = Attached(server.pid, tmp_path / "again.json", 0.5).finish()
+            assert again["walk"]["connections"] >= N + 10, again["walk"]
+            assert _shims_mapped(server.pid) == first
+        server.stop()
+    print(f"echo server, bytes per connection: {per}")
+    assert abs(per["jailed"] - per["plain"]) <= 0.05 * per["plain"], per
+
+
+HAPROXY_JAILED = """\
+global
+    maxconn 4096
+    nbthread 2
+    chroot {jail}
+    user haproxy
+    group haproxy
+{extra}defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+frontend tls
+    bind 127.0.0.1:{port} ssl crt {pem}
+    http-request return status 200 content-type text/plain string "hello"
+"""
+
+
+def _haproxy_worker(master, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = [p for p in psutil.Process(master).children() if p.uids().real != 0]
+        if kids:
+            return kids[0].pid
+        time.sleep(0.1)
+    raise AssertionError("haproxy's worker did not start")
+
+
+@pytest.mark.skipif(not shutil.which("haproxy"), reason="needs Debian's haproxy (make test installs it)")
+@pytest.mark.parametrize("forks", [False, True], ids=["debian-default", "insecure-fork-wanted"])
+def test_attach_to_haproxy_as_debian_runs_it(cert_pair, tmp_path, forks):
+    """`haproxy -Ws` with Debian's chroot and user: the worker forbids itself new threads and
+    processes (RLIMIT_NPROC 0) unless `insecure-fork-wanted`. Then attach says so in one line
+    (exit 7) and leaves the worker as it was; with the option, the walk finds every connection, in
+    the jail and in a thread arena that the worker's fork left in two mappings (it found half)."""
+    try:
+        pwd.getpwnam("haproxy")
+    except KeyError:
+        pytest.skip("no haproxy user: install the Debian package haproxy")
+    cert, key = cert_pair
+    pem = tmp_path / "haproxy.pem"
+    pem.write_text(open(cert).read() + open(key).read())
+    port = free_port()
+    conf = tmp_path / "haproxy.cfg"
+    extra = "    insecure-fork-wanted\n" if forks else ""
+    conf.write_text(HAPROXY_JAILED.format(jail=_jail(tmp_path), extra=extra, port=port, pem=pem))
+    haproxy = subprocess.Popen(["haproxy", "-Ws", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    socks = []
+    try:
+        worker = _haproxy_worker(haproxy.pid)
+        wait_for(
+            lambda: any(c.laddr.port == port for c in psutil.net_connections("tcp") if c.status == "LISTEN"),
+            20,
+            "haproxy to listen",
+        )
+        socks = _http_keepalive(port, N)
+        if not forks:
+            out = tmp_path / "refused.json"
+            p = subprocess.run(
+                [*TLSPROF, "attach", str(worker), "--duration", "1", "-o", str(out)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert p.returncode == 7, p.stderr
+            lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+            assert len(lines) == 1 and "RLIMIT_NPROC is 0" in lines[0] and "insecure-fork-wanted" in lines[0], lines
+            assert not _shims_mapped(worker)
+        else:
+            report = Attached(worker, tmp_path / "haproxy.json", 1).finish(timeout=120)
+            walk = report["walk"]
+            assert walk["status"] == "ok" and walk["connections"] >= N, walk
+            print(f"haproxy in a jail: {walk['connections']} walked, {report['per_connection']['bytes']} B each")
+        assert haproxy.poll() is None
+        socks += _http_keepalive(port, 3)
+    finally:
+        for s in socks:
+            s.close()
+        haproxy.send_signal(signal.SIGTERM)
+        try:
+            haproxy.wait(15)
+        except subprocess.TimeoutExpired:
+            haproxy.kill()
+            haproxy.wait()
+
+
+@pytest.mark.parametrize("limit,forbidden", [(0, True), (1, True), (50000, False)])
+def test_a_process_that_may_not_make_threads_is_told_before_any_attach(limit, forbidden):
+    """RLIMIT_NPROC counts the tasks of the real uid (nobody runs one here: the sleep)."""
+    from tlsprof.collect.inject.target_facts import _status, threads_forbidden
+
+    p = subprocess.Popen(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "prlimit", f"--nproc={limit}", "sleep", "30"]
+    )
+    try:
+        wait_for(lambda: p.poll() is not None or psutil.Process(p.pid).name() == "sleep", 10, "the sleep to start")
+        assert p.poll() is None, "prlimit could not set the limit"
+        why = threads_forbidden(p.pid, _status(p.pid))
+        assert bool(why) == forbidden, why
+        if forbidden:
+            assert f"RLIMIT_NPROC is {limit}" in why
+    finally:
+        p.kill()
+        p.wait()

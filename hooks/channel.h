@@ -10,7 +10,7 @@ void channel_stop(void);
 int channel_pause(void);  /* 1: paused (setxid.c, through main.c) */
 int channel_resume(void); /* 0: serving again on the socket kept open */
 int channel_running(void);
-void channel_after_fork_child(void);
+int channel_after_fork_child(void);       /* -2: the directory is not the child's to serve in */
 void channel_release_from_listener(void); /* the listener ends itself after DETACH */
 /* What DETACH runs (main.c's stop): registered from above, so the channel never calls up. */
 void channel_on_detach(int (*stop)(void));

@@ -304,10 +304,11 @@ void channel_release_from_listener(void)
     if (sock_pid == getpid()) unlink(sock_path);
 }
 
-/* In a forked child the listener thread does not exist; the socket file is the parent's. */
-void channel_after_fork_child(void)
+/* In a forked child the listener thread does not exist; the socket file is the parent's.
+ * -> channel_start's result (-2: the directory is not the child's to serve in), 0 when not serving. */
+int channel_after_fork_child(void)
 {
-    if (!still_running()) return;
+    if (!still_running()) return 0;
     __atomic_store_n(&listener_running, 0, __ATOMIC_RELEASE);
     forget_listen_fd();
     close_wake_pipe();
@@ -315,7 +316,7 @@ void channel_after_fork_child(void)
      * snprintf emptied it, and the child bound "/<pid>.sock" outside the private directory) */
     char dir[sizeof sock_dir];
     memcpy(dir, sock_dir, sizeof dir);
-    channel_start(dir);
+    return channel_start(dir);
 }
 
 __attribute__((destructor)) static void channel_cleanup(void)

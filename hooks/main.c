@@ -17,6 +17,7 @@ static int nursery_wanted; /* not TLSPROF_NURSERY=0, read at load */
 static char preload_dir[96];
 
 int tlsprof_stop_from_channel(void);
+static int start_in_own_dir(int (*start)(const char *));
 
 /* Lower layers never call up: what they need from above is handed down here. */
 static void hand_down(void)
@@ -56,7 +57,7 @@ static void after_fork_child(void)
     pytrace_unlock();
     stripes_after_fork_child();
     pthread_mutex_init(&start_lock, NULL);
-    if (tlsprof_active) channel_after_fork_child();
+    if (tlsprof_active && channel_after_fork_child() == -2) start_in_own_dir(channel_start);
 }
 
 EXPORT int tlsprof_start(const char *channel_dir)
@@ -136,6 +137,26 @@ static int own_uid_dir(char *out, size_t n)
     return 0;
 }
 
+/* A process that chrooted reaches neither TLSPROF_DIR nor /tmp: a daemon forked inside its jail
+ * (stunnel with `chroot` and its default `foreground = no`) serves at the jail's root, where
+ * tlsprof looks for its tree's jailed processes (tlsprof/collect/jail.py). Only where /proc is
+ * missing, i.e. the process sees a root of its own. */
+static int jail_root_dir(char *out, size_t n)
+{
+    if (access("/proc/self/maps", F_OK) == 0) return -1;
+    if (snprintf(out, n, "/tlsprof-%u", (unsigned)geteuid()) >= (int)n) return -1;
+    if (mkdir(out, 0700) != 0 && errno != EEXIST) return -1;
+    return 0;
+}
+
+/* TLSPROF_DIR was not ours to serve in: the user's own directory, else the jail's root. */
+static int start_in_own_dir(int (*start)(const char *))
+{
+    char own[96];
+    if (own_uid_dir(own, sizeof own) == 0 && start(own) == 0) return 0;
+    return jail_root_dir(own, sizeof own) == 0 ? start(own) : -1;
+}
+
 /* setxid.c: a preloaded process about to change its credentials stops the listener thread... */
 int tlsprof_channel_pause(void)
 {
@@ -151,10 +172,8 @@ int tlsprof_channel_pause(void)
 void tlsprof_channel_resume(void)
 {
     pthread_mutex_lock(&start_lock);
-    if (tlsprof_active && !channel_running() && channel_resume() != 0 && channel_start(preload_dir) == -2) {
-        char own[96];
-        if (own_uid_dir(own, sizeof own) == 0) channel_start(own);
-    }
+    if (tlsprof_active && !channel_running() && channel_resume() != 0 && channel_start(preload_dir) == -2)
+        start_in_own_dir(channel_start);
     pthread_mutex_unlock(&start_lock);
 }
 
@@ -169,7 +188,6 @@ __attribute__((constructor)) static void preload_start(void)
         const char *base = getenv("TLSPROF_UID_DIRS");
         if (base) snprintf(uid_dirs_base, sizeof uid_dirs_base, "%s", base);
         if (tlsprof_start(dir) != -2) return;
-        char own[96];
-        if (own_uid_dir(own, sizeof own) == 0) tlsprof_start(own);
+        start_in_own_dir(tlsprof_start);
     }
 }

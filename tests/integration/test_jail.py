@@ -8,11 +8,13 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import psutil
 import pytest
 
+from reportcheck import load_checked
 from test_attach import TLSPROF, Attached, _http_keepalive, handshakes_ok, wait_for
 from test_heap_walk import _walked
 from tlsenv import free_port
@@ -180,3 +182,69 @@ def test_a_process_that_may_not_make_threads_is_told_before_any_attach(limit, fo
     finally:
         p.kill()
         p.wait()
+
+
+STUNNEL_DAEMON = """\
+foreground = no
+pid =
+chroot = {jail}
+setuid = stunnel4
+setgid = stunnel4
+debug = warning
+[echo]
+accept = 127.0.0.1:{port}
+connect = 127.0.0.1:{backend_port}
+cert = {cert}
+key = {key}
+"""
+
+
+@pytest.mark.skipif(not shutil.which("stunnel4"), reason="needs Debian's stunnel4 (make test installs it)")
+def test_run_sees_a_daemon_forked_inside_its_jail(cert_pair, tmp_path):
+    """stunnel as its Debian package prepares it (`chroot` to a directory stunnel4 owns, `setuid =
+    stunnel4`) with its default `foreground = no`: it chroots, drops root, then forks its daemon.
+    That child reaches neither the run's directory nor /tmp; it was followed and stopped, but seen
+    not at all. Its shim now serves at the jail's root, and tlsprof links that socket in."""
+    from servers import clients
+    from test_process_trees import _kill_tree, listening, stop_tlsprof
+    from tlsenv import Proc
+
+    try:
+        entry = pwd.getpwnam("stunnel4")
+    except KeyError:
+        pytest.skip("no stunnel4 user: install the Debian package stunnel4")
+    jail = _jail(tmp_path)
+    os.chown(jail, entry.pw_uid, entry.pw_gid)  # as /var/lib/stunnel4
+    backend_py = os.path.join(os.path.dirname(os.path.dirname(__file__)), "servers", "backend.py")
+    backend = Proc([sys.executable, backend_py, "--echo", "--ready-file", "{ready}"])
+    port = free_port()
+    cert, key = cert_pair
+    conf = tmp_path / "stunnel.conf"
+    conf.write_text(
+        STUNNEL_DAEMON.format(jail=jail, port=port, backend_port=int(backend.wait_ready(20)), cert=cert, key=key)
+    )
+    out = tmp_path / "stunnel.json"
+    tool = subprocess.Popen(
+        [*TLSPROF, "run", "-o", str(out), "--interval", "0.3", "--at", "last", "--", "stunnel4", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    held = None
+    try:
+        wait_for(lambda: tool.poll() is None and listening(port), 30, "stunnel's daemon to listen")
+        held = clients.hold("tls", port, 50)
+        time.sleep(2.0)  # the bridge links the jailed socket, then several snapshots
+        assert os.listdir(jail) == [f"tlsprof-{entry.pw_uid}"], os.listdir(jail)
+        stop_tlsprof(tool)
+        err = tool.stderr.read()
+    finally:
+        if held is not None:
+            held.close()
+        _kill_tree(tool)
+        backend.stop()
+    assert tool.returncode == 0, err
+    report = load_checked(out)
+    assert report["per_connection"]["connections"] == 50, (report["per_connection"], err)
+    print(f"stunnel daemon in its jail: {report['per_connection']['bytes']} B per connection")

@@ -151,45 +151,55 @@ def _descends_from(pid: int, ancestor: int, max_depth: int = 64) -> bool:
     return False
 
 
-def link_switched_uid_sockets(run_dir: str, root_pid: int) -> list:
+def link_switched_uid_sockets(run_dir: str, root_pid: int, jailed=()) -> list:
     """`tlsprof run` as root: a process of the tree that switched to another user (setpriv,
     runuser, a server dropping privileges before exec) cannot enter the run's root-owned 0700
     directory, so its shim and agent serve in that user's own channel directory instead (the
     shim's and sitecustomize's fallback, TLSPROF_UID_DIRS). Link those sockets into `run_dir`,
     where the session looks, once the directory, the socket and the process all belong to that
     user: nothing else is trusted. A stale socket of the same pid (the process before its exec)
-    is replaced. -> the links made."""
-    made = []
+    is replaced. `jailed`: (directory, uid) of the tree's chrooted processes too
+    (tlsprof/collect/jail.py), any uid. -> the links made."""
+    found = []
     for other in glob.glob(os.path.join(BASE, "tlsprof-[0-9]*")):
         try:
             uid = int(os.path.basename(other)[len("tlsprof-") :])
-            if uid == os.geteuid():
-                continue  # our own processes serve in run_dir itself
-            _check(other, uid)
-            names = os.listdir(other)
-        except (ValueError, OSError, UnsafeChannelDir):
+        except ValueError:
+            continue
+        if uid != os.geteuid():  # our own processes serve in run_dir itself
+            found.append((other, uid))
+    made = []
+    for directory, uid in [*found, *jailed]:
+        try:
+            _check(directory, uid)
+            names = os.listdir(directory)
+        except (OSError, UnsafeChannelDir):
             continue
         for name in names:
-            owner = socket_pid(name)
-            if owner is None:
-                continue
-            pid = owner[0]
-            src = os.path.join(other, name)
-            dst = os.path.join(run_dir, name)
-            try:
-                if os.path.islink(dst) and os.readlink(dst) == src:
-                    continue
-                st = os.lstat(src)
-                if not stat.S_ISSOCK(st.st_mode) or st.st_uid != uid:
-                    continue
-                if _ppid_and_euid(pid)[1] != uid or not _descends_from(pid, root_pid):
-                    continue
-                tmp = os.path.join(run_dir, f".link-{name}")
-                if os.path.lexists(tmp):
-                    os.unlink(tmp)
-                os.symlink(src, tmp)
-                os.replace(tmp, dst)  # over the socket the process bound before its exec
-                made.append(dst)
-            except (OSError, KeyError, ValueError):
-                continue
+            _link_one(directory, name, uid, run_dir, root_pid, made)
     return made
+
+
+def _link_one(directory: str, name: str, uid: int, run_dir: str, root_pid: int, made: list) -> None:
+    owner = socket_pid(name)
+    if owner is None:
+        return
+    pid = owner[0]
+    src = os.path.join(directory, name)
+    dst = os.path.join(run_dir, name)
+    try:
+        if os.path.islink(dst) and os.readlink(dst) == src:
+            return
+        st = os.lstat(src)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != uid:
+            return
+        if _ppid_and_euid(pid)[1] != uid or not _descends_from(pid, root_pid):
+            return
+        tmp = os.path.join(run_dir, f".link-{name}")
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(src, tmp)
+        os.replace(tmp, dst)  # over the socket the process bound before its exec
+        made.append(dst)
+    except (OSError, KeyError, ValueError):
+        return

@@ -9,13 +9,18 @@ read-only copy of the shim, tlsprof/collect/shim_copy.py). The channel directory
 session ends and nothing is left in it; the copy stays as long as a process maps it (a shim is never
 unloaded), and a later attach loads the same file again instead of a second shim.
 
+Under `run` the shim is loaded before any chroot and keeps its socket across it; only a process
+forked inside the jail after it dropped root (stunnel's daemon) must serve anew: it does so at the
+jail's root too when it can write there (hooks/main.c), and `run` links that socket into its own
+directory (jailed_channel_dirs).
+
 Only the same mount namespace is handled here: a target in another one (a container) is
 shim_copy.check_same_view's case.
 """
 
 import os
 
-from tlsprof.collect import channel_paths
+from tlsprof.collect import channel_paths, process_tree
 from tlsprof.errors import NoSuchProcess, ShimNotLoadable
 
 # the connecting side's socket path `<dir>/<pid>.sock` must fit a sockaddr_un too
@@ -92,3 +97,24 @@ def tidy(directories) -> None:
             os.rmdir(path)
         except OSError:
             pass
+
+
+def jailed_channel_dirs(root_pid: int) -> list:
+    """(directory, uid) where the chrooted processes under `root_pid` serve (`tlsprof run`): a shim
+    that can reach neither the run's directory nor /tmp from its jail serves at the jail's root
+    (hooks/main.c, a daemon forked after chroot and setuid: stunnel's default). Symlinks to their
+    sockets go into the run's directory (channel_paths.link_switched_uid_sockets)."""
+    out = []
+    for pid in process_tree.descendants(root_pid):
+        try:
+            root = root_of(pid)
+            if not root:
+                continue
+            with open(f"/proc/{int(pid)}/status") as f:
+                uid = next(int(line.split()[2]) for line in f if line.startswith("Uid:"))
+        except (OSError, StopIteration, ValueError, ShimNotLoadable, NoSuchProcess):
+            continue
+        path = channel_paths.channel_dir_path(uid, base=root)
+        if (path, uid) not in out:
+            out.append((path, uid))
+    return out

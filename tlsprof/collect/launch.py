@@ -5,7 +5,7 @@ import subprocess
 import tempfile
 import threading
 
-from tlsprof.collect import channel_paths, shim_copy
+from tlsprof.collect import channel_paths, jail, shim_copy
 from tlsprof.collect.shim import shim_path
 from tlsprof.collect.target import become_subreaper
 from tlsprof.errors import LaunchError
@@ -61,7 +61,8 @@ def _bridge_switched_users(channel_dir: str) -> None:
     def loop():
         while os.path.isdir(channel_dir) and not stop.wait(UID_BRIDGE_PERIOD_S):
             try:
-                channel_paths.link_switched_uid_sockets(channel_dir, os.getpid())
+                jailed = jail.jailed_channel_dirs(os.getpid())
+                channel_paths.link_switched_uid_sockets(channel_dir, os.getpid(), jailed)
             except OSError:
                 pass  # the run directory is gone: the session is over
 

@@ -26,10 +26,10 @@ BASE = "/tmp"
 MAX_DIR_LEN = 108 - 24
 
 
-def channel_dir_path(uid: int, base: str = BASE) -> str:
+def channel_dir_path(uid: int, base: str | None = None) -> str:
     """The path of the channel directory for `uid`, without creating or checking it (`base`: the
     root of a chrooted target's jail instead of /tmp, tlsprof/collect/jail.py)."""
-    return os.path.join(base, f"tlsprof-{int(uid)}")
+    return os.path.join(base or BASE, f"tlsprof-{int(uid)}")
 
 
 def _check(path: str, uid: int) -> None:
@@ -44,7 +44,7 @@ def _check(path: str, uid: int) -> None:
         )
 
 
-def channel_dir_for(uid: int, base: str = BASE) -> str:
+def channel_dir_for(uid: int, base: str | None = None) -> str:
     """Return the private channel directory of `uid`, creating it (0700, owned by uid) if absent.
 
     Raises UnsafeChannelDir when the path exists but is not a directory owned by uid with
@@ -57,7 +57,7 @@ def channel_dir_for(uid: int, base: str = BASE) -> str:
     except FileExistsError:
         pass
     except OSError as exc:
-        why = f"{base} is read-only" if exc.errno == errno.EROFS else exc.strerror
+        why = f"{base or BASE} is read-only" if exc.errno == errno.EROFS else exc.strerror
         raise ShimNotLoadable(f"cannot create the channel directory {path} for the target: {why}") from None
     else:
         os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask; make it exact

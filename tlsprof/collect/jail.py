@@ -69,11 +69,10 @@ def channel_dir(pid: int, uid: int, create: bool) -> str:
     """The channel directory (our path) of a process of `uid`: /tmp/tlsprof-<uid>, or its twin at
     the root of the jail `pid` chrooted into. `create`: made (and checked) as channel_dir_for does."""
     jail = root_of(pid)
-    base = jail if jail else channel_paths.BASE
     if create:
-        path = channel_paths.channel_dir_for(uid, base=base)
+        path = channel_paths.channel_dir_for(uid, base=jail)
     else:
-        path = channel_paths.channel_dir_path(uid, base=base)
+        path = channel_paths.channel_dir_path(uid, base=jail)
     if jail and len(path) > _MAX_OUTSIDE_DIR:  # a deep jail: reach it through the process's root
         path = f"/proc/{int(pid)}/root" + inside(jail, path)
     return path

@@ -81,8 +81,8 @@ class Bundle:
                 remove_unused(os.path.dirname(self.root), only=os.path.basename(self.root))
 
 
-def lib_dir(euid: int | None = None, base: str = BASE) -> str:
-    return os.path.join(base, f"tlsprof-lib-{os.geteuid() if euid is None else int(euid)}")
+def lib_dir(euid: int | None = None, base: str | None = None) -> str:
+    return os.path.join(base or BASE, f"tlsprof-lib-{os.geteuid() if euid is None else int(euid)}")
 
 
 def installed() -> tuple[str, str]:
@@ -237,7 +237,7 @@ def _check_lib_dir(path: str) -> None:
         )
 
 
-def _ensure_lib_dir(base: str = BASE) -> str:
+def _ensure_lib_dir(base: str | None = None) -> str:
     path = lib_dir(base=base)
     try:
         os.mkdir(path, 0o755)
@@ -301,8 +301,9 @@ def _rmtree(root: str) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def make(shim: str, base: str = BASE) -> Bundle:
-    """The content-named copy of the shim and agent files, made if absent; held until release()."""
+def make(shim: str, base: str | None = None) -> Bundle:
+    """The content-named copy of the shim and agent files, made if absent; held until release().
+    `base`: where its lib dir goes (/tmp, or a chrooted target's jail)."""
     files = _files(shim)
     base = _ensure_lib_dir(base)
     digest = _content_hash(files)

@@ -199,7 +199,12 @@ static int walk_chunks(struct walk *w, uintptr_t first, uintptr_t end, int dry_r
 static int walk_thread_heap(struct walk *w, const struct mapping *m)
 {
     uintptr_t h = m->lo;
-    uintptr_t ar_ptr = word(h), size = word(h + 16);
+    uintptr_t ar_ptr = word(h), prev = word(h + 8), size = word(h + 16), mprotected = word(h + 24);
+    /* heap_info as glibc writes it: its arena's malloc_state follows the header of the arena's first
+     * heap, prev is another heap's (aligned) or none, and the heap's size was made writable. A
+     * main-arena piece or an application's mapping that happens to start at an aligned address
+     * (prev_size 0 there) is no thread heap, and taking it for one skipped it and its neighbours */
+    if ((ar_ptr & (HEAP_MAX - 1)) != HEAP_INFO_SIZE || (prev & (HEAP_MAX - 1)) || mprotected < size) return 0;
     if (size < 4096 || size > HEAP_MAX || size > m->hi - m->lo) return 0;
     uintptr_t end = h + size;
     if (ar_ptr != h + HEAP_INFO_SIZE) {

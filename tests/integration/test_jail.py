@@ -146,6 +146,10 @@ def test_attach_to_haproxy_as_debian_runs_it(cert_pair, tmp_path, forks):
             lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
             assert len(lines) == 1 and "RLIMIT_NPROC is 0" in lines[0] and "insecure-fork-wanted" in lines[0], lines
             assert not _shims_mapped(worker)
+            # through the master: the report itself says the worker is missing, not only stderr
+            master = Attached(haproxy.pid, tmp_path / "master.json", 0.5).finish(timeout=120)
+            missing = [n for n in master["notes"] if f"child {worker} not attached" in n]
+            assert missing and "RLIMIT_NPROC is 0" in missing[0], master["notes"]
         else:
             report = Attached(worker, tmp_path / "haproxy.json", 1).finish(timeout=120)
             walk = report["walk"]

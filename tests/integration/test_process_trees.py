@@ -659,3 +659,52 @@ def test_live_view_switches_between_the_tree_and_each_process(cert_pair, tmp_pat
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         shutil.rmtree(channel, ignore_errors=True)
+
+
+CLEAN_ENV_LAUNCHER = """
+import os, subprocess, sys
+# dovecot starts its login processes so: exec'd with an environment of its own, LD_PRELOAD gone
+child = subprocess.Popen([sys.executable, *sys.argv[1:]], env={"PATH": os.environ.get("PATH", "/usr/bin")})
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+def test_run_names_tree_processes_it_cannot_see(cert_dir, tmp_path):
+    """A process of the tree that holds TLS connections without a shim (started with a cleaned
+    environment, as dovecot's imap-login) left the report at 0 connections, silently. The report
+    and stderr now name it."""
+    from tlsenv import ECHO_SERVER
+
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(CLEAN_ENV_LAUNCHER)
+    ready = tmp_path / "port"
+    out = tmp_path / "clean.json"
+    tool = subprocess.Popen(
+        [*TLSPROF, "run", "-o", str(out), "--interval", "0.3", "--", sys.executable, str(launcher), ECHO_SERVER]
+        + ["--port", "0", "--ready-file", str(ready), "--certdir", cert_dir],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    held = []
+    child = None
+    try:
+        child = int(tool.stdout.readline())
+        wait_for(lambda: ready.exists(), 30, "the echo server")
+        port = int(ready.read_text())
+        held = [tls_connect(port) for _ in range(3)]
+        time.sleep(1.0)
+        stop_tlsprof(tool)  # SIGTERM reaches the launcher only: the child outlives it
+    finally:
+        for s in held:
+            s.close()
+        _kill_tree(tool)
+        if child is not None and psutil.pid_exists(child):
+            os.kill(child, signal.SIGKILL)  # it holds tlsprof's stderr open too
+    err = tool.stderr.read()
+    report = load_checked(out)
+    notes = [n for n in report["notes"] if "no tlsprof shim serves in them" in n]
+    assert notes and f"{child} (python" in notes[0] and "3 TCP" in notes[0], report["notes"]
+    assert f"{child} (python" in err

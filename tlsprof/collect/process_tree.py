@@ -24,3 +24,39 @@ def command_of(pid: int) -> list:
         return psutil.Process(pid).cmdline()
     except psutil.Error:
         return []
+
+
+def untracked_tls(root_pid: int, tracked) -> list:
+    """[(pid, name, established TCP connections)] for the processes under `root_pid` (itself
+    excluded) that load a shared libssl and hold TCP connections but are not in `tracked`: started
+    with a cleaned environment (dovecot's login processes lose LD_PRELOAD), or barred from making
+    the shim's thread (RLIMIT_NPROC). Their memory is in no report, and the report must say so."""
+    out = []
+    for pid in descendants(root_pid)[1:]:
+        if pid in tracked:
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                if "/libssl.so" not in f.read():
+                    continue
+            proc = psutil.Process(pid)
+            held = sum(1 for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_ESTABLISHED)
+            if held:
+                out.append((pid, proc.name(), held))
+        except (OSError, psutil.Error):
+            continue
+    return out
+
+
+def untracked_sentence(found: list, limit: int = 5) -> str | None:
+    """One note for the report about untracked_tls's processes, or None."""
+    if not found:
+        return None
+    shown = ", ".join(f"{pid} ({name}, {held} TCP)" for pid, name, held in found[:limit])
+    more = f" and {len(found) - limit} more" if len(found) > limit else ""
+    return (
+        f"{len(found)} process(es) of the tree use OpenSSL and held TCP connections at the last look, but no "
+        f"tlsprof shim serves in them: pids {shown}{more}. Their memory is not in this report (a cleaned "
+        f"environment drops LD_PRELOAD, as dovecot does for its login processes; RLIMIT_NPROC forbids the "
+        f"shim's thread)"
+    )

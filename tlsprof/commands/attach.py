@@ -104,7 +104,8 @@ def run(args) -> int:
 
 
 def _attach(args, stops: StopSignals) -> int:
-    attached = _attach_tree(args)  # {pid: channel directory}
+    not_attached = []  # one sentence per process of the tree left out, for the report too
+    attached = _attach_tree(args, not_attached)  # {pid: channel directory}
     channel_dir = attached[args.pid]
     # the memory that predates the attach, walked once right away (per process of a tree)
     walks = (
@@ -153,7 +154,7 @@ def _attach(args, stops: StopSignals) -> int:
             if _alive(pid):
                 _detach(pid, session.dir_of(pid) if pid in session.sockets() else attached.get(pid, channel_dir))
         jail.tidy(attached.values())
-    notes = []
+    notes = [f"{sentence} (its memory is not in this report)" for sentence in not_attached]
     if target_died:
         notes.append("the target exited while attached: this is the last snapshot taken before")
     if stops.received:
@@ -233,15 +234,16 @@ def _merge_walks(report, walks, observation):
         walked.merge_attach(report, walk, snap)
 
 
-def _attach_tree(args) -> dict:
+def _attach_tree(args, not_attached: list) -> dict:
     """Inject into PID, then into each descendant that loads OpenSSL (unless --no-children).
-    PID's own failure ends the command; a child's is one line on stderr and the others go on."""
+    PID's own failure ends the command; a child's is one line on stderr (and a note in the report
+    when it uses OpenSSL: `not_attached`) and the others go on."""
     attached = {}
     pids = [args.pid] if args.no_children else (process_tree.descendants(args.pid) or [args.pid])
     for pid in pids:
         try:
             attached[pid] = _attach_one(pid, args.timeout)
-        except (NoOpenSSL, NoSuchProcess) as exc:
+        except (NoOpenSSL, NoSuchProcess) as exc:  # nothing of OpenSSL's is left out
             if pid == args.pid:
                 raise
             tell(f"tlsprof: note: child {pid} not attached: {exc}")
@@ -251,7 +253,8 @@ def _attach_tree(args) -> dict:
                     _detach(done, directory)
                 jail.tidy(attached.values())
                 raise
-            tell(f"tlsprof: note: child {pid} not attached: {exc}")
+            not_attached.append(f"child {pid} not attached: {exc}")
+            tell(f"tlsprof: note: {not_attached[-1]}")
     return attached
 
 

@@ -16,6 +16,7 @@ and connection carries its walked bytes beside its tracked ones (docs/heap-walk.
 """
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -26,7 +27,7 @@ from tlsprof.analysis import walked
 from tlsprof.analysis.moments import DEFAULT_MOMENT, MOMENTS
 from tlsprof.analysis.report import build_report
 from tlsprof.analysis.reports import ReportSource
-from tlsprof.collect import client, launch
+from tlsprof.collect import client, launch, process_tree
 from tlsprof.collect.client import Snapshot
 from tlsprof.collect.collector import collect
 from tlsprof.collect.session import Session
@@ -116,6 +117,7 @@ def _run(args, cmd, stops: StopSignals) -> int:
         # because the process's OpenSSL is a static copy whose entry points nothing hooks
         walk_found = {}
         stripped_notes = []  # OpenSSL linked statically and stripped: said once, kept for the report
+        untracked = []  # processes of the tree with TLS connections and no shim, at the last look
         metrics = None
         if args.metrics:  # bind before starting the target: a bad address must not orphan it
             from tlsprof.render.metrics import start_metrics_server
@@ -153,6 +155,10 @@ def _run(args, cmd, stops: StopSignals) -> int:
 
                 def last_look():
                     _walk_last_look(session, walk_found, asked=getattr(args, "walk", False))
+                    # those that answered: a child that exec'd with a cleaned environment leaves the
+                    # socket its shim bound after the fork
+                    answered = set(session.last.snaps) if session.last is not None else set()
+                    untracked[:] = process_tree.untracked_tls(os.getpid(), answered)
 
                 target = Target(
                     proc,
@@ -192,6 +198,10 @@ def _run(args, cmd, stops: StopSignals) -> int:
         notes += stripped_notes
         if daemonized_note:
             notes.append(daemonized_note)
+        untracked_note = process_tree.untracked_sentence(untracked)
+        if untracked_note:
+            notes.append(untracked_note)
+            tell(f"tlsprof: note: {untracked_note}")
         report = source.report(at=args.at, partial=partial, notes=notes)
         if report is not None and getattr(args, "walk", False):
             _annotate_walk(report, walk_found)

@@ -116,8 +116,8 @@ def preflight(pid: int, shim_path: str | None = None, channel_dir: str | None = 
     forbidden = threads_forbidden(pid, status)
     if forbidden:
         raise AttachError(
-            f"{forbidden}; profile it from its start instead (`tlsprof run -- COMMAND`: the shim's "
-            f"thread then comes before the limit)"
+            f"{forbidden}; where the program sets that limit itself after it starts (HAProxy), "
+            f"`tlsprof run -- COMMAND` profiles it: the shim's thread comes first"
         )
 
     uid = int(status.get("Uid", "0").split()[0])

@@ -2,6 +2,7 @@
 server holds 200 idle TLS connections opened before the attach; figures are held against a count
 made without tlsprof (mallinfo2) or against what `tlsprof run` tracks for the same workload."""
 
+import glob
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from reportcheck import load_checked
 from test_attach import Attached, _http_keepalive, handshakes_ok, nginx_worker, wait_for
 from test_run import WORKLOADS, freeze, settle, tlsprof_run
 from tlsenv import free_port
+from tlsprof.collect import client
 
 pytestmark = pytest.mark.skipif(not shutil.which("gdb"), reason="attach needs gdb (make test installs it)")
 
@@ -243,6 +245,20 @@ def test_walk_says_so_in_one_line_under_another_allocator_and_tracking_goes_on(s
     assert any("heap walk not possible" in n for n in report["notes"])
     new = [c for c in report["connections"] if c["since_attach"]]
     assert len(new) >= 20 and all(c["measured"] == "tracked" and c["live_bytes"] > 0 for c in new)
+
+
+@pytest.mark.skipif(not os.path.exists(JEMALLOC), reason="needs libjemalloc2 (make test installs it)")
+def test_a_walk_answered_at_once_reaches_the_collector(spawn, tmp_path):
+    """WALK goes with a descriptor of the target's maps; the collector then sent the rest of the line
+    even when nothing was left, an empty send that failed with EPIPE whenever the shim had already
+    answered and closed (a walk refused at once: jemalloc here, RLIMIT_NPROC in HAProxy's worker).
+    About one `run --walk` of HAProxy in two lost its walk's answer so."""
+    server = spawn.server(env={"LD_PRELOAD": JEMALLOC}, wrapper=tlsprof_run(tmp_path / "r.json"))
+    pid = server.target_pid()
+    wait_for(lambda: glob.glob(f"/tmp/tlsprof-run-*/{pid}.sock"), 20, "the shim's socket")
+    path = glob.glob(f"/tmp/tlsprof-run-*/{pid}.sock")[0]
+    answers = [client.walk(path, timeout=20, maps_of=pid).status for _ in range(100)]
+    assert answers == ["unavailable"] * 100
 
 
 def test_fifty_attach_walk_detach_cycles_under_handshake_load(spawn, tmp_path):

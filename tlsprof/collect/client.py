@@ -37,7 +37,8 @@ def request(path: str, command: str, timeout: float = 5.0, pass_fd: int | None =
             s.sendall(line)
         else:
             sent = socket.send_fds(s, [line], [pass_fd])
-            s.sendall(line[sent:])
+            if sent < len(line):  # never an empty send: the shim may have answered and closed by now
+                s.sendall(line[sent:])
         chunks = []
         while True:
             data = s.recv(1 << 20)

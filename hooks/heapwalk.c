@@ -399,6 +399,7 @@ char *heapwalk_run(int timeout_ms, int maps_fd)
         child_walk(fds[1], now_ns() - t0, given_maps);
         syscall(SYS_exit_group, 0);
     }
+    int clone_err = pid < 0 ? errno : 0;
     uint64_t fork_ns = now_ns() - t0;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (given_maps) maps_text_free(given_maps);
@@ -406,7 +407,10 @@ char *heapwalk_run(int timeout_ms, int maps_fd)
     if (pid < 0) {
         close(fds[0]);
         pthread_mutex_unlock(&walk_lock);
-        return unavailable("the walk process could not be made");
+        /* HAProxy's workers set RLIMIT_NPROC to 0, Dovecot's login processes to 1 */
+        return unavailable(clone_err == EAGAIN ? "the walk process could not be made: the process may not create "
+                                                 "another (RLIMIT_NPROC)"
+                                               : "the walk process could not be made");
     }
     size_t len = 0, cap = 65536;
     char *text = malloc(cap);

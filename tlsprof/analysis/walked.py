@@ -71,14 +71,15 @@ def walk_summary(walk) -> dict:
     return out
 
 
-def walk_sentence(walk) -> str:
-    """One line for the user: what the walk found, or why it could not run."""
+def walk_sentence(walk, mode: str = "attach") -> str:
+    """One line for the user: what the walk found, or why it could not run (`mode`: attach or run,
+    which tracked from the start)."""
     if walk is None:
         return "no heap walk was run"
     if not walk.ok:
+        since = "since the attach" if mode == "attach" else "from the start"
         return (
-            f"heap walk not possible: {walk.reason or walk.status}; the report carries only what "
-            f"tracking since the attach sees"
+            f"heap walk not possible: {walk.reason or walk.status}; the report carries only what tracking {since} sees"
         )
     s = walk.stats
     pause = s.get("pause_us", s.get("fork_us", 0)) / 1000
@@ -149,7 +150,7 @@ def merge_static_run(report: dict, walk, snap) -> dict:
     report["walk"] = walk_summary(walk)
     notes = report.setdefault("notes", [])
     if walk is None or not walk.ok:
-        notes.append(walk_sentence(walk) + "; the static copy's bytes stay process-wide")
+        notes.append(walk_sentence(walk, mode="run") + "; the static copy's bytes stay process-wide")
         return report
     objects = static_objects(walk)
     added, merged_ptrs = _add_walked_entries(report, objects, snap, WALKED_AT_LAST_LOOK, predates_attach=False)
@@ -427,7 +428,7 @@ def annotate_run(report: dict, walk, snap) -> dict:
     for entry in report.get("contexts", []) + report.get("connections", []):
         _mark_tracked(entry)
     if walk is None or not walk.ok:
-        report.setdefault("notes", []).append(walk_sentence(walk))
+        report.setdefault("notes", []).append(walk_sentence(walk, mode="run"))
         return report
     by_ptr = {(o.kind, o.ptr): o for o in walk.objects}
     entries = _entry_ids(report)

@@ -429,7 +429,7 @@ def _walk_last_look(session: Session, found: dict, asked: bool = True) -> None:
         found["walk"] = client.walk(path, maps_of=pid)
     except Exception as exc:  # noqa: BLE001 - a walk that fails must never lose the report
         found["walk"] = client.Walk(status="failed", reason=str(exc))
-    tell(f"tlsprof: {walked.walk_sentence(found['walk'])}")
+    tell(f"tlsprof: {walked.walk_sentence(found['walk'], mode='run')}")
 
 
 def _merge_static_walk(report, found: dict):

@@ -94,9 +94,10 @@ EXPORT int tlsprof_start(const char *channel_dir)
     return 0;
 }
 
+/* 1: nothing to stop (an earlier detach did), which `tlsprof detach` then says */
 static int stop_locked(int from_listener)
 {
-    if (!tlsprof_active) return 0;
+    if (!tlsprof_active) return 1;
     pyagent_stop();
     interpose_remove();
     tlsprof_active = 0;

@@ -223,6 +223,17 @@ def test_detach_cli_falls_back_to_gdb_when_socket_is_gone(targets, shim, chan):
     assert t.proc.poll() is None
 
 
+def test_detach_of_a_shim_already_stopped_says_so(targets, shim, chan):
+    """After a session detached, the shim stays mapped but inactive; `tlsprof detach` said
+    "detached via gdb" as if it had removed hooks."""
+    t = targets([sys.executable, "-c", "import ssl, time\nwhile True: time.sleep(0.2)\n"])
+    _wait_libssl(t.pid)
+    inject.inject(t.pid, shim, chan)
+    assert inject.eject(t.pid, chan, shim) == "socket"
+    assert inject.eject(t.pid, chan, shim) == "inactive"
+    assert t.proc.poll() is None
+
+
 def _tlsprof_shims_mapped(pid):
     with open(f"/proc/{pid}/maps") as f:
         return {line.split()[-1] for line in f if "/_shim" in line}

@@ -22,6 +22,9 @@ def run(args) -> int:
     if args.pid <= 0:
         raise UsageError(f"invalid pid {args.pid}")
     how = eject(args.pid, timeout=args.timeout)
+    if how == "inactive":
+        print(f"tlsprof: pid {args.pid} holds tlsprof's shim, already stopped (a session detached it): nothing to do")
+        return 0
     via = "its socket" if how == "socket" else "gdb (its socket did not answer)"
     print(f"tlsprof: detached from pid {args.pid} via {via}")
     return 0

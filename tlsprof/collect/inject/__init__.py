@@ -274,7 +274,8 @@ def inject(
 
 
 def eject(pid: int, channel_dir: str | None = None, shim_path: str | None = None, timeout: float = 20) -> str:
-    """Remove tlsprof's hooks from `pid`. Returns "socket" or "gdb" (how it was done).
+    """Remove tlsprof's hooks from `pid`. Returns "socket" or "gdb" (how it was done), or "inactive"
+    (gdb found the shim loaded but already stopped: an earlier session detached it).
 
     Asks the shim with DETACH over its socket; if the socket does not answer, calls
     tlsprof_stop() in the target through gdb at a safe point.
@@ -316,7 +317,7 @@ def eject(pid: int, channel_dir: str | None = None, shim_path: str | None = None
     res = _result(records)
     kind = res.get("result")
     if kind == "called":
-        return "gdb"
+        return "inactive" if res.get("rc") == 1 else "gdb"
     if kind == "exited":
         raise AttachError(f"pid {pid} exited during detach")
     if kind == "not-loaded":

@@ -16,7 +16,7 @@ import pytest
 
 from reportcheck import load_checked
 from test_attach import TLSPROF, Attached, _http_keepalive, handshakes_ok, wait_for
-from test_heap_walk import _walked
+from test_heap_walk import HAPROXY_CONF, _walked
 from tlsenv import free_port
 
 pytestmark = [
@@ -77,23 +77,10 @@ def test_attach_to_a_chrooted_server_walks_its_connections_and_tracks_new_ones(s
     assert abs(per["jailed"] - per["plain"]) <= 0.05 * per["plain"], per
 
 
-HAPROXY_JAILED = """\
-global
-    maxconn 4096
-    nbthread 2
-    chroot {jail}
-    user haproxy
-    group haproxy
-{extra}defaults
-    mode http
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    timeout http-keep-alive 300s
-frontend tls
-    bind 127.0.0.1:{port} ssl crt {pem}
-    http-request return status 200 content-type text/plain string "hello"
-"""
+# test_heap_walk's HAProxy, as Debian's haproxy.cfg runs it: chrooted, user haproxy, two threads
+HAPROXY_JAILED = HAPROXY_CONF.replace(
+    "global\n", "global\n    nbthread 2\n    chroot {jail}\n    user haproxy\n    group haproxy\n{extra}", 1
+)
 
 
 def _haproxy_worker(master, timeout=20):

@@ -106,6 +106,12 @@ def _give_heap_back():
         _malloc_trim[0](0)
 
 
+# references to an _SSLSocket in the c_socks loop that are our own: `objects`, `c_socks`, the loop
+# name and getrefcount's argument. No more means its owner let go of it during this snapshot: it is
+# freed when we drop `objects`, and calling it alive after its socket closed would be our doing.
+_HELD_ONLY_BY_US = 4
+
+
 def snapshot(want_leaks=True):
     started = time.monotonic()
     notes = []
@@ -220,6 +226,8 @@ def snapshot(want_leaks=True):
         for c in c_socks:  # an _SSLSocket whose wrapper is gone (dropped, or a third-party owner)
             if id(c) in owned_c:
                 continue
+            if sys.getrefcount(c) <= _HELD_ONLY_BY_US:
+                continue  # closed while we looked (_peer lets threads run): only our lists keep it
             ssl_ptr, ctx_obj = _checked_ptrs(c)
             if not ssl_ptr:
                 bad_layout += 1

@@ -277,27 +277,29 @@ CLOSED_WHILE_LOOKED = textwrap.dedent("""
     t.start()
     clients = [client_ctx.wrap_socket(socket.create_connection(listener.getsockname())) for _ in range(2)]
     t.join(30)
-    closing = clients[1]
-    closing_ptr = agent._checked_ptrs(closing._sslobj)[0]
-    real_peer = agent._peer
-    def peer_while_a_thread_closes(sock):
-        # getpeername releases the GIL: a target's thread may close its socket right here
-        if not closing._closed:
-            closing.close()
-        return real_peer(sock)
-    agent._peer = peer_while_a_thread_closes
+    everyone = clients + accepted
+    closed = []
+    real_checked_ptrs = agent._checked_ptrs
+    def checked_ptrs_as_a_thread_closes(c_obj):
+        # a thread switch in the middle of the look: a connection not visited yet closes
+        if not closed:
+            closed.append(next(s for s in everyone if s._sslobj is not c_obj))
+            closed.append(real_checked_ptrs(closed[0]._sslobj)[0])
+            closed[0].close()
+        return real_checked_ptrs(c_obj)
+    agent._checked_ptrs = checked_ptrs_as_a_thread_closes
     doc = agent.snapshot()
-    print(json.dumps({"closed_ptr": closing_ptr, "closed": closing._closed,
-                      "objects": [{k: o.get(k) for k in ("ptr", "leak", "fd")}
+    print(json.dumps({"closed_ptr": closed[1], "closed": closed[0]._closed,
+                      "objects": [{k: o.get(k) for k in ("ptr", "leak", "fd", "peer")}
                                   for o in doc["objects"] if o["kind"] == "connection"]}))
 """)
 
 
 def test_a_socket_closed_while_the_agent_looks_is_no_leak(tmp_path, cert_pair):
-    """The agent lets other threads run while it looks (getpeername releases the GIL) and holds
-    every gc object meanwhile: a handler thread that closes its socket then leaves an _SSLSocket only
-    the agent keeps alive. That is not a connection alive after its socket closed (a healthy
-    threaded server once showed 47 such at a snapshot taken as its clients left)."""
+    """The agent holds every gc object while it looks: a handler thread that closes its socket
+    meanwhile (a thread switch; getpeername, which releases the GIL, waits until the look is over)
+    leaves an _SSLSocket only the agent keeps alive. That is not a connection alive after its socket
+    closed (a healthy threaded server once showed 47 such at a snapshot taken as its clients left)."""
     from tlsprof.agent import agent as agent_package
 
     agent_file = os.path.join(os.path.dirname(agent_package.__file__), "agent.py")
@@ -313,3 +315,5 @@ def test_a_socket_closed_while_the_agent_looks_is_no_leak(tmp_path, cert_pair):
     assert all(o["leak"] is None for o in conns), conns
     assert seen["closed_ptr"] not in [o["ptr"] for o in conns], conns
     assert len(conns) >= 3, conns  # the two server sides and the client still open
+    # peers are asked after the look (the closed one's server side may have had a reset by then)
+    assert sum((o["peer"] or "").startswith("127.0.0.1:") for o in conns) >= 2, conns

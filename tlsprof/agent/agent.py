@@ -181,7 +181,7 @@ def snapshot(want_leaks=True):
             if so is not None:
                 proto_of[id(so)] = p
         owned_c = {}
-        entries, roots, ctx_entries = [], [], []
+        entries, roots, ctx_entries, peers = [], [], [], []
         bad_layout = 0
         for w in wrappers:
             c = w.__dict__.get("_sslobj") if hasattr(w, "__dict__") else None
@@ -207,7 +207,8 @@ def snapshot(want_leaks=True):
                 fd = w.fileno()
                 e["fd"] = fd if fd >= 0 else None
                 e["fd_closed"] = fd < 0
-                e["peer"] = _peer(w) if fd >= 0 else None
+                if fd >= 0:
+                    peers.append((e, w))
             elif proto is not None:
                 root.append(proto)
                 tr = getattr(proto, "_transport", None)
@@ -216,7 +217,8 @@ def snapshot(want_leaks=True):
                     fd = sock.fileno()
                     e["fd"] = fd if fd >= 0 else None
                     e["fd_closed"] = fd < 0
-                    e["peer"] = _peer(sock) if fd >= 0 else None
+                    if fd >= 0:
+                        peers.append((e, sock))
                 elif tr is not None:
                     e["fd_closed"] = True
                 e["holder"] = _type_name(proto)
@@ -227,7 +229,7 @@ def snapshot(want_leaks=True):
             if id(c) in owned_c:
                 continue
             if sys.getrefcount(c) <= _HELD_ONLY_BY_US:
-                continue  # closed while we looked (_peer lets threads run): only our lists keep it
+                continue  # closed as we looked (a thread switch): only our own lists keep it
             ssl_ptr, ctx_obj = _checked_ptrs(c)
             if not ssl_ptr:
                 bad_layout += 1
@@ -268,11 +270,13 @@ def snapshot(want_leaks=True):
                     "context_ptr": ctx_ptr,
                     "type": _type_name(conn),
                     "fd": fd if fd is None or fd >= 0 else None,
-                    "peer": _peer(sock) if sock else None,
+                    "peer": None,
                     "fd_closed": fd is not None and fd < 0,
                     "_obj": conn,
                 }
             )
+            if sock:
+                peers.append((entries[-1], sock))
             roots.append([conn])
         for ctx in contexts:
             ctx_entries.append({"kind": "context", "ptr": _ctx_ptr(ctx), "type": _type_name(ctx), "_obj": ctx})
@@ -330,9 +334,11 @@ def snapshot(want_leaks=True):
             doc["partial"] = True
             notes.append("referrer chains skipped: time budget spent")
         gc_count = len(objects)
-        del objects
+        del objects, c_socks, roots, wrappers, protos
     finally:
         sys.setswitchinterval(old_switch)
+    for e, sock in peers:  # only now: getpeername lets the target's threads run
+        e["peer"] = _peer(sock)
     for e in entries + ctx_entries:
         e.pop("_obj", None)
     doc["objects"] = entries + ctx_entries

@@ -44,5 +44,6 @@ def test_soak_ci_version_churn_with_attach_detach(tmp_path):
     assert summary["checks"]["no_failed_handshakes"], brief
     assert summary["checks"]["attaches_ok"], brief
     assert summary["checks"]["target_alive"], brief
-    assert summary["checks"]["rss_flat"], brief
+    samples = summary["rss_samples"]  # (s, KiB), thinned: the curve says growth from a spike
+    assert summary["checks"]["rss_flat"], {**brief, "rss_samples": samples[:: max(1, len(samples) // 40)]}
     assert p.returncode == 0, p.stderr[-2000:]

@@ -261,6 +261,8 @@ def test_nginx_two_workers_200_http_keepalive(cert_pair, tmp_path):
                 > 0
             )
     assert {c["pid"] for c in report["connections"]} <= set(workers)
+    # both workers number their sockets from the same low fds: that is no fd reused by a newer connection
+    assert "leaked-connections" not in [f["id"] for f in report["findings"]], report["findings"]
     # OpenSSL's share of what a connection costs the workers: below their RSS growth, and a real part of it
     assert 0.2 * rss_per_conn <= per["bytes"] <= 1.5 * rss_per_conn, (per["bytes"], rss_per_conn)
     shown = subprocess.run([*TLSPROF, "report", str(out)], capture_output=True, text=True, timeout=60)

@@ -22,7 +22,7 @@ from tlsprof.analysis.creation import place
 # --- leaked-connections -----------------------------------------------------------------------
 # An SSL object with no owner left: its socket fd is closed (fd_open false, from the shim's
 # F line: fcntl(F_GETFD) fails), or its fd number now belongs to a newer connection (two live
-# connections claim one fd: all but the youngest are stale), or the Python agent found its Python
+# connections of one process claim one fd: all but the youngest are stale), or the Python agent found its Python
 # object unreachable or gone (connections[].python.leak), or the count of live connections kept
 # growing while traffic held steady and the connections that pile up move no data (below).
 # Trips at LEAK_MIN_CONNECTIONS such connections; a healthy server frees an SSL right after
@@ -57,8 +57,8 @@ def _leaked_connections(report: dict) -> dict:
             continue
         if c.get("fd_open") is False:
             leaked[c.get("id")] = "fd_closed"
-        elif c.get("fd_open") is True:
-            by_fd.setdefault(c["fd"], []).append(c)
+        elif c.get("fd_open") is True:  # fd numbers are per process: a tree's workers reuse them
+            by_fd.setdefault((c.get("pid"), c["fd"]), []).append(c)
     for group in by_fd.values():
         if len(group) < 2:
             continue

@@ -20,6 +20,7 @@ from tlsprof.analysis.findings.registry import (
 )
 from tlsprof.analysis.findings import (
     ca_store,
+    context_per_connection,
     compression,
     record_buffers,  # noqa: F401
     leaked_connections,
@@ -36,6 +37,13 @@ from tlsprof.analysis.findings.ca_store import (
     CA_MAX_CONNECTIONS_PER_CONTEXT,
     CA_STORE_FIX,
     CA_STORE_FIX_BY_API,
+)  # noqa: F401,E402
+from tlsprof.analysis.findings.context_per_connection import (
+    CTX_MIN_CONTEXTS,
+    CTX_MAX_GAP_S,
+    CTX_MIN_SAVING,
+    CONTEXT_PER_CONNECTION_FIX,
+    CONTEXT_PER_CONNECTION_FIX_BY_API,
 )  # noqa: F401,E402
 from tlsprof.analysis.findings.compression import (
     COMP_MIN_CONNECTIONS,

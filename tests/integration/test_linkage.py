@@ -72,10 +72,12 @@ def test_asyncio_server_every_connection_has_python_object_peer_and_read_buffer(
     server = start_echo_server(wrapper=wrapper)
     clients = start_clients(server.port, 8, interval=1.0)
     try:
-        _wait_for_agent_view(server, lambda d: sum(o["kind"] == "connection" for o in d["objects"]) >= 8)
+        doc = _wait_for_agent_view(server, lambda d: sum(o["kind"] == "connection" for o in d["objects"]) >= 8)
     finally:
         server.stop()  # SIGTERM to tlsprof: its last look asks the agent afresh, then the target gets the signal
         clients.stop()
+    # what the look cost the target (its throttle's measure): the agent thread's CPU, not its waits
+    assert 0 < doc["stats"]["cpu_ms"] <= doc["stats"]["elapsed_ms"] + 0.5, doc["stats"]
     report = _load(out)
     conns = report["connections"]
     assert len(conns) >= 8

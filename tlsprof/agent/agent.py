@@ -114,6 +114,7 @@ _HELD_ONLY_BY_US = 4
 
 def snapshot(want_leaks=True):
     started = time.monotonic()
+    cpu_started = time.thread_time()  # what the look costs the target: not its waits for the GIL
     notes = []
     ssl = sys.modules.get("ssl")
     tm = _state.get("tm") or {}
@@ -342,7 +343,11 @@ def snapshot(want_leaks=True):
     for e in entries + ctx_entries:
         e.pop("_obj", None)
     doc["objects"] = entries + ctx_entries
-    doc["stats"] = {"gc_objects": gc_count, "elapsed_ms": round((time.monotonic() - started) * 1000, 1)}
+    doc["stats"] = {
+        "gc_objects": gc_count,
+        "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+        "cpu_ms": round((time.thread_time() - cpu_started) * 1000, 1),
+    }
     tmi = _state.get("tm") or {}
     if tmi.get("enabled"):
         arr = (ctypes.c_int64 * 3)()

@@ -49,6 +49,18 @@ FULL_FIRST_AFTER_S = 5.0
 _first_asked = {}  # (channel_dir, pid) -> monotonic time this agent was first asked
 
 
+def _cost_to_target(doc: dict, waited: float) -> float:
+    """Seconds of the target's time the answer took: the agent thread's CPU time when it gives it.
+    Its waits are not (for the GIL, or for an import lock while the target is still importing: the
+    target ran its own code meanwhile). Counted in, they made the first answer of a starting server
+    cost 74 ms instead of ~8, and the answer was then reused for 3.7 s: a report's busiest snapshot
+    carried an answer older than its contexts."""
+    cpu_ms = (doc.get("stats") or {}).get("cpu_ms")
+    if isinstance(cpu_ms, (int, float)) and 0 <= cpu_ms / 1000 <= waited:
+        return cpu_ms / 1000
+    return waited
+
+
 def _ask_throttled(channel_dir, pid, path, request, timeout):
     key = (channel_dir, pid, request)
     last = _recent.get(key)
@@ -61,7 +73,7 @@ def _ask_throttled(channel_dir, pid, path, request, timeout):
         return (last[2] if last else None), False
     done = time.monotonic()
     doc["_fetched_mono"] = now  # when the agent looked: joins judge staleness from it
-    _recent[key] = (done, done - now, doc)
+    _recent[key] = (done, _cost_to_target(doc, done - now), doc)
     return doc, True
 
 

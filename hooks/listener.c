@@ -37,6 +37,31 @@ static int listen_is_ours(int fd)
     return fd >= 0 && fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == listen_dev && st.st_ino == listen_ino;
 }
 
+/* The connection being served. A fork meanwhile gives the child a copy, and the collector reads to
+ * the end of the answer: the child's copy held that back until the child exited (a pre-fork
+ * server's workers, forked while a snapshot was served, kept `tlsprof run` waiting 30 s). The
+ * child closes it, known by its inode: the parent may have closed the number and reused it. */
+static int serving_fd = -1;
+static dev_t serving_dev;
+static ino_t serving_ino;
+
+static void serving(int fd)
+{
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0) {
+        serving_dev = st.st_dev;
+        serving_ino = st.st_ino;
+    }
+    __atomic_store_n(&serving_fd, fd, __ATOMIC_RELEASE);
+}
+
+static void close_inherited_connection(void)
+{
+    int fd = __atomic_exchange_n(&serving_fd, -1, __ATOMIC_ACQ_REL);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == serving_dev && st.st_ino == serving_ino) close(fd);
+}
+
 /* A pipe wakes the listener out of poll() to pause or stop it, and keeps the socket open across a
  * pause: a daemon that chroots before it drops privileges (stunnel's and HAProxy's Debian
  * configurations) can no longer reach the socket's path, so it must not have to bind it again. */
@@ -170,8 +195,10 @@ static void *listen_loop(void *arg)
             if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) nap_ms(100);
             continue;
         }
+        serving(fd);
         int stop = channel_serve(fd);
         close(fd);
+        serving(-1);
         if (stop) break;
     }
     return NULL;
@@ -308,6 +335,7 @@ void channel_release_from_listener(void)
  * -> channel_start's result (-2: the directory is not the child's to serve in), 0 when not serving. */
 int channel_after_fork_child(void)
 {
+    close_inherited_connection();
     if (!still_running()) return 0;
     __atomic_store_n(&listener_running, 0, __ATOMIC_RELEASE);
     forget_listen_fd();

@@ -25,10 +25,11 @@ from tlsprof.model.wire import (  # noqa: F401  (the records and parsers, import
 from tlsprof.model.wire_walk import Walk, WalkedObject, parse_walk  # noqa: F401
 
 
-def request(path: str, command: str, timeout: float = 5.0, pass_fd: int | None = None) -> bytes:
+def request(path: str, command: str, timeout: float = 5.0, pass_fd: int | None = None, ends: bytes = b"") -> bytes:
     """Send one command line to a Unix socket (the shim's or the Python agent's), read the whole
-    answer. `pass_fd`: a descriptor sent with the line (SCM_RIGHTS). Raises OSError (socket.timeout
-    included)."""
+    answer. `pass_fd`: a descriptor sent with the line (SCM_RIGHTS). `ends`: how the answer ends, so
+    that it is complete without the end of file, which a copy of the connection a fork gave a child
+    of the target holds back until that child exits. Raises OSError (socket.timeout included)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
@@ -39,19 +40,22 @@ def request(path: str, command: str, timeout: float = 5.0, pass_fd: int | None =
             sent = socket.send_fds(s, [line], [pass_fd])
             if sent < len(line):  # never an empty send: the shim may have answered and closed by now
                 s.sendall(line[sent:])
-        chunks = []
+        chunks, tail = [], b""
         while True:
             data = s.recv(1 << 20)
             if not data:
                 break
             chunks.append(data)
+            tail = (tail + data)[-len(ends) :] if ends else b""
+            if ends and tail == ends:
+                break
     return b"".join(chunks)
 
 
-def ask(path: str, command: str, timeout: float = 5.0, pass_fd: int | None = None) -> str:
+def ask(path: str, command: str, timeout: float = 5.0, pass_fd: int | None = None, ends: bytes = b"") -> str:
     """Ask the shim: one command line, the whole answer as text."""
     try:
-        return request(path, command, timeout, pass_fd).decode("utf-8", "replace")
+        return request(path, command, timeout, pass_fd, ends).decode("utf-8", "replace")
     except (OSError, socket.timeout) as exc:
         raise ChannelError(f"cannot reach the tlsprof shim at {path}: {exc.strerror or exc}") from None
 
@@ -79,8 +83,11 @@ def owner_sites(path: str, serial: int, snap: Snapshot, timeout: float = 5.0) ->
     return sorted(out, key=lambda s: -s["approx_bytes"])
 
 
+SNAPSHOT_ENDS = b"\nEND\n"  # a snapshot's last line (hooks/channel.c)
+
+
 def snapshot(path: str, timeout: float = 5.0) -> Snapshot:
-    return parse_snapshot(ask(path, "SNAPSHOT", timeout))
+    return parse_snapshot(ask(path, "SNAPSHOT", timeout, ends=SNAPSHOT_ENDS))
 
 
 def ping(path: str, timeout: float = 2.0) -> int:

@@ -20,7 +20,7 @@ class AgentError(Exception):
 
 def ask(path: str, request: str = "SNAPSHOT", timeout: float = 10.0) -> dict:
     try:
-        answer = client.request(path, request, timeout)
+        answer = client.request(path, request, timeout, ends=b"\n")  # one JSON line
     except (OSError, socket.timeout) as exc:
         raise AgentError(
             f"the Python agent at {path} did not answer: {getattr(exc, 'strerror', None) or exc}"

@@ -18,6 +18,7 @@ PySSLContext *ctx; ...  _ssl._SSLContext = PyObject_HEAD; SSL_CTX *ctx; ...  The
 layout on every object it reads: the `ctx` field of an _SSLSocket must be id() of its `.context`.
 """
 
+import atexit
 import ctypes
 import gc
 import os
@@ -25,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+import tracemalloc as _tm
 
 VERSION = 1
 TRACEMALLOC_DOMAIN = 0x7715  # tracemalloc domain of OpenSSL blocks under `--tracemalloc`
@@ -118,8 +120,6 @@ def snapshot(want_leaks=True):
     notes = []
     ssl = sys.modules.get("ssl")
     tm = _state.get("tm") or {}
-    import tracemalloc as _tm
-
     tm_on = _tm.is_tracing()
     doc = {
         "agent": VERSION,
@@ -141,9 +141,7 @@ def snapshot(want_leaks=True):
         return doc
     if sys.version_info[:2] != (3, 11):
         notes.append(f"pointer layout checked on every object; written for CPython 3.11, this is {doc['python']}")
-    import _ssl
-
-    c_sock_type = _ssl._SSLSocket
+    c_sock_type = sys.modules["_ssl"]._SSLSocket  # loaded with ssl
     proto_type = None
     if "asyncio.sslproto" in sys.modules:
         proto_type = sys.modules["asyncio.sslproto"].SSLProtocol
@@ -256,7 +254,7 @@ def snapshot(want_leaks=True):
             roots.append([c])
         for conn in py_conns:  # pyOpenSSL: cffi pointers
             try:
-                from OpenSSL._util import ffi
+                ffi = sys.modules["OpenSSL._util"].ffi
 
                 ptr = int(ffi.cast("uintptr_t", conn._ssl))
                 ctx_ptr = int(ffi.cast("uintptr_t", conn._context._context))
@@ -283,7 +281,7 @@ def snapshot(want_leaks=True):
             ctx_entries.append({"kind": "context", "ptr": _ctx_ptr(ctx), "type": _type_name(ctx), "_obj": ctx})
         for ctx in py_ctxs:
             try:
-                from OpenSSL._util import ffi
+                ffi = sys.modules["OpenSSL._util"].ffi
 
                 ctx_entries.append(
                     {
@@ -343,11 +341,8 @@ def snapshot(want_leaks=True):
     for e in entries + ctx_entries:
         e.pop("_obj", None)
     doc["objects"] = entries + ctx_entries
-    doc["stats"] = {
-        "gc_objects": gc_count,
-        "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
-        "cpu_ms": round((time.thread_time() - cpu_started) * 1000, 1),
-    }
+    elapsed_ms, cpu_ms = (time.monotonic() - started) * 1000, (time.thread_time() - cpu_started) * 1000
+    doc["stats"] = {"gc_objects": gc_count, "elapsed_ms": round(elapsed_ms, 1), "cpu_ms": round(cpu_ms, 1)}
     tmi = _state.get("tm") or {}
     if tmi.get("enabled"):
         arr = (ctypes.c_int64 * 3)()
@@ -384,8 +379,6 @@ def _relisten():
         return None
     sock, _state["sock_id"], directory = found
     if directory != _state["dir"]:  # the user changed: the new user's directory
-        import atexit
-
         _state["dir"] = directory
         atexit.register(_cleanup, socket_path(directory), os.getpid())
     return sock
@@ -414,10 +407,7 @@ def _listen(directory):
     path = socket_path(directory)
     s = _bind(path)
     _state.update(sock=s, pid=os.getpid(), stopped=False)
-    t = threading.Thread(target=_serve, args=(s,), name="tlsprof-agent", daemon=True)
-    t.start()
-    _state["thread"] = t
-    import atexit
+    _state["thread"] = _listener.start_thread_deaf_to_signals(_serve, (s,), "tlsprof-agent")
 
     atexit.register(_cleanup, path, os.getpid())
 
@@ -444,8 +434,12 @@ def _tell_shim_exiting():
 
 
 def _after_fork():
+    global _lock
+    _lock = threading.Lock()  # the parent's thread may have held it at the fork: never released here
     try:
         _state["thread"] = None
+        if _state.get("conn") is not None:  # a request the parent was serving: its answer ends there
+            _state.pop("conn").close()
         inherited = _state.get("sock")
         if inherited is not None:  # the parent's socket: closed here unless its number is another's now
             if _ours(inherited):

@@ -7,6 +7,7 @@ in a WeakKeyDictionary. `uninstall` puts every class back as it was.
 
 import os
 import sys
+import tracemalloc
 import weakref
 
 MAX_FRAMES = 16
@@ -98,8 +99,6 @@ def created_by(obj, tm_on: bool, capturing: bool):
     if found:
         return [{"file": f, "line": n, "function": fn} for f, n, fn in found], "run"
     if tm_on:
-        import tracemalloc
-
         try:
             tb = tracemalloc.get_object_traceback(obj)
         except Exception:

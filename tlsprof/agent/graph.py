@@ -5,6 +5,7 @@ leak suspect. Stdlib only; loaded by path beside agent.py (as `_tlsprof_agent_gr
 import gc
 import sys
 import threading
+import types
 import weakref
 
 CHAIN_MAX_DEPTH = 10
@@ -23,8 +24,6 @@ _STOP_TYPES = None
 def _stop_types():
     global _STOP_TYPES
     if _STOP_TYPES is None:
-        import types
-
         stops = [
             type,
             types.ModuleType,
@@ -42,15 +41,10 @@ def _stop_types():
             property,
             threading.Thread,
         ]
-        try:
-            import ssl
-
+        ssl, asyncio = sys.modules.get("ssl"), sys.modules.get("asyncio")  # never imported here
+        if ssl is not None:
             stops.append(ssl.SSLContext)
-        except Exception:
-            pass
-        if "asyncio" in sys.modules:
-            import asyncio
-
+        if asyncio is not None:
             stops += [asyncio.AbstractEventLoop, asyncio.Future, asyncio.AbstractServer]
         _STOP_TYPES = tuple(stops)
     return _STOP_TYPES

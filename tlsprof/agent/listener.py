@@ -7,8 +7,13 @@ the agent serves again on a new one, in the new user's directory if the daemon d
 Stdlib only, loaded by path beside agent.py (the target may lack tlsprof).
 """
 
+import fcntl
+import json
 import os
+import signal
 import socket
+import stat
+import threading
 import time
 
 
@@ -20,8 +25,6 @@ def bind(path):
         pass
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if s.fileno() < 3:  # stdin/out/err were closed: those numbers stay the target's to reopen
-        import fcntl
-
         high = fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
         s.close()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=high)
@@ -57,8 +60,6 @@ def own_channel_dir(directory):
     """`directory` when it is ours; after a switch of users (setpriv, runuser, a daemon's setuid)
     this user's private directory under TLSPROF_UID_DIRS, as the shim does (hooks/main.c); None when
     neither is a 0700 directory owned by us."""
-    import stat
-
     for candidate in (directory, None):
         if candidate is None:
             base = os.environ.get("TLSPROF_UID_DIRS", "")
@@ -107,8 +108,6 @@ def serve(sock, state, relisten_in_state, answer):
     replaced it; each connection sends one request line and gets answer(words) as one JSON line.
     answer(words) -> (document, a callable to run once it is sent, or None). When the target took
     our descriptor, relisten_in_state() gives the socket to go on with."""
-    import json
-
     relistens = 0
     while not state.get("stopped") and state.get("sock") is sock:
         if not is_ours(sock, state.get("sock_id")):
@@ -127,6 +126,7 @@ def serve(sock, state, relisten_in_state, answer):
             if is_ours(sock, state.get("sock_id")) and not state.get("stopped"):
                 time.sleep(0.1)  # out of descriptors or memory: wait it out
             continue
+        state["conn"] = conn  # a fork meanwhile: the child closes its copy (agent._after_fork)
         try:
             conn.settimeout(10)
             data = b""
@@ -146,3 +146,18 @@ def serve(sock, state, relisten_in_state, answer):
                 conn.close()
             except OSError:
                 pass
+            state["conn"] = None
+
+
+def start_thread_deaf_to_signals(target, args, name):
+    """A daemon thread that blocks every signal, as the shim's do: a signal sent to the process (a
+    supervisor's SIGTERM) must reach one of the target's own threads. Taken by ours, Python would
+    only flag it for the main thread, and a main thread blocked in a call (time.sleep, accept) would
+    not wake to run its handler."""
+    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        thread.start()  # the new thread inherits this thread's mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return thread

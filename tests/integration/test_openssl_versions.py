@@ -97,6 +97,11 @@ def _figures(label, report, independent=None):
 # --- OpenSSL 3.5: the seed's asyncio server through Python's own _ssl --------------------------
 
 
+# The first test to use a build makes it (5-20 minutes on 2 busy cores: 7 in the clean-clone CI of
+# 7d55892, which the 300 s per-test limit failed with 6 errors); the limit here covers one build.
+pytestmark = pytest.mark.timeout(1800)
+
+
 @pytest.fixture(scope="module")
 def ossl35():
     return openssl_build("3.5")

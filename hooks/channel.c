@@ -370,7 +370,7 @@ static void close_passed(int fd, const struct stat *was)
 
 /* One connection of the listener's (listener.c): one command in, one answer out. Returns 1 when
  * the listener must stop. */
-int channel_serve(int fd)
+int channel_serve(int fd, const char *dir)
 {
     struct timeval tv = {2, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -405,6 +405,8 @@ int channel_serve(int fd)
         free(text);
         struct timeval slow = {30, 0}; /* a large answer: give the reader time */
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &slow, sizeof slow);
+    } else if (!strcmp(cmd, "AGENT")) { /* under `run`: an interpreter that skipped sitecustomize */
+        put(&b, pyagent_start(dir, 1) ? "AGENT started\n" : "AGENT none\n");
     } else if (!strcmp(cmd, "DETACH")) {
         if (detach_stop) detach_stop();
         put(&b, "OK\n");

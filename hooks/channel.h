@@ -2,7 +2,7 @@
 #include "common.h"
 
 /* ---- channel.c: the commands ---- */
-int channel_serve(int fd); /* 1: the listener must stop */
+int channel_serve(int fd, const char *dir); /* dir: where it serves; 1: the listener must stop */
 
 /* ---- listener.c: the socket and its thread ---- */
 int channel_start(const char *dir);

@@ -196,7 +196,7 @@ static void *listen_loop(void *arg)
             continue;
         }
         serving(fd);
-        int stop = channel_serve(fd);
+        int stop = channel_serve(fd, sock_dir);
         close(fd);
         serving(-1);
         if (stop) break;

@@ -90,7 +90,7 @@ EXPORT int tlsprof_start(const char *channel_dir)
     interpose_install();
     pthread_mutex_unlock(&start_lock);
     static_copies_scan(!started_by_preload);
-    if (!started_by_preload) pyagent_start(channel_dir);
+    if (!started_by_preload) pyagent_start(channel_dir, 0);
     return 0;
 }
 

@@ -2,7 +2,8 @@
  * this library in the package) joins OpenSSL's objects to Python's. Python work never runs on the
  * thread the injector borrowed: a thread of our own takes the GIL with PyGILState_Ensure and runs a
  * fixed bootstrap. Nothing here links libpython: its functions are looked up in the process, and a
- * process without an initialized Python is left alone. Under `run`, sitecustomize starts the agent. */
+ * process without an initialized Python is left alone. Under `run`, sitecustomize starts the agent, and
+ * the collector asks for it here (AGENT) when the interpreter never imported sitecustomize. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <libgen.h>
@@ -57,15 +58,17 @@ static int is_python(void)
 /* Paths go into Python string literals: refuse anything that would need escaping. */
 static int literal_safe(const char *s) { return !strpbrk(s, "'\\\n\r"); }
 
-void pyagent_start(const char *channel_dir)
+int pyagent_start(const char *channel_dir, int late)
 {
-    if (!is_python() || !channel_dir || !literal_safe(channel_dir)) return;
+    const char *wanted = getenv("TLSPROF_AGENT");
+    if (wanted && !strcmp(wanted, "0")) return 0;
+    if (!is_python() || !channel_dir || !literal_safe(channel_dir)) return 0;
     Dl_info self;
-    if (!dladdr((void *)pyagent_start, &self) || !self.dli_fname) return;
+    if (!dladdr((void *)pyagent_start, &self) || !self.dli_fname) return 0;
     char lib[512], agent[600];
     snprintf(lib, sizeof lib, "%s", self.dli_fname);
     snprintf(agent, sizeof agent, "%s/agent/agent.py", dirname(lib));
-    if (access(agent, R_OK) != 0 || !literal_safe(agent)) return;
+    if (access(agent, R_OK) != 0 || !literal_safe(agent)) return 0;
     char *code = NULL;
     if (asprintf(&code,
                  "def _tlsprof_boot():\n"
@@ -77,14 +80,16 @@ void pyagent_start(const char *channel_dir)
                  "            m = importlib.util.module_from_spec(s)\n"
                  "            sys.modules['_tlsprof_agent'] = m\n"
                  "            s.loader.exec_module(m)\n"
-                 "        m.start('%s', capture=True)\n"
+                 "        m.start('%s', capture=%s)\n"
                  "    except Exception:\n"
                  "        pass\n"
                  "_tlsprof_boot()\n"
                  "del _tlsprof_boot\n",
-                 agent, channel_dir) < 0)
-        return;
-    if (spawn_python(code) == 0) agent_started = 1;
+                 agent, channel_dir, late ? "'late'" : "True") < 0)
+        return 0;
+    if (spawn_python(code) != 0) return 0;
+    agent_started = 1;
+    return 1;
 }
 
 void pyagent_stop(void)

@@ -2,5 +2,7 @@
 #include "common.h"
 
 /* ---- pyagent.c: the Python agent after an attach ---- */
-void pyagent_start(const char *channel_dir); /* not in a preloaded process: main.c decides */
+/* 1: started; 0: not a Python process (yet), TLSPROF_AGENT=0, or an unusable path. `late`: under
+ * `run`, the interpreter did not import tlsprof's sitecustomize (python -I/-E/-S, PYTHONPATH replaced) */
+int pyagent_start(const char *channel_dir, int late);
 void pyagent_stop(void);

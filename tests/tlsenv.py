@@ -136,8 +136,9 @@ class Proc:
                         cmd = p.cmdline()
                     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                         continue
-                    # "python SCRIPT ...": a wrapper's own cmdline may name SCRIPT further on
-                    if len(cmd) > 1 and os.path.abspath(cmd[1]) == self.script:
+                    # "python [-FLAG] SCRIPT ...": a wrapper's own cmdline may name SCRIPT further on
+                    script = next((a for a in cmd[1:3] if not a.startswith("-")), None)
+                    if script and os.path.abspath(script) == self.script:
                         return p.pid
             except psutil.NoSuchProcess:
                 pass
@@ -218,15 +219,18 @@ class ClientProc(Proc):
     n = None
 
 
-def _python_argv(script, wrapper, args):
-    return [*wrapper, sys.executable, script, *[str(a) for a in args]]
+def _python_argv(script, wrapper, args, python_flags=()):
+    return [*wrapper, sys.executable, *python_flags, script, *[str(a) for a in args]]
 
 
-def start_echo_server(*extra_args, wrapper=(), env=None, certdir=None, timeout=SERVER_READY_TIMEOUT, cwd=None):
+def start_echo_server(
+    *extra_args, wrapper=(), env=None, certdir=None, timeout=SERVER_READY_TIMEOUT, cwd=None, python_flags=()
+):
     """Start examples/echo_server.py on 127.0.0.1 with a free port; wait for it to listen.
 
     extra_args go to the server (e.g. "--ctx-per-conn", "--threaded"); wrapper prefixes the
-    command (e.g. [tlsprof, "run", "-o", path, "--"]); env is merged over os.environ.
+    command (e.g. [tlsprof, "run", "-o", path, "--"]); env is merged over os.environ;
+    python_flags go to the interpreter (e.g. "-I").
     """
     args = [
         "--host",
@@ -239,7 +243,7 @@ def start_echo_server(*extra_args, wrapper=(), env=None, certdir=None, timeout=S
         certdir or default_certdir(),
         *extra_args,
     ]
-    server = ServerProc(_python_argv(ECHO_SERVER, wrapper, args), env=env, cwd=cwd, script=ECHO_SERVER)
+    server = ServerProc(_python_argv(ECHO_SERVER, wrapper, args, python_flags), env=env, cwd=cwd, script=ECHO_SERVER)
     try:
         server.port = int(server.wait_ready(timeout))
     except BaseException:

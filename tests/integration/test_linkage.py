@@ -10,6 +10,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 
 from tlsenv import (
     CA_PER_REQUEST_CLIENT,
@@ -97,6 +99,32 @@ def test_asyncio_server_every_connection_has_python_object_peer_and_read_buffer(
     ctx = [x for x in report["contexts"] if x.get("python")]
     assert ctx and ctx[0]["python"]["type"] == "ssl.SSLContext"
     assert any(f["function"] == "make_context" for f in ctx[0]["python"]["created_by"])
+
+
+@pytest.mark.parametrize("flag", ["-I", "-S"])
+def test_an_interpreter_that_skips_sitecustomize_gets_the_agent_late(tmp_path, flag):
+    """python -I ignores PYTHONPATH, -S imports no site at all: tlsprof's sitecustomize never runs.
+    The session asks the shim to start the agent (hooks/pyagent.c): connections are joined to their
+    Python objects, created after it started (the clients come later), and the report says so."""
+    out, wrapper = _wrapper(tmp_path)
+    server = start_echo_server(wrapper=wrapper, python_flags=(flag,))
+    time.sleep(3)  # the session asks once the process served no agent for LATE_AGENT_AFTER_S
+    clients = start_clients(server.port, 4, interval=1.0)
+    try:
+        _wait_for_agent_view(server, lambda d: sum(o["kind"] == "connection" for o in d["objects"]) >= 4)
+    finally:
+        server.stop()
+        clients.stop()
+    report = _load(out)
+    assert report["python"]["join"] == "on", report["python"]
+    assert any("started late" in n for n in report["python"]["notes"]), report["python"]
+    conns = [c for c in report["connections"] if c.get("python")]
+    assert len(conns) >= 4, report["connections"]
+    for c in conns:
+        funcs = {(os.path.basename(f["file"]), f["function"]) for f in c["python"]["created_by"] or []}
+        assert ("selector_events.py", "_accept_connection2") in funcs, c["python"]
+    ctx = [x for x in report["contexts"] if x.get("python")]
+    assert ctx and ctx[0]["python"]["created_by_source"] == "unknown (created before the agent started)", ctx
 
 
 def test_threaded_server_fd_and_peer_match_the_client_side(tmp_path):

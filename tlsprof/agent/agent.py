@@ -117,7 +117,7 @@ _HELD_ONLY_BY_US = 4
 def snapshot(want_leaks=True):
     started = time.monotonic()
     cpu_started = time.thread_time()  # what the look costs the target: not its waits for the GIL
-    notes = []
+    notes = [_capture.LATE_NOTE] if _state["capture"] == "late" else []
     ssl = sys.modules.get("ssl")
     tm = _state.get("tm") or {}
     tm_on = _tm.is_tracing()
@@ -472,7 +472,8 @@ def stop():
 
 def start(channel_dir, tracemalloc_ext=False, capture=True):
     """Start the agent in this process (idempotent). `capture` records the creating stack of every
-    SSL object made from now on; `tracemalloc_ext` (only before OpenSSL's first allocation) shows
+    SSL object made from now on ("late": under `run`, after the interpreter ran the program's own
+    code without tlsprof's sitecustomize: hooks/pyagent.c); `tracemalloc_ext` (only before OpenSSL's first allocation) shows
     OpenSSL blocks to tracemalloc. Never raises for the target's sake: returns an error string or None."""
     try:
         if _state["thread"] is not None and _state["pid"] == os.getpid():
@@ -485,7 +486,7 @@ def start(channel_dir, tracemalloc_ext=False, capture=True):
                 _state["tm"] = {"enabled": False, "message": f"{type(exc).__name__}: {exc}"}
         if capture:
             _install_capture()
-            _state["capture"] = True
+            _state["capture"] = capture
         _listen(channel_dir)
         if not getattr(os, "_tlsprof_fork_hook", False):
             os.register_at_fork(after_in_child=_after_fork)

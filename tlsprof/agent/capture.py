@@ -93,8 +93,16 @@ def uninstall(state: dict, pyopenssl) -> None:
         pass
 
 
-def created_by(obj, tm_on: bool, capturing: bool):
-    """(frames innermost first, how they were learned) or (None, why not)."""
+LATE_NOTE = (
+    "the Python agent started late: this interpreter did not import tlsprof's sitecustomize "
+    "(python -I, -E or -S, or a PYTHONPATH set by the program), so tlsprof started it from its shim "
+    "once the program ran; objects made before then show no creating line"
+)
+
+
+def created_by(obj, tm_on: bool, capturing):
+    """(frames innermost first, how they were learned) or (None, why not). `capturing`: False
+    (attach), True, or "late" (agent.start's `capture`)."""
     found = created.get(obj) if _is_weakrefable(obj) else None
     if found:
         return [{"file": f, "line": n, "function": fn} for f, n, fn in found], "run"
@@ -105,6 +113,8 @@ def created_by(obj, tm_on: bool, capturing: bool):
             tb = None
         if tb:
             return [{"file": f.filename, "line": f.lineno, "function": None} for f in reversed(tb)], "tracemalloc"
+    if capturing == "late":
+        return None, "unknown (created before the agent started)"
     return None, "unknown" if capturing else "unknown (created before attach)"
 
 

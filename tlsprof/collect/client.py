@@ -105,6 +105,11 @@ def answers_ping(path: str, pid: int, timeout: float = 2.0) -> bool:
         return False
 
 
+def start_agent(path: str, timeout: float = 2.0) -> bool:
+    """AGENT: True when the shim started the Python agent, False when it is not a Python process."""
+    return ask(path, "AGENT", timeout, ends=b"\n").strip() == "AGENT started"
+
+
 def detach(path: str, timeout: float = 5.0) -> None:
     if ask(path, "DETACH", timeout).strip() != "OK":
         raise ChannelError("the shim did not confirm DETACH")

@@ -15,11 +15,15 @@ import time
 import psutil
 
 from tlsprof.collect import client, linkage, process_memory, process_tree
-from tlsprof.collect.channel_paths import SHIM_SUFFIX, socket_path, socket_pid
+from tlsprof.collect.channel_paths import SHIM_SUFFIX, agent_socket_path, socket_path, socket_pid
 from tlsprof.errors import ChannelError
 from tlsprof.model.observation import Observation, ProcessObservation
 
 HISTORY_MAX = 720
+# Under `run`, sitecustomize starts the Python agent while the interpreter starts. A process that
+# serves no agent socket this long after it was first seen never imported it (python -I/-E/-S, a
+# PYTHONPATH the program set itself): its shim is asked once to start the agent (hooks/pyagent.c).
+LATE_AGENT_AFTER_S = 2.0
 
 
 class Session:
@@ -50,6 +54,7 @@ class Session:
         self._agent_threads = {}
         self._agent_docs = {}
         self._io_seen = {}  # pid -> {connection serial: (io calls, monotonic time they last changed)}
+        self._no_agent_since = {}  # pid -> monotonic time first seen without an agent; None: asked
 
     def sockets(self):
         out = {}
@@ -153,6 +158,8 @@ class Session:
                 self.parents[pid] = None
         else:  # titles change (a PostgreSQL backend names its client once forked and authenticated)
             self.commands[pid] = process_tree.command_of(pid) or self.commands[pid]
+        if self.mode == "run":
+            self._start_late_agent(pid)
         python = self._agent_answer(pid, fresh_agent)  # None unless a Python agent runs there
         taken_at = time.time()
         mono_taken = time.monotonic()  # against the agent answer's own time (analysis/python_join.py)
@@ -192,6 +199,21 @@ class Session:
             idle[o.serial] = round(max(0.0, now - changed), 3)
         self._io_seen[snap.pid] = kept
         return idle
+
+    def _start_late_agent(self, pid):
+        """Ask `pid`'s shim, once, to start the Python agent that sitecustomize did not (a process
+        that is not Python answers "AGENT none")."""
+        since = self._no_agent_since.setdefault(pid, time.monotonic())
+        if since is None or os.path.exists(agent_socket_path(self.dir_of(pid), pid)):
+            self._no_agent_since[pid] = None
+            return
+        if time.monotonic() - since < LATE_AGENT_AFTER_S:
+            return
+        self._no_agent_since[pid] = None
+        try:
+            client.start_agent(self.socket_of(pid))
+        except ChannelError:
+            pass
 
     def _agent_answer(self, pid, fresh=False):
         """The Python agent's view of `pid`. A full agent snapshot of a large process takes seconds

@@ -5,6 +5,7 @@ Real processes under `tlsprof run`, real OpenSSL, servers on 127.0.0.1 stopped b
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -125,6 +126,37 @@ def test_an_interpreter_that_skips_sitecustomize_gets_the_agent_late(tmp_path, f
         assert ("selector_events.py", "_accept_connection2") in funcs, c["python"]
     ctx = [x for x in report["contexts"] if x.get("python")]
     assert ctx and ctx[0]["python"]["created_by_source"] == "unknown (created before the agent started)", ctx
+
+
+GIL_HELD_FOR_GOOD = """
+import ctypes, ssl, sys
+ctx = ssl.create_default_context()
+open(sys.argv[1], "w").write("ready")
+ctypes.PyDLL(None).sleep(120)  # C that keeps the GIL, as uWSGI's workers do without --enable-threads
+"""
+
+
+def test_an_agent_that_never_gets_the_gil_does_not_hold_back_the_stop(tmp_path):
+    """The agent's thread never runs in a process whose C code keeps the GIL, but its socket
+    accepts. Such an agent is waited for linkage.FIRST_ANSWER_TIMEOUT_S once, then left alone:
+    the SIGTERM reaches the target at once (before: 10 s per ask, the last look's included, and
+    uWSGI's SIGTERM came ~20 s late)."""
+    script = tmp_path / "gil.py"
+    script.write_text(GIL_HELD_FOR_GOOD)
+    out, wrapper = _wrapper(tmp_path)
+    proc = Proc([*wrapper, sys.executable, str(script), "{ready}"])
+    try:
+        proc.wait_ready(30)
+        time.sleep(2)  # the session's first agent ask is waiting now
+        stopped = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        proc.proc.wait(timeout=60)
+        took = time.monotonic() - stopped
+    finally:
+        proc.stop()
+    assert took < 8, f"tlsprof ended {took:.1f} s after SIGTERM"
+    report = _load(out)
+    assert report["target"]["pid"] > 0 and report.get("python") is None, report.get("python")
 
 
 def test_threaded_server_fd_and_peer_match_the_client_side(tmp_path):

@@ -47,6 +47,14 @@ LEAK_KEYS = ("reachable", "leak", "referrers")
 # a large heap holds the GIL for up to a second. The session's last look asks one whatever the time.
 FULL_FIRST_AFTER_S = 5.0
 _first_asked = {}  # (channel_dir, pid) -> monotonic time this agent was first asked
+# An agent that never answered may never get the GIL: uWSGI's workers and master, without
+# --enable-threads, hold it in C for good, so its socket accepts and nobody reads. It is waited for
+# this long (not the full timeout, paid again at every poll and at the last look, which holds back
+# the stop signal), then left alone for SILENT_RETRY_S; the session's last look skips it.
+FIRST_ANSWER_TIMEOUT_S = 5.0
+SILENT_RETRY_S = 30.0
+_answered = set()  # (channel_dir, pid) of agents that answered once
+_silent_until = {}  # (channel_dir, pid) -> monotonic time before which it is not asked again
 
 
 def _cost_to_target(doc: dict, waited: float) -> float:
@@ -67,10 +75,15 @@ def _ask_throttled(channel_dir, pid, path, request, timeout):
     now = time.monotonic()
     if last is not None and now - last[0] < last[1] / DUTY[request]:
         return last[2], False
+    agent = (channel_dir, pid)
     try:
-        doc = ask(path, request, timeout)
+        doc = ask(path, request, timeout if agent in _answered else min(timeout, FIRST_ANSWER_TIMEOUT_S))
     except AgentError:
+        if agent not in _answered:
+            _silent_until[agent] = time.monotonic() + SILENT_RETRY_S
         return (last[2] if last else None), False
+    _answered.add(agent)
+    _silent_until.pop(agent, None)
     done = time.monotonic()
     doc["_fetched_mono"] = now  # when the agent looked: joins judge staleness from it
     _recent[key] = (done, _cost_to_target(doc, done - now), doc)
@@ -88,6 +101,9 @@ def fetch(channel_dir: str, pid: int, timeout: float = 10.0, fresh: bool = False
     now whatever the throttle says."""
     path = agent_socket_path(channel_dir, pid)
     if not os.path.exists(path):
+        return None
+    silent = _silent_until.get((channel_dir, pid))
+    if silent is not None and (fresh or time.monotonic() < silent):
         return None
     first = _first_asked.setdefault((channel_dir, pid), time.monotonic())
     if fresh:

@@ -21,6 +21,7 @@ from servers import base, clients  # noqa: F401  (re-exported)
 from servers.apache import Apache
 from servers.examples import AsyncioEcho, NodeEcho, ThreadedEcho, TwistedEcho
 from servers.haproxy import HAProxy, HAProxyChrooted
+from servers.lighttpd import Lighttpd
 from servers.mosquitto import Mosquitto
 from servers.nginx import Nginx
 from servers.postgresql import PostgreSQL
@@ -39,6 +40,7 @@ SERVERS = {
         Stunnel,
         StunnelChrooted,
         Mosquitto,
+        Lighttpd,
         AsyncioEcho,
         ThreadedEcho,
         TwistedEcho,

@@ -157,6 +157,7 @@ def test_an_agent_that_never_gets_the_gil_does_not_hold_back_the_stop(tmp_path):
     assert took < 8, f"tlsprof ended {took:.1f} s after SIGTERM"
     report = _load(out)
     assert report["target"]["pid"] > 0 and report.get("python") is None, report.get("python")
+    assert any("never answered" in n and "GIL" in n for n in report["notes"]), report["notes"]
 
 
 def test_threaded_server_fd_and_peer_match_the_client_side(tmp_path):

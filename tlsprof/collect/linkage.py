@@ -90,6 +90,18 @@ def _ask_throttled(channel_dir, pid, path, request, timeout):
     return doc, True
 
 
+def silent_sentence(channel_dirs) -> str | None:
+    """For the report: the processes whose agent never answered, or None."""
+    pids = sorted({pid for (d, pid) in _silent_until if d in channel_dirs and (d, pid) not in _answered})
+    if not pids:
+        return None
+    return (
+        f"the Python agent of pid(s) {', '.join(map(str, pids))} never answered: its thread never got the "
+        f"GIL (uWSGI keeps it in C unless --enable-threads), so their connections are not joined to "
+        f"Python objects"
+    )
+
+
 def fetch(channel_dir: str, pid: int, timeout: float = 10.0, fresh: bool = False):
     """The agent's snapshot for `pid`, or None when that process runs no agent.
 

@@ -19,7 +19,7 @@ import time
 
 import psutil
 
-from tlsprof.collect import client, inject, jail, process_tree
+from tlsprof.collect import client, inject, jail, linkage, process_tree
 from tlsprof.analysis import walked
 from tlsprof.collect import channel_paths
 from tlsprof.collect.channel_paths import socket_path
@@ -155,6 +155,9 @@ def _attach(args, stops: StopSignals) -> int:
                 _detach(pid, session.dir_of(pid) if pid in session.sockets() else attached.get(pid, channel_dir))
         jail.tidy(attached.values())
     notes = [f"{sentence} (its memory is not in this report)" for sentence in not_attached]
+    silent_note = linkage.silent_sentence(session.channel_dirs)
+    if silent_note:
+        notes.append(silent_note)
     if target_died:
         notes.append("the target exited while attached: this is the last snapshot taken before")
     if stops.received:

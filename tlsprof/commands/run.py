@@ -27,7 +27,7 @@ from tlsprof.analysis import walked
 from tlsprof.analysis.moments import DEFAULT_MOMENT, MOMENTS
 from tlsprof.analysis.report import build_report
 from tlsprof.analysis.reports import ReportSource
-from tlsprof.collect import client, launch, process_tree
+from tlsprof.collect import client, launch, linkage, process_tree
 from tlsprof.collect.client import Snapshot
 from tlsprof.collect.collector import collect
 from tlsprof.collect.session import Session
@@ -198,6 +198,9 @@ def _run(args, cmd, stops: StopSignals) -> int:
         notes += stripped_notes
         if daemonized_note:
             notes.append(daemonized_note)
+        silent_note = linkage.silent_sentence(session.channel_dirs)
+        if silent_note:
+            notes.append(silent_note)
         untracked_note = process_tree.untracked_sentence(untracked)
         if untracked_note:
             notes.append(untracked_note)

@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 DEB_PACKAGES = gcc libc6-dev make gdb openssl libssl-dev nginx-light zlib1g-dev perl tmux chromium \
                python3-twisted python3-openssl nodejs libjemalloc2 libtcmalloc-minimal4 \
                apache2 haproxy postgresql postgresql-15 stunnel4 mosquitto util-linux \
-               python3-requests gunicorn lighttpd lighttpd-mod-openssl
+               python3-requests gunicorn lighttpd lighttpd-mod-openssl uwsgi-core uwsgi-plugin-python3
 
 # golang-go: `go tool pprof` reads the pprof exports back (tests/integration/test_pprof.py)
 DEB_PACKAGES += golang-go

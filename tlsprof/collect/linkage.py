@@ -10,7 +10,7 @@ import os
 import socket
 import time
 
-from tlsprof.collect import client
+from tlsprof.collect import client, gil_keepers
 from tlsprof.collect.channel_paths import agent_socket_path
 
 
@@ -55,6 +55,7 @@ FIRST_ANSWER_TIMEOUT_S = 5.0
 SILENT_RETRY_S = 30.0
 _answered = set()  # (channel_dir, pid) of agents that answered once
 _silent_until = {}  # (channel_dir, pid) -> monotonic time before which it is not asked again
+_not_asked = {}  # (channel_dir, pid) -> why its agent is never asked (gil_keepers.py)
 
 
 def _cost_to_target(doc: dict, waited: float) -> float:
@@ -91,15 +92,20 @@ def _ask_throttled(channel_dir, pid, path, request, timeout):
 
 
 def silent_sentence(channel_dirs) -> str | None:
-    """For the report: the processes whose agent never answered, or None."""
+    """For the report: the processes whose agent never answered or was not asked, or None."""
     pids = sorted({pid for (d, pid) in _silent_until if d in channel_dirs and (d, pid) not in _answered})
-    if not pids:
+    said = []
+    if pids:
+        said.append(
+            f"the Python agent of pid(s) {', '.join(map(str, pids))} never answered: its thread never got the GIL"
+        )
+    kept = sorted({(why, pid) for (d, pid), why in _not_asked.items() if d in channel_dirs})
+    for why in sorted({why for why, _ in kept}):
+        shown = ", ".join(str(pid) for w, pid in kept if w == why)
+        said.append(f"the Python agent of pid(s) {shown} was not asked: {why}, and would never answer")
+    if not said:
         return None
-    return (
-        f"the Python agent of pid(s) {', '.join(map(str, pids))} never answered: its thread never got the "
-        f"GIL (uWSGI keeps it in C unless --enable-threads), so their connections are not joined to "
-        f"Python objects"
-    )
+    return "; ".join(said) + ": their connections are not joined to Python objects"
 
 
 def fetch(channel_dir: str, pid: int, timeout: float = 10.0, fresh: bool = False):
@@ -113,6 +119,10 @@ def fetch(channel_dir: str, pid: int, timeout: float = 10.0, fresh: bool = False
     now whatever the throttle says."""
     path = agent_socket_path(channel_dir, pid)
     if not os.path.exists(path):
+        return None
+    kept = gil_keepers.keeps_gil(pid)
+    if kept:
+        _not_asked[(channel_dir, pid)] = kept
         return None
     silent = _silent_until.get((channel_dir, pid))
     if silent is not None and (fresh or time.monotonic() < silent):

@@ -14,7 +14,7 @@ import time
 
 import psutil
 
-from tlsprof.collect import client, linkage, process_memory, process_tree
+from tlsprof.collect import client, gil_keepers, linkage, process_memory, process_tree
 from tlsprof.collect.channel_paths import SHIM_SUFFIX, agent_socket_path, socket_path, socket_pid
 from tlsprof.errors import ChannelError
 from tlsprof.model.observation import Observation, ProcessObservation
@@ -204,7 +204,7 @@ class Session:
         """Ask `pid`'s shim, once, to start the Python agent that sitecustomize did not (a process
         that is not Python answers "AGENT none")."""
         since = self._no_agent_since.setdefault(pid, time.monotonic())
-        if since is None or os.path.exists(agent_socket_path(self.dir_of(pid), pid)):
+        if since is None or os.path.exists(agent_socket_path(self.dir_of(pid), pid)) or gil_keepers.keeps_gil(pid):
             self._no_agent_since[pid] = None
             return
         if time.monotonic() - since < LATE_AGENT_AFTER_S:

@@ -9,12 +9,13 @@ tlsprof/analysis/reports.py: this module never builds one."""
 import dataclasses
 import glob
 import os
+import re
 import threading
 import time
 
 import psutil
 
-from tlsprof.collect import client, gil_keepers, linkage, process_memory, process_tree
+from tlsprof.collect import client, linkage, process_memory, process_tree
 from tlsprof.collect.channel_paths import SHIM_SUFFIX, agent_socket_path, socket_path, socket_pid
 from tlsprof.errors import ChannelError
 from tlsprof.model.observation import Observation, ProcessObservation
@@ -201,10 +202,11 @@ class Session:
         return idle
 
     def _start_late_agent(self, pid):
-        """Ask `pid`'s shim, once, to start the Python agent that sitecustomize did not (a process
-        that is not Python answers "AGENT none")."""
+        """Ask `pid`'s shim, once, to start the Python agent that sitecustomize did not. Only a
+        Python interpreter's own program: a program that embeds Python may keep the GIL in C for
+        good (gil_keepers.py), and the agent's thread would wait for it forever."""
         since = self._no_agent_since.setdefault(pid, time.monotonic())
-        if since is None or os.path.exists(agent_socket_path(self.dir_of(pid), pid)) or gil_keepers.keeps_gil(pid):
+        if since is None or os.path.exists(agent_socket_path(self.dir_of(pid), pid)) or not _runs_python(pid):
             self._no_agent_since[pid] = None
             return
         if time.monotonic() - since < LATE_AGENT_AFTER_S:
@@ -246,6 +248,15 @@ class Session:
     def owner_sites(self, pid, serial, snap) -> list:
         """The drill-down: one owner's call sites, asked from its process's shim now."""
         return client.owner_sites(self.socket_of(pid), serial, snap)
+
+
+def _runs_python(pid) -> bool:
+    """The process's program is a CPython interpreter (python3, python3.11), not an embedder."""
+    try:
+        name = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return False
+    return re.fullmatch(r"python[0-9.]*", name) is not None
 
 
 def _carry_python_obs(older, newer, carried: dict):

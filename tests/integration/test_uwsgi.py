@@ -8,11 +8,13 @@ agents are never asked now, and the report says so; with --enable-threads (on th
 in an .ini file) they answer. Servers on 127.0.0.1, stopped by pid."""
 
 import os
+import shutil
 import socket
 import ssl
 import subprocess
 import time
 
+import psutil
 import pytest
 
 from reportcheck import load_checked
@@ -33,17 +35,48 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _requests(port, n):
+def _request(port, timeout=10):
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    for _ in range(n):
-        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as s:
-            s.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            answer = b""
-            while chunk := s.recv(4096):
-                answer += chunk
-            assert b"hello" in answer, answer
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=timeout)) as s:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+        assert b"hello" in answer, answer
+
+
+def _stacks(root_pid) -> str:
+    """gdb's backtraces of every process under `root_pid`: what a failure message carries."""
+    if not shutil.which("gdb"):
+        return "(no gdb)"
+    out = []
+    try:
+        tree = psutil.Process(root_pid).children(recursive=True)
+    except psutil.Error:
+        return "(gone)"
+    for p in tree:
+        bt = subprocess.run(
+            ["gdb", "-p", str(p.pid), "-batch", "-nx", "-ex", "thread apply all bt 12"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        out.append(f"== {p.pid}\n" + "\n".join(ln[:140] for ln in bt.splitlines() if ln.startswith(("#", "Thread"))))
+    return "\n".join(out)
+
+
+def _first_answer(port, root_pid, bound=60):
+    """uWSGI binds its socket before its workers run: the first request may wait for them (a
+    loaded CI machine). Bounded: past it, the failure says where every process of the tree is."""
+    deadline = time.monotonic() + bound
+    while True:
+        try:
+            return _request(port, timeout=5)
+        except (OSError, ssl.SSLError):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"uWSGI answered no request in {bound} s:\n{_stacks(root_pid)}") from None
 
 
 @pytest.mark.parametrize("threads", ["none", "command-line", "ini"])
@@ -68,7 +101,9 @@ def test_uwsgi_stops_at_once_and_its_agents_are_asked_only_with_threads(tmp_path
     )
     try:
         wait_for(lambda: listening(port), 60, "uWSGI under tlsprof")
-        _requests(port, 20)
+        _first_answer(port, tool.pid)
+        for _ in range(20):
+            _request(port)
         time.sleep(7)  # past the session's first agent asks (and a silent agent's 5 s)
         stopped = time.monotonic()
         stop_tlsprof(tool, timeout=90)

@@ -15,7 +15,14 @@ from tlsprof.collect.channel_paths import agent_socket_path
 
 
 class AgentError(Exception):
-    """The agent did not answer (absent, not a Python target, or busy past the timeout)."""
+    """The agent did not answer (absent, not a Python target, or busy past the timeout).
+    `timed_out`: it accepted (or let us wait) and said nothing, as one that never gets the GIL does;
+    a refused or vanished socket is not that (a daemon closing every descriptor closes the agent's
+    listener too, and the agent comes back on a new one)."""
+
+    def __init__(self, message: str, timed_out: bool = False):
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 def ask(path: str, request: str = "SNAPSHOT", timeout: float = 10.0) -> dict:
@@ -23,7 +30,8 @@ def ask(path: str, request: str = "SNAPSHOT", timeout: float = 10.0) -> dict:
         answer = client.request(path, request, timeout, ends=b"\n")  # one JSON line
     except (OSError, socket.timeout) as exc:
         raise AgentError(
-            f"the Python agent at {path} did not answer: {getattr(exc, 'strerror', None) or exc}"
+            f"the Python agent at {path} did not answer: {getattr(exc, 'strerror', None) or exc}",
+            timed_out=isinstance(exc, socket.timeout),
         ) from None
     try:
         doc = json.loads(answer)
@@ -79,8 +87,8 @@ def _ask_throttled(channel_dir, pid, path, request, timeout):
     agent = (channel_dir, pid)
     try:
         doc = ask(path, request, timeout if agent in _answered else min(timeout, FIRST_ANSWER_TIMEOUT_S))
-    except AgentError:
-        if agent not in _answered:
+    except AgentError as exc:
+        if exc.timed_out and agent not in _answered:
             _silent_until[agent] = time.monotonic() + SILENT_RETRY_S
         return (last[2] if last else None), False
     _answered.add(agent)

@@ -1,0 +1,63 @@
+"""When the session stops asking a Python agent: only one that let it wait (its thread never gets
+the GIL), not one whose socket was refused for a moment (a daemon that closes every descriptor
+closes the agent's listener too; the agent serves again on a new one half a second later).
+Real Unix sockets in a temporary channel directory, served by a thread of this test."""
+
+import json
+import os
+import socket
+import threading
+
+from tlsprof.collect import linkage
+from tlsprof.collect.channel_paths import agent_socket_path
+
+PID = 4242  # a name in the directory; nothing is sent to a process of that number
+
+
+def _bound_not_listening(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)  # the file exists, connect() is refused: the agent's socket between two listeners
+    return s
+
+
+def _answer_once(listener, doc):
+    conn, _ = listener.accept()
+    with conn:
+        conn.recv(256)
+        conn.sendall(json.dumps(doc).encode() + b"\n")
+
+
+def test_a_refused_agent_is_asked_again_at_the_next_poll(tmp_path):
+    path = agent_socket_path(str(tmp_path), PID)
+    gap = _bound_not_listening(path)
+    assert linkage.fetch(str(tmp_path), PID, timeout=2) is None
+    gap.close()
+    os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    listener.settimeout(10)  # bounded: with nobody asking, the thread ends
+    server = threading.Thread(target=_answer_once, args=(listener, {"objects": [], "stats": {}}), daemon=True)
+    server.start()
+    try:
+        doc = linkage.fetch(str(tmp_path), PID, timeout=2)
+    finally:
+        server.join(10)
+        listener.close()
+    assert doc is not None and doc["objects"] == [], doc
+    assert linkage.silent_sentence({str(tmp_path)}) is None
+
+
+def test_an_agent_that_lets_the_session_wait_is_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(linkage, "FIRST_ANSWER_TIMEOUT_S", 0.3)
+    path = agent_socket_path(str(tmp_path), PID)
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(path)
+    mute.listen(4)  # accepts in the kernel, never reads: an agent whose thread never runs
+    try:
+        assert linkage.fetch(str(tmp_path), PID, timeout=5) is None
+        assert linkage.fetch(str(tmp_path), PID, timeout=5, fresh=True) is None  # the last look skips it
+    finally:
+        mute.close()
+    said = linkage.silent_sentence({str(tmp_path)})
+    assert said and f"{PID} never answered" in said, said

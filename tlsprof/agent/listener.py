@@ -40,12 +40,16 @@ def bind(path):
 
 
 def is_ours(sock, identity):
-    """Our listening socket is still behind the descriptor `sock` holds."""
+    """Our socket (the listener or an accepted connection) is still behind the descriptor `sock` holds."""
+    return identity is not None and _identity(sock) == identity
+
+
+def _identity(sock):
     try:
         st = os.fstat(sock.fileno())
     except (OSError, ValueError):
-        return False
-    return (st.st_dev, st.st_ino) == identity
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def let_go(sock):
@@ -127,6 +131,7 @@ def serve(sock, state, relisten_in_state, answer):
                 time.sleep(0.1)  # out of descriptors or memory: wait it out
             continue
         state["conn"] = conn  # a fork meanwhile: the child closes its copy (agent._after_fork)
+        conn_id = _identity(conn)
         try:
             conn.settimeout(10)
             data = b""
@@ -142,10 +147,13 @@ def serve(sock, state, relisten_in_state, answer):
         except Exception:
             pass
         finally:
-            try:
-                conn.close()
-            except OSError:
-                pass
+            if is_ours(conn, conn_id):
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+            else:  # a close_range took it while we answered and the number may be the target's now
+                let_go(conn)
             state["conn"] = None
 
 

@@ -51,8 +51,10 @@ def test_attach_to_a_chrooted_server_walks_its_connections_and_tracks_new_ones(s
     for name, args in (("jailed", ["--jail", str(_jail(tmp_path))]), ("plain", [])):
         server = spawn.server(*args)
         spawn.clients(server.port, N, interval=IDLE)
-        session = Attached(server.pid, tmp_path / f"{name}.json", 1.5)
+        session = Attached(server.pid, tmp_path / f"{name}.json", 600)
         spawn.clients(server.port, 10, interval=IDLE)  # opened while attached
+        time.sleep(1.0)  # a few polls after their handshakes: the report's moment is not inside them
+        session.proc.send_signal(signal.SIGINT)  # as an SRE's Ctrl-C; a --duration could end mid-burst
         report = session.finish(timeout=120)
         walk = report["walk"]
         assert walk["status"] == "ok", walk

@@ -14,6 +14,8 @@ under `run`). Not asking the agent leaves its thread asleep in accept(), wanting
 import os
 import re
 
+from tlsprof.collect import process_tree
+
 _THREADS_SET = re.compile(r"^\s*(enable-threads|threads)\s*=\s*(\S+)", re.M)
 _cache = {}  # pid -> reason or None
 
@@ -49,7 +51,7 @@ def _uwsgi_threads_on(pid: int) -> bool:
         found = _THREADS_SET.search(text)
         if found:
             return _truthy(found.group(2))
-    env = dict(kv.split(b"=", 1) for kv in _read(f"/proc/{pid}/environ", binary=True).split(b"\0") if b"=" in kv)
+    env = process_tree.environment_of(pid)
     for key in (b"UWSGI_ENABLE_THREADS", b"UWSGI_THREADS"):
         if key in env:
             return _truthy(env[key].decode(errors="replace"))

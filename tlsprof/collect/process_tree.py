@@ -26,6 +26,13 @@ def command_of(pid: int) -> list:
         return []
 
 
+def environment_of(pid: int) -> dict:
+    """The environment `pid` started with, {bytes: bytes}, as /proc/PID/environ shows it (a process
+    that changed its own later is not seen). Raises OSError when it is gone or not ours to read."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+
+
 def untracked_tls(root_pid: int, tracked) -> list:
     """[(pid, name, established TCP connections)] for the processes under `root_pid` (itself
     excluded) that load a shared libssl and hold TCP connections but are not in `tracked`: started

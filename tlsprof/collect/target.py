@@ -8,6 +8,8 @@ import time
 
 import psutil
 
+from tlsprof.collect import process_tree
+
 
 class Target:
     """What the view watches: `subprocess.Popen` (run mode, we are its parent and know its exit
@@ -165,8 +167,7 @@ DAEMON_SETTLE_S = 1.0
 def _in_session(pid, channel_dir) -> bool:
     """The process was started for this session: its environment names the session's directory."""
     try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return b"TLSPROF_DIR=" + os.fsencode(channel_dir) + b"\0" in f.read() + b"\0"
+        return process_tree.environment_of(pid).get(b"TLSPROF_DIR") == os.fsencode(channel_dir)
     except OSError:
         return False
 

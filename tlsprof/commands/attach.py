@@ -301,8 +301,7 @@ def _tracked_elsewhere(pid):
     except psutil.Error:
         pass
     try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        env = process_tree.environment_of(pid)
     except OSError:
         return None
     directory = env.get(b"TLSPROF_DIR", b"").decode(errors="replace")

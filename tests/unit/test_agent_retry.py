@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import threading
+import time
 
 from tlsprof.collect import linkage
 from tlsprof.collect.channel_paths import agent_socket_path
@@ -61,3 +62,47 @@ def test_an_agent_that_lets_the_session_wait_is_left_alone(tmp_path, monkeypatch
         mute.close()
     said = linkage.silent_sentence({str(tmp_path)})
     assert said and f"{PID} never answered" in said, said
+
+
+def test_an_agent_that_answered_then_went_quiet_gives_its_newest_answer(tmp_path, monkeypatch):
+    """Python code answered while the program started, then C that keeps the GIL: the wait runs
+    out once, and from then on (the last look too) the newest answer stands in, without waiting."""
+    monkeypatch.setattr(linkage, "FIRST_ANSWER_TIMEOUT_S", 0.3)
+    directory = str(tmp_path)
+    path = agent_socket_path(directory, PID + 1)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)
+    listener.settimeout(10)
+    server = threading.Thread(target=_answer_once, args=(listener, {"objects": [], "stats": {}}), daemon=True)
+    server.start()
+    try:
+        first = linkage.fetch(directory, PID + 1, timeout=5)
+        server.join(10)
+        assert first is not None, first
+        linkage._recent.clear()  # past the throttle: the next poll asks again, and nobody reads now
+        linkage._recent[(directory, PID + 1, "SNAPSHOT noleaks")] = (time.monotonic() - 99, 0.0, first)
+        started = time.monotonic()
+        assert linkage.fetch(directory, PID + 1, timeout=0.5) is first
+        assert linkage.fetch(directory, PID + 1, timeout=5, fresh=True) is first
+        assert time.monotonic() - started < 2.5
+    finally:
+        listener.close()
+    said = linkage.silent_sentence({directory})
+    assert said and f"{PID + 1} stopped answering" in said, said
+
+
+def test_a_stop_ends_the_wait_for_an_answer(tmp_path):
+    """A stop signal while an agent ask waits: the ask gives up at once (the last look and the
+    target's signal must not wait for it), and that is no reason to leave the agent alone."""
+    path = agent_socket_path(str(tmp_path), PID + 2)
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(path)
+    mute.listen(4)
+    started = time.monotonic()
+    try:
+        doc = linkage.fetch(str(tmp_path), PID + 2, timeout=5, give_up=lambda: time.monotonic() - started > 0.3)
+    finally:
+        mute.close()
+    assert doc is None and time.monotonic() - started < 2, time.monotonic() - started
+    assert (str(tmp_path), PID + 2) not in linkage._silent_until

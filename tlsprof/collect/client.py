@@ -5,6 +5,7 @@ socket, the shim's or the Python agent's; what the answers mean is tlsprof.model
 
 import os
 import socket
+import time
 
 from tlsprof.errors import ChannelError
 from tlsprof.model.wire import (  # noqa: F401  (the records and parsers, importable from here as before)
@@ -25,11 +26,23 @@ from tlsprof.model.wire import (  # noqa: F401  (the records and parsers, import
 from tlsprof.model.wire_walk import Walk, WalkedObject, parse_walk  # noqa: F401
 
 
-def request(path: str, command: str, timeout: float = 5.0, pass_fd: int | None = None, ends: bytes = b"") -> bytes:
+class GaveUp(OSError):
+    """request() stopped waiting because its caller's `give_up()` said so (a stop signal came)."""
+
+
+def request(
+    path: str,
+    command: str,
+    timeout: float = 5.0,
+    pass_fd: int | None = None,
+    ends: bytes = b"",
+    give_up=None,
+) -> bytes:
     """Send one command line to a Unix socket (the shim's or the Python agent's), read the whole
     answer. `pass_fd`: a descriptor sent with the line (SCM_RIGHTS). `ends`: how the answer ends, so
     that it is complete without the end of file, which a copy of the connection a fork gave a child
-    of the target holds back until that child exits. Raises OSError (socket.timeout included)."""
+    of the target holds back until that child exits. `give_up`: called while the answer is awaited;
+    True ends the wait (GaveUp). Raises OSError (socket.timeout and GaveUp included)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
@@ -41,8 +54,9 @@ def request(path: str, command: str, timeout: float = 5.0, pass_fd: int | None =
             if sent < len(line):  # never an empty send: the shim may have answered and closed by now
                 s.sendall(line[sent:])
         chunks, tail = [], b""
+        deadline = time.monotonic() + timeout
         while True:
-            data = s.recv(1 << 20)
+            data = _recv(s, deadline, give_up)
             if not data:
                 break
             chunks.append(data)
@@ -50,6 +64,24 @@ def request(path: str, command: str, timeout: float = 5.0, pass_fd: int | None =
             if ends and tail == ends:
                 break
     return b"".join(chunks)
+
+
+GIVE_UP_STEP_S = 0.1  # how soon a give_up() that turned true ends the wait
+
+
+def _recv(s, deadline, give_up) -> bytes:
+    if give_up is None:
+        return s.recv(1 << 20)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        s.settimeout(min(left, GIVE_UP_STEP_S))
+        try:
+            return s.recv(1 << 20)
+        except socket.timeout:
+            if give_up():
+                raise GaveUp("gave up: tlsprof was told to stop") from None
 
 
 def ask(path: str, command: str, timeout: float = 5.0, pass_fd: int | None = None, ends: bytes = b"") -> str:

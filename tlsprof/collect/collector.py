@@ -69,6 +69,9 @@ def collect(
                 on_stop=on_stop,
                 on_last_look=on_last_look,
             )
+    session.stops_so_far = lambda: (
+        (len(stops.received) if stops is not None else 0) + bool(stop_event is not None and stop_event.is_set())
+    )
     stopping = False
     next_at = time.monotonic()
     first = True

@@ -18,20 +18,22 @@ class AgentError(Exception):
     """The agent did not answer (absent, not a Python target, or busy past the timeout).
     `timed_out`: it accepted (or let us wait) and said nothing, as one that never gets the GIL does;
     a refused or vanished socket is not that (a daemon closing every descriptor closes the agent's
-    listener too, and the agent comes back on a new one)."""
+    listener too, and the agent comes back on a new one). Nor is a wait that `give_up` ended."""
 
     def __init__(self, message: str, timed_out: bool = False):
         super().__init__(message)
         self.timed_out = timed_out
 
 
-def ask(path: str, request: str = "SNAPSHOT", timeout: float = 10.0) -> dict:
+def ask(path: str, request: str = "SNAPSHOT", timeout: float = 10.0, give_up=None) -> dict:
+    """`give_up()`, called while the answer is awaited, ends the wait when True (a stop signal
+    came: the last look and the target's signal must not wait for this ask)."""
     try:
-        answer = client.request(path, request, timeout, ends=b"\n")  # one JSON line
+        answer = client.request(path, request, timeout, ends=b"\n", give_up=give_up)  # one JSON line
     except (OSError, socket.timeout) as exc:
         raise AgentError(
             f"the Python agent at {path} did not answer: {getattr(exc, 'strerror', None) or exc}",
-            timed_out=isinstance(exc, socket.timeout),
+            timed_out=isinstance(exc, socket.timeout) and not isinstance(exc, client.GaveUp),
         ) from None
     try:
         doc = json.loads(answer)
@@ -58,9 +60,14 @@ _first_asked = {}  # (channel_dir, pid) -> monotonic time this agent was first a
 # An agent that never answered may never get the GIL: uWSGI's workers and master, without
 # --enable-threads, hold it in C for good, so its socket accepts and nobody reads. It is waited for
 # this long (not the full timeout, paid again at every poll and at the last look, which holds back
-# the stop signal), then left alone for SILENT_RETRY_S; the session's last look skips it.
+# the stop signal). Any agent whose wait ran out (one that answered while its program started, then
+# entered C that keeps the GIL, too) is left alone for SILENT_RETRY_S: its newest answer stands in,
+# and the session's last look skips it.
 FIRST_ANSWER_TIMEOUT_S = 5.0
 SILENT_RETRY_S = 30.0
+# The last look holds back the target's stop signal: its fresh full answer is waited for this long
+# at most (a full walk of a large heap takes about a second), else the newest answer stands in.
+LAST_LOOK_TIMEOUT_S = 5.0
 _answered = set()  # (channel_dir, pid) of agents that answered once
 _silent_until = {}  # (channel_dir, pid) -> monotonic time before which it is not asked again
 _not_asked = {}  # (channel_dir, pid) -> why its agent is never asked (gil_keepers.py)
@@ -78,7 +85,7 @@ def _cost_to_target(doc: dict, waited: float) -> float:
     return waited
 
 
-def _ask_throttled(channel_dir, pid, path, request, timeout):
+def _ask_throttled(channel_dir, pid, path, request, timeout, give_up=None):
     key = (channel_dir, pid, request)
     last = _recent.get(key)
     now = time.monotonic()
@@ -86,9 +93,10 @@ def _ask_throttled(channel_dir, pid, path, request, timeout):
         return last[2], False
     agent = (channel_dir, pid)
     try:
-        doc = ask(path, request, timeout if agent in _answered else min(timeout, FIRST_ANSWER_TIMEOUT_S))
+        waited = timeout if agent in _answered else min(timeout, FIRST_ANSWER_TIMEOUT_S)
+        doc = ask(path, request, waited, give_up)
     except AgentError as exc:
-        if exc.timed_out and agent not in _answered:
+        if exc.timed_out:
             _silent_until[agent] = time.monotonic() + SILENT_RETRY_S
         return (last[2] if last else None), False
     _answered.add(agent)
@@ -100,23 +108,36 @@ def _ask_throttled(channel_dir, pid, path, request, timeout):
 
 
 def silent_sentence(channel_dirs) -> str | None:
-    """For the report: the processes whose agent never answered or was not asked, or None."""
-    pids = sorted({pid for (d, pid) in _silent_until if d in channel_dirs and (d, pid) not in _answered})
-    said = []
-    if pids:
-        said.append(
-            f"the Python agent of pid(s) {', '.join(map(str, pids))} never answered: its thread never got the GIL"
-        )
+    """For the report: the processes whose agent never answered, stopped answering, or was not
+    asked, or None."""
+    silent = [agent for agent in _silent_until if agent[0] in channel_dirs]
+    unjoined = [str(agent[1]) for agent in silent if agent not in _answered]
     kept = sorted({(why, pid) for (d, pid), why in _not_asked.items() if d in channel_dirs})
+    said = []
+    if unjoined:
+        said.append(
+            f"the Python agent of pid(s) {', '.join(sorted(unjoined))} never answered: its thread never got the GIL"
+        )
     for why in sorted({why for why, _ in kept}):
         shown = ", ".join(str(pid) for w, pid in kept if w == why)
         said.append(f"the Python agent of pid(s) {shown} was not asked: {why}, and would never answer")
-    if not said:
-        return None
-    return "; ".join(said) + ": their connections are not joined to Python objects"
+    sentence = "; ".join(said) + ": their connections are not joined to Python objects" if said else None
+    stopped = sorted(str(agent[1]) for agent in silent if agent in _answered)
+    if stopped:
+        late = (
+            f"the Python agent of pid(s) {', '.join(stopped)} stopped answering (its thread did not get the "
+            f"GIL, or its walk of the heap outlasted the wait): the join uses its newest answer"
+        )
+        sentence = f"{sentence}; {late}" if sentence else late
+    return sentence
 
 
-def fetch(channel_dir: str, pid: int, timeout: float = 10.0, fresh: bool = False):
+def _newest_answer(channel_dir, pid):
+    answers = [v for (d, p, _), v in _recent.items() if (d, p) == (channel_dir, pid)]
+    return max(answers, key=lambda v: v[0])[2] if answers else None
+
+
+def fetch(channel_dir: str, pid: int, timeout: float = 10.0, fresh: bool = False, give_up=None):
     """The agent's snapshot for `pid`, or None when that process runs no agent.
 
     An agent snapshot holds the target's GIL while it runs, so requests are throttled: when the last
@@ -124,7 +145,7 @@ def fetch(channel_dir: str, pid: int, timeout: float = 10.0, fresh: bool = False
     pointers come from the cheap request (`SNAPSHOT noleaks`); reachability and referrer chains (a
     walk over every gc object) from the full one, which is asked less often, first after
     FULL_FIRST_AFTER_S, and merged in by pointer. `fresh` (the session's last look before it ends) asks the full request
-    now whatever the throttle says."""
+    now whatever the throttle says, waiting LAST_LOOK_TIMEOUT_S at most. `give_up`: see ask()."""
     path = agent_socket_path(channel_dir, pid)
     if not os.path.exists(path):
         return None
@@ -134,16 +155,23 @@ def fetch(channel_dir: str, pid: int, timeout: float = 10.0, fresh: bool = False
         return None
     silent = _silent_until.get((channel_dir, pid))
     if silent is not None and (fresh or time.monotonic() < silent):
-        return None
+        return _newest_answer(channel_dir, pid)
     first = _first_asked.setdefault((channel_dir, pid), time.monotonic())
     if fresh:
-        _recent.pop((channel_dir, pid, "SNAPSHOT"), None)
-    elif time.monotonic() - first < FULL_FIRST_AFTER_S and (channel_dir, pid, "SNAPSHOT") not in _recent:
-        return _ask_throttled(channel_dir, pid, path, "SNAPSHOT noleaks", timeout)[0]
-    full, was_fresh = _ask_throttled(channel_dir, pid, path, "SNAPSHOT", timeout)
+        timeout = min(timeout, LAST_LOOK_TIMEOUT_S)
+        kept = _recent.pop((channel_dir, pid, "SNAPSHOT"), None)
+        full, _ = _ask_throttled(channel_dir, pid, path, "SNAPSHOT", timeout, give_up)
+        if full is not None:
+            return full
+        if kept is not None:
+            _recent[(channel_dir, pid, "SNAPSHOT")] = kept
+        return _newest_answer(channel_dir, pid)
+    if time.monotonic() - first < FULL_FIRST_AFTER_S and (channel_dir, pid, "SNAPSHOT") not in _recent:
+        return _ask_throttled(channel_dir, pid, path, "SNAPSHOT noleaks", timeout, give_up)[0]
+    full, was_fresh = _ask_throttled(channel_dir, pid, path, "SNAPSHOT", timeout, give_up)
     if was_fresh or full is None:
         return full
-    fast, _ = _ask_throttled(channel_dir, pid, path, "SNAPSHOT noleaks", timeout)
+    fast, _ = _ask_throttled(channel_dir, pid, path, "SNAPSHOT noleaks", timeout, give_up)
     if fast is None:
         return full
     leaks = {(o.get("kind"), o.get("ptr"), o.get("type")): o for o in full.get("objects") or []}

@@ -56,6 +56,9 @@ class Session:
         self._agent_docs = {}
         self._io_seen = {}  # pid -> {connection serial: (io calls, monotonic time they last changed)}
         self._no_agent_since = {}  # pid -> monotonic time first seen without an agent; None: asked
+        # how many stop requests came so far (the collector sets it): an agent ask a new one comes
+        # during gives up, so that the last look and the target's signal do not wait for it
+        self.stops_so_far = lambda: 0
 
     def sockets(self):
         out = {}
@@ -223,7 +226,8 @@ class Session:
         answer in hand is used and the next is fetched in the background, so a refresh never waits
         for it; otherwise (reports) the join uses an answer fetched now."""
         if not self.agent_async or fresh:
-            return linkage.fetch(self.dir_of(pid), pid, fresh=fresh)
+            before = self.stops_so_far()
+            return linkage.fetch(self.dir_of(pid), pid, fresh=fresh, give_up=lambda: self.stops_so_far() > before)
         with self._agent_lock:
             thread = self._agent_threads.get(pid)
             if thread is None or not thread.is_alive():

@@ -5,6 +5,7 @@ could not open the shim's path ("cannot open shared object file"), nor reach a c
 
 import os
 import pwd
+import resource
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from reportcheck import load_checked
 from test_attach import TLSPROF, Attached, _http_keepalive, handshakes_ok, wait_for
 from test_heap_walk import HAPROXY_CONF, _walked
 from tlsenv import free_port
+from tlsprof.collect.inject import task_room
 
 pytestmark = [
     pytest.mark.skipif(not shutil.which("gdb"), reason="attach needs gdb (make test installs it)"),
@@ -99,9 +101,11 @@ def _haproxy_worker(master, timeout=20):
 @pytest.mark.parametrize("forks", [False, True], ids=["debian-default", "insecure-fork-wanted"])
 def test_attach_to_haproxy_as_debian_runs_it(cert_pair, tmp_path, forks):
     """`haproxy -Ws` with Debian's chroot and user: the worker forbids itself new threads and
-    processes (RLIMIT_NPROC 0) unless `insecure-fork-wanted`. Then attach says so in one line
-    (exit 7) and leaves the worker as it was; with the option, the walk finds every connection, in
-    the jail and in a thread arena that the worker's fork left in two mappings (it found half)."""
+    processes (RLIMIT_NPROC 0) unless `insecure-fork-wanted`. tlsprof with CAP_SYS_RESOURCE lends it
+    room for the attach (the shim's thread, the walk's process), then sets the limit back to 0,
+    which the report says; without that capability (this CI's container) attach refuses in one
+    line. Attached, the walk finds every connection, in the jail and in a thread arena that the
+    worker's fork left in two mappings (it found half)."""
     try:
         pwd.getpwnam("haproxy")
     except KeyError:
@@ -123,27 +127,21 @@ def test_attach_to_haproxy_as_debian_runs_it(cert_pair, tmp_path, forks):
             "haproxy to listen",
         )
         socks = _http_keepalive(port, N)
-        if not forks:
-            out = tmp_path / "refused.json"
-            p = subprocess.run(
-                [*TLSPROF, "attach", str(worker), "--duration", "1", "-o", str(out)],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert p.returncode == 7, p.stderr
-            lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-            assert len(lines) == 1 and "RLIMIT_NPROC is 0" in lines[0] and "insecure-fork-wanted" in lines[0], lines
-            assert not _shims_mapped(worker)
-            # through the master: the report itself says the worker is missing, not only stderr
-            master = Attached(haproxy.pid, tmp_path / "master.json", 0.5).finish(timeout=120)
-            missing = [n for n in master["notes"] if f"child {worker} not attached" in n]
-            assert missing and "RLIMIT_NPROC is 0" in missing[0], master["notes"]
+        before = _nproc(worker)
+        assert (before == "0") == (not forks), before
+        if not forks and not task_room.can_lend():  # a container without CAP_SYS_RESOURCE: refused
+            _attach_is_refused_with_one_line(haproxy.pid, worker, tmp_path)
+            return
+        report = Attached(worker, tmp_path / "haproxy.json", 1).finish(timeout=120)
+        walk = report["walk"]
+        assert walk["status"] == "ok" and walk["connections"] >= N, walk
+        print(f"haproxy in a jail: {walk['connections']} walked, {report['per_connection']['bytes']} B each")
+        assert _nproc(worker) == before  # set back: HAProxy's mitigation stands after the attach
+        lent = [n for n in report["notes"] if "RLIMIT_NPROC" in n]
+        if forks:
+            assert not lent, report["notes"]
         else:
-            report = Attached(worker, tmp_path / "haproxy.json", 1).finish(timeout=120)
-            walk = report["walk"]
-            assert walk["status"] == "ok" and walk["connections"] >= N, walk
-            print(f"haproxy in a jail: {walk['connections']} walked, {report['per_connection']['bytes']} B each")
+            assert len(lent) == 1 and "RLIMIT_NPROC 0" in lent[0] and "set it back" in lent[0], report["notes"]
         assert haproxy.poll() is None
         socks += _http_keepalive(port, 3)
     finally:
@@ -155,6 +153,32 @@ def test_attach_to_haproxy_as_debian_runs_it(cert_pair, tmp_path, forks):
         except subprocess.TimeoutExpired:
             haproxy.kill()
             haproxy.wait()
+
+
+def _attach_is_refused_with_one_line(master_pid, worker, tmp_path):
+    """Attach says why in one line (exit 7) and leaves the worker as it was; through the master,
+    the report itself says the worker is missing, not only stderr."""
+    out = tmp_path / "refused.json"
+    p = subprocess.run(
+        [*TLSPROF, "attach", str(worker), "--duration", "1", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 7, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "RLIMIT_NPROC is 0" in lines[0] and "CAP_SYS_RESOURCE" in lines[0], lines
+    assert not _shims_mapped(worker)
+    master = Attached(master_pid, tmp_path / "master.json", 0.5).finish(timeout=120)
+    missing = [n for n in master["notes"] if f"child {worker} not attached" in n]
+    assert missing and "RLIMIT_NPROC is 0" in missing[0], master["notes"]
+    assert _nproc(worker) == "0"
+
+
+def _nproc(pid):
+    """The soft RLIMIT_NPROC of `pid`, as /proc/PID/limits shows it."""
+    with open(f"/proc/{pid}/limits") as f:
+        return next(ln.split()[2] for ln in f if ln.startswith("Max processes"))
 
 
 @pytest.mark.parametrize("limit,forbidden", [(0, True), (1, True), (50000, False)])
@@ -241,3 +265,30 @@ def test_run_sees_a_daemon_forked_inside_its_jail(cert_pair, tmp_path):
     report = load_checked(out)
     assert report["per_connection"]["connections"] == 50, (report["per_connection"], err)
     print(f"stunnel daemon in its jail: {report['per_connection']['bytes']} B per connection")
+
+
+def test_a_lent_limit_is_set_back_exactly():
+    """task_room's mechanics on a real process (one of tlsprof's own uid, whose limits tlsprof may
+    set without CAP_SYS_RESOURCE as long as it stays under the hard limit): raised to its uid's
+    tasks plus ROOM, then the soft and hard limits it had, and a process gone meanwhile is no error."""
+    from tlsprof.collect.inject.target_facts import uid_tasks
+
+    hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    hard_shown = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    p = subprocess.Popen(["prlimit", f"--nproc=0:{hard_shown}", "sleep", "30"])
+    try:
+        wait_for(lambda: p.poll() is not None or psutil.Process(p.pid).name() == "sleep", 10, "the sleep to start")
+        assert _nproc(p.pid) == "0"
+        room = task_room.LentRoom(p.pid)
+        room.lend()
+        lent = int(_nproc(p.pid))
+        assert task_room.ROOM <= lent <= uid_tasks(os.getuid()) + task_room.ROOM + 50, lent
+        room.give_back()
+        with open(f"/proc/{p.pid}/limits") as f:
+            assert next(ln.split()[2:4] for ln in f if ln.startswith("Max processes")) == ["0", hard_shown]
+        gone = task_room.LentRoom(p.pid)
+        gone.lend()
+    finally:
+        p.kill()
+        p.wait()
+    gone.give_back()  # ProcessLookupError is no error: nothing is left to set back

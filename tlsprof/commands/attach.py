@@ -14,6 +14,7 @@ that predate the attach carry the bytes the walk found (`measured`: walked), the
 """
 
 import os
+import resource
 import sys
 import time
 
@@ -105,14 +106,19 @@ def run(args) -> int:
 
 def _attach(args, stops: StopSignals) -> int:
     not_attached = []  # one sentence per process of the tree left out, for the report too
-    attached = _attach_tree(args, not_attached)  # {pid: channel directory}
-    channel_dir = attached[args.pid]
-    # the memory that predates the attach, walked once right away (per process of a tree)
-    walks = (
-        {}
-        if args.no_walk or stops.stopping
-        else {pid: _walk(socket_path(directory, pid), pid) for pid, directory in attached.items()}
-    )
+    lent = []  # task_room.LentRoom of each process whose RLIMIT_NPROC forbade tlsprof's tasks
+    try:
+        attached = _attach_tree(args, not_attached, lent)  # {pid: channel directory}
+        channel_dir = attached[args.pid]
+        # the memory that predates the attach, walked once right away (per process of a tree)
+        walks = (
+            {}
+            if args.no_walk or stops.stopping
+            else {pid: _walk(socket_path(directory, pid), pid) for pid, directory in attached.items()}
+        )
+        _wait_for_agents(lent, attached)
+    finally:
+        room_notes = _give_back(lent)
     session = Session(
         channel_dir,
         args.pid,
@@ -154,7 +160,7 @@ def _attach(args, stops: StopSignals) -> int:
             if _alive(pid):
                 _detach(pid, session.dir_of(pid) if pid in session.sockets() else attached.get(pid, channel_dir))
         jail.tidy(attached.values())
-    notes = [f"{sentence} (its memory is not in this report)" for sentence in not_attached]
+    notes = [f"{sentence} (its memory is not in this report)" for sentence in not_attached] + room_notes
     silent_note = linkage.silent_sentence(session.channel_dirs)
     if silent_note:
         notes.append(silent_note)
@@ -237,7 +243,46 @@ def _merge_walks(report, walks, observation):
         walked.merge_attach(report, walk, snap)
 
 
-def _attach_tree(args, not_attached: list) -> dict:
+AGENT_START_WAIT_S = 3.0
+
+
+def _wait_for_agents(lent, attached) -> None:
+    """A Python process whose limit was raised keeps it so until its agent's thread runs (the shim
+    starts it at the inject; that thread starts the agent's own): one refused would print a
+    traceback on the target's stderr. Bounded: an agent that cannot start is the report's concern."""
+    deadline = time.monotonic() + AGENT_START_WAIT_S
+    for room in lent:
+        if room.pid not in attached or not _runs_python(room.pid):
+            continue
+        path = channel_paths.agent_socket_path(attached[room.pid], room.pid)
+        while not os.path.exists(path) and time.monotonic() < deadline and _alive(room.pid):
+            time.sleep(0.05)
+
+
+def _runs_python(pid) -> bool:
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")).startswith("python")
+    except OSError:
+        return False
+
+
+def _give_back(lent) -> list:
+    """Each lent RLIMIT_NPROC set back to what it was; -> one sentence each, for the report."""
+    notes = []
+    for room in lent:
+        before = room.before
+        room.give_back()
+        shown = "unlimited" if before[0] == resource.RLIM_INFINITY else str(before[0])
+        notes.append(
+            f"pid {room.pid} forbids itself new tasks (RLIMIT_NPROC {shown}): tlsprof raised that limit "
+            f"for the {room.held_s:.1f} s of its attach (the shim's thread, the heap walk's process) and set it "
+            f"back"
+        )
+        tell(f"tlsprof: note: {notes[-1]}")
+    return notes
+
+
+def _attach_tree(args, not_attached: list, lent: list) -> dict:
     """Inject into PID, then into each descendant that loads OpenSSL (unless --no-children).
     PID's own failure ends the command; a child's is one line on stderr (and a note in the report
     when it uses OpenSSL: `not_attached`) and the others go on."""
@@ -245,7 +290,7 @@ def _attach_tree(args, not_attached: list) -> dict:
     pids = [args.pid] if args.no_children else (process_tree.descendants(args.pid) or [args.pid])
     for pid in pids:
         try:
-            attached[pid] = _attach_one(pid, args.timeout)
+            attached[pid] = _attach_one(pid, args.timeout, lent)
         except (NoOpenSSL, NoSuchProcess) as exc:  # nothing of OpenSSL's is left out
             if pid == args.pid:
                 raise
@@ -261,8 +306,9 @@ def _attach_tree(args, not_attached: list) -> dict:
     return attached
 
 
-def _attach_one(pid, timeout) -> str:
-    """Inject the shim into one process; -> the channel directory it serves in."""
+def _attach_one(pid, timeout, lent: list) -> str:
+    """Inject the shim into one process; -> the channel directory it serves in. A process whose
+    RLIMIT_NPROC forbids new tasks is lent room (task_room.py), appended to `lent`."""
     try:
         info = inject.preflight(pid)
     except AttachError as exc:
@@ -276,6 +322,13 @@ def _attach_one(pid, timeout) -> str:
         raise AttachError(_already_tracked(pid, tracker))
     for warning in info.warnings:
         tell(f"tlsprof: note: {warning}")
+    if info.needs_room:
+        room = inject.task_room.LentRoom(pid)
+        try:
+            room.lend()
+        except OSError as exc:
+            raise AttachError(f"{info.needs_room}; tlsprof could not raise it: {exc.strerror or exc}") from None
+        lent.append(room)
     channel_dir = jail.channel_dir(pid, info.uid, create=True)
     started = time.monotonic()
     try:

@@ -65,6 +65,7 @@ import time
 from tlsprof.collect import client, jail, shim_copy
 from tlsprof.collect.channel_paths import socket_path
 from tlsprof.errors import AttachError, ChannelError, NoOpenSSL, NoSuchProcess
+from tlsprof.collect.inject import task_room
 from tlsprof.collect.inject.gdb import _gdb_failure, _result, _run_gdb, _threads
 from tlsprof.collect.inject.target_facts import (
     RTLD_NOLOAD,
@@ -114,10 +115,11 @@ def preflight(pid: int, shim_path: str | None = None, channel_dir: str | None = 
         raise AttachError("tlsprof cannot attach to itself")
     _check_permission(pid, status)
     forbidden = threads_forbidden(pid, status)
-    if forbidden:
+    if forbidden and not task_room.can_lend():
         raise AttachError(
-            f"{forbidden}; where the program sets that limit itself after it starts (HAProxy), "
-            f"`tlsprof run -- COMMAND` profiles it: the shim's thread comes first"
+            f"{forbidden}; tlsprof with CAP_SYS_RESOURCE (root, outside a container that drops it) "
+            f"raises that limit for the attach, and where the program sets it itself after it starts "
+            f"(HAProxy), `tlsprof run -- COMMAND` profiles it: the shim's thread comes first"
         )
 
     uid = int(status.get("Uid", "0").split()[0])
@@ -131,6 +133,7 @@ def preflight(pid: int, shim_path: str | None = None, channel_dir: str | None = 
         comm=status.get("Name", "?"),
         exe=exe,
         channel_dir=channel_dir or jail.channel_dir(pid, uid, create=False),
+        needs_room=forbidden,
     )
     maps = _maps(pid)
     for _perms, path in maps:

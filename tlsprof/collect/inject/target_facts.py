@@ -31,6 +31,8 @@ class TargetInfo:
     shim_mapped: str | None = None  # path of a tlsprof shim already mapped in the target
     channel_dir: str = ""  # where the target's socket lives (not created by preflight)
     warnings: list = field(default_factory=list)
+    # its RLIMIT_NPROC forbids new tasks, and tlsprof may lend it room for the attach (task_room.py)
+    needs_room: str | None = None
 
 
 # ----------------------------------------------------------------------------- /proc helpers
@@ -130,6 +132,24 @@ def _check_permission(pid: int, status: dict) -> None:
 CAP_SYS_ADMIN, CAP_SYS_RESOURCE = 21, 24
 
 
+def uid_tasks(uid: int, stop_at: int | None = None) -> int:
+    """The tasks (threads included) that processes of real uid `uid` run: what the kernel counts
+    against RLIMIT_NPROC (ucounts). Counting ends once it reaches `stop_at`."""
+    tasks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            st = _status(int(entry.name))
+            if int(st.get("Uid", "-1").split()[0]) == uid:
+                tasks += int(st.get("Threads", "1"))
+        except (OSError, ValueError, IndexError):
+            continue
+        if stop_at is not None and tasks >= stop_at:
+            break
+    return tasks
+
+
 def threads_forbidden(pid: int, status: dict) -> str | None:
     """Why `pid` cannot create a thread, or None. The kernel refuses clone() to a process whose
     real uid already runs RLIMIT_NPROC tasks, root and CAP_SYS_RESOURCE/CAP_SYS_ADMIN aside. HAProxy
@@ -149,20 +169,7 @@ def threads_forbidden(pid: int, status: dict) -> str | None:
     if soft == "unlimited":
         return None
     limit = int(soft)
-    tasks = 0
-    if limit > 0:  # the uid's tasks, threads included, against the limit (kernel: ucounts)
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                st = _status(int(entry.name))
-                if int(st.get("Uid", "-1").split()[0]) == real_uid:
-                    tasks += int(st.get("Threads", "1"))
-            except (OSError, ValueError, IndexError):
-                continue
-            if tasks >= limit:
-                break
-    if tasks < limit:
+    if limit > 0 and uid_tasks(real_uid, stop_at=limit) < limit:
         return None
     return (
         f"pid {pid} may not create threads or processes (its RLIMIT_NPROC is {limit}"

@@ -1,6 +1,6 @@
 """Issue 18: every row of the overhead goal table, measured side by side in one run.
 
-    python bench/overhead_goals.py [--quick] [--only rss,ctx,handshakes,snapshot,synthetic,walk,breakdown]
+    python bench/overhead_goals.py [--quick] [--only rss,ctx,ctxir,handshakes,snapshot,synthetic,walk,breakdown]
                                    [--shim OTHER.so]
 
 Rows (bare = the same program without the shim; tracked = the shim preloaded with its channel,
@@ -19,6 +19,9 @@ which is what `tlsprof run` sets up):
               process: this machine's ulimit -n is 20,000): snapshot end to end, split
   walk        heap walk (WALK) of a ~2 GB heap (--quick ~0.5 GB) of SSL objects: the target's pause
               (the fork) and the walk's time
+  ctxir       the ctx row in instructions (valgrind callgrind): per context, bare / tracked. Load-
+              and machine-independent where the timed ratio is neither (0.70-1.21 per round on a
+              shared 2-core VM); approximates the time ratio on a free CPU
   breakdown   where the ctx and asyncio rows' time goes (bench/shim_variants.py: an idle thread,
               hooks, thread-state guard, young blocks, survivors, agent), quoted in their notes
 Prints each figure against its goal; never fails on timing (exit 1 only if a row could not run).
@@ -30,6 +33,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import traceback
@@ -37,7 +41,7 @@ import traceback
 import _common
 import tlsenv
 
-ROWS = ("rss", "ctx", "handshakes", "snapshot", "synthetic", "walk", "breakdown")
+ROWS = ("rss", "ctx", "ctxir", "handshakes", "snapshot", "synthetic", "walk", "breakdown")
 
 
 def _use_shim(path):
@@ -174,6 +178,47 @@ def row_ctx(a, out):
         True,
         f"{bare * 1000:.1f} ms bare, {tracked * 1000:.1f} ms tracked per context; per-round "
         f"{min(ratios):.2f}-{max(ratios):.2f}, {rounds} rounds",
+        fmt="{:.3f}x",
+    )
+
+
+def _instructions(env, contexts, work):
+    """Instructions the ctx loop executes with `contexts` contexts, the whole process (callgrind)."""
+    from callgrind_shim import total_ir
+
+    outfile = os.path.join(work, f"cg.{contexts}.{'tracked' if env else 'bare'}")
+    command = ["valgrind", "--tool=callgrind", "-q", f"--callgrind-out-file={outfile}", sys.executable, "-c"]
+    p = subprocess.run([*command, CTX_LOOP, str(contexts)], env=env, capture_output=True, text=True, timeout=900)
+    if p.returncode:
+        raise RuntimeError(p.stderr[-500:])
+    return total_ir(outfile)
+
+
+def row_ctxir(a, out):
+    if not shutil.which("valgrind"):
+        print("  skipped: valgrind not installed")
+        return
+    n = 2 if a.quick else 4
+    work = tempfile.mkdtemp(prefix="tlsprof-ctxir-")
+    per = {}
+    try:
+        for mode in ("bare", "tracked"):
+            env, channel_dir = (None, None) if mode == "bare" else _preload_env()
+            try:
+                # the difference of two runs: start-up, imports and the first context cancel out
+                per[mode] = (_instructions(env, 1 + n, work) - _instructions(env, 1, work)) / n
+            finally:
+                if channel_dir:
+                    shutil.rmtree(channel_dir, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out["ctxir"] = per
+    add(
+        "create_default_context(): instructions bare / tracked (callgrind)",
+        per["bare"] / per["tracked"],
+        0.80,
+        True,
+        f"{per['bare'] / 1e6:.1f} M bare, {per['tracked'] / 1e6:.1f} M tracked per context ({n} contexts)",
         fmt="{:.3f}x",
     )
 

@@ -6,6 +6,9 @@ only answers "which pids" and "which command", from /proc (psutil), never from t
 command plays is read from its title by tlsprof/analysis/roles.py.
 """
 
+import os
+import re
+
 import psutil
 
 
@@ -67,3 +70,12 @@ def untracked_sentence(found: list, limit: int = 5) -> str | None:
         f"environment drops LD_PRELOAD, as dovecot does for its login processes; RLIMIT_NPROC forbids the "
         f"shim's thread)"
     )
+
+
+def runs_python(pid) -> bool:
+    """The process's program is a CPython interpreter (python3, python3.11), not an embedder."""
+    try:
+        name = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return False
+    return re.fullmatch(r"python[0-9.]*", name) is not None

@@ -9,7 +9,6 @@ tlsprof/analysis/reports.py: this module never builds one."""
 import dataclasses
 import glob
 import os
-import re
 import threading
 import time
 
@@ -209,7 +208,11 @@ class Session:
         Python interpreter's own program: a program that embeds Python may keep the GIL in C for
         good (gil_keepers.py), and the agent's thread would wait for it forever."""
         since = self._no_agent_since.setdefault(pid, time.monotonic())
-        if since is None or os.path.exists(agent_socket_path(self.dir_of(pid), pid)) or not _runs_python(pid):
+        if (
+            since is None
+            or os.path.exists(agent_socket_path(self.dir_of(pid), pid))
+            or not process_tree.runs_python(pid)
+        ):
             self._no_agent_since[pid] = None
             return
         if time.monotonic() - since < LATE_AGENT_AFTER_S:
@@ -252,15 +255,6 @@ class Session:
     def owner_sites(self, pid, serial, snap) -> list:
         """The drill-down: one owner's call sites, asked from its process's shim now."""
         return client.owner_sites(self.socket_of(pid), serial, snap)
-
-
-def _runs_python(pid) -> bool:
-    """The process's program is a CPython interpreter (python3, python3.11), not an embedder."""
-    try:
-        name = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
-    except OSError:
-        return False
-    return re.fullmatch(r"python[0-9.]*", name) is not None
 
 
 def _carry_python_obs(older, newer, carried: dict):

@@ -252,18 +252,11 @@ def _wait_for_agents(lent, attached) -> None:
     traceback on the target's stderr. Bounded: an agent that cannot start is the report's concern."""
     deadline = time.monotonic() + AGENT_START_WAIT_S
     for room in lent:
-        if room.pid not in attached or not _runs_python(room.pid):
+        if room.pid not in attached or not process_tree.runs_python(room.pid):
             continue
         path = channel_paths.agent_socket_path(attached[room.pid], room.pid)
         while not os.path.exists(path) and time.monotonic() < deadline and _alive(room.pid):
             time.sleep(0.05)
-
-
-def _runs_python(pid) -> bool:
-    try:
-        return os.path.basename(os.readlink(f"/proc/{pid}/exe")).startswith("python")
-    except OSError:
-        return False
 
 
 def _give_back(lent) -> list:

@@ -109,9 +109,15 @@ static void format_peer(int fd, char *out, size_t n)
     }
 }
 
+/* what a snapshot's owner lines add up to, to hold its site lines against */
+struct sums {
+    int64_t bytes, blocks;
+};
+
 struct cause_list {
     struct buf *b;
     const char *sep;
+    struct sums *sums;
 };
 
 static void put_cause(uint8_t cause, int64_t bytes, int64_t requested, int64_t blocks, void *arg)
@@ -120,9 +126,11 @@ static void put_cause(uint8_t cause, int64_t bytes, int64_t requested, int64_t b
     if (!blocks && !bytes) return;
     put(list->b, "%s%d:%lld:%lld:%lld", list->sep, cause, (long long)bytes, (long long)requested, (long long)blocks);
     list->sep = ",";
+    list->sums->bytes += bytes;
+    list->sums->blocks += blocks;
 }
 
-static void put_owner(struct buf *b, uint32_t idx, uint64_t now)
+static void put_owner(struct buf *b, uint32_t idx, uint64_t now, struct sums *sums)
 {
     struct owner *o = owner_at(idx);
     uint32_t flags = __atomic_load_n(&o->flags, __ATOMIC_ACQUIRE);
@@ -147,7 +155,7 @@ static void put_owner(struct buf *b, uint32_t idx, uint64_t now)
     put_escaped(b, peer);
 #undef RD
     put(b, " causes=");
-    struct cause_list list = {b, ""};
+    struct cause_list list = {b, "", sums};
     owner_visit_causes(o, put_cause, &list);
     put(b, "\n");
 }
@@ -228,16 +236,28 @@ static void put_header(struct buf *b)
         mi.fordblks);
 }
 
-static void snapshot(struct buf *b)
+/* Owners and sites count the same blocks one after the other, so a thread that counts or frees a
+ * burst (a connection's buffers at SSL_free, a handshake's survivors) between the two passes makes
+ * the report's totals disagree with its sites. Such a read is done again, a few times at most: a
+ * burst is over in well under a millisecond, and a target that never pauses still gets its answer. */
+#define READ_TRIES 4
+#define READ_PAUSE_NS 2000000
+
+static int sums_agree(const struct sums *owners, const struct sums *sites)
 {
-    owners_sweep();
-    put_header(b);
+    int64_t bytes = owners->bytes - sites->bytes, blocks = owners->blocks - sites->blocks;
+    int64_t bytes_room = owners->bytes / 50 > 65536 ? owners->bytes / 50 : 65536;
+    int64_t blocks_room = owners->blocks / 50 > 1024 ? owners->blocks / 50 : 1024;
+    return llabs(bytes) <= bytes_room && llabs(blocks) <= blocks_room;
+}
+
+/* One pass over owners and sites; *owners and *sites get what each pass added up to. */
+static void put_owners_and_sites(struct buf *b, uint32_t n, struct sums *owners, struct sums *sites)
+{
     uint64_t now = now_ns();
-    uint32_t n = owner_count_slots();
-    for (uint32_t i = 0; i < n; i++) put_owner(b, i, now);
-    /* the sites right after the owners: both count the same blocks, and every syscall between the
-     * two reads widens how far a busy target's totals drift apart (the facts below make three per
-     * connection) */
+    for (uint32_t i = 0; i < n; i++) put_owner(b, i, now, owners);
+    /* the sites right after the owners: every syscall between the two reads widens how far a busy
+     * target's totals drift apart (the facts below make three per connection) */
     uint32_t ns = sites_used();
     for (uint32_t i = 0; i < ns; i++) {
         struct site *s = site_at((uint16_t)i);
@@ -245,12 +265,30 @@ static void snapshot(struct buf *b)
         int64_t bytes, requested, blocks;
         site_totals((uint16_t)i, &bytes, &requested, &blocks);
         if (blocks <= 0) continue;
+        sites->bytes += bytes;
+        sites->blocks += blocks;
         put(b, "S id=%u cause=%u scope=%u line=%d bytes=%lld requested=%lld blocks=%lld library=", i, s->cause,
             s->scope, s->line, (long long)bytes, (long long)requested, (long long)blocks);
         put_escaped(b, s->library ? s->library : "-");
         put(b, " file=");
         put_escaped(b, s->name ? s->name : "?");
         put(b, "\n");
+    }
+}
+
+static void snapshot(struct buf *b)
+{
+    owners_sweep();
+    put_header(b);
+    uint32_t n = owner_count_slots();
+    size_t start = b->len;
+    for (int tries = 1;; tries++) {
+        struct sums owners = {0, 0}, sites = {0, 0};
+        put_owners_and_sites(b, n, &owners, &sites);
+        if (b->failed || tries == READ_TRIES || sums_agree(&owners, &sites)) break;
+        b->len = start;
+        struct timespec pause = {0, READ_PAUSE_NS};
+        nanosleep(&pause, NULL);
     }
     for (uint32_t i = 0; i < n; i++) put_facts(b, i);
     for (int i = 0; i < static_copies_count(); i++) {

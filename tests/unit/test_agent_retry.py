@@ -106,3 +106,40 @@ def test_a_stop_ends_the_wait_for_an_answer(tmp_path):
         mute.close()
     assert doc is None and time.monotonic() - started < 2, time.monotonic() - started
     assert (str(tmp_path), PID + 2) not in linkage._silent_until
+
+
+def test_a_gone_process_leaves_nothing_behind_in_the_collector(tmp_path):
+    # a server that recycles its workers for hours: each gone worker's agent answers (every ssl
+    # object it had) must not stay in the collector; what the report says of its agent does
+    import subprocess
+    import sys
+
+    from tlsprof.collect.channel_paths import socket_path
+    from tlsprof.collect.session import Session
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(30)
+    gone = child.pid  # exited and reaped: no process of that number now
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(agent_socket_path(str(tmp_path), gone))
+    listener.listen(1)
+    listener.settimeout(10)
+    server = threading.Thread(target=_answer_once, args=(listener, {"objects": [], "stats": {}}), daemon=True)
+    server.start()
+    try:
+        assert linkage.fetch(str(tmp_path), gone, timeout=2) is not None
+    finally:
+        server.join(10)
+        listener.close()
+    assert any(key[:2] == (str(tmp_path), gone) for key in linkage._recent)
+    linkage._silent_until[(str(tmp_path), gone)] = time.monotonic() + 30  # it stopped answering once
+    shim = _bound_not_listening(socket_path(str(tmp_path), gone))  # its socket file outlived it
+    try:
+        session = Session(str(tmp_path), gone, ["server"], "run")
+        session._io_seen[gone] = {1: (0, 0.0)}
+        assert session.poll() is None
+    finally:
+        shim.close()
+    assert not any(key[:2] == (str(tmp_path), gone) for key in linkage._recent)
+    assert gone not in session._io_seen
+    assert str(gone) in (linkage.silent_sentence({str(tmp_path)}) or "")

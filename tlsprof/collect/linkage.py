@@ -132,6 +132,15 @@ def silent_sentence(channel_dirs) -> str | None:
     return sentence
 
 
+def forget(channel_dir: str, pid: int) -> None:
+    """`pid` is gone: drop its answers (a full one holds every ssl object the process had) so that a
+    server recycling its workers for hours does not grow the collector. What the report says about
+    its agent (never answered, stopped answering, not asked) is kept."""
+    for key in [k for k in _recent if k[:2] == (channel_dir, pid)]:
+        del _recent[key]
+    _first_asked.pop((channel_dir, pid), None)
+
+
 def _newest_answer(channel_dir, pid):
     answers = [v for (d, p, _), v in _recent.items() if (d, p) == (channel_dir, pid)]
     return max(answers, key=lambda v: v[0])[2] if answers else None

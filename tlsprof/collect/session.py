@@ -96,7 +96,9 @@ class Session:
                 snap = client.snapshot(path)
             except ChannelError:
                 # a busy process that missed this look keeps its previous snapshot; a gone one drops out
-                if pid in previous and psutil.pid_exists(pid):
+                if not psutil.pid_exists(pid):
+                    self._forget(pid)
+                elif pid in previous:
                     snaps[pid] = previous[pid]
                 continue
             if snap.stats.get("exiting") and pid in previous:
@@ -149,6 +151,18 @@ class Session:
                 if pid not in previous or previous[pid] is not snap:
                     callback(snap)
         return obs
+
+    def _forget(self, pid):
+        """What was kept to follow a process that is gone: the observations that hold its snapshot
+        (steady, peak, last) keep their own copy."""
+        self._io_seen.pop(pid, None)
+        self._no_agent_since.pop(pid, None)
+        with self._agent_lock:
+            thread = self._agent_threads.get(pid)
+            if thread is None or not thread.is_alive():
+                self._agent_threads.pop(pid, None)
+                self._agent_docs.pop(pid, None)
+        linkage.forget(self.dir_of(pid), pid)
 
     def _observe(self, snap, fresh_agent) -> ProcessObservation:
         """The snapshot with what this session learns beside it at the same moment, frozen."""

@@ -53,7 +53,6 @@ FLAGS = [
     "-Wall",
     "-Wextra",
     "-Wno-unused-parameter",
-    "-fno-omit-frame-pointer",
 ]
 
 

@@ -10,6 +10,7 @@ int malloc_measure;               /* the process's malloc, decided when tlsprof 
 int crypto_measure = -1;          /* blocks from the dynamic libcrypto; -1 = decide at the next one */
 size_t (*usable_size_of)(void *); /* MEASURE_USABLE: the allocator's own malloc_usable_size */
 int glibc_header_agrees;
+int crypto_glibc_header;
 static void (*real_CRYPTO_get_mem_functions)(void **, void **, void **);
 /* tlsprof's own allocator functions (the CRYPTO_malloc hook, the one static copies get): a libcrypto
  * handed one of them allocates with the process's malloc. Registered by main.c, from above. */
@@ -102,12 +103,14 @@ int decide_crypto_measure(void)
         if (mf && mf != (void *)real_CRYPTO_malloc && !is_own_allocator(mf) && !pytrace_allocator(mf))
             m = MEASURE_REQUESTED;
     }
+    __atomic_store_n(&crypto_glibc_header, m == MEASURE_GLIBC && glibc_header_agrees, __ATOMIC_RELAXED);
     __atomic_store_n(&crypto_measure, m, __ATOMIC_RELAXED);
     return m;
 }
 
 void measure_reset(void)
 {
+    __atomic_store_n(&crypto_glibc_header, 0, __ATOMIC_RELAXED);
     decide_malloc_measure();
     __atomic_store_n(&crypto_measure, -1, __ATOMIC_RELAXED);
 }

@@ -52,6 +52,8 @@ static inline size_t usable_size(void *p, int measure)
  * 16 if mmapped) without the call or the read of the next chunk's header: checked against it when
  * tlsprof starts (1 = they agree; memory tagging, for one, would not). */
 extern int glibc_header_agrees;
+/* 1: libcrypto's blocks are glibc's (crypto_measure) and their headers can be read (the above) */
+extern int crypto_glibc_header;
 static inline size_t glibc_header_usable(const void *p)
 {
     size_t head = *(const size_t *)((uintptr_t)p - sizeof(size_t)); /* the header before the block */

@@ -13,7 +13,7 @@
 volatile int tlsprof_active;
 /* Bumped at every (re)start: a block still waiting in a nursery from an earlier attach may have
  * been freed unseen since, like the table's entries that the start resets. */
-static uint32_t tracking_epoch;
+uint32_t tracking_epoch;
 int64_t untracked_bytes, untracked_blocks;
 
 __thread struct tstate tls;
@@ -41,7 +41,7 @@ static void stripe_release(void *unused)
     struct tstate *t = &tls;
     if (t->nursery) {
         nursery_flush(t->nursery);
-        t->nursery = NULL;
+        t->nursery = t->young = NULL;
     }
     if (t->stripe_own) __atomic_and_fetch(&stripes_owned, ~(1u << (t->stripe - 1)), __ATOMIC_RELEASE);
     t->stripe_own = 0;
@@ -66,6 +66,7 @@ static void stripe_claim(struct tstate *t)
             t->stripe = 1 + k;
             t->stripe_own = 1;
             t->nursery = __atomic_load_n(&nursery_on, __ATOMIC_RELAXED) ? &nurseries[k] : NULL;
+            if (t->depth > 0 && !t->stack[0].waits) t->young = t->nursery; /* claimed inside a call */
             return;
         }
     }
@@ -83,7 +84,6 @@ void stripes_after_fork_child(void)
         memset(nurseries[k].index, 0, sizeof nurseries[k].index);
         memset(nurseries[k].claims, 0, sizeof nurseries[k].claims);
         nurseries[k].head = nurseries[k].tail = 0;
-        nurseries[k].live = 0;
     }
 }
 
@@ -164,13 +164,6 @@ static void track_now(void *p, size_t n, uint32_t owner, uint16_t site, int meas
 }
 
 /* ---- the nursery (tracking.h) ---- */
-static inline unsigned index_home(uintptr_t p)
-{
-    return (unsigned)(((uint64_t)(p >> 4) * 0x9E3779B97F4A7C15ull) >> 32) & (NURSERY_INDEX - 1);
-}
-
-static inline uint32_t ring_slot(uint32_t pos) { return pos & (NURSERY_SIZE - 1); }
-
 static inline uintptr_t claim_load(struct nursery *ns, uint32_t i)
 {
     return __atomic_load_n(&ns->claims[i], __ATOMIC_ACQUIRE);
@@ -203,12 +196,12 @@ static void count_young(const struct young *y, size_t usable)
 /* Empty index slot `hole`; backward shift keeps every probe run unbroken (no tombstones). Entries
  * another thread claimed stay indexed until the ring's head passes them: their `p` is still the
  * home they were filed under. */
-static void index_remove(struct nursery *ns, unsigned hole)
+void index_remove(struct nursery *ns, unsigned hole)
 {
     ns->index[hole] = 0;
     for (unsigned j = (hole + 1) & (NURSERY_INDEX - 1); ns->index[j]; j = (j + 1) & (NURSERY_INDEX - 1)) {
         struct young *y = &ns->e[ns->index[j] - 1];
-        unsigned home = index_home(y->p);
+        unsigned home = nursery_home(y->p);
         /* j's entry may move back to the hole unless its home lies cyclically in (hole, j] */
         if (((j - home) & (NURSERY_INDEX - 1)) < ((j - hole) & (NURSERY_INDEX - 1))) continue;
         ns->index[hole] = ns->index[j];
@@ -218,17 +211,15 @@ static void index_remove(struct nursery *ns, unsigned hole)
     }
 }
 
-static inline void set_live(struct nursery *ns, int live) { __atomic_store_n(&ns->live, live, __ATOMIC_RELEASE); }
-
 /* Count the blocks of the ring's oldest k positions that are still alive. A thread that frees one
  * of them meanwhile either claims it first (then it is counted nowhere) or, seeing CLAIM_COUNTING,
  * waits and finds it in the table. */
 static void nursery_spill(struct nursery *ns, uint32_t k, int clear_index)
 {
-    int live = ns->live;
     int stale = ns->epoch != __atomic_load_n(&tracking_epoch, __ATOMIC_RELAXED);
-    for (uint32_t end = ns->head + k; ns->head != end; ns->head++) {
-        uint32_t i = ring_slot(ns->head);
+    /* head moves on only once its block is in the table: see struct nursery */
+    for (uint32_t head = ns->head, end = head + k; head != end; __atomic_store_n(&ns->head, ++head, __ATOMIC_RELEASE)) {
+        uint32_t i = ring_slot(head);
         struct young *y = &ns->e[i];
         if (y->at == YOUNG_NOT_INDEXED) continue; /* freed by this thread */
         uintptr_t mine = y->p;
@@ -243,9 +234,7 @@ static void nursery_spill(struct nursery *ns, uint32_t k, int clear_index)
         if (clear_index) ns->index[y->at] = 0; /* the whole ring goes: no run needs keeping */
         else index_remove(ns, y->at);
         y->at = YOUNG_NOT_INDEXED;
-        live--;
     }
-    set_live(ns, live);
 }
 
 /* This thread's own nursery, from outside the allocator hooks (pop, mark_object, thread exit): an
@@ -273,16 +262,7 @@ static inline __attribute__((always_inline)) int nursery_add(struct nursery *ns,
         ns->epoch = epoch;
     }
     if (ns->tail - ns->head == NURSERY_SIZE) nursery_spill(ns, NURSERY_SPILL, 0);
-    unsigned j = index_home(y->p);
-    while (ns->index[j]) j = (j + 1) & (NURSERY_INDEX - 1);
-    uint32_t i = ring_slot(ns->tail++);
-    ns->e[i] = *y;
-    ns->e[i].at = (uint16_t)j;
-    ns->e[i].slack = (uint16_t)slack;
-    ns->index[j] = (uint16_t)(i + 1);
-    claim_store(ns, i, y->p); /* after the entry: a thread that claims it reads it whole */
-    set_live(ns, ns->live + 1);
-    __atomic_store_n(&ns->passed, ns->passed + 1, __ATOMIC_RELAXED);
+    nursery_put(ns, y, (uint16_t)slack);
     return 1;
 }
 
@@ -297,19 +277,14 @@ uint64_t nursery_passed(void)
  * a plain store ends its claim. *out (if not NULL) gets its entry. */
 int nursery_take_own(struct nursery *ns, uintptr_t p, struct young *out)
 {
-    for (unsigned j = index_home(p); ns->index[j]; j = (j + 1) & (NURSERY_INDEX - 1)) {
+    for (unsigned j = nursery_home(p); ns->index[j]; j = (j + 1) & (NURSERY_INDEX - 1)) {
         uint32_t i = ns->index[j] - 1u;
         struct young *y = &ns->e[i];
         if (y->p != p || __atomic_load_n(&ns->claims[i], __ATOMIC_RELAXED) != p) continue;
         if (out) *out = *y;
         __atomic_store_n(&ns->claims[i], 0, __ATOMIC_RELAXED);
         index_remove(ns, j);
-        y->at = YOUNG_NOT_INDEXED;
-        set_live(ns, ns->live - 1);
-        /* the newest entries, once dead, give their places back: nearly half the frees are of the
-         * block allocated last, so the ring then moves on half as fast (fewer spills and survivors,
-         * and the same few cache lines reused) */
-        while (ns->tail != ns->head && ns->e[ring_slot(ns->tail - 1)].at == YOUNG_NOT_INDEXED) ns->tail--;
+        nursery_gone(ns, y);
         return 1;
     }
     return 0;
@@ -345,7 +320,8 @@ int take_slow(uintptr_t p, struct block *out, struct young *young)
     for (int k = 0; k < SHARED_STRIPE; k++) {
         struct nursery *ns = &nurseries[k];
         if (ns == tls.nursery) continue;
-        if (!__atomic_load_n(&ns->live, __ATOMIC_ACQUIRE) || !nursery_take_other(ns, p, young)) continue;
+        uint32_t tail = __atomic_load_n(&ns->tail, __ATOMIC_ACQUIRE);
+        if (tail == __atomic_load_n(&ns->head, __ATOMIC_ACQUIRE) || !nursery_take_other(ns, p, young)) continue;
         /* found young: counted nowhere, so nothing to subtract; the caller learns it from *counted */
         return -1;
     }

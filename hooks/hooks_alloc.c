@@ -4,13 +4,17 @@
 #include "shim.h"
 
 /* ---- allocator hooks ---- */
+/* The thread's state is looked up again after the real call rather than kept in a register
+ * across it (tracking.h: stage_block). */
 void *hook_CRYPTO_malloc(size_t n, const char *file, int line)
 {
     struct tstate *t = this_thread();
-    if (t->in_alloc || !tlsprof_active) return real_CRYPTO_malloc(n, file, line);
+    if (UNLIKELY(t->in_alloc) || UNLIKELY(!tlsprof_active)) return real_CRYPTO_malloc(n, file, line);
     t->in_alloc = 1;
+    stage_block(t, n, file, line);
     void *p = real_CRYPTO_malloc(n, file, line);
-    if (p) track_in(t, p, n, file, line);
+    t = this_thread();
+    if (p) commit_block(t, p);
     t->in_alloc = 0;
     return p;
 }
@@ -20,23 +24,34 @@ void *hook_CRYPTO_zalloc(size_t n, const char *file, int line)
     struct tstate *t = this_thread();
     if (t->in_alloc || !tlsprof_active) return real_CRYPTO_zalloc(n, file, line);
     t->in_alloc = 1;
+    stage_block(t, n, file, line);
     void *p = real_CRYPTO_zalloc(n, file, line);
-    if (p) track_in(t, p, n, file, line);
+    t = this_thread();
+    if (p) commit_block(t, p);
     t->in_alloc = 0;
     return p;
 }
 
+/* A free of anything but a young block of this thread's nursery found at its home slot. */
+static __attribute__((noinline)) void free_not_home(struct tstate *t, void *p, const char *file, int line)
+{
+    forget_in(t, p);
+    real_CRYPTO_free(p, file, line);
+    t->in_alloc = 0;
+}
+
+/* As the allocation hooks, nothing but the thread's state is needed after the real free, and it is
+ * looked up again. */
 void hook_CRYPTO_free(void *p, const char *file, int line)
 {
     struct tstate *t = this_thread();
-    if (p && !t->in_alloc && tlsprof_active) {
-        t->in_alloc = 1;
-        forget_in(t, p);
-        real_CRYPTO_free(p, file, line);
-        t->in_alloc = 0;
-        return;
-    }
+    if (!p || t->in_alloc || !tlsprof_active) return real_CRYPTO_free(p, file, line);
+    t->in_alloc = 1;
+    if (!nursery_waiting(t->nursery) || nursery_free_home(t, (uintptr_t)p) <= 0) return free_not_home(t, p, file, line);
     real_CRYPTO_free(p, file, line);
+    t = this_thread();
+    if (t->hole) nursery_close_hole(t);
+    t->in_alloc = 0;
 }
 
 void hook_CRYPTO_clear_free(void *p, size_t num, const char *file, int line)

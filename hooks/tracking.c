@@ -72,6 +72,13 @@ static void stripe_claim(struct tstate *t)
     }
 }
 
+/* other threads read head and tail (take_slow) */
+static inline void ring_empty(struct nursery *ns)
+{
+    __atomic_store_n(&ns->tail, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&ns->head, 0, __ATOMIC_RELAXED);
+}
+
 /* fork: only the calling thread lives on in the child; the other threads' stripes are free again */
 void stripes_after_fork_child(void)
 {
@@ -83,7 +90,7 @@ void stripes_after_fork_child(void)
         if (&nurseries[k] == t->nursery) continue;
         memset(nurseries[k].index, 0, sizeof nurseries[k].index);
         memset(nurseries[k].claims, 0, sizeof nurseries[k].claims);
-        nurseries[k].head = nurseries[k].tail = 0;
+        ring_empty(&nurseries[k]);
     }
 }
 
@@ -235,6 +242,7 @@ static void nursery_spill(struct nursery *ns, uint32_t k, int clear_index)
         else index_remove(ns, y->at);
         y->at = YOUNG_NOT_INDEXED;
     }
+    __atomic_store_n(&ns->passed, ns->passed + k, __ATOMIC_RELAXED);
 }
 
 /* This thread's own nursery, from outside the allocator hooks (pop, mark_object, thread exit): an
@@ -245,7 +253,7 @@ void nursery_flush(struct nursery *ns)
     int was_in_alloc = t->in_alloc;
     t->in_alloc = 1;
     nursery_spill(ns, ns->tail - ns->head, 1);
-    ns->head = ns->tail = 0;
+    ring_empty(ns);
     t->in_alloc = was_in_alloc;
 }
 
@@ -258,7 +266,7 @@ static inline __attribute__((always_inline)) int nursery_add(struct nursery *ns,
     uint32_t epoch = __atomic_load_n(&tracking_epoch, __ATOMIC_RELAXED);
     if (UNLIKELY(ns->epoch != epoch)) {
         nursery_spill(ns, ns->tail - ns->head, 1); /* drops them: they are from before */
-        ns->head = ns->tail = 0;
+        ring_empty(ns);
         ns->epoch = epoch;
     }
     if (ns->tail - ns->head == NURSERY_SIZE) nursery_spill(ns, NURSERY_SPILL, 0);
@@ -269,7 +277,11 @@ static inline __attribute__((always_inline)) int nursery_add(struct nursery *ns,
 uint64_t nursery_passed(void)
 {
     uint64_t n = 0;
-    for (int k = 0; k < SHARED_STRIPE; k++) n += __atomic_load_n(&nurseries[k].passed, __ATOMIC_RELAXED);
+    for (int k = 0; k < SHARED_STRIPE; k++) {
+        struct nursery *ns = &nurseries[k];
+        uint32_t tail = __atomic_load_n(&ns->tail, __ATOMIC_RELAXED);
+        n += __atomic_load_n(&ns->passed, __ATOMIC_RELAXED) + (tail - __atomic_load_n(&ns->head, __ATOMIC_RELAXED));
+    }
     return n;
 }
 
@@ -284,7 +296,7 @@ int nursery_take_own(struct nursery *ns, uintptr_t p, struct young *out)
         if (out) *out = *y;
         __atomic_store_n(&ns->claims[i], 0, __ATOMIC_RELAXED);
         index_remove(ns, j);
-        nursery_gone(ns, y);
+        nursery_gone(ns, i);
         return 1;
     }
     return 0;

@@ -58,8 +58,10 @@ struct nursery {
     /* ring positions, counting up; written by its own thread only. Another thread that reads
      * tail, then head, and finds them equal knows that no block it may free waits here */
     uint32_t head, tail;
-    uint32_t epoch;  /* tracking_epoch of its entries: older ones are dropped, never counted */
-    uint64_t passed; /* blocks that ever waited here: written by its own thread only */
+    uint32_t epoch; /* tracking_epoch of its entries: older ones are dropped, never counted */
+    /* blocks that waited here and left the ring (the head passed them, or their places were given
+     * back); with tail - head, all that ever waited here. Written by its own thread only */
+    uint64_t passed;
     struct young e[NURSERY_SIZE];
     uint16_t index[NURSERY_INDEX]; /* ring position + 1, 0 empty */
     /* claims[i]: e[i].p while that block is young and alive, 0 once it is freed or counted, or
@@ -84,6 +86,14 @@ struct tstate {
      * one that may wait on the network, or before the thread has a nursery) */
     struct scope top;
     struct nursery *young;
+    /* a new block's entry while the real allocator runs (stage_block, commit_block): a slot of the
+     * nursery, or `pending` */
+    struct young *staged;
+    struct young pending;
+    /* 1 + a slot of the nursery's index emptied by a free whose run is still to be shifted back
+     * into it, else 0 (nursery_free_home): for the length of the real free, when nothing else
+     * looks there */
+    unsigned hole;
     struct scope stack[MAX_DEPTH];
 };
 
@@ -113,7 +123,6 @@ static inline __attribute__((always_inline)) void nursery_put(struct nursery *ns
     /* after the entry: a thread that claims it reads it whole */
     __atomic_store_n(&ns->claims[i], y->p, __ATOMIC_RELEASE);
     __atomic_store_n(&ns->tail, tail + 1, __ATOMIC_RELEASE);
-    __atomic_store_n(&ns->passed, ns->passed + 1, __ATOMIC_RELAXED);
 }
 
 void index_remove(struct nursery *ns, unsigned hole);
@@ -122,14 +131,15 @@ void index_remove(struct nursery *ns, unsigned hole);
  * nearly half the frees are of the block allocated last, so the ring then moves on half as fast
  * (fewer spills and survivors, and the same few cache lines reused). Since they do, the newest
  * entry is alive whenever this thread is not in here: only y's death can free places. */
-static inline void nursery_gone(struct nursery *ns, struct young *y)
+static inline void nursery_gone(struct nursery *ns, uint32_t i)
 {
-    y->at = YOUNG_NOT_INDEXED;
-    uint32_t tail = ns->tail;
-    if (y != &ns->e[ring_slot(tail - 1)]) return;
+    ns->e[i].at = YOUNG_NOT_INDEXED;
+    uint32_t tail = ns->tail, was = tail;
+    if (i != ring_slot(tail - 1)) return;
     do tail--;
     while (tail != ns->head && ns->e[ring_slot(tail - 1)].at == YOUNG_NOT_INDEXED);
     __atomic_store_n(&ns->tail, tail, __ATOMIC_RELAXED);
+    __atomic_store_n(&ns->passed, ns->passed + (was - tail), __ATOMIC_RELAXED);
 }
 
 /* hidden: one TLS block of this library, no lookup through the GOT */
@@ -218,29 +228,59 @@ static inline uint16_t site_of(const char *file, int line, uint8_t scope, size_t
     return site_of_in(&tls, file, line, scope, n);
 }
 
-/* track_at's common case: a glibc block inside an OpenSSL call that does not wait, into a
- * nursery with room. 0: track_at decides. */
-static inline __attribute__((always_inline)) int nursery_add_glibc(struct tstate *t, void *p, size_t n,
-                                                                   const char *file, int line, struct scope s)
-{
-    struct nursery *ns = t->young;
-    if (!ns || !__atomic_load_n(&crypto_glibc_header, __ATOMIC_RELAXED)) return 0;
-    size_t slack = glibc_header_usable(p) - n;
-    if (UNLIKELY(slack > 0xffff)) return 0; /* also a usable size below n */
-    if (UNLIKELY(ns->epoch != __atomic_load_n(&tracking_epoch, __ATOMIC_RELAXED))) return 0;
-    if (UNLIKELY(ns->tail - ns->head == NURSERY_SIZE)) return 0;
-    struct young y = {(uintptr_t)p, n, file, line, s.owner, 0, s.kind, MEASURE_GLIBC, 0, 0};
-    nursery_put(ns, &y, (uint16_t)slack);
-    return 1;
-}
-
 /* A new block: owner and cause from the top of the scope stack. */
-static inline __attribute__((always_inline)) void track_in(struct tstate *t, void *p, size_t n, const char *file,
-                                                           int line)
+static inline void track_in(struct tstate *t, void *p, size_t n, const char *file, int line)
 {
     struct scope s = current_of(t);
-    if (nursery_add_glibc(t, p, n, file, line, s)) return;
     track_at(t, p, n, s.owner, file, line, s.kind, libcrypto_measure());
+}
+
+/* ---- a new block from the allocator hooks, in two steps around the real allocator ----
+ * What is known before the call (size, call site, scope) goes straight where the block's entry
+ * will be: the nursery's next slot when a glibc block inside a call that does not wait may wait
+ * there, else the thread's `pending`. Nothing then lives in registers across the allocator's call
+ * (saving and restoring them was ~20 of a young block's instructions, callgrind). Between the two
+ * steps the thread is inside its hook (in_alloc): nothing else touches its nursery. */
+static inline __attribute__((always_inline)) void stage_block(struct tstate *t, size_t n, const char *file, int line)
+{
+    struct nursery *ns = t->young;
+    struct young *y = &t->pending;
+    if (ns && __atomic_load_n(&crypto_glibc_header, __ATOMIC_RELAXED) &&
+        LIKELY(ns->epoch == __atomic_load_n(&tracking_epoch, __ATOMIC_RELAXED)) &&
+        LIKELY(ns->tail - ns->head != NURSERY_SIZE))
+        y = &ns->e[ring_slot(ns->tail)]; /* free: the ring's positions end before it */
+    y->n = n;
+    y->file = file;
+    y->line = line;
+    y->owner = t->top.owner;
+    y->scope = t->top.kind;
+    t->staged = y;
+}
+
+/* p: what the allocator returned for the staged block. */
+static inline __attribute__((always_inline)) void commit_block(struct tstate *t, void *p)
+{
+    struct young *y = t->staged;
+    if (y != &t->pending) {
+        size_t slack = glibc_header_usable(p) - y->n;
+        if (LIKELY(slack <= 0xffff)) { /* above: also a usable size below n */
+            struct nursery *ns = t->young;
+            unsigned j = nursery_home((uintptr_t)p);
+            while (ns->index[j]) j = (j + 1) & (NURSERY_INDEX - 1);
+            uint32_t tail = ns->tail;
+            y->p = (uintptr_t)p;
+            y->site = 0;
+            y->measure = MEASURE_GLIBC;
+            y->at = (uint16_t)j;
+            y->slack = (uint16_t)slack;
+            ns->index[j] = (uint16_t)(ring_slot(tail) + 1);
+            /* after the entry: a thread that claims it reads it whole */
+            __atomic_store_n(&ns->claims[ring_slot(tail)], (uintptr_t)p, __ATOMIC_RELEASE);
+            __atomic_store_n(&ns->tail, tail + 1, __ATOMIC_RELEASE);
+            return;
+        }
+    }
+    track_at(t, p, y->n, y->owner, y->file, y->line, y->scope, libcrypto_measure());
 }
 
 static inline void track(void *p, size_t n, const char *file, int line) { track_in(&tls, p, n, file, line); }
@@ -255,10 +295,13 @@ static inline void track_static(void *p, size_t n, const char *file, int line)
 
 int nursery_take_own(struct nursery *ns, uintptr_t p, struct young *out);
 
-/* nursery_take_own's common case for a free: 1 taken from its home slot, 0 not in this nursery
- * (its home slot is empty), -1 elsewhere in the run: look there. */
-static inline __attribute__((always_inline)) int nursery_take_home(struct nursery *ns, uintptr_t p)
+/* nursery_take_own's common case for a free: 1 taken from its home slot, 0 not in this thread's
+ * nursery (its home slot is empty), -1 elsewhere in the run: look there. The run after its slot,
+ * if any, is left to nursery_close_hole (t->hole): the free hook shifts it back after the real
+ * free, so that nothing it needs after that call has to outlive a call before it. */
+static inline __attribute__((always_inline)) int nursery_free_home(struct tstate *t, uintptr_t p)
 {
+    struct nursery *ns = t->nursery;
     unsigned j = nursery_home(p);
     uint32_t at = ns->index[j];
     if (!at) return 0;
@@ -266,11 +309,26 @@ static inline __attribute__((always_inline)) int nursery_take_home(struct nurser
     if (y->p != p || __atomic_load_n(&ns->claims[at - 1], __ATOMIC_RELAXED) != p) return -1;
     /* its own thread's block: no other thread can be freeing it too, so a plain store ends its claim */
     __atomic_store_n(&ns->claims[at - 1], 0, __ATOMIC_RELAXED);
-    if (ns->index[(j + 1) & (NURSERY_INDEX - 1)]) index_remove(ns, j);
-    else ns->index[j] = 0; /* the end of its run: nothing to shift back */
-    nursery_gone(ns, y);
+    ns->index[j] = 0;
+    if (ns->index[(j + 1) & (NURSERY_INDEX - 1)]) t->hole = j + 1;
+    nursery_gone(ns, at - 1);
     return 1;
 }
+
+static inline void nursery_close_hole(struct tstate *t)
+{
+    unsigned hole = t->hole - 1;
+    t->hole = 0;
+    index_remove(t->nursery, hole);
+}
+
+static inline __attribute__((always_inline)) int nursery_take_home(struct tstate *t, uintptr_t p)
+{
+    int r = nursery_free_home(t, p);
+    if (r > 0 && t->hole) nursery_close_hole(t);
+    return r;
+}
+
 /* 1: counted, in the table after all; -1: young in another thread's nursery; 0: never tracked */
 int take_slow(uintptr_t p, struct block *out, struct young *young);
 
@@ -283,7 +341,7 @@ static inline __attribute__((always_inline)) int take(struct tstate *t, uintptr_
     struct nursery *ns = t->nursery;
     *counted = 0;
     if (nursery_waiting(ns)) {
-        int r = young ? -1 : nursery_take_home(ns, p); /* a realloc needs the entry: the full look */
+        int r = young ? -1 : nursery_take_home(t, p); /* a realloc needs the entry: the full look */
         if (r < 0) r = nursery_take_own(ns, p, young);
         if (r) return 1;
     }

@@ -240,29 +240,21 @@ def test_corrupt_report_file(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
 
 
-def test_threads_handshaking_at_once_counts_return_to_baseline(cert_pair, tmp_path):
-    cert, key = cert_pair
-    out = subprocess.run(
-        [
-            *TLSPROF,
-            "run",
-            "-o",
-            str(tmp_path / "threads.json"),
-            "--",
-            sys.executable,
-            os.path.join(WORKLOADS, "threaded_handshakes.py"),
-            cert,
-            key,
-            "8",
-            "25",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+def _run_workload(tmp_path, name, *args):
+    """`tlsprof run` of tests/workloads/<name>.py, which prints one JSON line last: that line and
+    the checked report."""
+    report = tmp_path / f"{name}.json"
+    command = [*TLSPROF, "run", "-o", str(report), "--", sys.executable, os.path.join(WORKLOADS, f"{name}.py")]
+    out = subprocess.run([*command, *args], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(result)
+    return result, check_report(json.loads(report.read_text()))
+
+
+def test_threads_handshaking_at_once_counts_return_to_baseline(cert_pair, tmp_path):
+    cert, key = cert_pair
+    result, _ = _run_workload(tmp_path, "threaded_handshakes", cert, key, "8", "25")
     assert result["errors"] == []
     assert result["peak_connections"] >= 2  # handshakes really overlapped
     assert result["end_connections"] == 0
@@ -270,35 +262,15 @@ def test_threads_handshaking_at_once_counts_return_to_baseline(cert_pair, tmp_pa
     assert result["untracked"] == 0
     # every connection's bytes came back: within 16 KiB of the warm baseline (lazily grown tables)
     assert abs(result["end"] - result["base"]) < 16 * 1024, result
-    check_report(json.loads((tmp_path / "threads.json").read_text()))
 
 
 def test_snapshots_read_during_bursts_add_up(tmp_path):
     # A thread makes and frees 150 connection objects at a time (~10 ms apart) while the program
     # asks its shim for 300 snapshots: a burst landing between the owner and site passes made 2-37
     # of 300 disagree by more than max(2 %, 64 KiB) before the shim read such a snapshot again.
-    out = subprocess.run(
-        [
-            *TLSPROF,
-            "run",
-            "-o",
-            str(tmp_path / "bursts.json"),
-            "--",
-            sys.executable,
-            os.path.join(WORKLOADS, "bursts_under_snapshots.py"),
-            "300",
-            "150",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    print(result)
+    result, _ = _run_workload(tmp_path, "bursts_under_snapshots", "300", "150")
     assert result["bursts"] >= 20  # the bursts really ran between the snapshots
     assert result["skewed"] == 0
-    check_report(json.loads((tmp_path / "bursts.json").read_text()))
 
 
 def test_version():

@@ -32,10 +32,11 @@ void *hook_CRYPTO_zalloc(size_t n, const char *file, int line)
     return p;
 }
 
-/* A free of anything but a young block of this thread's nursery found at its home slot. */
-static __attribute__((noinline)) void free_not_home(struct tstate *t, void *p, const char *file, int line)
+/* A free of anything but a young block of this thread's nursery found at its home slot. home:
+ * what nursery_free_home said (-1: look further in its run), 0 when there is nothing to look in. */
+static __attribute__((noinline)) void free_not_home(struct tstate *t, void *p, const char *file, int line, int home)
 {
-    forget_in(t, p);
+    if (home == 0 || !nursery_take_own(t->nursery, (uintptr_t)p, NULL)) forget_not_own_young(t, p);
     real_CRYPTO_free(p, file, line);
     t->in_alloc = 0;
 }
@@ -47,7 +48,8 @@ void hook_CRYPTO_free(void *p, const char *file, int line)
     struct tstate *t = this_thread();
     if (!p || t->in_alloc || !tlsprof_active) return real_CRYPTO_free(p, file, line);
     t->in_alloc = 1;
-    if (!nursery_waiting(t->nursery) || nursery_free_home(t, (uintptr_t)p) <= 0) return free_not_home(t, p, file, line);
+    int home = nursery_waiting(t->nursery) ? nursery_free_home(t, (uintptr_t)p) : 0;
+    if (home <= 0) return free_not_home(t, p, file, line, home);
     real_CRYPTO_free(p, file, line);
     t = this_thread();
     if (t->hole) nursery_close_hole(t);

@@ -111,19 +111,28 @@ static inline unsigned nursery_home(uintptr_t p)
 
 static inline uint32_t ring_slot(uint32_t pos) { return pos & (NURSERY_SIZE - 1); }
 
+/* The ring's next slot (ring with room, current epoch), filled but for its place in the index,
+ * becomes young block p. */
+static inline __attribute__((always_inline)) void nursery_publish(struct nursery *ns, struct young *slot, uintptr_t p,
+                                                                  uint16_t slack)
+{
+    unsigned j = nursery_home(p);
+    while (ns->index[j]) j = (j + 1) & (NURSERY_INDEX - 1);
+    uint32_t tail = ns->tail;
+    slot->at = (uint16_t)j;
+    slot->slack = slack;
+    ns->index[j] = (uint16_t)(ring_slot(tail) + 1);
+    /* after the entry: a thread that claims it reads it whole */
+    __atomic_store_n(&ns->claims[ring_slot(tail)], p, __ATOMIC_RELEASE);
+    __atomic_store_n(&ns->tail, tail + 1, __ATOMIC_RELEASE);
+}
+
 /* File a young block in a ring with room and of the current epoch. */
 static inline __attribute__((always_inline)) void nursery_put(struct nursery *ns, const struct young *y, uint16_t slack)
 {
-    unsigned j = nursery_home(y->p);
-    while (ns->index[j]) j = (j + 1) & (NURSERY_INDEX - 1);
-    uint32_t tail = ns->tail, i = ring_slot(tail);
-    ns->e[i] = *y;
-    ns->e[i].at = (uint16_t)j;
-    ns->e[i].slack = slack;
-    ns->index[j] = (uint16_t)(i + 1);
-    /* after the entry: a thread that claims it reads it whole */
-    __atomic_store_n(&ns->claims[i], y->p, __ATOMIC_RELEASE);
-    __atomic_store_n(&ns->tail, tail + 1, __ATOMIC_RELEASE);
+    struct young *slot = &ns->e[ring_slot(ns->tail)];
+    *slot = *y;
+    nursery_publish(ns, slot, y->p, slack);
 }
 
 void index_remove(struct nursery *ns, unsigned hole);
@@ -266,19 +275,10 @@ static inline __attribute__((always_inline)) void commit_block(struct tstate *t,
     if (y != &t->pending) {
         size_t slack = glibc_header_usable(p) - y->n;
         if (LIKELY(slack <= 0xffff)) { /* above: also a usable size below n */
-            struct nursery *ns = t->young;
-            unsigned j = nursery_home((uintptr_t)p);
-            while (ns->index[j]) j = (j + 1) & (NURSERY_INDEX - 1);
-            uint32_t tail = ns->tail;
             y->p = (uintptr_t)p;
             y->site = 0;
             y->measure = MEASURE_GLIBC;
-            y->at = (uint16_t)j;
-            y->slack = (uint16_t)slack;
-            ns->index[j] = (uint16_t)(ring_slot(tail) + 1);
-            /* after the entry: a thread that claims it reads it whole */
-            __atomic_store_n(&ns->claims[ring_slot(tail)], (uintptr_t)p, __ATOMIC_RELEASE);
-            __atomic_store_n(&ns->tail, tail + 1, __ATOMIC_RELEASE);
+            nursery_publish(t->young, y, (uintptr_t)p, (uint16_t)slack);
             return;
         }
     }
@@ -334,19 +334,19 @@ static inline __attribute__((always_inline)) int nursery_take_home(struct tstate
 /* 1: counted, in the table after all; -1: young in another thread's nursery; 0: never tracked */
 int take_slow(uintptr_t p, struct block *out, struct young *young);
 
-/* Take p out of tracking: 1 if it was tracked, with *counted set and *out filled if it was counted
- * (the table), else *young filled unless it is NULL (a block still in a nursery was counted
- * nowhere; a free does not need its entry). */
-static inline __attribute__((always_inline)) int take(struct tstate *t, uintptr_t p, struct block *out, int *counted,
-                                                      struct young *young)
+/* take()'s look in this thread's own nursery: 1 taken (*young filled unless NULL) */
+static inline __attribute__((always_inline)) int take_own_young(struct tstate *t, uintptr_t p, struct young *young)
 {
     struct nursery *ns = t->nursery;
-    *counted = 0;
-    if (nursery_waiting(ns)) {
-        int r = young ? -1 : nursery_take_home(t, p); /* a realloc needs the entry: the full look */
-        if (r < 0) r = nursery_take_own(ns, p, young);
-        if (r) return 1;
-    }
+    if (!nursery_waiting(ns)) return 0;
+    int r = young ? -1 : nursery_take_home(t, p); /* a realloc needs the entry: the full look */
+    if (r < 0) r = nursery_take_own(ns, p, young);
+    return r;
+}
+
+/* take() once this thread's nursery was looked in: the table, then the other threads' nurseries */
+static inline int take_not_own_young(uintptr_t p, struct block *out, int *counted, struct young *young)
+{
     if (blocks_remove(p, out)) {
         *counted = 1;
         return 1;
@@ -357,12 +357,22 @@ static inline __attribute__((always_inline)) int take(struct tstate *t, uintptr_
     return r != 0;
 }
 
-/* Before the block goes back to the allocator (another thread may get the address at once). */
-static inline __attribute__((always_inline)) void forget_in(struct tstate *t, void *p)
+/* Take p out of tracking: 1 if it was tracked, with *counted set and *out filled if it was counted
+ * (the table), else *young filled unless it is NULL (a block still in a nursery was counted
+ * nowhere; a free does not need its entry). */
+static inline __attribute__((always_inline)) int take(struct tstate *t, uintptr_t p, struct block *out, int *counted,
+                                                      struct young *young)
+{
+    *counted = 0;
+    return take_own_young(t, p, young) || take_not_own_young(p, out, counted, young);
+}
+
+/* forget_in() once this thread's nursery was looked in. */
+static inline void forget_not_own_young(struct tstate *t, void *p)
 {
     struct block b;
     int counted;
-    if (!take(t, (uintptr_t)p, &b, &counted, NULL) || !counted) return;
+    if (!take_not_own_young((uintptr_t)p, &b, &counted, NULL) || !counted) return;
     untrack(&b, p, 0);
     if (b.key & BLOCK_F_OBJECT) {
         /* the SSL/SSL_CTX struct itself: the object is really gone (refcounts reached zero); what
@@ -372,6 +382,12 @@ static inline __attribute__((always_inline)) void forget_in(struct tstate *t, vo
         objects_unbind((uintptr_t)p, b.owner);
         if (__atomic_load_n(&o->ptr, __ATOMIC_RELAXED) == (uintptr_t)p) owner_mark_dead(b.owner);
     }
+}
+
+/* Before the block goes back to the allocator (another thread may get the address at once). */
+static inline __attribute__((always_inline)) void forget_in(struct tstate *t, void *p)
+{
+    if (!take_own_young(t, (uintptr_t)p, NULL)) forget_not_own_young(t, p);
 }
 
 static inline void forget(void *p) { forget_in(&tls, p); }

@@ -28,6 +28,7 @@ static int exiting;
 /* Called by the Python agent from its atexit hook: what the process frees from then on is its
  * teardown, not its working state, and each snapshot says so (the session keeps the one before). */
 EXPORT void tlsprof_mark_exiting(void) { __atomic_store_n(&exiting, 1, __ATOMIC_RELAXED); }
+const int *channel_exiting_flag(void) { return &exiting; }
 
 void channel_on_detach(int (*stop)(void)) { detach_stop = stop; }
 

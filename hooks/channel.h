@@ -3,6 +3,7 @@
 
 /* ---- channel.c: the commands ---- */
 int channel_serve(int fd, const char *dir); /* dir: where it serves; 1: the listener must stop */
+const int *channel_exiting_flag(void);      /* for remote_layout.c */
 
 /* ---- listener.c: the socket and its thread ---- */
 int channel_start(const char *dir);

@@ -81,6 +81,7 @@ EXPORT int tlsprof_start(const char *channel_dir)
     owners_and_objects_reset();
     sites_reset_counters();
     hooks_reset();
+    remote_layout_fill();
     int rc = channel_start(channel_dir);
     if (rc < 0) {
         pthread_mutex_unlock(&start_lock);

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stddef.h>
+
 #include "shim.h"
 
 uint64_t io_calls_of_dead;
@@ -21,6 +23,25 @@ static pthread_mutex_t owners_mutex = PTHREAD_MUTEX_INITIALIZER;
 struct owner process_owner = {.kind = OWNER_PROCESS, .alive = 1, .flags = OWNER_F_IN_USE};
 
 uint32_t owner_count_slots(void) { return __atomic_load_n(&n_slots_used, __ATOMIC_ACQUIRE); }
+
+void owners_describe(struct remote_layout *l)
+{
+    l->owner_chunks = owner_chunks;
+    l->process_owner = &process_owner;
+    l->owner_slots = &n_slots_used;
+    l->owner_size = sizeof(struct owner);
+    l->owner_chunk = OWNER_CHUNK;
+    l->owner_chunks_n = OWNER_CHUNKS;
+    l->owner_slot_count = OWNER_SLOTS;
+#define AT(f) (uint32_t) offsetof(struct owner, f)
+    l->o_serial = AT(serial), l->o_ptr = AT(ptr), l->o_ctx = AT(ctx), l->o_kind = AT(kind), l->o_state = AT(state);
+    l->o_alive = AT(alive), l->o_pre_attach = AT(pre_attach), l->o_fd = AT(fd), l->o_flags = AT(flags);
+    l->o_mode = AT(mode), l->o_io_calls = AT(io_calls), l->o_created_ns = AT(created_ns);
+    l->o_total_blocks = AT(total_blocks), l->o_slot_cause = AT(slot_cause), l->o_slot = AT(slot), l->o_wide = AT(wide);
+#undef AT
+    l->slot_size = sizeof(struct slot_counters);
+    l->cause_counters_size = sizeof(struct cause_counters);
+}
 
 /* Dead owners with no live block left go back to the free list. Called with owners_mutex held. */
 static void sweep_locked(void)

@@ -1,5 +1,6 @@
 #pragma once
 #include "common.h"
+#include "remote_layout.h"
 
 /* ---- owners.c: contexts and connections, indexed by a small integer ---- */
 /* An owner's live counters for one cause. A context's or the process's may pass 2 GiB (a session
@@ -58,6 +59,7 @@ static inline struct owner *owner_at(uint32_t idx)
     return c ? &c[idx % OWNER_CHUNK] : &process_owner;
 }
 uint32_t owner_count_slots(void);
+void owners_describe(struct remote_layout *l); /* where and how owners are laid out */
 struct cause_counters *owner_wide(struct owner *o, uint8_t cause);
 extern size_t owner_wide_bytes; /* atomic: what the owner_wide arrays hold */
 

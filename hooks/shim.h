@@ -8,7 +8,8 @@
  *
  *   main.c setxid.c          start, stop, fork safety; hands the tables and callbacks down
  *   listener.c               the socket and its thread (re-made when the target takes it)
- *   channel.c                the commands: one line in, one text answer out
+ *   channel.c remote_layout.c   the commands: one line in, one text answer out; where the
+ *                            counters are, for a reader outside the process
  *   heapwalk*.c pyagent.c    WALK (memory older than the hooks); the Python agent after attach
  *   hook_table.c             the patch table, from the one list of hooked functions
  *   hooks_*.c                thin hooks: push a scope, call the real function, hand blocks over
@@ -17,12 +18,13 @@
  *   measure.c pytrace.c      what a block costs; --tracemalloc
  *   interpose.c              GOT/relocation patching and symbol lookup, one engine for run and attach
  *   real.c owners.c table*.c sites.c causes.c   real-function pointers and the data the rest fills
- *   common.h                 the vocabularies (causes, scopes, kinds, states)
+ *   common.h remote_layout.h the vocabularies (causes, scopes, kinds, states); the remote layout record
  *
  * heapwalk_internal.h and table_internal.h are private to their own files and not included here.
  */
 #pragma once
 #include "common.h"
+#include "remote_layout.h"
 #include "causes.h"
 #include "table.h"
 #include "owners.h"

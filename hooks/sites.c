@@ -3,6 +3,7 @@
  * are lock-free (entries are published with a release store and never move); inserts take a lock. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -96,6 +97,20 @@ uint16_t site_intern(const char *file, int line, uint8_t scope, size_t size)
 }
 
 uint32_t sites_used(void) { return __atomic_load_n(&n_sites, __ATOMIC_ACQUIRE); }
+
+void sites_describe(struct remote_layout *l)
+{
+    l->site_table = site_table;
+    l->site_counts = site_counts;
+    l->site_slots = &n_sites;
+    l->site_size = sizeof(struct site);
+    l->s_name = offsetof(struct site, name), l->s_line = offsetof(struct site, line);
+    l->s_scope = offsetof(struct site, scope), l->s_cause = offsetof(struct site, cause);
+    l->s_used = offsetof(struct site, used), l->s_library = offsetof(struct site, library);
+    l->max_sites = MAX_SITES;
+    l->site_stripes = SITE_STRIPES;
+    l->site_counts_size = sizeof(struct site_counts);
+}
 
 void sites_reset_counters(void)
 {

@@ -1,5 +1,6 @@
 #pragma once
 #include "common.h"
+#include "remote_layout.h"
 
 /* ---- sites.c: (file, line, scope) -> small id, with live counters ---- */
 struct site {
@@ -26,6 +27,7 @@ struct site_counts {
 extern struct site_counts site_counts[MAX_SITES][SITE_STRIPES];
 void site_totals(uint16_t id, int64_t *bytes, int64_t *requested, int64_t *blocks);
 uint32_t sites_used(void);
+void sites_describe(struct remote_layout *l);
 void sites_reset_counters(void);
 void sites_lock(void);
 void sites_unlock(void);

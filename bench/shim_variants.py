@@ -15,13 +15,16 @@ Variants:
   young   the shim tracking every block, but none is ever put in the block table nor counted
           (those that outlive their OpenSSL call, those counted at once): what young blocks cost
   full    the shim as `run` preloads it (hooks/ as it is, the _shim_preload build)
+  threadless  full, its socket bound but its listener thread never started (-DEXP_NO_LISTENER): the
+          upper bound of what a channel served without a thread of our own would save
   attach-build  the same code in the build `attach` injects (_shim: its thread-local state is reached
           through TLS descriptors, a call per access; setup.py)
   run     `tlsprof run` (asyncio only): the shim plus the Python agent and the collector's polling
 
 The shim copies are compiled by setup.py from a copy of hooks/ in a temp dir (hooks/ itself is
 never touched), with -DEXP_PASS or -DEXP_GUARD wrapped around the allocator hooks' bodies and
--DEXP_YOUNG_ONLY around the start of tracking.c's track_now.
+-DEXP_YOUNG_ONLY around the start of tracking.c's track_now, -DEXP_NO_LISTENER around listener.c's
+start_thread.
 Workloads:
   ctx      ms per ssl.create_default_context() (20 kept per process), bench/overhead_goals.py's row
   asyncio  the seed asyncio echo server's CPU per handshake (target process only; robust to other
@@ -42,8 +45,14 @@ import _servers
 import hsload
 from overhead_goals import CTX_LOOP  # the ctx row's own loop
 
-VARIANTS = ("bare", "thread", "hooks", "guard", "young", "full", "attach-build", "run")
-SHIM_VARIANTS = {"hooks": "-DEXP_PASS", "guard": "-DEXP_GUARD", "young": "-DEXP_YOUNG_ONLY", "full": ""}
+VARIANTS = ("bare", "thread", "hooks", "guard", "young", "full", "threadless", "attach-build", "run")
+SHIM_VARIANTS = {
+    "hooks": "-DEXP_PASS",
+    "guard": "-DEXP_GUARD",
+    "young": "-DEXP_YOUNG_ONLY",
+    "full": "",
+    "threadless": "-DEXP_NO_LISTENER",
+}
 # what each step adds, for tables that quote the breakdown (overhead_goals.py)
 STEP_NAMES = {
     "thread": "an idle thread",
@@ -51,6 +60,7 @@ STEP_NAMES = {
     "guard": "thread-state guard",
     "young": "young blocks",
     "full": "survivors in the table",
+    "threadless": "the same shim without its listener thread",
     "attach-build": "TLS descriptors",
     "run": "agent (creation capture, scans) and polling",
 }
@@ -58,6 +68,10 @@ STEP_NAMES = {
 IDLE_THREAD = "import threading, time\nthreading.Thread(target=time.sleep, args=(1e6,), daemon=True).start()\n"
 
 TRACK_NOW = "static void track_now(void *p, size_t n, uint32_t owner, uint16_t site, int measure, size_t usable)\n{\n"
+START_THREAD = "static int start_thread(int fd)\n{\n"
+# the shim tracking as `run`'s does, its socket bound but never served: what a channel served
+# without a thread of our own would cost (glibc's malloc then keeps its single-thread fast path)
+NO_LISTENER = "#ifdef EXP_NO_LISTENER\n    return 0;\n#endif\n"
 HOOK = re.compile(r"^(void \*|void )hook_(CRYPTO_\w+)\(([^)]*)\)\n\{\n", re.M)
 
 
@@ -90,6 +104,17 @@ def patch_alloc_hooks(text):
     return HOOK.sub(body, text)
 
 
+def _insert_after(src, name, anchor, addition):
+    """hooks/<name> of the copy with `addition` right after `anchor`."""
+    path = os.path.join(src, "hooks", name)
+    with open(path) as f:
+        text = f.read()
+    if anchor not in text:
+        raise RuntimeError(f"hooks/{name} changed: update bench/shim_variants.py's patch")
+    with open(path, "w") as f:
+        f.write(text.replace(anchor, anchor + addition))
+
+
 def build(work):
     """{variant: path of its shim}: setup.py's own flags, a patched copy of hooks/."""
     src = os.path.join(work, "src")
@@ -102,13 +127,8 @@ def build(work):
         text = patch_alloc_hooks(f.read())
     with open(path, "w") as f:
         f.write(text)
-    path = os.path.join(src, "hooks", "tracking.c")
-    with open(path) as f:
-        text = f.read()
-    if TRACK_NOW not in text:
-        raise RuntimeError("hooks/tracking.c changed: update bench/shim_variants.py's patch")
-    with open(path, "w") as f:
-        f.write(text.replace(TRACK_NOW, TRACK_NOW + "#ifdef EXP_YOUNG_ONLY\n    return;\n#endif\n"))
+    _insert_after(src, "tracking.c", TRACK_NOW, "#ifdef EXP_YOUNG_ONLY\n    return;\n#endif\n")
+    _insert_after(src, "listener.c", START_THREAD, NO_LISTENER)
     out = {}
     for name, define in SHIM_VARIANTS.items():
         dest = os.path.join(work, name)

@@ -2,7 +2,8 @@
 
 `ssl.SSLContext.__new__`, `SSLSocket._create` and `SSLObject._create` are wrapped (and pyOpenSSL's
 classes through agent/pyopenssl_capture.py); each records up to MAX_FRAMES frames, innermost first,
-in a WeakKeyDictionary. `uninstall` puts every class back as it was.
+as (code, offset) in a WeakKeyDictionary, and the lines are found when a snapshot asks. `uninstall`
+puts every class back as it was.
 """
 
 import os
@@ -17,12 +18,18 @@ created = weakref.WeakKeyDictionary()  # python wrapper object -> creating frame
 
 
 _is_agent_file = {}  # co_filename -> it lies in the agent's directory (asked once per file)
+_newest = [()]  # the stack captured last: the next object made from the same place shares it
 
 
 def frames(frame):
-    """Up to MAX_FRAMES (file, line, function) of the stack, innermost first, the agent's own left
-    out. Kept as tuples: this runs at every connection's creation (a dict per frame and a path
-    normalisation per frame cost ~34 us a connection, ~5 % of an asyncio handshake)."""
+    """Up to MAX_FRAMES (code, offset) of the stack, innermost first, the agent's own left out.
+    This runs at every connection's creation, so lines are not looked up here (`lines` does that,
+    only for the objects a snapshot reports): a frame's f_lineno scans its code's line table, and
+    asyncio's big functions made that 14 us of an asyncio handshake's ~1 ms against 6 us now
+    (bench/README.md, session 19). Objects made from the same place share one tuple: a server's
+    connections cost one reference each, not 16 tuples."""
+    newest = _newest[0]
+    same = True  # so far the same code objects (by identity: equal code may sit in another file)
     out = []
     while frame is not None and len(out) < MAX_FRAMES:
         code = frame.f_code
@@ -31,9 +38,37 @@ def frames(frame):
         if mine is None:
             mine = _is_agent_file[name] = os.path.dirname(os.path.abspath(name)) == _AGENT_DIR
         if not mine:
-            out.append((name, frame.f_lineno, code.co_name))
+            at = frame.f_lasti
+            k = len(out)
+            if same and (k >= len(newest) or newest[k][0] is not code or newest[k][1] != at):
+                same = False
+            out.append((code, at))
         frame = frame.f_back
-    return out
+    if same and len(out) == len(newest):
+        return newest
+    stack = _newest[0] = tuple(out)
+    return stack
+
+
+def _line(code, offset):
+    """The line of the instruction at `offset` (what f_lineno said when it ran there)."""
+    for start, end, line in code.co_lines():
+        if start <= offset < end:
+            return line
+    return code.co_firstlineno
+
+
+_resolved = [((), [])]  # (stack, its frames as dicts): objects sharing a stack share the answer
+
+
+def lines(stack):
+    """[{"file", "line", "function"}] of a captured stack, innermost first."""
+    if _resolved[0][0] is not stack:
+        _resolved[0] = (
+            stack,
+            [{"file": code.co_filename, "line": _line(code, at), "function": code.co_name} for code, at in stack],
+        )
+    return _resolved[0][1]
 
 
 def remember(obj):
@@ -105,7 +140,7 @@ def created_by(obj, tm_on: bool, capturing):
     (attach), True, or "late" (agent.start's `capture`)."""
     found = created.get(obj) if _is_weakrefable(obj) else None
     if found:
-        return [{"file": f, "line": n, "function": fn} for f, n, fn in found], "run"
+        return lines(found), "run"
     if tm_on:
         try:
             tb = tracemalloc.get_object_traceback(obj)

@@ -196,13 +196,11 @@ class Reader:
         mono_ns = time.monotonic_ns()
         owners = self._owners(mono_ns)
         sites = self._sites()
-        u_bytes, u_blocks, dead_io = (struct.unpack("<q", mem.read(L[k], 8))[0] for k in _ADDRESSES[6:9])
-        exiting = struct.unpack("<i", mem.read(L["exiting"], 4))[0]
         stats = {
-            "untracked_bytes": u_bytes,
-            "untracked_blocks": u_blocks,
-            "io_calls_of_dead": dead_io,
-            "exiting": exiting,
+            "untracked_bytes": struct.unpack("<q", mem.read(L["untracked_bytes"], 8))[0],
+            "untracked_blocks": struct.unpack("<q", mem.read(L["untracked_blocks"], 8))[0],
+            "io_calls_of_dead": struct.unpack("<Q", mem.read(L["io_calls_of_dead"], 8))[0],
+            "exiting": struct.unpack("<i", mem.read(L["exiting"], 4))[0],
             "read": "remote",
         }
         return Snapshot(self.pid, mono_ns, None, stats, owners, sites)

@@ -3,10 +3,9 @@
  * snapshot thread reads them without locks. A dead owner's slot is recycled once its last block is
  * freed; the object map (SSL or SSL_CTX pointer -> owner) is a small locked open-addressing table. */
 #define _GNU_SOURCE
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <stddef.h>
 
 #include "shim.h"
 

@@ -110,28 +110,13 @@ def symbol_offset(path: str, name: bytes = SYMBOL) -> int:
     raise ChannelError(f"{path} does not export {name.decode()}: a shim older than remote reads")
 
 
-def mapped_base(pid: int, path: str) -> int:
-    """Where `path` (the same file, by device and inode) starts in pid's address space."""
+def _file_id(path: str) -> tuple[int, int, int]:
     st = os.stat(path)
-    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-    try:
-        with open(f"/proc/{pid}/maps") as f:
-            for line in f:
-                parts = line.split(None, 5)
-                if len(parts) < 6 or int(parts[2], 16) != 0:
-                    continue
-                major, minor = (int(x, 16) for x in parts[3].split(":"))
-                if (major, minor, int(parts[4])) == want:
-                    return int(parts[0].split("-", 1)[0], 16)
-    except OSError as exc:
-        raise ChannelError(f"cannot read /proc/{pid}/maps: {exc.strerror}") from None
-    raise ChannelError(f"process {pid} has not loaded {os.path.basename(path)}")
+    return os.major(st.st_dev), os.minor(st.st_dev), st.st_ino
 
 
-def loaded_shim(pid: int) -> tuple[int, str]:
-    """(base, file) of the shim pid has loaded, whichever copy (`tlsprof/_shim*.so`, or the copy
-    given to a target of another user, `tlsprof-lib-*/_shim*.so`): the file as this process can
-    open it (through /proc/PID/root for a chrooted target)."""
+def _file_starts(pid: int):
+    """(base, (major, minor, inode), path) of each file mapped from its offset 0 in pid."""
     try:
         with open(f"/proc/{pid}/maps") as f:
             lines = f.read().splitlines()
@@ -141,17 +126,33 @@ def loaded_shim(pid: int) -> tuple[int, str]:
         parts = line.split(None, 5)
         if len(parts) < 6 or int(parts[2], 16) != 0:
             continue
-        path = parts[5]
+        major, minor = (int(x, 16) for x in parts[3].split(":"))
+        yield int(parts[0].split("-", 1)[0], 16), (major, minor, int(parts[4])), parts[5]
+
+
+def mapped_base(pid: int, path: str) -> int:
+    """Where `path` (the same file, by device and inode) starts in pid's address space."""
+    want = _file_id(path)
+    for base, file_id, _ in _file_starts(pid):
+        if file_id == want:
+            return base
+    raise ChannelError(f"process {pid} has not loaded {os.path.basename(path)}")
+
+
+def loaded_shim(pid: int) -> tuple[int, str]:
+    """(base, file) of the shim pid has loaded, whichever copy (`tlsprof/_shim*.so`, or the copy
+    given to a target of another user, `tlsprof-lib-*/_shim*.so`): the file as this process can
+    open it (through /proc/PID/root for a chrooted target)."""
+    for base, file_id, path in _file_starts(pid):
         name = os.path.basename(path)
-        if name.startswith("_shim") and name.endswith(".so"):
-            for candidate in (path, f"/proc/{pid}/root{path}"):
-                try:
-                    st = os.stat(candidate)
-                except OSError:
-                    continue
-                major, minor = (int(x, 16) for x in parts[3].split(":"))
-                if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) == (major, minor, int(parts[4])):
-                    return int(parts[0].split("-", 1)[0], 16), candidate
+        if not (name.startswith("_shim") and name.endswith(".so")):
+            continue
+        for candidate in (path, f"/proc/{pid}/root{path}"):
+            try:
+                if _file_id(candidate) == file_id:
+                    return base, candidate
+            except OSError:
+                continue
     raise ChannelError(f"process {pid} has not loaded the tlsprof shim")
 
 

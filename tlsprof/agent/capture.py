@@ -25,7 +25,7 @@ def frames(frame):
     """Up to MAX_FRAMES (code, offset) of the stack, innermost first, the agent's own left out.
     This runs at every connection's creation, so lines are not looked up here (`lines` does that,
     only for the objects a snapshot reports): a frame's f_lineno scans its code's line table, and
-    asyncio's big functions made that 14 us of an asyncio handshake's ~1 ms against 6 us now
+    asyncio's big functions made that 14 us of an asyncio handshake's ~1 ms against ~8 us now
     (bench/README.md, session 19). Objects made from the same place share one tuple: a server's
     connections cost one reference each, not 16 tuples."""
     newest = _newest[0]

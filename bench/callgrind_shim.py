@@ -38,6 +38,7 @@ def main(argv=None):
     p.add_argument("--threaded", action="store_true")
     p.add_argument("--variants", default="full,lto,batch,notable")
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--keep", action="store_true", help="keep the callgrind files (their directory is printed)")
     a = p.parse_args(argv)
     if not shutil.which("valgrind"):
         print("skipped: valgrind not installed")
@@ -96,7 +97,10 @@ def main(argv=None):
             )
         _common.save("callgrind_threaded" if a.threaded else "callgrind", {"params": vars(a), "results": results})
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if a.keep:
+            print(f"[callgrind] files kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

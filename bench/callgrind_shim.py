@@ -23,13 +23,83 @@ import hsload
 import shim_variants
 
 
-def total_ir(outfile):
-    best = 0
+def totals(outfile):
+    """{event: count} of a callgrind file (Ir alone, or with --cache-sim the misses too)."""
+    names, best = ["Ir"], {}
     with open(outfile) as f:
         for line in f:
-            if line.startswith("totals:") or line.startswith("summary:"):
-                best = max(best, int(line.split()[1]))
+            if line.startswith("events:"):
+                names = line.split()[1:]
+            elif line.startswith("totals:") or line.startswith("summary:"):
+                values = dict(zip(names, map(int, line.split()[1:])))
+                if values.get("Ir", 0) >= best.get("Ir", 0):
+                    best = values
     return best
+
+
+def total_ir(outfile):
+    return totals(outfile).get("Ir", 0)
+
+
+# cycles a miss costs, roughly (an L1 miss served by L2/L3, a last-level miss served by memory): the
+# model valgrind's manual suggests for comparing cache behaviour, not a measurement
+MISS_CYCLES = {"D1": 10, "LL": 100}
+
+
+def misses(t):
+    d1 = t.get("D1mr", 0) + t.get("D1mw", 0) + t.get("I1mr", 0)
+    ll = t.get("DLmr", 0) + t.get("DLmw", 0) + t.get("ILmr", 0)
+    return d1, ll
+
+
+def per_handshake(work, name, env, n, threaded=False, cache_sim=False):
+    """The echo server under callgrind with `env` (LD_PRELOAD...): after a 30-handshake warm-up, n
+    handshakes (2 at a time) are measured. ({"ir_per_handshake", and with cache_sim "d1_misses",
+    "ll_misses", "modelled_cycles"}, the callgrind file)."""
+    out = os.path.join(work, f"cg.{name}.%p")
+    server = _servers.start(
+        "bare",
+        *(["--threaded"] if threaded else []),
+        env={**os.environ, **env} if env else None,
+        wrapper=[
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            *(["--cache-sim=yes"] if cache_sim else []),
+            f"--callgrind-out-file={out}",
+            "-q",
+        ],
+    )
+    try:
+        pid = server.pid  # valgrind runs the target in its own pid
+        hsload.run(server.port, 30, 2)
+        subprocess.run(["callgrind_control", "-i", "on", str(pid)], capture_output=True, check=True)
+        res = hsload.run(server.port, n, 2)
+        subprocess.run(["callgrind_control", "-i", "off", str(pid)], capture_output=True, check=True)
+    finally:
+        _servers.stop(server, cleanup=False)
+    outfile = sorted(glob.glob(os.path.join(work, f"cg.{name}.*")), key=os.path.getsize)[-1]
+    t = totals(outfile)
+    hs = max(1, res["handshakes"])
+    r = {"ir_per_handshake": t.get("Ir", 0) / hs, "errors": res["errors"]}
+    if cache_sim:
+        d1, ll = misses(t)
+        r.update(
+            d1_misses=d1 / hs,
+            ll_misses=ll / hs,
+            modelled_cycles=(t.get("Ir", 0) + MISS_CYCLES["D1"] * d1 + MISS_CYCLES["LL"] * ll) / hs,
+        )
+    return r, outfile
+
+
+def describe(r):
+    line = f"{r['ir_per_handshake'] / 1e6:7.3f} M instructions per handshake"
+    if "modelled_cycles" in r:
+        line += (
+            f", {r['d1_misses'] / 1e3:.1f} k L1 misses, {r['ll_misses'] / 1e3:.2f} k LL misses, "
+            f"{r['modelled_cycles'] / 1e6:.3f} M modelled cycles"
+        )
+    return line
 
 
 def main(argv=None):
@@ -39,6 +109,11 @@ def main(argv=None):
     p.add_argument("--variants", default="full,lto,batch,notable")
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--keep", action="store_true", help="keep the callgrind files (their directory is printed)")
+    p.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="also simulate the caches: L1 and last-level misses per handshake, and Ir + 10 x L1 + 100 x LL misses",
+    )
     a = p.parse_args(argv)
     if not shutil.which("valgrind"):
         print("skipped: valgrind not installed")
@@ -48,32 +123,12 @@ def main(argv=None):
     try:
         libs = {k: v for k, v in shim_variants.build(work).items() if k in a.variants.split(",")}
         for mode in ["bare", *libs]:
-            out = os.path.join(work, f"cg.{mode}.%p")
-            env = {}
-            if mode != "bare":
-                chan = tempfile.mkdtemp(dir=work)
-                env = {"LD_PRELOAD": libs[mode], "TLSPROF_DIR": chan}
-            server = _servers.start(
-                "bare",
-                *(["--threaded"] if a.threaded else []),
-                env=env,
-                wrapper=["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", "-q"],
-            )
-            try:
-                pid = server.pid  # valgrind runs the target in its own pid
-                hsload.run(server.port, 30, 2)
-                subprocess.run(["callgrind_control", "-i", "on", str(pid)], capture_output=True, check=True)
-                res = hsload.run(server.port, a.n, 2)
-                subprocess.run(["callgrind_control", "-i", "off", str(pid)], capture_output=True, check=True)
-            finally:
-                _servers.stop(server, cleanup=False)
-            files = sorted(glob.glob(os.path.join(work, f"cg.{mode}.*")), key=os.path.getsize)
-            ir = total_ir(files[-1])
-            results[mode] = {"ir_per_handshake": ir / max(1, res["handshakes"]), "errors": res["errors"]}
-            print(f"  {mode:8s} {ir / res['handshakes'] / 1e6:7.3f} M instructions per handshake", flush=True)
+            env = {} if mode == "bare" else {"LD_PRELOAD": libs[mode], "TLSPROF_DIR": tempfile.mkdtemp(dir=work)}
+            results[mode], outfile = per_handshake(work, mode, env, a.n, a.threaded, a.cache_sim)
+            print(f"  {mode:8s} {describe(results[mode])}", flush=True)
             if mode == "full":
                 ann = subprocess.run(
-                    ["callgrind_annotate", "--inclusive=no", files[-1]], capture_output=True, text=True
+                    ["callgrind_annotate", "--inclusive=no", outfile], capture_output=True, text=True
                 ).stdout.splitlines()
                 shim = [
                     ln
@@ -91,10 +146,14 @@ def main(argv=None):
         print("\n[callgrind] instructions per handshake, ratio bare/variant")
         for m, r in results.items():
             r["ratio"] = bare / r["ir_per_handshake"]
-            print(
+            line = (
                 f"  {m:8s} {r['ir_per_handshake'] / 1e6:.3f} M  +{(r['ir_per_handshake'] - bare) / 1e6:.3f} M  "
                 f"{r['ratio']:.3f}x"
             )
+            if a.cache_sim:
+                r["modelled_ratio"] = results["bare"]["modelled_cycles"] / r["modelled_cycles"]
+                line += f"   modelled cycles {r['modelled_ratio']:.3f}x"
+            print(line)
         _common.save("callgrind_threaded" if a.threaded else "callgrind", {"params": vars(a), "results": results})
     finally:
         if a.keep:

@@ -1,6 +1,7 @@
 """Issue 18: every row of the overhead goal table, measured side by side in one run.
 
-    python bench/overhead_goals.py [--quick] [--only rss,ctx,ctxir,handshakes,snapshot,synthetic,walk,breakdown]
+    python bench/overhead_goals.py [--quick]
+                                   [--only rss,ctx,ctxir,handshakes,hsir,snapshot,synthetic,walk,breakdown]
                                    [--shim OTHER.so]
 
 Rows (bare = the same program without the shim; tracked = the shim preloaded with its channel,
@@ -21,7 +22,13 @@ which is what `tlsprof run` sets up):
               (the fork) and the walk's time
   ctxir       the ctx row in instructions (valgrind callgrind): per context, bare / tracked. Load-
               and machine-independent where the timed ratio is neither (0.70-1.21 per round on a
-              shared 2-core VM); approximates the time ratio on a free CPU
+              shared 2-core VM); approximates the time ratio on a free CPU. The note adds valgrind's
+              cache simulation: L1 and last-level misses, and "modelled cycles" (Ir + 10 per L1 miss
+              + 100 per last-level miss), where the shim's extra misses show
+  hsir        the asyncio handshakes row in the same terms: the seed asyncio server under callgrind
+              with what `run` puts in the target (the shim and the Python agent, without the
+              collector's polling), instructions and modelled cycles per handshake, bare / tracked
+              (bench/callgrind_shim.py's measurement; 150 handshakes, --quick 60)
   breakdown   where the ctx and asyncio rows' time goes (bench/shim_variants.py: an idle thread,
               hooks, thread-state guard, young blocks, survivors, agent), quoted in their notes
 Prints each figure against its goal; never fails on timing (exit 1 only if a row could not run).
@@ -41,7 +48,7 @@ import traceback
 import _common
 import tlsenv
 
-ROWS = ("rss", "ctx", "ctxir", "handshakes", "snapshot", "synthetic", "walk", "breakdown")
+ROWS = ("rss", "ctx", "ctxir", "handshakes", "hsir", "snapshot", "synthetic", "walk", "breakdown")
 
 
 def _use_shim(path):
@@ -182,16 +189,26 @@ def row_ctx(a, out):
     )
 
 
-def _instructions(env, contexts, work):
-    """Instructions the ctx loop executes with `contexts` contexts, the whole process (callgrind)."""
-    from callgrind_shim import total_ir
+def _ctx_events(env, contexts, work):
+    """(instructions, L1 misses, last-level misses) of the ctx loop with `contexts` contexts, the
+    whole process (callgrind with its cache simulation)."""
+    from callgrind_shim import misses, totals
 
     outfile = os.path.join(work, f"cg.{contexts}.{'tracked' if env else 'bare'}")
-    command = ["valgrind", "--tool=callgrind", "-q", f"--callgrind-out-file={outfile}", sys.executable, "-c"]
-    p = subprocess.run([*command, CTX_LOOP, str(contexts)], env=env, capture_output=True, text=True, timeout=900)
+    command = ["valgrind", "--tool=callgrind", "--cache-sim=yes", "-q", f"--callgrind-out-file={outfile}"]
+    p = subprocess.run(
+        [*command, sys.executable, "-c", CTX_LOOP, str(contexts)], env=env, capture_output=True, text=True, timeout=1800
+    )
     if p.returncode:
         raise RuntimeError(p.stderr[-500:])
-    return total_ir(outfile)
+    t = totals(outfile)
+    return (t.get("Ir", 0), *misses(t))
+
+
+def _modelled(ir, d1, ll):
+    from callgrind_shim import MISS_CYCLES
+
+    return ir + MISS_CYCLES["D1"] * d1 + MISS_CYCLES["LL"] * ll
 
 
 def row_ctxir(a, out):
@@ -200,25 +217,68 @@ def row_ctxir(a, out):
         return
     n = 2 if a.quick else 4
     work = tempfile.mkdtemp(prefix="tlsprof-ctxir-")
-    per = {}
+    per, events = {}, {}
     try:
         for mode in ("bare", "tracked"):
             env, channel_dir = (None, None) if mode == "bare" else _preload_env()
             try:
                 # the difference of two runs: start-up, imports and the first context cancel out
-                per[mode] = (_instructions(env, 1 + n, work) - _instructions(env, 1, work)) / n
+                more, one = _ctx_events(env, 1 + n, work), _ctx_events(env, 1, work)
+                ir, d1, ll = ((x - y) / n for x, y in zip(more, one))
+                per[mode] = ir
+                events[mode] = {"ir": ir, "d1_misses": d1, "ll_misses": ll, "modelled_cycles": _modelled(ir, d1, ll)}
             finally:
                 if channel_dir:
                     shutil.rmtree(channel_dir, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out["ctxir"] = per
+    out["ctxir_events"] = events
+    b, t = events["bare"], events["tracked"]
     add(
         "create_default_context(): instructions bare / tracked (callgrind)",
         per["bare"] / per["tracked"],
         0.80,
         True,
-        f"{per['bare'] / 1e6:.1f} M bare, {per['tracked'] / 1e6:.1f} M tracked per context ({n} contexts)",
+        f"{per['bare'] / 1e6:.1f} M bare, {per['tracked'] / 1e6:.1f} M tracked per context ({n} contexts); "
+        f"L1 misses {b['d1_misses'] / 1e3:.0f} k -> {t['d1_misses'] / 1e3:.0f} k, last-level "
+        f"{b['ll_misses'] / 1e3:.1f} k -> {t['ll_misses'] / 1e3:.1f} k; modelled cycles "
+        f"{b['modelled_cycles'] / t['modelled_cycles']:.3f}x",
+        fmt="{:.3f}x",
+    )
+
+
+def row_hsir(a, out):
+    """The asyncio handshakes row in instructions and modelled cycles (callgrind_shim.py's measure)."""
+    if not shutil.which("valgrind"):
+        print("  skipped: valgrind not installed")
+        return
+    from callgrind_shim import describe, per_handshake
+
+    n = 60 if a.quick else 150
+    work = tempfile.mkdtemp(prefix="tlsprof-hsir-")
+    res = {}
+    try:
+        for mode in ("bare", "tracked"):
+            env, channel_dir = ({}, None) if mode == "bare" else _preload_env()
+            try:
+                res[mode], _ = per_handshake(work, mode, env, n, cache_sim=True)
+            finally:
+                if channel_dir:
+                    shutil.rmtree(channel_dir, ignore_errors=True)
+            print(f"  {mode:8s} {describe(res[mode])}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out["hsir"] = res
+    b, t = res["bare"], res["tracked"]
+    add(
+        "handshakes asyncio: instructions bare / tracked (callgrind)",
+        b["ir_per_handshake"] / t["ir_per_handshake"],
+        0.97,
+        True,
+        f"{b['ir_per_handshake'] / 1e6:.3f} M bare, {t['ir_per_handshake'] / 1e6:.3f} M tracked per handshake "
+        f"({n} handshakes; shim and Python agent, as `run` puts them in the target); L1 misses {b['d1_misses'] / 1e3:.1f} k -> {t['d1_misses'] / 1e3:.1f} k; "
+        f"modelled cycles {b['modelled_cycles'] / t['modelled_cycles']:.3f}x",
         fmt="{:.3f}x",
     )
 

@@ -26,10 +26,29 @@ def frames(frame):
     This runs at every connection's creation, so lines are not looked up here (`lines` does that,
     only for the objects a snapshot reports): a frame's f_lineno scans its code's line table, and
     asyncio's big functions made that 14 us of an asyncio handshake's ~1 ms against ~8 us now
-    (bench/README.md, session 19). Objects made from the same place share one tuple: a server's
-    connections cost one reference each, not 16 tuples."""
+    (bench/README.md, session 19). Objects made from one place share one tuple: a server's
+    connections cost one reference each, not 16 tuples. That case, the common one, is checked
+    first by comparing the frames with the shared tuple, building nothing: 4.9 -> 2.4 us for a
+    stack 25 deep (session 20)."""
     newest = _newest[0]
-    same = True  # so far the same code objects (by identity: equal code may sit in another file)
+    k, n, f = 0, len(newest), frame
+    while f is not None and k < n:
+        code = f.f_code
+        if newest[k][0] is code:  # by identity: equal code may sit in another file
+            if newest[k][1] != f.f_lasti:
+                break
+            k += 1
+        elif not _is_agent_file.get(code.co_filename):  # a frame the shared stack lacks, or unknown
+            break
+        f = f.f_back
+    else:
+        if k == n and (k == MAX_FRAMES or f is None):
+            return newest
+    return _walk(frame)
+
+
+def _walk(frame):
+    """frames() when the stack differs from the one captured last: walked and kept as the newest."""
     out = []
     while frame is not None and len(out) < MAX_FRAMES:
         code = frame.f_code
@@ -38,14 +57,8 @@ def frames(frame):
         if mine is None:
             mine = _is_agent_file[name] = os.path.dirname(os.path.abspath(name)) == _AGENT_DIR
         if not mine:
-            at = frame.f_lasti
-            k = len(out)
-            if same and (k >= len(newest) or newest[k][0] is not code or newest[k][1] != at):
-                same = False
-            out.append((code, at))
+            out.append((code, frame.f_lasti))
         frame = frame.f_back
-    if same and len(out) == len(newest):
-        return newest
     stack = _newest[0] = tuple(out)
     return stack
 

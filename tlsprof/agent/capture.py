@@ -28,8 +28,8 @@ def frames(frame):
     asyncio's big functions made that 14 us of an asyncio handshake's ~1 ms against ~8 us now
     (bench/README.md, session 19). Objects made from one place share one tuple: a server's
     connections cost one reference each, not 16 tuples. That case, the common one, is checked
-    first by comparing the frames with the shared tuple, building nothing: 4.9 -> 2.4 us for a
-    stack 25 deep (session 20)."""
+    first by comparing the frames with the shared tuple, building nothing: ~7 -> ~3 us for a
+    stack 25 deep (bench/capture_frames.py, session 20)."""
     newest = _newest[0]
     k, n, f = 0, len(newest), frame
     while f is not None and k < n:

@@ -205,6 +205,33 @@ def _ctx_events(env, contexts, work):
     return (t.get("Ir", 0), *misses(t))
 
 
+def _bare_then_tracked(prefix, measure):
+    """{"bare": ..., "tracked": ...}: measure(mode, env, work) run without the shim (env None) and
+    with it preloaded as `run` does (its channel removed after), in one scratch directory."""
+    work = tempfile.mkdtemp(prefix=prefix)
+    res = {}
+    try:
+        for mode in ("bare", "tracked"):
+            env, channel_dir = (None, None) if mode == "bare" else _preload_env()
+            try:
+                res[mode] = measure(mode, env, work)
+            finally:
+                if channel_dir:
+                    shutil.rmtree(channel_dir, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+def _cache_note(bare, tracked):
+    """The cache simulation's part of a row's note, bare -> tracked."""
+    return (
+        f"L1 misses {bare['d1_misses'] / 1e3:.1f} k -> {tracked['d1_misses'] / 1e3:.1f} k, last-level "
+        f"{bare['ll_misses'] / 1e3:.2f} k -> {tracked['ll_misses'] / 1e3:.2f} k; modelled cycles "
+        f"{bare['modelled_cycles'] / tracked['modelled_cycles']:.3f}x"
+    )
+
+
 def _modelled(ir, d1, ll):
     from callgrind_shim import MISS_CYCLES
 
@@ -216,22 +243,15 @@ def row_ctxir(a, out):
         print("  skipped: valgrind not installed")
         return
     n = 2 if a.quick else 4
-    work = tempfile.mkdtemp(prefix="tlsprof-ctxir-")
-    per, events = {}, {}
-    try:
-        for mode in ("bare", "tracked"):
-            env, channel_dir = (None, None) if mode == "bare" else _preload_env()
-            try:
-                # the difference of two runs: start-up, imports and the first context cancel out
-                more, one = _ctx_events(env, 1 + n, work), _ctx_events(env, 1, work)
-                ir, d1, ll = ((x - y) / n for x, y in zip(more, one))
-                per[mode] = ir
-                events[mode] = {"ir": ir, "d1_misses": d1, "ll_misses": ll, "modelled_cycles": _modelled(ir, d1, ll)}
-            finally:
-                if channel_dir:
-                    shutil.rmtree(channel_dir, ignore_errors=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+
+    def per_context(mode, env, work):
+        # the difference of two runs: start-up, imports and the first context cancel out
+        more, one = _ctx_events(env, 1 + n, work), _ctx_events(env, 1, work)
+        ir, d1, ll = ((x - y) / n for x, y in zip(more, one))
+        return {"ir": ir, "d1_misses": d1, "ll_misses": ll, "modelled_cycles": _modelled(ir, d1, ll)}
+
+    events = _bare_then_tracked("tlsprof-ctxir-", per_context)
+    per = {mode: e["ir"] for mode, e in events.items()}
     out["ctxir"] = per
     out["ctxir_events"] = events
     b, t = events["bare"], events["tracked"]
@@ -241,9 +261,7 @@ def row_ctxir(a, out):
         0.80,
         True,
         f"{per['bare'] / 1e6:.1f} M bare, {per['tracked'] / 1e6:.1f} M tracked per context ({n} contexts); "
-        f"L1 misses {b['d1_misses'] / 1e3:.0f} k -> {t['d1_misses'] / 1e3:.0f} k, last-level "
-        f"{b['ll_misses'] / 1e3:.1f} k -> {t['ll_misses'] / 1e3:.1f} k; modelled cycles "
-        f"{b['modelled_cycles'] / t['modelled_cycles']:.3f}x",
+        + _cache_note(b, t),
         fmt="{:.3f}x",
     )
 
@@ -256,19 +274,13 @@ def row_hsir(a, out):
     from callgrind_shim import describe, per_handshake
 
     n = 60 if a.quick else 150
-    work = tempfile.mkdtemp(prefix="tlsprof-hsir-")
-    res = {}
-    try:
-        for mode in ("bare", "tracked"):
-            env, channel_dir = ({}, None) if mode == "bare" else _preload_env()
-            try:
-                res[mode], _ = per_handshake(work, mode, env, n, cache_sim=True)
-            finally:
-                if channel_dir:
-                    shutil.rmtree(channel_dir, ignore_errors=True)
-            print(f"  {mode:8s} {describe(res[mode])}", flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+
+    def measure(mode, env, work):
+        r, _ = per_handshake(work, mode, env, n, cache_sim=True)
+        print(f"  {mode:8s} {describe(r)}", flush=True)
+        return r
+
+    res = _bare_then_tracked("tlsprof-hsir-", measure)
     out["hsir"] = res
     b, t = res["bare"], res["tracked"]
     add(
@@ -277,8 +289,7 @@ def row_hsir(a, out):
         0.97,
         True,
         f"{b['ir_per_handshake'] / 1e6:.3f} M bare, {t['ir_per_handshake'] / 1e6:.3f} M tracked per handshake "
-        f"({n} handshakes; shim and Python agent, as `run` puts them in the target); L1 misses {b['d1_misses'] / 1e3:.1f} k -> {t['d1_misses'] / 1e3:.1f} k; "
-        f"modelled cycles {b['modelled_cycles'] / t['modelled_cycles']:.3f}x",
+        f"({n} handshakes; shim and Python agent, as `run` puts them in the target); " + _cache_note(b, t),
         fmt="{:.3f}x",
     )
 

@@ -37,13 +37,13 @@ def totals(outfile):
     return best
 
 
-def total_ir(outfile):
-    return totals(outfile).get("Ir", 0)
-
-
 # cycles a miss costs, roughly (an L1 miss served by L2/L3, a last-level miss served by memory): the
 # model valgrind's manual suggests for comparing cache behaviour, not a measurement
 MISS_CYCLES = {"D1": 10, "LL": 100}
+
+
+def modelled_cycles(ir, d1, ll):
+    return ir + MISS_CYCLES["D1"] * d1 + MISS_CYCLES["LL"] * ll
 
 
 def misses(t):
@@ -87,7 +87,7 @@ def per_handshake(work, name, env, n, threaded=False, cache_sim=False):
         r.update(
             d1_misses=d1 / hs,
             ll_misses=ll / hs,
-            modelled_cycles=(t.get("Ir", 0) + MISS_CYCLES["D1"] * d1 + MISS_CYCLES["LL"] * ll) / hs,
+            modelled_cycles=modelled_cycles(t.get("Ir", 0), d1, ll) / hs,
         )
     return r, outfile
 

@@ -232,23 +232,19 @@ def _cache_note(bare, tracked):
     )
 
 
-def _modelled(ir, d1, ll):
-    from callgrind_shim import MISS_CYCLES
-
-    return ir + MISS_CYCLES["D1"] * d1 + MISS_CYCLES["LL"] * ll
-
-
 def row_ctxir(a, out):
     if not shutil.which("valgrind"):
         print("  skipped: valgrind not installed")
         return
+    from callgrind_shim import modelled_cycles
+
     n = 2 if a.quick else 4
 
     def per_context(mode, env, work):
         # the difference of two runs: start-up, imports and the first context cancel out
         more, one = _ctx_events(env, 1 + n, work), _ctx_events(env, 1, work)
         ir, d1, ll = ((x - y) / n for x, y in zip(more, one))
-        return {"ir": ir, "d1_misses": d1, "ll_misses": ll, "modelled_cycles": _modelled(ir, d1, ll)}
+        return {"ir": ir, "d1_misses": d1, "ll_misses": ll, "modelled_cycles": modelled_cycles(ir, d1, ll)}
 
     events = _bare_then_tracked("tlsprof-ctxir-", per_context)
     per = {mode: e["ir"] for mode, e in events.items()}

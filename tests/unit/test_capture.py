@@ -59,3 +59,24 @@ def test_captured_objects_report_their_lines():
         capture.uninstall(state, NoPyOpenSSL)
     assert how == "run"
     assert frames[0] == {"file": __file__, "line": line, "function": "test_captured_objects_report_their_lines"}
+
+
+def _capture_here():
+    return capture.frames(sys._getframe())  # one line: the same innermost place for every caller
+
+
+def _caller_a():
+    return _capture_here()
+
+
+def _caller_b():
+    return _capture_here()
+
+
+def test_a_stack_that_differs_only_further_out_is_its_own():
+    """The shared stack is returned only when every captured frame matches, not the innermost alone."""
+    a1, a2 = [_caller_a() for _ in range(2)]  # one place: the same offset in every frame
+    b = _caller_b()
+    assert a1 is a2
+    assert b is not a1 and b[0] == a1[0] and b[1][0] is not a1[1][0]
+    assert [code.co_name for code, _ in b[:2]] == ["_capture_here", "_caller_b"]
